@@ -1,0 +1,74 @@
+"""The catalog contract: an index of backups and runs in the daemon's own database.
+
+The catalog is an index, not the truth: the repository's manifests are, and ``catalog rebuild``
+reconstructs the ``backups`` table from them. Implementations must be safe when two processes use
+the same catalog at once (a CLI command while the daemon runs): every method is one short
+transaction, and a busy database is waited for (bounded), never corrupted.
+
+Timestamps go in and come out as timezone-aware UTC ``datetime`` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from contentflow_backupd.model import BackupRecord, BackupStatus, RunRecord, RunStatus, RunTrigger
+
+
+class Catalog(Protocol):
+    def upsert_backup(self, record: BackupRecord) -> None:
+        """Insert the record, or replace every field of the row with the same id."""
+        ...
+
+    def get_backup(self, backup_id: str) -> BackupRecord | None:
+        """The record with this id, or None."""
+        ...
+
+    def list_backups(
+        self, cluster: str, statuses: Iterable[BackupStatus] | None = None
+    ) -> list[BackupRecord]:
+        """Records of ``cluster`` (all statuses when ``statuses`` is None), oldest first
+        (by ``started_at``, then ``id``)."""
+        ...
+
+    def delete_backup(self, backup_id: str) -> None:
+        """Remove the row; a missing id is not an error."""
+        ...
+
+    def replace_backups(self, cluster: str, records: Sequence[BackupRecord]) -> None:
+        """In one transaction: delete every backup row of ``cluster`` whose status is
+        ``succeeded`` or whose id is in ``records``, then insert ``records``. Used by
+        ``catalog rebuild``; rows of failed attempts not in the repository are kept."""
+        ...
+
+    def start_run(
+        self, job: str, trigger: RunTrigger, *, pid: int | None = None, host: str | None = None
+    ) -> RunRecord:
+        """Insert a run with status ``running`` and ``started_at`` now; returns it with its id."""
+        ...
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: RunStatus,
+        *,
+        backup_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Set status, ``finished_at`` now, backup id and error of a run."""
+        ...
+
+    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
+        """Runs, oldest first; with ``limit``, the newest ``limit`` runs (still oldest first)."""
+        ...
+
+    def mark_interrupted(self, is_alive: Callable[[int | None, str | None], bool]) -> list[str]:
+        """Every backup and run still ``running`` whose (pid, host) ``is_alive`` says is gone
+        becomes ``interrupted`` with ``finished_at`` now and error "process ended without
+        finishing (killed or crashed)". Returns the ids of the backups changed."""
+        ...
+
+    def close(self) -> None:
+        """Dispose of connections. Idempotent."""
+        ...

@@ -1,0 +1,142 @@
+"""Pure value types shared by every layer: backup and run records, kinds and statuses."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+BackupKind = Literal["full", "incremental"]
+BackupMode = Literal["logical", "physical"]
+BackupStatus = Literal["running", "succeeded", "failed", "interrupted"]
+RunStatus = Literal["running", "succeeded", "failed", "interrupted", "skipped"]
+RunTrigger = Literal["scheduled", "manual", "catch-up"]
+
+BACKUP_KINDS: tuple[BackupKind, ...] = ("full", "incremental")
+BACKUP_MODES: tuple[BackupMode, ...] = ("logical", "physical")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z`` suffix, seconds precision kept to microseconds."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def new_backup_id(kind: BackupKind, now: datetime | None = None) -> str:
+    """A sortable, readable backup id: ``20261124T054459Z-full-3a9c1b``."""
+    now = now or utcnow()
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{'full' if kind == 'full' else 'incr'}-{secrets.token_hex(3)}"
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def this_pid() -> int:
+    return os.getpid()
+
+
+@dataclass
+class BackupRecord:
+    """One backup attempt as the catalog indexes it. Storage (the manifest) is the truth."""
+
+    id: str
+    cluster: str
+    kind: BackupKind
+    mode: BackupMode
+    status: BackupStatus
+    generation: str
+    started_at: datetime
+    parent_id: str | None = None
+    database: str | None = None
+    finished_at: datetime | None = None
+    source_bytes: int = 0
+    stored_bytes: int = 0
+    chunks_total: int = 0
+    chunks_new: int = 0
+    manifest_key: str | None = None
+    error: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds(), 3)
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape of a backup (``backup --json``, ``list --json``)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "mode": self.mode,
+            "status": self.status,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_seconds": self.duration_seconds,
+            "source_bytes": self.source_bytes,
+            "stored_bytes": self.stored_bytes,
+            "chunks_total": self.chunks_total,
+            "chunks_new": self.chunks_new,
+            "generation": self.generation,
+            "parent_id": self.parent_id,
+            "database": self.database,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        for key in ("start_lsn", "stop_lsn", "timeline", "system_identifier", "pg_version"):
+            if key in self.details:
+                out[key] = self.details[key]
+        return out
+
+    def copy(self, **changes: Any) -> BackupRecord:
+        data = asdict(self)
+        data.update(changes)
+        return BackupRecord(**data)
+
+
+@dataclass
+class RunRecord:
+    """One run of a job (a backup, a verification, ...), scheduled or manual."""
+
+    id: int
+    job: str
+    trigger: RunTrigger
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    backup_id: str | None = None
+    error: str | None = None
+    pid: int | None = None
+    host: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job": self.job,
+            "trigger": self.trigger,
+            "status": self.status,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "backup_id": self.backup_id,
+            "error": self.error,
+        }

@@ -1,0 +1,112 @@
+"""The storage contract: opaque bytes under string keys.
+
+Storage never sees plaintext: the repository layer compresses and encrypts before ``put`` and
+authenticates after ``open``. Drivers (``local``, ``s3``, ``memory``) and wrappers (``retry``)
+all implement :class:`Storage`; one conformance suite (``tests/storage/contract.py``) runs against
+each of them.
+
+Keys are relative, ``/``-separated, without a leading slash, ``.`` or ``..`` segments; a driver
+maps them under its own root (a directory, a bucket prefix). Every driver must honour:
+
+- ``put(key, stream)``: reads ``stream`` to EOF and stores it as the whole object under ``key``,
+  replacing any existing object. Atomic: a reader sees the old object, the new object, or (if
+  there was none) ``ObjectNotFound``; never a partial object, also after a crash mid-write. Returns
+  only once the object is durable. Returns the number of bytes stored. If the backend acknowledged
+  the write but the stored object is not whole, raise ``IncompleteWrite``. ``stream`` may be read
+  more than once by a retrying wrapper: callers pass a seekable stream (``io.BytesIO`` or a file).
+- ``put(key, stream, if_absent=True)``: as above, but raises ``ObjectExists`` and leaves the
+  existing object untouched when ``key`` already exists. Drivers whose ``features.create_only`` is
+  False emulate it with ``stat`` then ``put`` (racy; documented).
+- ``open(key, offset=0, length=None)``: a readable binary stream of the object's bytes from
+  ``offset``, at most ``length`` bytes; the caller closes it. Missing key: ``ObjectNotFound``.
+- ``get(key)``: the whole object as ``bytes`` (convenience over ``open``).
+- ``stat(key)``: ``ObjectInfo`` with size; missing key: ``ObjectNotFound``.
+- ``list(prefix)``: lazily yields ``ObjectInfo`` for every key that starts with ``prefix``
+  (a plain string prefix, not a directory), in ascending byte order of the key. Objects being
+  written and temp files are never listed.
+- ``delete(key)``: removes the object; deleting a missing key succeeds (idempotent).
+- ``features``: what the backend can do, as data. Callers branch on it, never on the class.
+
+Errors: only ``contentflow_backupd.errors.StorageError`` subclasses leave a driver; transient
+failures are ``StorageUnavailable`` (``retryable``), permanent ones are not retryable.
+Drivers hold no retry loops: :mod:`contentflow_backupd.storage.retry` wraps them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from contentflow_backupd.errors import StorageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StorageFeatures:
+    """Capabilities of a backend, as data."""
+
+    atomic_put: bool = True
+    """A reader never observes a partially written object."""
+    ranged_get: bool = True
+    """``open`` with offset/length is served by the backend, not by reading and discarding."""
+    create_only: bool = False
+    """``put(..., if_absent=True)`` is atomic in the backend (no stat-then-put race)."""
+    object_lock: bool = False
+    """Objects can be made immutable until a date (S3 Object Lock)."""
+    max_concurrency: int = 8
+    """A sensible upper bound of parallel requests for this backend."""
+    local_path: bool = False
+    """Objects live on this machine's filesystem."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Opaque-bytes object storage. See the module docstring for the full contract."""
+
+    @property
+    def features(self) -> StorageFeatures: ...
+
+    @property
+    def url(self) -> str:
+        """A display URL of the storage root, without credentials."""
+        ...
+
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int: ...
+
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def stat(self, key: str) -> ObjectInfo: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a valid relative object key, else raise ``StorageError``."""
+    if not key or key.startswith("/") or key.endswith("/") or "\\" in key or "\x00" in key:
+        raise StorageError(f"invalid object key {key!r}", key=key)
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise StorageError(f"invalid object key {key!r}", key=key)
+    return key
+
+
+def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False) -> int:
+    """``put`` for data already in memory."""
+    return storage.put(key, io.BytesIO(data), if_absent=if_absent)
