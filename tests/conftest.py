@@ -1,12 +1,17 @@
-"""Shared fixtures: a real PostgreSQL cluster per test session, a fresh database per test."""
+"""Shared fixtures: a real PostgreSQL cluster per test session, a fresh database per test, and
+a command-line environment with a local repository."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.cli import Cli
 from tests.support.pg import PgCluster, running_cluster
+
+PASSPHRASE = "test passphrase: correct horse battery staple"
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +29,17 @@ def pg_db(pg: PgCluster) -> Iterator[str]:
         yield name
     finally:
         pg.drop_database(name)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, pg: PgCluster, pg_db: str) -> Cli:
+    """Settings for a local repository, SQLite catalog and the test database, as env vars."""
+    return Cli(
+        env={
+            "BACKUPD_DATABASE_URL": pg.url(pg_db),
+            "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo'}",
+            "BACKUPD_STATE_DIR": str(tmp_path / "state"),
+            "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
+            "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
+        }
+    )

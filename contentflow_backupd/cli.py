@@ -1,0 +1,341 @@
+"""The command line: argv -> one command. No logic beyond parsing, wiring and printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from contentflow_backupd import __version__
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
+from contentflow_backupd.settings import Settings, load_settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+
+    repo = wiring.init_repository(settings)
+    log.info("repository_initialised", url=repo.storage.url, repository_id=repo.id)
+    out = {"repository_id": repo.id, "url": repo.storage.url, "key_id": repo.kek_id}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"initialised repository {repo.id} at {repo.storage.url} (key {repo.kek_id})")
+        print("keep a copy of the passphrase or key file somewhere safe: without it the backups are lost")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.backup import BackupOptions, run_backup
+
+    mode = args.mode or settings.mode
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        record = run_backup(
+            repo,
+            catalog,
+            wiring.logical_source(settings),
+            BackupOptions(
+                cluster=settings.cluster,
+                kind=args.kind,
+                mode=mode,
+                concurrency=settings.upload_concurrency,
+                lock_dir=wiring.lock_dir(settings),
+            ),
+        )
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json(record.to_json())
+    else:
+        if args.kind == "incremental" and record.kind == "full":
+            print("note: no full backup in the repository, so this backup ran as a full backup")
+        print(
+            f"backup {record.id} ({record.kind}, {record.mode}) succeeded in {record.duration_seconds:.1f}s: "
+            f"{_human_bytes(record.source_bytes)} dumped, {_human_bytes(record.stored_bytes)} stored, "
+            f"{record.chunks_new}/{record.chunks_total} chunks new"
+        )
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        records = catalog.list_backups(settings.cluster, None if args.all else ["succeeded"])
+    finally:
+        catalog.close()
+    _warn_if_catalog_stale(settings, {r.id for r in records if r.status == "succeeded"})
+    if args.json:
+        _print_json([r.to_json() for r in records])
+        return EXIT_OK
+    if not records:
+        print(f"no backups of cluster {settings.cluster!r}")
+        return EXIT_OK
+    print(f"{'ID':<30} {'KIND':<11} {'MODE':<8} {'STATUS':<11} {'FINISHED':<20} {'SOURCE':>10} {'STORED':>10}")
+    for r in records:
+        finished = r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else "-"
+        print(
+            f"{r.id:<30} {r.kind:<11} {r.mode:<8} {r.status:<11} {finished:<20} "
+            f"{_human_bytes(r.source_bytes):>10} {_human_bytes(r.stored_bytes):>10}"
+        )
+    return EXIT_OK
+
+
+def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.repository import layout
+
+    try:
+        storage = wiring.open_storage(settings)
+        stored = {
+            bid
+            for info in storage.list(layout.backups_prefix(settings.cluster))
+            if (bid := layout.backup_id_from_manifest_key(settings.cluster, info.key))
+        }
+    except BackupdError as exc:
+        log.warning("repository_not_checked", error=exc.message)
+        return
+    unknown = stored - catalog_ids
+    gone = catalog_ids - stored
+    if unknown:
+        log.warning("catalog_missing_backups", count=len(unknown), hint="run `contentflow-backupd catalog rebuild`")
+    if gone:
+        log.warning("catalog_lists_missing_backups", count=len(gone), ids=sorted(gone)[:10])
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.repository import layout
+
+    layout.check_backup_id(args.backup_id)
+    repo = wiring.open_repository(settings)
+    manifest = repo.read_manifest(settings.cluster, args.backup_id)
+    key = layout.manifest_key(settings.cluster, args.backup_id)
+    out = manifest.to_record(key).to_json()
+    out["manifest"] = {
+        "key": key,
+        "repository_id": repo.id,
+        "tool_version": manifest.tool_version,
+        "streams": [
+            {"name": s.name, "type": s.type, "size": s.size, "digest": s.digest, "chunks": len(s.chunks)}
+            for s in manifest.streams
+        ],
+        "details": manifest.details,
+    }
+    if args.json:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            if k != "manifest":
+                print(f"{k:<17} {v}")
+        print(f"{'manifest':<17} {key}")
+        for s in out["manifest"]["streams"]:
+            print(f"  stream {s['name']} ({s['type']}): {_human_bytes(s['size'])} in {s['chunks']} chunks, blake3 {s['digest']}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore import resolve_backup_id
+    from contentflow_backupd.ops.verify import verify_backups
+
+    repo = wiring.open_repository(settings)
+    if args.backup_ids and not args.all:
+        ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
+    else:
+        ids = list(repo.iter_backup_ids(settings.cluster))
+    report = verify_backups(repo, settings.cluster, ids, quick=args.quick, concurrency=settings.upload_concurrency)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for b in report.backups:
+            state = "ok" if b.ok else f"FAULTY ({len(b.faults)} faults)"
+            print(f"{b.backup_id}: {state} ({b.objects_checked} objects, {_human_bytes(b.bytes_read)} read)")
+        for f in report.faults:
+            print(f"  fault: backup {f.backup_id}: {f.key}: {f.problem}")
+        if not ids:
+            print(f"no backups of cluster {settings.cluster!r} to verify")
+    if not report.ok:
+        raise VerificationFailed(
+            f"verification found {len(report.faults)} fault(s) in "
+            f"{sum(1 for b in report.backups if not b.ok)} backup(s): "
+            + "; ".join(f"{f.backup_id} {f.key} ({f.problem})" for f in report.faults[:5])
+        )
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore import resolve_backup_id, restore_to_database, restore_to_file
+
+    if bool(args.to_database) == bool(args.to_file):
+        from contentflow_backupd.errors import UsageError
+
+        raise UsageError("restore needs exactly one of --to-database URL or --to-file PATH")
+    repo = wiring.open_repository(settings)
+    backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup)
+    if args.to_file:
+        result = restore_to_file(repo, settings.cluster, backup_id, Path(args.to_file), concurrency=settings.upload_concurrency)
+    else:
+        result = restore_to_database(
+            repo,
+            settings.cluster,
+            backup_id,
+            wiring.restore_target(settings, args.to_database),
+            create=args.create,
+            clean=args.clean,
+            jobs=args.jobs,
+            no_owner=args.no_owner,
+            concurrency=settings.upload_concurrency,
+        )
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(f"restored backup {result.backup_id} to {result.target} ({_human_bytes(result.restored_bytes)} in {result.duration_seconds:.1f}s)")
+    return EXIT_OK
+
+
+def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.rebuild import rebuild_catalog
+
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        result = rebuild_catalog(repo, catalog, settings.cluster)
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(f"catalog rebuilt: {result.backups} backups of cluster {settings.cluster!r}")
+        for u in result.unreadable:
+            print(f"  unreadable: {u['key']}: {u['error']}")
+    return EXIT_FAILED if result.unreadable else EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd.configshow import describe_settings
+
+    rows = describe_settings(settings, args.file_data)
+    if args.json:
+        _print_json(rows)
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}} = {r['value']}   ({r['source']})")
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="contentflow-backupd",
+        description="Encrypted, deduplicated, verified PostgreSQL backups to S3 or a local directory.",
+    )
+    p.add_argument("--version", action="version", version=f"contentflow-backupd {__version__}")
+    p.add_argument("--config", type=Path, help="TOML settings file (default: $BACKUPD_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace, Settings], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        return sp
+
+    add("init", cmd_init, "create the repository (repo.json and the wrapped key)")
+    sp = add("backup", cmd_backup, "take a backup")
+    sp.add_argument("--kind", choices=["full", "incremental"], required=True)
+    sp.add_argument("--mode", choices=["logical", "physical"], help="default: BACKUPD_MODE")
+    sp = add("list", cmd_list, "list backups, oldest first")
+    sp.add_argument("--all", action="store_true", help="include failed and interrupted attempts")
+    sp = add("show", cmd_show, "show one backup and its manifest summary")
+    sp.add_argument("backup_id")
+    sp = add("verify", cmd_verify, "read back and authenticate backups (all of them by default)")
+    sp.add_argument("backup_ids", nargs="*", metavar="BACKUP_ID", help="backup ids or 'latest'")
+    sp.add_argument("--all", action="store_true", help="verify every backup (the default without ids)")
+    sp.add_argument("--quick", action="store_true", help="only check that every object exists with its size")
+    sp = add("restore", cmd_restore, "restore a backup into a database (pg_restore) or to a file")
+    sp.add_argument("backup", metavar="BACKUP_ID|latest")
+    sp.add_argument("--to-database", metavar="URL", help="libpq URI of the database to restore into")
+    sp.add_argument("--to-file", metavar="PATH", help="write the pg_dump archive to PATH instead")
+    sp.add_argument("--create", action="store_true", help="create the target database if it does not exist")
+    sp.add_argument("--clean", action="store_true", help="drop and replace objects in a non-empty database")
+    sp.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (>1 is not one transaction)")
+    sp.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
+    cat = sub.add_parser("catalog", help="catalog maintenance")
+    catsub = cat.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")
+    sp = catsub.add_parser("rebuild", help="rebuild the catalog from the repository's manifests")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_catalog_rebuild)
+    cfg = sub.add_parser("config", help="settings")
+    cfgsub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    sp = cfgsub.add_parser("show", help="print the resolved settings and their sources, secrets masked")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_config_show)
+    return p
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    from contentflow_backupd.ops.backup import Interrupted
+
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    raise Interrupted(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings, file_data = load_settings(args.config)
+        args.file_data = file_data
+        from contentflow_backupd import wiring
+
+        wiring.setup_logging(settings)
+        wiring.warn_unknown_env(settings)
+        signal.signal(signal.SIGTERM, _on_signal)
+        return int(args.func(args, settings))
+    except BackupdError as exc:
+        print(f"contentflow-backupd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BaseException as exc:
+        from contentflow_backupd.ops.backup import Interrupted
+
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
+            print("contentflow-backupd: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(exc, SystemExit):
+            raise
+        log.exception("internal_error")
+        print(f"contentflow-backupd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,280 @@
+"""The backup repository: a self-describing, encrypted object layout on top of a Storage.
+
+A new machine with only the storage URL and the key can open the repository, list and restore
+everything: ``repo.json`` says how it is laid out, ``keys/`` hold the wrapped keyset, and each
+backup's manifest names every chunk it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+import zstandard
+
+from contentflow_backupd import __version__
+from contentflow_backupd.errors import (
+    BackupNotFound,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryError,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    WrongKey,
+)
+from contentflow_backupd.model import iso, utcnow
+from contentflow_backupd.repository import layout
+from contentflow_backupd.repository.chunker import ChunkerParams
+from contentflow_backupd.repository.crypto import (
+    KekSecret,
+    Keyset,
+    ObjectCipher,
+    derive_kek,
+    new_kdf,
+    unwrap_keyset,
+    wrap_keyset,
+)
+from contentflow_backupd.repository.manifest import Manifest
+from contentflow_backupd.storage.base import Storage, put_bytes
+
+REPO_FORMAT_NAME = "contentflow-backupd-repository"
+REPO_FORMAT_VERSION = 1
+_RAW = b"\x00"
+_ZSTD = b"\x01"
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    """The plaintext ``repo.json``: no secrets."""
+
+    repository_id: str
+    created_at: str
+    chunker: ChunkerParams
+    raw: dict[str, Any]
+
+    @classmethod
+    def new(cls, chunker: ChunkerParams) -> RepositoryConfig:
+        rid = secrets.token_hex(16)
+        created = iso(utcnow()) or ""
+        raw = {
+            "format": REPO_FORMAT_NAME,
+            "version": REPO_FORMAT_VERSION,
+            "repository_id": rid,
+            "created_at": created,
+            "created_by": f"contentflow-backupd {__version__}",
+            "chunker": chunker.to_dict(),
+            "compression": {"algorithm": "zstd", "per": "object"},
+            "encryption": {"scheme": "aes-256-gcm", "chunk_id": "blake3-keyed-256"},
+        }
+        return cls(repository_id=rid, created_at=created, chunker=chunker, raw=raw)
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> RepositoryConfig:
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            raise RepositoryError(f"{where}/repo.json is not valid JSON") from None
+        if not isinstance(raw, dict) or raw.get("format") != REPO_FORMAT_NAME:
+            raise UnsupportedFormat(f"{where} is not a contentflow-backupd repository (repo.json)")
+        version = int(raw.get("version", 0))
+        if version > REPO_FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository {where} has format version {version}; this contentflow-backupd "
+                f"{__version__} supports up to {REPO_FORMAT_VERSION}",
+                hint="upgrade contentflow-backupd to open this repository",
+            )
+        return cls(
+            repository_id=str(raw["repository_id"]),
+            created_at=str(raw["created_at"]),
+            chunker=ChunkerParams.from_dict(raw["chunker"]),
+            raw=raw,
+        )
+
+
+class _Codec(threading.local):
+    def __init__(self, level: int) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=level)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+class Repository:
+    """An opened repository: encodes, stores and reads its objects. Thread-safe."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: RepositoryConfig,
+        keyset: Keyset,
+        kek_id: str,
+        *,
+        compression_level: int = 3,
+    ) -> None:
+        self.storage = storage
+        self.config = config
+        self.kek_id = kek_id
+        self._chunk_id_key = keyset.chunk_id_key
+        self._cipher = ObjectCipher(keyset, config.repository_id)
+        self._level = compression_level
+        self._codec = _Codec(compression_level)
+
+    # -- creation and opening -------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        storage: Storage,
+        secret: KekSecret,
+        *,
+        chunker: ChunkerParams,
+        compression_level: int = 3,
+    ) -> Repository:
+        """Create a repository. Refuses storage that already holds one (or anything else)."""
+        try:
+            storage.stat(layout.REPO_FILE)
+        except ObjectNotFound:
+            pass
+        else:
+            raise RepositoryExists(f"{storage.url} already holds a repository (repo.json exists)")
+        existing = next(iter(storage.list("")), None)
+        if existing is not None:
+            raise RepositoryExists(
+                f"{storage.url} is not empty (found {existing.key}); refusing to initialise a "
+                "repository over other data",
+                hint="point BACKUPD_REPOSITORY at an empty directory or bucket prefix",
+            )
+        config = RepositoryConfig.new(chunker)
+        keyset = Keyset.generate(config.created_at)
+        kek_id = "kek-" + secrets.token_hex(4)
+        kdf = new_kdf(secret)
+        kek = derive_kek(secret, kdf)
+        key_doc = {
+            "format": 1,
+            "id": kek_id,
+            "kind": secret.kind,
+            "created_at": config.created_at,
+            "kdf": kdf,
+            "wrapped_keyset": wrap_keyset(keyset, kek, config.repository_id, kek_id),
+        }
+        put_bytes(storage, layout.key_file(kek_id), json.dumps(key_doc, indent=2).encode())
+        # repo.json last: a repository whose key file landed but repo.json did not is not one.
+        put_bytes(storage, layout.REPO_FILE, json.dumps(config.raw, indent=2).encode(), if_absent=True)
+        return cls(storage, config, keyset, kek_id, compression_level=compression_level)
+
+    @staticmethod
+    def read_config(storage: Storage) -> RepositoryConfig:
+        try:
+            data = storage.get(layout.REPO_FILE)
+        except ObjectNotFound:
+            raise RepositoryNotFound(
+                f"no repository at {storage.url} (repo.json not found)",
+                hint="create one with `contentflow-backupd init`, or check BACKUPD_REPOSITORY",
+            ) from None
+        return RepositoryConfig.parse(data, storage.url)
+
+    @classmethod
+    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 3) -> Repository:
+        """Open with the operator's secret. ``WrongKey`` names the keys that were tried."""
+        config = cls.read_config(storage)
+        tried: list[str] = []
+        other_kinds: list[str] = []
+        for info in storage.list(layout.KEYS_PREFIX):
+            try:
+                doc = json.loads(storage.get(info.key))
+            except (ValueError, ObjectNotFound):
+                continue
+            kek_id = str(doc.get("id"))
+            if doc.get("kind") != secret.kind:
+                other_kinds.append(f"{kek_id} ({doc.get('kind')})")
+                continue
+            tried.append(kek_id)
+            try:
+                kek = derive_kek(secret, doc["kdf"])
+                keyset = unwrap_keyset(doc["wrapped_keyset"], kek, config.repository_id, kek_id)
+            except WrongKey:
+                continue
+            return cls(storage, config, keyset, kek_id, compression_level=compression_level)
+        if tried:
+            raise WrongKey(
+                f"the encryption key is wrong: the {secret.kind} from {secret.source} does not "
+                f"open key {', '.join(tried)} of repository {config.repository_id}",
+                hint="check BACKUPD_ENCRYPTION__* ; a lost key means the backups cannot be read",
+            )
+        raise WrongKey(
+            f"repository {config.repository_id} has no key of kind {secret.kind} "
+            f"(it has: {', '.join(other_kinds) or 'none'}); {secret.source} cannot open it",
+            hint="configure the kind of secret the repository was initialised with",
+        )
+
+    # -- objects -------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.config.repository_id
+
+    def chunk_id(self, data: bytes) -> str:
+        """Keyed BLAKE3 of the plaintext: equal data dedups, the id leaks nothing."""
+        return blake3.blake3(data, key=self._chunk_id_key).hexdigest()
+
+    def encode(self, key: str, plaintext: bytes, *, compress: bool = True) -> bytes:
+        body = _RAW + plaintext
+        if compress and plaintext:
+            packed = self._codec.compressor.compress(plaintext)
+            if len(packed) < len(plaintext):
+                body = _ZSTD + packed
+        return self._cipher.seal(key, body)
+
+    def decode(self, key: str, blob: bytes) -> bytes:
+        body = self._cipher.open(key, blob)
+        if not body:
+            raise IntegrityError(f"object {key} is empty inside its envelope", key=key)
+        flag, payload = body[:1], body[1:]
+        if flag == _RAW:
+            return payload
+        if flag == _ZSTD:
+            try:
+                return bytes(self._codec.decompressor.decompress(payload))
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"object {key} failed to decompress: {exc}", key=key) from None
+        raise IntegrityError(f"object {key} has an unknown encoding {flag!r}", key=key)
+
+    def put_object(self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False) -> int:
+        blob = self.encode(key, plaintext, compress=compress)
+        put_bytes(self.storage, key, blob, if_absent=if_absent)
+        return len(blob)
+
+    def get_object(self, key: str) -> bytes:
+        return self.decode(key, self.storage.get(key))
+
+    # -- manifests -------------------------------------------------------------------------
+    def write_manifest(self, manifest: Manifest) -> str:
+        key = layout.manifest_key(manifest.cluster, manifest.id)
+        self.put_object(key, json.dumps(manifest.to_dict(), separators=(",", ":")).encode(), if_absent=True)
+        return key
+
+    def read_manifest(self, cluster: str, backup_id: str) -> Manifest:
+        key = layout.manifest_key(cluster, backup_id)
+        try:
+            data = self.get_object(key)
+        except ObjectNotFound:
+            raise BackupNotFound(
+                f"backup {backup_id} not found in cluster {cluster!r} of {self.storage.url}",
+                hint="list backups with `contentflow-backupd list`",
+            ) from None
+        try:
+            manifest = Manifest.from_dict(json.loads(data))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"manifest {key} is malformed: {exc}", key=key) from None
+        if manifest.id != backup_id or manifest.cluster != cluster:
+            raise IntegrityError(f"manifest {key} describes another backup ({manifest.id})", key=key)
+        return manifest
+
+    def iter_backup_ids(self, cluster: str) -> Iterator[str]:
+        """Committed backup ids of ``cluster``, oldest first (ids sort by time)."""
+        for info in self.storage.list(layout.backups_prefix(cluster)):
+            bid = layout.backup_id_from_manifest_key(cluster, info.key)
+            if bid is not None:
+                yield bid

@@ -1,0 +1,160 @@
+"""Logical backups and restores: ``pg_dump -Fc`` out, ``pg_restore`` in, streamed end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from contentflow_backupd.errors import SourceError
+from contentflow_backupd.source import postgres
+from contentflow_backupd.source.base import DatabaseInfo
+from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
+from contentflow_backupd.source.tools import StderrTail, find_tool
+
+log = structlog.get_logger(__name__)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class PgDumpSource:
+    """A database dumped with ``pg_dump``; passwords reach it only through a private passfile."""
+
+    def __init__(self, info: ConnInfo, *, bin_dir: Path | None = None, tmp_root: Path | None = None) -> None:
+        self.info = info
+        self._bin_dir = bin_dir
+        self._tmp_root = tmp_root
+        self._described: DatabaseInfo | None = None
+
+    def describe(self) -> DatabaseInfo:
+        self._described = postgres.describe(self.info)
+        return self._described
+
+    @contextmanager
+    def dump(self) -> Iterator[BinaryIO]:
+        server = self._described or self.describe()
+        pg_dump = find_tool("pg_dump", server.major, self._bin_dir)
+        # -Z0: we compress per chunk; a compressed dump would defeat dedup.
+        argv = [str(pg_dump), "--format=custom", "--compress=0", "--no-password", "--dbname", self.info.safe()]
+        with libpq_env(self.info, self._tmp_root) as env:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            tail = StderrTail(proc)
+            assert proc.stdout is not None
+            try:
+                yield proc.stdout  # type: ignore[misc]
+            except BaseException:
+                _stop(proc)
+                raise
+            finally:
+                proc.stdout.close()
+            rc = proc.wait()
+            if rc != 0:
+                raise SourceError(f"pg_dump of {self.info.display()} failed (exit {rc}): {tail.text()}")
+
+
+class PgRestoreTarget:
+    """A database restored into with ``pg_restore``."""
+
+    def __init__(self, info: ConnInfo, *, bin_dir: Path | None = None, tmp_root: Path | None = None) -> None:
+        if not info.dbname:
+            raise SourceError("the target URL names no database", hint="e.g. postgresql://host/dbname")
+        self.info = info
+        self._bin_dir = bin_dir
+        self._tmp_root = tmp_root
+
+    def describe(self) -> str:
+        return self.info.display()
+
+    def prepare(self, *, create: bool, clean: bool) -> None:
+        name = self.info.dbname
+        assert name is not None
+        if not postgres.database_exists(self.info, name):
+            if not create:
+                raise SourceError(
+                    f"target database {name!r} does not exist on {self.info.display()}",
+                    hint="add --create to create it",
+                )
+            postgres.create_database(self.info, name)
+            log.info("database_created", database=name)
+            return
+        tables = postgres.user_table_count(self.info)
+        if tables and not clean:
+            raise SourceError(
+                f"target database {self.info.display()} already holds {tables} tables, views or "
+                "sequences; refusing to restore over them",
+                hint="restore into a new database (--create), or add --clean to drop and replace "
+                "the objects in the backup",
+            )
+
+    def restore(self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool) -> None:
+        server = postgres.describe(self.info)
+        pg_restore = find_tool("pg_restore", server.major, self._bin_dir)
+        argv = [str(pg_restore), "--no-password", "--exit-on-error", "--dbname", self.info.safe()]
+        if clean:
+            argv += ["--clean", "--if-exists"]
+        if no_owner:
+            argv += ["--no-owner", "--no-privileges"]
+        if jobs > 1:
+            self._restore_parallel(argv, archive, jobs)
+        else:
+            self._restore_streaming([*argv, "--single-transaction"], archive)
+
+    def _restore_streaming(self, argv: list[str], archive: Iterable[bytes]) -> None:
+        with libpq_env(self.info, self._tmp_root) as env:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+            tail = StderrTail(proc)
+            assert proc.stdin is not None
+            try:
+                for data in archive:
+                    try:
+                        proc.stdin.write(data)
+                    except BrokenPipeError:
+                        break
+                proc.stdin.close()
+            except BaseException:
+                # Kill before EOF reaches pg_restore: its one transaction rolls back.
+                proc.kill()
+                proc.wait()
+                raise
+            rc = proc.wait()
+        if rc != 0:
+            raise SourceError(
+                f"pg_restore into {self.info.display()} failed (exit {rc}); the restore ran in one "
+                f"transaction and was rolled back: {tail.text()}"
+            )
+
+    def _restore_parallel(self, argv: list[str], archive: Iterable[bytes], jobs: int) -> None:
+        # pg_restore --jobs needs a seekable archive: it is written to a private 0600 file in
+        # the state directory, removed afterwards. Parallel restores are not one transaction.
+        if self._tmp_root is not None:
+            self._tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, path = tempfile.mkstemp(prefix="restore-", suffix=".dump", dir=self._tmp_root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for data in archive:
+                    f.write(data)
+            with libpq_env(self.info, self._tmp_root) as env:
+                proc = subprocess.run([*argv, f"--jobs={jobs}", path], capture_output=True, env=env, check=False)
+            if proc.returncode != 0:
+                err = proc.stderr.decode("utf-8", errors="replace").strip()[-4000:]
+                raise SourceError(
+                    f"pg_restore --jobs={jobs} into {self.info.display()} failed (exit "
+                    f"{proc.returncode}); a parallel restore is not one transaction, so the target "
+                    f"may be partly restored: {err}"
+                )
+        finally:
+            Path(path).unlink(missing_ok=True)

@@ -1,0 +1,76 @@
+"""psycopg access to the databases we back up and restore into. psycopg lives in ``source/``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from contentflow_backupd.errors import SourceError
+from contentflow_backupd.source.base import DatabaseInfo
+from contentflow_backupd.source.conninfo import ConnInfo
+
+CONNECT_TIMEOUT = 10
+
+
+def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection[Any]:
+    """An autocommit connection, or ``SourceError`` that names the server (never the password)."""
+    params = dict(info.params)
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
+    params.setdefault("application_name", "contentflow-backupd")
+    try:
+        return psycopg.connect(
+            ConnInfo(params=params, password=info.password).full(), autocommit=True
+        )
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if info.password:
+            reason = reason.replace(info.password, "********")
+        raise SourceError(
+            f"cannot connect to {what} at {info.display()}: {reason}",
+            hint="check BACKUPD_DATABASE_URL (or PGHOST/PGPORT/PGUSER), and that the server runs",
+        ) from None
+
+
+def describe(info: ConnInfo) -> DatabaseInfo:
+    with connect(info) as conn:
+        row = conn.execute(
+            "select current_database(), current_user, current_setting('server_version_num')::int,"
+            " current_setting('server_version'),"
+            " (select rolsuper from pg_roles where rolname = current_user)"
+        ).fetchone()
+    assert row is not None
+    return DatabaseInfo(
+        database=row[0], user=row[1], server_version_num=row[2], server_version=row[3],
+        is_superuser=bool(row[4]),
+    )
+
+
+def user_table_count(info: ConnInfo) -> int:
+    with connect(info) as conn:
+        row = conn.execute(
+            "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where c.relkind in ('r', 'p', 'm', 'v', 'f', 'S')"
+            " and n.nspname not in ('pg_catalog', 'information_schema')"
+            " and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def database_exists(info: ConnInfo, name: str) -> bool:
+    with connect(info.with_database(_maintenance_db(info)), what="the maintenance database") as conn:
+        row = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def create_database(info: ConnInfo, name: str) -> None:
+    with connect(info.with_database(_maintenance_db(info)), what="the maintenance database") as conn:
+        try:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise SourceError(f"cannot create database {name!r}: {exc}".strip()) from None
+
+
+def _maintenance_db(info: ConnInfo) -> str:
+    return "postgres" if info.dbname != "postgres" else "template1"

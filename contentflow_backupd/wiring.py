@@ -1,0 +1,189 @@
+"""Settings -> concrete objects. The only module that reads settings; composition happens here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import structlog
+
+from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.observability.logging import configure_logging, register_secret
+from contentflow_backupd.repository.chunker import ChunkerParams
+from contentflow_backupd.repository.crypto import KekSecret, read_key_file
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.settings import ENV_PREFIX, Settings
+from contentflow_backupd.source.conninfo import ConnInfo
+from contentflow_backupd.source.logical import PgDumpSource, PgRestoreTarget
+from contentflow_backupd.storage.base import Storage
+
+log = structlog.get_logger(__name__)
+
+KNOWN_ENV = {"BACKUPD_CONFIG"}
+
+
+def setup_logging(settings: Settings) -> None:
+    configure_logging(settings.log.format, settings.log.level)
+    for secret in (settings.database_url, settings.encryption.passphrase, settings.catalog_url):
+        if secret is not None:
+            value = secret.get_secret_value()
+            register_secret(value)
+            info_pw = _password_of(value)
+            register_secret(info_pw)
+    register_secret(os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    register_secret(os.environ.get("PGPASSWORD"))
+
+
+def warn_unknown_env(settings: Settings) -> None:
+    fields = {f.upper() for f in Settings.model_fields}
+    for name in os.environ:
+        if name.upper().startswith(ENV_PREFIX):
+            top = name.upper()[len(ENV_PREFIX) :].split("__")[0]
+            if top not in fields:
+                log.warning("unknown_setting_ignored", variable=name)
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return ConnInfo.parse(url).password
+    except ConfigError:
+        return None
+
+
+def state_dir(settings: Settings) -> Path:
+    path = settings.state_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"BACKUPD_STATE_DIR: cannot create {path}: {exc.strerror}") from None
+    return path
+
+
+def tmp_dir(settings: Settings) -> Path:
+    return state_dir(settings) / "tmp"
+
+
+def open_storage(settings: Settings) -> Storage:
+    url = settings.repository
+    if not url:
+        raise ConfigError(
+            "BACKUPD_REPOSITORY is not set",
+            hint="set it to file:///absolute/path or s3://bucket/prefix",
+        )
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"BACKUPD_REPOSITORY: file URLs take no host ({url}); use file:///abs/path")
+        path = Path(unquote(parts.path))
+        if not path.is_absolute() or not parts.path:
+            raise ConfigError(f"BACKUPD_REPOSITORY: {url} is not an absolute path; use file:///abs/path")
+        from contentflow_backupd.storage.local import LocalStorage
+
+        storage: Storage = LocalStorage(path)
+    elif parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigError(f"BACKUPD_REPOSITORY: {url} names no bucket; use s3://bucket/prefix")
+        from contentflow_backupd.storage.s3 import S3Storage
+
+        storage = S3Storage(
+            parts.netloc,
+            parts.path.strip("/"),
+            endpoint_url=settings.s3.endpoint_url,
+            region=settings.s3.region,
+            force_path_style=settings.s3.force_path_style,
+            max_concurrency=settings.upload_concurrency,
+        )
+    else:
+        raise ConfigError(
+            f"BACKUPD_REPOSITORY: unknown URL scheme {parts.scheme or '(none)'!r} in {url!r}",
+            hint="use file:///absolute/path or s3://bucket/prefix",
+        )
+    from contentflow_backupd.storage.retry import RetryingStorage
+
+    return RetryingStorage(storage)
+
+
+def kek_secret(settings: Settings) -> KekSecret:
+    enc = settings.encryption
+    if enc.passphrase is not None:
+        value = enc.passphrase.get_secret_value()
+        if not value:
+            raise ConfigError("BACKUPD_ENCRYPTION__PASSPHRASE is empty")
+        return KekSecret("passphrase", value.encode(), "BACKUPD_ENCRYPTION__PASSPHRASE")
+    if enc.passphrase_file is not None:
+        data = _read_secret_file(enc.passphrase_file, "BACKUPD_ENCRYPTION__PASSPHRASE_FILE")
+        value = data.decode("utf-8", errors="strict").rstrip("\r\n")
+        if not value:
+            raise ConfigError(f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE: {enc.passphrase_file} is empty")
+        register_secret(value)
+        return KekSecret("passphrase", value.encode(), f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE={enc.passphrase_file}")
+    if enc.key_file is not None:
+        data = _read_secret_file(enc.key_file, "BACKUPD_ENCRYPTION__KEY_FILE")
+        try:
+            key = read_key_file(data, str(enc.key_file))
+        except Exception as exc:
+            raise ConfigError(f"BACKUPD_ENCRYPTION__KEY_FILE: {exc}") from None
+        return KekSecret("keyfile", key, f"BACKUPD_ENCRYPTION__KEY_FILE={enc.key_file}")
+    raise ConfigError(
+        "no encryption key configured",
+        hint="set one of BACKUPD_ENCRYPTION__PASSPHRASE, BACKUPD_ENCRYPTION__PASSPHRASE_FILE or "
+        "BACKUPD_ENCRYPTION__KEY_FILE; keep a copy somewhere safe: without it the backups are lost",
+    )
+
+
+def _read_secret_file(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
+def chunker_params(settings: Settings) -> ChunkerParams:
+    params = ChunkerParams(avg_size=settings.chunking.avg_size)
+    params.check()
+    return params
+
+
+def init_repository(settings: Settings) -> Repository:
+    return Repository.init(
+        open_storage(settings),
+        kek_secret(settings),
+        chunker=chunker_params(settings),
+        compression_level=settings.compression.level,
+    )
+
+
+def open_repository(settings: Settings, storage: Storage | None = None) -> Repository:
+    secret = kek_secret(settings)  # a missing key is a configuration error: check it first
+    return Repository.open(storage or open_storage(settings), secret, compression_level=settings.compression.level)
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    if settings.catalog_url is None:
+        state_dir(settings)
+    from contentflow_backupd.catalog.sql import open_catalog as _open
+
+    return _open(settings.catalog_sqlalchemy_url)
+
+
+def source_conninfo(settings: Settings) -> ConnInfo:
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    return ConnInfo.parse(url)
+
+
+def logical_source(settings: Settings) -> PgDumpSource:
+    return PgDumpSource(source_conninfo(settings), bin_dir=settings.pg_bin, tmp_root=tmp_dir(settings))
+
+
+def restore_target(settings: Settings, url: str) -> PgRestoreTarget:
+    info = ConnInfo.parse(url, setting="--to-database")
+    register_secret(info.password)
+    return PgRestoreTarget(info, bin_dir=settings.pg_bin, tmp_root=tmp_dir(settings))
+
+
+def lock_dir(settings: Settings) -> Path:
+    return state_dir(settings) / "locks"

@@ -1,0 +1,34 @@
+"""Helpers for end-to-end tests: seeded databases and restore comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contentflow_backupd.demo import datagen
+from tests.support.pg import PgCluster
+
+
+def seed(pg: PgCluster, db: str, size_mb: int = 4, seed: int = 42) -> None:
+    with pg.connect(db) as conn:
+        datagen.create_schema(conn)
+        datagen.populate(conn, size_mb, seed=seed)
+
+
+def checksums(pg: PgCluster, db: str) -> dict[str, tuple[int, str]]:
+    with pg.connect(db) as conn:
+        sums = datagen.table_checksums(conn)
+        assert sums, f"no user tables in {db}"
+        return sums
+
+
+def change(pg: PgCluster, db: str, fraction: float = 0.01) -> None:
+    with pg.connect(db) as conn:
+        datagen.append_heavy_change(conn, fraction=fraction)
+
+
+def repo_files(repo: Path) -> list[Path]:
+    return sorted(p for p in repo.rglob("*") if p.is_file())
+
+
+def chunk_files(repo: Path) -> list[Path]:
+    return sorted(p for p in (repo / "main" / "chunks").rglob("*") if p.is_file())

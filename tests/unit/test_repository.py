@@ -1,0 +1,194 @@
+"""The repository format on the in-memory store: keys, sealing, tampering, manifests, chunking."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+
+import pytest
+
+from contentflow_backupd.errors import (
+    IntegrityError,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    WrongKey,
+)
+from contentflow_backupd.model import utcnow
+from contentflow_backupd.repository import layout
+from contentflow_backupd.repository.chunker import Chunker, ChunkerParams
+from contentflow_backupd.repository.crypto import KekSecret, read_key_file
+from contentflow_backupd.repository.manifest import Manifest
+from contentflow_backupd.repository.pipeline import ChunkReader, ChunkWriter
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.storage.base import put_bytes
+from contentflow_backupd.storage.memory import MemoryStorage
+
+PASS = KekSecret("passphrase", b"correct horse battery staple", "test")
+SMALL = ChunkerParams(avg_size=64 * 1024)
+
+
+@pytest.fixture
+def repo() -> Repository:
+    return Repository.init(MemoryStorage(), PASS, chunker=SMALL)
+
+
+def test_open_with_the_right_passphrase_and_refuse_a_wrong_one(repo: Repository) -> None:
+    again = Repository.open(repo.storage, PASS)
+    assert again.id == repo.id
+    with pytest.raises(WrongKey, match="key is wrong") as exc:
+        Repository.open(repo.storage, KekSecret("passphrase", b"nope", "test"))
+    assert repo.kek_id in str(exc.value)
+
+
+def test_a_key_file_cannot_open_a_passphrase_repository(repo: Repository) -> None:
+    with pytest.raises(WrongKey, match="no key of kind keyfile"):
+        Repository.open(repo.storage, KekSecret("keyfile", os.urandom(32), "test"))
+
+
+def test_key_file_repository_round_trip() -> None:
+    key = os.urandom(32)
+    storage = MemoryStorage()
+    repo = Repository.init(storage, KekSecret("keyfile", key, "k"), chunker=SMALL)
+    assert Repository.open(storage, KekSecret("keyfile", read_key_file(key.hex().encode(), "k"), "k")).id == repo.id
+    with pytest.raises(WrongKey):
+        Repository.open(storage, KekSecret("keyfile", os.urandom(32), "k"))
+
+
+def test_init_refuses_an_existing_repository_and_a_non_empty_store(repo: Repository) -> None:
+    with pytest.raises(RepositoryExists):
+        Repository.init(repo.storage, PASS, chunker=SMALL)
+    other = MemoryStorage()
+    put_bytes(other, "something/else", b"x")
+    with pytest.raises(RepositoryExists, match="not empty"):
+        Repository.init(other, PASS, chunker=SMALL)
+
+
+def test_open_without_repository_and_newer_format() -> None:
+    storage = MemoryStorage()
+    with pytest.raises(RepositoryNotFound, match="init"):
+        Repository.open(storage, PASS)
+    repo = Repository.init(storage, PASS, chunker=SMALL)
+    raw = json.loads(storage.get("repo.json"))
+    raw["version"] = 99
+    put_bytes(storage, "repo.json", json.dumps(raw).encode())
+    with pytest.raises(UnsupportedFormat, match="upgrade"):
+        Repository.open(storage, PASS)
+    assert repo.id == raw["repository_id"]
+
+
+def test_repo_json_and_key_files_hold_no_secret(repo: Repository) -> None:
+    for info in repo.storage.list(""):
+        assert PASS.material not in repo.storage.get(info.key)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_objects_round_trip(repo: Repository, compress: bool) -> None:
+    for payload in (b"", b"x", b"abc" * 10000, os.urandom(5000)):
+        repo.put_object("a/b", payload, compress=compress)
+        assert repo.get_object("a/b") == payload
+
+
+def test_incompressible_data_is_stored_as_is(repo: Repository) -> None:
+    data = os.urandom(100_000)
+    assert repo.put_object("x", data) < len(data) + 64
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["flip_byte", "truncate", "append", "swap_names", "other_repository", "empty"],
+)
+def test_tampered_objects_fail_to_open(repo: Repository, tamper: str) -> None:
+    repo.put_object("c/one", b"first object" * 100)
+    repo.put_object("c/two", b"second object" * 100)
+    blob = repo.storage.get("c/one")
+    if tamper == "flip_byte":
+        i = random.Random(1).randrange(len(blob))
+        bad = blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :]
+    elif tamper == "truncate":
+        bad = blob[:-7]
+    elif tamper == "append":
+        bad = blob + b"\x00"
+    elif tamper == "swap_names":
+        bad = repo.storage.get("c/two")
+    elif tamper == "other_repository":
+        other = Repository.init(MemoryStorage(), PASS, chunker=SMALL)
+        bad = other.encode("c/one", b"first object" * 100)
+    else:
+        bad = b""
+    put_bytes(repo.storage, "c/one", bad)
+    with pytest.raises(IntegrityError) as exc:
+        repo.get_object("c/one")
+    assert exc.value.key == "c/one"
+
+
+def test_chunker_boundaries_are_content_defined() -> None:
+    rnd = random.Random(5)
+    base = bytes(rnd.getrandbits(8) for _ in range(2_000_000))
+    edited = base[:1_000_000] + b"INSERTED" + base[1_000_000:]
+    chunker = Chunker(SMALL)
+    a = list(chunker.chunks(io.BytesIO(base)))
+    b = list(chunker.chunks(io.BytesIO(edited)))
+    assert b"".join(a) == base and b"".join(b) == edited
+    shared = set(a) & set(b)
+    assert len(shared) >= len(a) - 3  # an insert changes only the chunks around it
+    for c in a:
+        assert len(c) <= SMALL.max_size
+
+
+def test_writer_dedups_within_and_across_backups(repo: Repository) -> None:
+    data = os.urandom(600_000)
+    stream = data * 3  # repeated content inside one stream
+    w = ChunkWriter(repo, "main", "gen1", {}, concurrency=3)
+    entry = w.write_stream("dump", "t", io.BytesIO(stream))
+    assert w.stats.chunks_new < w.stats.chunks_total
+    known = {c.id: c.stored for c in entry.chunks}
+    w2 = ChunkWriter(repo, "main", "gen1", known, concurrency=3)
+    entry2 = w2.write_stream("dump", "t", io.BytesIO(stream + b"tail"))
+    assert w2.stats.chunks_new <= 2
+    reader = ChunkReader(repo, "main", "gen1", concurrency=3)
+    assert b"".join(reader.iter_stream(entry2)) == stream + b"tail"
+
+
+def test_reader_names_a_swapped_chunk(repo: Repository) -> None:
+    w = ChunkWriter(repo, "main", "g", {}, concurrency=2)
+    entry = w.write_stream("dump", "t", io.BytesIO(os.urandom(400_000)))
+    k0 = layout.chunk_key("main", "g", entry.chunks[0].id)
+    k1 = layout.chunk_key("main", "g", entry.chunks[1].id)
+    b0, b1 = repo.storage.get(k0), repo.storage.get(k1)
+    put_bytes(repo.storage, k0, b1)
+    put_bytes(repo.storage, k1, b0)
+    with pytest.raises(IntegrityError) as exc:
+        b"".join(ChunkReader(repo, "main", "g").iter_stream(entry))
+    assert exc.value.key == k0
+
+
+def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
+    now = utcnow()
+
+    def manifest(bid: str) -> Manifest:
+        return Manifest(
+            id=bid, cluster="main", kind="full", mode="logical", generation=bid, parent_id=None,
+            database="db", started_at=now, finished_at=now, source_bytes=1, stored_bytes=2,
+            chunks_total=0, chunks_new=0, streams=[],
+        )
+
+    a, b = "20261124T000000Z-full-aaaaaa", "20261124T010000Z-full-bbbbbb"
+    repo.write_manifest(manifest(a))
+    repo.write_manifest(manifest(b))
+    assert repo.read_manifest("main", a).to_dict() == manifest(a).to_dict()
+    assert list(repo.iter_backup_ids("main")) == [a, b]
+    put_bytes(repo.storage, layout.manifest_key("main", b), repo.storage.get(layout.manifest_key("main", a)))
+    with pytest.raises(IntegrityError):
+        repo.read_manifest("main", b)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("20261124T054459Z-full-3a9c1b", True), ("20261124T054459Z-incr-3a9c1b", True),
+     ("../etc/passwd", False), ("latest", False), ("20261124T054459Z-full-3A9C1B", False)],
+)
+def test_backup_id_syntax(text: str, ok: bool) -> None:
+    assert layout.is_backup_id(text) is ok
