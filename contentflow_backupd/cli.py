@@ -89,8 +89,11 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
 
+    from contentflow_backupd.ops.backup import reap_interrupted
+
     catalog = wiring.open_catalog(settings)
     try:
+        reap_interrupted(catalog)
         records = catalog.list_backups(settings.cluster, None if args.all else ["succeeded"])
     finally:
         catalog.close()
