@@ -88,7 +88,6 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-
     from contentflow_backupd.ops.backup import reap_interrupted
 
     catalog = wiring.open_catalog(settings)
@@ -104,7 +103,9 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     if not records:
         print(f"no backups of cluster {settings.cluster!r}")
         return EXIT_OK
-    print(f"{'ID':<30} {'KIND':<11} {'MODE':<8} {'STATUS':<11} {'FINISHED':<20} {'SOURCE':>10} {'STORED':>10}")
+    print(
+        f"{'ID':<30} {'KIND':<11} {'MODE':<8} {'STATUS':<11} {'FINISHED':<20} {'SOURCE':>10} {'STORED':>10}"
+    )
     for r in records:
         finished = r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else "-"
         print(
@@ -131,7 +132,11 @@ def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
     unknown = stored - catalog_ids
     gone = catalog_ids - stored
     if unknown:
-        log.warning("catalog_missing_backups", count=len(unknown), hint="run `contentflow-backupd catalog rebuild`")
+        log.warning(
+            "catalog_missing_backups",
+            count=len(unknown),
+            hint="run `contentflow-backupd catalog rebuild`",
+        )
     if gone:
         log.warning("catalog_lists_missing_backups", count=len(gone), ids=sorted(gone)[:10])
 
@@ -150,7 +155,13 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         "repository_id": repo.id,
         "tool_version": manifest.tool_version,
         "streams": [
-            {"name": s.name, "type": s.type, "size": s.size, "digest": s.digest, "chunks": len(s.chunks)}
+            {
+                "name": s.name,
+                "type": s.type,
+                "size": s.size,
+                "digest": s.digest,
+                "chunks": len(s.chunks),
+            }
             for s in manifest.streams
         ],
         "details": manifest.details,
@@ -163,7 +174,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{k:<17} {v}")
         print(f"{'manifest':<17} {key}")
         for s in out["manifest"]["streams"]:
-            print(f"  stream {s['name']} ({s['type']}): {_human_bytes(s['size'])} in {s['chunks']} chunks, blake3 {s['digest']}")
+            print(
+                f"  stream {s['name']} ({s['type']}): {_human_bytes(s['size'])} in {s['chunks']} chunks, "
+                f"blake3 {s['digest']}"
+            )
     return EXIT_OK
 
 
@@ -177,7 +191,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
     else:
         ids = list(repo.iter_backup_ids(settings.cluster))
-    report = verify_backups(repo, settings.cluster, ids, quick=args.quick, concurrency=settings.upload_concurrency)
+    report = verify_backups(
+        repo, settings.cluster, ids, quick=args.quick, concurrency=settings.upload_concurrency
+    )
     if args.json:
         _print_json(report.to_json())
     else:
@@ -199,7 +215,11 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.restore import resolve_backup_id, restore_to_database, restore_to_file
+    from contentflow_backupd.ops.restore import (
+        resolve_backup_id,
+        restore_to_database,
+        restore_to_file,
+    )
 
     if bool(args.to_database) == bool(args.to_file):
         from contentflow_backupd.errors import UsageError
@@ -208,7 +228,13 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     repo = wiring.open_repository(settings)
     backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup)
     if args.to_file:
-        result = restore_to_file(repo, settings.cluster, backup_id, Path(args.to_file), concurrency=settings.upload_concurrency)
+        result = restore_to_file(
+            repo,
+            settings.cluster,
+            backup_id,
+            Path(args.to_file),
+            concurrency=settings.upload_concurrency,
+        )
     else:
         result = restore_to_database(
             repo,
@@ -224,7 +250,10 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(result.to_json())
     else:
-        print(f"restored backup {result.backup_id} to {result.target} ({_human_bytes(result.restored_bytes)} in {result.duration_seconds:.1f}s)")
+        print(
+            f"restored backup {result.backup_id} to {result.target} "
+            f"({_human_bytes(result.restored_bytes)} in {result.duration_seconds:.1f}s)"
+        )
     return EXIT_OK
 
 
@@ -270,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML settings file (default: $BACKUPD_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace, Settings], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace, Settings], int], help_: str
+    ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
         sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -294,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--to-file", metavar="PATH", help="write the pg_dump archive to PATH instead")
     sp.add_argument("--create", action="store_true", help="create the target database if it does not exist")
     sp.add_argument("--clean", action="store_true", help="drop and replace objects in a non-empty database")
-    sp.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (>1 is not one transaction)")
+    sp.add_argument(
+        "--jobs", type=int, default=1, help="parallel pg_restore jobs (>1 is not one transaction)"
+    )
     sp.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
     cat = sub.add_parser("catalog", help="catalog maintenance")
     catsub = cat.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.settings import ENV_PREFIX, Settings
 from contentflow_backupd.source.conninfo import ConnInfo
 
@@ -19,7 +20,7 @@ def _mask_url(value: str) -> str:
     """A URL with its password replaced by stars (libpq URIs and SQLAlchemy URLs)."""
     try:
         info = ConnInfo.parse(value)
-    except Exception:
+    except ConfigError:
         return MASK
     if info.password is None:
         return value

@@ -42,7 +42,8 @@ def parse_iso(value: str | None) -> datetime | None:
 def new_backup_id(kind: BackupKind, now: datetime | None = None) -> str:
     """A sortable, readable backup id: ``20261124T054459Z-full-3a9c1b``."""
     now = now or utcnow()
-    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{'full' if kind == 'full' else 'incr'}-{secrets.token_hex(3)}"
+    tag = "full" if kind == "full" else "incr"
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{tag}-{secrets.token_hex(3)}"
 
 
 def this_host() -> str:

@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contentflow_backupd.errors import ConfigError
@@ -49,7 +57,9 @@ class EncryptionSettings(_Section):
     def _one_secret(self) -> EncryptionSettings:
         given = [n for n in ("passphrase", "passphrase_file", "key_file") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ValueError(f"set only one of passphrase, passphrase_file, key_file (got {', '.join(given)})")
+            raise ValueError(
+                f"set only one of passphrase, passphrase_file, key_file (got {', '.join(given)})"
+            )
         return self
 
 

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.errors import BackupdError, ConfigError
 from contentflow_backupd.observability.logging import configure_logging, register_secret
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret, read_key_file
@@ -102,7 +102,8 @@ def open_storage(settings: Settings) -> Storage:
         )
     from contentflow_backupd.storage.retry import RetryingStorage
 
-    return RetryingStorage(storage)
+    # Throttling and 5xx are normal on object stores: up to 10 attempts with full-jitter backoff.
+    return RetryingStorage(storage, attempts=10, base_delay=0.1, max_delay=5.0)
 
 
 def kek_secret(settings: Settings) -> KekSecret:
@@ -118,13 +119,17 @@ def kek_secret(settings: Settings) -> KekSecret:
         if not value:
             raise ConfigError(f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE: {enc.passphrase_file} is empty")
         register_secret(value)
-        return KekSecret("passphrase", value.encode(), f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE={enc.passphrase_file}")
+        return KekSecret(
+            "passphrase",
+            value.encode(),
+            f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE={enc.passphrase_file}",
+        )
     if enc.key_file is not None:
         data = _read_secret_file(enc.key_file, "BACKUPD_ENCRYPTION__KEY_FILE")
         try:
             key = read_key_file(data, str(enc.key_file))
-        except Exception as exc:
-            raise ConfigError(f"BACKUPD_ENCRYPTION__KEY_FILE: {exc}") from None
+        except BackupdError as exc:
+            raise ConfigError(f"BACKUPD_ENCRYPTION__KEY_FILE: {exc.message}", hint=exc.hint) from None
         return KekSecret("keyfile", key, f"BACKUPD_ENCRYPTION__KEY_FILE={enc.key_file}")
     raise ConfigError(
         "no encryption key configured",
@@ -159,7 +164,9 @@ def init_repository(settings: Settings) -> Repository:
 
 def open_repository(settings: Settings, storage: Storage | None = None) -> Repository:
     secret = kek_secret(settings)  # a missing key is a configuration error: check it first
-    return Repository.open(storage or open_storage(settings), secret, compression_level=settings.compression.level)
+    return Repository.open(
+        storage or open_storage(settings), secret, compression_level=settings.compression.level
+    )
 
 
 def open_catalog(settings: Settings) -> Catalog:

@@ -1,8 +1,8 @@
-"""Disposable PostgreSQL clusters: ``initdb`` + ``pg_ctl`` on a free loopback port in a directory.
+"""Disposable PostgreSQL clusters: ``initdb`` and ``pg_ctl`` on a free loopback port.
 
-Used by the tests, the ``make run`` demo and the benchmarks. When they run as root, the cluster runs as the ``postgres`` OS user (PostgreSQL refuses to
-run as root). Host connections use SCRAM passwords, so tests exercise the way the tool passes
-passwords to its children.
+Used by the tests, the ``make run`` demo and the benchmarks. When they run as root, the cluster
+runs as the ``postgres`` OS user (PostgreSQL refuses to run as root). Host connections use
+SCRAM passwords, so tests exercise the way the tool passes passwords to its children.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def chown_for_postgres(path: Path) -> None:
 class PgCluster:
     """One disposable PostgreSQL cluster."""
 
-    def __init__(self, base: Path, *, password: str | None = None, conf: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, base: Path, *, password: str | None = None, conf: dict[str, str] | None = None
+    ) -> None:
         self.base = base
         self.bin = find_pg_bin()
         self.datadir = base / "data"
@@ -87,11 +89,21 @@ class PgCluster:
         chown_for_postgres(pwfile)
         subprocess.run(
             [
-                str(self.bin / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-                "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-                "--encoding=UTF8", "--locale=C", "--no-sync",
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
             ],
-            check=True, capture_output=True, **_as_postgres(),
+            check=True,
+            capture_output=True,
+            **_as_postgres(),
         )
         pwfile.unlink()
         conf = {
@@ -115,15 +127,39 @@ class PgCluster:
 
     def start(self) -> PgCluster:
         subprocess.run(
-            [str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start"],
-            check=True, capture_output=True, **_as_postgres(),
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            **_as_postgres(),
         )
         return self
 
     def stop(self, mode: str = "fast") -> None:
         subprocess.run(
-            [str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"],
-            check=False, capture_output=True, **_as_postgres(),
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+            check=False,
+            capture_output=True,
+            **_as_postgres(),
         )
 
     def destroy(self) -> None:
@@ -169,7 +205,7 @@ class PgCluster:
 @contextlib.contextmanager
 def running_cluster(prefix: str = "backupd-pg-", **kw: Any) -> Iterator[PgCluster]:
     base = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(base, 0o755)
+    os.chmod(base, 0o755)  # noqa: S103 - the postgres user must reach its data directory
     cluster = PgCluster(base / "cluster", **kw).init().start()
     try:
         yield cluster

@@ -49,7 +49,9 @@ class Demo:
 
     def run(self, title: str, *args: str, detail: str = "") -> Any:
         t0 = time.monotonic()
-        shown = " ".join(ConnInfo.parse(a).display() if "password=" in a or "://" in a and "@" in a else a for a in args)
+        shown = " ".join(
+            ConnInfo.parse(a).display() if "password=" in a or ("://" in a and "@" in a) else a for a in args
+        )
         print(f"==> {title}: contentflow-backupd {shown}", flush=True)
         proc = subprocess.run([_command(), *args, "--json"], env=self.env, capture_output=True, text=True)
         elapsed = time.monotonic() - t0
@@ -81,7 +83,7 @@ def main() -> int:
                 old.stop("immediate")
             shutil.rmtree(DEMO_DIR)
         DEMO_DIR.mkdir(parents=True)
-        os.chmod(DEMO_DIR, 0o755)
+        os.chmod(DEMO_DIR, 0o755)  # noqa: S103 - the postgres user must reach .demo/pg
         print(f"==> starting a disposable PostgreSQL under {DEMO_DIR}/pg", flush=True)
         cluster = PgCluster(DEMO_DIR / "pg").init().start()
         cluster.execute('create database "contentflow"')
@@ -114,7 +116,9 @@ def main() -> int:
 
     demo = Demo(env)
     try:
-        if not (DEMO_DIR / "repo" / "repo.json").exists() and env["BACKUPD_REPOSITORY"].startswith("file://" + str(DEMO_DIR)):
+        if not (DEMO_DIR / "repo" / "repo.json").exists() and env["BACKUPD_REPOSITORY"].startswith(
+            "file://" + str(DEMO_DIR)
+        ):
             repo = demo.run("initialise the encrypted repository", "init")
             print(f"    repository {repo['repository_id']} at {repo['url']}")
         full = demo.run("full backup", "backup", "--kind", "full")
@@ -125,7 +129,14 @@ def main() -> int:
         incr = demo.run("incremental backup", "backup", "--kind", "incremental")
         demo.run("verify every backup (read back, authenticate, hash)", "verify", "--all")
         _drop_database(admin_url, target_name)
-        restored = demo.run("restore the latest backup into a new database", "restore", "latest", "--to-database", target_url, "--create")
+        restored = demo.run(
+            "restore the latest backup into a new database",
+            "restore",
+            "latest",
+            "--to-database",
+            target_url,
+            "--create",
+        )
         t0 = time.monotonic()
         same = _checksums(source_url) == _checksums(target_url)
         demo.steps.append(("compare source and restored, table by table", time.monotonic() - t0, ""))
@@ -137,18 +148,27 @@ def main() -> int:
     print()
     print("Summary")
     print(f"  database dump size      {_mib(full['source_bytes'])}")
-    print(f"  full backup             {_mib(full['stored_bytes'])} stored, {full['chunks_total']} chunks, {full['duration_seconds']:.1f}s")
+    print(
+        f"  full backup             {_mib(full['stored_bytes'])} stored, {full['chunks_total']} chunks, "
+        f"{full['duration_seconds']:.1f}s"
+    )
     share = incr["stored_bytes"] / max(1, full["stored_bytes"])
-    print(f"  incremental backup      {_mib(incr['stored_bytes'])} stored ({share:.1%} of the full), "
-          f"{incr['chunks_new']}/{incr['chunks_total']} chunks new, {incr['duration_seconds']:.1f}s")
+    print(
+        f"  incremental backup      {_mib(incr['stored_bytes'])} stored ({share:.1%} of the full), "
+        f"{incr['chunks_new']}/{incr['chunks_total']} chunks new, {incr['duration_seconds']:.1f}s"
+    )
     print(f"  restore of {restored['backup_id']}: {restored['duration_seconds']:.1f}s")
     print(f"  restored database equals the source: {'yes' if same else 'NO'}")
     print("  steps:")
     for title, elapsed, _ in demo.steps:
         print(f"    {elapsed:6.1f}s  {title}")
-    print(f"\nEverything is under {DEMO_DIR}: repository in repo/, catalog in state/, passphrase in passphrase.")
-    print("Try: BACKUPD_REPOSITORY=file://%s/repo BACKUPD_STATE_DIR=%s/state BACKUPD_ENCRYPTION__PASSPHRASE_FILE=%s "
-          "%s list" % (DEMO_DIR, DEMO_DIR, passfile, "contentflow-backupd"))
+    print(
+        f"\nEverything is under {DEMO_DIR}: repository in repo/, catalog in state/, passphrase in passphrase."
+    )
+    print(
+        f"Try: BACKUPD_REPOSITORY=file://{DEMO_DIR}/repo BACKUPD_STATE_DIR={DEMO_DIR}/state "
+        f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE={passfile} contentflow-backupd list"
+    )
     return 0 if same else 1
 
 

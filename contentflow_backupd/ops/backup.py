@@ -45,7 +45,9 @@ def reap_interrupted(catalog: Catalog) -> list[str]:
     return changed
 
 
-def run_backup(repo: Repository, catalog: Catalog, source: LogicalSource, opts: BackupOptions) -> BackupRecord:
+def run_backup(
+    repo: Repository, catalog: Catalog, source: LogicalSource, opts: BackupOptions
+) -> BackupRecord:
     if opts.mode != "logical":
         raise UsageError(
             "physical backups are not available yet in this version",
@@ -57,7 +59,9 @@ def run_backup(repo: Repository, catalog: Catalog, source: LogicalSource, opts: 
     return _run_backup(repo, catalog, source, opts)
 
 
-def _run_backup(repo: Repository, catalog: Catalog, source: LogicalSource, opts: BackupOptions) -> BackupRecord:
+def _run_backup(
+    repo: Repository, catalog: Catalog, source: LogicalSource, opts: BackupOptions
+) -> BackupRecord:
     reap_interrupted(catalog)
     db = source.describe()  # fails early and clearly when the database is unreachable
     plan = plan_generation(repo, opts.cluster, opts.kind, opts.mode)
@@ -85,7 +89,12 @@ def _run_backup(repo: Repository, catalog: Catalog, source: LogicalSource, opts:
     catalog.upsert_backup(record)
     run = catalog.start_run(f"backup-{plan.kind}", opts.trigger, pid=record.pid, host=record.host)
     structlog.contextvars.bind_contextvars(backup_id=backup_id, kind=plan.kind, run_id=run.id)
-    log.info("backup_started", generation=generation, database=db.database, known_chunks=len(plan.known_chunks))
+    log.info(
+        "backup_started",
+        generation=generation,
+        database=db.database,
+        known_chunks=len(plan.known_chunks),
+    )
     try:
         writer = ChunkWriter(repo, opts.cluster, generation, plan.known_chunks, concurrency=opts.concurrency)
         with source.dump() as stream:
@@ -126,7 +135,13 @@ def _run_backup(repo: Repository, catalog: Catalog, source: LogicalSource, opts:
         )
         return done
     except (Interrupted, KeyboardInterrupt):
-        _fail(catalog, record, run.id, "interrupted", "interrupted by a signal before the manifest was written")
+        _fail(
+            catalog,
+            record,
+            run.id,
+            "interrupted",
+            "interrupted by a signal before the manifest was written",
+        )
         raise
     except BackupdError as exc:
         _fail(catalog, record, run.id, "failed", exc.message)

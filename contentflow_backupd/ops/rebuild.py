@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +38,8 @@ def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> Rebuild
             unreadable.append({"backup_id": bid, "key": key, "error": exc.message})
             continue
         record = manifest.to_record(key)
-        try:
+        with contextlib.suppress(BackupdError):
             record.stored_bytes += repo.storage.stat(key).size
-        except BackupdError:
-            pass
         records.append(record)
     catalog.replace_backups(cluster, records)
     log.info("catalog_rebuilt", cluster=cluster, backups=len(records), unreadable=len(unreadable))

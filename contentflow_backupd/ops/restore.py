@@ -62,7 +62,9 @@ def resolve_backup_id(repo: Repository, catalog: Catalog | None, cluster: str, r
 def open_for_restore(repo: Repository, cluster: str, backup_id: str, concurrency: int) -> Manifest:
     manifest = repo.read_manifest(cluster, backup_id)
     if manifest.mode != "logical":
-        raise UsageError(f"backup {backup_id} is a {manifest.mode} backup; this command restores logical backups")
+        raise UsageError(
+            f"backup {backup_id} is a {manifest.mode} backup; this command restores logical backups"
+        )
     faults = missing_objects(repo, manifest, concurrency)
     if faults:
         details = "; ".join(f"{f.key}: {f.problem}" for f in faults[:10])
@@ -100,14 +102,18 @@ def restore_to_database(
     log.info("restore_started", backup_id=backup_id, target=target.describe(), bytes=entry.size)
     target.restore(
         reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)),
-        clean=clean, jobs=jobs, no_owner=no_owner,
+        clean=clean,
+        jobs=jobs,
+        no_owner=no_owner,
     )
     result = RestoreResult(backup_id, target.describe(), entry.size, time.monotonic() - t0)
     log.info("restore_completed", backup_id=backup_id, duration_seconds=round(result.duration_seconds, 3))
     return result
 
 
-def restore_to_file(repo: Repository, cluster: str, backup_id: str, path: Path, *, concurrency: int = 8) -> RestoreResult:
+def restore_to_file(
+    repo: Repository, cluster: str, backup_id: str, path: Path, *, concurrency: int = 8
+) -> RestoreResult:
     """Write the pg_dump archive to ``path`` (atomically; refuses to overwrite)."""
     t0 = time.monotonic()
     if path.exists():
@@ -118,7 +124,9 @@ def restore_to_file(repo: Repository, cluster: str, backup_id: str, path: Path, 
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            for data in _stream(repo, manifest, concurrency).iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)):
+            for data in _stream(repo, manifest, concurrency).iter_stream(
+                entry, manifest_key=layout.manifest_key(cluster, backup_id)
+            ):
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -93,7 +93,7 @@ def ordered_map(
         item, fut = pending.popleft()
         try:
             return item, fut.result()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every fault is reported, not raised
             return item, exc
 
     for item in it:
@@ -112,7 +112,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def verify_backup(repo: Repository, cluster: str, backup_id: str, *, quick: bool, concurrency: int = 8) -> BackupCheck:
+def verify_backup(
+    repo: Repository, cluster: str, backup_id: str, *, quick: bool, concurrency: int = 8
+) -> BackupCheck:
     check = BackupCheck(backup_id)
     mkey = layout.manifest_key(cluster, backup_id)
     try:
@@ -187,4 +189,11 @@ def missing_objects(repo: Repository, manifest: Manifest, concurrency: int = 8) 
     return check.faults
 
 
-__all__ = ["ChunkRef", "Fault", "VerifyReport", "missing_objects", "verify_backup", "verify_backups"]
+__all__ = [
+    "ChunkRef",
+    "Fault",
+    "VerifyReport",
+    "missing_objects",
+    "verify_backup",
+    "verify_backups",
+]

@@ -74,7 +74,7 @@ def read_key_file(data: bytes, source: str) -> bytes:
     text = data.strip()
     for decode in (bytes.fromhex, lambda t: base64.b64decode(t, validate=True)):
         try:
-            key = decode(text.decode("ascii"))  # type: ignore[operator]
+            key = decode(text.decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             continue
         if len(key) == KEY_LEN:
@@ -91,7 +91,11 @@ def derive_kek(secret: KekSecret, kdf: dict[str, Any]) -> bytes:
         if secret.kind != "passphrase":
             raise WrongKey("this repository key is opened by a passphrase, but a key file is configured")
         return Scrypt(
-            salt=b64d(kdf["salt"]), length=KEY_LEN, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])
+            salt=b64d(kdf["salt"]),
+            length=KEY_LEN,
+            n=int(kdf["n"]),
+            r=int(kdf["r"]),
+            p=int(kdf["p"]),
         ).derive(secret.material)
     if kdf.get("name") == "none":
         if secret.kind != "keyfile":
@@ -102,7 +106,13 @@ def derive_kek(secret: KekSecret, kdf: dict[str, Any]) -> bytes:
 
 def new_kdf(secret: KekSecret) -> dict[str, Any]:
     if secret.kind == "passphrase":
-        return {"name": "scrypt", "salt": b64e(os.urandom(16)), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
+        return {
+            "name": "scrypt",
+            "salt": b64e(os.urandom(16)),
+            "n": SCRYPT_N,
+            "r": SCRYPT_R,
+            "p": SCRYPT_P,
+        }
     return {"name": "none"}
 
 
@@ -188,7 +198,11 @@ class ObjectCipher:
         kid = self._active.encode("ascii")
         header = ENVELOPE_MAGIC + bytes([len(kid)]) + kid
         nonce = os.urandom(NONCE_LEN)
-        return header + nonce + self._aeads[self._active].encrypt(nonce, plaintext, self._aad(object_key, header))
+        return (
+            header
+            + nonce
+            + self._aeads[self._active].encrypt(nonce, plaintext, self._aad(object_key, header))
+        )
 
     def open(self, object_key: str, blob: bytes) -> bytes:
         """The plaintext of ``blob`` stored under ``object_key``; ``IntegrityError`` otherwise."""

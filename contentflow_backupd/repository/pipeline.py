@@ -63,7 +63,12 @@ class ChunkWriter:
         return self.repo.put_object(key, data)
 
     def write_stream(
-        self, name: str, type_: str, stream: BinaryIO, *, progress: Callable[[int], None] | None = None
+        self,
+        name: str,
+        type_: str,
+        stream: BinaryIO,
+        *,
+        progress: Callable[[int], None] | None = None,
     ) -> StreamEntry:
         chunker = Chunker(self.repo.config.chunker)
         digest = blake3.blake3()

@@ -241,7 +241,9 @@ class Repository:
                 raise IntegrityError(f"object {key} failed to decompress: {exc}", key=key) from None
         raise IntegrityError(f"object {key} has an unknown encoding {flag!r}", key=key)
 
-    def put_object(self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False) -> int:
+    def put_object(
+        self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False
+    ) -> int:
         blob = self.encode(key, plaintext, compress=compress)
         put_bytes(self.storage, key, blob, if_absent=if_absent)
         return len(blob)

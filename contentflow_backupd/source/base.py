@@ -46,9 +46,7 @@ class LogicalTarget(Protocol):
         user tables unless ``clean``. Raises before anything is changed."""
         ...
 
-    def restore(
-        self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool
-    ) -> None:
+    def restore(self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool) -> None:
         """Feed a ``pg_dump`` custom archive to ``pg_restore``. With ``jobs == 1`` the restore
         runs in one transaction: a failure (including an exception raised by ``archive``)
         leaves the target as it was."""

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from psycopg import conninfo as pgconninfo
 
 from contentflow_backupd.errors import ConfigError
@@ -32,7 +33,7 @@ class ConnInfo:
             return cls(params={})
         try:
             params = {k: str(v) for k, v in pgconninfo.conninfo_to_dict(url).items() if v is not None}
-        except Exception as exc:  # psycopg raises ProgrammingError for syntax
+        except psycopg.Error as exc:
             msg = str(exc).replace(url, "<url>")
             raise ConfigError(f"{setting}: not a valid PostgreSQL connection string ({msg})") from None
         password = params.pop("password", None)

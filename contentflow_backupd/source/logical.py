@@ -49,7 +49,14 @@ class PgDumpSource:
         server = self._described or self.describe()
         pg_dump = find_tool("pg_dump", server.major, self._bin_dir)
         # -Z0: we compress per chunk; a compressed dump would defeat dedup.
-        argv = [str(pg_dump), "--format=custom", "--compress=0", "--no-password", "--dbname", self.info.safe()]
+        argv = [
+            str(pg_dump),
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            "--dbname",
+            self.info.safe(),
+        ]
         with libpq_env(self.info, self._tmp_root) as env:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
             tail = StderrTail(proc)
@@ -115,7 +122,13 @@ class PgRestoreTarget:
 
     def _restore_streaming(self, argv: list[str], archive: Iterable[bytes]) -> None:
         with libpq_env(self.info, self._tmp_root) as env:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
             tail = StderrTail(proc)
             assert proc.stdin is not None
             try:
@@ -148,7 +161,9 @@ class PgRestoreTarget:
                 for data in archive:
                     f.write(data)
             with libpq_env(self.info, self._tmp_root) as env:
-                proc = subprocess.run([*argv, f"--jobs={jobs}", path], capture_output=True, env=env, check=False)
+                proc = subprocess.run(
+                    [*argv, f"--jobs={jobs}", path], capture_output=True, env=env, check=False
+                )
             if proc.returncode != 0:
                 err = proc.stderr.decode("utf-8", errors="replace").strip()[-4000:]
                 raise SourceError(

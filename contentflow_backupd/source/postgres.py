@@ -20,9 +20,7 @@ def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
     params.setdefault("application_name", "contentflow-backupd")
     try:
-        return psycopg.connect(
-            ConnInfo(params=params, password=info.password).full(), autocommit=True
-        )
+        return psycopg.connect(ConnInfo(params=params, password=info.password).full(), autocommit=True)
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if info.password:
@@ -42,7 +40,10 @@ def describe(info: ConnInfo) -> DatabaseInfo:
         ).fetchone()
     assert row is not None
     return DatabaseInfo(
-        database=row[0], user=row[1], server_version_num=row[2], server_version=row[3],
+        database=row[0],
+        user=row[1],
+        server_version_num=row[2],
+        server_version=row[3],
         is_superuser=bool(row[4]),
     )
 

@@ -52,12 +52,12 @@ def find_tool(name: str, server_major: int | None, bin_dir: Path | None = None) 
         return candidates[-1][1]
     on_path = shutil.which(name)
     if on_path:
-        path = Path(on_path)
-        major = _major_of(path)
-        if server_major is None or major is None or major >= server_major:
-            return path
+        found_path = Path(on_path)
+        path_major = _major_of(found_path)
+        if server_major is None or path_major is None or path_major >= server_major:
+            return found_path
         raise SourceError(
-            f"{name} on PATH is version {major}, older than the server ({server_major})",
+            f"{name} on PATH is version {path_major}, older than the server ({server_major})",
             hint=f"install the PostgreSQL {server_major} client tools or set BACKUPD_PG_BIN",
         )
     raise SourceError(

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.pg
 
 
 def _manifest(repo_dir: Path, backup_id: str) -> Manifest:
-    repo = Repository.open(LocalStorage(repo_dir), KekSecret("passphrase", PASSPHRASE.encode(), "test"))
+    repo = Repository.open(
+        LocalStorage(repo_dir), KekSecret("passphrase", PASSPHRASE.encode(), "test")
+    )
     return repo.read_manifest("main", backup_id)
 
 
@@ -38,7 +40,8 @@ def _user_tables(pg: PgCluster, db: str) -> int:
     if not pg.execute("select 1 from pg_database where datname = %s", params=(db,)):
         return 0
     rows = pg.execute(
-        "select count(*) from pg_tables where schemaname not in ('pg_catalog','information_schema')", db
+        "select count(*) from pg_tables where schemaname not in ('pg_catalog','information_schema')",
+        db,
     )
     return int(rows[0][0])
 
@@ -96,7 +99,9 @@ def test_a_damaged_chunk_is_named_by_verify_and_fails_the_restore(
     pg.drop_database(target)
 
 
-def test_a_swapped_manifest_is_caught(cli: Cli, pg: PgCluster, backed_up: dict[str, str], tmp_path: Path) -> None:
+def test_a_swapped_manifest_is_caught(
+    cli: Cli, pg: PgCluster, backed_up: dict[str, str], tmp_path: Path
+) -> None:
     second = cli.ok_json("backup", "--kind", "full")
     repo_dir = tmp_path / "repo"
     a = repo_dir / layout.manifest_key("main", backed_up["id"])
@@ -105,13 +110,20 @@ def test_a_swapped_manifest_is_caught(cli: Cli, pg: PgCluster, backed_up: dict[s
     res = cli.run("verify", "--all", "--json")
     assert res.returncode == 1
     assert [f["key"] for f in res.json()["faults"]] == [str(b.relative_to(repo_dir))]
-    restore = cli.run("restore", second["id"], "--to-database", pg.url("swapped_manifest"), "--create")
+    restore = cli.run(
+        "restore", second["id"], "--to-database", pg.url("swapped_manifest"), "--create"
+    )
     assert restore.returncode == 1 and "failed authentication" in restore.stderr
     cli.run("verify", backed_up["id"], check=True)
 
 
 def test_a_wrong_passphrase_says_the_key_is_wrong(cli: Cli, backed_up: dict[str, str]) -> None:
-    for args in (["list"], ["verify", "--all"], ["restore", "latest", "--to-file", "/tmp/never"], ["backup", "--kind", "full"]):
+    for args in (
+        ["list"],
+        ["verify", "--all"],
+        ["restore", "latest", "--to-file", "/tmp/never"],
+        ["backup", "--kind", "full"],
+    ):
         res = cli.run(*args, env={"BACKUPD_ENCRYPTION__PASSPHRASE": "not the passphrase"})
         if args == ["list"]:
             assert res.returncode == 0  # the catalog needs no key
@@ -121,12 +133,16 @@ def test_a_wrong_passphrase_says_the_key_is_wrong(cli: Cli, backed_up: dict[str,
     assert not Path("/tmp/never").exists()
 
 
-def test_kill_9_during_a_backup_leaves_no_succeeded_backup(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+def test_kill_9_during_a_backup_leaves_no_succeeded_backup(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
     seed(pg, pg_db, size_mb=24)
     cli.run("init", check=True)
     proc = cli.popen("backup", "--kind", "full", env={"BACKUPD_UPLOAD_CONCURRENCY": "1"})
     deadline = time.monotonic() + 60
-    while len(chunk_files(tmp_path / "repo")) < 5 if (tmp_path / "repo" / "main").exists() else True:
+    while (
+        len(chunk_files(tmp_path / "repo")) < 5 if (tmp_path / "repo" / "main").exists() else True
+    ):
         assert proc.poll() is None, "backup finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.005)
@@ -139,12 +155,16 @@ def test_kill_9_during_a_backup_leaves_no_succeeded_backup(cli: Cli, pg: PgClust
     good = cli.ok_json("backup", "--kind", "incremental")
     assert good["kind"] == "full" and good["status"] == "succeeded"
     cli.run("verify", "--all", check=True)
-    cli.run("restore", "latest", "--to-database", pg.url("after_kill_" + pg_db), "--create", check=True)
+    cli.run(
+        "restore", "latest", "--to-database", pg.url("after_kill_" + pg_db), "--create", check=True
+    )
     assert checksums(pg, "after_kill_" + pg_db) == checksums(pg, pg_db)
     pg.drop_database("after_kill_" + pg_db)
 
 
-def test_sigterm_during_a_backup_records_it_interrupted(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+def test_sigterm_during_a_backup_records_it_interrupted(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
     seed(pg, pg_db, size_mb=24)
     cli.run("init", check=True)
     proc = cli.popen("backup", "--kind", "full", env={"BACKUPD_UPLOAD_CONCURRENCY": "1"})
@@ -158,25 +178,48 @@ def test_sigterm_during_a_backup_records_it_interrupted(cli: Cli, pg: PgCluster,
     assert [a["status"] for a in cli.ok_json("list", "--all")] == ["interrupted"]
 
 
-def test_bad_inputs_give_clear_errors_and_exit_codes(cli: Cli, pg: PgCluster, backed_up: dict[str, str], tmp_path: Path) -> None:
+def test_bad_inputs_give_clear_errors_and_exit_codes(
+    cli: Cli, pg: PgCluster, backed_up: dict[str, str], tmp_path: Path
+) -> None:
     cases: list[tuple[list[str], dict[str, str], int, str]] = [
         (["show", "20200101T000000Z-full-abcdef"], {}, 1, "not found"),
         (["restore", "no-such-backup", "--to-file", str(tmp_path / "x")], {}, 1, "not found"),
         (["verify", "20200101T000000Z-full-abcdef"], {}, 1, "manifest unreadable"),
-        (["backup", "--kind", "full"], {"BACKUPD_DATABASE_URL": f"postgresql://postgres:pw@127.0.0.1:{free_port()}/x"}, 1, "cannot connect"),
+        (
+            ["backup", "--kind", "full"],
+            {"BACKUPD_DATABASE_URL": f"postgresql://postgres:pw@127.0.0.1:{free_port()}/x"},
+            1,
+            "cannot connect",
+        ),
         (["list"], {"BACKUPD_REPOSITORY": "ftp://example/repo"}, 0, ""),
         (["verify"], {"BACKUPD_REPOSITORY": "ftp://example/repo"}, 2, "BACKUPD_REPOSITORY"),
         (["verify"], {"BACKUPD_REPOSITORY": "file://relative/path"}, 2, "BACKUPD_REPOSITORY"),
         (["verify"], {"BACKUPD_ENCRYPTION__PASSPHRASE": ""}, 2, "BACKUPD_ENCRYPTION__PASSPHRASE"),
-        (["verify"], {"BACKUPD_ENCRYPTION__PASSPHRASE": "", "BACKUPD_ENCRYPTION__KEY_FILE": "/nonexistent/key"}, 2, "does not exist"),
-        (["backup", "--kind", "full"], {"BACKUPD_UPLOAD_CONCURRENCY": "lots"}, 2, "BACKUPD_UPLOAD_CONCURRENCY"),
+        (
+            ["verify"],
+            {
+                "BACKUPD_ENCRYPTION__PASSPHRASE": "",
+                "BACKUPD_ENCRYPTION__KEY_FILE": "/nonexistent/key",
+            },
+            2,
+            "does not exist",
+        ),
+        (
+            ["backup", "--kind", "full"],
+            {"BACKUPD_UPLOAD_CONCURRENCY": "lots"},
+            2,
+            "BACKUPD_UPLOAD_CONCURRENCY",
+        ),
         (["backup", "--kind", "sometimes"], {}, 2, "invalid choice"),
         (["init"], {}, 1, "already holds a repository"),
         (["verify"], {"BACKUPD_REPOSITORY": f"file://{tmp_path / 'empty'}"}, 1, "init"),
     ]
     for args, env, code, text in cases:
         env = dict(env)
-        if env.get("BACKUPD_ENCRYPTION__PASSPHRASE") == "" and "BACKUPD_ENCRYPTION__KEY_FILE" not in env:
+        if (
+            env.get("BACKUPD_ENCRYPTION__PASSPHRASE") == ""
+            and "BACKUPD_ENCRYPTION__KEY_FILE" not in env
+        ):
             env = {"BACKUPD_ENCRYPTION__PASSPHRASE": ""}
         run_env = cli.full_env(env)
         if env.get("BACKUPD_ENCRYPTION__PASSPHRASE") == "":

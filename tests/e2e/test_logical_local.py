@@ -15,8 +15,20 @@ from tests.support.pg import PgCluster
 pytestmark = pytest.mark.pg
 
 BACKUP_KEYS = {
-    "id", "kind", "mode", "status", "started_at", "finished_at", "duration_seconds", "source_bytes",
-    "stored_bytes", "chunks_total", "chunks_new", "generation", "parent_id", "database",
+    "id",
+    "kind",
+    "mode",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "source_bytes",
+    "stored_bytes",
+    "chunks_total",
+    "chunks_new",
+    "generation",
+    "parent_id",
+    "database",
 }
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -56,17 +68,35 @@ def test_full_and_incremental_round_trip(cli: Cli, pg: PgCluster, pg_db: str) ->
     assert res["backup_id"] == incr["id"]
     assert checksums(pg, "restored_latest_" + pg_db) == after
 
-    cli.run("restore", full["id"], "--to-database", pg.url("restored_full_" + pg_db), "--create", check=True)
+    cli.run(
+        "restore",
+        full["id"],
+        "--to-database",
+        pg.url("restored_full_" + pg_db),
+        "--create",
+        check=True,
+    )
     assert checksums(pg, "restored_full_" + pg_db) == before
 
     # parallel pg_restore path
-    cli.run("restore", incr["id"], "--to-database", pg.url("restored_jobs_" + pg_db), "--create", "--jobs", "2", check=True)
+    cli.run(
+        "restore",
+        incr["id"],
+        "--to-database",
+        pg.url("restored_jobs_" + pg_db),
+        "--create",
+        "--jobs",
+        "2",
+        check=True,
+    )
     assert checksums(pg, "restored_jobs_" + pg_db) == after
     for db in ("restored_latest_", "restored_full_", "restored_jobs_"):
         pg.drop_database(db + pg_db)
 
 
-def test_restore_refuses_a_database_with_tables_unless_clean(cli: Cli, pg: PgCluster, pg_db: str) -> None:
+def test_restore_refuses_a_database_with_tables_unless_clean(
+    cli: Cli, pg: PgCluster, pg_db: str
+) -> None:
     seed(pg, pg_db)
     cli.run("init", check=True)
     backup = cli.ok_json("backup", "--kind", "full")
@@ -81,7 +111,9 @@ def test_restore_refuses_a_database_with_tables_unless_clean(cli: Cli, pg: PgClu
     assert checksums(pg, pg_db) == before
 
 
-def test_restore_to_file_gives_a_pg_restore_archive(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+def test_restore_to_file_gives_a_pg_restore_archive(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
     seed(pg, pg_db)
     cli.run("init", check=True)
     backup = cli.ok_json("backup", "--kind", "full")
@@ -101,19 +133,25 @@ def test_incremental_without_a_full_runs_as_full(cli: Cli, pg: PgCluster, pg_db:
     assert "full" in res.stderr
 
 
-def test_dedup_incremental_after_append_heavy_change_is_small(cli: Cli, pg: PgCluster, pg_db: str) -> None:
+def test_dedup_incremental_after_append_heavy_change_is_small(
+    cli: Cli, pg: PgCluster, pg_db: str
+) -> None:
     seed(pg, pg_db, size_mb=24)
     cli.run("init", check=True)
     full = cli.ok_json("backup", "--kind", "full")
     change(pg, pg_db, fraction=0.01)
     incr = cli.ok_json("backup", "--kind", "incremental")
     share = incr["stored_bytes"] / full["stored_bytes"]
-    print(f"\nDEDUP: full stored {full['stored_bytes']} B, incremental stored {incr['stored_bytes']} B "
-          f"= {share:.1%} of the full (source {incr['source_bytes']} B)")
+    print(
+        f"\nDEDUP: full stored {full['stored_bytes']} B, incremental stored {incr['stored_bytes']} B "
+        f"= {share:.1%} of the full (source {incr['source_bytes']} B)"
+    )
     assert share < 0.25, share
 
 
-def test_catalog_rebuild_from_the_repository(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+def test_catalog_rebuild_from_the_repository(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
     seed(pg, pg_db, size_mb=1)
     cli.run("init", check=True)
     a = cli.ok_json("backup", "--kind", "full")
@@ -125,7 +163,15 @@ def test_catalog_rebuild_from_the_repository(cli: Cli, pg: PgCluster, pg_db: str
     listed = cli.run("list", "--json", env=fresh, check=True).json()
     assert [x["id"] for x in listed] == [a["id"], b["id"]]
     for want, got in zip((a, b), listed, strict=True):
-        for key in ("kind", "generation", "parent_id", "source_bytes", "stored_bytes", "chunks_total", "chunks_new"):
+        for key in (
+            "kind",
+            "generation",
+            "parent_id",
+            "source_bytes",
+            "stored_bytes",
+            "chunks_total",
+            "chunks_new",
+        ):
             assert got[key] == want[key], key
 
 
@@ -135,13 +181,22 @@ def test_config_show_masks_secrets(cli: Cli, pg: PgCluster) -> None:
     assert by_name["BACKUPD_ENCRYPTION__PASSPHRASE"]["value"] == "********"
     assert by_name["BACKUPD_ENCRYPTION__PASSPHRASE"]["source"] == "env"
     assert pg.password not in json.dumps(out)
-    assert by_name["BACKUPD_CLUSTER"] == {"name": "BACKUPD_CLUSTER", "value": "main", "source": "default"}
+    assert by_name["BACKUPD_CLUSTER"] == {
+        "name": "BACKUPD_CLUSTER",
+        "value": "main",
+        "source": "default",
+    }
 
 
-def test_chunks_are_spread_over_generations(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+def test_chunks_are_spread_over_generations(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
     seed(pg, pg_db, size_mb=1)
     cli.run("init", check=True)
     a = cli.ok_json("backup", "--kind", "full")
     b = cli.ok_json("backup", "--kind", "full")
-    gens = {p.relative_to(tmp_path / "repo" / "main" / "chunks").parts[0] for p in chunk_files(tmp_path / "repo")}
+    gens = {
+        p.relative_to(tmp_path / "repo" / "main" / "chunks").parts[0]
+        for p in chunk_files(tmp_path / "repo")
+    }
     assert gens == {a["id"], b["id"]}

@@ -13,7 +13,9 @@ from tests.support.pg import PgCluster
 pytestmark = [pytest.mark.pg, pytest.mark.s3]
 
 
-def test_full_and_incremental_round_trip_on_s3(s3_cli: tuple[Cli, str], pg: PgCluster, pg_db: str, moto_s3: str) -> None:
+def test_full_and_incremental_round_trip_on_s3(
+    s3_cli: tuple[Cli, str], pg: PgCluster, pg_db: str, moto_s3: str
+) -> None:
     cli, bucket = s3_cli
     seed(pg, pg_db, size_mb=12)
     cli.run("init", check=True)
@@ -25,7 +27,12 @@ def test_full_and_incremental_round_trip_on_s3(s3_cli: tuple[Cli, str], pg: PgCl
     cli.run("verify", "--all", check=True)
     cli.run("verify", "--all", "--quick", check=True)
 
-    keys = [o["Key"] for o in s3_client(moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing").list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [
+        o["Key"]
+        for o in s3_client(
+            moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing"
+        ).list_objects_v2(Bucket=bucket)["Contents"]
+    ]
     assert "backups/prod/repo.json" in keys
     assert f"backups/prod/main/backups/{incr['id']}.json" in keys
     assert all(k.startswith("backups/prod/") for k in keys)
@@ -52,8 +59,10 @@ def test_backup_and_restore_survive_30_percent_injected_s3_errors(
     target = "s3_faulty_" + pg_db
     cli.run("restore", "latest", "--to-database", pg.url(target), "--create", check=True)
     injected = fault_proxy.injected_total
-    print(f"\nS3 FAULTS: {injected} injected, {fault_proxy.forwarded} forwarded; "
-          f"full {full['chunks_total']} chunks, incremental {incr['chunks_new']} new")
+    print(
+        f"\nS3 FAULTS: {injected} injected, {fault_proxy.forwarded} forwarded; "
+        f"full {full['chunks_total']} chunks, incremental {incr['chunks_new']} new"
+    )
     assert injected > 20
     fault_proxy.error_rate = 0.0
     assert checksums(pg, target) == checksums(pg, pg_db)

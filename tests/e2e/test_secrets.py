@@ -63,9 +63,21 @@ def test_canary_secrets_never_leak(cli: Cli, pg: PgCluster, pg_db: str, tmp_path
     cli.run("list", check=True)
     cli.run("verify", "--all", check=True)
     cli.run("config", "show", check=True)
-    cli.run("restore", "latest", "--to-database", pg.url(target, user=role, password=db_password), "--create", check=True)
+    cli.run(
+        "restore",
+        "latest",
+        "--to-database",
+        pg.url(target, user=role, password=db_password),
+        "--create",
+        check=True,
+    )
     # failures print and log errors: they must stay clean too
-    cli.run("backup", "--kind", "full", env={"BACKUPD_DATABASE_URL": pg.url("no_such_db", user=role, password=db_password)})
+    cli.run(
+        "backup",
+        "--kind",
+        "full",
+        env={"BACKUPD_DATABASE_URL": pg.url("no_such_db", user=role, password=db_password)},
+    )
     cli.run("restore", "latest", "--to-database", pg.url(target, user=role, password=db_password))
     cli.run("verify", "--all", env={"BACKUPD_ENCRYPTION__PASSPHRASE": passphrase + "x"})
     assert checksums(pg, target) == checksums(pg, pg_db)
@@ -89,7 +101,9 @@ def test_canary_secrets_never_leak(cli: Cli, pg: PgCluster, pg_db: str, tmp_path
         data = path.read_bytes()
         for canary in canaries:
             assert canary.encode() not in data, path
-    leftovers = [p for p in (state / "tmp").rglob("*") if p.is_file()] if (state / "tmp").exists() else []
+    leftovers = (
+        [p for p in (state / "tmp").rglob("*") if p.is_file()] if (state / "tmp").exists() else []
+    )
     assert leftovers == [], "passfiles must be removed"
     pg.drop_database(target)
     pg.execute(f"drop owned by {role}; drop role {role}")

@@ -33,7 +33,9 @@ class Result:
         return json.loads(self.stdout)
 
     def __str__(self) -> str:
-        return f"$ {' '.join(self.argv)}\nexit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        return (
+            f"$ {' '.join(self.argv)}\nexit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        )
 
 
 @dataclass
@@ -50,7 +52,13 @@ class Cli:
         base.update(extra or {})
         return base
 
-    def run(self, *args: str, check: bool = False, env: dict[str, str] | None = None, timeout: float = 600) -> Result:
+    def run(
+        self,
+        *args: str,
+        check: bool = False,
+        env: dict[str, str] | None = None,
+        timeout: float = 600,
+    ) -> Result:
         argv = [command_path(), *args]
         proc = subprocess.run(argv, capture_output=True, text=True, env=self.full_env(env), timeout=timeout)
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
@@ -61,7 +69,10 @@ class Cli:
 
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [command_path(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [command_path(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=self.full_env(env),
         )
 

@@ -52,7 +52,12 @@ def test_key_file_repository_round_trip() -> None:
     key = os.urandom(32)
     storage = MemoryStorage()
     repo = Repository.init(storage, KekSecret("keyfile", key, "k"), chunker=SMALL)
-    assert Repository.open(storage, KekSecret("keyfile", read_key_file(key.hex().encode(), "k"), "k")).id == repo.id
+    assert (
+        Repository.open(
+            storage, KekSecret("keyfile", read_key_file(key.hex().encode(), "k"), "k")
+        ).id
+        == repo.id
+    )
     with pytest.raises(WrongKey):
         Repository.open(storage, KekSecret("keyfile", os.urandom(32), "k"))
 
@@ -170,9 +175,20 @@ def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
 
     def manifest(bid: str) -> Manifest:
         return Manifest(
-            id=bid, cluster="main", kind="full", mode="logical", generation=bid, parent_id=None,
-            database="db", started_at=now, finished_at=now, source_bytes=1, stored_bytes=2,
-            chunks_total=0, chunks_new=0, streams=[],
+            id=bid,
+            cluster="main",
+            kind="full",
+            mode="logical",
+            generation=bid,
+            parent_id=None,
+            database="db",
+            started_at=now,
+            finished_at=now,
+            source_bytes=1,
+            stored_bytes=2,
+            chunks_total=0,
+            chunks_new=0,
+            streams=[],
         )
 
     a, b = "20261124T000000Z-full-aaaaaa", "20261124T010000Z-full-bbbbbb"
@@ -180,15 +196,24 @@ def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
     repo.write_manifest(manifest(b))
     assert repo.read_manifest("main", a).to_dict() == manifest(a).to_dict()
     assert list(repo.iter_backup_ids("main")) == [a, b]
-    put_bytes(repo.storage, layout.manifest_key("main", b), repo.storage.get(layout.manifest_key("main", a)))
+    put_bytes(
+        repo.storage,
+        layout.manifest_key("main", b),
+        repo.storage.get(layout.manifest_key("main", a)),
+    )
     with pytest.raises(IntegrityError):
         repo.read_manifest("main", b)
 
 
 @pytest.mark.parametrize(
     ("text", "ok"),
-    [("20261124T054459Z-full-3a9c1b", True), ("20261124T054459Z-incr-3a9c1b", True),
-     ("../etc/passwd", False), ("latest", False), ("20261124T054459Z-full-3A9C1B", False)],
+    [
+        ("20261124T054459Z-full-3a9c1b", True),
+        ("20261124T054459Z-incr-3a9c1b", True),
+        ("../etc/passwd", False),
+        ("latest", False),
+        ("20261124T054459Z-full-3A9C1B", False),
+    ],
 )
 def test_backup_id_syntax(text: str, ok: bool) -> None:
     assert layout.is_backup_id(text) is ok
