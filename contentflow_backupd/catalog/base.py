@@ -5,7 +5,8 @@ reconstructs the ``backups`` table from them. Implementations must be safe when 
 the same catalog at once (a CLI command while the daemon runs): every method is one short
 transaction, and a busy database is waited for (bounded), never corrupted.
 
-Timestamps go in and come out as timezone-aware UTC ``datetime`` values.
+Timestamps go in and come out as timezone-aware UTC ``datetime`` values (naive ones going in are
+taken as UTC).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Catalog(Protocol):
 
     def replace_backups(self, cluster: str, records: Sequence[BackupRecord]) -> None:
         """In one transaction: delete every backup row of ``cluster`` whose status is
-        ``succeeded`` or whose id is in ``records``, then insert ``records``. Used by
-        ``catalog rebuild``; rows of failed attempts not in the repository are kept."""
+        ``succeeded``, then insert ``records``, replacing any row with the same id (also one of
+        another cluster). Used by ``catalog rebuild``; rows of failed attempts are kept."""
         ...
 
     def start_run(
@@ -56,17 +57,20 @@ class Catalog(Protocol):
         backup_id: str | None = None,
         error: str | None = None,
     ) -> None:
-        """Set status, ``finished_at`` now, backup id and error of a run."""
+        """Set status, ``finished_at`` now, backup id and error of a run. ``CatalogError`` when
+        no run has this id."""
         ...
 
     def list_runs(self, limit: int | None = None) -> list[RunRecord]:
-        """Runs, oldest first; with ``limit``, the newest ``limit`` runs (still oldest first)."""
+        """Runs in insertion order (by id); with ``limit``, the newest ``limit`` runs (still in
+        insertion order)."""
         ...
 
     def mark_interrupted(self, is_alive: Callable[[int | None, str | None], bool]) -> list[str]:
         """Every backup and run still ``running`` whose (pid, host) ``is_alive`` says is gone
         becomes ``interrupted`` with ``finished_at`` now and error "process ended without
-        finishing (killed or crashed)". Returns the ids of the backups changed."""
+        finishing (killed or crashed)". ``is_alive`` is called outside any transaction; a row
+        that finished meanwhile is left alone. Returns the ids of the backups changed."""
         ...
 
     def close(self) -> None:

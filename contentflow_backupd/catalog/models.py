@@ -1,0 +1,120 @@
+"""The catalog's tables as SQLAlchemy 2 declarative models.
+
+The schema itself is created and changed only by the Alembic revisions in ``migrations/versions``;
+these models describe the current head so that queries are typed and ``alembic revision
+--autogenerate`` can diff against them. Later tables (WAL segments, drills, migrations, audit)
+come as later revisions plus a model here.
+
+Datetimes are stored timezone-aware: ``timestamptz`` on PostgreSQL; on SQLite, which has no
+zone-aware type, they are stored as UTC and UTC is attached again on read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Alembic's own table. Not the default ``alembic_version``, so that a catalog pointed at a
+# database another Alembic-managed application also uses does not read that application's revision.
+VERSION_TABLE = "catalog_alembic_version"
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime that always comes back in UTC.
+
+    A naive value going in is taken to be UTC (as ``model.iso`` does).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSON on SQLite (stored as text), JSONB on PostgreSQL.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class BackupRow(Base):
+    """One ``BackupRecord``."""
+
+    __tablename__ = "backups"
+    __table_args__ = (Index("ix_backups_cluster_started_at", "cluster", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    parent_id: Mapped[str | None] = mapped_column(String(128))
+    database: Mapped[str | None] = mapped_column(String(255))
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    source_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunks_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunks_new: Mapped[int] = mapped_column(BigInteger, default=0)
+    manifest_key: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+
+
+class RunRow(Base):
+    """One ``RunRecord``. Ids are never reused (``AUTOINCREMENT`` on SQLite)."""
+
+    __tablename__ = "runs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(255))
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    backup_id: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+
+
+class CatalogMetaRow(Base):
+    """Small facts about the catalog itself (e.g. when it was last rebuilt), as key/value text."""
+
+    __tablename__ = "catalog_meta"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

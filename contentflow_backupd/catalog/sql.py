@@ -1,0 +1,354 @@
+"""``SqlCatalog``: the Catalog in a SQLite file (the default) or a PostgreSQL database.
+
+Every method is one short transaction. On SQLite, writes begin with ``BEGIN IMMEDIATE`` so that a
+writer takes the write lock up front and waits for it (``busy_timeout``, 30 s) instead of failing
+on a read-to-write lock upgrade; reads begin ``DEFERRED`` and, in WAL mode, never block writers.
+On PostgreSQL, lock waits are bounded by ``lock_timeout`` (30 s) unless the URL sets ``options``.
+
+The schema is brought to the newest Alembic revision by ``open_catalog`` under a lock (a
+transaction-scoped advisory lock on PostgreSQL, the write lock on SQLite), so that processes
+opening a catalog at the same moment run the migrations once and all succeed.
+
+SQLAlchemy, Alembic and driver errors are translated to ``CatalogError`` here, once; the message
+names the catalog URL with its password hidden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from contentflow_backupd.catalog.models import BackupRow, RunRow
+from contentflow_backupd.errors import CatalogError
+from contentflow_backupd.model import (
+    BackupRecord,
+    BackupStatus,
+    RunRecord,
+    RunStatus,
+    RunTrigger,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from contentflow_backupd.catalog.base import Catalog
+
+MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+# pg_advisory_xact_lock key serializing migrations: the bytes b"cfbackup" as a signed bigint.
+MIGRATION_LOCK_KEY = 0x6366_6261_636B_7570
+BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
+INTERRUPTED_ERROR = "process ended without finishing (killed or crashed)"
+
+_SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_WRITE_OPTION = "contentflow_catalog_write"  # execution option: begin with BEGIN IMMEDIATE
+_BACKUP_FIELDS = tuple(f.name for f in dataclasses.fields(BackupRecord))
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
+
+
+def open_catalog(url: str) -> SqlCatalog:
+    """Connect to the catalog at ``url``, bring its schema to the newest revision, return it."""
+    catalog = SqlCatalog(url)
+    try:
+        catalog.migrate()
+    except BaseException:
+        catalog.close()
+        raise
+    return catalog
+
+
+def alembic_config(*, connection: Connection | None = None, url: str | None = None) -> Config:
+    """An Alembic ``Config`` for the catalog's migrations, built in code (no alembic.ini)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+class SqlCatalog:
+    """The Catalog on SQLAlchemy. Construct with ``open_catalog`` (which also migrates)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+        except SQLAlchemyError:
+            raise CatalogError("invalid catalog URL (not shown: it may hold a password)") from None
+        self.url = parsed.render_as_string(hide_password=True)
+        password = parsed.password
+        self._password = password if isinstance(password, str) and password else None
+        with self._translate("open"):
+            self._engine = _create_engine(parsed)
+        self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
+        self._reads = sessionmaker(self._engine)
+        self._writes = sessionmaker(self._writer)
+
+    def __repr__(self) -> str:
+        return f"SqlCatalog({self.url!r})"
+
+    def __enter__(self) -> SqlCatalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Apply every pending Alembic revision, serialized against other processes."""
+        with self._translate("migrate the schema"), self._writer.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            command.upgrade(alembic_config(connection=connection), "head")
+
+    # -- backups ---------------------------------------------------------------------------
+    def upsert_backup(self, record: BackupRecord) -> None:
+        with self._session("upsert backup", write=True) as session:
+            _upsert_backups(session, [record])
+
+    def get_backup(self, backup_id: str) -> BackupRecord | None:
+        with self._session("get backup", write=False) as session:
+            row = session.get(BackupRow, backup_id)
+            return None if row is None else _backup_record(row)
+
+    def list_backups(
+        self, cluster: str, statuses: Iterable[BackupStatus] | None = None
+    ) -> list[BackupRecord]:
+        query = select(BackupRow).where(BackupRow.cluster == cluster)
+        if statuses is not None:
+            query = query.where(BackupRow.status.in_(list(statuses)))
+        query = query.order_by(BackupRow.started_at, BackupRow.id)
+        with self._session("list backups", write=False) as session:
+            return [_backup_record(row) for row in session.scalars(query)]
+
+    def delete_backup(self, backup_id: str) -> None:
+        with self._session("delete backup", write=True) as session:
+            session.execute(delete(BackupRow).where(BackupRow.id == backup_id))
+
+    def replace_backups(self, cluster: str, records: Sequence[BackupRecord]) -> None:
+        with self._session("replace backups", write=True) as session:
+            session.execute(
+                delete(BackupRow).where(BackupRow.cluster == cluster, BackupRow.status == "succeeded")
+            )
+            # An upsert replaces the rows whose id is in ``records``, whatever their status.
+            _upsert_backups(session, records)
+
+    # -- runs ------------------------------------------------------------------------------
+    def start_run(
+        self, job: str, trigger: RunTrigger, *, pid: int | None = None, host: str | None = None
+    ) -> RunRecord:
+        row = RunRow(job=job, trigger=trigger, status="running", started_at=utcnow(), pid=pid, host=host)
+        with self._session("start run", write=True) as session:
+            session.add(row)
+            session.flush()
+            return _run_record(row)
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: RunStatus,
+        *,
+        backup_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        changes = {
+            "status": status,
+            "finished_at": utcnow(),
+            "backup_id": backup_id,
+            "error": error,
+        }
+        with self._session("finish run", write=True) as session:
+            result = session.connection().execute(update(RunRow).where(RunRow.id == run_id).values(changes))
+            if result.rowcount == 0:
+                raise CatalogError(f"catalog {self.url}: no run with id {run_id}")
+
+    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
+        query = select(RunRow).order_by(RunRow.id.desc())
+        if limit is not None:
+            query = query.limit(max(limit, 0))
+        with self._session("list runs", write=False) as session:
+            return [_run_record(row) for row in reversed(session.scalars(query).all())]
+
+    def mark_interrupted(self, is_alive: Callable[[int | None, str | None], bool]) -> list[str]:
+        with self._session("find running backups and runs", write=False) as session:
+            backups = session.execute(
+                select(BackupRow.id, BackupRow.pid, BackupRow.host).where(BackupRow.status == "running")
+            ).all()
+            runs = session.execute(
+                select(RunRow.id, RunRow.pid, RunRow.host).where(RunRow.status == "running")
+            ).all()
+        # ``is_alive`` runs outside any transaction: it may be slow, and it is not ours.
+        dead_backups = [row.id for row in backups if not is_alive(row.pid, row.host)]
+        dead_runs = [row.id for row in runs if not is_alive(row.pid, row.host)]
+        if not dead_backups and not dead_runs:
+            return []
+        changes = {"status": "interrupted", "finished_at": utcnow(), "error": INTERRUPTED_ERROR}
+        changed: list[str] = []
+        with self._session("mark interrupted", write=True) as session:
+            # ``status == running`` again: a row finished meanwhile is left alone.
+            for backup_id in dead_backups:
+                result = session.connection().execute(
+                    update(BackupRow)
+                    .where(BackupRow.id == backup_id, BackupRow.status == "running")
+                    .values(changes)
+                )
+                if result.rowcount:
+                    changed.append(backup_id)
+            for run_id in dead_runs:
+                session.execute(
+                    update(RunRow).where(RunRow.id == run_id, RunRow.status == "running").values(changes)
+                )
+        return changed
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- plumbing --------------------------------------------------------------------------
+    @contextmanager
+    def _session(self, what: str, *, write: bool) -> Iterator[Session]:
+        maker = self._writes if write else self._reads
+        with self._translate(what), maker.begin() as session:
+            yield session
+
+    @contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        """Turn SQLAlchemy, Alembic, driver and file-system errors into ``CatalogError``."""
+        try:
+            yield
+        except (SQLAlchemyError, CommandError, OSError) as exc:
+            orig = exc.orig if isinstance(exc, DBAPIError) else exc
+            reason = " ".join(str(orig).split())[:500] or type(orig).__name__
+            leaked = self._password is not None and self._password in str(exc)
+            if self._password:
+                reason = reason.replace(self._password, "***")
+            error = CatalogError(
+                f"catalog {self.url}: cannot {what}: {reason}",
+                hint="check that the catalog database is reachable, its URL and its credentials"
+                if isinstance(exc, DBAPIError | OSError)
+                else None,
+            )
+            if leaked:
+                raise error from None
+            raise error from exc
+
+
+# -- engines -------------------------------------------------------------------------------
+def _create_engine(url: URL) -> Engine:
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        _make_parent_directory(url)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if backend == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        if "application_name" not in url.query:
+            connect_args["application_name"] = "contentflow-backupd catalog"
+        if "options" not in url.query:
+            connect_args["options"] = f"-c lock_timeout={BUSY_TIMEOUT_MS}"
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    raise CatalogError(
+        f"catalog {url.render_as_string(hide_password=True)}: unsupported database {backend!r}",
+        hint="use a sqlite:///path or postgresql://user@host/db URL",
+    )
+
+
+def _make_parent_directory(url: URL) -> None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module: ``_sqlite_on_begin`` emits BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _set_wal_journal(cursor)
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _set_wal_journal(cursor: Any) -> None:
+    """``journal_mode = WAL``, waiting for the lock: when processes create the file at once,
+    SQLite answers ``database is locked`` at once instead of calling the busy handler."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY_CODES
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    write = connection.get_execution_options().get(_WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+
+
+# -- rows <-> records ----------------------------------------------------------------------
+def _upsert_backups(session: Session, records: Sequence[BackupRecord]) -> None:
+    if not records:
+        return
+    values = [dataclasses.asdict(record) for record in records]
+    if session.get_bind().dialect.name == "postgresql":
+        pg_stmt = pg_insert(BackupRow)
+        session.execute(
+            pg_stmt.on_conflict_do_update(
+                index_elements=[BackupRow.id],
+                set_={name: pg_stmt.excluded[name] for name in _BACKUP_FIELDS if name != "id"},
+            ),
+            values,
+        )
+    else:
+        lite_stmt = sqlite_insert(BackupRow)
+        session.execute(
+            lite_stmt.on_conflict_do_update(
+                index_elements=[BackupRow.id],
+                set_={name: lite_stmt.excluded[name] for name in _BACKUP_FIELDS if name != "id"},
+            ),
+            values,
+        )
+
+
+def _backup_record(row: BackupRow) -> BackupRecord:
+    data = {name: getattr(row, name) for name in _BACKUP_FIELDS}
+    data["details"] = dict(row.details or {})
+    return BackupRecord(**data)
+
+
+def _run_record(row: RunRow) -> RunRecord:
+    return RunRecord(**{name: getattr(row, name) for name in _RUN_FIELDS})
+
+
+if TYPE_CHECKING:
+    _conforms: type[Catalog] = SqlCatalog
