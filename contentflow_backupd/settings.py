@@ -46,6 +46,7 @@ class S3Settings(_Section):
     endpoint_url: str | None = None
     region: str | None = None
     force_path_style: bool = False
+    ca_bundle: Path | None = None
 
 
 class EncryptionSettings(_Section):

@@ -93,6 +93,7 @@ def open_storage(settings: Settings) -> Storage:
             endpoint_url=settings.s3.endpoint_url,
             region=settings.s3.region,
             force_path_style=settings.s3.force_path_style,
+            ca_bundle=str(settings.s3.ca_bundle) if settings.s3.ca_bundle else None,
             max_concurrency=settings.upload_concurrency,
         )
     else:

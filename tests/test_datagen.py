@@ -48,9 +48,7 @@ def _load(pg: PgCluster, db: str, size_mb: int, seed: int) -> psycopg.Connection
     return conn
 
 
-def test_same_seed_gives_identical_tables_and_sequences(
-    pg: PgCluster, pg_db: str, other_db: str
-) -> None:
+def test_same_seed_gives_identical_tables_and_sequences(pg: PgCluster, pg_db: str, other_db: str) -> None:
     with _load(pg, pg_db, 5, 42) as a, _load(pg, other_db, 5, 42) as b:
         b.execute("SET TimeZone = 'Asia/Kathmandu'")  # row text must not depend on the session
         b.execute("SET DateStyle = 'SQL, DMY'")

@@ -6,24 +6,31 @@ all implement :class:`Storage`; one conformance suite (``tests/storage/contract.
 each of them.
 
 Keys are relative, ``/``-separated, without a leading slash, ``.`` or ``..`` segments; a driver
-maps them under its own root (a directory, a bucket prefix). Every driver must honour:
+maps them under its own root (a directory, a bucket prefix). A key may not also be a "folder" of
+other keys (``a/b`` and ``a/b/c``): a filesystem cannot hold both, so drivers may refuse the
+second with a non-retryable ``StorageError``. Every driver must honour:
 
 - ``put(key, stream)``: reads ``stream`` to EOF and stores it as the whole object under ``key``,
   replacing any existing object. Atomic: a reader sees the old object, the new object, or (if
   there was none) ``ObjectNotFound``; never a partial object, also after a crash mid-write. Returns
   only once the object is durable. Returns the number of bytes stored. If the backend acknowledged
-  the write but the stored object is not whole, raise ``IncompleteWrite``. ``stream`` may be read
-  more than once by a retrying wrapper: callers pass a seekable stream (``io.BytesIO`` or a file).
+  the write but the stored object is not whole, raise ``IncompleteWrite``. ``stream`` is read from
+  its current position, and may be read more than once by a retrying wrapper (which rewinds to
+  that position): callers pass a seekable stream (``io.BytesIO`` or a file).
 - ``put(key, stream, if_absent=True)``: as above, but raises ``ObjectExists`` and leaves the
   existing object untouched when ``key`` already exists. Drivers whose ``features.create_only`` is
-  False emulate it with ``stat`` then ``put`` (racy; documented).
+  False emulate it with ``stat`` then ``put`` (racy; documented). When a retried attempt finds
+  the object already there with identical bytes (an earlier attempt landed), it succeeds.
 - ``open(key, offset=0, length=None)``: a readable binary stream of the object's bytes from
   ``offset``, at most ``length`` bytes; the caller closes it. Missing key: ``ObjectNotFound``.
+  An offset at or past the end gives an empty stream; a negative offset or length is a
+  ``StorageError``.
 - ``get(key)``: the whole object as ``bytes`` (convenience over ``open``).
 - ``stat(key)``: ``ObjectInfo`` with size; missing key: ``ObjectNotFound``.
 - ``list(prefix)``: lazily yields ``ObjectInfo`` for every key that starts with ``prefix``
   (a plain string prefix, not a directory), in ascending byte order of the key. Objects being
-  written and temp files are never listed.
+  written and temp files are never listed; a prefix that no valid key can start with yields
+  nothing.
 - ``delete(key)``: removes the object; deleting a missing key succeeds (idempotent).
 - ``features``: what the backend can do, as data. Callers branch on it, never on the class.
 

@@ -27,9 +27,7 @@ def moto_s3() -> Iterator[str]:
 @pytest.fixture
 def s3_cli(cli: Cli, moto_s3: str) -> Iterator[tuple[Cli, str]]:
     """``cli`` pointed at a fresh bucket on moto's server (path-style, fake credentials)."""
-    client = s3_client(
-        moto_s3, **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    )
+    client = s3_client(moto_s3, **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
     bucket = create_bucket(client)
     cli.env.update(aws_test_env())
     cli.env.update(

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.pg
 
 
 def _manifest(repo_dir: Path, backup_id: str) -> Manifest:
-    repo = Repository.open(
-        LocalStorage(repo_dir), KekSecret("passphrase", PASSPHRASE.encode(), "test")
-    )
+    repo = Repository.open(LocalStorage(repo_dir), KekSecret("passphrase", PASSPHRASE.encode(), "test"))
     return repo.read_manifest("main", backup_id)
 
 
@@ -110,9 +108,7 @@ def test_a_swapped_manifest_is_caught(
     res = cli.run("verify", "--all", "--json")
     assert res.returncode == 1
     assert [f["key"] for f in res.json()["faults"]] == [str(b.relative_to(repo_dir))]
-    restore = cli.run(
-        "restore", second["id"], "--to-database", pg.url("swapped_manifest"), "--create"
-    )
+    restore = cli.run("restore", second["id"], "--to-database", pg.url("swapped_manifest"), "--create")
     assert restore.returncode == 1 and "failed authentication" in restore.stderr
     cli.run("verify", backed_up["id"], check=True)
 
@@ -140,9 +136,7 @@ def test_kill_9_during_a_backup_leaves_no_succeeded_backup(
     cli.run("init", check=True)
     proc = cli.popen("backup", "--kind", "full", env={"BACKUPD_UPLOAD_CONCURRENCY": "1"})
     deadline = time.monotonic() + 60
-    while (
-        len(chunk_files(tmp_path / "repo")) < 5 if (tmp_path / "repo" / "main").exists() else True
-    ):
+    while len(chunk_files(tmp_path / "repo")) < 5 if (tmp_path / "repo" / "main").exists() else True:
         assert proc.poll() is None, "backup finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.005)
@@ -155,9 +149,7 @@ def test_kill_9_during_a_backup_leaves_no_succeeded_backup(
     good = cli.ok_json("backup", "--kind", "incremental")
     assert good["kind"] == "full" and good["status"] == "succeeded"
     cli.run("verify", "--all", check=True)
-    cli.run(
-        "restore", "latest", "--to-database", pg.url("after_kill_" + pg_db), "--create", check=True
-    )
+    cli.run("restore", "latest", "--to-database", pg.url("after_kill_" + pg_db), "--create", check=True)
     assert checksums(pg, "after_kill_" + pg_db) == checksums(pg, pg_db)
     pg.drop_database("after_kill_" + pg_db)
 
@@ -216,10 +208,7 @@ def test_bad_inputs_give_clear_errors_and_exit_codes(
     ]
     for args, env, code, text in cases:
         env = dict(env)
-        if (
-            env.get("BACKUPD_ENCRYPTION__PASSPHRASE") == ""
-            and "BACKUPD_ENCRYPTION__KEY_FILE" not in env
-        ):
+        if env.get("BACKUPD_ENCRYPTION__PASSPHRASE") == "" and "BACKUPD_ENCRYPTION__KEY_FILE" not in env:
             env = {"BACKUPD_ENCRYPTION__PASSPHRASE": ""}
         run_env = cli.full_env(env)
         if env.get("BACKUPD_ENCRYPTION__PASSPHRASE") == "":

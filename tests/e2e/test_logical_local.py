@@ -94,9 +94,7 @@ def test_full_and_incremental_round_trip(cli: Cli, pg: PgCluster, pg_db: str) ->
         pg.drop_database(db + pg_db)
 
 
-def test_restore_refuses_a_database_with_tables_unless_clean(
-    cli: Cli, pg: PgCluster, pg_db: str
-) -> None:
+def test_restore_refuses_a_database_with_tables_unless_clean(cli: Cli, pg: PgCluster, pg_db: str) -> None:
     seed(pg, pg_db)
     cli.run("init", check=True)
     backup = cli.ok_json("backup", "--kind", "full")
@@ -133,9 +131,7 @@ def test_incremental_without_a_full_runs_as_full(cli: Cli, pg: PgCluster, pg_db:
     assert "full" in res.stderr
 
 
-def test_dedup_incremental_after_append_heavy_change_is_small(
-    cli: Cli, pg: PgCluster, pg_db: str
-) -> None:
+def test_dedup_incremental_after_append_heavy_change_is_small(cli: Cli, pg: PgCluster, pg_db: str) -> None:
     seed(pg, pg_db, size_mb=24)
     cli.run("init", check=True)
     full = cli.ok_json("backup", "--kind", "full")
@@ -149,9 +145,7 @@ def test_dedup_incremental_after_append_heavy_change_is_small(
     assert share < 0.25, share
 
 
-def test_catalog_rebuild_from_the_repository(
-    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
-) -> None:
+def test_catalog_rebuild_from_the_repository(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
     seed(pg, pg_db, size_mb=1)
     cli.run("init", check=True)
     a = cli.ok_json("backup", "--kind", "full")
@@ -188,15 +182,12 @@ def test_config_show_masks_secrets(cli: Cli, pg: PgCluster) -> None:
     }
 
 
-def test_chunks_are_spread_over_generations(
-    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
-) -> None:
+def test_chunks_are_spread_over_generations(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
     seed(pg, pg_db, size_mb=1)
     cli.run("init", check=True)
     a = cli.ok_json("backup", "--kind", "full")
     b = cli.ok_json("backup", "--kind", "full")
     gens = {
-        p.relative_to(tmp_path / "repo" / "main" / "chunks").parts[0]
-        for p in chunk_files(tmp_path / "repo")
+        p.relative_to(tmp_path / "repo" / "main" / "chunks").parts[0] for p in chunk_files(tmp_path / "repo")
     }
     assert gens == {a["id"], b["id"]}

@@ -101,9 +101,7 @@ def test_canary_secrets_never_leak(cli: Cli, pg: PgCluster, pg_db: str, tmp_path
         data = path.read_bytes()
         for canary in canaries:
             assert canary.encode() not in data, path
-    leftovers = (
-        [p for p in (state / "tmp").rglob("*") if p.is_file()] if (state / "tmp").exists() else []
-    )
+    leftovers = [p for p in (state / "tmp").rglob("*") if p.is_file()] if (state / "tmp").exists() else []
     assert leftovers == [], "passfiles must be removed"
     pg.drop_database(target)
     pg.execute(f"drop owned by {role}; drop role {role}")

@@ -53,9 +53,7 @@ def test_key_file_repository_round_trip() -> None:
     storage = MemoryStorage()
     repo = Repository.init(storage, KekSecret("keyfile", key, "k"), chunker=SMALL)
     assert (
-        Repository.open(
-            storage, KekSecret("keyfile", read_key_file(key.hex().encode(), "k"), "k")
-        ).id
+        Repository.open(storage, KekSecret("keyfile", read_key_file(key.hex().encode(), "k"), "k")).id
         == repo.id
     )
     with pytest.raises(WrongKey):
