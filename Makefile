@@ -1,6 +1,7 @@
 # contentflow-backupd: the two set-up commands are `make run` and `make test`.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The system Python when there is one: the postgres user must be able to run the tool (archive_command).
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)

@@ -54,6 +54,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.ops.backup import BackupOptions, run_backup
+    from contentflow_backupd.repository.walarchive import WalArchive
 
     mode = args.mode or settings.mode
     repo = wiring.open_repository(settings)
@@ -62,14 +63,17 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         record = run_backup(
             repo,
             catalog,
-            wiring.logical_source(settings),
             BackupOptions(
                 cluster=settings.cluster,
                 kind=args.kind,
                 mode=mode,
                 concurrency=settings.upload_concurrency,
                 lock_dir=wiring.lock_dir(settings),
+                archive_timeout=settings.wal.archive_timeout,
             ),
+            logical=wiring.logical_source(settings) if mode == "logical" else None,
+            physical=wiring.physical_source(settings) if mode == "physical" else None,
+            archive=WalArchive(repo, settings.cluster) if mode == "physical" else None,
         )
     finally:
         catalog.close()
@@ -289,6 +293,77 @@ def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_wal_push(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.wal import push_wal_file
+
+    status = push_wal_file(wiring.open_wal_archive(settings), Path(args.path))
+    if args.json:
+        _print_json({"file": Path(args.path).name, "status": status})
+    return EXIT_OK
+
+
+def cmd_wal_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.errors import ObjectNotFound, RecoveryMustStop
+    from contentflow_backupd.ops.wal import fetch_wal_file
+
+    try:
+        fetch_wal_file(wiring.open_wal_archive(settings), args.name, Path(args.dest))
+    except ObjectNotFound:
+        log.info("wal_not_archived", wal=args.name)
+        return EXIT_FAILED
+    except BackupdError as exc:
+        raise RecoveryMustStop(f"wal-fetch {args.name}: {exc.message}; stopping recovery") from None
+    return EXIT_OK
+
+
+def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.wal_stream import run_wal_stream
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            raise SystemExit(1)  # a second signal: stop now
+        log.info("wal_stream_stopping", signal=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_wal_stream(
+        wiring.open_wal_archive(settings),
+        wiring.source_conninfo(settings),
+        spool_dir=wiring.state_dir(settings) / "wal-spool" / settings.cluster,
+        slot=settings.wal.slot,
+        stop=stop,
+        bin_dir=settings.pg_bin,
+        tmp_root=wiring.tmp_dir(settings),
+    )
+    return EXIT_OK
+
+
+def cmd_wal_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.wal import check_wal_chain
+
+    report = check_wal_chain(wiring.open_wal_archive(settings))
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for t in report.to_json()["timelines"]:
+            print(f"timeline {t['timeline']}: {t['segments']} segments, {t['first']} .. {t['last']}")
+        for g in report.gaps:
+            print(f"  gap on timeline {g.timeline}: {g.missing_from} .. {g.missing_to} missing")
+    if not report.ok:
+        raise VerificationFailed(f"the WAL archive has {len(report.gaps)} gap(s)")
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -329,6 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="parallel pg_restore jobs (>1 is not one transaction)"
     )
     sp.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
+    sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %p')")
+    sp.add_argument("path", metavar="PATH")
+    sp = add("wal-fetch", cmd_wal_fetch, "fetch one WAL file (restore_command = '... wal-fetch %f %p')")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("dest", metavar="DEST")
+    add("wal-stream", cmd_wal_stream, "stream WAL with pg_receivewal on a slot and archive each segment")
+    walp = sub.add_parser("wal", help="WAL archive maintenance")
+    walsub = walp.add_subparsers(dest="wal_command", required=True, metavar="SUBCOMMAND")
+    sp = walsub.add_parser("verify", help="check the WAL archive for gaps, per timeline")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_wal_verify)
     cat = sub.add_parser("catalog", help="catalog maintenance")
     catsub = cat.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")
     sp = catsub.add_parser("rebuild", help="rebuild the catalog from the repository's manifests")

@@ -25,7 +25,10 @@ SQLAlchemy) are translated at the boundary of the module that owns the library, 
     ├── CatalogError                  the catalog database
     ├── BackupNotFound                an unknown backup id
     ├── LockedError                   another process holds the lock (e.g. a running backup)
-    └── VerificationFailed            verify found faults (the faults are listed on it)
+    ├── VerificationFailed            verify found faults (the faults are listed on it)
+    └── RecoveryMustStop              exit 126: wal-fetch found a damaged object or could not
+                                      reach storage; PostgreSQL stops recovery (exit > 125)
+                                      instead of ending it early as for a missing file (exit 1)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_RECOVERY_FATAL = 126
 
 
 class BackupdError(Exception):
@@ -139,3 +143,7 @@ class LockedError(BackupdError):
 
 class VerificationFailed(BackupdError):
     pass
+
+
+class RecoveryMustStop(BackupdError):
+    exit_code = EXIT_RECOVERY_FATAL

@@ -72,6 +72,13 @@ class ChunkingSettings(_Section):
     avg_size: int = Field(1024 * 1024, ge=64 * 1024, le=4 * 1024 * 1024)
 
 
+class WalSettings(_Section):
+    slot: str = Field("contentflow_backupd", pattern=r"^[a-z0-9_]{1,63}$")
+    """Replication slot of ``wal-stream`` (created if missing)."""
+    archive_timeout: int = Field(300, ge=5, le=86400)
+    """Seconds a physical backup waits for the WAL it needs to reach the archive."""
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] | None = None
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -105,6 +112,7 @@ class Settings(BaseSettings):
     compression: CompressionSettings = CompressionSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     upload_concurrency: int = Field(8, ge=1, le=64)
+    wal: WalSettings = WalSettings()
     log: LogSettings = LogSettings()
 
     _toml: dict[str, Any] = {}

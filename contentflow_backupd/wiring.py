@@ -14,9 +14,11 @@ from contentflow_backupd.observability.logging import configure_logging, registe
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret, read_key_file
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import ENV_PREFIX, Settings
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.logical import PgDumpSource, PgRestoreTarget
+from contentflow_backupd.source.physical import PgBaseBackupSource
 from contentflow_backupd.storage.base import Storage
 
 log = structlog.get_logger(__name__)
@@ -187,6 +189,10 @@ def logical_source(settings: Settings) -> PgDumpSource:
     return PgDumpSource(source_conninfo(settings), bin_dir=settings.pg_bin, tmp_root=tmp_dir(settings))
 
 
+def physical_source(settings: Settings) -> PgBaseBackupSource:
+    return PgBaseBackupSource(source_conninfo(settings), bin_dir=settings.pg_bin, tmp_root=tmp_dir(settings))
+
+
 def restore_target(settings: Settings, url: str) -> PgRestoreTarget:
     info = ConnInfo.parse(url, setting="--to-database")
     register_secret(info.password)
@@ -195,3 +201,7 @@ def restore_target(settings: Settings, url: str) -> PgRestoreTarget:
 
 def lock_dir(settings: Settings) -> Path:
     return state_dir(settings) / "locks"
+
+
+def open_wal_archive(settings: Settings) -> WalArchive:
+    return WalArchive(open_repository(settings), settings.cluster)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,55 @@ class DatabaseInfo:
     @property
     def major(self) -> int:
         return self.server_version_num // 10000
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    database: str
+    user: str
+    server_version_num: int
+    server_version: str
+    system_identifier: str
+    wal_segment_size: int
+    timeline: int
+    extra_tablespaces: list[str]
+    can_replicate: bool
+    is_superuser: bool
+    archive_mode: str
+    archive_command: str
+
+    @property
+    def major(self) -> int:
+        return self.server_version_num // 10000
+
+
+class BaseBackupStream(Protocol):
+    """A running base backup: read ``stream``; once its block is left, the positions are set."""
+
+    stream: Any
+    start_lsn: int
+    stop_lsn: int
+    timeline: int
+
+
+class PhysicalSource(Protocol):
+    """A self-hosted cluster that can be backed up physically."""
+
+    def describe(self) -> ClusterInfo:
+        """Connect and describe the cluster. ``SourceError`` when it cannot be reached."""
+        ...
+
+    def basebackup(
+        self, label: str, *, archive_timeout: float, server_major: int
+    ) -> AbstractContextManager[BaseBackupStream]:
+        """A tar stream of the data directory (no WAL). Leaving the block waits for the
+        backup to end; ``SourceError`` when it failed or the server waited longer than
+        ``archive_timeout`` seconds for the WAL to be archived."""
+        ...
+
+    def switch_wal(self) -> None:
+        """Close the current WAL segment so that it is archived."""
+        ...
 
 
 class LogicalSource(Protocol):

@@ -44,6 +44,13 @@ class Cli:
 
     env: dict[str, str] = field(default_factory=dict)
     history: list[Result] = field(default_factory=list)
+    user: str | None = None
+    """Run commands as this OS user (tests run as root; physical setups run as ``postgres``)."""
+
+    def _user_kw(self) -> dict[str, str]:
+        if self.user and os.geteuid() == 0:
+            return {"user": self.user, "group": self.user}
+        return {}
 
     def full_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPD_")}
@@ -60,7 +67,9 @@ class Cli:
         timeout: float = 600,
     ) -> Result:
         argv = [command_path(), *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=self.full_env(env), timeout=timeout)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=self.full_env(env), timeout=timeout, **self._user_kw()
+        )
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
         self.history.append(result)
         if check and proc.returncode != 0:
@@ -74,6 +83,7 @@ class Cli:
             stderr=subprocess.PIPE,
             text=True,
             env=self.full_env(env),
+            **self._user_kw(),
         )
 
     def ok_json(self, *args: str) -> Any:

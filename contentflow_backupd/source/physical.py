@@ -1,0 +1,257 @@
+"""Physical backups: ``pg_basebackup`` tar to stdout, streamed, with its label and manifest
+picked out of the stream on the way, and a watchdog for WAL that never gets archived."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import structlog
+
+from contentflow_backupd.errors import SourceError
+from contentflow_backupd.source import postgres
+from contentflow_backupd.source.base import ClusterInfo
+from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
+from contentflow_backupd.source.tools import StderrTail, find_tool
+from contentflow_backupd.wal import parse_lsn
+
+log = structlog.get_logger(__name__)
+
+_WAITING_FOR_ARCHIVE = "waiting for wal archiving to finish"
+
+
+def describe_cluster(info: ConnInfo) -> ClusterInfo:
+    with postgres.connect(info) as conn:
+        row = conn.execute(
+            "select current_database(), current_user, current_setting('server_version_num')::int,"
+            " current_setting('server_version'),"
+            " (select system_identifier::text from pg_control_system()),"
+            " pg_size_bytes(current_setting('wal_segment_size')),"
+            " (select timeline_id from pg_control_checkpoint()),"
+            " (select coalesce(array_agg(spcname::text), '{}') from pg_tablespace"
+            "   where spcname not in ('pg_default', 'pg_global')),"
+            " (select rolreplication or rolsuper from pg_roles where rolname = current_user),"
+            " (select rolsuper from pg_roles where rolname = current_user),"
+            " current_setting('archive_mode'), current_setting('archive_command')"
+        ).fetchone()
+    assert row is not None
+    return ClusterInfo(
+        database=row[0], user=row[1], server_version_num=row[2], server_version=row[3],
+        system_identifier=row[4], wal_segment_size=int(row[5]), timeline=int(row[6]),
+        extra_tablespaces=list(row[7]), can_replicate=bool(row[8]), is_superuser=bool(row[9]),
+        archive_mode=row[10], archive_command=row[11],
+    )  # fmt: skip
+
+
+class TarSniffer:
+    """Follows a tar stream and keeps the contents of the named top-level members."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        self.members: dict[str, bytes] = {}
+        self._buf = bytearray()
+        self._remaining = 0  # data bytes (plus padding) of the current member still to come
+        self._capture: bytearray | None = None
+        self._capture_size = 0
+        self._capture_name = ""
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._remaining:
+                take = min(self._remaining, len(view))
+                if self._capture is not None and len(self._capture) < self._capture_size:
+                    need = self._capture_size - len(self._capture)
+                    self._capture += view[: min(take, need)]
+                self._remaining -= take
+                view = view[take:]
+                if not self._remaining and self._capture is not None:
+                    self.members[self._capture_name] = bytes(self._capture)
+                    self._capture = None
+                continue
+            need = 512 - len(self._buf)
+            self._buf += view[:need]
+            view = view[need:]
+            if len(self._buf) == 512:
+                self._header(bytes(self._buf))
+                self._buf.clear()
+
+    def _header(self, block: bytes) -> None:
+        if block == b"\0" * 512:
+            return
+        name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if prefix:
+            name = f"{prefix}/{name}"
+        size_field = block[124:136]
+        if size_field[0] & 0x80:  # base-256 (GNU) for large sizes
+            size = int.from_bytes(size_field[1:], "big")
+        else:
+            size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+        self._remaining = (size + 511) // 512 * 512
+        if name in self.wanted:
+            self._capture = bytearray()
+            self._capture_size = size
+            self._capture_name = name
+            if size == 0:
+                self.members[name] = b""
+                self._capture = None
+
+
+@dataclass
+class BaseBackup:
+    """The running pg_basebackup: read ``stream``; after the block, the positions are set."""
+
+    stream: Any
+    sniffer: TarSniffer
+    start_lsn: int = 0
+    stop_lsn: int = 0
+    timeline: int = 0
+    label: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class _SniffingReader:
+    def __init__(self, raw: Any, sniffer: TarSniffer) -> None:
+        self._raw = raw
+        self._sniffer = sniffer
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        n: int = self._raw.readinto(buf)
+        if n:
+            self._sniffer.feed(memoryview(buf)[:n])
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        self._sniffer.feed(data)
+        return data
+
+
+_START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.M)
+_START_TLI = re.compile(r"^START TIMELINE: (\d+)", re.M)
+
+
+class PgBaseBackupSource:
+    """A self-hosted cluster backed up with ``pg_basebackup`` (needs a REPLICATION role)."""
+
+    def __init__(self, info: ConnInfo, *, bin_dir: Path | None = None, tmp_root: Path | None = None) -> None:
+        self.info = info
+        self._bin_dir = bin_dir
+        self._tmp_root = tmp_root
+
+    def describe(self) -> ClusterInfo:
+        return describe_cluster(self.info)
+
+    def switch_wal(self) -> None:
+        with postgres.connect(self.info) as conn:
+            conn.execute("select pg_switch_wal()")
+
+    @contextmanager
+    def basebackup(self, label: str, *, archive_timeout: float, server_major: int) -> Iterator[BaseBackup]:
+        pg_basebackup = find_tool("pg_basebackup", server_major, self._bin_dir)
+        app = f"cfbackupd-{label[-6:]}"
+        conninfo = ConnInfo(params={**self.info.params, "application_name": app}, password=self.info.password)
+        argv = [
+            str(pg_basebackup), "--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast",
+            "--no-password", f"--label={label}", "--manifest-checksums=CRC32C", "--dbname", conninfo.safe(),
+        ]  # fmt: skip
+        sniffer = TarSniffer({"backup_label", "backup_manifest"})
+        stop_watch = threading.Event()
+        stalled: list[str] = []
+        with libpq_env(self.info, self._tmp_root) as env:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            tail = StderrTail(proc)
+            watchdog = threading.Thread(
+                target=self._watch_archiving,
+                args=(proc, app, archive_timeout, stop_watch, stalled),
+                name="archive-watchdog",
+                daemon=True,
+            )
+            watchdog.start()
+            assert proc.stdout is not None
+            backup = BaseBackup(stream=_SniffingReader(proc.stdout, sniffer), sniffer=sniffer)
+            try:
+                yield backup
+                rc = proc.wait()
+            except BaseException:
+                _stop(proc)
+                raise
+            finally:
+                stop_watch.set()
+                proc.stdout.close()
+                watchdog.join(timeout=10)
+        if stalled:
+            raise SourceError(stalled[0], hint="check archive_command and pg_stat_archiver on the server")
+        if rc != 0:
+            raise SourceError(f"pg_basebackup of {self.info.display()} failed (exit {rc}): {tail.text()}")
+        self._positions(backup)
+
+    def _positions(self, backup: BaseBackup) -> None:
+        label = backup.sniffer.members.get("backup_label", b"").decode("utf-8", "replace")
+        manifest_raw = backup.sniffer.members.get("backup_manifest")
+        if not label or manifest_raw is None:
+            raise SourceError("pg_basebackup's stream held no backup_label or backup_manifest")
+        manifest = json.loads(manifest_raw)
+        ranges = manifest.get("WAL-Ranges") or []
+        if not ranges:
+            raise SourceError("pg_basebackup's backup_manifest has no WAL-Ranges")
+        start = _START.search(label)
+        tli = _START_TLI.search(label)
+        backup.label = label
+        backup.manifest = manifest
+        backup.start_lsn = parse_lsn(start.group(1)) if start else parse_lsn(ranges[0]["Start-LSN"])
+        backup.timeline = int(tli.group(1)) if tli else int(ranges[-1]["Timeline"])
+        backup.stop_lsn = parse_lsn(ranges[-1]["End-LSN"])
+
+    def _watch_archiving(
+        self,
+        proc: subprocess.Popen[bytes],
+        app: str,
+        timeout: float,
+        stop: threading.Event,
+        stalled: list[str],
+    ) -> None:
+        """Stop pg_basebackup when the server waits longer than ``timeout`` for WAL archiving."""
+        waiting_since: float | None = None
+        while not stop.wait(1.0):
+            try:
+                with postgres.connect(self.info) as conn:
+                    row = conn.execute(
+                        "select p.phase from pg_stat_progress_basebackup p"
+                        " join pg_stat_activity a using (pid) where a.application_name = %s",
+                        (app,),
+                    ).fetchone()
+            except (SourceError, psycopg.Error):
+                continue
+            if row and row[0] == _WAITING_FOR_ARCHIVE:
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > timeout:
+                    stalled.append(
+                        f"the WAL this backup needs was not archived within {timeout:.0f}s "
+                        "(BACKUPD_WAL__ARCHIVE_TIMEOUT): the backup is not consistent and was abandoned"
+                    )
+                    log.error("backup_wal_not_archived", timeout_seconds=timeout)
+                    _stop(proc)
+                    return
+            else:
+                waiting_since = None
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
