@@ -43,7 +43,7 @@ def _chown(path: Path) -> None:
 @contextmanager
 def physical_setup(extra_conf: dict[str, str] | None = None, archive: bool = True) -> Iterator[PhysicalSetup]:
     base = Path(tempfile.mkdtemp(prefix="backupd-phys-"))
-    os.chmod(base, 0o755)  # noqa: S103 - the postgres user works here
+    os.chmod(base, 0o755)  # the postgres user works here
     _chown(base)
     passfile = base / "passphrase"
     passfile.write_text(PASSPHRASE + "\n")

@@ -1,0 +1,224 @@
+"""WAL archiving through archive_command = wal-push, and restore_command = wal-fetch."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contentflow_backupd.repository.crypto import KekSecret
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.storage.local import LocalStorage
+from tests.e2e.physical import PASSPHRASE, PhysicalSetup, physical_setup
+from tests.support.pg import running_cluster
+
+pytestmark = pytest.mark.pg
+
+
+def _archive(setup: PhysicalSetup) -> WalArchive:
+    repo = Repository.open(LocalStorage(setup.repo), KekSecret("passphrase", PASSPHRASE.encode(), "t"))
+    return WalArchive(repo, "main")
+
+
+def _give(path: Path) -> Path:
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def _switch(setup: PhysicalSetup) -> str:
+    """Write a little WAL, close the segment, and return its name."""
+    setup.cluster.execute("create table if not exists w(x int); insert into w values (1)")
+    name = str(setup.cluster.execute("select pg_walfile_name(pg_current_wal_lsn())")[0][0])
+    setup.cluster.execute("select pg_switch_wal()")
+    return name
+
+
+def _wait_archived(setup: PhysicalSetup, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not _archive(setup).exists(name):
+        assert time.monotonic() < deadline, f"{name} was not archived"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[PhysicalSetup]:
+    with physical_setup() as s:
+        yield s
+
+
+@pytest.fixture
+def work(setup: PhysicalSetup) -> Path:
+    """A scratch directory the postgres user (which runs the tool) can read and write."""
+    path = setup.base / f"work-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return _give(path)
+
+
+def _put(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return _give(path)
+
+
+def _archived_segment(setup: PhysicalSetup) -> tuple[str, bytes]:
+    name = _switch(setup)
+    _wait_archived(setup, name)
+    return name, (setup.cluster.datadir / "pg_wal" / name).read_bytes()
+
+
+def test_push_again_with_identical_content_succeeds_and_stores_nothing(
+    setup: PhysicalSetup, work: Path
+) -> None:
+    name, data = _archived_segment(setup)
+    key = setup.repo / _archive(setup).key(name)
+    before = key.read_bytes(), key.stat().st_mtime_ns
+    copy = _put(work / name, data)
+    res = setup.cli.run("wal-push", str(copy))
+    assert res.returncode == 0, res
+    assert (key.read_bytes(), key.stat().st_mtime_ns) == before
+
+
+def test_push_of_different_content_under_an_archived_name_fails(setup: PhysicalSetup, work: Path) -> None:
+    name, data = _archived_segment(setup)
+    key = setup.repo / _archive(setup).key(name)
+    before = key.read_bytes()
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    copy = _put(work / name, bytes(bad))
+    res = setup.cli.run("wal-push", str(copy))
+    assert res.returncode == 1, res
+    assert "different" in res.stderr and name in res.stderr
+    assert key.read_bytes() == before
+    assert _archive(setup).fetch(name) == data
+
+
+def test_history_files_are_protected_the_same_way(setup: PhysicalSetup, work: Path) -> None:
+    hist = _put(work / "00000007.history", b"1\t0/3000000\tno recovery target specified\n")
+    assert setup.cli.run("wal-push", str(hist)).returncode == 0
+    assert setup.cli.run("wal-push", str(hist)).returncode == 0
+    _put(hist, b"1\t0/4000000\tsomething else\n")
+    res = setup.cli.run("wal-push", str(hist))
+    assert res.returncode == 1 and "different" in res.stderr
+    assert _archive(setup).fetch("00000007.history").startswith(b"1\t0/3000000")
+
+
+def test_wal_from_another_cluster_is_refused(setup: PhysicalSetup, work: Path) -> None:
+    _archived_segment(setup)
+    with running_cluster() as other:
+        other.execute("create table x(i int); insert into x values (1)")
+        name = str(other.execute("select pg_walfile_name(pg_current_wal_lsn())")[0][0])
+        other.execute("select pg_switch_wal()")
+        data = (other.datadir / "pg_wal" / name).read_bytes()
+    foreign_name = "0000000100000000000000F0"
+    copy = _put(work / foreign_name, data)
+    res = setup.cli.run("wal-push", str(copy))
+    assert res.returncode == 1, res
+    assert "refusing" in res.stderr and "system" in res.stderr
+    assert not _archive(setup).exists(foreign_name)
+
+
+def test_partial_segments_are_never_stored_as_complete(setup: PhysicalSetup, work: Path) -> None:
+    _name, data = _archived_segment(setup)
+    partial = _put(work / "0000000100000000000000E1.partial", data)
+    assert setup.cli.run("wal-push", str(partial)).returncode == 0
+    assert _archive(setup).exists("0000000100000000000000E1.partial")
+    assert not _archive(setup).exists("0000000100000000000000E1")
+    dest = work / "restored"
+    res = setup.cli.run("wal-fetch", "0000000100000000000000E1", str(dest))
+    assert res.returncode == 1 and not dest.exists()
+
+
+def test_wal_fetch_found_missing_and_tampered(setup: PhysicalSetup, work: Path) -> None:
+    name, data = _archived_segment(setup)
+    dest = work / "RECOVERYXLOG"
+    res = setup.cli.run("wal-fetch", name, str(dest))
+    assert res.returncode == 0, res
+    assert dest.read_bytes() == data
+    assert [p.name for p in work.iterdir()] == ["RECOVERYXLOG"]
+
+    missing = work / "missing"
+    res = setup.cli.run("wal-fetch", "0000000100000000000000AB", str(missing))
+    assert res.returncode == 1 and not missing.exists()
+
+    key = setup.repo / _archive(setup).key(name)
+    blob = bytearray(key.read_bytes())
+    blob[100] ^= 0x01
+    key.write_bytes(bytes(blob))
+    tampered = work / "tampered"
+    res = setup.cli.run("wal-fetch", name, str(tampered))
+    assert res.returncode > 125, res
+    assert "failed authentication" in res.stderr
+    assert not tampered.exists()
+    key.write_bytes(bytes(blob[:100]) + bytes([blob[100] ^ 0x01]) + bytes(blob[101:]))
+    assert _archive(setup).fetch(name) == data
+
+
+def test_wal_verify_names_a_gap(setup: PhysicalSetup) -> None:
+    for _ in range(3):
+        _archived_segment(setup)
+    assert setup.cli.run("wal", "verify").returncode == 0
+    names = [n for n in _archive(setup).names(1) if len(n) == 24]
+    hole = names[-2]
+    (setup.repo / _archive(setup).key(hole)).rename(setup.base / "hidden-segment")
+    res = setup.cli.run("wal", "verify", "--json")
+    assert res.returncode == 1
+    assert res.json()["gaps"][0]["missing_from"] == hole
+    (setup.base / "hidden-segment").rename(setup.repo / _archive(setup).key(hole))
+
+
+def test_kill_9_of_wal_push_never_loses_a_done_segment(setup: PhysicalSetup, work: Path) -> None:
+    """25 trials of PostgreSQL's archiver contract: run wal-push on a segment, kill -9 it at a
+    random moment, and retry until it exits 0 (as the archiver does; a killed archive_command
+    makes the archiver restart and retry). A segment is "done" only after an exit 0; every done
+    segment must then be in the archive with its exact bytes, and no kill may leave an object
+    that blocks or corrupts a later push.
+
+    PostgreSQL itself is not the one retrying here: a real archiver restarts up to 60 s after
+    its archive_command is killed, which would make the suite slow."""
+    _name, data = _archived_segment(setup)
+    rng = random.Random(7)
+    archive = _archive(setup)
+    done: dict[str, bytes] = {}
+    kills = 0
+    for trial in range(25):
+        seg = bytearray(data)
+        seg[-1 - trial] ^= 0x5A  # a different segment each trial (same header: same cluster)
+        name = f"0000000100000001000000{trial:02X}"
+        path = _put(work / name, bytes(seg))
+        while True:
+            proc = setup.cli.popen("wal-push", str(path))
+            time.sleep(rng.random() * 0.6)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+            proc.communicate()
+            if proc.returncode == 0:
+                done[name] = bytes(seg)
+                break
+    for name, expected in done.items():
+        assert archive.fetch(name) == expected, name
+    leftovers = list(setup.repo.rglob(".tmp-*"))
+    print(f"\nKILL-9: {kills} wal-push processes killed in 25 trials; {len(leftovers)} temp files left")
+    assert kills >= 20
+    assert not [n for n in archive.names(1) if n.startswith(".tmp")]
+
+
+def test_backup_whose_wal_never_arrives_fails() -> None:
+    with physical_setup(extra_conf={"archive_command": "'false'"}) as s:
+        s.cluster.execute("create table t(i int); insert into t values (1)")
+        res = s.cli.run("backup", "--kind", "full", "--json", env={"BACKUPD_WAL__ARCHIVE_TIMEOUT": "5"})
+        assert res.returncode == 1, res
+        assert "not archived" in res.stderr
+        assert s.cli.run("list", "--json", check=True).json() == []
+        attempts = s.cli.run("list", "--all", "--json", check=True).json()
+        assert [a["status"] for a in attempts] == ["failed"]
+        assert not list((s.repo / "main").glob("backups/*"))
