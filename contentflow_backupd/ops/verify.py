@@ -21,6 +21,8 @@ from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, Segment, parse_segment
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +130,8 @@ def verify_backup(
             _quick(repo, manifest, check, pool, concurrency)
         else:
             _deep(repo, manifest, check, pool, concurrency)
+        if manifest.mode == "physical":
+            _consistency_wal(repo, manifest, check, pool, quick=quick)
     if check.faults:
         log.error("backup_verification_failed", backup_id=backup_id, faults=len(check.faults))
     else:
@@ -170,6 +174,34 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
                 digest.update(result)
         if intact and digest.hexdigest() != stream.digest:
             check.faults.append(Fault(m.id, mkey, f"stream {stream.name} does not match its digest"))
+
+
+def _consistency_wal(
+    repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExecutor, *, quick: bool
+) -> None:
+    """A physical backup needs the WAL from its start to its stop LSN: it must be archived."""
+    first, last = m.details.get("wal_first"), m.details.get("wal_last")
+    if not first or not last:
+        check.faults.append(Fault(m.id, layout.manifest_key(m.cluster, m.id), "manifest names no WAL range"))
+        return
+    size = int(m.details.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+    start, end = parse_segment(first, size), parse_segment(last, size)
+    names = [Segment(start.timeline, n).name(size) for n in range(start.number, end.number + 1)]
+    archive = WalArchive(repo, m.cluster)
+
+    def probe(name: str) -> int:
+        if quick:
+            return repo.storage.stat(archive.key(name)).size
+        return len(archive.fetch(name))
+
+    for name, result in ordered_map(pool, probe, names, 8):
+        check.objects_checked += 1
+        if isinstance(result, BaseException):
+            check.faults.append(
+                Fault(m.id, archive.key(name), f"WAL needed for consistency: {_describe(result)}")
+            )
+        elif not quick:
+            check.bytes_read += result
 
 
 def verify_backups(

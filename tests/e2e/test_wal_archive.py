@@ -222,3 +222,22 @@ def test_backup_whose_wal_never_arrives_fails() -> None:
         attempts = s.cli.run("list", "--all", "--json", check=True).json()
         assert [a["status"] for a in attempts] == ["failed"]
         assert not list((s.repo / "main").glob("backups/*"))
+
+
+def test_verify_of_a_physical_backup_checks_its_consistency_wal(setup: PhysicalSetup) -> None:
+    backup = setup.cli.run("backup", "--kind", "full", "--json", check=True).json()
+    assert backup["mode"] == "physical" and backup["start_lsn"] and backup["stop_lsn"]
+    setup.cli.run("verify", backup["id"], check=True)
+    first = (
+        Repository.open(LocalStorage(setup.repo), KekSecret("passphrase", PASSPHRASE.encode(), "t"))
+        .read_manifest("main", backup["id"])
+        .details["wal_first"]
+    )
+    key = setup.repo / _archive(setup).key(first)
+    key.rename(setup.base / "moved-wal")
+    for args in (["verify", backup["id"]], ["verify", "--quick", backup["id"]]):
+        res = setup.cli.run(*args, "--json")
+        assert res.returncode == 1, res
+        assert [f["key"] for f in res.json()["faults"]] == [_archive(setup).key(first)]
+    (setup.base / "moved-wal").rename(key)
+    setup.cli.run("verify", "--quick", backup["id"], check=True)
