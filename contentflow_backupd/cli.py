@@ -225,10 +225,14 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         restore_to_file,
     )
 
-    if bool(args.to_database) == bool(args.to_file):
+    if args.pgdata:
+        return cmd_restore_physical(args, settings)
+    if bool(args.to_database) == bool(args.to_file) or _physical_restore_options(args):
         from contentflow_backupd.errors import UsageError
 
-        raise UsageError("restore needs exactly one of --to-database URL or --to-file PATH")
+        if bool(args.to_database) != bool(args.to_file):
+            raise UsageError(f"{', '.join(_physical_restore_options(args))}: only with --pgdata DIR")
+        raise UsageError("restore needs exactly one of --to-database URL, --to-file PATH or --pgdata DIR")
     repo = wiring.open_repository(settings)
     backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup)
     if args.to_file:
@@ -258,6 +262,121 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             f"restored backup {result.backup_id} to {result.target} "
             f"({_human_bytes(result.restored_bytes)} in {result.duration_seconds:.1f}s)"
         )
+    return EXIT_OK
+
+
+def _physical_restore_options(args: argparse.Namespace) -> list[str]:
+    names = ("target_time", "target_lsn", "target_xid", "target_name", "target_action", "target_timeline")
+    given = [f"--{n.replace('_', '-')}" for n in (*names, "owner") if getattr(args, n) is not None]
+    return [*given, "--keep-archiving"] if args.keep_archiving else given
+
+
+def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.errors import UsageError
+    from contentflow_backupd.ops.physical_restore import (
+        PhysicalRestoreOptions,
+        RecoveryTarget,
+        restore_physical,
+    )
+    from contentflow_backupd.repository.walarchive import WalArchive
+
+    logical = [o for o, v in (("--to-database", args.to_database), ("--to-file", args.to_file)) if v]
+    logical += [o for o, v in (("--create", args.create), ("--clean", args.clean)) if v]
+    logical += [o for o, v in (("--no-owner", args.no_owner), ("--jobs", args.jobs != 1)) if v]
+    if logical:
+        raise UsageError(f"--pgdata restores a physical backup; not with {', '.join(logical)}")
+    target = RecoveryTarget.parse(
+        time=args.target_time,
+        lsn=args.target_lsn,
+        xid=args.target_xid,
+        name=args.target_name,
+        action=args.target_action,
+        timeline=args.target_timeline,
+    )
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings) if target.kind == "name" else None
+    try:
+        result = restore_physical(
+            repo,
+            WalArchive(repo, settings.cluster),
+            PhysicalRestoreOptions(
+                cluster=settings.cluster,
+                backup=args.backup,
+                pgdata=Path(args.pgdata),
+                target=target,
+                tool=wiring.self_command(),
+                recovery=wiring.recovery_config(settings),
+                owner=args.owner,
+                keep_archiving=args.keep_archiving,
+                concurrency=settings.upload_concurrency,
+            ),
+            catalog=catalog,
+        )
+    finally:
+        if catalog is not None:
+            catalog.close()
+    if args.json:
+        _print_json(result.to_json())
+        return EXIT_OK
+    print(
+        f"restored backup {result.backup_id} into {result.pgdata} ({_human_bytes(result.restored_bytes)} "
+        f"in {result.duration_seconds:.1f}s); recovery to {target.describe()} on timeline {result.timeline}"
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print("next steps:")
+    for step in result.next_steps:
+        print(f"  - {step}")
+    return EXIT_OK
+
+
+def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore_points import create_restore_point
+    from contentflow_backupd.repository.walarchive import WalArchive
+
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        result = create_restore_point(
+            catalog,
+            WalArchive(repo, settings.cluster),
+            settings.cluster,
+            args.name,
+            describe=wiring.physical_source(settings).describe,
+            make=wiring.restore_point_maker(settings),
+            archive_timeout=settings.wal.archive_timeout,
+        )
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json(result.to_json())
+        return EXIT_OK
+    point = result.point
+    state = "archived" if result.archived else "NOT archived yet: check archive_command or wal-stream"
+    print(f"restore point {point.name!r} at {point.lsn}, timeline {point.timeline}; {result.segment} {state}")
+    return EXIT_OK
+
+
+def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore_points import list_restore_points
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        points = list_restore_points(catalog, settings.cluster)
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json([p.to_json() for p in points])
+        return EXIT_OK
+    if not points:
+        print(f"no restore points of cluster {settings.cluster!r}")
+        return EXIT_OK
+    print(f"{'NAME':<32} {'LSN':<18} {'TIMELINE':>8}  CREATED")
+    for p in points:
+        print(f"{p.name:<32} {p.lsn:<18} {p.timeline:>8}  {p.created_at:%Y-%m-%d %H:%M:%S.%f}")
     return EXIT_OK
 
 
@@ -394,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("backup_ids", nargs="*", metavar="BACKUP_ID", help="backup ids or 'latest'")
     sp.add_argument("--all", action="store_true", help="verify every backup (the default without ids)")
     sp.add_argument("--quick", action="store_true", help="only check that every object exists with its size")
-    sp = add("restore", cmd_restore, "restore a backup into a database (pg_restore) or to a file")
+    sp = add("restore", cmd_restore, "restore a backup into a database, a file or a data directory")
     sp.add_argument("backup", metavar="BACKUP_ID|latest")
     sp.add_argument("--to-database", metavar="URL", help="libpq URI of the database to restore into")
     sp.add_argument("--to-file", metavar="PATH", help="write the pg_dump archive to PATH instead")
@@ -404,9 +523,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="parallel pg_restore jobs (>1 is not one transaction)"
     )
     sp.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
-    sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %p')")
+    sp.add_argument("--pgdata", metavar="DIR", help="restore a physical backup into a new data directory")
+    sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
+    sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position (e.g. 0/3000100)")
+    sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
+    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point (see restore-point)")
+    sp.add_argument(
+        "--target-action",
+        choices=["promote", "pause", "shutdown"],
+        help="what the server does at the target (default: pause)",
+    )
+    sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
+    sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
+    sp.add_argument(
+        "--keep-archiving", action="store_true", help="keep archive_mode of the backup (default: set it off)"
+    )
+    sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
+    sp.add_argument("name", metavar="NAME")
+    add("list-restore-points", cmd_list_restore_points, "list the recorded restore points, oldest first")
+    sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %%p')")
     sp.add_argument("path", metavar="PATH")
-    sp = add("wal-fetch", cmd_wal_fetch, "fetch one WAL file (restore_command = '... wal-fetch %f %p')")
+    sp = add("wal-fetch", cmd_wal_fetch, "fetch one WAL file (restore_command = '... wal-fetch %%f %%p')")
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("dest", metavar="DEST")
     add("wal-stream", cmd_wal_stream, "stream WAL with pg_receivewal on a slot and archive each segment")

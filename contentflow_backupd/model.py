@@ -141,3 +141,28 @@ class RunRecord:
             "backup_id": self.backup_id,
             "error": self.error,
         }
+
+
+@dataclass
+class RestorePoint:
+    """A named restore point (``pg_create_restore_point``) as the catalog records it.
+
+    ``lsn`` is the position PostgreSQL returned (the end of the restore point record) as text
+    such as ``0/3000100``; ``timeline`` is the timeline the server was on; ``created_at`` is the
+    server's clock when the point was made.
+    """
+
+    cluster: str
+    name: str
+    lsn: str
+    timeline: int
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cluster": self.cluster,
+            "lsn": self.lsn,
+            "timeline": self.timeline,
+            "created_at": iso(self.created_at),
+        }

@@ -12,9 +12,17 @@ taken as UTC).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Protocol
 
-from contentflow_backupd.model import BackupRecord, BackupStatus, RunRecord, RunStatus, RunTrigger
+from contentflow_backupd.model import (
+    BackupRecord,
+    BackupStatus,
+    RestorePoint,
+    RunRecord,
+    RunStatus,
+    RunTrigger,
+)
 
 
 class Catalog(Protocol):
@@ -71,6 +79,21 @@ class Catalog(Protocol):
         becomes ``interrupted`` with ``finished_at`` now and error "process ended without
         finishing (killed or crashed)". ``is_alive`` is called outside any transaction; a row
         that finished meanwhile is left alone. Returns the ids of the backups changed."""
+        ...
+
+    def add_restore_point(
+        self, cluster: str, name: str, lsn: str, timeline: int, created_at: datetime
+    ) -> None:
+        """Record a named restore point of ``cluster``. Names are unique per cluster:
+        ``CatalogError`` when the cluster already has one of that name (the row is unchanged)."""
+        ...
+
+    def list_restore_points(self, cluster: str) -> list[RestorePoint]:
+        """Restore points of ``cluster``, oldest first (by ``created_at``, then name)."""
+        ...
+
+    def get_restore_point(self, cluster: str, name: str) -> RestorePoint | None:
+        """The restore point of ``cluster`` with this name, or None."""
         ...
 
     def close(self) -> None:

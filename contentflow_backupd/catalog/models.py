@@ -118,3 +118,16 @@ class CatalogMetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class RestorePointRow(Base):
+    """One ``RestorePoint``: a name is unique within its cluster."""
+
+    __tablename__ = "restore_points"
+    __table_args__ = (Index("ix_restore_points_cluster_created_at", "cluster", "created_at"),)
+
+    cluster: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lsn: Mapped[str] = mapped_column(String(32))
+    timeline: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

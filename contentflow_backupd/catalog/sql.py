@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contentflow_backupd.catalog.models import BackupRow, RunRow
+from contentflow_backupd.catalog.models import BackupRow, RestorePointRow, RunRow
 from contentflow_backupd.errors import CatalogError
 from contentflow_backupd.model import (
     BackupRecord,
     BackupStatus,
+    RestorePoint,
     RunRecord,
     RunStatus,
     RunTrigger,
@@ -217,6 +219,36 @@ class SqlCatalog:
                 )
         return changed
 
+    # -- restore points --------------------------------------------------------------------
+    def add_restore_point(
+        self, cluster: str, name: str, lsn: str, timeline: int, created_at: datetime
+    ) -> None:
+        with self._session("add restore point", write=True) as session:
+            existing = session.get(RestorePointRow, (cluster, name))
+            if existing is not None:
+                raise CatalogError(
+                    f"cluster {cluster!r} already has a restore point named {name!r} "
+                    f"(at {existing.lsn}, made {existing.created_at:%Y-%m-%d %H:%M:%S} UTC)",
+                    hint="restore point names are unique per cluster; choose another name",
+                )
+            session.add(
+                RestorePointRow(cluster=cluster, name=name, lsn=lsn, timeline=timeline, created_at=created_at)
+            )
+
+    def list_restore_points(self, cluster: str) -> list[RestorePoint]:
+        query = (
+            select(RestorePointRow)
+            .where(RestorePointRow.cluster == cluster)
+            .order_by(RestorePointRow.created_at, RestorePointRow.name)
+        )
+        with self._session("list restore points", write=False) as session:
+            return [_restore_point(row) for row in session.scalars(query)]
+
+    def get_restore_point(self, cluster: str, name: str) -> RestorePoint | None:
+        with self._session("get restore point", write=False) as session:
+            row = session.get(RestorePointRow, (cluster, name))
+            return None if row is None else _restore_point(row)
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -348,6 +380,12 @@ def _backup_record(row: BackupRow) -> BackupRecord:
 
 def _run_record(row: RunRow) -> RunRecord:
     return RunRecord(**{name: getattr(row, name) for name in _RUN_FIELDS})
+
+
+def _restore_point(row: RestorePointRow) -> RestorePoint:
+    return RestorePoint(
+        cluster=row.cluster, name=row.name, lsn=row.lsn, timeline=row.timeline, created_at=row.created_at
+    )
 
 
 if TYPE_CHECKING:

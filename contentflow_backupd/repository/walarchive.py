@@ -138,9 +138,11 @@ class WalArchive:
                 raise WalRefused(
                     f"{name} is {len(data)} bytes, but its header says segments are {header.segment_size}"
                 )
-            if header.timeline != timeline_of(name) and kind == "segment":
+            # The first segment of a new timeline starts with pages copied from the old one, so
+            # its header may name an older timeline; never a newer one.
+            if kind == "segment" and header.timeline > timeline_of(name):
                 raise WalRefused(
-                    f"{name} holds WAL of timeline {header.timeline}, not of the timeline its name says"
+                    f"{name} holds WAL of timeline {header.timeline}, newer than the timeline its name says"
                 )
             self.ensure_identity(str(header.system_identifier), header.segment_size)
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -75,3 +77,39 @@ def create_database(info: ConnInfo, name: str) -> None:
 
 def _maintenance_db(info: ConnInfo) -> str:
     return "postgres" if info.dbname != "postgres" else "template1"
+
+
+@dataclass(frozen=True)
+class CreatedRestorePoint:
+    lsn: str
+    """Where PostgreSQL put the restore point (the end of its WAL record), e.g. ``0/3000100``."""
+    timeline: int
+    created_at: datetime
+    """The server's clock when the point was made."""
+    switched_to: str
+    """The LSN ``pg_switch_wal()`` returned: WAL up to here goes to the archive next."""
+
+
+def create_restore_point(info: ConnInfo, name: str) -> CreatedRestorePoint:
+    """``pg_create_restore_point(name)``, then ``pg_switch_wal()`` so that the segment holding
+    it is archived promptly. ``SourceError`` when the server refuses (in recovery, wal_level
+    minimal, not allowed, a name too long)."""
+    with connect(info) as conn:
+        try:
+            row = conn.execute(
+                "select pg_create_restore_point(%s)::text, clock_timestamp()", (name,)
+            ).fetchone()
+            assert row is not None
+            tli = conn.execute("select substr(pg_walfile_name(%s::pg_lsn), 1, 8)", (row[0],)).fetchone()
+            switched = conn.execute("select pg_switch_wal()::text").fetchone()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceError(
+                f"cannot create restore point {name!r} on {info.display()}: {reason}",
+                hint="it needs a primary (not in recovery), wal_level replica or logical, and a "
+                "superuser or EXECUTE on pg_create_restore_point and pg_switch_wal",
+            ) from None
+    assert tli is not None and switched is not None
+    return CreatedRestorePoint(
+        lsn=str(row[0]), timeline=int(str(tli[0]), 16), created_at=row[1], switched_to=str(switched[0])
+    )

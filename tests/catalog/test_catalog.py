@@ -290,7 +290,7 @@ def test_migrations_are_idempotent_and_match_the_models(catalog_url: str) -> Non
     try:
         with engine.connect() as conn:
             assert {"backups", "runs", "catalog_meta", VERSION_TABLE} <= set(inspect(conn).get_table_names())
-            assert conn.execute(text(f"select version_num from {VERSION_TABLE}")).all() == [("0001",)]
+            assert conn.execute(text(f"select version_num from {VERSION_TABLE}")).all() == [("0002",)]
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
             )

@@ -1,0 +1,463 @@
+"""A new PostgreSQL data directory from a ``pg_basebackup`` tar stream, and its recovery settings.
+
+Extraction is streaming and trusts nothing in the stream (``tarfile``'s ``filter=`` is missing on
+some 3.11 releases, so members are checked here, before anything is written for them):
+
+- names are relative: absolute names, ``..`` components and NUL bytes are refused; ``./`` is
+  dropped;
+- regular files, directories, symbolic links and hard links only: device files, FIFOs and other
+  types are refused;
+- a symbolic link must be relative and free of ``..``: every link then points into the directory
+  of the link or below, so no chain of links (nor a later member written through one) leaves the
+  data directory. A tablespace link (absolute) is refused;
+- a hard link must name a regular file extracted earlier from the same stream;
+- nothing is overwritten: every file is created with ``O_EXCL | O_NOFOLLOW`` (a repeated name
+  fails);
+- directories are created 0700 and files 0600, as PostgreSQL creates them; when running as root,
+  everything is given to the owner.
+
+Durability: every file is fsynced before it is closed and every directory at the end, as
+``pg_basebackup`` does, so a restore that reported success survives a crash even when the
+restored configuration has ``fsync = off`` (PostgreSQL would otherwise sync the directory only at
+its first start, and only with ``fsync = on``).
+"""
+
+from __future__ import annotations
+
+import grp
+import io
+import os
+import pwd
+import re
+import shlex
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from contentflow_backupd.errors import BackupdError, UsageError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_COPY_BLOCK = 1024 * 1024
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+
+
+class UnsafeArchive(BackupdError):
+    """The tar stream holds a member that would leave the data directory or is not allowed."""
+
+
+# -- owner ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+    name: str
+
+    @property
+    def is_me(self) -> bool:
+        return self.uid == os.geteuid()
+
+
+def resolve_owner(spec: str | None) -> Owner:
+    """``USER``, ``USER:GROUP`` or numeric ids; None is the invoking user. Only root may give
+    files to someone else."""
+    if spec is None:
+        uid, gid = os.geteuid(), os.getegid()
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        return Owner(uid, gid, name)
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"--owner: no such user {user!r}") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise UsageError(f"--owner: no such group {group!r}") from None
+    owner = Owner(entry.pw_uid, gid, entry.pw_name)
+    if os.geteuid() != 0 and (owner.uid != os.geteuid() or gid not in (os.getegid(), *os.getgroups())):
+        raise UsageError(
+            f"--owner {spec}: only root can restore a data directory for another user",
+            hint="run the restore as that user (e.g. sudo -u postgres ...), or as root",
+        )
+    return owner
+
+
+def readable_by(path: Path, owner: Owner) -> bool:
+    """Whether ``owner`` may read ``path`` by its mode bits (root may read anything)."""
+    if owner.uid == 0:
+        return True
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_uid == owner.uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == owner.gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def _give(path: Path | str, owner: Owner, *, fd: int | None = None) -> None:
+    if os.geteuid() != 0 or owner.uid == 0:
+        return
+    if fd is not None:
+        os.fchown(fd, owner.uid, owner.gid)
+    else:
+        os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+
+
+# -- target directory ----------------------------------------------------------------------
+def check_new_directory(path: Path, what: str) -> None:
+    """``path`` must be absent or an empty directory. Raises ``UsageError`` before any change."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UsageError(f"{what} {path} exists and is not a directory")
+    if path.is_dir():
+        try:
+            empty = next(os.scandir(path), None) is None
+        except OSError as exc:
+            raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+        if not empty:
+            raise UsageError(
+                f"{what} {path} is not empty; refusing to restore into it",
+                hint="restore into a new or empty directory",
+            )
+
+
+@dataclass
+class NewDirectory:
+    """A directory made empty for a restore, and removed again (or emptied) when it fails."""
+
+    path: Path
+    owner: Owner
+    created: bool = False
+
+    def make(self) -> None:
+        check_new_directory(self.path, "directory")
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.path, DIR_MODE)
+            self.created = True
+        os.chmod(self.path, DIR_MODE)
+        _give(self.path, self.owner)
+
+    def discard(self) -> None:
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for entry in os.scandir(self.path):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+
+
+# -- extraction ----------------------------------------------------------------------------
+class _ChunkStream(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks (tarfile's stream mode reads it)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buf:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf = memoryview(nxt)
+        n = min(len(buffer), len(self._buf))
+        buffer[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+@dataclass
+class ExtractStats:
+    files: int = 0
+    directories: int = 0
+    links: int = 0
+    bytes: int = 0
+    names: set[str] = field(default_factory=set)
+
+
+def member_path(name: str) -> str | None:
+    """The safe relative form of a member name; None for the top directory itself."""
+    if "\x00" in name or name.startswith("/"):
+        raise UnsafeArchive(f"the backup holds a member with an absolute or invalid name: {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"the backup holds a member whose name leaves the data directory: {name!r}")
+    return "/".join(parts) or None
+
+
+def _check_symlink(name: str, target: str) -> None:
+    parts = PurePosixPath(target).parts
+    if not target or target.startswith("/") or "\x00" in target or ".." in parts:
+        hint = " (a tablespace; tablespaces are not supported)" if name.startswith("pg_tblspc/") else ""
+        raise UnsafeArchive(
+            f"the backup holds a symbolic link {name} -> {target} that may point outside the data "
+            f"directory{hint}; refusing to restore it"
+        )
+
+
+def extract_tar(chunks: Iterable[bytes], dest: Path, owner: Owner) -> ExtractStats:
+    """Extract the tar stream ``chunks`` into the (empty, existing) directory ``dest``."""
+    stats = ExtractStats()
+    directories: list[Path] = [dest]
+    with tarfile.open(fileobj=_ChunkStream(chunks), mode="r|", bufsize=_COPY_BLOCK) as tar:
+        for member in tar:
+            rel = member_path(member.name)
+            if rel is None:
+                continue
+            _check_member(member, rel, stats)
+            _make_parents(dest, rel, owner, directories)
+            try:
+                _extract_member(tar, member, rel, dest, owner, directories, stats)
+            except FileExistsError:
+                raise UnsafeArchive(f"the backup holds {rel!r} twice; refusing to overwrite it") from None
+    for directory in reversed(directories):
+        _fsync_dir(directory)
+    stats.directories = len(directories) - 1
+    return stats
+
+
+def _check_member(member: tarfile.TarInfo, rel: str, stats: ExtractStats) -> None:
+    """Refuse a member before anything is made for it."""
+    if member.type == tarfile.SYMTYPE:
+        _check_symlink(rel, member.linkname)
+    elif member.type == tarfile.LNKTYPE:
+        source = member_path(member.linkname)
+        if source is None or source not in stats.names:
+            raise UnsafeArchive(
+                f"the backup holds a hard link {rel} to {member.linkname!r}, which is not a "
+                "file extracted before it; refusing to restore it"
+            )
+    elif member.type not in (*_REGULAR, tarfile.DIRTYPE):
+        raise UnsafeArchive(
+            f"the backup holds {rel!r} of tar type {member.type!r} (a device, FIFO or other "
+            "special file); a data directory holds only files, directories and links"
+        )
+
+
+def _extract_member(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    rel: str,
+    dest: Path,
+    owner: Owner,
+    directories: list[Path],
+    stats: ExtractStats,
+) -> None:
+    target = dest / rel
+    if member.type in _REGULAR:
+        _write_file(tar, member, target, owner)
+        stats.files += 1
+        stats.bytes += member.size
+        stats.names.add(rel)
+    elif member.type == tarfile.DIRTYPE:
+        _make_dir(target, owner, directories)
+    elif member.type == tarfile.SYMTYPE:
+        os.symlink(member.linkname, target)
+        _give(target, owner)
+        stats.links += 1
+    else:  # a hard link, checked by _check_member
+        os.link(dest / str(member_path(member.linkname)), target, follow_symlinks=False)
+        stats.links += 1
+
+
+def _make_parents(dest: Path, rel: str, owner: Owner, directories: list[Path]) -> None:
+    current = dest
+    for part in rel.split("/")[:-1]:
+        current = current / part
+        if not current.exists():
+            _make_dir(current, owner, directories)
+
+
+def _make_dir(path: Path, owner: Owner, directories: list[Path]) -> None:
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise UnsafeArchive(f"the backup holds {path.name} both as a file and as a directory") from None
+        return  # made earlier as a parent: its mode and owner are set already
+    os.chmod(path, DIR_MODE)  # mkdir's mode goes through the umask
+    _give(path, owner)
+    directories.append(path)
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, owner: Owner) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        _give(path, owner, fd=fd)
+        source = tar.extractfile(member)
+        if source is not None:
+            while block := source.read(_COPY_BLOCK):
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- recovery settings ---------------------------------------------------------------------
+# Settings this writer owns in postgresql.auto.conf: earlier lines for them are dropped, so that
+# a source that was itself restored cannot leave a second, conflicting recovery target behind.
+RECOVERY_SETTINGS = (
+    "restore_command",
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_inclusive",
+    "recovery_target_action",
+    "recovery_target_timeline",
+)
+_SETTING_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s)")
+
+
+def conf_quote(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def restore_command(tool: Sequence[str], config: Path) -> str:
+    """``restore_command``: this tool with ``config``, run by PostgreSQL through ``sh -c``.
+
+    Shell-quoted, and ``%`` doubled, since PostgreSQL replaces ``%f``, ``%p`` and ``%%``.
+    """
+    words = [*tool, "--config", str(config), "wal-fetch"]
+    return " ".join(shlex.quote(w).replace("%", "%%") for w in words) + " %f %p"
+
+
+def write_recovery_settings(pgdata: Path, settings: Mapping[str, str], owner: Owner, *, header: str) -> None:
+    """Put ``settings`` at the end of ``postgresql.auto.conf`` (dropping earlier lines for the
+    same names or for any recovery setting) and create ``recovery.signal``."""
+    auto = pgdata / "postgresql.auto.conf"
+    replaced = {n.lower() for n in (*RECOVERY_SETTINGS, *settings)}
+    kept: list[str] = []
+    if auto.exists():
+        for line in auto.read_text(encoding="utf-8").splitlines():
+            m = _SETTING_LINE.match(line)
+            if m is None or m.group(1).lower() not in replaced:
+                kept.append(line)
+    if not kept:
+        kept = ["# Do not edit this file manually!", "# It will be overwritten by the ALTER SYSTEM command."]
+    lines = [*kept, *(f"# {h}" for h in header.splitlines())]
+    lines += [f"{name} = {conf_quote(value)}" for name, value in settings.items()]
+    write_private_file(auto, ("\n".join(lines) + "\n").encode(), owner, replace=True)
+    write_private_file(pgdata / "recovery.signal", b"", owner)
+
+
+def write_private_file(path: Path, data: bytes, owner: Owner, *, replace: bool = False) -> None:
+    """Write ``path`` 0600, owned by ``owner``, durably (and atomically when replacing)."""
+    tmp = path.with_name(f".{path.name}.tmp") if replace else path
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        _give(tmp, owner, fd=fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if replace:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# -- a settings file for restore_command ---------------------------------------------------
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Where ``restore_command`` (``wal-fetch``) gets its settings.
+
+    Either ``config_file``, the configuration the restore ran with, as it is; or a settings
+    ``document`` (no secrets) written to ``<DIR>.recovery/backupd.toml`` with the encryption
+    secret as a file reference: ``secret_file`` under ``secret_setting`` (``passphrase_file`` or
+    ``key_file``), or ``passphrase``, known only by value, written to ``<DIR>.recovery/passphrase``.
+    """
+
+    config_file: Path | None = None
+    document: Mapping[str, Any] = field(default_factory=dict)
+    secret_setting: str = "passphrase_file"  # noqa: S105 - a setting name, not a secret
+    secret_file: Path | None = None
+    passphrase: str | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
+
+
+def recovery_dir_of(pgdata: Path) -> Path:
+    return pgdata.with_name(pgdata.name + ".recovery")
+
+
+def write_recovery_config(directory: Path, config: RecoveryConfig, owner: Owner) -> Path:
+    """Write ``backupd.toml`` (and ``passphrase`` when needed) into the new ``directory``;
+    returns the settings file."""
+    document = {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.document.items()}
+    encryption: dict[str, Any] = {}
+    if config.passphrase is not None:
+        secret = directory / "passphrase"
+        write_private_file(secret, config.passphrase.encode() + b"\n", owner)
+        encryption["passphrase_file"] = str(secret)
+    elif config.secret_file is not None:
+        encryption[config.secret_setting] = str(config.secret_file)
+    document["encryption"] = encryption
+    path = directory / "backupd.toml"
+    header = "# Settings of restore_command (contentflow-backupd wal-fetch) for a restored server.\n"
+    write_private_file(path, (header + to_toml(document)).encode(), owner)
+    return path
+
+
+def to_toml(document: Mapping[str, Any]) -> str:
+    """TOML for a flat mapping with one level of tables (what Settings dumps to)."""
+    top: list[str] = []
+    tables: list[str] = []
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            rows = [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+            if rows:
+                tables.append(f"\n[{key}]\n" + "\n".join(rows) + "\n")
+        elif value is not None:
+            top.append(f"{key} = {_toml_value(value)}\n")
+    return "".join(top) + "".join(tables)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
