@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,8 +41,24 @@ def _chown(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
+def _check_postgres_can_run_the_tool() -> None:
+    """archive_command runs the tool as the postgres user: it must be able to execute it."""
+    if os.geteuid() != 0:
+        return
+    probe = subprocess.run(
+        [command_path(), "--version"], capture_output=True, text=True, user="postgres", group="postgres"
+    )
+    if probe.returncode != 0:
+        raise RuntimeError(
+            f"the postgres user cannot run {command_path()} ({probe.stderr.strip()[-300:]}): build the "
+            "venv with a Python every user can read (`make test` uses /usr/bin/python3) in a directory "
+            "the postgres user can reach"
+        )
+
+
 @contextmanager
 def physical_setup(extra_conf: dict[str, str] | None = None, archive: bool = True) -> Iterator[PhysicalSetup]:
+    _check_postgres_can_run_the_tool()
     base = Path(tempfile.mkdtemp(prefix="backupd-phys-"))
     os.chmod(base, 0o755)  # the postgres user works here
     _chown(base)
