@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,17 +25,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contentflow_backupd.catalog.models import BackupRow, RestorePointRow, RunRow
+from contentflow_backupd.catalog.models import VERSION_TABLE, BackupRow, RestorePointRow, RunRow
 from contentflow_backupd.errors import CatalogError
 from contentflow_backupd.model import (
     BackupRecord,
@@ -47,6 +45,8 @@ from contentflow_backupd.model import (
 )
 
 if TYPE_CHECKING:
+    from alembic.config import Config
+
     from contentflow_backupd.catalog.base import Catalog
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
@@ -73,8 +73,26 @@ def open_catalog(url: str) -> SqlCatalog:
     return catalog
 
 
+class _NoAlembicError(Exception):
+    """Stands for Alembic's CommandError while Alembic is not imported."""
+
+
+def _alembic_command_error() -> type[Exception]:
+    util = sys.modules.get("alembic.util")
+    error = getattr(util, "CommandError", None) if util is not None else None
+    return error if isinstance(error, type) and issubclass(error, Exception) else _NoAlembicError
+
+
+def head_revision() -> str:
+    """The newest revision: the migrations are linear and each file starts with its revision id
+    (checked against Alembic's own view of the scripts by the catalog tests)."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
+
+
 def alembic_config(*, connection: Connection | None = None, url: str | None = None) -> Config:
     """An Alembic ``Config`` for the catalog's migrations, built in code (no alembic.ini)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     config.set_main_option("path_separator", "os")
@@ -114,11 +132,26 @@ class SqlCatalog:
 
     # -- schema ----------------------------------------------------------------------------
     def migrate(self) -> None:
-        """Apply every pending Alembic revision, serialized against other processes."""
+        """Apply every pending Alembic revision, serialized against other processes.
+
+        A catalog already at the newest revision is recognised with one query, without importing
+        Alembic (a third of a second of start-up, paid by every command otherwise)."""
+        if self._current_revision() == head_revision():
+            return
+        from alembic import command
+
         with self._translate("migrate the schema"), self._writer.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             command.upgrade(alembic_config(connection=connection), "head")
+
+    def _current_revision(self) -> str | None:
+        try:
+            with self._engine.connect() as connection:
+                row = connection.execute(text(f"select version_num from {VERSION_TABLE}")).first()
+        except SQLAlchemyError:
+            return None  # no version table yet: a new catalog
+        return None if row is None else str(row[0])
 
     # -- backups ---------------------------------------------------------------------------
     def upsert_backup(self, record: BackupRecord) -> None:
@@ -264,7 +297,9 @@ class SqlCatalog:
         """Turn SQLAlchemy, Alembic, driver and file-system errors into ``CatalogError``."""
         try:
             yield
-        except (SQLAlchemyError, CommandError, OSError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, SQLAlchemyError | OSError | _alembic_command_error()):
+                raise
             orig = exc.orig if isinstance(exc, DBAPIError) else exc
             reason = " ".join(str(orig).split())[:500] or type(orig).__name__
             leaked = self._password is not None and self._password in str(exc)

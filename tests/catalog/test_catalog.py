@@ -429,3 +429,12 @@ def test_processes_opening_a_fresh_catalog_at_once(
     tags = ["m1", "m2", "m3"]
     run_together(url, tmp_path, tags, count=3)
     assert_all_written(url, tags, 3)
+
+
+def test_head_revision_matches_alembics_scripts() -> None:
+    """open_catalog skips Alembic when the catalog is at head_revision(): it must be Alembic's head."""
+    from alembic.script import ScriptDirectory
+
+    from contentflow_backupd.catalog.sql import alembic_config, head_revision
+
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [head_revision()]
