@@ -60,7 +60,7 @@ class ChunkWriter:
 
     def _upload(self, chunk_id: str, data: bytes) -> int:
         key = layout.chunk_key(self.cluster, self.generation, chunk_id)
-        return self.repo.put_object(key, data)
+        return self.repo.put_object(key, data, sync=False)  # made durable before the manifest
 
     def write_stream(
         self,

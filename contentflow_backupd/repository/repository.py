@@ -242,10 +242,12 @@ class Repository:
         raise IntegrityError(f"object {key} has an unknown encoding {flag!r}", key=key)
 
     def put_object(
-        self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False
+        self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False, sync: bool = True
     ) -> int:
+        """Encode and store ``plaintext``. ``sync=False`` postpones durability to the next
+        ``storage.flush()`` (chunks: the manifest is written after a flush)."""
         blob = self.encode(key, plaintext, compress=compress)
-        put_bytes(self.storage, key, blob, if_absent=if_absent)
+        put_bytes(self.storage, key, blob, if_absent=if_absent, sync=sync)
         return len(blob)
 
     def get_object(self, key: str) -> bytes:
@@ -253,6 +255,8 @@ class Repository:
 
     # -- manifests -------------------------------------------------------------------------
     def write_manifest(self, manifest: Manifest) -> str:
+        """Commit a backup: make its chunks durable, then write its manifest (durably)."""
+        self.storage.flush()
         key = layout.manifest_key(manifest.cluster, manifest.id)
         self.put_object(key, json.dumps(manifest.to_dict(), separators=(",", ":")).encode(), if_absent=True)
         return key

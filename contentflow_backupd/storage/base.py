@@ -17,6 +17,12 @@ second with a non-retryable ``StorageError``. Every driver must honour:
   the write but the stored object is not whole, raise ``IncompleteWrite``. ``stream`` is read from
   its current position, and may be read more than once by a retrying wrapper (which rewinds to
   that position): callers pass a seekable stream (``io.BytesIO`` or a file).
+- ``put(key, stream, sync=False)``: as above, but the driver may postpone making the object
+  durable until the next ``flush()`` (the object is visible and whole at once either way; only
+  its survival of a power loss is postponed). Used for chunks, which only matter once the
+  manifest that names them is written, after a ``flush()``. Drivers whose puts are durable when
+  acknowledged (S3) ignore it.
+- ``flush()``: makes every put made with ``sync=False`` durable before it returns.
 - ``put(key, stream, if_absent=True)``: as above, but raises ``ObjectExists`` and leaves the
   existing object untouched when ``key`` already exists. Drivers whose ``features.create_only`` is
   False emulate it with ``stat`` then ``put`` (racy; documented). When a retried attempt finds
@@ -87,7 +93,11 @@ class Storage(Protocol):
         """A display URL of the storage root, without credentials."""
         ...
 
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int: ...
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int: ...
+
+    def flush(self) -> None:
+        """Make every ``put(..., sync=False)`` so far durable."""
+        ...
 
     def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO: ...
 
@@ -114,6 +124,6 @@ def validate_key(key: str) -> str:
     return key
 
 
-def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False) -> int:
+def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False, sync: bool = True) -> int:
     """``put`` for data already in memory."""
-    return storage.put(key, io.BytesIO(data), if_absent=if_absent)
+    return storage.put(key, io.BytesIO(data), if_absent=if_absent, sync=sync)

@@ -25,6 +25,7 @@ import io
 import os
 import stat as stat_mod
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,6 +126,9 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self._root = Path(os.path.abspath(root))
+        self._pending_lock = threading.Lock()
+        self._pending_files: set[Path] = set()
+        self._pending_dirs: set[Path] = set()
 
     @property
     def features(self) -> StorageFeatures:
@@ -160,7 +164,7 @@ class LocalStorage:
                 ) from None
             _fsync_dir(directory.parent)
 
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         path = self._path(key)
         if path.name.startswith(TMP_PREFIX):
             raise StorageError(f"key {key!r}: names starting with {TMP_PREFIX!r} are reserved")
@@ -169,20 +173,25 @@ class LocalStorage:
             fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         tmp = Path(tmp_name)
         try:
-            size = self._write_temp(key, fd, tmp, stream)
+            size = self._write_temp(key, fd, tmp, stream, sync=sync)
             with _fs(key, path):
                 if if_absent:
                     self._link_new(key, tmp, path)
                 else:
                     self._replace(key, tmp, path)
-                _fsync_dir(path.parent)
+                if sync:
+                    _fsync_dir(path.parent)
+                else:
+                    with self._pending_lock:
+                        self._pending_files.add(path)
+                        self._pending_dirs.add(path.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         return size
 
     @staticmethod
-    def _write_temp(key: str, fd: int, tmp: Path, stream: BinaryIO) -> int:
+    def _write_temp(key: str, fd: int, tmp: Path, stream: BinaryIO, *, sync: bool = True) -> int:
         out = os.fdopen(fd, "wb")
         size = 0
         try:
@@ -196,7 +205,8 @@ class LocalStorage:
                 size += len(chunk)
             with _fs(key, tmp):
                 out.flush()
-                os.fsync(out.fileno())
+                if sync:
+                    os.fsync(out.fileno())
         except BaseException:
             with contextlib.suppress(OSError):
                 out.close()
@@ -322,6 +332,30 @@ class LocalStorage:
             raise _translate(exc, key, path) from exc
         with _fs(key, path.parent):
             _fsync_dir(path.parent)
+
+    def flush(self) -> None:
+        """fsync every file and directory written with ``sync=False`` since the last flush. By
+        now the kernel has usually written most of the data back, so this costs far less than an
+        fsync per object."""
+        with self._pending_lock:
+            files, dirs = self._pending_files, self._pending_dirs
+            self._pending_files, self._pending_dirs = set(), set()
+        try:
+            for path in sorted(files):
+                with _fs(None, path):
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            for directory in sorted(dirs):
+                with _fs(None, directory):
+                    _fsync_dir(directory)
+        except BaseException:
+            with self._pending_lock:  # not durable: a later flush must try again
+                self._pending_files |= files
+                self._pending_dirs |= dirs
+            raise
 
     def close(self) -> None:
         pass

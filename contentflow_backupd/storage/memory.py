@@ -36,7 +36,7 @@ class MemoryStorage:
     def url(self) -> str:
         return f"memory://{id(self):x}"
 
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         validate_key(key)
         data = stream.read()
         entry = (bytes(data), datetime.now(UTC))
@@ -87,6 +87,9 @@ class MemoryStorage:
         validate_key(key)
         with self._lock:
             self._objects.pop(key, None)
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

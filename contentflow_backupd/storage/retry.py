@@ -111,17 +111,17 @@ class RetryingStorage:
 
     # -- operations -----------------------------------------------------------------------
 
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         try:
             start = stream.tell()
         except (OSError, ValueError, AttributeError):
-            return self._inner.put(key, stream, if_absent=if_absent)
+            return self._inner.put(key, stream, if_absent=if_absent, sync=sync)
         attempt = 1
         while True:
             try:
                 if attempt > 1:
                     stream.seek(start)
-                return self._inner.put(key, stream, if_absent=if_absent)
+                return self._inner.put(key, stream, if_absent=if_absent, sync=sync)
             except ObjectExists:
                 if attempt == 1:
                     raise
@@ -183,6 +183,9 @@ class RetryingStorage:
 
     def delete(self, key: str) -> None:
         self._call(key, lambda: self._inner.delete(key))
+
+    def flush(self) -> None:
+        self._inner.flush()  # not retried: a failed fsync may have lost data, the caller must know
 
     def close(self) -> None:
         self._inner.close()

@@ -300,7 +300,7 @@ class S3Storage:
 
     # -- writing --------------------------------------------------------------------------
 
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         full = self._prefix + validate_key(key)
         if if_absent and not self._conditional and self._exists(key):
             raise ObjectExists(f"object already exists: {self._where(key)}", key=key)
@@ -459,6 +459,9 @@ class S3Storage:
         full = self._prefix + validate_key(key)
         with self._errors(key):
             self._client.delete_object(Bucket=self._bucket, Key=full)
+
+    def flush(self) -> None:
+        """S3 objects are durable once acknowledged: nothing to do."""
 
     def close(self) -> None:
         self._client.close()

@@ -103,6 +103,17 @@ class StorageContract:
         info = storage.stat("obj")
         assert (info.key, info.size) == ("obj", len(data))
 
+    def test_unsynced_puts_are_whole_at_once_and_flush_makes_them_durable(self, storage: Storage) -> None:
+        storage.flush()  # nothing pending: fine
+        for i in range(5):
+            assert storage.put(f"chunks/{i}", io.BytesIO(b"x" * (1000 + i)), sync=False) == 1000 + i
+        for i in range(5):
+            assert storage.get(f"chunks/{i}") == b"x" * (1000 + i)
+        assert [o.key for o in storage.list("chunks/")] == [f"chunks/{i}" for i in range(5)]
+        storage.flush()
+        storage.flush()
+        assert storage.stat("chunks/4").size == 1004
+
     def test_empty_object(self, storage: Storage) -> None:
         assert put_bytes(storage, "dir/empty", b"") == 0
         assert storage.get("dir/empty") == b""

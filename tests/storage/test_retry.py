@@ -46,12 +46,12 @@ class ScriptedStorage(MemoryStorage):
         queue = self.errors.get(operation)
         return queue.pop(0) if queue else None
 
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         error = self._enter("put")
         if error is None:
-            return super().put(key, stream, if_absent=if_absent)
+            return super().put(key, stream, if_absent=if_absent, sync=sync)
         if self.land_before_failing:
-            super().put(key, stream, if_absent=if_absent)
+            super().put(key, stream, if_absent=if_absent, sync=sync)
         else:
             stream.read(3)  # a partial read before the failure
         raise error
