@@ -241,3 +241,17 @@ def test_verify_of_a_physical_backup_checks_its_consistency_wal(setup: PhysicalS
         assert [f["key"] for f in res.json()["faults"]] == [_archive(setup).key(first)]
     (setup.base / "moved-wal").rename(key)
     setup.cli.run("verify", "--quick", backup["id"], check=True)
+
+
+def test_a_cluster_with_tablespaces_is_refused_with_a_clear_message(setup: PhysicalSetup, work: Path) -> None:
+    location = work / "tblspc"
+    location.mkdir()
+    _give(location)
+    setup.cluster.execute(f"create tablespace extra location '{location}'")
+    try:
+        res = setup.cli.run("backup", "--kind", "full", "--json")
+        assert res.returncode == 2, res
+        assert "tablespaces (extra)" in res.stderr and "--mode logical" in res.stderr
+        assert res.stdout == ""
+    finally:
+        setup.cluster.execute("drop tablespace extra")
