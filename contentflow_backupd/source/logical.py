@@ -16,19 +16,9 @@ from contentflow_backupd.errors import SourceError
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool
+from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
 
 log = structlog.get_logger(__name__)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class PgDumpSource:
@@ -64,7 +54,7 @@ class PgDumpSource:
             try:
                 yield proc.stdout  # type: ignore[misc]
             except BaseException:
-                _stop(proc)
+                stop_process(proc)
                 raise
             finally:
                 proc.stdout.close()

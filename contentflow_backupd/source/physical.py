@@ -21,7 +21,7 @@ from contentflow_backupd.errors import SourceError
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool
+from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
 from contentflow_backupd.wal import parse_lsn
 
 log = structlog.get_logger(__name__)
@@ -184,7 +184,7 @@ class PgBaseBackupSource:
                 yield backup
                 rc = proc.wait()
             except BaseException:
-                _stop(proc)
+                stop_process(proc)
                 raise
             finally:
                 stop_watch.set()
@@ -241,17 +241,7 @@ class PgBaseBackupSource:
                         "(BACKUPD_WAL__ARCHIVE_TIMEOUT): the backup is not consistent and was abandoned"
                     )
                     log.error("backup_wal_not_archived", timeout_seconds=timeout)
-                    _stop(proc)
+                    stop_process(proc)
                     return
             else:
                 waiting_since = None
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -87,3 +87,14 @@ class StderrTail:
     def text(self) -> str:
         self._thread.join(timeout=10)
         return self._buf.decode("utf-8", errors="replace").strip()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Terminate a child, then kill it if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
