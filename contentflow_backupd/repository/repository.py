@@ -113,7 +113,7 @@ class Repository:
         keyset: Keyset,
         kek_id: str,
         *,
-        compression_level: int = 3,
+        compression_level: int = 2,
     ) -> None:
         self.storage = storage
         self.config = config
@@ -131,7 +131,7 @@ class Repository:
         secret: KekSecret,
         *,
         chunker: ChunkerParams,
-        compression_level: int = 3,
+        compression_level: int = 2,
     ) -> Repository:
         """Create a repository. Refuses storage that already holds one (or anything else)."""
         try:
@@ -177,7 +177,7 @@ class Repository:
         return RepositoryConfig.parse(data, storage.url)
 
     @classmethod
-    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 3) -> Repository:
+    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 2) -> Repository:
         """Open with the operator's secret. ``WrongKey`` names the keys that were tried."""
         config = cls.read_config(storage)
         tried: list[str] = []
