@@ -127,3 +127,14 @@ def validate_key(key: str) -> str:
 def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False, sync: bool = True) -> int:
     """``put`` for data already in memory."""
     return storage.put(key, io.BytesIO(data), if_absent=if_absent, sync=sync)
+
+
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at EOF (``read`` may return short counts)."""
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = stream.read(size - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)

@@ -33,21 +33,11 @@ from typing import BinaryIO, TypeVar
 import structlog
 
 from contentflow_backupd.errors import ObjectExists, ObjectNotFound, StorageError
-from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures
+from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures, read_up_to
 
 T = TypeVar("T")
 _CHUNK = 1 << 20
 _log = structlog.get_logger(__name__)
-
-
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = stream.read(size - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
 
 
 class RetryingStorage:
@@ -145,8 +135,8 @@ class RetryingStorage:
                 remaining = size
                 while remaining:
                     want = min(_CHUNK, remaining)
-                    ours = _read_full(stream, want)
-                    if not ours or ours != _read_full(stored, want):
+                    ours = read_up_to(stream, want)
+                    if not ours or ours != read_up_to(stored, want):
                         return None
                     remaining -= len(ours)
                 return size if not stored.read(1) else None

@@ -63,7 +63,7 @@ from contentflow_backupd.errors import (
     StorageError,
     StorageUnavailable,
 )
-from contentflow_backupd.storage.base import ObjectInfo, StorageFeatures, validate_key
+from contentflow_backupd.storage.base import ObjectInfo, StorageFeatures, read_up_to, validate_key
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -143,17 +143,6 @@ def _if_none(conditional: bool) -> _IfNoneMatch:
 
 def _md5(data: bytes) -> Any:
     return hashlib.md5(data, usedforsecurity=False)
-
-
-def _read_up_to(stream: BinaryIO, size: int) -> bytes:
-    """Read ``size`` bytes, fewer only at EOF (``read`` may return short counts)."""
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = stream.read(size - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
 
 
 class _BodyReader(io.RawIOBase):
@@ -305,7 +294,7 @@ class S3Storage:
         if if_absent and not self._conditional and self._exists(key):
             raise ObjectExists(f"object already exists: {self._where(key)}", key=key)
         conditional = if_absent and self._conditional
-        first = _read_up_to(stream, self._threshold)
+        first = read_up_to(stream, self._threshold)
         try:
             if len(first) < self._threshold:
                 return self._put_single(key, full, first, conditional)
