@@ -16,6 +16,12 @@ from contentflow_backupd.source.conninfo import ConnInfo
 CONNECT_TIMEOUT = 10
 
 
+def error_reason(exc: psycopg.Error) -> str:
+    """The first line of a psycopg error, for messages (the rest is context and hints)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection[Any]:
     """An autocommit connection, or ``SourceError`` that names the server (never the password)."""
     params = dict(info.params)
@@ -24,7 +30,7 @@ def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection
     try:
         return psycopg.connect(ConnInfo(params=params, password=info.password).full(), autocommit=True)
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = error_reason(exc)
         if info.password:
             reason = reason.replace(info.password, "********")
         raise SourceError(
@@ -103,7 +109,7 @@ def create_restore_point(info: ConnInfo, name: str) -> CreatedRestorePoint:
             tli = conn.execute("select substr(pg_walfile_name(%s::pg_lsn), 1, 8)", (row[0],)).fetchone()
             switched = conn.execute("select pg_switch_wal()::text").fetchone()
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = error_reason(exc)
             raise SourceError(
                 f"cannot create restore point {name!r} on {info.display()}: {reason}",
                 hint="it needs a primary (not in recovery), wal_level replica or logical, and a "

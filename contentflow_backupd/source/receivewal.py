@@ -127,7 +127,7 @@ class PgReceiveWal:
                         hint="choose another BACKUPD_WAL__SLOT, or drop that slot",
                     )
             except psycopg.Error as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = postgres.error_reason(exc)
                 raise SourceError(
                     f"cannot create replication slot {self.slot!r} on {self.info.display()}: {reason}",
                     hint="the user needs the REPLICATION attribute, and the server wal_level >= replica "
