@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.timespec import parse_duration, parse_schedule
 
 ENV_PREFIX = "BACKUPD_"
 
@@ -77,6 +78,108 @@ class WalSettings(_Section):
     """Replication slot of ``wal-stream`` (created if missing)."""
     archive_timeout: int = Field(300, ge=5, le=86400)
     """Seconds a physical backup waits for the WAL it needs to reach the archive."""
+    method: Literal["stream", "archive_command"] | None = None
+    """How WAL reaches the repository in physical mode (daemon): ``stream`` runs ``wal-stream`` as
+    a supervised child; ``archive_command`` leaves pushing to PostgreSQL. Unset: ``stream`` when
+    the role may replicate, else ``archive_command``."""
+
+
+def _schedule(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_schedule(value)
+    return value
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str | int | float):
+        parse_duration(value)
+    return value
+
+
+class ScheduleSettings(_Section):
+    """Daemon job schedules: a 5-field crontab expression, ``every <n>s|m|h|d`` or ``off``."""
+
+    full: str = "0 2 * * *"
+    incremental: str = "0 */6 * * *"
+    wal: str = "*/15 * * * *"
+    retention: str = "30 * * * *"
+    timezone: str = "UTC"
+
+    _check = field_validator("full", "incremental", "wal", "retention")(_schedule)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC)") from None
+        return v
+
+
+class RetentionSettings(_Section):
+    """How long backups and WAL are kept (durations with units s, m, h, d)."""
+
+    full: str = "30d"
+    incremental: str = "7d"
+    wal: str = "24h"
+    min_full: int = Field(1, ge=1)
+    """At least this many successful full backups are kept, whatever their age."""
+    gc_grace: str = "24h"
+    """Chunks no kept backup references are deleted only once they are older than this (a backup
+    still being written has no manifest yet)."""
+
+    _check = field_validator("full", "incremental", "wal", "gc_grace")(_duration)
+
+
+class NotifySettings(_Section):
+    webhook_url: SecretStr | None = None
+    """Receives a JSON POST (with a Slack-compatible ``text``) on failures, recoveries, size
+    anomalies and retention deletions. Treated as a secret: webhook URLs carry tokens."""
+    timeout: str = "5s"
+    retries: int = Field(3, ge=0, le=10)
+
+    _check = field_validator("timeout")(_duration)
+
+
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:9847"
+    """``host:port`` of /metrics, /livez, /readyz and /healthz; ``off`` disables the listener."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v == "off":
+            return v
+        _host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not host:port (e.g. 127.0.0.1:9847 or 0.0.0.0:9847)")
+        return v
+
+
+class AnomalySettings(_Section):
+    """A backup whose size is outside [low, high] x the median of the last ``window`` successful
+    backups of its kind is a size anomaly (a warning, never a failure)."""
+
+    low: float = Field(0.5, gt=0)
+    high: float = Field(2.0, gt=1)
+    window: int = Field(7, ge=1, le=100)
+    min_history: int = Field(3, ge=1)
+    """Fewer earlier backups than this: no judgement yet."""
+
+
+class HealthSettings(_Section):
+    """Objectives behind /healthz and ``status``. Unset ages are derived from the schedules: a
+    full or incremental backup is stale after its schedule period plus 2 h (daily: 26 h) or twice
+    the period, whichever is larger for incrementals; the WAL archive after the WAL period."""
+
+    full_max_age: str | None = None
+    incremental_max_age: str | None = None
+    wal_max_age: str | None = None
+
+    _check = field_validator("full_max_age", "incremental_max_age", "wal_max_age")(_duration)
 
 
 class LogSettings(_Section):
@@ -114,6 +217,16 @@ class Settings(BaseSettings):
     upload_concurrency: int = Field(8, ge=1, le=64)
     wal: WalSettings = WalSettings()
     log: LogSettings = LogSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    retention: RetentionSettings = RetentionSettings()
+    notify: NotifySettings = NotifySettings()
+    http: HttpSettings = HttpSettings()
+    anomaly: AnomalySettings = AnomalySettings()
+    health: HealthSettings = HealthSettings()
+    shutdown_grace: str = "60s"
+    """How long a running job may finish after the first SIGTERM before its children are stopped."""
+
+    _check_grace = field_validator("shutdown_grace")(_duration)
 
     _toml: dict[str, Any] = {}
 
@@ -167,7 +280,7 @@ def load_settings(config_path: Path | None = None) -> tuple[Settings, dict[str, 
         problems = []
         for err in exc.errors():
             name = env_name(err["loc"]) if err["loc"] else "settings"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting"
             problems.append(f"{name}: {msg}")
