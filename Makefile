@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test bench lint venv postgres clean help
+.PHONY: run demo test bench lint venv postgres prometheus clean help
 
 help:
-	@echo "make run    - demo: disposable PostgreSQL, backups, verify, restore (or the daemon later)"
+	@echo "make run    - the daemon in the foreground (on a disposable demo PostgreSQL unless BACKUPD_DATABASE_URL is set)"
+	@echo "make demo   - one pass: full, incremental, verify, restore into a new database, compare"
 	@echo "make test   - install what is missing and run the whole test suite"
 	@echo "make bench  - benchmarks (>= 1 GB of generated data), results in bench/results/"
 	@echo "make lint   - ruff and mypy --strict"
@@ -35,7 +36,31 @@ postgres:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q postgresql; \
 	fi
 
-test: venv postgres
+# promtool (alert rule tests) and the prometheus server (scrape test) come from the Debian package.
+# Installing it must not leave its service running: a policy-rc.d that denies starts is in place
+# during the install (removed after unless it was there before), and on a systemd host the unit is
+# disabled and stopped again.
+prometheus:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		echo "Prometheus: $$(command -v promtool) $$(command -v prometheus)"; \
+	else \
+		echo "installing the Debian package prometheus (promtool, prometheus server) with apt; its service stays stopped"; \
+		added=; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\n# added by contentflow-backupd make test: no service starts during apt-get install\nexit 101\n' \
+				| $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && $(SUDO) chmod 755 /usr/sbin/policy-rc.d && added=1; \
+		fi; \
+		$(SUDO) apt-get update -q && \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+		rc=$$?; \
+		if [ -n "$$added" ]; then $(SUDO) rm -f /usr/sbin/policy-rc.d; fi; \
+		if [ $$rc -eq 0 ] && [ -d /run/systemd/system ]; then \
+			$(SUDO) systemctl disable --now prometheus.service >/dev/null 2>&1 || true; \
+		fi; \
+		exit $$rc; \
+	fi
+
+test: venv postgres prometheus
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
@@ -45,6 +70,9 @@ lint: venv
 	$(VENV)/bin/mypy
 
 run: venv postgres
+	$(PY) -m contentflow_backupd.demo.daemon
+
+demo: venv postgres
 	$(PY) -m contentflow_backupd.demo.run
 
 bench: venv postgres

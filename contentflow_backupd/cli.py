@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -57,26 +58,36 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.repository.walarchive import WalArchive
 
     mode = args.mode or settings.mode
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
+    logical = wiring.logical_source(settings) if mode == "logical" else None
+    if logical is not None:
+        # pg_dump reads the schema while the repository and catalog open. An error here is met
+        # again, and recorded as a failed run, by run_backup.
+        with contextlib.suppress(BackupdError):
+            logical.start()
     try:
-        record = run_backup(
-            repo,
-            catalog,
-            BackupOptions(
-                cluster=settings.cluster,
-                kind=args.kind,
-                mode=mode,
-                concurrency=settings.upload_concurrency,
-                lock_dir=wiring.lock_dir(settings),
-                archive_timeout=settings.wal.archive_timeout,
-            ),
-            logical=wiring.logical_source(settings) if mode == "logical" else None,
-            physical=wiring.physical_source(settings) if mode == "physical" else None,
-            archive=WalArchive(repo, settings.cluster) if mode == "physical" else None,
-        )
+        repo = wiring.open_repository(settings)
+        catalog = wiring.open_catalog(settings)
+        try:
+            record = run_backup(
+                repo,
+                catalog,
+                BackupOptions(
+                    cluster=settings.cluster,
+                    kind=args.kind,
+                    mode=mode,
+                    concurrency=settings.upload_concurrency,
+                    lock_dir=wiring.lock_dir(settings),
+                    archive_timeout=settings.wal.archive_timeout,
+                ),
+                logical=logical,
+                physical=wiring.physical_source(settings) if mode == "physical" else None,
+                archive=WalArchive(repo, settings.cluster) if mode == "physical" else None,
+            )
+        finally:
+            catalog.close()
     finally:
-        catalog.close()
+        if logical is not None:
+            logical.close()
     if args.json:
         _print_json(record.to_json())
     else:
@@ -457,13 +468,89 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
     run_wal_stream(
         wiring.open_wal_archive(settings),
         wiring.source_conninfo(settings),
-        spool_dir=wiring.state_dir(settings) / "wal-spool" / settings.cluster,
+        spool_dir=wiring.wal_spool_dir(settings),
         slot=settings.wal.slot,
         stop=stop,
         bin_dir=settings.pg_bin,
         tmp_root=wiring.tmp_dir(settings),
     )
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd.daemon import run_daemon
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
+    return run_daemon(settings)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.backup import reap_interrupted
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        reap_interrupted(catalog)
+        runs = catalog.list_runs(limit=args.limit)
+    finally:
+        catalog.close()
+    if args.job:
+        runs = [r for r in runs if r.job == args.job]
+    if args.json:
+        _print_json([r.to_json() for r in runs])
+        return EXIT_OK
+    if not runs:
+        print("no runs recorded")
+        return EXIT_OK
+    print(f"{'ID':>6} {'JOB':<12} {'TRIGGER':<9} {'STATUS':<11} {'STARTED':<20} {'SECS':>8}  BACKUP / ERROR")
+    for r in runs:
+        secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "-"
+        detail = r.backup_id or ""
+        if r.error:
+            detail = f"{detail} {r.error}".strip()
+        print(
+            f"{r.id:>6} {r.job:<12} {r.trigger:<9} {r.status:<11} "
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}  {secs:>8}  {detail[:100]}"
+        )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.model import utcnow
+    from contentflow_backupd.ops.health import WalState, collect_health_inputs, evaluate_health
+
+    objectives = wiring.objectives(settings)
+    storage = wiring.open_storage(settings)
+    catalog = None
+    try:
+        catalog = wiring.open_catalog(settings)
+    except BackupdError as exc:
+        log.warning("catalog_unavailable", error=exc.message)
+    try:
+        deps = wiring.probe_dependencies(settings, catalog, storage)
+        wal = None
+        if objectives.wal is not None:
+            try:
+                wal = wiring.wal_health_state(settings)
+            except BackupdError as exc:
+                wal = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
+        try:
+            readable = catalog if deps["catalog"].up else None
+            inputs = collect_health_inputs(readable, settings.cluster, dependencies=deps, wal=wal)
+        except BackupdError as exc:
+            log.warning("catalog_unavailable", error=exc.message)
+            inputs = collect_health_inputs(None, settings.cluster, dependencies=deps, wal=wal)
+    finally:
+        if catalog is not None:
+            catalog.close()
+        storage.close()
+    report = evaluate_health(inputs, objectives, utcnow())
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        sys.stdout.write(report.to_text())
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_wal_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -480,6 +567,63 @@ def cmd_wal_verify(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  gap on timeline {g.timeline}: {g.missing_from} .. {g.missing_to} missing")
     if not report.ok:
         raise VerificationFailed(f"the WAL archive has {len(report.gaps)} gap(s)")
+    return EXIT_OK
+
+
+def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.model import utcnow
+    from contentflow_backupd.ops.retention import expire, expiry_report
+
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        plan, result = expire(
+            repo,
+            catalog,
+            settings.cluster,
+            wiring.retention_policy(settings),
+            utcnow(),
+            apply=args.confirm,
+            lock_dir=wiring.lock_dir(settings),
+            trigger="manual",
+            concurrency=settings.upload_concurrency,
+        )
+    finally:
+        catalog.close()
+    report = expiry_report(plan, result)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{'BACKUP':<30} {'KIND':<11} {'MODE':<8} {'FINISHED':<20} {'ACTION':<7} REASON")
+        for b in report["backups"]:
+            finished = (b["finished_at"] or "-").replace("T", " ")[:19]
+            mode = b["mode"] or "?"
+            print(f"{b['id']:<30} {b['kind']:<11} {mode:<8} {finished:<20} {b['action']:<7} {b['reason']}")
+        if report["generations"]:
+            print(f"\n{'GENERATION':<30} {'OBJECTS':>8} {'BYTES':>10} {'ACTION':<7} REASON")
+        for g in report["generations"]:
+            size = _human_bytes(g["bytes"])
+            print(f"{g['generation']:<30} {g['objects']:>8} {size:>10} {g['action']:<7} {g['reason']}")
+        wal = report["wal"]
+        span = f", {wal['first']} .. {wal['last']}" if wal["first"] else ""
+        if wal["delete_segments"] or wal["kept_segments"]:
+            print(
+                f"\nWAL: {wal['delete_segments']} files to delete "
+                f"({_human_bytes(wal['delete_bytes'])}{span}); "
+                f"{wal['kept_segments']} kept"
+            )
+        if result is not None:
+            stored = _human_bytes(result.stored_bytes_after)
+            print(f"deleted {_human_bytes(result.deleted_bytes)}; the cluster now stores {stored}")
+        for warning in plan.warnings:
+            print(f"warning: {warning}")
+    if result is None:
+        print(
+            f"plan only: nothing was deleted ({_human_bytes(plan.delete_bytes)} would be); "
+            "run `contentflow-backupd expire --confirm` to apply it",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -541,12 +685,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
     sp.add_argument("name", metavar="NAME")
     add("list-restore-points", cmd_list_restore_points, "list the recorded restore points, oldest first")
+    sp = add("expire", cmd_expire, "plan retention (BACKUPD_RETENTION__*) and, with --confirm, apply it")
+    sp.add_argument("--confirm", action="store_true", help="delete what the plan says (default: print it)")
     sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %%p')")
     sp.add_argument("path", metavar="PATH")
     sp = add("wal-fetch", cmd_wal_fetch, "fetch one WAL file (restore_command = '... wal-fetch %%f %%p')")
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("dest", metavar="DEST")
     add("wal-stream", cmd_wal_stream, "stream WAL with pg_receivewal on a slot and archive each segment")
+    add("run", cmd_run, "run the daemon: scheduled backups, WAL, retention, metrics and health")
+    add("status", cmd_status, "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy")
+    sp = add("runs", cmd_runs, "list recorded runs of jobs (scheduled and manual), oldest first")
+    sp.add_argument("--limit", type=int, default=100, help="the newest N runs (default 100)")
+    sp.add_argument("--job", choices=["full", "incremental", "wal", "retention"], help="only this job")
     walp = sub.add_parser("wal", help="WAL archive maintenance")
     walsub = walp.add_subparsers(dest="wal_command", required=True, metavar="SUBCOMMAND")
     sp = walsub.add_parser("verify", help="check the WAL archive for gaps, per timeline")

@@ -83,3 +83,43 @@ def parse_schedule(value: str) -> Schedule:
             "weekday, e.g. '0 2 * * *'), 'every <n>s|m|h|d' or 'off'"
         )
     return Schedule("cron", cron=text)
+
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def cron_weekdays(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday, names allowed, lists, ranges, steps) as an
+    explicit list of day names, e.g. ``1-5`` -> ``mon,tue,wed,thu,fri``.
+
+    APScheduler 3 numbers weekdays from Monday = 0, so ``0 4 * * 0`` handed to it as is would
+    fire on Mondays; names mean the same to both. ``*`` stays ``*``. Raises ``ValueError``."""
+    if field in ("*", "?"):
+        return "*"
+
+    def day(text: str) -> int:
+        if text in _DAY_NAMES:
+            return _DAY_NAMES.index(text)
+        if text.isdigit() and 0 <= int(text) <= 7:
+            return int(text) % 7 if text != "7" else 7
+        raise ValueError(f"{text!r} is not a day of the week (0-7 or sun-sat)")
+
+    days: set[int] = set()
+    for token in field.split(","):
+        part, _, step_text = token.partition("/")
+        step = int(step_text) if step_text else 1
+        if step_text and (not step_text.isdigit() or step < 1):
+            raise ValueError(f"bad step in {token!r}")
+        if part == "*":
+            first, last = 0, 6
+        elif "-" in part:
+            a, b = part.split("-", 1)
+            first, last = day(a), day(b)
+            if last < first:
+                raise ValueError(f"{token!r}: a range must go upwards (write 5-7 or fri-sun, not 5-0)")
+        else:
+            first = last = day(part)
+            if step_text:
+                last = 6
+        days.update(d % 7 for d in range(first, last + 1, step))
+    return ",".join(_DAY_NAMES[d] for d in sorted(days))

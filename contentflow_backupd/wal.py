@@ -118,3 +118,14 @@ def segments_between(
 
 def history_name(timeline: int) -> str:
     return f"{timeline:08X}.history"
+
+
+LONG_PAGE_HEADER = 40
+"""Bytes at the start of every segment (its long page header), there even when no record was
+written in it: right after a switch the write position can sit just past them."""
+
+
+def written_after(current_lsn: int, segment: Segment, segment_size: int = DEFAULT_SEGMENT_SIZE) -> bool:
+    """Whether the server wrote WAL records after the end of ``segment`` (a write position past
+    the next segment's page header)."""
+    return current_lsn > segment.next().start_lsn(segment_size) + LONG_PAGE_HEADER

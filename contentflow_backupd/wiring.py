@@ -23,6 +23,7 @@ from contentflow_backupd.settings import ENV_PREFIX, Settings
 from contentflow_backupd.storage.base import Storage
 
 if TYPE_CHECKING:  # psycopg and the source layer are imported only by the commands that need them
+    from contentflow_backupd.ops.retention_plan import RetentionPolicy
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.source.logical import PgDumpSource, PgRestoreTarget
     from contentflow_backupd.source.pgdata import RecoveryConfig
@@ -35,7 +36,8 @@ KNOWN_ENV = {"BACKUPD_CONFIG"}
 
 def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log.format, settings.log.level)
-    for secret in (settings.database_url, settings.encryption.passphrase, settings.catalog_url):
+    enc, notify = settings.encryption, settings.notify
+    for secret in (settings.database_url, enc.passphrase, settings.catalog_url, notify.webhook_url):
         if secret is not None:
             value = secret.get_secret_value()
             register_secret(value)
@@ -224,6 +226,21 @@ def lock_dir(settings: Settings) -> Path:
     return state_dir(settings) / "locks"
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """``BACKUPD_RETENTION__*`` as a ``RetentionPolicy`` in seconds."""
+    from contentflow_backupd.ops.retention_plan import RetentionPolicy
+    from contentflow_backupd.timespec import parse_duration
+
+    r = settings.retention
+    return RetentionPolicy(
+        full_s=parse_duration(r.full),
+        incremental_s=parse_duration(r.incremental),
+        wal_s=parse_duration(r.wal),
+        min_full=r.min_full,
+        gc_grace_s=parse_duration(r.gc_grace),
+    )
+
+
 def open_wal_archive(settings: Settings) -> WalArchive:
     return WalArchive(open_repository(settings), settings.cluster)
 
@@ -298,3 +315,204 @@ def restore_point_maker(settings: Settings) -> Callable[[str], tuple[str, int, d
         return point.lsn, point.timeline, point.created_at
 
     return make
+
+
+# -- the daemon ------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from contentflow_backupd.daemon.walwatch import StreamSupervisor, WalWatcher
+    from contentflow_backupd.observability.metrics import Metrics
+    from contentflow_backupd.observability.notify import Notifier
+    from contentflow_backupd.scheduling.scheduler import JobSpec
+
+
+def job_specs(settings: Settings) -> list[JobSpec]:
+    """The daemon's jobs from ``BACKUPD_SCHEDULE__*``. In logical mode there is no ``wal`` job
+    (the recovery point is the last incremental)."""
+    from contentflow_backupd.scheduling.scheduler import JOB_IDS, JobSpec
+    from contentflow_backupd.timespec import parse_schedule
+
+    specs = []
+    for job in JOB_IDS:
+        value = getattr(settings.schedule, job)
+        setting = f"{ENV_PREFIX}SCHEDULE__{job.upper()}"
+        try:
+            schedule = parse_schedule(value)
+        except ValueError as exc:
+            raise ConfigError(f"{setting}: {exc}") from None
+        if job == "wal" and settings.mode == "logical":
+            schedule = parse_schedule("off")
+        specs.append(JobSpec(job, schedule, setting))
+    return specs
+
+
+def job_specs_by_id(settings: Settings) -> dict[str, JobSpec]:
+    return {spec.id: spec for spec in job_specs(settings)}
+
+
+def notifier(settings: Settings) -> Notifier:
+    from contentflow_backupd.model import this_host
+    from contentflow_backupd.observability.notify import NullNotifier, WebhookNotifier
+    from contentflow_backupd.timespec import parse_duration
+
+    url = settings.notify.webhook_url
+    if url is None or not url.get_secret_value():
+        return NullNotifier()
+    return WebhookNotifier(
+        url.get_secret_value(),
+        timeout=parse_duration(settings.notify.timeout),
+        retries=settings.notify.retries,
+        cluster=settings.cluster,
+        host=this_host(),
+    )
+
+
+def wal_spool_dir(settings: Settings) -> Path:
+    return state_dir(settings) / "wal-spool" / settings.cluster
+
+
+def wal_watcher(settings: Settings, repo: Repository, metrics: Metrics) -> WalWatcher:
+    from contentflow_backupd.daemon.walwatch import WalWatcher
+    from contentflow_backupd.scheduling.periods import schedule_period
+    from contentflow_backupd.timespec import parse_schedule
+
+    period = schedule_period(parse_schedule(settings.schedule.wal), settings.schedule.timezone) or 900.0
+    return WalWatcher(
+        WalArchive(repo, settings.cluster),
+        source_conninfo(settings),
+        metrics,
+        spool_dir=wal_spool_dir(settings),
+        period_s=period,
+        method=settings.wal.method or "auto",
+    )
+
+
+def wal_method(settings: Settings, watcher: WalWatcher) -> str:
+    """``BACKUPD_WAL__METHOD``, else ``stream`` when the role may replicate (physical backups
+    need that anyway), else ``archive_command``."""
+    if settings.wal.method is not None:
+        return settings.wal.method
+    from contentflow_backupd.source.postgres import wal_status
+
+    try:
+        method = "stream" if wal_status(watcher.info).can_replicate else "archive_command"
+    except BackupdError as exc:
+        log.warning("wal_method_guessed", method="stream", reason=exc.message)
+        method = "stream"
+    watcher.method = method
+    return method
+
+
+def stream_supervisor(settings: Settings, repo: Repository, metrics: Metrics) -> StreamSupervisor:
+    from contentflow_backupd.daemon.walwatch import StreamSupervisor
+
+    return StreamSupervisor(
+        WalArchive(repo, settings.cluster),
+        source_conninfo(settings),
+        metrics,
+        spool_dir=wal_spool_dir(settings),
+        slot=settings.wal.slot,
+        bin_dir=settings.pg_bin,
+        tmp_root=tmp_dir(settings),
+    )
+
+
+# -- health (``status``, /healthz) ---------------------------------------------------------------
+if TYPE_CHECKING:
+    from contentflow_backupd.ops.health import DependencyState, HealthObjectives, WalState
+
+
+def objectives(settings: Settings) -> HealthObjectives:
+    """Health objectives: ``BACKUPD_HEALTH__*_MAX_AGE`` when set, else derived from the schedules
+    (``ops.health.derive_objectives``). ``ConfigError`` naming the setting when a schedule or
+    age is invalid."""
+    from contentflow_backupd.ops.health import derive_objectives
+    from contentflow_backupd.scheduling.periods import schedule_period
+    from contentflow_backupd.timespec import parse_duration, parse_schedule
+
+    periods: dict[str, float | None] = {}
+    for job in ("full", "incremental", "wal"):
+        setting = f"{ENV_PREFIX}SCHEDULE__{job.upper()}"
+        try:
+            periods[job] = schedule_period(
+                parse_schedule(getattr(settings.schedule, job)), settings.schedule.timezone
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{setting}: {exc}") from None
+    ages: dict[str, float | None] = {}
+    for job in ("full", "incremental", "wal"):
+        value = getattr(settings.health, f"{job}_max_age")
+        try:
+            ages[job] = None if value is None else parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}HEALTH__{job.upper()}_MAX_AGE: {exc}") from None
+    return derive_objectives(
+        full_period=periods["full"],
+        incremental_period=periods["incremental"],
+        wal_period=periods["wal"],
+        physical=settings.mode == "physical",
+        full_max_age=ages["full"],
+        incremental_max_age=ages["incremental"],
+        wal_max_age=ages["wal"],
+    )
+
+
+def probe_dependencies(
+    settings: Settings, catalog: Catalog | None, storage: Storage
+) -> dict[str, DependencyState]:
+    """Is each dependency reachable now? ``database``: a connection (``BACKUPD_DATABASE_URL``);
+    ``storage``: reading the repository's ``repo.json``; ``catalog``: one query (with ``catalog``
+    None, opening the catalog and closing it again). Never raises."""
+    from contentflow_backupd.errors import ObjectNotFound, RepositoryNotFound
+    from contentflow_backupd.ops.health import check_dependencies
+    from contentflow_backupd.repository.layout import REPO_FILE
+
+    def database() -> None:
+        from contentflow_backupd.source.postgres import describe
+
+        describe(source_conninfo(settings))
+
+    def repository() -> None:
+        try:
+            storage.get(REPO_FILE)
+        except ObjectNotFound:
+            raise RepositoryNotFound(
+                f"no repository at {storage.url} (no {REPO_FILE})",
+                hint="run `contentflow-backupd init`, or check BACKUPD_REPOSITORY",
+            ) from None
+
+    def catalog_query() -> None:
+        if catalog is not None:
+            catalog.list_runs(1)
+            return
+        opened = open_catalog(settings)
+        try:
+            opened.list_runs(1)
+        finally:
+            opened.close()
+
+    return check_dependencies({"database": database, "storage": repository, "catalog": catalog_query})
+
+
+def wal_health_state(settings: Settings, repo: Repository | None = None) -> WalState:
+    """The WAL archive's state for the health report (physical mode): the newest archived file's
+    time from the repository, and whether WAL is waiting from the server (``pg_stat_archiver``
+    and the current WAL position). Storage errors propagate; an unreachable server or a standby
+    leaves ``pending`` unknown."""
+    from contentflow_backupd.ops.health import ServerWal, read_wal_state
+    from contentflow_backupd.source.postgres import wal_status
+
+    archive = WalArchive(repo or open_repository(settings), settings.cluster)
+    try:
+        status = wal_status(source_conninfo(settings))
+    except BackupdError as exc:
+        return read_wal_state(archive, None, detail=f"server not asked: {exc.message}")
+    failing = status.last_failed_time is not None and (
+        status.last_archived_time is None or status.last_failed_time > status.last_archived_time
+    )
+    server = ServerWal(
+        current_lsn=status.current_lsn,
+        timeline=status.timeline,
+        segment_size=status.wal_segment_size,
+        archiver_failing=failing,
+    )
+    return read_wal_state(archive, server)

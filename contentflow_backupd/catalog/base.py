@@ -12,8 +12,9 @@ taken as UTC).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from contentflow_backupd.model import (
     BackupRecord,
@@ -22,7 +23,39 @@ from contentflow_backupd.model import (
     RunRecord,
     RunStatus,
     RunTrigger,
+    iso,
 )
+
+DeletionWhat = Literal["backup", "generation", "wal"]
+
+
+@dataclass(frozen=True)
+class DeletionRecord:
+    """Something retention removed from the repository: a backup (its manifest), a generation
+    (its chunk objects) or a WAL archive file. ``name`` is the backup id, the generation or the WAL
+    file name; ``bytes`` what the deleted objects held; ``run_id`` the run that deleted it."""
+
+    at: datetime
+    cluster: str
+    what: DeletionWhat
+    name: str
+    bytes: int
+    reason: str
+    run_id: int | None = None
+    id: int | None = None
+    """Assigned by the catalog (insertion order); None on records not yet added."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": iso(self.at),
+            "cluster": self.cluster,
+            "what": self.what,
+            "name": self.name,
+            "bytes": self.bytes,
+            "reason": self.reason,
+            "run_id": self.run_id,
+        }
 
 
 class Catalog(Protocol):
@@ -94,6 +127,20 @@ class Catalog(Protocol):
 
     def get_restore_point(self, cluster: str, name: str) -> RestorePoint | None:
         """The restore point of ``cluster`` with this name, or None."""
+        ...
+
+    def add_deletions(self, records: Sequence[DeletionRecord]) -> None:
+        """Append ``records`` (their ``id`` is ignored) in one transaction; nothing on error."""
+        ...
+
+    def list_deletions(self, cluster: str, limit: int | None = None) -> list[DeletionRecord]:
+        """Deletions of ``cluster`` in insertion order (by id), with their ids; with ``limit``,
+        the newest ``limit`` of them (still in insertion order)."""
+        ...
+
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine (APScheduler's job store lives in the catalog database)."""
         ...
 
     def close(self) -> None:

@@ -131,3 +131,22 @@ class RestorePointRow(Base):
     lsn: Mapped[str] = mapped_column(String(32))
     timeline: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeletionRow(Base):
+    """One ``DeletionRecord``: something retention removed from the repository. Append-only."""
+
+    __tablename__ = "deletions"
+    __table_args__ = (
+        Index("ix_deletions_cluster_at", "cluster", "at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    cluster: Mapped[str] = mapped_column(String(255))
+    what: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(Integer)

@@ -32,7 +32,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contentflow_backupd.catalog.models import VERSION_TABLE, BackupRow, RestorePointRow, RunRow
+from contentflow_backupd.catalog.base import DeletionRecord
+from contentflow_backupd.catalog.models import (
+    VERSION_TABLE,
+    BackupRow,
+    DeletionRow,
+    RestorePointRow,
+    RunRow,
+)
 from contentflow_backupd.errors import CatalogError
 from contentflow_backupd.model import (
     BackupRecord,
@@ -123,6 +130,12 @@ class SqlCatalog:
 
     def __repr__(self) -> str:
         return f"SqlCatalog({self.url!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for APScheduler's job store: the same database with the same
+        connection settings (SQLite busy timeout, PostgreSQL connect timeout)."""
+        return self._engine
 
     def __enter__(self) -> SqlCatalog:
         return self
@@ -282,6 +295,31 @@ class SqlCatalog:
             row = session.get(RestorePointRow, (cluster, name))
             return None if row is None else _restore_point(row)
 
+    # -- deletions -------------------------------------------------------------------------
+    def add_deletions(self, records: Sequence[DeletionRecord]) -> None:
+        if not records:
+            return
+        with self._session("record deletions", write=True) as session:
+            session.add_all(
+                DeletionRow(
+                    at=r.at,
+                    cluster=r.cluster,
+                    what=r.what,
+                    name=r.name,
+                    bytes=r.bytes,
+                    reason=r.reason,
+                    run_id=r.run_id,
+                )
+                for r in records
+            )
+
+    def list_deletions(self, cluster: str, limit: int | None = None) -> list[DeletionRecord]:
+        query = select(DeletionRow).where(DeletionRow.cluster == cluster).order_by(DeletionRow.id.desc())
+        if limit is not None:
+            query = query.limit(max(limit, 0))
+        with self._session("list deletions", write=False) as session:
+            return [_deletion_record(row) for row in reversed(session.scalars(query).all())]
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -420,6 +458,19 @@ def _run_record(row: RunRow) -> RunRecord:
 def _restore_point(row: RestorePointRow) -> RestorePoint:
     return RestorePoint(
         cluster=row.cluster, name=row.name, lsn=row.lsn, timeline=row.timeline, created_at=row.created_at
+    )
+
+
+def _deletion_record(row: DeletionRow) -> DeletionRecord:
+    return DeletionRecord(
+        at=row.at,
+        cluster=row.cluster,
+        what=row.what,  # type: ignore[arg-type]
+        name=row.name,
+        bytes=row.bytes,
+        reason=row.reason,
+        run_id=row.run_id,
+        id=row.id,
     )
 
 

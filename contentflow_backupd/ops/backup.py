@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import structlog
 
 from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.errors import BackupdError, SourceError, UsageError
+from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
 from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, new_backup_id, utcnow
 from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
 from contentflow_backupd.ops.locks import exclusive, pid_alive
@@ -46,6 +47,9 @@ class BackupOptions:
     lock_dir: Path | None = None
     trigger: RunTrigger = "manual"
     archive_timeout: float = 300.0
+    cancel: threading.Event | None = None
+    """Set by the daemon when it stops a run at shutdown: a failure then counts as
+    ``interrupted`` (stopping the children is what made it fail)."""
 
 
 @dataclass
@@ -72,12 +76,45 @@ def run_backup(
     physical: PhysicalSource | None = None,
     archive: WalArchive | None = None,
 ) -> BackupRecord:
+    """Take one backup and record it, and its run (job ``full`` or ``incremental``, the kind
+    asked for), in the catalog. The run is recorded from the start, so a backup that fails before
+    any data moves (database down) is a failed run too; one refused because another backup of the
+    cluster is running is ``skipped`` (and raises ``LockedError``)."""
     if opts.mode not in ("logical", "physical"):
         raise UsageError(f"unknown backup mode {opts.mode!r}")
-    if opts.lock_dir is None:
-        return _dispatch(repo, catalog, opts, logical, physical, archive)
-    with exclusive(opts.lock_dir, f"backup-{opts.cluster}", what=f"a backup of cluster {opts.cluster!r}"):
-        return _dispatch(repo, catalog, opts, logical, physical, archive)
+    reap_interrupted(catalog)
+    run = catalog.start_run(opts.kind, opts.trigger, pid=os.getpid(), host=socket.gethostname())
+    attempt: list[BackupRecord] = []
+    with structlog.contextvars.bound_contextvars(run_id=run.id, job=opts.kind):
+        try:
+            if opts.lock_dir is None:
+                done = _dispatch(repo, catalog, opts, logical, physical, archive, attempt)
+            else:
+                what = f"a backup of cluster {opts.cluster!r}"
+                with exclusive(opts.lock_dir, f"backup-{opts.cluster}", what=what):
+                    done = _dispatch(repo, catalog, opts, logical, physical, archive, attempt)
+        except LockedError as exc:
+            log.warning("backup_skipped", reason=exc.message)
+            _finish_run(catalog, run.id, "skipped", None, exc.message)
+            raise
+        except (Interrupted, KeyboardInterrupt):
+            _fail(
+                catalog,
+                attempt,
+                run.id,
+                "interrupted",
+                "interrupted by a signal before the manifest was written",
+            )
+            raise
+        except BaseException as exc:
+            error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+            if opts.cancel is not None and opts.cancel.is_set():
+                _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}")
+            else:
+                _fail(catalog, attempt, run.id, "failed", error)
+            raise
+        _finish_run(catalog, run.id, "succeeded", done.id, None)
+        return done
 
 
 def _dispatch(
@@ -87,8 +124,8 @@ def _dispatch(
     logical: LogicalSource | None,
     physical: PhysicalSource | None,
     archive: WalArchive | None,
+    attempt: list[BackupRecord],
 ) -> BackupRecord:
-    reap_interrupted(catalog)
     if opts.mode == "logical":
         assert logical is not None
         db = logical.describe()  # fails early and clearly when the database is unreachable
@@ -98,7 +135,7 @@ def _dispatch(
             with logical.dump() as stream:
                 return _Streams([writer.write_stream("dump", "pg_dump-custom", stream)])
 
-        return _execute(repo, catalog, opts, db.database, details, dump)
+        return _execute(repo, catalog, opts, db.database, details, dump, attempt)
 
     assert physical is not None and archive is not None
     info = physical.describe()
@@ -140,7 +177,7 @@ def _dispatch(
             },
         )
 
-    return _execute(repo, catalog, opts, info.database, details, basebackup)
+    return _execute(repo, catalog, opts, info.database, details, basebackup, attempt)
 
 
 def _wait_for_wal(archive: WalArchive, source: PhysicalSource, names: list[str], timeout: float) -> None:
@@ -173,6 +210,7 @@ def _execute(
     database: str,
     details: dict[str, Any],
     produce: Callable[[ChunkWriter], _Streams],
+    attempt: list[BackupRecord],
 ) -> BackupRecord:
     plan: GenerationPlan = plan_generation(repo, opts.cluster, opts.kind, opts.mode)
     if plan.note:
@@ -197,8 +235,8 @@ def _execute(
     if plan.note:
         record.details["note"] = plan.note
     catalog.upsert_backup(record)
-    run = catalog.start_run(f"backup-{plan.kind}", opts.trigger, pid=record.pid, host=record.host)
-    structlog.contextvars.bind_contextvars(backup_id=backup_id, kind=plan.kind, run_id=run.id)
+    attempt.append(record)
+    structlog.contextvars.bind_contextvars(backup_id=backup_id, kind=plan.kind)
     log.info("backup_started", mode=opts.mode, generation=generation, known_chunks=len(plan.known_chunks))
     try:
         writer = ChunkWriter(repo, opts.cluster, generation, plan.known_chunks, concurrency=opts.concurrency)
@@ -226,8 +264,8 @@ def _execute(
         done = manifest.to_record(manifest_key)
         done.pid, done.host = record.pid, record.host
         done.stored_bytes += repo.storage.stat(manifest_key).size
+        attempt[-1] = done
         catalog.upsert_backup(done)
-        catalog.finish_run(run.id, "succeeded", backup_id=backup_id)
         log.info(
             "backup_completed",
             source_bytes=done.source_bytes,
@@ -237,25 +275,25 @@ def _execute(
             duration_seconds=done.duration_seconds,
         )
         return done
-    except (Interrupted, KeyboardInterrupt):
-        _fail(
-            catalog, record, run.id, "interrupted", "interrupted by a signal before the manifest was written"
-        )
-        raise
-    except BackupdError as exc:
-        _fail(catalog, record, run.id, "failed", exc.message)
-        raise
-    except Exception as exc:
-        _fail(catalog, record, run.id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
     finally:
-        structlog.contextvars.unbind_contextvars("backup_id", "kind", "run_id")
+        structlog.contextvars.unbind_contextvars("backup_id", "kind")
 
 
-def _fail(catalog: Catalog, record: BackupRecord, run_id: int, status: str, error: str) -> None:
+def _fail(catalog: Catalog, attempt: list[BackupRecord], run_id: int, status: str, error: str) -> None:
+    """Record a failed or interrupted run, and its backup attempt if one was recorded and not
+    committed (a failure after the manifest was written leaves the committed backup alone)."""
     log.error("backup_failed" if status == "failed" else "backup_interrupted", error=error)
+    record = attempt[-1] if attempt else None
+    if record is not None and record.status == "running":
+        try:
+            catalog.upsert_backup(record.copy(status=status, finished_at=utcnow(), error=error))
+        except BackupdError as exc:  # the catalog is down too: the backup is uncommitted anyway
+            log.error("catalog_update_failed", error=str(exc))
+    _finish_run(catalog, run_id, status, record.id if record else None, error)
+
+
+def _finish_run(catalog: Catalog, run_id: int, status: str, backup_id: str | None, error: str | None) -> None:
     try:
-        catalog.upsert_backup(record.copy(status=status, finished_at=utcnow(), error=error))
-        catalog.finish_run(run_id, status, backup_id=record.id, error=error)  # type: ignore[arg-type]
-    except BackupdError as exc:  # the catalog is down too: the backup is uncommitted anyway
+        catalog.finish_run(run_id, status, backup_id=backup_id, error=error)  # type: ignore[arg-type]
+    except BackupdError as exc:
         log.error("catalog_update_failed", error=str(exc))

@@ -6,7 +6,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,14 +29,31 @@ class PgDumpSource:
         self._bin_dir = bin_dir
         self._tmp_root = tmp_root
         self._described: DatabaseInfo | None = None
+        self._started: tuple[ExitStack, subprocess.Popen[bytes], StderrTail] | None = None
 
     def describe(self) -> DatabaseInfo:
-        self._described = postgres.describe(self.info)
+        if self._described is None:
+            self._described = postgres.describe(self.info)
         return self._described
 
-    @contextmanager
-    def dump(self) -> Iterator[BinaryIO]:
-        server = self._described or self.describe()
+    def start(self) -> None:
+        """Start ``pg_dump`` now, ahead of ``dump()``: the command line opens the repository and
+        the catalog while pg_dump connects and reads the schema (its output waits in the pipe).
+        ``close()`` stops it when ``dump()`` never comes."""
+        if self._started is None:
+            self._started = self._spawn()
+
+    def close(self) -> None:
+        if self._started is not None:
+            stack, proc, _tail = self._started
+            self._started = None
+            stop_process(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            stack.close()
+
+    def _spawn(self) -> tuple[ExitStack, subprocess.Popen[bytes], StderrTail]:
+        server = self.describe()
         pg_dump = find_tool("pg_dump", server.major, self._bin_dir)
         # -Z0: we compress per chunk; a compressed dump would defeat dedup.
         argv = [
@@ -47,9 +64,20 @@ class PgDumpSource:
             "--dbname",
             self.info.safe(),
         ]
-        with libpq_env(self.info, self._tmp_root) as env:
+        stack = ExitStack()
+        try:
+            env = stack.enter_context(libpq_env(self.info, self._tmp_root))
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
-            tail = StderrTail(proc)
+        except BaseException:
+            stack.close()
+            raise
+        return stack, proc, StderrTail(proc)
+
+    @contextmanager
+    def dump(self) -> Iterator[BinaryIO]:
+        started, self._started = self._started, None
+        stack, proc, tail = started or self._spawn()
+        with stack:
             assert proc.stdout is not None
             try:
                 yield proc.stdout  # type: ignore[misc]

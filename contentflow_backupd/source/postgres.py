@@ -119,3 +119,71 @@ def create_restore_point(info: ConnInfo, name: str) -> CreatedRestorePoint:
     return CreatedRestorePoint(
         lsn=str(row[0]), timeline=int(str(tli[0]), 16), created_at=row[1], switched_to=str(switched[0])
     )
+
+
+@dataclass(frozen=True)
+class WalServerStatus:
+    """Where the server's WAL is, and what its archiver reports (``pg_stat_archiver``)."""
+
+    current_lsn: int
+    """``pg_current_wal_lsn()`` (the write position)."""
+    timeline: int
+    wal_segment_size: int
+    archive_mode: str
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+    can_replicate: bool
+
+
+def wal_status(info: ConnInfo) -> WalServerStatus:
+    """The WAL position and archiver statistics of a primary; ``SourceError`` on a standby."""
+    with connect(info) as conn:
+        try:
+            row = conn.execute(
+                # pg_current_wal_lsn() raises on a standby: ask only a primary. The timeline is
+                # the one being written (pg_walfile_name), not the last checkpoint's.
+                "with s as (select pg_is_in_recovery() as standby),"
+                " w as (select case when s.standby then null else pg_current_wal_lsn() end as lsn from s)"
+                " select s.standby, w.lsn::text,"
+                " case when w.lsn is null then null else pg_walfile_name(w.lsn) end,"
+                " (select setting::bigint from pg_settings where name = 'wal_segment_size'),"
+                " current_setting('archive_mode'),"
+                " a.archived_count, a.last_archived_wal, a.last_archived_time,"
+                " a.failed_count, a.last_failed_wal, a.last_failed_time,"
+                " (select rolreplication or rolsuper from pg_roles where rolname = current_user)"
+                " from s, w, pg_stat_archiver a"
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"cannot read the WAL status of {info.display()}: {error_reason(exc)}"
+            ) from None
+    assert row is not None
+    if row[0]:
+        raise SourceError(
+            f"{info.display()} is a standby (in recovery): the WAL job watches the primary",
+            hint="point BACKUPD_DATABASE_URL at the primary",
+        )
+    hi, lo = row[1].split("/")
+    return WalServerStatus(
+        current_lsn=(int(hi, 16) << 32) | int(lo, 16),
+        timeline=int(row[2][:8], 16),
+        wal_segment_size=int(row[3]),
+        archive_mode=str(row[4]),
+        archived_count=int(row[5]),
+        last_archived_wal=row[6],
+        last_archived_time=row[7],
+        failed_count=int(row[8]),
+        last_failed_wal=row[9],
+        last_failed_time=row[10],
+        can_replicate=bool(row[11]),
+    )
+
+
+def switch_wal(info: ConnInfo) -> None:
+    """``pg_switch_wal()``: close the current segment so it can be archived."""
+    with connect(info) as conn:
+        conn.execute("select pg_switch_wal()")

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.catalog.models import VERSION_TABLE, Base
-from contentflow_backupd.catalog.sql import INTERRUPTED_ERROR, SqlCatalog, open_catalog
+from contentflow_backupd.catalog.sql import INTERRUPTED_ERROR, SqlCatalog, head_revision, open_catalog
 from contentflow_backupd.errors import CatalogError
 from contentflow_backupd.model import BackupRecord, BackupStatus
 from tests.support.pg import PgCluster
@@ -290,7 +290,8 @@ def test_migrations_are_idempotent_and_match_the_models(catalog_url: str) -> Non
     try:
         with engine.connect() as conn:
             assert {"backups", "runs", "catalog_meta", VERSION_TABLE} <= set(inspect(conn).get_table_names())
-            assert conn.execute(text(f"select version_num from {VERSION_TABLE}")).all() == [("0002",)]
+            versions = conn.execute(text(f"select version_num from {VERSION_TABLE}")).all()
+            assert versions == [(head_revision(),)]
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
             )

@@ -1,0 +1,383 @@
+"""The daemon process: start-up, the supervising main loop, leadership and two-signal shutdown.
+See the package docstring for the order of events."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from contentflow_backupd import __version__, wiring
+from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
+from contentflow_backupd.model import utcnow
+from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.ops.backup import Interrupted
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.sdnotify import SystemdNotifier
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+LOOP_INTERVAL = 1.0
+LEADER_POLL = 5.0
+PROBE_INTERVAL = 15.0
+CHILD_STOP_WAIT = 20.0
+
+
+def run_daemon(settings: Settings) -> int:
+    return Daemon(settings).run()
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sd = SystemdNotifier.from_env()
+        self.metrics = Metrics(__version__)
+        self.stopping = threading.Event()
+        self.started = False
+        self.leader = False
+        self._signals = 0
+        self._abort = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._deps: dict[str, Any] = {}
+        self._catalog_up = False
+        self._wal_state: Any = None
+        self._scheduler: Any = None
+        self._http: Any = None
+        self._runner: Any = None
+        self._walwatch: Any = None
+        self._lock: Any = None
+        self._catalog: Catalog | None = None
+        self._repo: Repository | None = None
+        self._notifier: Any = None
+
+    # -- start-up ----------------------------------------------------------------------------
+    def run(self) -> int:
+        from contentflow_backupd.scheduling.scheduler import build_trigger
+
+        s = self.settings
+        specs = wiring.job_specs(s)
+        self._objectives = wiring.objectives(s)
+        for spec in specs:
+            if spec.schedule.kind != "off":
+                build_trigger(spec, s.schedule.timezone)  # ConfigError (exit 2) names the setting
+        self._install_signals()
+        try:
+            self._start()
+            self._main_loop()
+        finally:
+            self._shutdown()
+        if self._signals > 1:
+            return 128 + signal.SIGTERM
+        return 0
+
+    def _start(self) -> None:
+        from contentflow_backupd.catalog.leader import LeaderLock
+
+        s = self.settings
+        log.info("daemon_starting", version=__version__, cluster=s.cluster, mode=s.mode, pid=os.getpid())
+        self._catalog = wiring.open_catalog(s)
+        self._catalog_up = True
+        self._lock = LeaderLock.for_url(s.catalog_sqlalchemy_url, s.cluster)
+        if self._lock.mode == "exclusive":
+            self._lock.require()  # a second daemon on one SQLite catalog is refused
+        self._repo = self._open_or_init_repository()
+        self._notifier = wiring.notifier(s)
+        self._build_runner()
+        self._start_http()
+        if self._lock.mode == "exclusive":
+            self._become_leader()
+        else:
+            self._poll_leadership()
+        self.started = True
+        self._probe_dependencies()
+        threading.Thread(target=self._probe_loop, name="dependency-probes", daemon=True).start()
+        self.sd.ready()
+        self.sd.status(self._status_text())
+        log.info("daemon_ready", leader=self.leader, http=s.http.listen)
+
+    def _open_or_init_repository(self) -> Repository:
+        s = self.settings
+        storage = wiring.open_storage(s)
+        try:
+            return wiring.open_repository(s, storage)
+        except RepositoryNotFound:
+            if next(iter(storage.list("")), None) is not None:
+                raise RepositoryError(
+                    f"{storage.url} holds objects but no repo.json: refusing to initialise a repository",
+                    hint="point BACKUPD_REPOSITORY at an empty location or at an existing repository",
+                ) from None
+            repo = wiring.init_repository(s)
+            log.info(
+                "repository_initialised", url=repo.storage.url, repository_id=repo.id, key_id=repo.kek_id
+            )
+            return repo
+
+    def _build_runner(self) -> None:
+        from contentflow_backupd.daemon.runtime import JobRunner
+        from contentflow_backupd.scheduling import jobs
+
+        s = self.settings
+        assert self._repo is not None and self._catalog is not None
+        wal_tick = None
+        if s.mode == "physical" and wiring.job_specs_by_id(s)["wal"].schedule.kind != "off":
+            self._walwatch = wiring.wal_watcher(s, self._repo, self.metrics)
+            wal_tick = self._walwatch.tick
+        self._runner = JobRunner(
+            s, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
+        )
+        jobs.install(self._runner)
+
+    def _start_http(self) -> None:
+        if self.settings.http.listen == "off":
+            return
+        from contentflow_backupd.http.server import HttpServer
+
+        self._http = HttpServer(self.settings.http.listen, self.metrics, self)
+        self._http.start()
+        log.info("http_listening", listen=self.settings.http.listen, port=self._http.port)
+
+    # -- leadership --------------------------------------------------------------------------
+    def _become_leader(self) -> None:
+        from contentflow_backupd.scheduling.scheduler import Scheduler
+
+        s = self.settings
+        assert self._catalog is not None
+        self.leader = True
+        self.metrics.set_leader(True)
+        log.info("leader_acquired", mode=self._lock.mode)
+        sched = Scheduler(self._catalog.engine, s.schedule.timezone)
+        sched.register(wiring.job_specs(s))
+        if s.schedule.full != "off" and not self._catalog.list_backups(s.cluster, ["succeeded"]):
+            sched.run_soon("full")  # no backup yet: do not wait for the first fire time
+        sched.resume()
+        self._scheduler = sched
+        if (
+            self._walwatch is not None
+            and self._repo is not None
+            and wiring.wal_method(s, self._walwatch) == "stream"
+        ):
+            self._walwatch.stream = wiring.stream_supervisor(s, self._repo, self.metrics)
+            self._walwatch.stream.start()
+            log.info("wal_stream_supervised", slot=s.wal.slot)
+
+    def _lose_leadership(self) -> None:
+        log.error("leader_lost", action="stopped scheduling; trying to get the lock back")
+        self.leader = False
+        self.metrics.set_leader(False)
+        if self._scheduler is not None:
+            self._scheduler.shutdown()
+            self._scheduler = None
+        if self._walwatch is not None and self._walwatch.stream is not None:
+            self._walwatch.stream.stop()
+            self._walwatch.stream = None
+
+    def _poll_leadership(self) -> None:
+        if self.stopping.is_set():
+            return
+        if self.leader:
+            if not self._lock.check():
+                self._lose_leadership()
+            return
+        if self._lock.try_acquire():
+            self._become_leader()
+        else:
+            self.metrics.set_leader(False)
+
+    # -- main loop -----------------------------------------------------------------------------
+    def _main_loop(self) -> None:
+        next_leader_poll = time.monotonic() + LEADER_POLL
+        while not self.stopping.is_set():
+            self._heartbeat = time.monotonic()
+            if self._lock.mode == "shared" and time.monotonic() >= next_leader_poll:
+                self._poll_leadership()
+                next_leader_poll = time.monotonic() + LEADER_POLL
+            self._update_next_runs()
+            self._record_skipped()
+            if self.live():
+                self.sd.watchdog()
+            self.stopping.wait(LOOP_INTERVAL)
+
+    def _update_next_runs(self) -> None:
+        runs = self._scheduler.next_runs() if self._scheduler is not None else {}
+        for job in ("full", "incremental", "wal", "retention"):
+            when = runs.get(job)
+            self.metrics.set_next_run(job, when.timestamp() if when else None)
+
+    def _record_skipped(self) -> None:
+        if self._scheduler is None or self._catalog is None:
+            return
+        for job in self._scheduler.take_skipped():
+            try:
+                run = self._catalog.start_run(job, "scheduled", pid=os.getpid(), host=socket.gethostname())
+                self._catalog.finish_run(
+                    run.id, "skipped", error="the previous run of this job was still going"
+                )
+            except BackupdError as exc:
+                log.error("catalog_update_failed", error=exc.message)
+
+    def _status_text(self) -> str:
+        if not self.leader:
+            return "standby: another daemon is the leader"
+        runs = self._scheduler.next_runs() if self._scheduler is not None else {}
+        parts = [f"{job} {when:%Y-%m-%d %H:%M:%S}" for job, when in runs.items() if when is not None]
+        return "next: " + (", ".join(parts) if parts else "nothing scheduled")
+
+    def _probe_loop(self) -> None:
+        last_status = ""
+        while not self.stopping.wait(PROBE_INTERVAL):
+            self._probe_dependencies()
+            text = self._status_text()
+            if text != last_status:
+                self.sd.status(text)
+                last_status = text
+
+    def _probe_dependencies(self) -> None:
+        """Dependencies, and the WAL archive's state in physical mode, for /healthz, /readyz
+        and ``backupd_dependency_up`` (on this thread: a hanging server never blocks a probe)."""
+        from contentflow_backupd.ops.health import WalState
+
+        s = self.settings
+        assert self._catalog is not None and self._repo is not None
+        deps = wiring.probe_dependencies(s, self._catalog, self._repo.storage)
+        for name, state in deps.items():
+            self.metrics.set_dependency(name, state.up)
+        self._deps = deps
+        self._catalog_up = deps["catalog"].up
+        if s.mode == "physical":
+            try:
+                self._wal_state = wiring.wal_health_state(s, self._repo)
+            except BackupdError as exc:
+                self._wal_state = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
+            if self.leader and self._walwatch is not None:
+                self._walwatch.guard(self._wal_state)
+
+    # -- probes for the HTTP endpoints -----------------------------------------------------
+    def live(self) -> bool:
+        if time.monotonic() - self._heartbeat > 10 * LOOP_INTERVAL + 5:
+            return False
+        return not self.leader or self._scheduler is None or self._scheduler.alive()
+
+    def ready(self) -> bool:
+        return self.started and not self.stopping.is_set() and self._catalog_up
+
+    def health(self) -> Any:
+        from contentflow_backupd.ops.health import collect_health_inputs, evaluate_health
+
+        s = self.settings
+        try:
+            inputs = collect_health_inputs(
+                self._catalog,
+                s.cluster,
+                dependencies=dict(self._deps),
+                wal=self._wal_state,
+                leader=self.leader,
+            )
+        except BackupdError as exc:
+            log.warning("catalog_unavailable", error=exc.message)
+            inputs = collect_health_inputs(
+                None, s.cluster, dependencies=dict(self._deps), wal=self._wal_state, leader=self.leader
+            )
+        return evaluate_health(inputs, self._objectives, utcnow())
+
+    # -- signals and shutdown --------------------------------------------------------------
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("daemon_stopping", signal=signum, grace=self.settings.shutdown_grace)
+            self.stopping.set()
+            self.sd.stopping()
+        else:
+            log.warning("daemon_stopping_now", signal=signum)
+            self._abort.set()
+            self.stopping.set()
+
+    def _shutdown(self) -> None:
+        from contentflow_backupd.timespec import parse_duration
+
+        self.stopping.set()
+        self.sd.stopping()
+        if self._scheduler is not None:
+            self._scheduler.shutdown()  # no new runs
+        runner = self._runner
+        if runner is not None:
+            deadline = time.monotonic() + parse_duration(self.settings.shutdown_grace)
+            while runner.running() and time.monotonic() < deadline and not self._abort.is_set():
+                time.sleep(0.2)
+            if runner.running():
+                self._stop_running_jobs(runner)
+        if self._walwatch is not None and self._walwatch.stream is not None:
+            self._walwatch.stream.stop()
+        if self._http is not None:
+            self._http.stop()
+        if self._notifier is not None:
+            self._notifier.close(2.0 if self._abort.is_set() else 10.0)
+        if self._lock is not None:
+            self._lock.release()
+        if self._catalog is not None:
+            self._catalog.close()
+        from contentflow_backupd.scheduling import jobs
+
+        jobs.install(None)
+        log.info("daemon_stopped")
+
+    def _stop_running_jobs(self, runner: Any) -> None:
+        """The grace period is over: stop the running jobs' children and let them record the run
+        as interrupted."""
+        names = [r.job for r in runner.running()]
+        log.warning("stopping_running_jobs", jobs=names)
+        runner.cancel.set()
+        for job in runner.running():
+            _raise_in_thread(job.thread, Interrupted)
+        time.sleep(0.5)
+        _terminate_children()
+        deadline = time.monotonic() + CHILD_STOP_WAIT
+        while runner.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if runner.running():
+            log.error("jobs_did_not_stop", jobs=[r.job for r in runner.running()])
+
+
+def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in ``thread`` at its next Python instruction (a blocked system call
+    returns first: ``_terminate_children`` ends the pipes it waits on)."""
+    if thread.ident is None:
+        return
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+
+
+def _terminate_children() -> None:
+    """SIGTERM every direct child process (pg_dump, pg_basebackup, pg_receivewal)."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(me):
+            try:
+                os.kill(int(entry.name), signal.SIGTERM)
+                log.info("child_stopped", pid=int(entry.name))
+            except ProcessLookupError:
+                pass
+
+
+def _fmt(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None

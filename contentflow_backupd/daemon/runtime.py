@@ -1,0 +1,295 @@
+"""What a scheduled job does in the daemon: thin wrappers around one ``ops`` call each.
+
+Each wrapper binds ``run_id``/``job`` to the log context, runs the use case, records the outcome
+in the catalog and the metrics, and sends the webhook notifications (a failed run, the first
+success after failures, a size anomaly, retention deletions). A job never raises into the
+scheduler: an error is a recorded, counted, notified failed run.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from contentflow_backupd import wiring
+from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.errors import BackupdError, LockedError
+from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, utcnow
+from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.notify import Notifier
+from contentflow_backupd.ops.anomaly import check_size
+from contentflow_backupd.ops.backup import BackupOptions, Interrupted, run_backup
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RunningJob:
+    job: str
+    thread: threading.Thread
+    started: float = field(default_factory=time.monotonic)
+
+
+class JobRunner:
+    """The daemon's handler for ``scheduling.jobs``: one method per job id."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        catalog: Catalog,
+        metrics: Metrics,
+        notifier: Notifier,
+        *,
+        wal_tick: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.catalog = catalog
+        self.metrics = metrics
+        self.notifier = notifier
+        self.cancel = threading.Event()
+        self._wal_tick = wal_tick
+        self._running: dict[int, RunningJob] = {}
+        self._lock = threading.Lock()
+        self._failing: dict[str, bool] = {}
+        self.host = socket.gethostname()
+        self._seed_from_catalog()
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def running(self) -> list[RunningJob]:
+        with self._lock:
+            return list(self._running.values())
+
+    def _seed_from_catalog(self) -> None:
+        """Metrics and failure state as the catalog left them, so a restart does not forget that
+        the last full backup failed or when the last success was."""
+        runs = self.catalog.list_runs(limit=500)
+        for run in runs:
+            if run.status in ("succeeded", "failed"):
+                self._failing[run.job] = run.status == "failed"
+        backups = self.catalog.list_backups(self.settings.cluster, ["succeeded"])
+        for kind in ("full", "incremental"):
+            done = [b for b in backups if b.kind == kind and b.finished_at is not None]
+            if done:
+                last = done[-1]
+                self.metrics.seed_backup(
+                    kind,
+                    finished_at=last.finished_at,
+                    source_bytes=last.source_bytes,
+                    stored_bytes=last.stored_bytes,
+                )
+        failures = [r for r in runs if r.job in ("full", "incremental") and r.status == "failed"]
+        for run in failures:
+            self.metrics.seed_failure(run.job, run.finished_at or run.started_at)
+        self._update_window(backups)
+
+    def _update_window(self, backups: list[BackupRecord] | None = None) -> None:
+        if backups is None:
+            backups = self.catalog.list_backups(self.settings.cluster, ["succeeded"])
+        ends = [b.finished_at for b in backups if b.finished_at is not None]
+        self.metrics.set_recovery_window_start(min(ends) if ends else None)
+        if not self._repository_bytes_known:
+            self.metrics.set_repository_stored_bytes(sum(b.stored_bytes for b in backups))
+
+    _repository_bytes_known = False
+
+    def __call__(self, job_id: str, trigger: RunTrigger) -> None:
+        """Run one job (called on a scheduler worker thread, or by the daemon itself)."""
+        with self._lock:
+            self._running[threading.get_ident()] = RunningJob(job_id, threading.current_thread())
+        try:
+            with structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger):
+                if job_id in ("full", "incremental"):
+                    self.backup(job_id, trigger)
+                elif job_id == "wal":
+                    self._simple_run("wal", trigger, self._wal)
+                elif job_id == "retention":
+                    self._simple_run("retention", trigger, self._retention)
+                else:
+                    log.error("unknown_job", job=job_id)
+        except (Interrupted, KeyboardInterrupt):
+            log.warning("job_interrupted", job=job_id)
+        except BaseException as exc:  # noqa: BLE001 - a job never raises into the scheduler
+            log.error("job_crashed", job=job_id, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._running.pop(threading.get_ident(), None)
+
+    # -- backups ---------------------------------------------------------------------------
+    def backup(self, kind: str, trigger: RunTrigger) -> BackupRecord | None:
+        s = self.settings
+        began = time.monotonic()
+        opts = BackupOptions(
+            cluster=s.cluster,
+            kind=kind,  # type: ignore[arg-type]
+            mode=s.mode,
+            concurrency=s.upload_concurrency,
+            lock_dir=wiring.lock_dir(s),
+            trigger=trigger,
+            archive_timeout=s.wal.archive_timeout,
+            cancel=self.cancel,
+        )
+        try:
+            record = run_backup(
+                self.repo,
+                self.catalog,
+                opts,
+                logical=wiring.logical_source(s) if s.mode == "logical" else None,
+                physical=wiring.physical_source(s) if s.mode == "physical" else None,
+                archive=WalArchive(self.repo, s.cluster) if s.mode == "physical" else None,
+            )
+        except LockedError:
+            return None  # recorded as skipped by run_backup
+        except (Interrupted, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded by run_backup; counted and notified here
+            if self.cancel.is_set():
+                return None  # recorded as interrupted
+            error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+            self.metrics.backup_failed(kind, utcnow())
+            self._failed(kind, error)
+            return None
+        self.metrics.backup_succeeded(
+            record.kind,
+            finished_at=record.finished_at or utcnow(),
+            duration_s=time.monotonic() - began,
+            source_bytes=record.source_bytes,
+            stored_bytes=record.stored_bytes,
+        )
+        self._succeeded(kind, f"{record.kind} backup {record.id} succeeded", backup_id=record.id)
+        self._check_anomaly(record)
+        self._update_window()
+        return record
+
+    def _check_anomaly(self, record: BackupRecord) -> None:
+        a = self.settings.anomaly
+        history = [
+            b.source_bytes
+            for b in self.catalog.list_backups(self.settings.cluster, ["succeeded"])
+            if b.kind == record.kind and b.mode == record.mode and b.id != record.id
+        ][-a.window :]
+        verdict = check_size(record.source_bytes, history, low=a.low, high=a.high, min_history=a.min_history)
+        self.metrics.set_size_anomaly(record.kind, verdict.anomaly)
+        if verdict.anomaly:
+            log.warning(
+                "backup_size_anomaly",
+                backup_id=record.id,
+                source_bytes=record.source_bytes,
+                median_bytes=verdict.median,
+                ratio=verdict.ratio,
+                reason=verdict.reason,
+            )
+            self.notifier.notify(
+                "size_anomaly",
+                f"contentflow-backupd: {record.kind} backup {record.id} is a size anomaly: {verdict.reason}",
+                kind=record.kind,
+                backup_id=record.id,
+                source_bytes=record.source_bytes,
+                median_bytes=verdict.median,
+                ratio=verdict.ratio,
+            )
+
+    # -- other jobs ------------------------------------------------------------------------
+    def _simple_run(self, job: str, trigger: RunTrigger, body: Callable[[int], str | None]) -> None:
+        run = self.catalog.start_run(job, trigger, pid=_pid(), host=self.host)
+        with structlog.contextvars.bound_contextvars(run_id=run.id):
+            try:
+                note = body(run.id)
+            except (Interrupted, KeyboardInterrupt):
+                self.catalog.finish_run(run.id, "interrupted", error="stopped at shutdown")
+                raise
+            except LockedError as exc:  # a backup of the cluster is running: try next time
+                log.warning(f"{job}_run_skipped", reason=exc.message)
+                self.catalog.finish_run(run.id, "skipped", error=exc.message)
+                return
+            except BaseException as exc:  # noqa: BLE001 - every failure is a recorded run
+                error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+                status: RunStatus = "interrupted" if self.cancel.is_set() else "failed"
+                log.error(f"{job}_run_failed", error=error)
+                self.catalog.finish_run(run.id, status, error=error)
+                if status == "failed":
+                    self._failed(job, error)
+                return
+            self.catalog.finish_run(run.id, "succeeded", error=None)
+            self._succeeded(job, note or f"{job} run succeeded")
+
+    def _wal(self, run_id: int) -> str | None:
+        if self._wal_tick is None:
+            return "WAL job: nothing to do in logical mode"
+        result = self._wal_tick(run_id)
+        return str(result.get("summary", "wal run succeeded"))
+
+    def _retention(self, run_id: int) -> str | None:
+        from contentflow_backupd.ops.retention import expire
+
+        s = self.settings
+        _plan, result = expire(
+            self.repo,
+            self.catalog,
+            s.cluster,
+            wiring.retention_policy(s),
+            utcnow(),
+            apply=True,
+            run_id=run_id,
+            lock_dir=wiring.lock_dir(s),
+        )
+        if result is None:
+            return "nothing to delete"
+        self.metrics.retention_deleted(result.deleted_backups, result.deleted_bytes)
+        self.metrics.set_repository_stored_bytes(result.stored_bytes_after)
+        self._repository_bytes_known = True
+        self._update_window()
+        deleted = sum(result.deleted_backups.values())
+        if deleted or result.deleted_bytes:
+            text = (
+                f"contentflow-backupd: retention deleted {deleted} backup(s) and {result.deleted_bytes} bytes"
+            )
+            self.notifier.notify(
+                "retention_deleted",
+                text,
+                deleted_backups=result.deleted_backups,
+                deleted_bytes=result.deleted_bytes,
+            )
+            return text
+        return "nothing to delete"
+
+    # -- notifications ---------------------------------------------------------------------
+    def _failed(self, job: str, error: str) -> None:
+        self._failing[job] = True
+        self.notifier.notify(
+            "run_failed",
+            f"contentflow-backupd: the {job} run failed: {error}",
+            job=job,
+            error=error,
+        )
+
+    def _succeeded(self, job: str, text: str, **fields: Any) -> None:
+        if self._failing.get(job):
+            self.notifier.notify(
+                "run_recovered",
+                f"contentflow-backupd: the {job} run succeeded again: {text}",
+                job=job,
+                **fields,
+            )
+        self._failing[job] = False
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def utc_ts(when: datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None

@@ -1,0 +1,1 @@
+"""The daemon's HTTP listener: ``/metrics``, ``/livez``, ``/readyz``, ``/healthz`` (``server.py``)."""

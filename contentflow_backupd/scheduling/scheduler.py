@@ -1,0 +1,222 @@
+"""APScheduler 3.x: a ``BackgroundScheduler`` whose job store is the catalog database.
+
+Jobs have fixed ids (``full``, ``incremental``, ``wal``, ``retention``) and are registered again
+from settings on every start (``replace_existing``): settings are the truth, the table
+``apscheduler_jobs`` keeps the next fire times across restarts. When a job's trigger is unchanged
+its stored next fire time is kept, so a daily backup missed while the daemon was down runs when it
+comes back (within the misfire grace) as a ``catch-up`` run.
+
+APScheduler silently deletes a job row it cannot unpickle. Before it gets the chance, every row is
+loaded here; one that fails is logged (``scheduler_job_unloadable``) and re-created from settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.base import run_job
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.scheduling import jobs
+from contentflow_backupd.scheduling.periods import cron_trigger
+from contentflow_backupd.timespec import Schedule
+
+log = structlog.get_logger(__name__)
+
+JOB_IDS = ("full", "incremental", "wal", "retention")
+TABLE = "apscheduler_jobs"
+_EPOCH = datetime(2000, 1, 3)  # a Monday: ``every`` intervals are aligned to it, restart or not
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    id: str
+    schedule: Schedule
+    setting: str
+    """The setting it came from, for error messages (``BACKUPD_SCHEDULE__FULL``)."""
+
+
+def build_trigger(spec: JobSpec, timezone: str) -> BaseTrigger:
+    """The APScheduler trigger of a schedule; ``ConfigError`` naming the setting when APScheduler
+    rejects a crontab field (``61 * * * *``)."""
+    sched = spec.schedule
+    try:
+        if sched.kind == "cron":
+            assert sched.cron is not None
+            return cron_trigger(sched.cron, timezone)
+        if sched.kind == "every":
+            assert sched.seconds is not None
+            return IntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
+    except ValueError as exc:
+        raise ConfigError(f"{spec.setting}: {sched} is not a valid schedule: {exc}") from None
+    raise ConfigError(f"{spec.setting}: 'off' has no trigger")
+
+
+def misfire_grace(spec: JobSpec, timezone: str) -> int:
+    """How late a run may still start: half the period, at least 30 s, at most 6 h (a daily job
+    missed during an outage of a few hours still runs; one missed for a day waits for its next)."""
+    from contentflow_backupd.scheduling.periods import schedule_period
+
+    period = schedule_period(spec.schedule, timezone) or 3600.0
+    return int(min(max(period / 2, 30.0), 6 * 3600.0))
+
+
+class _TimedExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+    """A thread pool that tells the job function its planned fire time (for ``catch-up``)."""
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        def callback(f: Any) -> None:
+            exc = f.exception()
+            if exc:
+                self._run_job_error(job.id, exc, getattr(exc, "__traceback__", None))
+            else:
+                self._run_job_success(job.id, f.result())
+
+        def call() -> Any:
+            jobs.set_scheduled_time(run_times[-1] if run_times else None)
+            try:
+                return run_job(job, job._jobstore_alias, run_times, self._logger.name)
+            finally:
+                jobs.set_scheduled_time(None)
+
+        future = self._pool.submit(call)
+        future.add_done_callback(callback)
+
+
+class _ToStructlog(logging.Handler):
+    """APScheduler logs with the standard library; its warnings and errors join our JSON lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        getattr(log, level)("scheduler_message", message=record.getMessage(), logger=record.name)
+
+
+class Scheduler:
+    """One APScheduler instance over the catalog. Created paused; ``register`` then ``resume``."""
+
+    def __init__(self, engine: Any, timezone: str, *, max_workers: int = 4) -> None:
+        """``engine``: the catalog's SQLAlchemy engine; the jobs live in its table
+        ``apscheduler_jobs``."""
+        self.timezone = timezone
+        self._store = SQLAlchemyJobStore(engine=engine, tablename=TABLE)
+        self._sched = BackgroundScheduler(
+            jobstores={"default": self._store},
+            executors={"default": _TimedExecutor(max_workers=max_workers)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=timezone,
+        )
+        self._skipped: list[str] = []
+        self._sched.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        aps = logging.getLogger("apscheduler")
+        if not any(isinstance(h, _ToStructlog) for h in aps.handlers):
+            aps.addHandler(_ToStructlog(level=logging.WARNING))
+            aps.propagate = False
+        self._sched.start(paused=True)
+
+    # -- registration ----------------------------------------------------------------------
+    def register(self, specs: Sequence[JobSpec]) -> None:
+        """Make the stored jobs match ``specs``: unloadable rows are logged and re-created,
+        jobs of unknown ids and jobs whose schedule is ``off`` are removed."""
+        existing = self._load_rows()
+        wanted = {s.id for s in specs if s.schedule.kind != "off"}
+        for job_id in existing:
+            if job_id not in wanted:
+                self._sched.remove_job(job_id)
+                log.info("scheduler_job_removed", job=job_id, reason="schedule off or unknown job")
+        for spec in specs:
+            if spec.schedule.kind == "off":
+                continue
+            trigger = build_trigger(spec, self.timezone)
+            kwargs: dict[str, Any] = {}
+            old = existing.get(spec.id)
+            if old is not None and str(old.trigger) == str(trigger) and old.next_run_time is not None:
+                kwargs["next_run_time"] = old.next_run_time  # keep a due run due
+            self._sched.add_job(
+                jobs.JOB_FUNCTION,
+                trigger,
+                args=[spec.id],
+                id=spec.id,
+                name=spec.id,
+                replace_existing=True,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=misfire_grace(spec, self.timezone),
+                **kwargs,
+            )
+            job = self._sched.get_job(spec.id)
+            log.info(
+                "scheduler_job_registered",
+                job=spec.id,
+                schedule=str(spec.schedule),
+                next_run=job.next_run_time.isoformat() if job and job.next_run_time else None,
+            )
+
+    def _load_rows(self) -> dict[str, Any]:
+        """Every stored job, loaded the way APScheduler would; broken rows deleted and logged."""
+        loaded: dict[str, Any] = {}
+        table = self._store.jobs_t
+        with self._store.engine.begin() as conn:
+            rows = conn.execute(table.select()).fetchall()
+            for row in rows:
+                try:
+                    loaded[row.id] = self._store._reconstitute_job(row.job_state)
+                except Exception as exc:  # noqa: BLE001 - whatever breaks unpickling, log it
+                    log.error(
+                        "scheduler_job_unloadable",
+                        job=row.id,
+                        error=f"{type(exc).__name__}: {exc}",
+                        action="re-created from settings" if row.id in JOB_IDS else "removed",
+                    )
+                    conn.execute(table.delete().where(table.c.id == row.id))
+        return loaded
+
+    def run_soon(self, job_id: str) -> None:
+        """Fire ``job_id`` now instead of at its next fire time (once; then its schedule)."""
+        from datetime import UTC
+
+        self._sched.modify_job(job_id, next_run_time=datetime.now(UTC))
+        log.info("scheduler_job_due_now", job=job_id, reason="no successful full backup yet")
+
+    # -- running ---------------------------------------------------------------------------
+    def resume(self) -> None:
+        self._sched.resume()
+
+    def pause(self) -> None:
+        self._sched.pause()
+
+    def shutdown(self) -> None:
+        """Stop firing and release the job store; running jobs are the caller's business."""
+        if self._sched.running:
+            self._sched.shutdown(wait=False)
+
+    def alive(self) -> bool:
+        thread = getattr(self._sched, "_thread", None)
+        return bool(self._sched.running and thread is not None and thread.is_alive())
+
+    def next_runs(self) -> dict[str, datetime | None]:
+        """Next fire time of every job id (None when off or paused out)."""
+        out: dict[str, datetime | None] = dict.fromkeys(JOB_IDS)
+        for job in self._sched.get_jobs():
+            out[job.id] = job.next_run_time
+        return out
+
+    def take_skipped(self) -> list[str]:
+        """Job ids whose fire time came while their previous run was still going (since the
+        last call)."""
+        taken, self._skipped = self._skipped, []
+        return taken
+
+    def _on_max_instances(self, event: JobSubmissionEvent) -> None:
+        log.warning("job_skipped", job=event.job_id, reason="the previous run is still going")
+        self._skipped.append(event.job_id)

@@ -1,0 +1,319 @@
+"""deploy/kubernetes (loaded with pyyaml; rendered with ``kubectl kustomize`` where kubectl is
+installed) and the Dockerfile (parsed; its HEALTHCHECK command run against a real HTTP server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from contentflow_backupd import __version__
+from contentflow_backupd.demo.cluster import free_port
+from contentflow_backupd.settings import Settings
+from contentflow_backupd.timespec import parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+IMAGE = f"contentflow-backupd:{__version__}"
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    objs: list[dict[str, Any]] = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        objs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return objs
+
+
+def find(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        o for o in k8s_objects() if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, (kind, name, [o["metadata"]["name"] for o in found])
+    return found[0]
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = find("StatefulSet")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [c for c in pod_spec()["containers"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def config_env() -> dict[str, str]:
+    data: dict[str, str] = find("ConfigMap", "contentflow-backupd")["data"]
+    return data
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == files
+    for obj in k8s_objects():
+        assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"], obj
+
+
+def test_statefulset_runs_postgres_with_the_daemon_as_sidecar() -> None:
+    sts = find("StatefulSet")
+    assert sts["spec"]["serviceName"] == find("Service", "postgres")["metadata"]["name"]
+    assert (
+        sts["spec"]["selector"]["matchLabels"].items()
+        <= sts["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert {c["name"] for c in pod_spec()["containers"]} == {"postgres", "backupd"}
+    backupd = container("backupd")
+    assert backupd["image"] == IMAGE
+    assert backupd.get("args", ["run"]) == ["run"] and "command" not in backupd
+    grace = parse_duration(
+        config_env().get("BACKUPD_SHUTDOWN_GRACE", Settings.model_fields["shutdown_grace"].default)
+    )
+    assert pod_spec()["terminationGracePeriodSeconds"] > grace
+    # the daemon reaches the PostgreSQL container over the pod's loopback
+    assert "@127.0.0.1:5432/" in config_env()["BACKUPD_DATABASE_URL"]
+    assert any(p["containerPort"] == 5432 for p in container("postgres")["ports"])
+
+
+def test_probes_hit_livez_and_readyz_on_the_metrics_port() -> None:
+    backupd = container("backupd")
+    ports = {p["name"]: p["containerPort"] for p in backupd["ports"]}
+    listen_port = int(config_env()["BACKUPD_HTTP__LISTEN"].rpartition(":")[2])
+    assert config_env()["BACKUPD_HTTP__LISTEN"].startswith("0.0.0.0:")
+    assert ports == {"metrics": listen_port}
+    assert backupd["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert backupd["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert backupd["startupProbe"]["httpGet"]["path"] == "/livez"
+
+
+def test_secrets_come_from_the_secret_and_every_reference_resolves() -> None:
+    secret = find("Secret")
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    backupd = container("backupd")
+    for c in pod_spec()["containers"]:
+        for env in c.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys, env
+        for src in c.get("envFrom", []):
+            assert find("ConfigMap", src["configMapRef"]["name"])
+    # the passphrase is a file from the Secret, readable by the daemon's group
+    env = {e["name"]: e.get("value") for e in backupd["env"]}
+    passphrase_file = Path(env["BACKUPD_ENCRYPTION__PASSPHRASE_FILE"])
+    mounts = {m["mountPath"]: m for m in backupd["volumeMounts"]}
+    mount = mounts[str(passphrase_file.parent)]
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod_spec()["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert {"key": "passphrase", "path": passphrase_file.name} in volume["secret"]["items"]
+    assert volume["secret"]["defaultMode"] & 0o040 and not volume["secret"]["defaultMode"] & 0o007
+    assert pod_spec()["securityContext"]["fsGroup"] == backupd["securityContext"]["runAsGroup"]
+    # no secret in the ConfigMap
+    assert not any(re.search(r"PASSPHRASE|PASSWORD|SECRET", k) for k in config_env())
+    assert not re.search(r"://[^/@]*:[^/@]*@", config_env()["BACKUPD_DATABASE_URL"])
+
+
+def test_volumes_resolve_and_state_dir_is_persistent() -> None:
+    sts = find("StatefulSet")
+    claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    volumes = {v["name"] for v in pod_spec()["volumes"]} | claims
+    for c in pod_spec()["containers"]:
+        for m in c.get("volumeMounts", []):
+            assert m["name"] in volumes, (c["name"], m)
+    state = config_env()["BACKUPD_STATE_DIR"]
+    state_mount = next(m for m in container("backupd")["volumeMounts"] if m["mountPath"] == state)
+    assert state_mount["name"] in claims
+
+
+def test_daemon_container_is_non_root_and_locked_down() -> None:
+    sc = container("backupd")["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    # a read-only root needs a writable /tmp
+    assert "/tmp" in {m["mountPath"] for m in container("backupd")["volumeMounts"]}
+
+
+def test_configmap_holds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("BACKUPD_"):
+            monkeypatch.delenv(name)
+    for name, value in config_env().items():
+        assert name.startswith("BACKUPD_"), name
+        monkeypatch.setenv(name, value)
+    for e in container("backupd")["env"]:
+        if e["name"].startswith("BACKUPD_") and "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    settings = Settings()  # unknown names and bad values raise
+    assert settings.mode == config_env()["BACKUPD_MODE"]
+
+
+def test_metrics_are_discoverable_by_service_monitor_and_annotations() -> None:
+    svc = find("Service", "contentflow-backupd")
+    pod_labels = find("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = svc["spec"]["ports"]
+    assert port["targetPort"] == "metrics" and port["name"] == "metrics"
+    metrics_port = container("backupd")["ports"][0]["containerPort"]
+    assert port["port"] == metrics_port
+    mon = find("ServiceMonitor")
+    assert mon["apiVersion"] == "monitoring.coreos.com/v1"
+    assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert [e["port"] for e in mon["spec"]["endpoints"]] == ["metrics"]
+    assert mon["spec"]["endpoints"][0]["path"] == "/metrics"
+    for scrape in (
+        svc["metadata"]["annotations"],
+        find("StatefulSet")["spec"]["template"]["metadata"]["annotations"],
+    ):
+        assert scrape["prometheus.io/scrape"] == "true"
+        assert scrape["prometheus.io/port"] == str(metrics_port)
+        assert scrape["prometheus.io/path"] == "/metrics"
+    # the scrape job name alerts.yml expects is the Service's name (ServiceMonitor default)
+    assert svc["metadata"]["name"] == "contentflow-backupd"
+
+
+def test_kubectl_kustomize_renders_the_manifests() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rendered = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert {d["kind"] for d in rendered} == {o["kind"] for o in k8s_objects()}
+    sts = next(d for d in rendered if d["kind"] == "StatefulSet")
+    images = {c["name"]: c["image"] for c in sts["spec"]["template"]["spec"]["containers"]}
+    assert images["backupd"] == IMAGE
+
+
+# -- Dockerfile ------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        word, _, args = full.partition(" ")
+        out.append((word.upper(), args.strip()))
+    assert not pending, "dangling line continuation"
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[last_from:]
+
+
+def args_of(word: str) -> list[str]:
+    return [a for w, a in final_stage() if w == word]
+
+
+def test_dockerfile_base_and_postgres_client_version() -> None:
+    assert final_stage()[0] == ("FROM", "python:3.11-slim-bookworm")
+    assert all(a.startswith("python:3.11-slim-bookworm") for w, a in dockerfile_instructions() if w == "FROM")
+    assert args_of("ARG") == ["PG_MAJOR=15"]
+    runs = " ".join(args_of("RUN"))
+    assert 'apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}"' in runs
+    assert "apt.postgresql.org" in runs  # PGDG for majors Debian does not ship
+
+
+def test_dockerfile_runs_the_daemon_as_non_root() -> None:
+    assert json.loads(args_of("ENTRYPOINT")[0]) == ["contentflow-backupd"]
+    assert json.loads(args_of("CMD")[0]) == ["run"]
+    (user,) = args_of("USER")
+    assert user.split(":")[0] not in ("root", "0")
+    assert args_of("EXPOSE") == ["9847"]
+    env = " ".join(args_of("ENV"))
+    assert "BACKUPD_HTTP__LISTEN=0.0.0.0:9847" in env
+    assert "BACKUPD_STATE_DIR=/var/lib/contentflow-backupd" in env
+
+
+def test_docker_build_context_keeps_what_the_dockerfile_copies() -> None:
+    ignored = [
+        ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+    for word, args in dockerfile_instructions():
+        if word == "COPY" and not args.startswith("--from"):
+            for src in args.split()[:-1]:
+                assert (ROOT / src).exists(), src
+                assert src not in ignored, src
+    assert {".git", ".venv", ".demo", "tests"} <= set(ignored)
+
+
+def healthcheck_argv() -> list[str]:
+    (spec,) = args_of("HEALTHCHECK")
+    options, _, cmd = spec.partition("CMD ")
+    assert "--interval=" in options and "--timeout=" in options
+    argv: list[str] = json.loads(cmd)
+    assert argv[:2] == ["python", "-c"]  # exec form: no shell, no curl in the image
+    return argv
+
+
+class _Livez(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        code = self.status if self.path == "/livez" else 404
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"ok\n" if code == 200 else b"no\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def livez_server() -> Iterator[tuple[ThreadingHTTPServer, type[_Livez]]]:
+    handler = type("Handler", (_Livez,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_healthcheck(port: int) -> int:
+    argv = healthcheck_argv()
+    env = {**os.environ, "BACKUPD_HTTP__LISTEN": f"0.0.0.0:{port}"}
+    proc = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=30)
+    return proc.returncode
+
+
+def test_healthcheck_command_follows_livez(livez_server: tuple[ThreadingHTTPServer, type[_Livez]]) -> None:
+    server, handler = livez_server
+    port = server.server_address[1]
+    assert _run_healthcheck(port) == 0
+    handler.status = 503
+    assert _run_healthcheck(port) != 0
+    assert _run_healthcheck(free_port()) != 0  # nothing listening

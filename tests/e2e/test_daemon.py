@@ -1,0 +1,260 @@
+"""The daemon end to end: ``contentflow-backupd run`` as a subprocess, with second-level
+schedules, against real PostgreSQL clusters, observed through NOTIFY_SOCKET, HTTP and the CLI."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSPHRASE
+from tests.support.cli import Cli
+from tests.support.daemon import Daemon
+from tests.support.pg import PgCluster, running_cluster
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgCluster]:
+    """A cluster of this test's own: the test stops and starts it."""
+    with running_cluster(prefix="backupd-daemon-pg-") as cluster:
+        yield cluster
+
+
+def _env(tmp_path: Path, pg: PgCluster, db: str, **extra: str) -> dict[str, str]:
+    env = {
+        "BACKUPD_DATABASE_URL": pg.url(db),
+        "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo'}",
+        "BACKUPD_STATE_DIR": str(tmp_path / "state"),
+        "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
+        "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
+        "BACKUPD_SCHEDULE__FULL": "off",
+        "BACKUPD_SCHEDULE__INCREMENTAL": "off",
+        "BACKUPD_SCHEDULE__WAL": "off",
+        "BACKUPD_SCHEDULE__RETENTION": "off",
+        "BACKUPD_SHUTDOWN_GRACE": "5s",
+    }
+    env.update(extra)
+    return env
+
+
+def _fill(pg: PgCluster, db: str, rows: int = 2000) -> None:
+    pg.execute(
+        "create table items (id bigint primary key, body text);"
+        f"insert into items select g, md5(g::text) from generate_series(1, {rows}) g",
+        db,
+    )
+
+
+def _runs_total(d: Daemon, kind: str, result: str) -> float:
+    return d.metric("backupd_backup_runs_total", kind=kind, result=result) or 0.0
+
+
+def test_daemon_schedules_records_fails_recovers_expires_and_stops(tmp_path: Path, own_pg: PgCluster) -> None:
+    db = own_pg.create_database()
+    _fill(own_pg, db)
+    env = _env(
+        tmp_path,
+        own_pg,
+        db,
+        BACKUPD_SCHEDULE__FULL="every 6s",
+        BACKUPD_SCHEDULE__INCREMENTAL="every 2s",
+        BACKUPD_SCHEDULE__RETENTION="every 3s",
+        BACKUPD_RETENTION__FULL="8s",
+        BACKUPD_RETENTION__INCREMENTAL="4s",
+        BACKUPD_RETENTION__GC_GRACE="1s",
+    )
+    cli = Cli(env=env)
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications, timeout=60)
+        assert d.get("/livez")[0] == 200
+        d.wait_for("ready", lambda: d.get("/readyz")[0] == 200)
+        # scheduled full and incremental runs show in /metrics
+        d.wait_for("a full backup", lambda: _runs_total(d, "full", "success") >= 1)
+        d.wait_for("an incremental backup", lambda: _runs_total(d, "incremental", "success") >= 1)
+        assert (d.metric("backupd_backup_last_success_timestamp_seconds", kind="full") or 0) > 0
+        assert d.metric("backupd_build_info", version=_version()) == 1
+        assert d.metric("backupd_leader") == 1
+
+        # the database goes away: failed runs are counted, liveness holds, health does not
+        failures_before = _runs_total(d, "full", "failure") + _runs_total(d, "incremental", "failure")
+        own_pg.stop()
+        d.wait_for(
+            "a failed run",
+            lambda: (
+                _runs_total(d, "full", "failure") + _runs_total(d, "incremental", "failure") > failures_before
+            ),
+        )
+        assert d.get("/livez")[0] == 200
+        d.wait_for("healthz 503", lambda: d.get("/healthz")[0] == 503)
+
+        # it comes back: the next runs succeed and health recovers
+        successes = _runs_total(d, "incremental", "success")
+        own_pg.start()
+        d.wait_for("a success after the outage", lambda: _runs_total(d, "incremental", "success") > successes)
+        d.wait_for("healthz 200", lambda: d.get("/healthz")[0] == 200, timeout=60)
+
+        # retention deleted old backups and kept a full
+        d.wait_for(
+            "retention deletions",
+            lambda: (
+                (d.metric("backupd_retention_deleted_backups_total", kind="full") or 0)
+                + (d.metric("backupd_retention_deleted_backups_total", kind="incremental") or 0)
+                >= 1
+            ),
+            timeout=60,
+        )
+        listed = cli.run("list", "--json", check=True).json()
+        assert any(b["kind"] == "full" for b in listed), listed
+
+        d.signal(signal.SIGTERM)
+        assert d.wait(90) == 0, d.stderr()[-3000:]
+        assert "STOPPING=1" in d.notifications
+
+    runs = cli.run("runs", "--json", check=True).json()
+    jobs = {r["job"] for r in runs}
+    assert {"full", "incremental", "retention"} <= jobs, jobs
+    assert {r["trigger"] for r in runs} <= {"scheduled", "catch-up", "manual"}
+    failed = [r for r in runs if r["status"] == "failed"]
+    assert failed and all(r["error"] for r in failed)
+    assert set(runs[0]) >= {
+        "id",
+        "job",
+        "trigger",
+        "status",
+        "started_at",
+        "finished_at",
+        "backup_id",
+        "error",
+    }
+
+    # the jobs stay in the catalog's apscheduler_jobs table, and a restart finds them there
+    catalog = tmp_path / "state" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as conn:
+        stored = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
+    assert stored == {"full", "incremental", "retention"}, stored
+    with Daemon(env) as d:
+        d.wait_for("READY=1 again", lambda: "READY=1" in d.notifications, timeout=60)
+        registered = {e["job"] for e in d.events("scheduler_job_registered")}
+        assert registered == {"full", "incremental", "retention"}
+        d.wait_for("a run after the restart", lambda: _runs_total(d, "incremental", "success") >= 1)
+
+
+def test_sigterm_during_a_backup_records_it_interrupted_and_exits_0(
+    tmp_path: Path, pg: PgCluster, pg_db: str
+) -> None:
+    _fill(pg, pg_db, rows=100)
+    env = _env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE="2s")
+    # a transaction holding an exclusive lock makes pg_dump wait: the backup is "running"
+    blocker = pg.connect(pg_db)
+    blocker.execute("begin")
+    blocker.execute("lock table items in access exclusive mode")
+    try:
+        with Daemon(env) as d:
+            d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+            d.wait_for("the first full backup to start", lambda: d.events("backup_started"))
+            time.sleep(1)
+            d.signal(signal.SIGTERM)
+            d.wait_for("readyz 503", lambda: d.get("/readyz")[0] == 503, timeout=10)
+            assert d.wait(60) == 0, d.stderr()[-3000:]
+    finally:
+        blocker.rollback()
+        blocker.close()
+    runs = Cli(env=env).run("runs", "--json", check=True).json()
+    full = [r for r in runs if r["job"] == "full"]
+    assert full and full[-1]["status"] == "interrupted", runs
+    backups = Cli(env=env).run("list", "--all", "--json", check=True).json()
+    assert backups and backups[-1]["status"] == "interrupted"
+
+
+def test_unloadable_job_row_is_logged_and_recreated(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
+    env = _env(
+        tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="0 3 * * *", BACKUPD_SCHEDULE__RETENTION="30 * * * *"
+    )
+    _fill(pg, pg_db, rows=10)
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        d.wait_for("the first full backup", lambda: _runs_total(d, "full", "success") >= 1)
+    catalog = tmp_path / "state" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as conn:
+        conn.execute("update apscheduler_jobs set job_state = x'00ff' where id = 'full'")
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        bad = d.events("scheduler_job_unloadable")
+        assert bad and bad[0]["job"] == "full", d.stderr()[-2000:]
+        assert d.metric("backupd_scheduler_next_run_timestamp_seconds", job="full")
+    with sqlite3.connect(catalog) as conn:
+        stored = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
+    assert stored == {"full", "retention"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BACKUPD_SCHEDULE__FULL", "61 * * * *"), ("BACKUPD_SCHEDULE__INCREMENTAL", "every 5x")],
+)
+def test_invalid_schedule_stops_the_daemon_with_exit_2(
+    tmp_path: Path, pg: PgCluster, name: str, value: str
+) -> None:
+    env = _env(tmp_path, pg, "postgres", **{name: value})
+    result = Cli(env=env).run("run", timeout=60)
+    assert result.returncode == 2, result
+    assert name in result.stderr
+
+
+def test_wrong_key_is_refused_at_start(tmp_path: Path, pg: PgCluster) -> None:
+    env = _env(tmp_path, pg, "postgres")
+    Cli(env=env).run("init", check=True)
+    result = Cli(env={**env, "BACKUPD_ENCRYPTION__PASSPHRASE": "another passphrase"}).run("run", timeout=60)
+    assert result.returncode == 1, result
+    assert "key is wrong" in result.stderr
+
+
+def test_first_start_initialises_an_empty_repository(tmp_path: Path, pg: PgCluster) -> None:
+    env = _env(tmp_path, pg, "postgres")
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        assert d.events("repository_initialised")
+    assert (tmp_path / "repo" / "repo.json").exists()
+
+
+def test_second_daemon_on_one_sqlite_catalog_is_refused(tmp_path: Path, pg: PgCluster) -> None:
+    env = _env(tmp_path, pg, "postgres")
+    with Daemon(env) as first:
+        first.wait_for("READY=1", lambda: "READY=1" in first.notifications)
+        result = Cli(env={**env, "BACKUPD_HTTP__LISTEN": "127.0.0.1:0"}).run("run", timeout=60)
+        assert result.returncode == 1, result
+        assert "already runs on this catalog" in result.stderr
+
+
+def test_standby_takes_over_when_the_leader_dies(tmp_path: Path, pg: PgCluster) -> None:
+    catalog_db = pg.create_database()
+    env = _env(tmp_path, pg, "postgres", BACKUPD_CATALOG_URL=pg.url(catalog_db))
+    first = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state1")}).start()
+    second: Daemon | None = None
+    try:
+        first.wait_for("leader", lambda: first.metric("backupd_leader") == 1)
+        second = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state2")}).start()
+        second.wait_for("READY=1", lambda: "READY=1" in second.notifications)
+        assert second.metric("backupd_leader") == 0
+        assert second.get("/readyz")[0] == 200
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        started = time.monotonic()
+        second.wait_for("takeover", lambda: second.metric("backupd_leader") == 1, timeout=40)
+        assert time.monotonic() - started < 30
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        pg.drop_database(catalog_db)
+
+
+def _version() -> str:
+    from contentflow_backupd import __version__
+
+    return __version__

@@ -1,0 +1,91 @@
+"""The daemon's webhook: a size anomaly, a failed run and the first success after it reach a real
+HTTP endpoint on loopback, and the anomaly shows in the metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PASSPHRASE
+from tests.support.cli import Cli
+from tests.support.daemon import Daemon
+from tests.support.pg import PgCluster
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook/secret-token", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_webhook_gets_anomaly_failure_and_recovery(
+    tmp_path: Path, pg: PgCluster, pg_db: str, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = webhook
+    pg.execute(
+        "create table items (id bigint primary key, body text);"
+        "insert into items select g, md5(g::text) from generate_series(1, 2000) g",
+        pg_db,
+    )
+    env = {
+        "BACKUPD_DATABASE_URL": pg.url(pg_db),
+        "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo'}",
+        "BACKUPD_STATE_DIR": str(tmp_path / "state"),
+        "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
+        "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
+        "BACKUPD_SCHEDULE__FULL": "every 3s",
+        "BACKUPD_SCHEDULE__INCREMENTAL": "off",
+        "BACKUPD_SCHEDULE__RETENTION": "off",
+        "BACKUPD_NOTIFY__WEBHOOK_URL": url,
+        "BACKUPD_NOTIFY__TIMEOUT": "2s",
+    }
+    cli = Cli(env=env)
+    cli.run("init", check=True)
+    for _ in range(3):
+        cli.run("backup", "--kind", "full", check=True)
+    # the database grows tenfold: the next full backup is a size anomaly
+    pg.execute(
+        "insert into items select g, repeat(md5(g::text), 8) from generate_series(2001, 60000) g", pg_db
+    )
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        d.wait_for("a size anomaly", lambda: [m for m in received if m["event"] == "size_anomaly"])
+        assert d.metric("backupd_backup_size_anomaly", kind="full") == 1
+        anomaly = next(m for m in received if m["event"] == "size_anomaly")
+        assert anomaly["text"] and anomaly["kind"] == "full" and anomaly["ratio"] > 2
+        # connections refused: the next run fails, then succeeds again
+        pg.execute(f'alter database "{pg_db}" allow_connections false')
+        try:
+            d.wait_for("a failure notice", lambda: [m for m in received if m["event"] == "run_failed"])
+        finally:
+            pg.execute(f'alter database "{pg_db}" allow_connections true')
+        d.wait_for("a recovery notice", lambda: [m for m in received if m["event"] == "run_recovered"])
+        failed = next(m for m in received if m["event"] == "run_failed")
+        assert failed["job"] == "full" and "error" in failed and "the full run failed" in failed["text"]
+    assert all("secret-token" not in line for line in d.raw_stderr)

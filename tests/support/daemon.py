@@ -1,0 +1,154 @@
+"""Run ``contentflow-backupd run`` as a subprocess the way systemd does: a ``NOTIFY_SOCKET`` to
+receive its notifications, its HTTP port to probe, its JSON log lines collected."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from contentflow_backupd.demo.cluster import free_port
+from tests.support.cli import command_path
+
+
+class Daemon:
+    def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="backupd-daemon-")
+        self.notify_path = str(Path(self._dir.name) / "notify.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.notify_path)
+        self._sock.settimeout(0.2)
+        self.notifications: list[str] = []
+        self.log_lines: list[dict[str, Any]] = []
+        self.raw_stderr: list[str] = []
+        base = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPD_")}
+        base.update({"BACKUPD_LOG__FORMAT": "json", "BACKUPD_HTTP__LISTEN": f"127.0.0.1:{self.port}"})
+        base.update(env)
+        base["NOTIFY_SOCKET"] = self.notify_path
+        self.env = base
+        self.proc: subprocess.Popen[str] | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    # -- process -----------------------------------------------------------------------------
+    def start(self) -> Daemon:
+        self.proc = subprocess.Popen(
+            [command_path(), "run"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for target in (self._read_stderr, self._read_notify):
+            t = threading.Thread(target=target, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.raw_stderr.append(line)
+            with contextlib.suppress(ValueError):
+                self.log_lines.append(json.loads(line))
+
+    def _read_notify(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.notifications.extend(data.decode().splitlines())
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 90) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self._stop.set()
+        self._sock.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- observing -------------------------------------------------------------------------
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.log_lines if line.get("event") == name]
+
+    def stderr(self) -> str:
+        return "".join(self.raw_stderr)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.metrics().get((name, tuple(sorted(labels.items()))))
+
+    def wait_for(
+        self, what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.5
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) waiting for {what}:\n{self.stderr()[-4000:]}"
+                )
+            try:
+                last = check()
+            except (OSError, AssertionError) as exc:
+                last = exc
+            else:
+                if last:
+                    return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting for {what} (last: {last!r}):\n{self.stderr()[-4000:]}")

@@ -1,0 +1,253 @@
+"""Metrics: exactly the documented series, pre-created at 0, in a registry of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from contentflow_backupd.observability.metrics import DURATION_BUCKETS, Metrics
+
+# name -> type, as the issue lists them (counters keep their _total sample name).
+SERIES = {
+    "backupd_build_info": "gauge",
+    "backupd_backup_runs_total": "counter",
+    "backupd_backup_last_success_timestamp_seconds": "gauge",
+    "backupd_backup_last_failure_timestamp_seconds": "gauge",
+    "backupd_backup_duration_seconds": "histogram",
+    "backupd_backup_last_source_bytes": "gauge",
+    "backupd_backup_last_stored_bytes": "gauge",
+    "backupd_backup_size_anomaly": "gauge",
+    "backupd_wal_archived_segments_total": "counter",
+    "backupd_wal_archive_failures_total": "counter",
+    "backupd_wal_last_archived_timestamp_seconds": "gauge",
+    "backupd_wal_pending_segments": "gauge",
+    "backupd_recovery_window_start_timestamp_seconds": "gauge",
+    "backupd_retention_deleted_backups_total": "counter",
+    "backupd_retention_deleted_bytes_total": "counter",
+    "backupd_repository_stored_bytes": "gauge",
+    "backupd_scheduler_next_run_timestamp_seconds": "gauge",
+    "backupd_leader": "gauge",
+    "backupd_dependency_up": "gauge",
+}
+KINDS = ("full", "incremental")
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = m.render()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: Metrics, name: str, **labels: str) -> float:
+    return samples(m)[(name, tuple(sorted(labels.items())))]
+
+
+def type_lines(m: Metrics) -> dict[str, str]:
+    body, _ = m.render()
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split(" ")
+            out[name] = typ
+    return out
+
+
+def test_exactly_the_documented_series() -> None:
+    declared = type_lines(Metrics())
+    assert declared == SERIES
+
+
+def test_content_type_is_prometheus_text() -> None:
+    _, ctype = Metrics().render()
+    assert ctype.startswith("text/plain; version=0.0.4")
+
+
+def test_label_sets_are_precreated_at_zero() -> None:
+    got = samples(Metrics(version="9.9.9"))
+    assert got[("backupd_build_info", (("version", "9.9.9"),))] == 1
+    for kind in KINDS:
+        for result in ("success", "failure"):
+            assert got[("backupd_backup_runs_total", (("kind", kind), ("result", result)))] == 0
+        for name in (
+            "backupd_backup_last_success_timestamp_seconds",
+            "backupd_backup_last_failure_timestamp_seconds",
+            "backupd_backup_last_source_bytes",
+            "backupd_backup_last_stored_bytes",
+            "backupd_backup_size_anomaly",
+            "backupd_retention_deleted_backups_total",
+            "backupd_backup_duration_seconds_count",
+        ):
+            assert got[(name, (("kind", kind),))] == 0, name
+        for le in [*DURATION_BUCKETS, float("inf")]:
+            key = ("backupd_backup_duration_seconds_bucket", (("kind", kind), ("le", _le(le))))
+            assert got[key] == 0
+    for dep in ("database", "storage", "catalog"):
+        assert got[("backupd_dependency_up", (("dependency", dep),))] == 0
+    for name in (
+        "backupd_wal_archived_segments_total",
+        "backupd_wal_archive_failures_total",
+        "backupd_wal_last_archived_timestamp_seconds",
+        "backupd_wal_pending_segments",
+        "backupd_recovery_window_start_timestamp_seconds",
+        "backupd_retention_deleted_bytes_total",
+        "backupd_repository_stored_bytes",
+        "backupd_leader",
+    ):
+        assert got[(name, ())] == 0, name
+    assert not any(name.endswith("_created") for name, _ in got)
+    assert not any(name == "backupd_scheduler_next_run_timestamp_seconds" for name, _ in got)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else str(float(bound))
+
+
+def test_buckets_span_10s_to_8h() -> None:
+    assert DURATION_BUCKETS[0] == 10 and DURATION_BUCKETS[-1] == 8 * 3600
+    assert list(DURATION_BUCKETS) == sorted(set(DURATION_BUCKETS))
+
+
+def test_backup_succeeded() -> None:
+    m = Metrics()
+    finished = datetime(2026, 11, 24, 2, 0, 42, tzinfo=UTC)
+    m.backup_succeeded("full", finished_at=finished, duration_s=42, source_bytes=1000, stored_bytes=300)
+    assert value(m, "backupd_backup_runs_total", kind="full", result="success") == 1
+    assert value(m, "backupd_backup_runs_total", kind="incremental", result="success") == 0
+    assert value(m, "backupd_backup_last_success_timestamp_seconds", kind="full") == finished.timestamp()
+    assert value(m, "backupd_backup_last_source_bytes", kind="full") == 1000
+    assert value(m, "backupd_backup_last_stored_bytes", kind="full") == 300
+    assert value(m, "backupd_backup_duration_seconds_bucket", kind="full", le="30.0") == 0
+    assert value(m, "backupd_backup_duration_seconds_bucket", kind="full", le="60.0") == 1
+    assert value(m, "backupd_backup_duration_seconds_sum", kind="full") == 42
+    assert value(m, "backupd_backup_duration_seconds_count", kind="incremental") == 0
+
+
+def test_backup_failed() -> None:
+    m = Metrics()
+    m.backup_failed("incremental", 1_800_000_000.0)
+    m.backup_failed("incremental", 1_800_000_100.0)
+    assert value(m, "backupd_backup_runs_total", kind="incremental", result="failure") == 2
+    assert value(m, "backupd_backup_last_failure_timestamp_seconds", kind="incremental") == 1_800_000_100
+    assert value(m, "backupd_backup_last_success_timestamp_seconds", kind="incremental") == 0
+
+
+def test_seeding_is_idempotent_and_counts_nothing() -> None:
+    m = Metrics()
+    for _ in range(3):
+        m.seed_backup("full", finished_at=1_700_000_000.0, source_bytes=10, stored_bytes=5)
+        m.seed_backup("incremental", finished_at=None, source_bytes=7, stored_bytes=1)
+        m.seed_failure("full", 1_700_000_500.0)
+        m.seed_failure("full", 1_700_000_100.0)  # older: the newest failure stays
+    assert value(m, "backupd_backup_last_success_timestamp_seconds", kind="full") == 1_700_000_000
+    assert value(m, "backupd_backup_last_success_timestamp_seconds", kind="incremental") == 0
+    assert value(m, "backupd_backup_last_source_bytes", kind="incremental") == 7
+    assert value(m, "backupd_backup_last_failure_timestamp_seconds", kind="full") == 1_700_000_500
+    for kind in KINDS:
+        for result in ("success", "failure"):
+            assert value(m, "backupd_backup_runs_total", kind=kind, result=result) == 0
+
+
+def test_wal_retention_repository_leader_dependencies() -> None:
+    m = Metrics()
+    m.wal_archived(3, datetime(2026, 1, 1, tzinfo=UTC))
+    m.wal_archived(0, None)
+    m.wal_archive_failures(2)
+    m.wal_archive_failures(0)
+    m.set_wal_pending(4)
+    m.set_recovery_window_start(1_750_000_000.0)
+    m.retention_deleted({"full": 1, "incremental": 5}, 12345)
+    m.set_repository_stored_bytes(99)
+    m.set_leader(True)
+    m.set_dependency("storage", True)
+    m.set_size_anomaly("incremental", True)
+    assert value(m, "backupd_wal_archived_segments_total") == 3
+    assert (
+        value(m, "backupd_wal_last_archived_timestamp_seconds")
+        == datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    )
+    assert value(m, "backupd_wal_archive_failures_total") == 2
+    assert value(m, "backupd_wal_pending_segments") == 4
+    assert value(m, "backupd_recovery_window_start_timestamp_seconds") == 1_750_000_000
+    assert value(m, "backupd_retention_deleted_backups_total", kind="full") == 1
+    assert value(m, "backupd_retention_deleted_backups_total", kind="incremental") == 5
+    assert value(m, "backupd_retention_deleted_bytes_total") == 12345
+    assert value(m, "backupd_repository_stored_bytes") == 99
+    assert value(m, "backupd_leader") == 1
+    assert value(m, "backupd_dependency_up", dependency="storage") == 1
+    assert value(m, "backupd_dependency_up", dependency="database") == 0
+    assert value(m, "backupd_backup_size_anomaly", kind="incremental") == 1
+    m.set_recovery_window_start(None)
+    m.set_leader(False)
+    m.set_size_anomaly("incremental", False)
+    assert value(m, "backupd_recovery_window_start_timestamp_seconds") == 0
+    assert value(m, "backupd_leader") == 0
+    assert value(m, "backupd_backup_size_anomaly", kind="incremental") == 0
+
+
+def test_next_run_is_set_and_removed() -> None:
+    m = Metrics()
+    m.set_next_run("full", datetime(2026, 11, 25, 2, 0, tzinfo=UTC))
+    m.set_next_run("wal", 1_800_000_000.0)
+    assert value(m, "backupd_scheduler_next_run_timestamp_seconds", job="wal") == 1_800_000_000
+    m.set_next_run("wal", None)
+    m.set_next_run("wal", None)  # idempotent
+    got = samples(m)
+    assert ("backupd_scheduler_next_run_timestamp_seconds", (("job", "wal"),)) not in got
+    assert ("backupd_scheduler_next_run_timestamp_seconds", (("job", "full"),)) in got
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.backup_succeeded("20261124T054459Z-full-3a9c1b", 0, 1, 1, 1),
+        lambda m: m.backup_failed("differential", 0),
+        lambda m: m.set_size_anomaly("FULL", True),
+        lambda m: m.retention_deleted({"0/3000000": 1}, 0),
+        lambda m: m.set_next_run("000000010000000000000003", 1.0),
+        lambda m: m.set_next_run("full job", 1.0),
+        lambda m: m.set_dependency("redis", True),
+    ],
+)
+def test_labels_come_from_fixed_sets(call: Callable[[Metrics], object]) -> None:
+    m = Metrics()
+    before = m.render()[0]
+    with pytest.raises(ValueError):
+        call(m)
+    assert m.render()[0] == before
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    a, b = Metrics(), Metrics()
+    a.backup_failed("full", 1.0)
+    assert value(a, "backupd_backup_runs_total", kind="full", result="failure") == 1
+    assert value(b, "backupd_backup_runs_total", kind="full", result="failure") == 0
+
+
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(KINDS), st.booleans(), st.floats(min_value=0, max_value=40000)),
+        max_size=30,
+    )
+)
+def test_counters_count_every_event(events: list[tuple[str, bool, float]]) -> None:
+    m = Metrics()
+    for kind, ok, duration in events:
+        if ok:
+            m.backup_succeeded(kind, 1.0, duration, 1, 1)
+        else:
+            m.backup_failed(kind, 1.0)
+    for kind in KINDS:
+        wins = sum(1 for k, ok, _ in events if k == kind and ok)
+        losses = sum(1 for k, ok, _ in events if k == kind and not ok)
+        assert value(m, "backupd_backup_runs_total", kind=kind, result="success") == wins
+        assert value(m, "backupd_backup_runs_total", kind=kind, result="failure") == losses
+        assert value(m, "backupd_backup_duration_seconds_count", kind=kind) == wins
+        assert value(m, "backupd_backup_duration_seconds_bucket", kind=kind, le="+Inf") == wins
