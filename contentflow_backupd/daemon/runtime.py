@@ -32,6 +32,9 @@ from contentflow_backupd.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+RETENTION_LOCK_WAIT = 30 * 60.0
+"""How long the retention job waits for a running backup of the cluster before it is skipped."""
+
 
 @dataclass
 class RunningJob:
@@ -234,16 +237,24 @@ class JobRunner:
         from contentflow_backupd.ops.retention import expire
 
         s = self.settings
-        _plan, result = expire(
-            self.repo,
-            self.catalog,
-            s.cluster,
-            wiring.retention_policy(s),
-            utcnow(),
-            apply=True,
-            run_id=run_id,
-            lock_dir=wiring.lock_dir(s),
-        )
+        deadline = time.monotonic() + RETENTION_LOCK_WAIT
+        while True:
+            try:
+                _plan, result = expire(
+                    self.repo,
+                    self.catalog,
+                    s.cluster,
+                    wiring.retention_policy(s),
+                    utcnow(),
+                    apply=True,
+                    run_id=run_id,
+                    lock_dir=wiring.lock_dir(s),
+                )
+                break
+            except LockedError:
+                # A backup is running (schedules often coincide): wait for it rather than skip.
+                if time.monotonic() > deadline or self.cancel.wait(5.0):
+                    raise
         if result is None:
             return "nothing to delete"
         self.metrics.retention_deleted(result.deleted_backups, result.deleted_bytes)
