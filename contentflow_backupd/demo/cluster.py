@@ -212,3 +212,27 @@ def running_cluster(prefix: str = "backupd-pg-", **kw: Any) -> Iterator[PgCluste
     finally:
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_demo_cluster(demo_dir: Path, size_mb: int) -> PgCluster:
+    """``make run`` / ``make demo``: a new cluster under ``demo_dir/pg`` (whatever was under
+    ``demo_dir`` is removed first) with a ``contentflow`` database of about ``size_mb`` MiB."""
+    from contentflow_backupd.demo import datagen
+
+    if demo_dir.exists():
+        old = PgCluster(demo_dir / "pg")
+        if (old.datadir / "postmaster.pid").exists():
+            old.stop("immediate")
+        shutil.rmtree(demo_dir)
+    demo_dir.mkdir(parents=True)
+    os.chmod(demo_dir, 0o755)  # noqa: S103 - the postgres user must reach <demo>/pg
+    print(f"==> starting a disposable PostgreSQL under {demo_dir}/pg", flush=True)
+    cluster = PgCluster(demo_dir / "pg").init().start()
+    cluster.execute('create database "contentflow"')
+    t0 = time.monotonic()
+    print(f"==> generating about {size_mb} MiB of sample ContentFlow data", flush=True)
+    with cluster.connect("contentflow") as conn:
+        datagen.create_schema(conn)
+        datagen.populate(conn, size_mb)
+    print(f"    done in {time.monotonic() - t0:.1f}s", flush=True)
+    return cluster

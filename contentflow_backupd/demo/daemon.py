@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from contentflow_backupd.demo import datagen
-from contentflow_backupd.demo.cluster import PgCluster
+from contentflow_backupd.demo.cluster import PgCluster, fresh_demo_cluster
 
 DEMO_DIR = Path(os.environ.get("BACKUPD_DEMO_DIR", ".demo")).resolve()
 SIZE_MB = int(os.environ.get("BACKUPD_DEMO_SIZE_MB", "32"))
@@ -50,24 +49,6 @@ def _command() -> str:
     return str(here) if here.exists() else "contentflow-backupd"
 
 
-def _start_demo_cluster() -> PgCluster:
-    if DEMO_DIR.exists():
-        old = PgCluster(DEMO_DIR / "pg")
-        if (old.datadir / "postmaster.pid").exists():
-            old.stop("immediate")
-        shutil.rmtree(DEMO_DIR)
-    DEMO_DIR.mkdir(parents=True)
-    os.chmod(DEMO_DIR, 0o755)  # noqa: S103 - the postgres user must reach .demo/pg
-    print(f"==> starting a disposable PostgreSQL under {DEMO_DIR}/pg", flush=True)
-    cluster = PgCluster(DEMO_DIR / "pg").init().start()
-    cluster.execute('create database "contentflow"')
-    print(f"==> generating about {SIZE_MB} MiB of sample ContentFlow data", flush=True)
-    with cluster.connect("contentflow") as conn:
-        datagen.create_schema(conn)
-        datagen.populate(conn, SIZE_MB)
-    return cluster
-
-
 def _traffic(cluster: PgCluster, stop: threading.Event) -> None:
     """A trickle of writes, so that WAL flows and incrementals have something to store."""
     while not stop.wait(20):
@@ -82,7 +63,7 @@ def main() -> int:
     env = dict(os.environ)
     if env.get("BACKUPD_DATABASE_URL"):
         os.execvpe(_command(), [_command(), "run"], env)  # noqa: S606 - your settings, our daemon
-    cluster = _start_demo_cluster()
+    cluster = fresh_demo_cluster(DEMO_DIR, SIZE_MB)
     passfile = DEMO_DIR / "passphrase"
     fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import psycopg
 
 from contentflow_backupd.demo import datagen
-from contentflow_backupd.demo.cluster import PgCluster
+from contentflow_backupd.demo.cluster import PgCluster, fresh_demo_cluster
 from contentflow_backupd.source.conninfo import ConnInfo
 
 DEMO_DIR = Path(os.environ.get("BACKUPD_DEMO_DIR", ".demo")).resolve()
@@ -77,22 +76,7 @@ def main() -> int:
     cluster: PgCluster | None = None
     source_url = os.environ.get("BACKUPD_DATABASE_URL")
     if not source_url:
-        if DEMO_DIR.exists():
-            old = PgCluster(DEMO_DIR / "pg")
-            if (old.datadir / "postmaster.pid").exists():
-                old.stop("immediate")
-            shutil.rmtree(DEMO_DIR)
-        DEMO_DIR.mkdir(parents=True)
-        os.chmod(DEMO_DIR, 0o755)  # noqa: S103 - the postgres user must reach .demo/pg
-        print(f"==> starting a disposable PostgreSQL under {DEMO_DIR}/pg", flush=True)
-        cluster = PgCluster(DEMO_DIR / "pg").init().start()
-        cluster.execute('create database "contentflow"')
-        t0 = time.monotonic()
-        print(f"==> generating about {SIZE_MB} MiB of sample ContentFlow data", flush=True)
-        with cluster.connect("contentflow") as conn:
-            datagen.create_schema(conn)
-            datagen.populate(conn, SIZE_MB)
-        print(f"    done in {time.monotonic() - t0:.1f}s", flush=True)
+        cluster = fresh_demo_cluster(DEMO_DIR, SIZE_MB)
         source_url = cluster.url("contentflow")
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     info = ConnInfo.parse(source_url)

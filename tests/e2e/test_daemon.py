@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSPHRASE
 from tests.support.cli import Cli
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, daemon_env
 from tests.support.pg import PgCluster, running_cluster
 
 pytestmark = pytest.mark.pg
@@ -24,23 +23,6 @@ def own_pg() -> Iterator[PgCluster]:
     """A cluster of this test's own: the test stops and starts it."""
     with running_cluster(prefix="backupd-daemon-pg-") as cluster:
         yield cluster
-
-
-def _env(tmp_path: Path, pg: PgCluster, db: str, **extra: str) -> dict[str, str]:
-    env = {
-        "BACKUPD_DATABASE_URL": pg.url(db),
-        "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo'}",
-        "BACKUPD_STATE_DIR": str(tmp_path / "state"),
-        "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
-        "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
-        "BACKUPD_SCHEDULE__FULL": "off",
-        "BACKUPD_SCHEDULE__INCREMENTAL": "off",
-        "BACKUPD_SCHEDULE__WAL": "off",
-        "BACKUPD_SCHEDULE__RETENTION": "off",
-        "BACKUPD_SHUTDOWN_GRACE": "5s",
-    }
-    env.update(extra)
-    return env
 
 
 def _fill(pg: PgCluster, db: str, rows: int = 2000) -> None:
@@ -58,7 +40,7 @@ def _runs_total(d: Daemon, kind: str, result: str) -> float:
 def test_daemon_schedules_records_fails_recovers_expires_and_stops(tmp_path: Path, own_pg: PgCluster) -> None:
     db = own_pg.create_database()
     _fill(own_pg, db)
-    env = _env(
+    env = daemon_env(
         tmp_path,
         own_pg,
         db,
@@ -149,7 +131,7 @@ def test_sigterm_during_a_backup_records_it_interrupted_and_exits_0(
     tmp_path: Path, pg: PgCluster, pg_db: str
 ) -> None:
     _fill(pg, pg_db, rows=100)
-    env = _env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE="2s")
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE="2s")
     # a transaction holding an exclusive lock makes pg_dump wait: the backup is "running"
     blocker = pg.connect(pg_db)
     blocker.execute("begin")
@@ -173,7 +155,7 @@ def test_sigterm_during_a_backup_records_it_interrupted_and_exits_0(
 
 
 def test_unloadable_job_row_is_logged_and_recreated(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
-    env = _env(
+    env = daemon_env(
         tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="0 3 * * *", BACKUPD_SCHEDULE__RETENTION="30 * * * *"
     )
     _fill(pg, pg_db, rows=10)
@@ -200,14 +182,14 @@ def test_unloadable_job_row_is_logged_and_recreated(tmp_path: Path, pg: PgCluste
 def test_invalid_schedule_stops_the_daemon_with_exit_2(
     tmp_path: Path, pg: PgCluster, name: str, value: str
 ) -> None:
-    env = _env(tmp_path, pg, "postgres", **{name: value})
+    env = daemon_env(tmp_path, pg, "postgres", **{name: value})
     result = Cli(env=env).run("run", timeout=60)
     assert result.returncode == 2, result
     assert name in result.stderr
 
 
 def test_wrong_key_is_refused_at_start(tmp_path: Path, pg: PgCluster) -> None:
-    env = _env(tmp_path, pg, "postgres")
+    env = daemon_env(tmp_path, pg, "postgres")
     Cli(env=env).run("init", check=True)
     result = Cli(env={**env, "BACKUPD_ENCRYPTION__PASSPHRASE": "another passphrase"}).run("run", timeout=60)
     assert result.returncode == 1, result
@@ -215,7 +197,7 @@ def test_wrong_key_is_refused_at_start(tmp_path: Path, pg: PgCluster) -> None:
 
 
 def test_first_start_initialises_an_empty_repository(tmp_path: Path, pg: PgCluster) -> None:
-    env = _env(tmp_path, pg, "postgres")
+    env = daemon_env(tmp_path, pg, "postgres")
     with Daemon(env) as d:
         d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
         assert d.events("repository_initialised")
@@ -223,7 +205,7 @@ def test_first_start_initialises_an_empty_repository(tmp_path: Path, pg: PgClust
 
 
 def test_second_daemon_on_one_sqlite_catalog_is_refused(tmp_path: Path, pg: PgCluster) -> None:
-    env = _env(tmp_path, pg, "postgres")
+    env = daemon_env(tmp_path, pg, "postgres")
     with Daemon(env) as first:
         first.wait_for("READY=1", lambda: "READY=1" in first.notifications)
         result = Cli(env={**env, "BACKUPD_HTTP__LISTEN": "127.0.0.1:0"}).run("run", timeout=60)
@@ -233,7 +215,7 @@ def test_second_daemon_on_one_sqlite_catalog_is_refused(tmp_path: Path, pg: PgCl
 
 def test_standby_takes_over_when_the_leader_dies(tmp_path: Path, pg: PgCluster) -> None:
     catalog_db = pg.create_database()
-    env = _env(tmp_path, pg, "postgres", BACKUPD_CATALOG_URL=pg.url(catalog_db))
+    env = daemon_env(tmp_path, pg, "postgres", BACKUPD_CATALOG_URL=pg.url(catalog_db))
     first = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state1")}).start()
     second: Daemon | None = None
     try:

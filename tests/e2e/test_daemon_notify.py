@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSPHRASE
 from tests.support.cli import Cli
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, daemon_env
 from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.pg
@@ -53,18 +52,14 @@ def test_webhook_gets_anomaly_failure_and_recovery(
         "insert into items select g, md5(g::text) from generate_series(1, 2000) g",
         pg_db,
     )
-    env = {
-        "BACKUPD_DATABASE_URL": pg.url(pg_db),
-        "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo'}",
-        "BACKUPD_STATE_DIR": str(tmp_path / "state"),
-        "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
-        "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
-        "BACKUPD_SCHEDULE__FULL": "every 3s",
-        "BACKUPD_SCHEDULE__INCREMENTAL": "off",
-        "BACKUPD_SCHEDULE__RETENTION": "off",
-        "BACKUPD_NOTIFY__WEBHOOK_URL": url,
-        "BACKUPD_NOTIFY__TIMEOUT": "2s",
-    }
+    env = daemon_env(
+        tmp_path,
+        pg,
+        pg_db,
+        BACKUPD_SCHEDULE__FULL="every 3s",
+        BACKUPD_NOTIFY__WEBHOOK_URL=url,
+        BACKUPD_NOTIFY__TIMEOUT="2s",
+    )
     cli = Cli(env=env)
     cli.run("init", check=True)
     for _ in range(3):

@@ -24,6 +24,27 @@ from contentflow_backupd.demo.cluster import free_port
 from tests.support.cli import command_path
 
 
+def daemon_env(tmp_path: Path, pg: Any, db: str, **extra: str) -> dict[str, str]:
+    """Settings of a daemon on a local repository and SQLite catalog under ``tmp_path``, every
+    schedule off unless ``extra`` turns it on."""
+    from tests.conftest import PASSPHRASE
+
+    env = {
+        "BACKUPD_DATABASE_URL": pg.url(db),
+        "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo'}",
+        "BACKUPD_STATE_DIR": str(tmp_path / "state"),
+        "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
+        "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
+        "BACKUPD_SCHEDULE__FULL": "off",
+        "BACKUPD_SCHEDULE__INCREMENTAL": "off",
+        "BACKUPD_SCHEDULE__WAL": "off",
+        "BACKUPD_SCHEDULE__RETENTION": "off",
+        "BACKUPD_SHUTDOWN_GRACE": "5s",
+    }
+    env.update(extra)
+    return env
+
+
 class Daemon:
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()

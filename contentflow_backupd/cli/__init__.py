@@ -1,0 +1,154 @@
+"""The command line: argv -> one command. No logic beyond parsing, wiring and printing; each
+command lives in the module of its area (backups, restore, wal, daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from contentflow_backupd import __version__
+from contentflow_backupd.cli.backups import (
+    cmd_backup,
+    cmd_catalog_rebuild,
+    cmd_config_show,
+    cmd_init,
+    cmd_list,
+    cmd_show,
+    cmd_verify,
+)
+from contentflow_backupd.cli.daemon import cmd_expire, cmd_run, cmd_runs, cmd_status
+from contentflow_backupd.cli.restore import cmd_list_restore_points, cmd_restore, cmd_restore_point
+from contentflow_backupd.cli.wal import cmd_wal_fetch, cmd_wal_push, cmd_wal_stream, cmd_wal_verify
+from contentflow_backupd.errors import EXIT_FAILED, BackupdError
+from contentflow_backupd.settings import Settings, load_settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="contentflow-backupd",
+        description="Encrypted, deduplicated, verified PostgreSQL backups to S3 or a local directory.",
+    )
+    p.add_argument("--version", action="version", version=f"contentflow-backupd {__version__}")
+    p.add_argument("--config", type=Path, help="TOML settings file (default: $BACKUPD_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace, Settings], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        return sp
+
+    add("init", cmd_init, "create the repository (repo.json and the wrapped key)")
+    sp = add("backup", cmd_backup, "take a backup")
+    sp.add_argument("--kind", choices=["full", "incremental"], required=True)
+    sp.add_argument("--mode", choices=["logical", "physical"], help="default: BACKUPD_MODE")
+    sp = add("list", cmd_list, "list backups, oldest first")
+    sp.add_argument("--all", action="store_true", help="include failed and interrupted attempts")
+    sp = add("show", cmd_show, "show one backup and its manifest summary")
+    sp.add_argument("backup_id")
+    sp = add("verify", cmd_verify, "read back and authenticate backups (all of them by default)")
+    sp.add_argument("backup_ids", nargs="*", metavar="BACKUP_ID", help="backup ids or 'latest'")
+    sp.add_argument("--all", action="store_true", help="verify every backup (the default without ids)")
+    sp.add_argument("--quick", action="store_true", help="only check that every object exists with its size")
+    sp = add("restore", cmd_restore, "restore a backup into a database, a file or a data directory")
+    sp.add_argument("backup", metavar="BACKUP_ID|latest")
+    sp.add_argument("--to-database", metavar="URL", help="libpq URI of the database to restore into")
+    sp.add_argument("--to-file", metavar="PATH", help="write the pg_dump archive to PATH instead")
+    sp.add_argument("--create", action="store_true", help="create the target database if it does not exist")
+    sp.add_argument("--clean", action="store_true", help="drop and replace objects in a non-empty database")
+    sp.add_argument(
+        "--jobs", type=int, default=1, help="parallel pg_restore jobs (>1 is not one transaction)"
+    )
+    sp.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
+    sp.add_argument("--pgdata", metavar="DIR", help="restore a physical backup into a new data directory")
+    sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
+    sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position (e.g. 0/3000100)")
+    sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
+    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point (see restore-point)")
+    sp.add_argument(
+        "--target-action",
+        choices=["promote", "pause", "shutdown"],
+        help="what the server does at the target (default: pause)",
+    )
+    sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
+    sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
+    sp.add_argument(
+        "--keep-archiving", action="store_true", help="keep archive_mode of the backup (default: set it off)"
+    )
+    sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
+    sp.add_argument("name", metavar="NAME")
+    add("list-restore-points", cmd_list_restore_points, "list the recorded restore points, oldest first")
+    sp = add("expire", cmd_expire, "plan retention (BACKUPD_RETENTION__*) and, with --confirm, apply it")
+    sp.add_argument("--confirm", action="store_true", help="delete what the plan says (default: print it)")
+    sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %%p')")
+    sp.add_argument("path", metavar="PATH")
+    sp = add("wal-fetch", cmd_wal_fetch, "fetch one WAL file (restore_command = '... wal-fetch %%f %%p')")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("dest", metavar="DEST")
+    add("wal-stream", cmd_wal_stream, "stream WAL with pg_receivewal on a slot and archive each segment")
+    add("run", cmd_run, "run the daemon: scheduled backups, WAL, retention, metrics and health")
+    add("status", cmd_status, "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy")
+    sp = add("runs", cmd_runs, "list recorded runs of jobs (scheduled and manual), oldest first")
+    sp.add_argument("--limit", type=int, default=100, help="the newest N runs (default 100)")
+    sp.add_argument("--job", choices=["full", "incremental", "wal", "retention"], help="only this job")
+    walp = sub.add_parser("wal", help="WAL archive maintenance")
+    walsub = walp.add_subparsers(dest="wal_command", required=True, metavar="SUBCOMMAND")
+    sp = walsub.add_parser("verify", help="check the WAL archive for gaps, per timeline")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_wal_verify)
+    cat = sub.add_parser("catalog", help="catalog maintenance")
+    catsub = cat.add_subparsers(dest="catalog_command", required=True, metavar="SUBCOMMAND")
+    sp = catsub.add_parser("rebuild", help="rebuild the catalog from the repository's manifests")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_catalog_rebuild)
+    cfg = sub.add_parser("config", help="settings")
+    cfgsub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    sp = cfgsub.add_parser("show", help="print the resolved settings and their sources, secrets masked")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_config_show)
+    return p
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    from contentflow_backupd.ops.backup import Interrupted
+
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    raise Interrupted(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings, file_data = load_settings(args.config)
+        args.file_data = file_data
+        from contentflow_backupd import wiring
+
+        wiring.setup_logging(settings)
+        wiring.warn_unknown_env(settings)
+        signal.signal(signal.SIGTERM, _on_signal)
+        return int(args.func(args, settings))
+    except BackupdError as exc:
+        print(f"contentflow-backupd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BaseException as exc:
+        from contentflow_backupd.ops.backup import Interrupted
+
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
+            print("contentflow-backupd: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(exc, SystemExit):
+            raise
+        log.exception("internal_error")
+        print(f"contentflow-backupd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED

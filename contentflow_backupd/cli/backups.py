@@ -1,0 +1,237 @@
+"""Commands on the repository and its backups: init, backup, list, show, verify, catalog rebuild,
+config show."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import structlog
+
+from contentflow_backupd.cli.output import human_bytes, print_json
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+
+    repo = wiring.init_repository(settings)
+    log.info("repository_initialised", url=repo.storage.url, repository_id=repo.id)
+    out = {"repository_id": repo.id, "url": repo.storage.url, "key_id": repo.kek_id}
+    if args.json:
+        print_json(out)
+    else:
+        print(f"initialised repository {repo.id} at {repo.storage.url} (key {repo.kek_id})")
+        print("keep a copy of the passphrase or key file somewhere safe: without it the backups are lost")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.backup import BackupOptions, run_backup
+    from contentflow_backupd.repository.walarchive import WalArchive
+
+    mode = args.mode or settings.mode
+    logical = wiring.logical_source(settings) if mode == "logical" else None
+    if logical is not None:
+        # pg_dump reads the schema while the repository and catalog open. An error here is met
+        # again, and recorded as a failed run, by run_backup.
+        with contextlib.suppress(BackupdError):
+            logical.start()
+    try:
+        repo = wiring.open_repository(settings)
+        catalog = wiring.open_catalog(settings)
+        try:
+            record = run_backup(
+                repo,
+                catalog,
+                BackupOptions(
+                    cluster=settings.cluster,
+                    kind=args.kind,
+                    mode=mode,
+                    concurrency=settings.upload_concurrency,
+                    lock_dir=wiring.lock_dir(settings),
+                    archive_timeout=settings.wal.archive_timeout,
+                ),
+                logical=logical,
+                physical=wiring.physical_source(settings) if mode == "physical" else None,
+                archive=WalArchive(repo, settings.cluster) if mode == "physical" else None,
+            )
+        finally:
+            catalog.close()
+    finally:
+        if logical is not None:
+            logical.close()
+    if args.json:
+        print_json(record.to_json())
+    else:
+        if args.kind == "incremental" and record.kind == "full":
+            print("note: no full backup in the repository, so this backup ran as a full backup")
+        print(
+            f"backup {record.id} ({record.kind}, {record.mode}) succeeded in {record.duration_seconds:.1f}s: "
+            f"{human_bytes(record.source_bytes)} dumped, {human_bytes(record.stored_bytes)} stored, "
+            f"{record.chunks_new}/{record.chunks_total} chunks new"
+        )
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.backup import reap_interrupted
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        reap_interrupted(catalog)
+        records = catalog.list_backups(settings.cluster, None if args.all else ["succeeded"])
+    finally:
+        catalog.close()
+    _warn_if_catalog_stale(settings, {r.id for r in records if r.status == "succeeded"})
+    if args.json:
+        print_json([r.to_json() for r in records])
+        return EXIT_OK
+    if not records:
+        print(f"no backups of cluster {settings.cluster!r}")
+        return EXIT_OK
+    print(
+        f"{'ID':<30} {'KIND':<11} {'MODE':<8} {'STATUS':<11} {'FINISHED':<20} {'SOURCE':>10} {'STORED':>10}"
+    )
+    for r in records:
+        finished = r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else "-"
+        print(
+            f"{r.id:<30} {r.kind:<11} {r.mode:<8} {r.status:<11} {finished:<20} "
+            f"{human_bytes(r.source_bytes):>10} {human_bytes(r.stored_bytes):>10}"
+        )
+    return EXIT_OK
+
+
+def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.repository import layout
+
+    try:
+        storage = wiring.open_storage(settings)
+        stored = {
+            bid
+            for info in storage.list(layout.backups_prefix(settings.cluster))
+            if (bid := layout.backup_id_from_manifest_key(settings.cluster, info.key))
+        }
+    except BackupdError as exc:
+        log.warning("repository_not_checked", error=exc.message)
+        return
+    unknown = stored - catalog_ids
+    gone = catalog_ids - stored
+    if unknown:
+        log.warning(
+            "catalog_missing_backups",
+            count=len(unknown),
+            hint="run `contentflow-backupd catalog rebuild`",
+        )
+    if gone:
+        log.warning("catalog_lists_missing_backups", count=len(gone), ids=sorted(gone)[:10])
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.repository import layout
+
+    layout.check_backup_id(args.backup_id)
+    repo = wiring.open_repository(settings)
+    manifest = repo.read_manifest(settings.cluster, args.backup_id)
+    key = layout.manifest_key(settings.cluster, args.backup_id)
+    out = manifest.to_record(key).to_json()
+    out["manifest"] = {
+        "key": key,
+        "repository_id": repo.id,
+        "tool_version": manifest.tool_version,
+        "streams": [
+            {
+                "name": s.name,
+                "type": s.type,
+                "size": s.size,
+                "digest": s.digest,
+                "chunks": len(s.chunks),
+            }
+            for s in manifest.streams
+        ],
+        "details": manifest.details,
+    }
+    if args.json:
+        print_json(out)
+    else:
+        for k, v in out.items():
+            if k != "manifest":
+                print(f"{k:<17} {v}")
+        print(f"{'manifest':<17} {key}")
+        for s in out["manifest"]["streams"]:
+            print(
+                f"  stream {s['name']} ({s['type']}): {human_bytes(s['size'])} in {s['chunks']} chunks, "
+                f"blake3 {s['digest']}"
+            )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore import resolve_backup_id
+    from contentflow_backupd.ops.verify import verify_backups
+
+    repo = wiring.open_repository(settings)
+    if args.backup_ids and not args.all:
+        ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
+    else:
+        ids = list(repo.iter_backup_ids(settings.cluster))
+    report = verify_backups(
+        repo, settings.cluster, ids, quick=args.quick, concurrency=settings.upload_concurrency
+    )
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for b in report.backups:
+            state = "ok" if b.ok else f"FAULTY ({len(b.faults)} faults)"
+            print(f"{b.backup_id}: {state} ({b.objects_checked} objects, {human_bytes(b.bytes_read)} read)")
+        for f in report.faults:
+            print(f"  fault: backup {f.backup_id}: {f.key}: {f.problem}")
+        if not ids:
+            print(f"no backups of cluster {settings.cluster!r} to verify")
+    if not report.ok:
+        raise VerificationFailed(
+            f"verification found {len(report.faults)} fault(s) in "
+            f"{sum(1 for b in report.backups if not b.ok)} backup(s): "
+            + "; ".join(f"{f.backup_id} {f.key} ({f.problem})" for f in report.faults[:5])
+        )
+    return EXIT_OK
+
+
+def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.rebuild import rebuild_catalog
+
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        result = rebuild_catalog(repo, catalog, settings.cluster)
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(f"catalog rebuilt: {result.backups} backups of cluster {settings.cluster!r}")
+        for u in result.unreadable:
+            print(f"  unreadable: {u['key']}: {u['error']}")
+    return EXIT_FAILED if result.unreadable else EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd.configshow import describe_settings
+
+    rows = describe_settings(settings, args.file_data)
+    if args.json:
+        print_json(rows)
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}} = {r['value']}   ({r['source']})")
+    return EXIT_OK

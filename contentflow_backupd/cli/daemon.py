@@ -1,0 +1,148 @@
+"""Daemon commands: run, runs, status, expire."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import structlog
+
+from contentflow_backupd.cli.output import human_bytes, print_json
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd.daemon import run_daemon
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
+    return run_daemon(settings)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.backup import reap_interrupted
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        reap_interrupted(catalog)
+        runs = catalog.list_runs(limit=args.limit)
+    finally:
+        catalog.close()
+    if args.job:
+        runs = [r for r in runs if r.job == args.job]
+    if args.json:
+        print_json([r.to_json() for r in runs])
+        return EXIT_OK
+    if not runs:
+        print("no runs recorded")
+        return EXIT_OK
+    print(f"{'ID':>6} {'JOB':<12} {'TRIGGER':<9} {'STATUS':<11} {'STARTED':<20} {'SECS':>8}  BACKUP / ERROR")
+    for r in runs:
+        secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "-"
+        detail = r.backup_id or ""
+        if r.error:
+            detail = f"{detail} {r.error}".strip()
+        print(
+            f"{r.id:>6} {r.job:<12} {r.trigger:<9} {r.status:<11} "
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}  {secs:>8}  {detail[:100]}"
+        )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.model import utcnow
+    from contentflow_backupd.ops.health import WalState, collect_health_inputs, evaluate_health
+
+    objectives = wiring.objectives(settings)
+    storage = wiring.open_storage(settings)
+    catalog = None
+    try:
+        catalog = wiring.open_catalog(settings)
+    except BackupdError as exc:
+        log.warning("catalog_unavailable", error=exc.message)
+    try:
+        deps = wiring.probe_dependencies(settings, catalog, storage)
+        wal = None
+        if objectives.wal is not None:
+            try:
+                wal = wiring.wal_health_state(settings)
+            except BackupdError as exc:
+                wal = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
+        try:
+            readable = catalog if deps["catalog"].up else None
+            inputs = collect_health_inputs(readable, settings.cluster, dependencies=deps, wal=wal)
+        except BackupdError as exc:
+            log.warning("catalog_unavailable", error=exc.message)
+            inputs = collect_health_inputs(None, settings.cluster, dependencies=deps, wal=wal)
+    finally:
+        if catalog is not None:
+            catalog.close()
+        storage.close()
+    report = evaluate_health(inputs, objectives, utcnow())
+    if args.json:
+        print_json(report.to_json())
+    else:
+        sys.stdout.write(report.to_text())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.model import utcnow
+    from contentflow_backupd.ops.retention import expire, expiry_report
+
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        plan, result = expire(
+            repo,
+            catalog,
+            settings.cluster,
+            wiring.retention_policy(settings),
+            utcnow(),
+            apply=args.confirm,
+            lock_dir=wiring.lock_dir(settings),
+            trigger="manual",
+            concurrency=settings.upload_concurrency,
+        )
+    finally:
+        catalog.close()
+    report = expiry_report(plan, result)
+    if args.json:
+        print_json(report)
+    else:
+        print(f"{'BACKUP':<30} {'KIND':<11} {'MODE':<8} {'FINISHED':<20} {'ACTION':<7} REASON")
+        for b in report["backups"]:
+            finished = (b["finished_at"] or "-").replace("T", " ")[:19]
+            mode = b["mode"] or "?"
+            print(f"{b['id']:<30} {b['kind']:<11} {mode:<8} {finished:<20} {b['action']:<7} {b['reason']}")
+        if report["generations"]:
+            print(f"\n{'GENERATION':<30} {'OBJECTS':>8} {'BYTES':>10} {'ACTION':<7} REASON")
+        for g in report["generations"]:
+            size = human_bytes(g["bytes"])
+            print(f"{g['generation']:<30} {g['objects']:>8} {size:>10} {g['action']:<7} {g['reason']}")
+        wal = report["wal"]
+        span = f", {wal['first']} .. {wal['last']}" if wal["first"] else ""
+        if wal["delete_segments"] or wal["kept_segments"]:
+            print(
+                f"\nWAL: {wal['delete_segments']} files to delete "
+                f"({human_bytes(wal['delete_bytes'])}{span}); "
+                f"{wal['kept_segments']} kept"
+            )
+        if result is not None:
+            stored = human_bytes(result.stored_bytes_after)
+            print(f"deleted {human_bytes(result.deleted_bytes)}; the cluster now stores {stored}")
+        for warning in plan.warnings:
+            print(f"warning: {warning}")
+    if result is None:
+        print(
+            f"plan only: nothing was deleted ({human_bytes(plan.delete_bytes)} would be); "
+            "run `contentflow-backupd expire --confirm` to apply it",
+            file=sys.stderr,
+        )
+    return EXIT_OK

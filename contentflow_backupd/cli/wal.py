@@ -1,0 +1,87 @@
+"""WAL archive commands: wal-push, wal-fetch, wal-stream, wal verify."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from contentflow_backupd.cli.output import print_json
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def cmd_wal_push(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.wal import push_wal_file
+
+    status = push_wal_file(wiring.open_wal_archive(settings), Path(args.path))
+    if args.json:
+        print_json({"file": Path(args.path).name, "status": status})
+    return EXIT_OK
+
+
+def cmd_wal_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.errors import ObjectNotFound, RecoveryMustStop
+    from contentflow_backupd.ops.wal import fetch_wal_file
+
+    try:
+        fetch_wal_file(wiring.open_wal_archive(settings), args.name, Path(args.dest))
+    except ObjectNotFound:
+        log.info("wal_not_archived", wal=args.name)
+        return EXIT_FAILED
+    except BackupdError as exc:
+        raise RecoveryMustStop(f"wal-fetch {args.name}: {exc.message}; stopping recovery") from None
+    return EXIT_OK
+
+
+def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.wal_stream import run_wal_stream
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            raise SystemExit(1)  # a second signal: stop now
+        log.info("wal_stream_stopping", signal=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_wal_stream(
+        wiring.open_wal_archive(settings),
+        wiring.source_conninfo(settings),
+        spool_dir=wiring.wal_spool_dir(settings),
+        slot=settings.wal.slot,
+        stop=stop,
+        bin_dir=settings.pg_bin,
+        tmp_root=wiring.tmp_dir(settings),
+    )
+    return EXIT_OK
+
+
+def cmd_wal_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.wal import check_wal_chain
+
+    report = check_wal_chain(wiring.open_wal_archive(settings))
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for t in report.to_json()["timelines"]:
+            print(f"timeline {t['timeline']}: {t['segments']} segments, {t['first']} .. {t['last']}")
+        for g in report.gaps:
+            print(f"  gap on timeline {g.timeline}: {g.missing_from} .. {g.missing_to} missing")
+    if not report.ok:
+        raise VerificationFailed(f"the WAL archive has {len(report.gaps)} gap(s)")
+    return EXIT_OK
