@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,8 @@ def test_daemon_schedules_records_fails_recovers_expires_and_stops(tmp_path: Pat
         d.signal(signal.SIGTERM)
         assert d.wait(90) == 0, d.stderr()[-3000:]
         assert "STOPPING=1" in d.notifications
+        assert "WATCHDOG=1" in d.notifications
+        assert any(n.startswith("STATUS=next: ") for n in d.notifications), d.notifications
 
     runs = cli.run("runs", "--json", check=True).json()
     jobs = {r["job"] for r in runs}
@@ -140,7 +143,9 @@ def test_sigterm_during_a_backup_records_it_interrupted_and_exits_0(
         with Daemon(env) as d:
             d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
             d.wait_for("the first full backup to start", lambda: d.events("backup_started"))
-            time.sleep(1)
+            # a manual backup meanwhile is refused (never two at once) and recorded as skipped
+            manual = Cli(env=env).run("backup", "--kind", "full")
+            assert manual.returncode == 1 and "already running" in manual.stderr, manual
             d.signal(signal.SIGTERM)
             d.wait_for("readyz 503", lambda: d.get("/readyz")[0] == 503, timeout=10)
             assert d.wait(60) == 0, d.stderr()[-3000:]
@@ -149,9 +154,63 @@ def test_sigterm_during_a_backup_records_it_interrupted_and_exits_0(
         blocker.close()
     runs = Cli(env=env).run("runs", "--json", check=True).json()
     full = [r for r in runs if r["job"] == "full"]
-    assert full and full[-1]["status"] == "interrupted", runs
+    assert [(r["trigger"], r["status"]) for r in full] == [
+        ("scheduled", "interrupted"),
+        ("manual", "skipped"),
+    ]
     backups = Cli(env=env).run("list", "--all", "--json", check=True).json()
     assert backups and backups[-1]["status"] == "interrupted"
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
+    _fill(pg, pg_db, rows=100)
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE="10m")
+    blocker = pg.connect(pg_db)
+    blocker.execute("begin")
+    blocker.execute("lock table items in access exclusive mode")
+    try:
+        with Daemon(env) as d:
+            d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+            d.wait_for("the first full backup to start", lambda: d.events("backup_started"))
+            d.signal(signal.SIGTERM)
+            d.wait_for("readyz 503", lambda: d.get("/readyz")[0] == 503, timeout=10)
+            assert d.proc is not None and d.proc.poll() is None  # waiting out its grace period
+            d.signal(signal.SIGTERM)
+            assert d.wait(40) == 128 + signal.SIGTERM, d.stderr()[-3000:]
+            assert d.events("daemon_stopping_now")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    runs = Cli(env=env).run("runs", "--json", check=True).json()
+    assert runs[-1]["job"] == "full" and runs[-1]["status"] == "interrupted", runs
+
+
+def test_a_run_missed_while_down_catches_up(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
+    """A job whose fire time passed while the daemon was down runs at start, as ``catch-up``."""
+    import pickle
+
+    _fill(pg, pg_db, rows=10)
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL="every 1h")
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+    catalog = tmp_path / "state" / "catalog.sqlite"
+    missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of an hourly job
+    with sqlite3.connect(catalog) as conn:
+        (state,) = conn.execute("select job_state from apscheduler_jobs where id = 'incremental'").fetchone()
+        job = pickle.loads(state)
+        job["next_run_time"] = missed
+        conn.execute(
+            "update apscheduler_jobs set job_state = ?, next_run_time = ? where id = 'incremental'",
+            (pickle.dumps(job), missed.timestamp()),
+        )
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        d.wait_for(
+            "the missed run",
+            lambda: _runs_total(d, "incremental", "success") + _runs_total(d, "full", "success"),
+        )
+    runs = Cli(env=env).run("runs", "--json", check=True).json()
+    assert [(r["job"], r["trigger"], r["status"]) for r in runs] == [("incremental", "catch-up", "succeeded")]
 
 
 def test_unloadable_job_row_is_logged_and_recreated(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
