@@ -103,9 +103,13 @@ class ScheduleSettings(_Section):
     incremental: str = "0 */6 * * *"
     wal: str = "*/15 * * * *"
     retention: str = "30 * * * *"
+    verify: str = "0 5 * * *"
+    """Deep verification of what was added since the last one, plus a share of the rest."""
+    restore_test: str = "0 4 * * 0"
+    """Restore drill (crontab weekdays: 0 = Sunday)."""
     timezone: str = "UTC"
 
-    _check = field_validator("full", "incremental", "wal", "retention")(_schedule)
+    _check = field_validator("full", "incremental", "wal", "retention", "verify", "restore_test")(_schedule)
 
     @field_validator("timezone")
     @classmethod
@@ -132,6 +136,33 @@ class RetentionSettings(_Section):
     still being written has no manifest yet)."""
 
     _check = field_validator("full", "incremental", "wal", "gc_grace")(_duration)
+
+
+class VerifySettings(_Section):
+    full_sweep: str = "7d"
+    """Every object of the repository is read back at least once in this period."""
+
+    _check = field_validator("full_sweep")(_duration)
+
+
+class DrillSettings(_Section):
+    """Restore drills (``restore-test`` and the daemon's ``restore_test`` job)."""
+
+    pg_bin: Path | None = None
+    """PostgreSQL server binaries of the scratch instance; default: found on the machine, same
+    major version as the backup."""
+    database_url: SecretStr | None = None
+    """Logical mode: restore drills into a scratch database on this server (it needs CREATEDB);
+    unset: into a private PostgreSQL started for the drill."""
+    checks: Path | None = None
+    """A SQL file of the user's own checks: each query must return true."""
+    rto_objective: str = "2h"
+    """Recovery time objective: /healthz and ``status`` say whether the measured restore
+    throughput meets it for the current database size."""
+    rpo_objective: str = "15m"
+    """Recovery point objective, for ``backupd_recovery_point_age_seconds`` and its alert."""
+
+    _check = field_validator("rto_objective", "rpo_objective")(_duration)
 
 
 class NotifySettings(_Section):
@@ -223,6 +254,8 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     anomaly: AnomalySettings = AnomalySettings()
     health: HealthSettings = HealthSettings()
+    verify: VerifySettings = VerifySettings()
+    drill: DrillSettings = DrillSettings()
     shutdown_grace: str = "60s"
     """How long a running job may finish after the first SIGTERM before its children are stopped."""
 

@@ -37,7 +37,8 @@ KNOWN_ENV = {"BACKUPD_CONFIG"}
 def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log.format, settings.log.level)
     enc, notify = settings.encryption, settings.notify
-    for secret in (settings.database_url, enc.passphrase, settings.catalog_url, notify.webhook_url):
+    drill_url = settings.drill.database_url
+    for secret in (settings.database_url, enc.passphrase, settings.catalog_url, notify.webhook_url, drill_url):
         if secret is not None:
             value = secret.get_secret_value()
             register_secret(value)
