@@ -22,6 +22,14 @@ daemons in one process never collide. The series, exactly (README "Metrics" and 
     backupd_scheduler_next_run_timestamp_seconds{job}             absent while the job is off
     backupd_leader                                                0 or 1
     backupd_dependency_up{dependency}                             database | storage | catalog
+    backupd_verify_runs_total{result}                             deep verification runs
+    backupd_verify_last_success_timestamp_seconds                 0 = never
+    backupd_verify_corrupt_objects                                objects known bad, not resolved
+    backupd_restore_test_runs_total{result}                       restore drills
+    backupd_restore_test_last_success_timestamp_seconds           0 = never
+    backupd_restore_test_duration_seconds                         the last drill's measured RTO
+    backupd_restore_test_restored_bytes                           what the last drill restored
+    backupd_recovery_point_age_seconds                            now - newest restorable moment
 
 Every ``{kind}`` series (``full``, ``incremental``), every kind x result pair and every
 dependency exist from the start at 0, so alerts and ``rate()`` see them before the first event.
@@ -188,6 +196,43 @@ class Metrics:
             ["dependency"],
             registry=reg,
         )
+        self._verify_runs = Counter(
+            "backupd_verify_runs", "Deep verification runs by result", ["result"], registry=reg
+        )
+        self._verify_last = Gauge(
+            "backupd_verify_last_success_timestamp_seconds",
+            "End of the newest successful deep verification (0: never)",
+            registry=reg,
+        )
+        self._corrupt = Gauge(
+            "backupd_verify_corrupt_objects",
+            "Repository objects known to be damaged or missing that a kept backup still needs",
+            registry=reg,
+        )
+        self._drill_runs = Counter(
+            "backupd_restore_test_runs", "Restore drills by result", ["result"], registry=reg
+        )
+        self._drill_last = Gauge(
+            "backupd_restore_test_last_success_timestamp_seconds",
+            "End of the newest successful restore drill (0: never)",
+            registry=reg,
+        )
+        self._drill_rto = Gauge(
+            "backupd_restore_test_duration_seconds",
+            "Measured recovery time of the newest restore drill: from its start to a server that answers",
+            registry=reg,
+        )
+        self._drill_bytes = Gauge(
+            "backupd_restore_test_restored_bytes", "Bytes restored by the newest restore drill", registry=reg
+        )
+        self._rpo_age = Gauge(
+            "backupd_recovery_point_age_seconds",
+            "Now minus the newest moment the repository can restore to (the RPO if the server died now)",
+            registry=reg,
+        )
+        for result in RESULTS:
+            self._verify_runs.labels(result=result)
+            self._drill_runs.labels(result=result)
         for kind in BACKUP_KINDS:
             for result in RESULTS:
                 self._runs.labels(kind=kind, result=result)
@@ -293,6 +338,48 @@ class Metrics:
     def set_recovery_window_start(self, at: datetime | float | None) -> None:
         """The earliest restorable point in time (None: nothing restorable, exposed as 0)."""
         self._window_start.set(_ts(at))
+
+    # -- verification, drills, recovery objectives --------------------------------------------
+    def verify_finished(self, ok: bool, at: datetime | float) -> None:
+        """One deep verification run: ``ok`` when it found nothing wrong."""
+        self._verify_runs.labels(result="success" if ok else "failure").inc()
+        if ok:
+            self._verify_last.set(_ts(at))
+
+    def set_verify_last_success(self, at: datetime | float | None) -> None:
+        self._verify_last.set(_ts(at))
+
+    def set_corrupt_objects(self, n: int) -> None:
+        self._corrupt.set(max(int(n), 0))
+
+    def restore_test_finished(
+        self, ok: bool, at: datetime | float, rto_s: float | None, restored_bytes: int | None
+    ) -> None:
+        """One restore drill; its measured RTO and size when it got that far."""
+        self._drill_runs.labels(result="success" if ok else "failure").inc()
+        if ok:
+            self._drill_last.set(_ts(at))
+        self.set_last_drill(rto_s=rto_s, restored_bytes=restored_bytes)
+
+    def set_last_drill(
+        self,
+        *,
+        succeeded_at: datetime | float | None = None,
+        rto_s: float | None = None,
+        restored_bytes: int | None = None,
+    ) -> None:
+        """Seed or set what the newest drill measured (None leaves a value as it is)."""
+        if succeeded_at is not None:
+            self._drill_last.set(_ts(succeeded_at))
+        if rto_s is not None:
+            self._drill_rto.set(max(float(rto_s), 0.0))
+        if restored_bytes is not None:
+            self._drill_bytes.set(max(int(restored_bytes), 0))
+
+    def set_recovery_point_age(self, seconds: float | None) -> None:
+        """None (nothing restorable): the series is NaN, so `>` alerts do not fire on it and an
+        absent()-style alert can."""
+        self._rpo_age.set(float("nan") if seconds is None else max(float(seconds), 0.0))
 
     # -- retention and repository ------------------------------------------------------------
     def retention_deleted(

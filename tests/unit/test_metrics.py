@@ -33,6 +33,14 @@ SERIES = {
     "backupd_scheduler_next_run_timestamp_seconds": "gauge",
     "backupd_leader": "gauge",
     "backupd_dependency_up": "gauge",
+    "backupd_verify_runs_total": "counter",
+    "backupd_verify_last_success_timestamp_seconds": "gauge",
+    "backupd_verify_corrupt_objects": "gauge",
+    "backupd_restore_test_runs_total": "counter",
+    "backupd_restore_test_last_success_timestamp_seconds": "gauge",
+    "backupd_restore_test_duration_seconds": "gauge",
+    "backupd_restore_test_restored_bytes": "gauge",
+    "backupd_recovery_point_age_seconds": "gauge",
 }
 KINDS = ("full", "incremental")
 
