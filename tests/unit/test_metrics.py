@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -259,3 +260,35 @@ def test_counters_count_every_event(events: list[tuple[str, bool, float]]) -> No
         assert value(m, "backupd_backup_runs_total", kind=kind, result="failure") == losses
         assert value(m, "backupd_backup_duration_seconds_count", kind=kind) == wins
         assert value(m, "backupd_backup_duration_seconds_bucket", kind=kind, le="+Inf") == wins
+
+
+def test_verification_drill_and_recovery_point_series() -> None:
+    m = Metrics("9.9.9")
+
+    def value(name: str, **labels: str) -> float:
+        body = m.render()[0].decode()
+        for family in text_string_to_metric_families(body):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        raise AssertionError(f"{name}{labels} missing")
+
+    assert value("backupd_verify_runs_total", result="failure") == 0
+    assert value("backupd_restore_test_runs_total", result="success") == 0
+    m.verify_finished(False, 100.0)
+    m.verify_finished(True, 200.0)
+    m.set_corrupt_objects(3)
+    assert value("backupd_verify_runs_total", result="failure") == 1
+    assert value("backupd_verify_last_success_timestamp_seconds") == 200.0
+    assert value("backupd_verify_corrupt_objects") == 3
+    m.restore_test_finished(True, 300.0, rto_s=42.5, restored_bytes=1000)
+    m.restore_test_finished(False, 400.0, rto_s=None, restored_bytes=None)
+    assert value("backupd_restore_test_runs_total", result="success") == 1
+    assert value("backupd_restore_test_runs_total", result="failure") == 1
+    assert value("backupd_restore_test_last_success_timestamp_seconds") == 300.0
+    assert value("backupd_restore_test_duration_seconds") == 42.5
+    assert value("backupd_restore_test_restored_bytes") == 1000
+    m.set_recovery_point_age(None)
+    assert math.isnan(value("backupd_recovery_point_age_seconds"))
+    m.set_recovery_point_age(61.0)
+    assert value("backupd_recovery_point_age_seconds") == 61.0
