@@ -36,9 +36,14 @@ KNOWN_ENV = {"BACKUPD_CONFIG"}
 
 def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log.format, settings.log.level)
-    enc, notify = settings.encryption, settings.notify
-    drill_url = settings.drill.database_url
-    for secret in (settings.database_url, enc.passphrase, settings.catalog_url, notify.webhook_url, drill_url):
+    secrets = (
+        settings.database_url,
+        settings.encryption.passphrase,
+        settings.catalog_url,
+        settings.notify.webhook_url,
+        settings.drill.database_url,
+    )
+    for secret in secrets:
         if secret is not None:
             value = secret.get_secret_value()
             register_secret(value)
@@ -464,7 +469,7 @@ def probe_dependencies(
     ``storage``: reading the repository's ``repo.json``; ``catalog``: one query (with ``catalog``
     None, opening the catalog and closing it again). Never raises."""
     from contentflow_backupd.errors import ObjectNotFound, RepositoryNotFound
-    from contentflow_backupd.ops.health import check_dependencies
+    from contentflow_backupd.ops.health_inputs import check_dependencies
     from contentflow_backupd.repository.layout import REPO_FILE
 
     def database() -> None:
@@ -499,7 +504,8 @@ def wal_health_state(settings: Settings, repo: Repository | None = None) -> WalS
     time from the repository, and whether WAL is waiting from the server (``pg_stat_archiver``
     and the current WAL position). Storage errors propagate; an unreachable server or a standby
     leaves ``pending`` unknown."""
-    from contentflow_backupd.ops.health import ServerWal, read_wal_state
+    from contentflow_backupd.ops.health import ServerWal
+    from contentflow_backupd.ops.health_inputs import read_wal_state
     from contentflow_backupd.source.postgres import wal_status
 
     archive = WalArchive(repo or open_repository(settings), settings.cluster)

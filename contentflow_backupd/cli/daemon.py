@@ -56,7 +56,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.model import utcnow
-    from contentflow_backupd.ops.health import WalState, collect_health_inputs, evaluate_health
+    from contentflow_backupd.ops.health import WalState, evaluate_health
+    from contentflow_backupd.ops.health_inputs import collect_health_inputs
 
     objectives = wiring.objectives(settings)
     storage = wiring.open_storage(settings)

@@ -272,7 +272,8 @@ class Daemon:
         return self.started and not self.stopping.is_set() and self._catalog_up
 
     def health(self) -> Any:
-        from contentflow_backupd.ops.health import collect_health_inputs, evaluate_health
+        from contentflow_backupd.ops.health import evaluate_health
+        from contentflow_backupd.ops.health_inputs import collect_health_inputs
 
         s = self.settings
         try:

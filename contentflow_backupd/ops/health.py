@@ -18,22 +18,19 @@ Two halves:
   * ``dependency_<name>`` for each dependency given (``database``, ``storage``, ``catalog``).
   * ``leader`` (informational, always ok: a standby is healthy).
 
-- ``collect_health_inputs`` and ``read_wal_state`` read what the catalog and the WAL archive say.
+- ``ops.health_inputs`` reads what the catalog, the WAL archive and the dependencies say.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BACKUP_KINDS, BackupKind, iso
-from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, classify, parse_segment, timeline_of, written_after
+from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE
 
 FULL_SLACK = 2 * 3600.0
 WAL_SLACK = 60.0
@@ -126,6 +123,31 @@ class DependencyState:
 
 
 @dataclass(frozen=True)
+class DrillState:
+    """The newest finished restore drill (``restore_test`` run)."""
+
+    last_status: Literal["succeeded", "failed"] | None = None
+    last_at: datetime | None = None
+    error: str | None = None
+    rto_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryState:
+    """What the repository can restore, and how fast (for the ``recovery_objectives`` check)."""
+
+    window_start: datetime | None = None
+    """The oldest restorable moment (None: nothing restorable)."""
+    window_end: datetime | None = None
+    """The newest restorable moment: newest archived WAL (physical), newest backup (logical)."""
+    rto_objective: float | None = None
+    rto_estimate: float | None = None
+    """Seconds a restore of the current database would take at the measured drill throughput
+    (None: no drill measured yet, or the database size is unknown)."""
+    last_drill_rto: float | None = None
+
+
+@dataclass(frozen=True)
 class HealthInputs:
     kinds: Mapping[str, KindState] | None
     """Per backup kind; None when the catalog could not be read."""
@@ -133,6 +155,11 @@ class HealthInputs:
     dependencies: Mapping[str, DependencyState] = field(default_factory=dict)
     leader: bool | None = None
     """None: not a daemon (``status``), no leader check."""
+    corrupt_objects: int | None = None
+    """Damaged objects kept backups still need (None: not known, no check)."""
+    drill: DrillState | None = None
+    """None: drills are off, no check."""
+    recovery: RecoveryState | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +272,19 @@ def evaluate_health(inputs: HealthInputs, objectives: HealthObjectives, now: dat
         checks.append(_run_check(kind, state))
     if objectives.wal is not None:
         checks.append(_wal_check(inputs.wal, objectives.wal, now))
+    if inputs.corrupt_objects is not None:
+        n = inputs.corrupt_objects
+        detail = (
+            "no damaged objects known"
+            if n == 0
+            else f"{n} damaged or missing object(s) that kept backups need: `verify --since-last` "
+            "names them; a new full backup stops depending on them"
+        )
+        checks.append(HealthCheck("verify_corrupt_objects", n == 0, detail))
+    if inputs.drill is not None:
+        checks.append(_drill_check(inputs.drill))
+    if inputs.recovery is not None:
+        checks.append(_recovery_check(inputs.recovery, now))
     names = sorted(inputs.dependencies, key=lambda n: (n not in DEPENDENCY_ORDER, _order(n), n))
     for name in names:
         dep = inputs.dependencies[name]
@@ -258,6 +298,48 @@ def evaluate_health(inputs: HealthInputs, objectives: HealthObjectives, now: dat
         )
         checks.append(HealthCheck("leader", True, detail))
     return HealthReport(tuple(checks), now)
+
+
+def _drill_check(drill: DrillState) -> HealthCheck:
+    if drill.last_status is None:
+        return HealthCheck("restore_test_last_run", True, "no restore drill yet")
+    if drill.last_status == "failed":
+        return HealthCheck(
+            "restore_test_last_run",
+            False,
+            f"the last restore drill failed: {drill.error or 'see `runs --job restore_test`'}",
+            at=drill.last_at,
+        )
+    rto = f" (RTO {human_seconds(drill.rto_seconds)})" if drill.rto_seconds is not None else ""
+    return HealthCheck(
+        "restore_test_last_run", True, f"the last restore drill succeeded{rto}", at=drill.last_at
+    )
+
+
+def _recovery_check(rec: RecoveryState, now: datetime) -> HealthCheck:
+    """The recovery window, the RPO if the server died now, and whether the RTO objective holds
+    at the measured restore throughput: fails only when the estimate exceeds the objective."""
+    if rec.window_end is None:
+        window = "nothing restorable yet"
+    else:
+        start = iso(rec.window_start) if rec.window_start else "?"
+        window = (
+            f"restorable from {start} to {iso(rec.window_end)} "
+            f"(RPO now {human_seconds(_age(now, rec.window_end))})"
+        )
+    ok = True
+    if rec.rto_estimate is None or rec.rto_objective is None:
+        rto = "RTO not measured yet (no restore drill)"
+    else:
+        ok = rec.rto_estimate <= rec.rto_objective
+        rto = (
+            f"a restore of the current database takes about {human_seconds(rec.rto_estimate)} at the "
+            f"measured throughput: the RTO objective {human_seconds(rec.rto_objective)} is "
+            f"{'met' if ok else 'NOT met'}"
+        )
+    if rec.last_drill_rto is not None:
+        rto += f"; last drill RTO {human_seconds(rec.last_drill_rto)}"
+    return HealthCheck("recovery_objectives", ok, f"{window}; {rto}", at=rec.window_end)
 
 
 def _order(name: str) -> int:
@@ -330,107 +412,3 @@ def _wal_check(wal: WalState | None, objective: float, now: datetime) -> HealthC
     else:
         detail = f"{newest}, older than the objective {limit}, and {why}{extra}"
     return HealthCheck(name, False, detail, value, objective, wal.last_archived_at)
-
-
-# -- collection ------------------------------------------------------------------------------
-def collect_health_inputs(
-    catalog: Catalog | None,
-    cluster: str,
-    *,
-    dependencies: Mapping[str, DependencyState | bool] | None = None,
-    wal: WalState | None = None,
-    leader: bool | None = None,
-    run_history: int = RUN_HISTORY,
-) -> HealthInputs:
-    """Read the per-kind state from the catalog (``kinds`` None when ``catalog`` is None); the
-    other arguments pass through (a bare ``bool`` dependency becomes ``DependencyState(bool)``).
-
-    Last successes come from the ``succeeded`` backups of ``cluster`` (by ``finished_at``); last
-    run statuses from the newest ``run_history`` runs, whose ``job`` is the backup kind asked for
-    (runs are not per cluster). Catalog errors propagate (``CatalogError``)."""
-    deps = {
-        k: v if isinstance(v, DependencyState) else DependencyState(v)
-        for k, v in (dependencies or {}).items()
-    }
-    if catalog is None:
-        return HealthInputs(kinds=None, wal=wal, dependencies=deps, leader=leader)
-    newest: dict[str, datetime] = {}
-    for b in catalog.list_backups(cluster, ["succeeded"]):
-        end = b.finished_at or b.started_at
-        for key in {b.kind, "any"}:
-            if key not in newest or end > newest[key]:
-                newest[key] = end
-    runs = catalog.list_runs(run_history)
-    kinds: dict[str, KindState] = {}
-    for kind in BACKUP_KINDS:
-        last = next(
-            (r for r in reversed(runs) if r.job == kind and r.status in ("succeeded", "failed")), None
-        )
-        success = newest.get("full" if kind == "full" else "any")
-        if last is None:
-            kinds[kind] = KindState(last_success_at=success)
-            continue
-        status: Literal["succeeded", "failed"] = "failed" if last.status == "failed" else "succeeded"
-        kinds[kind] = KindState(
-            last_success_at=success,
-            last_run_status=status,
-            last_run_at=last.finished_at or last.started_at,
-            last_run_error=last.error if status == "failed" else None,
-        )
-    return HealthInputs(kinds=kinds, wal=wal, dependencies=deps, leader=leader)
-
-
-def read_wal_state(archive: WalArchive, server: ServerWal | None, *, detail: str | None = None) -> WalState:
-    """The WAL archive's newest file time (one LIST of the cluster's WAL prefix) and, with
-    ``server``, whether WAL is pending. Storage errors propagate."""
-    newest_at: datetime | None = None
-    names: list[str] = []
-    for info in archive.repo.storage.list(archive.prefix()):
-        name = info.key.rsplit("/", 1)[-1]
-        if classify(name) is None:
-            continue
-        names.append(name)
-        if info.modified is not None and (newest_at is None or info.modified > newest_at):
-            newest_at = info.modified
-    if server is None:
-        return WalState(newest_at, None, False, detail or "the server was not asked")
-    pending = wal_pending(server, names)
-    if pending is None and detail is None:
-        detail = "the server is a standby: pending WAL unknown"
-    return WalState(newest_at, pending, server.archiver_failing, detail)
-
-
-def wal_pending(server: ServerWal, archived: Iterable[str]) -> bool | None:
-    """True when the server has written WAL beyond the end of the newest archived segment of its
-    timeline; None when the server cannot say (a standby). Pure."""
-    if server.current_lsn is None or server.timeline is None:
-        return None
-    newest = None
-    for name in archived:
-        if classify(name) != "segment" or timeline_of(name) != server.timeline:
-            continue
-        try:
-            seg = parse_segment(name, server.segment_size)
-        except ValueError:
-            continue
-        newest = seg if newest is None or seg > newest else newest
-    if newest is None:
-        return server.current_lsn > 0
-    return written_after(server.current_lsn, newest, server.segment_size)
-
-
-def check_dependencies(probes: Mapping[str, Callable[[], object]]) -> dict[str, DependencyState]:
-    """Call each probe: up when it returns, down (with the error's message and hint) when it raises.
-    Never raises; a probe's unexpected exception is reported with its type."""
-    states: dict[str, DependencyState] = {}
-    for name, probe in probes.items():
-        try:
-            probe()
-        except BackupdError as exc:
-            hint = f" ({exc.hint})" if exc.hint else ""
-            states[name] = DependencyState(False, exc.message + hint)
-        except Exception as exc:  # noqa: BLE001 - a health probe reports every failure, never raises
-            states[name] = DependencyState(False, f"{type(exc).__name__}: {exc}")
-        else:
-            states[name] = DependencyState(True, "reachable")
-    return states

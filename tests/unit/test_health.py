@@ -18,16 +18,20 @@ from contentflow_backupd.errors import SourceError
 from contentflow_backupd.model import BackupRecord
 from contentflow_backupd.ops.health import (
     DependencyState,
+    DrillState,
     HealthInputs,
     HealthObjectives,
     KindState,
+    RecoveryState,
     ServerWal,
     WalState,
-    check_dependencies,
-    collect_health_inputs,
     derive_objectives,
     evaluate_health,
     human_seconds,
+)
+from contentflow_backupd.ops.health_inputs import (
+    check_dependencies,
+    collect_health_inputs,
     read_wal_state,
     wal_pending,
 )
@@ -412,3 +416,48 @@ def test_read_wal_state(archive: WalArchive) -> None:
     assert standby.pending is None and standby.detail is not None and "standby" in standby.detail
     unasked = read_wal_state(archive, None, detail="server not asked: down")
     assert unasked == WalState(ago(300), None, False, "server not asked: down")
+
+
+# -- verification, drills, recovery objectives ---------------------------------------------------
+def _inputs(**kw: object) -> HealthInputs:
+    return replace(healthy_inputs(), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("corrupt", "ok"), [(None, True), (0, True), (2, False)])
+def test_corrupt_objects_make_health_fail(corrupt: int | None, ok: bool) -> None:
+    report = evaluate_health(_inputs(corrupt_objects=corrupt), OBJ, NOW)
+    assert report.ok is ok
+    names = [c.name for c in report.checks]
+    assert ("verify_corrupt_objects" in names) is (corrupt is not None)
+
+
+@pytest.mark.parametrize(
+    ("drill", "ok", "text"),
+    [
+        (DrillState(), True, "no restore drill yet"),
+        (DrillState("succeeded", NOW, None, 95.0), True, "succeeded (RTO 1m 35s)"),
+        (DrillState("failed", NOW, "check row_counts failed"), False, "check row_counts failed"),
+    ],
+)
+def test_last_drill(drill: DrillState, ok: bool, text: str) -> None:
+    report = evaluate_health(_inputs(drill=drill), OBJ, NOW)
+    check = next(c for c in report.checks if c.name == "restore_test_last_run")
+    assert check.ok is ok and text in check.detail
+    assert report.ok is ok
+
+
+@pytest.mark.parametrize(
+    ("recovery", "ok", "text"),
+    [
+        (RecoveryState(), True, "nothing restorable yet"),
+        (RecoveryState(ago(86400), ago(60), 7200.0, None), True, "RTO not measured yet"),
+        (RecoveryState(ago(86400), ago(60), 7200.0, 3600.0, 50.0), True, "objective 2h is met"),
+        (RecoveryState(ago(86400), ago(60), 7200.0, 9000.0), False, "objective 2h is NOT met"),
+    ],
+)
+def test_recovery_objectives(recovery: RecoveryState, ok: bool, text: str) -> None:
+    report = evaluate_health(_inputs(recovery=recovery), OBJ, NOW)
+    check = next(c for c in report.checks if c.name == "recovery_objectives")
+    assert check.ok is ok and text in check.detail, check.detail
+    if recovery.window_end is not None:
+        assert "RPO now 1m" in check.detail

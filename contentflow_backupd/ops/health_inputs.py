@@ -1,0 +1,126 @@
+"""What the health report is made of: the catalog's runs and backups, the WAL archive, the
+server's WAL position, and probes of the dependencies (``ops.health`` evaluates them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Literal
+
+from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.errors import BackupdError
+from contentflow_backupd.model import BACKUP_KINDS
+from contentflow_backupd.ops.health import (
+    RUN_HISTORY,
+    DependencyState,
+    HealthInputs,
+    KindState,
+    ServerWal,
+    WalState,
+)
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.wal import classify, parse_segment, timeline_of, written_after
+
+
+# -- collection ------------------------------------------------------------------------------
+def collect_health_inputs(
+    catalog: Catalog | None,
+    cluster: str,
+    *,
+    dependencies: Mapping[str, DependencyState | bool] | None = None,
+    wal: WalState | None = None,
+    leader: bool | None = None,
+    run_history: int = RUN_HISTORY,
+) -> HealthInputs:
+    """Read the per-kind state from the catalog (``kinds`` None when ``catalog`` is None); the
+    other arguments pass through (a bare ``bool`` dependency becomes ``DependencyState(bool)``).
+
+    Last successes come from the ``succeeded`` backups of ``cluster`` (by ``finished_at``); last
+    run statuses from the newest ``run_history`` runs, whose ``job`` is the backup kind asked for
+    (runs are not per cluster). Catalog errors propagate (``CatalogError``)."""
+    deps = {
+        k: v if isinstance(v, DependencyState) else DependencyState(v)
+        for k, v in (dependencies or {}).items()
+    }
+    if catalog is None:
+        return HealthInputs(kinds=None, wal=wal, dependencies=deps, leader=leader)
+    newest: dict[str, datetime] = {}
+    for b in catalog.list_backups(cluster, ["succeeded"]):
+        end = b.finished_at or b.started_at
+        for key in {b.kind, "any"}:
+            if key not in newest or end > newest[key]:
+                newest[key] = end
+    runs = catalog.list_runs(run_history)
+    kinds: dict[str, KindState] = {}
+    for kind in BACKUP_KINDS:
+        last = next(
+            (r for r in reversed(runs) if r.job == kind and r.status in ("succeeded", "failed")), None
+        )
+        success = newest.get("full" if kind == "full" else "any")
+        if last is None:
+            kinds[kind] = KindState(last_success_at=success)
+            continue
+        status: Literal["succeeded", "failed"] = "failed" if last.status == "failed" else "succeeded"
+        kinds[kind] = KindState(
+            last_success_at=success,
+            last_run_status=status,
+            last_run_at=last.finished_at or last.started_at,
+            last_run_error=last.error if status == "failed" else None,
+        )
+    return HealthInputs(kinds=kinds, wal=wal, dependencies=deps, leader=leader)
+
+
+def read_wal_state(archive: WalArchive, server: ServerWal | None, *, detail: str | None = None) -> WalState:
+    """The WAL archive's newest file time (one LIST of the cluster's WAL prefix) and, with
+    ``server``, whether WAL is pending. Storage errors propagate."""
+    newest_at: datetime | None = None
+    names: list[str] = []
+    for info in archive.repo.storage.list(archive.prefix()):
+        name = info.key.rsplit("/", 1)[-1]
+        if classify(name) is None:
+            continue
+        names.append(name)
+        if info.modified is not None and (newest_at is None or info.modified > newest_at):
+            newest_at = info.modified
+    if server is None:
+        return WalState(newest_at, None, False, detail or "the server was not asked")
+    pending = wal_pending(server, names)
+    if pending is None and detail is None:
+        detail = "the server is a standby: pending WAL unknown"
+    return WalState(newest_at, pending, server.archiver_failing, detail)
+
+
+def wal_pending(server: ServerWal, archived: Iterable[str]) -> bool | None:
+    """True when the server has written WAL beyond the end of the newest archived segment of its
+    timeline; None when the server cannot say (a standby). Pure."""
+    if server.current_lsn is None or server.timeline is None:
+        return None
+    newest = None
+    for name in archived:
+        if classify(name) != "segment" or timeline_of(name) != server.timeline:
+            continue
+        try:
+            seg = parse_segment(name, server.segment_size)
+        except ValueError:
+            continue
+        newest = seg if newest is None or seg > newest else newest
+    if newest is None:
+        return server.current_lsn > 0
+    return written_after(server.current_lsn, newest, server.segment_size)
+
+
+def check_dependencies(probes: Mapping[str, Callable[[], object]]) -> dict[str, DependencyState]:
+    """Call each probe: up when it returns, down (with the error's message and hint) when it raises.
+    Never raises; a probe's unexpected exception is reported with its type."""
+    states: dict[str, DependencyState] = {}
+    for name, probe in probes.items():
+        try:
+            probe()
+        except BackupdError as exc:
+            hint = f" ({exc.hint})" if exc.hint else ""
+            states[name] = DependencyState(False, exc.message + hint)
+        except Exception as exc:  # noqa: BLE001 - a health probe reports every failure, never raises
+            states[name] = DependencyState(False, f"{type(exc).__name__}: {exc}")
+        else:
+            states[name] = DependencyState(True, "reachable")
+    return states
