@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import report, rto  # noqa: E402
 from bench.procs import Measured  # noqa: E402
 from bench.steps import RESTORE_FLAGS, Bench, Repo  # noqa: E402
 from bench.summary import cpu_table, summarize  # noqa: E402
@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " to drop below 0.3 busy cores (default 60; 0 disables)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="data generator seed (default 42)")
+    p.add_argument(
+        "--rto-repeat", type=int, default=2,
+        help="rounds of the physical recovery-time measurement (default 2; 0 skips it)",
+    )  # fmt: skip
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = p.parse_args(argv)
     if args.size_mb < 16 or args.small_mb < 16 or min(args.repeat, args.gzip_repeat) < 1:
@@ -197,6 +201,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             say("append-heavy change (1%) and an incremental backup")
             runs["ours_incremental"] = incremental(b, repo, main["db"])
             repo.remove()
+            if args.rto_repeat > 0:
+                say(f"physical recovery time (restore + WAL replay + promotion), {args.rto_repeat} rounds")
+                runs["physical_rto"] = rto.physical(pg, b.tool, args.rto_repeat, args.quiet_wait, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"machine": machine, "datasets": {"main": main, "small": small}, "runs": runs}
@@ -217,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: clusters and temp dirs removed, no results written", file=sys.stderr)
         return 130
     rows, targets = summarize(measured)
+    rows += rto.rows(measured)
+    targets["restore_throughput_and_rto"] = "reported: GB/min and the largest database for a 2 h RTO"
     doc = {
         "date": started,
         "finished": report.now_iso(),

@@ -16,6 +16,8 @@ RunStatus = Literal["running", "succeeded", "failed", "interrupted", "skipped"]
 RunTrigger = Literal["scheduled", "manual", "catch-up"]
 
 BACKUP_KINDS: tuple[BackupKind, ...] = ("full", "incremental")
+JOB_NAMES: tuple[str, ...] = ("full", "incremental", "wal", "retention", "verify", "restore_test")
+"""The daemon's jobs (fixed APScheduler job ids) and the ``job`` of every recorded run."""
 BACKUP_MODES: tuple[BackupMode, ...] = ("logical", "physical")
 
 

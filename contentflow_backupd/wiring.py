@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -323,6 +323,38 @@ def restore_point_maker(settings: Settings) -> Callable[[str], tuple[str, int, d
     return make
 
 
+if TYPE_CHECKING:
+    from contentflow_backupd.ops.drill import DrillOptions
+
+
+def drill_options(
+    settings: Settings, *, backup: str = "latest", target_time: str | None = "random"
+) -> DrillOptions:
+    """Restore drills (``restore-test``, the ``restore_test`` job) from ``BACKUPD_DRILL__*``."""
+    from contentflow_backupd.ops.drill import DrillOptions
+    from contentflow_backupd.source.conninfo import ConnInfo
+
+    url = settings.drill.database_url.get_secret_value() if settings.drill.database_url else None
+    database = ConnInfo.parse(url, setting="BACKUPD_DRILL__DATABASE_URL") if url else None
+    if database is not None:
+        register_secret(database.password)
+    return DrillOptions(
+        cluster=settings.cluster,
+        state_dir=state_dir(settings),
+        mode=settings.mode,
+        backup=backup,
+        target_time=target_time,
+        pg_bin=settings.drill.pg_bin,
+        client_bin=settings.pg_bin,
+        database=database,
+        checks_file=settings.drill.checks,
+        tool=self_command(),
+        recovery=recovery_config(settings),
+        concurrency=settings.upload_concurrency,
+        lock_dir=lock_dir(settings),
+    )
+
+
 # -- the daemon ------------------------------------------------------------------------------
 if TYPE_CHECKING:
     from contentflow_backupd.daemon.walwatch import StreamSupervisor, WalWatcher
@@ -523,3 +555,24 @@ def wal_health_state(settings: Settings, repo: Repository | None = None) -> WalS
         archiver_failing=failing,
     )
     return read_wal_state(archive, server)
+
+
+def recovery_objectives(settings: Settings, repo: Repository, catalog: Catalog) -> dict[str, Any]:
+    """The recovery window, the RPO now and the RTO estimate (``ops.objectives``), with the
+    objectives of ``BACKUPD_DRILL__*``. The database size is the newest backup's source size:
+    the unit drills measure their throughput in."""
+    from contentflow_backupd.ops.objectives import collect_objectives
+    from contentflow_backupd.timespec import parse_duration
+
+    mode = settings.mode
+    done = [b for b in catalog.list_backups(settings.cluster, ["succeeded"]) if b.mode == mode]
+    size = done[-1].source_bytes if done else None
+    return collect_objectives(
+        repo,
+        catalog,
+        settings.cluster,
+        mode,
+        size,
+        rto_objective_s=parse_duration(settings.drill.rto_objective),
+        rpo_objective_s=parse_duration(settings.drill.rpo_objective),
+    )

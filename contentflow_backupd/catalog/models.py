@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, MetaData, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -150,3 +150,67 @@ class DeletionRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class VerifyStateRow(Base):
+    """One ``VerifyState``: continuous verification of a cluster."""
+
+    __tablename__ = "verify_state"
+
+    cluster: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_deep_success_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    sweep_cursor: Mapped[str | None] = mapped_column(Text)
+    sweep_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    sweep_objects_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    verified_backups: Mapped[str | None] = mapped_column(Text)
+    """JSON list of backup ids."""
+
+
+class CorruptObjectRow(Base):
+    """One ``CorruptObject``; ``backup_ids`` is a JSON list as text. At most one open record
+    (``resolved_at`` NULL) per (cluster, key)."""
+
+    __tablename__ = "corrupt_objects"
+    __table_args__ = (
+        Index("ix_corrupt_objects_cluster_resolved_at", "cluster", "resolved_at"),
+        Index(
+            "uq_corrupt_objects_open",
+            "cluster",
+            "key",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cluster: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(Text)
+    backup_ids: Mapped[str] = mapped_column(Text)
+    problem: Mapped[str] = mapped_column(Text)
+    detected_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class DrillRow(Base):
+    """One ``DrillRecord``; ``checks`` is the list of check results as JSON."""
+
+    __tablename__ = "drills"
+    __table_args__ = (Index("ix_drills_cluster_started_at", "cluster", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    cluster: Mapped[str] = mapped_column(String(255))
+    mode: Mapped[str] = mapped_column(String(16))
+    backup_id: Mapped[str | None] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    rto_seconds: Mapped[float | None] = mapped_column(Float)
+    restored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    throughput_bytes_per_s: Mapped[float | None] = mapped_column(Float)
+    checks: Mapped[list[dict[str, str]]] = mapped_column(JsonDocument, default=list)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contentflow_backupd.catalog.base import DeletionRecord
+from contentflow_backupd.catalog import drills, verification
+from contentflow_backupd.catalog.base import (
+    CorruptObject,
+    DeletionRecord,
+    DrillRecord,
+    DrillStatus,
+    VerifyState,
+)
 from contentflow_backupd.catalog.models import (
     VERSION_TABLE,
     BackupRow,
@@ -320,6 +327,50 @@ class SqlCatalog:
         with self._session("list deletions", write=False) as session:
             return [_deletion_record(row) for row in reversed(session.scalars(query).all())]
 
+    # -- continuous verification (catalog/verification.py) -----------------------------------
+    def get_verify_state(self, cluster: str) -> VerifyState:
+        with self._session("read verification state", write=False) as session:
+            return verification.get_verify_state(session, cluster)
+
+    def set_verify_state(self, state: VerifyState) -> None:
+        with self._session("save verification state", write=True) as session:
+            verification.set_verify_state(session, state)
+
+    def record_corrupt(
+        self,
+        cluster: str,
+        key: str,
+        backup_ids: Sequence[str],
+        problem: str,
+        *,
+        detected_at: datetime | None = None,
+    ) -> CorruptObject:
+        at = _utc(detected_at or utcnow())
+        with self._session("record corrupt object", write=True) as session:
+            return verification.record_corrupt(session, cluster, key, backup_ids, problem, at)
+
+    def list_corrupt(self, cluster: str, *, open_only: bool = True) -> list[CorruptObject]:
+        with self._session("list corrupt objects", write=False) as session:
+            return verification.list_corrupt(session, cluster, open_only=open_only)
+
+    def resolve_corrupt(
+        self, cluster: str, key: str, resolution: str, *, resolved_at: datetime | None = None
+    ) -> bool:
+        at = _utc(resolved_at or utcnow())
+        with self._session("resolve corrupt object", write=True) as session:
+            return verification.resolve_corrupt(session, cluster, key, resolution, at)
+
+    # -- restore drills (catalog/drills.py) -------------------------------------------------
+    def add_drill(self, record: DrillRecord) -> None:
+        with self._session("record drill", write=True) as session:
+            drills.add_drill(session, record)
+
+    def list_drills(
+        self, cluster: str, *, limit: int | None = None, status: DrillStatus | None = None
+    ) -> list[DrillRecord]:
+        with self._session("list drills", write=False) as session:
+            return drills.list_drills(session, cluster, limit=limit, status=status)
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -421,6 +472,10 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 
 # -- rows <-> records ----------------------------------------------------------------------
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _upsert_backups(session: Session, records: Sequence[BackupRecord]) -> None:
     if not records:
         return

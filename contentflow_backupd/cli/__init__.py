@@ -23,9 +23,16 @@ from contentflow_backupd.cli.backups import (
     cmd_verify,
 )
 from contentflow_backupd.cli.daemon import cmd_expire, cmd_run, cmd_runs, cmd_status
-from contentflow_backupd.cli.restore import cmd_list_restore_points, cmd_restore, cmd_restore_point
+from contentflow_backupd.cli.restore import (
+    cmd_list_restore_points,
+    cmd_recover,
+    cmd_restore,
+    cmd_restore_point,
+    cmd_restore_test,
+)
 from contentflow_backupd.cli.wal import cmd_wal_fetch, cmd_wal_push, cmd_wal_stream, cmd_wal_verify
 from contentflow_backupd.errors import EXIT_FAILED, BackupdError
+from contentflow_backupd.model import JOB_NAMES
 from contentflow_backupd.settings import Settings, load_settings
 
 log = structlog.get_logger("contentflow_backupd.cli")
@@ -60,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("backup_ids", nargs="*", metavar="BACKUP_ID", help="backup ids or 'latest'")
     sp.add_argument("--all", action="store_true", help="verify every backup (the default without ids)")
     sp.add_argument("--quick", action="store_true", help="only check that every object exists with its size")
+    sp.add_argument(
+        "--since-last",
+        action="store_true",
+        help="continuous mode (the daemon's verify job): backups added since the last run, plus a "
+        "rotating share of all objects (BACKUPD_VERIFY__FULL_SWEEP); exit 1 while a corrupt object is open",
+    )
     sp = add("restore", cmd_restore, "restore a backup into a database, a file or a data directory")
     sp.add_argument("backup", metavar="BACKUP_ID|latest")
     sp.add_argument("--to-database", metavar="URL", help="libpq URI of the database to restore into")
@@ -88,6 +101,45 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
     sp.add_argument("name", metavar="NAME")
     add("list-restore-points", cmd_list_restore_points, "list the recorded restore points, oldest first")
+    sp = add("recover", cmd_recover, "disaster recovery: restore the newest good backup, replay WAL, check")
+    sp.add_argument("--pgdata", metavar="DIR", help="physical: a new data directory (absent or empty)")
+    sp.add_argument("--to-database", metavar="URL", help="logical: the database to create (or an empty one)")
+    sp.add_argument(
+        "--backup", default="latest", metavar="ID", help="this one only, no fallback (default: newest)"
+    )
+    sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
+    sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position")
+    sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
+    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point")
+    sp.add_argument(
+        "--target-action",
+        choices=["promote", "pause", "shutdown"],
+        help="what the server does at the target (default for recover: promote)",
+    )
+    sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
+    sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
+    sp.add_argument(
+        "--keep-archiving", action="store_true", help="the recovered server archives into this repository"
+    )
+    sp.add_argument(
+        "--start", action="store_true", help="start the server, wait for recovery, then run the drill checks"
+    )
+    sp.add_argument(
+        "--check-url", metavar="URL", help="with --start: the recovered server (default BACKUPD_DATABASE_URL)"
+    )
+    sp = add(
+        "restore-test", cmd_restore_test, "restore drill: restore into a scratch instance, check, time it"
+    )
+    sp.add_argument(
+        "--backup", default="latest", metavar="ID|latest", help="the backup to drill (default: latest)"
+    )
+    sp.add_argument(
+        "--target-time",
+        default="random",
+        metavar="TIME|random|none",
+        help="physical: a time (ISO 8601), a random point of the recovery window (default) or none "
+        "(the end of the WAL archive)",
+    )
     sp = add("expire", cmd_expire, "plan retention (BACKUPD_RETENTION__*) and, with --confirm, apply it")
     sp.add_argument("--confirm", action="store_true", help="delete what the plan says (default: print it)")
     sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %%p')")
@@ -100,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy")
     sp = add("runs", cmd_runs, "list recorded runs of jobs (scheduled and manual), oldest first")
     sp.add_argument("--limit", type=int, default=100, help="the newest N runs (default 100)")
-    sp.add_argument("--job", choices=["full", "incremental", "wal", "retention"], help="only this job")
+    sp.add_argument("--job", choices=list(JOB_NAMES), help="only this job")
     walp = sub.add_parser("wal", help="WAL archive maintenance")
     walsub = walp.add_subparsers(dest="wal_command", required=True, metavar="SUBCOMMAND")
     sp = walsub.add_parser("verify", help="check the WAL archive for gaps, per timeline")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from typing import TYPE_CHECKING
 
 import structlog
 
 from contentflow_backupd.cli.output import human_bytes, print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
 from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.ops.sweep import SweepResult
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
@@ -178,6 +182,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.ops.restore import resolve_backup_id
     from contentflow_backupd.ops.verify import verify_backups
 
+    if getattr(args, "since_last", False):
+        return _verify_since_last(args, settings)
     repo = wiring.open_repository(settings)
     if args.backup_ids and not args.all:
         ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
@@ -203,6 +209,78 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             + "; ".join(f"{f.backup_id} {f.key} ({f.problem})" for f in report.faults[:5])
         )
     return EXIT_OK
+
+
+def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.errors import UsageError
+    from contentflow_backupd.ops.sweep import open_corrupt_summary, verify_since_last
+    from contentflow_backupd.scheduling.periods import schedule_period
+    from contentflow_backupd.timespec import parse_duration, parse_schedule
+
+    if args.backup_ids or args.all or args.quick:
+        raise UsageError("--since-last verifies the whole cluster: not with backup ids, --all or --quick")
+    # A manual run with the verify job off paces the sweep as a daily job would.
+    interval = schedule_period(parse_schedule(settings.schedule.verify), settings.schedule.timezone)
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        result = verify_since_last(
+            repo,
+            catalog,
+            settings.cluster,
+            full_sweep_s=parse_duration(settings.verify.full_sweep),
+            interval_s=interval or 86400.0,
+            concurrency=settings.upload_concurrency,
+            lock_dir=wiring.lock_dir(settings),
+        )
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        _print_sweep(result)
+    if not result.ok:
+        n = len(result.open_corrupt)
+        raise VerificationFailed(
+            f"{n} corrupt object(s) in cluster {settings.cluster!r}: "
+            + "; ".join(open_corrupt_summary(result.open_corrupt)),
+            hint="take a new full backup so that new backups stop needing it (then `expire` the old "
+            "ones), or restore the object from a copy; see docs/verification.md",
+        )
+    return EXIT_OK
+
+
+def _print_sweep(result: SweepResult) -> None:
+    fmt = "%Y-%m-%d %H:%M:%S"
+    read = result.to_json()["read"]
+    new = ", ".join(result.new_backups) or "none"
+    print(
+        f"cluster {result.cluster!r}: read {read['manifests']} manifests, {read['new_objects']} objects of "
+        f"new backups ({new}), {read['sweep_objects']} sweep objects, {read['rechecked']} rechecked; "
+        f"{human_bytes(result.bytes_read)}; {read['referenced_checked']} referenced objects listed with "
+        "their size"
+    )
+    plan = result.plan
+    print(
+        f"sweep: share {plan.share} of {result.state.sweep_objects_total} objects, cursor "
+        f"{plan.cursor or '(start)'}, {plan.remaining} left in this pass (started "
+        f"{plan.pass_started_at:{fmt}} UTC), full pass expected by {result.estimated_pass_end:{fmt}} UTC"
+    )
+    for f in result.found:
+        print(f"  corrupt: {f.key}: {f.problem} (needed by {', '.join(f.backup_ids) or 'the WAL archive'})")
+    for f in result.ignored:
+        print(f"  ignored: {f.key}: {f.problem} (no kept backup needs it)")
+    for r in result.resolved:
+        print(f"  resolved: {r.key}: {r.resolution}")
+    still = [r for r in result.open_corrupt if r.key not in {f.key for f in result.found}]
+    for r in still:
+        print(f"  still open: {r.key}: {r.problem} (since {r.detected_at:{fmt}} UTC)")
+    print(
+        "ok: no corrupt object is open"
+        if result.ok
+        else f"CORRUPT: {len(result.open_corrupt)} object(s) open"
+    )
 
 
 def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:

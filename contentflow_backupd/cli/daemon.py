@@ -57,7 +57,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.model import utcnow
     from contentflow_backupd.ops.health import WalState, evaluate_health
-    from contentflow_backupd.ops.health_inputs import collect_health_inputs
+    from contentflow_backupd.ops.health_inputs import collect_health_inputs, recovery_state
 
     objectives = wiring.objectives(settings)
     storage = wiring.open_storage(settings)
@@ -76,7 +76,21 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 wal = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
         try:
             readable = catalog if deps["catalog"].up else None
-            inputs = collect_health_inputs(readable, settings.cluster, dependencies=deps, wal=wal)
+            recovery = None
+            if readable is not None and deps["storage"].up:
+                try:
+                    repo = wiring.open_repository(settings, storage)
+                    recovery = recovery_state(wiring.recovery_objectives(settings, repo, readable))
+                except BackupdError as exc:
+                    log.warning("recovery_objectives_unknown", error=exc.message)
+            inputs = collect_health_inputs(
+                readable,
+                settings.cluster,
+                dependencies=deps,
+                wal=wal,
+                drills=settings.schedule.restore_test != "off",
+                recovery=recovery,
+            )
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)
             inputs = collect_health_inputs(None, settings.cluster, dependencies=deps, wal=wal)

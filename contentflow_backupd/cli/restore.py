@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from contentflow_backupd.cli.output import human_bytes, print_json
 from contentflow_backupd.errors import EXIT_OK
 from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.ops.recover_report import CheckOutcome, RecoverResult, RunChecks
+    from contentflow_backupd.repository.repository import Repository
+    from contentflow_backupd.source.conninfo import ConnInfo
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
@@ -176,3 +183,179 @@ def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int
     for p in points:
         print(f"{p.name:<32} {p.lsn:<18} {p.timeline:>8}  {p.created_at:%Y-%m-%d %H:%M:%S.%f}")
     return EXIT_OK
+
+
+# -- recover ---------------------------------------------------------------------------------------
+_RECOVER_PHYSICAL = (
+    "target_time", "target_lsn", "target_xid", "target_name", "target_action", "target_timeline",
+    "owner", "keep_archiving", "start", "check_url",
+)  # fmt: skip
+
+
+def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
+    """The disaster-recovery procedure (docs/disaster-recovery.md): exit 0 recovered and checked,
+    1 recovered but a check failed."""
+    from contentflow_backupd import wiring
+    from contentflow_backupd.errors import EXIT_FAILED, UsageError
+    from contentflow_backupd.ops.objectives import open_corrupt_backups
+    from contentflow_backupd.ops.recover import recover_logical
+
+    if bool(args.pgdata) == bool(args.to_database):
+        raise UsageError(
+            "recover needs exactly one of --pgdata DIR (physical) or --to-database URL (logical)"
+        )
+    given = [f"--{n.replace('_', '-')}" for n in _RECOVER_PHYSICAL if getattr(args, n)]
+    if args.to_database and given:
+        raise UsageError(f"{', '.join(given)}: only with --pgdata DIR")
+    if args.check_url and not args.start:
+        raise UsageError("--check-url: only with --start")
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        excluded = open_corrupt_backups(catalog, settings.cluster)
+        if args.pgdata:
+            result = _recover_physical(args, settings, repo, catalog, excluded)
+        else:
+            target = wiring.restore_target(settings, args.to_database)
+            result = recover_logical(
+                repo,
+                settings.cluster,
+                target,
+                backup=args.backup,
+                excluded=excluded,
+                check=_checks(settings, target.info),
+                concurrency=settings.upload_concurrency,
+            )
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        _print_recovery(result)
+    return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
+
+
+def _recover_physical(
+    args: argparse.Namespace, settings: Settings, repo: Repository, catalog: Catalog, excluded: dict[str, str]
+) -> RecoverResult:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.observability.logging import register_secret
+    from contentflow_backupd.ops.physical_restore import (
+        PhysicalRestoreOptions,
+        PhysicalRestoreResult,
+        RecoveryTarget,
+    )
+    from contentflow_backupd.ops.recover import recover_physical
+    from contentflow_backupd.ops.recover_report import ServerState
+    from contentflow_backupd.repository.walarchive import WalArchive
+    from contentflow_backupd.source.conninfo import ConnInfo
+    from contentflow_backupd.source.server import RestoredServer
+
+    given = any(getattr(args, f"target_{k}") for k in ("time", "lsn", "xid", "name"))
+    target = RecoveryTarget.parse(
+        time=args.target_time,
+        lsn=args.target_lsn,
+        xid=args.target_xid,
+        name=args.target_name,
+        action=args.target_action or ("promote" if given else None),
+        timeline=args.target_timeline,
+    )
+    if args.check_url:
+        info = ConnInfo.parse(args.check_url, setting="--check-url")
+        register_secret(info.password)
+    else:
+        info = wiring.source_conninfo(settings)
+
+    def start(restored: PhysicalRestoreResult) -> ServerState:
+        server = RestoredServer(restored.pgdata, bin_dir=settings.drill.pg_bin or settings.pg_bin)
+        server.start()
+        status = server.wait_recovery(info, target.action if target.kind else "promote")
+        return ServerState(status.reached, status.replayed_to, status.detail, server.logfile)
+
+    return recover_physical(
+        repo,
+        WalArchive(repo, settings.cluster),
+        PhysicalRestoreOptions(
+            cluster=settings.cluster,
+            backup=args.backup,
+            pgdata=Path(args.pgdata),
+            target=target,
+            tool=wiring.self_command(),
+            recovery=wiring.recovery_config(settings),
+            owner=args.owner,
+            keep_archiving=args.keep_archiving,
+            concurrency=settings.upload_concurrency,
+        ),
+        catalog=catalog,
+        excluded=excluded,
+        start=start if args.start else None,
+        check=_checks(settings, info) if args.start else None,
+    )
+
+
+def _checks(settings: Settings, info: ConnInfo) -> RunChecks:
+    from contentflow_backupd.ops.drill_checks import run_checks
+    from contentflow_backupd.repository.manifest import Manifest
+
+    def check(manifest: Manifest) -> list[CheckOutcome]:
+        return list(run_checks(info, manifest.details, settings.drill.checks))
+
+    return check
+
+
+def _print_recovery(result: RecoverResult) -> None:
+    for s in result.skipped:
+        print(f"skipped backup {s.backup_id}: {s.reason}")
+    took = f"restore {result.restore_seconds:.1f}s"
+    if result.recovery_seconds is not None:
+        took += f", recovery {result.recovery_seconds:.1f}s"
+    print(
+        f"recovered backup {result.backup_id} ({result.backup_kind}, finished "
+        f"{result.backup_finished_at:%Y-%m-%d %H:%M:%S}Z) into {result.destination}: "
+        f"{human_bytes(result.restored_bytes)}; {took}; {result.total_seconds:.1f}s in all"
+    )
+    print(f"recovered to: {result.recovered_to}")
+    if result.server is not None:
+        print(f"server: {result.server.reached} ({result.server.detail})")
+    for c in result.checks:
+        print(f"check {c.name}: {c.status}{': ' + c.detail if c.detail else ''}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    if result.status != "succeeded":
+        print("RECOVERED, BUT CHECKS FAILED: " + ", ".join(c.name for c in result.checks_failed))
+    print("next steps:")
+    for step in result.next_steps:
+        print(f"  - {step}")
+
+
+def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
+    """Restore drill: exit 0 when it succeeded, 1 when it failed (the result says why)."""
+    from contentflow_backupd import wiring
+    from contentflow_backupd.errors import EXIT_FAILED
+    from contentflow_backupd.ops.drill import run_drill
+
+    target = args.target_time
+    if target not in ("random", "none"):
+        from contentflow_backupd.ops.physical_restore import RecoveryTarget
+
+        RecoveryTarget.parse(time=target)  # a bad time is a usage error, not a failed drill
+    opts = wiring.drill_options(
+        settings, backup=args.backup, target_time=None if target == "none" else target
+    )
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        result = run_drill(repo, catalog, opts)
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        rto = "-" if result.rto_seconds is None else f"{result.rto_seconds:.1f}s"
+        print(
+            f"restore drill {result.id}: {result.status.upper()}; backup {result.backup_id or '-'} to "
+            f"{result.target}; RTO {rto}; restored {human_bytes(result.restored_bytes)}"
+        )
+        for check in result.checks:
+            print(f"  {check.status:<8} {check.name:<16} {check.detail}")
+    return EXIT_OK if result.succeeded else EXIT_FAILED

@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 LOOP_INTERVAL = 1.0
 LEADER_POLL = 5.0
 PROBE_INTERVAL = 15.0
+OBJECTIVES_INTERVAL = 60.0
+"""The recovery window needs a LIST of the WAL archive: once a minute is enough for a metric
+whose alert waits 5 minutes."""
 CHILD_STOP_WAIT = 20.0
 
 
@@ -52,6 +55,8 @@ class Daemon:
         self._deps: dict[str, Any] = {}
         self._catalog_up = False
         self._wal_state: Any = None
+        self._recovery: Any = None
+        self._next_objectives = 0.0
         self._scheduler: Any = None
         self._http: Any = None
         self._runner: Any = None
@@ -92,6 +97,7 @@ class Daemon:
         if self._lock.mode == "exclusive":
             self._lock.require()  # a second daemon on one SQLite catalog is refused
         self._repo = self._open_or_init_repository()
+        self._cleanup_drills()
         self._notifier = wiring.notifier(s)
         self._build_runner()
         self._start_http()
@@ -105,6 +111,20 @@ class Daemon:
         self.sd.ready()
         self.sd.status(self._status_text())
         log.info("daemon_ready", leader=self.leader, http=s.http.listen)
+
+    def _cleanup_drills(self) -> None:
+        """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
+        from contentflow_backupd.ops.drill_workspace import cleanup_stale_drills
+
+        try:
+            removed = cleanup_stale_drills(
+                wiring.state_dir(self.settings), database=wiring.drill_options(self.settings).database
+            )
+        except BackupdError as exc:
+            log.warning("drill_cleanup_failed", error=exc.message)
+            return
+        if removed:
+            log.info("stale_drills_removed", drills=removed)
 
     def _open_or_init_repository(self) -> Repository:
         s = self.settings
@@ -210,7 +230,9 @@ class Daemon:
 
     def _update_next_runs(self) -> None:
         runs = self._scheduler.next_runs() if self._scheduler is not None else {}
-        for job in ("full", "incremental", "wal", "retention"):
+        from contentflow_backupd.scheduling.scheduler import JOB_IDS
+
+        for job in JOB_IDS:
             when = runs.get(job)
             self.metrics.set_next_run(job, when.timestamp() if when else None)
 
@@ -261,6 +283,23 @@ class Daemon:
                 self._wal_state = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
             if self.leader and self._walwatch is not None:
                 self._walwatch.guard(self._wal_state)
+        if time.monotonic() >= self._next_objectives:
+            self._next_objectives = time.monotonic() + OBJECTIVES_INTERVAL
+            self._probe_objectives()
+
+    def _probe_objectives(self) -> None:
+        """The recovery window and the RPO if the server died now (``backupd_recovery_point_age_
+        seconds``), the RTO estimate; for /healthz."""
+        from contentflow_backupd.ops.health_inputs import recovery_state
+
+        assert self._catalog is not None and self._repo is not None
+        try:
+            report = wiring.recovery_objectives(self.settings, self._repo, self._catalog)
+        except BackupdError as exc:
+            log.warning("recovery_objectives_unknown", error=exc.message)
+            return
+        self.metrics.set_recovery_point_age(report.get("recovery_point_age_seconds"))
+        self._recovery = recovery_state(report)
 
     # -- probes for the HTTP endpoints -----------------------------------------------------
     def live(self) -> bool:
@@ -283,6 +322,8 @@ class Daemon:
                 dependencies=dict(self._deps),
                 wal=self._wal_state,
                 leader=self.leader,
+                drills=s.schedule.restore_test != "off",
+                recovery=self._recovery,
             )
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)

@@ -20,7 +20,7 @@ import structlog
 
 from contentflow_backupd import wiring
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.errors import BackupdError, LockedError
+from contentflow_backupd.errors import BackupdError, LockedError, VerificationFailed
 from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, utcnow
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
@@ -31,6 +31,11 @@ from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+class DrillFailed(BackupdError):
+    """A restore drill whose checks failed (the run is recorded as failed and notified)."""
+
 
 RETENTION_LOCK_WAIT = 30 * 60.0
 """How long the retention job waits for a running backup of the cluster before it is skipped."""
@@ -96,6 +101,25 @@ class JobRunner:
         for run in failures:
             self.metrics.seed_failure(run.job, run.finished_at or run.started_at)
         self._update_window(backups)
+        try:
+            from contentflow_backupd.ops.sweep import open_corrupt_count
+
+            state = self.catalog.get_verify_state(self.settings.cluster)
+            self.metrics.set_verify_last_success(state.last_deep_success_at)
+            self.metrics.set_corrupt_objects(open_corrupt_count(self.catalog, self.settings.cluster))
+        except BackupdError as exc:
+            log.warning("verify_state_unreadable", error=exc.message)
+        try:
+            drills = self.catalog.list_drills(self.settings.cluster, limit=1)
+            good = self.catalog.list_drills(self.settings.cluster, status="succeeded", limit=1)
+            if drills:
+                self.metrics.set_last_drill(
+                    rto_s=drills[0].rto_seconds, restored_bytes=drills[0].restored_bytes
+                )
+            if good:
+                self.metrics.set_last_drill(succeeded_at=good[0].finished_at)
+        except BackupdError as exc:
+            log.warning("drills_unreadable", error=exc.message)
 
     def _update_window(self, backups: list[BackupRecord] | None = None) -> None:
         if backups is None:
@@ -119,6 +143,12 @@ class JobRunner:
                     self._simple_run("wal", trigger, self._wal)
                 elif job_id == "retention":
                     self._simple_run("retention", trigger, self._retention)
+                elif job_id == "verify":
+                    self._simple_run("verify", trigger, self._verify)
+                elif job_id == "restore_test":
+                    self._simple_run(
+                        "restore_test", trigger, lambda run_id: self._restore_test(run_id, trigger)
+                    )
                 else:
                     log.error("unknown_job", job=job_id)
         except (Interrupted, KeyboardInterrupt):
@@ -171,9 +201,35 @@ class JobRunner:
             stored_bytes=record.stored_bytes,
         )
         self._succeeded(kind, f"{record.kind} backup {record.id} succeeded", backup_id=record.id)
+        self._quick_check(record)
         self._check_anomaly(record)
         self._update_window()
         return record
+
+    def _quick_check(self, record: BackupRecord) -> None:
+        """Right after a backup: every object its manifest names exists with its stored size."""
+        from contentflow_backupd.ops.sweep import open_corrupt_count, quick_check_backup, record_faults
+
+        s = self.settings
+        try:
+            faults = quick_check_backup(self.repo, s.cluster, record.id, s.upload_concurrency)
+            if faults:
+                record_faults(self.catalog, s.cluster, faults)
+                self._corrupt_found([f"{f.key} ({f.problem})" for f in faults], f"the new backup {record.id}")
+            self.metrics.set_corrupt_objects(open_corrupt_count(self.catalog, s.cluster))
+        except BackupdError as exc:
+            log.warning("quick_check_failed", backup_id=record.id, error=exc.message)
+
+    def _corrupt_found(self, objects: list[str], where: str) -> None:
+        log.error("corrupt_objects_found", where=where, objects=objects[:20], count=len(objects))
+        self.notifier.notify(
+            "corrupt_objects",
+            f"contentflow-backupd: {len(objects)} damaged or missing object(s) in {where}: "
+            + "; ".join(objects[:5])
+            + (" ..." if len(objects) > 5 else ""),
+            objects=objects[:20],
+            count=len(objects),
+        )
 
     def _check_anomaly(self, record: BackupRecord) -> None:
         a = self.settings.anomaly
@@ -232,6 +288,60 @@ class JobRunner:
             return "WAL job: nothing to do in logical mode"
         result = self._wal_tick(run_id)
         return str(result.get("summary", "wal run succeeded"))
+
+    def _verify(self, run_id: int) -> str | None:
+        from contentflow_backupd.ops.sweep import open_corrupt_summary, verify_since_last
+        from contentflow_backupd.scheduling.periods import schedule_period
+        from contentflow_backupd.timespec import parse_duration, parse_schedule
+
+        s = self.settings
+        interval = schedule_period(parse_schedule(s.schedule.verify), s.schedule.timezone) or 86400.0
+        result = verify_since_last(
+            self.repo,
+            self.catalog,
+            s.cluster,
+            full_sweep_s=parse_duration(s.verify.full_sweep),
+            interval_s=interval,
+            concurrency=s.upload_concurrency,
+            lock_dir=wiring.lock_dir(s),
+        )
+        self.metrics.verify_finished(result.ok, result.finished_at)
+        self.metrics.set_corrupt_objects(len(result.open_corrupt))
+        if result.found:
+            self._corrupt_found([f"{f.key} ({f.problem})" for f in result.found], "the repository")
+        summary = (
+            f"read {result.new_objects_read + result.sweep_objects_read} objects "
+            f"({len(result.new_backups)} new backups, {result.sweep_objects_read} in the sweep)"
+        )
+        if not result.ok:
+            raise VerificationFailed(
+                f"{len(result.open_corrupt)} damaged object(s) open: "
+                + "; ".join(open_corrupt_summary(result.open_corrupt))
+            )
+        return summary
+
+    def _restore_test(self, run_id: int, trigger: RunTrigger) -> str | None:
+        """A restore drill: restore into a scratch instance, check it, measure the RTO."""
+        from contentflow_backupd.ops.drill import run_drill
+
+        result = run_drill(
+            self.repo,
+            self.catalog,
+            wiring.drill_options(self.settings),
+            run_id=run_id,
+            trigger=trigger,
+            cancel=self.cancel,
+        )
+        self.metrics.restore_test_finished(
+            result.succeeded, result.finished_at or utcnow(), result.rto_seconds, result.restored_bytes
+        )
+        rto = f"{result.rto_seconds:.1f}s" if result.rto_seconds is not None else "-"
+        if not result.succeeded:
+            raise DrillFailed(
+                f"restore drill of {result.backup_id or 'no backup'} to {result.target} failed: "
+                f"{result.error or 'no check ran'}"
+            )
+        return f"restore drill of {result.backup_id} to {result.target} succeeded: RTO {rto}"
 
     def _retention(self, run_id: int) -> str | None:
         from contentflow_backupd.ops.retention import expire

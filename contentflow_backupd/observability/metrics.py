@@ -31,6 +31,8 @@ daemons in one process never collide. The series, exactly (README "Metrics" and 
     backupd_restore_test_restored_bytes                           what the last drill restored
     backupd_recovery_point_age_seconds                            now - newest restorable moment
 
+plus prometheus_client's standard ``process_*`` series (start time, CPU, memory, open files).
+
 Every ``{kind}`` series (``full``, ``incremental``), every kind x result pair and every
 dependency exist from the start at 0, so alerts and ``rate()`` see them before the first event.
 Label values come from these fixed sets (``job``: a short lowercase name): never backup ids,
@@ -50,7 +52,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 
@@ -109,6 +111,7 @@ class Metrics:
         """What ``render`` exposes (the metrics below, without ``_created`` samples)."""
         self.registry.register(_WithoutCreated(self._source))
         reg = self._source
+        ProcessCollector(registry=reg)  # process_start_time_seconds and friends (alerts use it)
         self._build_info = Gauge(
             "backupd_build_info", "Version of contentflow-backupd (value 1)", ["version"], registry=reg
         )

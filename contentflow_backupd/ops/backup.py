@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,8 @@ def _dispatch(
 
         def dump(writer: ChunkWriter) -> _Streams:
             with logical.dump() as stream:
-                return _Streams([writer.write_stream("dump", "pg_dump-custom", stream)])
+                entry = writer.write_stream("dump", "pg_dump-custom", stream)
+            return _Streams([entry], logical.dump_facts())
 
         return _execute(repo, catalog, opts, db.database, details, dump, attempt)
 
@@ -160,6 +162,7 @@ def _dispatch(
     }
 
     def basebackup(writer: ChunkWriter) -> _Streams:
+        schema = physical.schema_facts()  # at the start: what restore drills compare against
         label = f"contentflow-backupd {writer.generation}"
         with physical.basebackup(label, archive_timeout=opts.archive_timeout, server_major=info.major) as bb:
             entry = writer.write_stream("base.tar", "pg_basebackup-tar", bb.stream)
@@ -169,6 +172,7 @@ def _dispatch(
         return _Streams(
             [entry],
             {
+                **schema,
                 "start_lsn": format_lsn(bb.start_lsn),
                 "stop_lsn": format_lsn(bb.stop_lsn),
                 "timeline": bb.timeline,
@@ -215,7 +219,7 @@ def _execute(
     plan: GenerationPlan = plan_generation(repo, opts.cluster, opts.kind, opts.mode)
     if plan.note:
         log.warning("incremental_runs_as_full", reason=plan.note)
-    started = utcnow()
+    started = _after_newest_backup(repo, opts.cluster)
     backup_id = new_backup_id(plan.kind, started)
     generation = plan.generation or backup_id
     record = BackupRecord(
@@ -277,6 +281,21 @@ def _execute(
         return done
     finally:
         structlog.contextvars.unbind_contextvars("backup_id", "kind")
+
+
+def _after_newest_backup(repo: Repository, cluster: str) -> datetime:
+    """Now, but in a later second than the newest backup id: ids have one-second resolution and
+    "newest" (generations, ``latest``, retention) is decided by id, so two backups must never
+    share a second (a random suffix would order them by chance)."""
+    newest = max(repo.iter_backup_ids(cluster), default=None)
+    now = utcnow()
+    for _ in range(3):  # a newest id further ahead is another clock's: say so, do not wait for it
+        if newest is None or new_backup_id("full", now)[:16] > newest[:16]:
+            return now
+        time.sleep(1.0 - now.microsecond / 1e6 + 0.001)
+        now = utcnow()
+    log.warning("backup_id_clock_behind", newest_backup=newest, now=now.isoformat())
+    return now
 
 
 def _fail(catalog: Catalog, attempt: list[BackupRecord], run_id: int, status: str, error: str) -> None:

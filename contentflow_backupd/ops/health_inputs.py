@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.model import BACKUP_KINDS
+from contentflow_backupd.model import BACKUP_KINDS, parse_iso
 from contentflow_backupd.ops.health import (
     RUN_HISTORY,
     DependencyState,
+    DrillState,
     HealthInputs,
     KindState,
+    RecoveryState,
     ServerWal,
     WalState,
 )
@@ -31,19 +33,23 @@ def collect_health_inputs(
     wal: WalState | None = None,
     leader: bool | None = None,
     run_history: int = RUN_HISTORY,
+    drills: bool = False,
+    recovery: RecoveryState | None = None,
 ) -> HealthInputs:
     """Read the per-kind state from the catalog (``kinds`` None when ``catalog`` is None); the
     other arguments pass through (a bare ``bool`` dependency becomes ``DependencyState(bool)``).
 
     Last successes come from the ``succeeded`` backups of ``cluster`` (by ``finished_at``); last
     run statuses from the newest ``run_history`` runs, whose ``job`` is the backup kind asked for
-    (runs are not per cluster). Catalog errors propagate (``CatalogError``)."""
+    (runs are not per cluster). Open corrupt objects from the catalog. With ``drills`` (the
+    restore_test schedule is on), the newest finished ``restore_test`` run. ``recovery`` passes
+    through. Catalog errors propagate (``CatalogError``)."""
     deps = {
         k: v if isinstance(v, DependencyState) else DependencyState(v)
         for k, v in (dependencies or {}).items()
     }
     if catalog is None:
-        return HealthInputs(kinds=None, wal=wal, dependencies=deps, leader=leader)
+        return HealthInputs(kinds=None, wal=wal, dependencies=deps, leader=leader, recovery=recovery)
     newest: dict[str, datetime] = {}
     for b in catalog.list_backups(cluster, ["succeeded"]):
         end = b.finished_at or b.started_at
@@ -67,7 +73,30 @@ def collect_health_inputs(
             last_run_at=last.finished_at or last.started_at,
             last_run_error=last.error if status == "failed" else None,
         )
-    return HealthInputs(kinds=kinds, wal=wal, dependencies=deps, leader=leader)
+    drill = None
+    if drills:
+        last_drill = next(
+            (r for r in reversed(runs) if r.job == "restore_test" and r.status in ("succeeded", "failed")),
+            None,
+        )
+        if last_drill is None:
+            drill = DrillState()
+        else:
+            drill = DrillState(
+                "failed" if last_drill.status == "failed" else "succeeded",
+                last_drill.finished_at or last_drill.started_at,
+                last_drill.error,
+                recovery.last_drill_rto if recovery is not None else None,
+            )
+    return HealthInputs(
+        kinds=kinds,
+        wal=wal,
+        dependencies=deps,
+        leader=leader,
+        corrupt_objects=len(catalog.list_corrupt(cluster)),
+        drill=drill,
+        recovery=recovery,
+    )
 
 
 def read_wal_state(archive: WalArchive, server: ServerWal | None, *, detail: str | None = None) -> WalState:
@@ -124,3 +153,16 @@ def check_dependencies(probes: Mapping[str, Callable[[], object]]) -> dict[str, 
         else:
             states[name] = DependencyState(True, "reachable")
     return states
+
+
+def recovery_state(report: Mapping[str, Any]) -> RecoveryState:
+    """The ``recovery_objectives`` check's input from an ``ops.objectives`` report."""
+    window = report.get("window") or {}
+    drill = report.get("last_drill") or {}
+    return RecoveryState(
+        window_start=parse_iso(window.get("oldest")),
+        window_end=parse_iso(window.get("newest")),
+        rto_objective=report.get("rto_objective_seconds"),
+        rto_estimate=report.get("rto_estimate_seconds"),
+        last_drill_rto=drill.get("rto_seconds"),
+    )

@@ -28,13 +28,14 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.model import JOB_NAMES
 from contentflow_backupd.scheduling import jobs
 from contentflow_backupd.scheduling.periods import cron_trigger
 from contentflow_backupd.timespec import Schedule
 
 log = structlog.get_logger(__name__)
 
-JOB_IDS = ("full", "incremental", "wal", "retention")
+JOB_IDS = JOB_NAMES
 TABLE = "apscheduler_jobs"
 _EPOCH = datetime(2000, 1, 3)  # a Monday: ``every`` intervals are aligned to it, restart or not
 

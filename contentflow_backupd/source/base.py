@@ -69,6 +69,12 @@ class PhysicalSource(Protocol):
         """Close the current WAL segment so that it is archived."""
         ...
 
+    def schema_facts(self) -> dict[str, Any]:
+        """What a restore must reproduce, read now: ``schema_fingerprint`` (and per-relation
+        ``schema_objects``), ``row_estimates`` and ``bootstrap_superuser`` (JSON values, recorded
+        in the manifest's details). ``SourceError`` when it cannot be read."""
+        ...
+
 
 class LogicalSource(Protocol):
     """A database that can be dumped."""
@@ -80,6 +86,12 @@ class LogicalSource(Protocol):
     def dump(self) -> AbstractContextManager[BinaryIO]:
         """A ``pg_dump -Fc`` archive (its own compression off) as a stream. On leaving the
         block the dump process must have exited 0, else ``SourceError`` with its stderr."""
+        ...
+
+    def dump_facts(self) -> dict[str, Any]:
+        """After a completed ``dump()``: facts read in the dump's own snapshot (JSON values for
+        the manifest's details: ``schema_fingerprint``, ``schema_objects``, exact
+        ``row_counts`` and ``row_estimates`` for tables not counted); ``{}`` when none."""
         ...
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import psycopg
 import structlog
 
-from contentflow_backupd.errors import SourceError
-from contentflow_backupd.source import postgres
+from contentflow_backupd.errors import BackupdError, SourceError
+from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
 from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
@@ -30,6 +32,8 @@ class PgDumpSource:
         self._tmp_root = tmp_root
         self._described: DatabaseInfo | None = None
         self._started: tuple[ExitStack, subprocess.Popen[bytes], StderrTail] | None = None
+        self._facts: dict[str, Any] = {}
+        self._snapshot: DumpSnapshot | None = None
 
     def describe(self) -> DatabaseInfo:
         if self._described is None:
@@ -47,6 +51,7 @@ class PgDumpSource:
         if self._started is not None:
             stack, proc, _tail = self._started
             self._started = None
+            self._snapshot = None
             stop_process(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
@@ -66,17 +71,30 @@ class PgDumpSource:
         ]
         stack = ExitStack()
         try:
+            snapshot = DumpSnapshot.open(self.info)
+            if snapshot is not None:
+                stack.callback(snapshot.close)
+                argv.insert(-2, f"--snapshot={snapshot.snapshot_id}")
             env = stack.enter_context(libpq_env(self.info, self._tmp_root))
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            if snapshot is not None:
+                snapshot.start_counting()
+                self._snapshot = snapshot
         except BaseException:
             stack.close()
             raise
         return stack, proc, StderrTail(proc)
 
+    def dump_facts(self) -> dict[str, Any]:
+        """What the last completed ``dump()`` recorded in its own snapshot (see ``DumpSnapshot``)."""
+        return dict(self._facts)
+
     @contextmanager
     def dump(self) -> Iterator[BinaryIO]:
         started, self._started = self._started, None
+        self._facts = {}
         stack, proc, tail = started or self._spawn()
+        snapshot, self._snapshot = self._snapshot, None
         with stack:
             assert proc.stdout is not None
             try:
@@ -89,6 +107,96 @@ class PgDumpSource:
             rc = proc.wait()
             if rc != 0:
                 raise SourceError(f"pg_dump of {self.info.display()} failed (exit {rc}): {tail.text()}")
+            if snapshot is not None:
+                self._facts = snapshot.finish()
+
+
+class DumpSnapshot:
+    """The snapshot a dump is taken in, and the facts recorded in it.
+
+    A ``REPEATABLE READ, READ ONLY`` transaction exports its snapshot (``pg_export_snapshot()``)
+    for ``pg_dump --snapshot``, records the schema fingerprint, and, while pg_dump runs, counts
+    the rows of the tables, smallest first, in that same snapshot: the counts are exactly the
+    rows the dump holds. The transaction stays open until pg_dump has ended. Counting never
+    makes a backup longer: when pg_dump ends, the count in progress is cancelled and the tables
+    not counted yet keep the planner's estimate (``row_estimates``), as does a table someone
+    holds locked for more than 5 s (``lock_timeout``: the facts never hold up a backup).
+
+    Best effort: when the snapshot cannot be exported (a server or pooler that refuses it), the
+    dump runs without one and records no facts.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], snapshot_id: str, facts_: dict[str, Any]) -> None:
+        self._conn = conn
+        self.snapshot_id = snapshot_id
+        self._facts = facts_
+        self._tables: list[facts.TableSize] = []
+        self._counts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, info: ConnInfo) -> DumpSnapshot | None:
+        try:
+            conn = postgres.connect(info)
+        except BackupdError as exc:
+            log.warning("dump_snapshot_unavailable", reason=exc.message)
+            return None
+        try:
+            conn.execute("begin isolation level repeatable read, read only")
+            # Never wait long for a lock: the facts are best effort, the dump is not.
+            conn.execute("set local lock_timeout = '5s'")
+            row = conn.execute("select pg_export_snapshot()").fetchone()
+            assert row is not None
+            recorded = facts.fingerprint_in(conn).to_details()
+            tables = facts.tables_in(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            log.warning("dump_snapshot_unavailable", reason=postgres.error_reason(exc))
+            return None
+        snapshot = cls(conn, str(row[0]), recorded)
+        if len(tables) <= facts.MAX_OBJECTS:
+            snapshot._tables = sorted(tables, key=lambda t: (t.heap_bytes, t.name))
+        return snapshot
+
+    def start_counting(self) -> None:
+        self._thread = threading.Thread(target=self._count, name="dump-row-counts", daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        try:
+            self._counts.update(facts.count_rows_in(self._conn, self._tables, self._stop.is_set))
+        except psycopg.Error:
+            return  # cancelled when pg_dump ended (or the server went away: pg_dump fails too)
+
+    def finish(self) -> dict[str, Any]:
+        """Stop counting, end the transaction; returns the facts (fingerprint, counts)."""
+        self.close()
+        out = dict(self._facts)
+        if self._tables:
+            out["row_counts"] = {t.name: self._counts[t.name] for t in self._tables if t.name in self._counts}
+            out["row_estimates"] = {
+                t.name: t.estimated_rows for t in self._tables if t.name not in self._counts
+            }
+        log.info(
+            "dump_facts_recorded",
+            tables=len(self._tables),
+            exact_counts=len(self._counts),
+            estimated=len(self._tables) - len(self._counts),
+        )
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        # Cancel again until the thread has left: a count may start just after a cancel.
+        while self._thread is not None and self._thread.is_alive():
+            self._conn.cancel()
+            self._thread.join(timeout=0.5)
+        self._conn.close()
 
 
 class PgRestoreTarget:

@@ -18,7 +18,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import SourceError
-from contentflow_backupd.source import postgres
+from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
 from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
@@ -155,6 +155,17 @@ class PgBaseBackupSource:
     def switch_wal(self) -> None:
         with postgres.connect(self.info) as conn:
             conn.execute("select pg_switch_wal()")
+
+    def schema_facts(self) -> dict[str, Any]:
+        """The database's schema fingerprint, estimated row counts and bootstrap superuser, now
+        (``source/facts.py``); what restore drills compare the restored cluster against."""
+        with postgres.connect(self.info) as conn:
+            try:
+                return facts.cluster_facts_in(conn)
+            except psycopg.Error as exc:
+                raise SourceError(
+                    f"cannot read the schema of {self.info.display()}: {postgres.error_reason(exc)}"
+                ) from None
 
     @contextmanager
     def basebackup(self, label: str, *, archive_timeout: float, server_major: int) -> Iterator[BaseBackup]:

@@ -81,6 +81,19 @@ def create_database(info: ConnInfo, name: str) -> None:
             raise SourceError(f"cannot create database {name!r}: {exc}".strip()) from None
 
 
+def drop_database(info: ConnInfo, name: str) -> None:
+    """``DROP DATABASE IF EXISTS`` (``WITH (FORCE)`` from PostgreSQL 13: sessions left in it by
+    a killed drill are ended), from the maintenance database of ``info``'s server."""
+    maintenance = info.with_database(_maintenance_db(info.with_database(name)))
+    with connect(maintenance, what="the maintenance database") as conn:
+        force = " with (force)" if conn.info.server_version >= 130000 else ""
+        try:
+            conn.execute(sql.SQL("drop database if exists {}" + force).format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            reason = error_reason(exc)
+            raise SourceError(f"cannot drop database {name!r} on {info.display()}: {reason}") from None
+
+
 def _maintenance_db(info: ConnInfo) -> str:
     return "postgres" if info.dbname != "postgres" else "template1"
 

@@ -299,3 +299,42 @@ def _version() -> str:
     from contentflow_backupd import __version__
 
     return __version__
+
+
+def test_scheduled_restore_drill_is_recorded_measured_and_reported(pg: PgCluster, pg_db: str) -> None:
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    _fill(pg, pg_db, rows=500)
+    base = Path(tempfile.mkdtemp(prefix="backupd-daemon-drill-"))
+    os.chmod(base, 0o755)  # the drill's scratch PostgreSQL runs as postgres under the state dir
+    try:
+        env = daemon_env(base, pg, pg_db, BACKUPD_SCHEDULE__RESTORE_TEST="every 4s")
+        cli = Cli(env=env)
+        cli.run("init", check=True)
+        cli.run("backup", "--kind", "full", check=True)
+        os.chmod(base / "state", 0o755)
+        with Daemon(env) as d:
+            d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+            d.wait_for(
+                "a successful drill",
+                lambda: (d.metric("backupd_restore_test_runs_total", result="success") or 0) >= 1,
+                timeout=120,
+            )
+            assert (d.metric("backupd_restore_test_duration_seconds") or 0) > 0
+            assert (d.metric("backupd_restore_test_restored_bytes") or 0) > 0
+            assert (d.metric("backupd_restore_test_last_success_timestamp_seconds") or 0) > 0
+            age = d.metric("backupd_recovery_point_age_seconds")
+            assert age is not None and age >= 0
+            body = d.get("/healthz")[1]
+            checks = {c["name"]: c for c in json.loads(body)["checks"]}
+            assert checks["restore_test_last_run"]["ok"], body
+            assert "restorable from" in checks["recovery_objectives"]["detail"], body
+        runs = cli.run("runs", "--job", "restore_test", "--json", check=True).json()
+        assert runs and runs[0]["status"] == "succeeded" and runs[0]["trigger"] == "scheduled"
+        drills = base / "state" / "drills"
+        assert not drills.exists() or not any(drills.iterdir())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

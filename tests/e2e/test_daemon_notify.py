@@ -84,3 +84,48 @@ def test_webhook_gets_anomaly_failure_and_recovery(
         failed = next(m for m in received if m["event"] == "run_failed")
         assert failed["job"] == "full" and "error" in failed and "the full run failed" in failed["text"]
     assert all("secret-token" not in line for line in d.raw_stderr)
+
+
+def test_verification_finds_a_damaged_chunk_until_retention_drops_its_backup(
+    tmp_path: Path, pg: PgCluster, pg_db: str, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = webhook
+    pg.execute("create table items (id bigint primary key, body text);", pg_db)
+    pg.execute("insert into items select g, md5(g::text) from generate_series(1, 5000) g", pg_db)
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_NOTIFY__WEBHOOK_URL=url)
+    cli = Cli(env=env)
+    cli.run("init", check=True)
+    old = cli.run("backup", "--kind", "full", "--json", check=True).json()
+    chunk = next((tmp_path / "repo" / "main" / "chunks" / old["generation"]).rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    daemon = {
+        **env,
+        "BACKUPD_SCHEDULE__VERIFY": "every 2s",
+        "BACKUPD_VERIFY__FULL_SWEEP": "10s",
+    }
+    with Daemon(daemon) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        d.wait_for("the damaged chunk", lambda: (d.metric("backupd_verify_corrupt_objects") or 0) >= 1)
+        d.wait_for("healthz 503", lambda: d.get("/healthz")[0] == 503)
+        assert (d.metric("backupd_verify_runs_total", result="failure") or 0) >= 1
+        d.wait_for("a webhook", lambda: [m for m in received if m["event"] == "corrupt_objects"])
+        notice = next(m for m in received if m["event"] == "corrupt_objects")
+        assert chunk.name in notice["text"]
+    # a new full backup, and retention drops the old one: nothing needs the damaged chunk any more
+    cli.run("backup", "--kind", "full", check=True)
+    expire_env = {"BACKUPD_RETENTION__FULL": "1s", "BACKUPD_RETENTION__GC_GRACE": "1h"}
+    cli.run("expire", "--confirm", env=expire_env, check=True)
+    with Daemon(daemon) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        d.wait_for("resolved", lambda: d.metric("backupd_verify_corrupt_objects") == 0)
+        d.wait_for(
+            "a clean verification",
+            lambda: (d.metric("backupd_verify_runs_total", result="success") or 0) >= 1,
+        )
+        d.wait_for("healthz 200", lambda: d.get("/healthz")[0] == 200)
+    runs = cli.run("runs", "--job", "verify", "--json", check=True).json()
+    assert {r["status"] for r in runs} >= {"failed", "succeeded"}

@@ -22,6 +22,8 @@ def test_physical_daemon_streams_wal_and_keeps_the_rpo() -> None:
             "BACKUPD_SCHEDULE__INCREMENTAL": "off",
             "BACKUPD_SCHEDULE__WAL": "every 3s",
             "BACKUPD_SCHEDULE__RETENTION": "off",
+            "BACKUPD_SCHEDULE__VERIFY": "off",
+            "BACKUPD_SCHEDULE__RESTORE_TEST": "off",
             "BACKUPD_SHUTDOWN_GRACE": "10s",
         }
         with Daemon(env) as d:

@@ -40,6 +40,8 @@ def test_prometheus_scrapes_the_daemon(cli: Cli) -> None:
         "BACKUPD_SCHEDULE__INCREMENTAL": "off",
         "BACKUPD_SCHEDULE__WAL": "off",
         "BACKUPD_SCHEDULE__RETENTION": "off",
+        "BACKUPD_SCHEDULE__VERIFY": "off",
+        "BACKUPD_SCHEDULE__RESTORE_TEST": "off",
         "BACKUPD_SHUTDOWN_GRACE": "5s",
     }
     with Daemon(env) as daemon:

@@ -39,6 +39,8 @@ def daemon_env(tmp_path: Path, pg: Any, db: str, **extra: str) -> dict[str, str]
         "BACKUPD_SCHEDULE__INCREMENTAL": "off",
         "BACKUPD_SCHEDULE__WAL": "off",
         "BACKUPD_SCHEDULE__RETENTION": "off",
+        "BACKUPD_SCHEDULE__VERIFY": "off",
+        "BACKUPD_SCHEDULE__RESTORE_TEST": "off",
         "BACKUPD_SHUTDOWN_GRACE": "5s",
     }
     env.update(extra)

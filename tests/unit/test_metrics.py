@@ -71,7 +71,18 @@ def type_lines(m: Metrics) -> dict[str, str]:
 
 def test_exactly_the_documented_series() -> None:
     declared = type_lines(Metrics())
-    assert declared == SERIES
+    ours = {name: kind for name, kind in declared.items() if name.startswith("backupd_")}
+    assert ours == SERIES
+    # and prometheus_client's standard process series (the drill alert uses the start time)
+    assert declared["process_start_time_seconds"] == "gauge"
+    assert set(declared) - set(ours) <= {
+        "process_cpu_seconds_total",
+        "process_max_fds",
+        "process_open_fds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_virtual_memory_bytes",
+    }
 
 
 def test_content_type_is_prometheus_text() -> None:

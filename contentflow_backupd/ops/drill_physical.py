@@ -1,0 +1,196 @@
+"""The physical half of a restore drill (``ops/drill.py``): the random target, the restore into
+the scratch data directory, ``pg_verifybackup``, and following recovery to the target.
+
+The random target is a WAL position (``recovery_target_lsn``), not a time: a time target needs a
+commit after it in the archived WAL, which an idle database does not have, whereas any WAL record
+at or after a position ends recovery there. It is drawn between the backup's stop position and
+the start of the newest archived segment of the unbroken WAL chain that follows the backup, so a
+record after it is always archived.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from contentflow_backupd.errors import SourceError
+from contentflow_backupd.model import iso
+from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, run_checks
+from contentflow_backupd.ops.drill_workspace import Workspace
+from contentflow_backupd.ops.physical_restore import (
+    ArchiveView,
+    PhysicalRestoreOptions,
+    RecoveryTarget,
+    Span,
+    restore_physical,
+    timeline_at,
+)
+from contentflow_backupd.repository.manifest import Manifest
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.source.facts import ServerState
+from contentflow_backupd.source.scratch import ScratchServer, check_reachable, server_bin_dir, server_owner
+from contentflow_backupd.source.tools import find_tool
+from contentflow_backupd.wal import Segment, format_lsn, parse_lsn, parse_segment
+
+if TYPE_CHECKING:
+    from contentflow_backupd.ops.drill import DrillOptions, DrillResult
+
+
+def random_lsn(archive: WalArchive, manifest: Manifest, rng: random.Random) -> int | None:
+    """A random position between the backup's stop and the start of the newest segment of the
+    unbroken archived chain after it (on the newest timeline's history); None when no segment
+    after the backup's last one is archived yet."""
+    d = manifest.details
+    size, tli = int(d["wal_segment_size"]), int(d["timeline"])
+    stop = parse_lsn(d["stop_lsn"])
+    view = ArchiveView(archive)
+    path = view.path(view.newest_timeline(tli)) or [Span(tli, 0, None)]
+    last_needed = parse_segment(d["wal_last"], size).number
+    segno = last_needed + 1
+    while True:
+        on = timeline_at(path, segno, size)
+        if Segment(on, segno).name(size) not in view.listing(on):
+            break
+        segno += 1
+    newest = segno - 1
+    if newest <= last_needed or newest * size <= stop:
+        return None
+    return rng.randrange(stop, newest * size)
+
+
+def _physical_target(
+    archive: WalArchive, manifest: Manifest, opts: DrillOptions, rng: random.Random
+) -> tuple[RecoveryTarget, str]:
+    if opts.target_time is None or opts.target_time == "none":
+        return RecoveryTarget(), "the end of the WAL archive"
+    if opts.target_time != "random":
+        target = RecoveryTarget.parse(time=opts.target_time, action="promote")
+        return target, target.describe()
+    lsn = random_lsn(archive, manifest, rng)
+    if lsn is None:
+        note = "the end of the WAL archive (no WAL archived after the backup yet: no random point to pick)"
+        return RecoveryTarget(), note
+    target = RecoveryTarget.parse(lsn=format_lsn(lsn), action="promote")
+    return target, f"{target.describe()} (random)"
+
+
+def drill_physical(
+    repo: Repository,
+    opts: DrillOptions,
+    manifest: Manifest,
+    ws: Workspace,
+    result: DrillResult,
+    t0: float,
+    cancel: threading.Event | None,
+) -> None:
+    """The physical drill, its results added to ``result``; the server is ``ws.server``."""
+    step = CheckLog(result.checks)
+    d = manifest.details
+    major = int(d.get("pg_version_num", 0)) // 10000
+    archive = WalArchive(repo, opts.cluster)
+    try:
+        target, result.target = _physical_target(archive, manifest, opts, random.Random(opts.seed))
+        owner = server_owner()
+        check_reachable(ws.path, owner)
+        bin_dir = server_bin_dir(major, opts.pg_bin)
+        ws.note(bin_dir=bin_dir)
+        restored = restore_physical(
+            repo,
+            archive,
+            PhysicalRestoreOptions(
+                cluster=opts.cluster,
+                backup=manifest.id,
+                pgdata=ws.pgdata,
+                target=target,
+                tool=list(opts.tool),
+                recovery=opts.recovery,
+                owner=None if owner.is_me else owner.name,
+                keep_archiving=False,
+                concurrency=opts.concurrency,
+            ),
+        )
+    except Exception as exc:  # noqa: BLE001 - a drill reports every failure as a check
+        step.fail("restore", exc)
+        return
+    result.restored_bytes = restored.restored_bytes
+    step.add(
+        CheckResult(
+            "restore",
+            "passed",
+            f"backup {manifest.id} restored ({restored.restored_bytes} bytes, {restored.files} files) "
+            f"in {restored.duration_seconds:.1f}s; recovery to {target.describe()} on timeline "
+            f"{restored.timeline}",
+        )
+    )
+    t_verify = time.monotonic()
+    step.add(_verifybackup(ws.pgdata, bin_dir, opts.client_bin, major))
+    not_rto = time.monotonic() - t_verify
+    server = ScratchServer(
+        ws.pgdata, ws.run_dir, bin_dir, owner, superuser=str(d.get("bootstrap_superuser") or "postgres")
+    )
+    ws.server = server
+    dbname = manifest.database or "postgres"
+    try:
+        server.make_run_dir()
+        server.configure()
+        server.start()
+        state = server.wait_ready(
+            dbname, promoted=True, timeout=opts.ready_timeout, cancelled=cancel.is_set if cancel else None
+        )
+    except Exception as exc:  # noqa: BLE001 - a drill reports every failure as a check
+        step.fail("recovery", exc)
+        return
+    result.rto_seconds = time.monotonic() - t0 - not_rto
+    step.add(recovery_check(target, state, result.rto_seconds))
+    step.extend(run_checks(server.conninfo(dbname), d, opts.checks_file, create_extensions=True))
+
+
+def recovery_check(target: RecoveryTarget, state: ServerState, rto: float) -> CheckResult:
+    """Did recovery reach ``target``? PostgreSQL (13+) refuses to end recovery short of a target,
+    so a promoted server has reached it; the replayed position and commit time are checked too."""
+    where = f"recovery ended at {state.replay_lsn or '?'} on timeline {state.timeline}"
+    if state.last_replayed_commit is not None:
+        where += f", last replayed commit at {iso(state.last_replayed_commit)}"
+    ready = f"; the server answered queries {rto:.1f}s after the drill started"
+    if state.in_recovery:
+        return CheckResult("recovery", "failed", f"the server is still in recovery: {where}")
+    if (
+        target.kind == "lsn"
+        and target.lsn is not None
+        and (state.replay_lsn is None or parse_lsn(state.replay_lsn) < target.lsn)
+    ):
+        return CheckResult("recovery", "failed", f"the target {target.describe()} was not reached: {where}")
+    last = state.last_replayed_commit
+    if target.kind == "time" and target.time is not None and last is not None and last > target.time:
+        return CheckResult(
+            "recovery", "failed", f"recovery went past the target {target.describe()}: {where}"
+        )
+    return CheckResult("recovery", "passed", f"reached {target.describe()}: {where}{ready}")
+
+
+def _verifybackup(pgdata: Path, bin_dir: Path, client_bin: Path | None, major: int) -> CheckResult:
+    name = "pg_verifybackup"
+    if not (pgdata / "backup_manifest").exists():
+        return CheckResult(name, "skipped", "the backup holds no backup_manifest")
+    tool = bin_dir / name
+    try:
+        path = tool if tool.exists() else find_tool(name, major, client_bin)
+    except SourceError as exc:
+        return CheckResult(name, "skipped", exc.message)
+    # WAL is not in the backup (it comes from the archive): recovery itself checks it.
+    argv = [str(path), "--no-parse-wal", str(pgdata)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=6 * 3600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return CheckResult(name, "failed", f"pg_verifybackup did not run: {exc}")
+    out = " ".join((proc.stderr + " " + proc.stdout).split())
+    if proc.returncode != 0:
+        return CheckResult(
+            name, "failed", f"the restored files do not match the backup's manifest: {out[-2000:]}"
+        )
+    return CheckResult(name, "passed", out[-300:] or "backup successfully verified")

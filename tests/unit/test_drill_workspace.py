@@ -1,0 +1,169 @@
+"""Drill directories and their crash cleanup (real files, real processes), and the random
+recovery target drawn from a WAL archive (the in-memory repository)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contentflow_backupd.ops.drill_physical import random_lsn
+from contentflow_backupd.ops.drill_workspace import (
+    ABANDONED_NEW_S,
+    DRILLS_DIR,
+    MARKER,
+    Workspace,
+    cleanup_stale_drills,
+)
+from contentflow_backupd.repository.chunker import ChunkerParams
+from contentflow_backupd.repository.crypto import KekSecret
+from contentflow_backupd.repository.manifest import Manifest
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.source.scratch import stop_leftover
+from contentflow_backupd.storage.memory import MemoryStorage
+from contentflow_backupd.wal import Segment
+
+SEG = 16 * 1024 * 1024
+
+
+def test_workspace_is_created_with_its_marker_under_its_name(tmp_path: Path) -> None:
+    ws = Workspace.create(tmp_path, "20261125T040000Z-drill-abcdef", shared=False)
+    assert ws.path == tmp_path / DRILLS_DIR / "20261125T040000Z-drill-abcdef"
+    marker = json.loads((ws.path / MARKER).read_text())
+    assert marker["pid"] == os.getpid() and marker["database"] is None
+    assert [p.name for p in (tmp_path / DRILLS_DIR).iterdir()] == [ws.path.name]
+    ws.note(database="backupd_drill_1", bin_dir=Path("/usr/lib/postgresql/15/bin"))
+    marker = json.loads((ws.path / MARKER).read_text())
+    assert marker["database"] == "backupd_drill_1" and marker["bin_dir"] == "/usr/lib/postgresql/15/bin"
+    ws.remove()
+    assert not ws.path.exists()
+
+
+def _left(tmp_path: Path, name: str, **marker: object) -> Path:
+    path = tmp_path / DRILLS_DIR / name
+    (path / "pgdata").mkdir(parents=True)
+    if marker:
+        (path / MARKER).write_text(json.dumps(marker))
+    return path
+
+
+@pytest.fixture
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _start_ticks(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def test_cleanup_removes_drills_whose_process_is_gone_and_keeps_live_ones(
+    tmp_path: Path, other_process: subprocess.Popen[bytes]
+) -> None:
+    import socket
+
+    host = socket.gethostname()
+    gone = _left(tmp_path, "gone", pid=2**22 + 7, host=host)
+    live = _left(
+        tmp_path, "live", pid=other_process.pid, host=host, pid_start=_start_ticks(other_process.pid)
+    )
+    reused = _left(tmp_path, "reused", pid=other_process.pid, host=host, pid_start="1")
+    no_marker = _left(tmp_path, "no-marker")
+    mine = _left(tmp_path, "mine", pid=os.getpid(), host=host)  # an earlier drill of this process
+    cleaned = cleanup_stale_drills(tmp_path)
+    assert sorted(cleaned) == ["gone", "mine", "no-marker", "reused"]
+    assert live.exists()
+    assert not gone.exists() and not reused.exists() and not no_marker.exists() and not mine.exists()
+
+
+def test_cleanup_keeps_a_scratch_database_it_cannot_drop_for_later(tmp_path: Path) -> None:
+    import socket
+
+    left = _left(tmp_path, "with-db", pid=2**22 + 7, host=socket.gethostname(), database="backupd_drill_x")
+    other_host = _left(tmp_path, "other-host", pid=2**22 + 7, host="elsewhere.invalid")
+    assert cleanup_stale_drills(tmp_path) == []  # no drill server given: the database stays
+    assert left.exists()
+    assert other_host.exists()  # a drill of another machine sharing the state directory
+
+
+def test_cleanup_of_half_created_directories(tmp_path: Path) -> None:
+    fresh = tmp_path / DRILLS_DIR / ".new-fresh"
+    old = tmp_path / DRILLS_DIR / ".new-old"
+    fresh.mkdir(parents=True)
+    old.mkdir()
+    past = time.time() - ABANDONED_NEW_S - 60
+    os.utime(old, (past, past))
+    cleanup_stale_drills(tmp_path)
+    assert fresh.exists() and not old.exists()
+
+
+def test_cleanup_without_drills_and_stop_leftover_without_server(tmp_path: Path) -> None:
+    assert cleanup_stale_drills(tmp_path) == []
+    (tmp_path / "pgdata").mkdir()
+    assert stop_leftover(tmp_path / "pgdata", None) is False
+    # A postmaster.pid naming a live process that does not serve the directory is left alone.
+    (tmp_path / "pgdata" / "postmaster.pid").write_text(f"{os.getpid()}\n{tmp_path}\n")
+    assert stop_leftover(tmp_path / "pgdata", None) is False
+
+
+# -- the random target -----------------------------------------------------------------------
+PASS = KekSecret("passphrase", b"drill target test", "test")
+
+
+def _manifest(stop_lsn: str, wal_last: str) -> Manifest:
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    return Manifest(
+        id="20261125T000000Z-full-000001", cluster="main", kind="full", mode="physical",
+        generation="g", parent_id=None, database="postgres", started_at=now, finished_at=now,
+        source_bytes=0, stored_bytes=0, chunks_total=0, chunks_new=0, streams=[],
+        details={"wal_segment_size": SEG, "timeline": 1, "stop_lsn": stop_lsn, "wal_last": wal_last},
+    )  # fmt: skip
+
+
+def _archive(segments: list[tuple[int, int]], history: dict[int, str] | None = None) -> WalArchive:
+    repo = Repository.init(MemoryStorage(), PASS, chunker=ChunkerParams(avg_size=64 * 1024))
+    archive = WalArchive(repo, "main")
+    for tli, segno in segments:
+        name = Segment(tli, segno).name(SEG)
+        repo.put_object(archive.key(name), b"wal")
+    for tli, text in (history or {}).items():
+        repo.put_object(archive.key(f"{tli:08X}.history"), text.encode())
+    return archive
+
+
+def test_random_target_needs_wal_after_the_backup() -> None:
+    m = _manifest("0/2000100", Segment(1, 2).name(SEG))
+    assert random_lsn(_archive([(1, 2)]), m, random.Random(1)) is None
+
+
+@settings(max_examples=30)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_random_target_lies_between_the_backup_stop_and_the_newest_segment(seed: int) -> None:
+    m = _manifest("0/2000100", Segment(1, 2).name(SEG))
+    archive = _archive([(1, 2), (1, 3), (1, 4), (1, 6)])  # 5 is missing: the chain ends at 4
+    lsn = random_lsn(archive, m, random.Random(seed))
+    assert lsn is not None
+    assert 0x2000100 <= lsn < 4 * SEG
+
+
+def test_random_target_follows_the_newest_timeline() -> None:
+    m = _manifest("0/2000100", Segment(1, 2).name(SEG))
+    # Timeline 2 branched at 0/4000000: segments from 4 on are read from timeline 2.
+    archive = _archive([(1, 2), (1, 3), (2, 4), (2, 5), (2, 6)], {2: "1\t0/4000000\tno recovery target\n"})
+    seen = {random_lsn(archive, m, random.Random(s)) for s in range(200)}
+    assert all(v is not None and 0x2000100 <= v < 6 * SEG for v in seen)
+    assert max(v for v in seen if v is not None) >= 4 * SEG  # reaches into timeline 2
