@@ -15,6 +15,7 @@ from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.ops.physical_restore import PhysicalRestoreOptions, RecoveryTarget
     from contentflow_backupd.ops.recover_report import CheckOutcome, RecoverResult, RunChecks
     from contentflow_backupd.repository.repository import Repository
     from contentflow_backupd.source.conninfo import ConnInfo
@@ -80,7 +81,6 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import UsageError
     from contentflow_backupd.ops.physical_restore import (
-        PhysicalRestoreOptions,
         RecoveryTarget,
         restore_physical,
     )
@@ -105,17 +105,7 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
         result = restore_physical(
             repo,
             WalArchive(repo, settings.cluster),
-            PhysicalRestoreOptions(
-                cluster=settings.cluster,
-                backup=args.backup,
-                pgdata=Path(args.pgdata),
-                target=target,
-                tool=wiring.self_command(),
-                recovery=wiring.recovery_config(settings),
-                owner=args.owner,
-                keep_archiving=args.keep_archiving,
-                concurrency=settings.upload_concurrency,
-            ),
+            _physical_options(args, settings, target),
             catalog=catalog,
         )
     finally:
@@ -241,7 +231,6 @@ def _recover_physical(
     from contentflow_backupd import wiring
     from contentflow_backupd.observability.logging import register_secret
     from contentflow_backupd.ops.physical_restore import (
-        PhysicalRestoreOptions,
         PhysicalRestoreResult,
         RecoveryTarget,
     )
@@ -275,17 +264,7 @@ def _recover_physical(
     return recover_physical(
         repo,
         WalArchive(repo, settings.cluster),
-        PhysicalRestoreOptions(
-            cluster=settings.cluster,
-            backup=args.backup,
-            pgdata=Path(args.pgdata),
-            target=target,
-            tool=wiring.self_command(),
-            recovery=wiring.recovery_config(settings),
-            owner=args.owner,
-            keep_archiving=args.keep_archiving,
-            concurrency=settings.upload_concurrency,
-        ),
+        _physical_options(args, settings, target),
         catalog=catalog,
         excluded=excluded,
         start=start if args.start else None,
@@ -359,3 +338,23 @@ def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
         for check in result.checks:
             print(f"  {check.status:<8} {check.name:<16} {check.detail}")
     return EXIT_OK if result.succeeded else EXIT_FAILED
+
+
+def _physical_options(
+    args: argparse.Namespace, settings: Settings, target: RecoveryTarget
+) -> PhysicalRestoreOptions:
+    """``restore --pgdata`` and ``recover --pgdata`` take the same options."""
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.physical_restore import PhysicalRestoreOptions
+
+    return PhysicalRestoreOptions(
+        cluster=settings.cluster,
+        backup=args.backup,
+        pgdata=Path(args.pgdata),
+        target=target,
+        tool=wiring.self_command(),
+        recovery=wiring.recovery_config(settings),
+        owner=args.owner,
+        keep_archiving=args.keep_archiving,
+        concurrency=settings.upload_concurrency,
+    )
