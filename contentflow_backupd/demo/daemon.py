@@ -4,7 +4,8 @@ Without ``BACKUPD_DATABASE_URL``: start a throwaway PostgreSQL under ``./.demo/p
 time) with sample ContentFlow data, a local repository and SQLite catalog under ``./.demo/``, and a
 demo schedule: physical mode, a full backup every 10 minutes (the first one at once), an
 incremental every 2 minutes, the WAL job every minute with WAL streamed continuously, retention
-every 5 minutes (fulls kept 1 hour, incrementals 30 minutes, WAL 1 hour). A little write traffic
+every 5 minutes (fulls kept 1 hour, incrementals 30 minutes, WAL 1 hour), verification every 10
+minutes and a restore drill every 15 minutes. A little write traffic
 keeps WAL and incrementals interesting. Metrics at http://127.0.0.1:9847/metrics, health at
 /healthz. Ctrl-C stops the daemon cleanly (it records any running backup as interrupted), then
 the demo database.
@@ -36,6 +37,8 @@ DEMO_SETTINGS = {
     "BACKUPD_SCHEDULE__INCREMENTAL": "every 2m",
     "BACKUPD_SCHEDULE__WAL": "every 1m",
     "BACKUPD_SCHEDULE__RETENTION": "every 5m",
+    "BACKUPD_SCHEDULE__VERIFY": "every 10m",
+    "BACKUPD_SCHEDULE__RESTORE_TEST": "every 15m",
     "BACKUPD_RETENTION__FULL": "1h",
     "BACKUPD_RETENTION__INCREMENTAL": "30m",
     "BACKUPD_RETENTION__WAL": "1h",
@@ -64,6 +67,8 @@ def main() -> int:
     if env.get("BACKUPD_DATABASE_URL"):
         os.execvpe(_command(), [_command(), "run"], env)  # noqa: S606 - your settings, our daemon
     cluster = fresh_demo_cluster(DEMO_DIR, SIZE_MB)
+    state = DEMO_DIR / "state"
+    state.mkdir(mode=0o755)  # the drills' scratch PostgreSQL runs as postgres under it
     passfile = DEMO_DIR / "passphrase"
     fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
