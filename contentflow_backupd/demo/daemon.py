@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from contentflow_backupd.demo import datagen
-from contentflow_backupd.demo.cluster import PgCluster, fresh_demo_cluster
+from contentflow_backupd.demo.cluster import PgCluster, chown_for_postgres, fresh_demo_cluster
 
 DEMO_DIR = Path(os.environ.get("BACKUPD_DEMO_DIR", ".demo")).resolve()
 SIZE_MB = int(os.environ.get("BACKUPD_DEMO_SIZE_MB", "32"))
@@ -67,12 +67,17 @@ def main() -> int:
     if env.get("BACKUPD_DATABASE_URL"):
         os.execvpe(_command(), [_command(), "run"], env)  # noqa: S606 - your settings, our daemon
     cluster = fresh_demo_cluster(DEMO_DIR, SIZE_MB)
-    state = DEMO_DIR / "state"
-    state.mkdir(mode=0o755)  # the drills' scratch PostgreSQL runs as postgres under it
+    # As root, the daemon runs as postgres, as a service runs as its own user: the WAL it streams,
+    # the repository and the drills' scratch servers (which PostgreSQL refuses to run as root) all
+    # belong to one user.
+    for sub in ("state", "repo"):
+        (DEMO_DIR / sub).mkdir(mode=0o700)
+        chown_for_postgres(DEMO_DIR / sub)
     passfile = DEMO_DIR / "passphrase"
     fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(24) + "\n")
+    chown_for_postgres(passfile)
     env.update(DEMO_SETTINGS)
     env.update(
         {
@@ -95,7 +100,8 @@ def main() -> int:
     traffic.start()
     # The daemon gets its own process group: Ctrl-C reaches it once, through us, and never
     # reaches the demo PostgreSQL, which we stop last.
-    daemon = subprocess.Popen([_command(), "run"], env=env, start_new_session=True)
+    user = "postgres" if os.geteuid() == 0 else None
+    daemon = subprocess.Popen([_command(), "run"], env=env, start_new_session=True, user=user, group=user)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         daemon.send_signal(signum)
