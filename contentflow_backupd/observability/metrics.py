@@ -30,6 +30,10 @@ daemons in one process never collide. The series, exactly (README "Metrics" and 
     backupd_restore_test_duration_seconds                         the last drill's measured RTO
     backupd_restore_test_restored_bytes                           what the last drill restored
     backupd_recovery_point_age_seconds                            now - newest restorable moment
+    backupd_migration_runs_total{result}                          guarded migrations (not dry runs):
+                                                                  applied | noop | refused | failed |
+                                                                  rolled_back; from the catalog
+    backupd_migration_last_duration_seconds                       the newest of them (0: none yet)
 
 plus prometheus_client's standard ``process_*`` series (start time, CPU, memory, open files).
 
@@ -98,6 +102,9 @@ class _WithoutCreated:
             clean = copy.copy(metric)
             clean.samples = [s for s in metric.samples if not s.name.endswith("_created")]
             yield clean
+
+
+MIGRATION_RESULTS = ("applied", "noop", "refused", "failed", "rolled_back")
 
 
 class Metrics:
@@ -233,6 +240,20 @@ class Metrics:
             "Now minus the newest moment the repository can restore to (the RPO if the server died now)",
             registry=reg,
         )
+        self._migration_runs = Counter(
+            "backupd_migration_runs",
+            "Guarded schema migrations (`migrate`, not dry runs) by result, as recorded in the catalog",
+            ["result"],
+            registry=reg,
+        )
+        self._migration_duration = Gauge(
+            "backupd_migration_last_duration_seconds",
+            "Duration of the newest guarded migration (0: none yet)",
+            registry=reg,
+        )
+        self._migration_seen: dict[str, int] = {}
+        for status in MIGRATION_RESULTS:
+            self._migration_runs.labels(result=status)
         for result in RESULTS:
             self._verify_runs.labels(result=result)
             self._drill_runs.labels(result=result)
@@ -383,6 +404,22 @@ class Metrics:
         """None (nothing restorable): the series is NaN, so `>` alerts do not fire on it and an
         absent()-style alert can."""
         self._rpo_age.set(float("nan") if seconds is None else max(float(seconds), 0.0))
+
+    # -- migrations ------------------------------------------------------------------------
+    def set_migration_runs(self, counts: Mapping[str, int], last_duration_s: float | None) -> None:
+        """Bring the migration series up to the catalog's counts (migrations run as separate
+        ``migrate`` commands, so the daemon reads them from the catalog): each counter advances
+        by what was added since the last call; it never goes back."""
+        with self._lock:
+            for status, count in counts.items():
+                if status not in MIGRATION_RESULTS:
+                    continue
+                added = count - self._migration_seen.get(status, 0)
+                if added > 0:
+                    self._migration_runs.labels(result=status).inc(added)
+                    self._migration_seen[status] = count
+        if last_duration_s is not None:
+            self._migration_duration.set(max(float(last_duration_s), 0.0))
 
     # -- retention and repository ------------------------------------------------------------
     def retention_deleted(

@@ -23,7 +23,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ import structlog
 from contentflow_backupd.catalog.base import Catalog, DrillRecord
 from contentflow_backupd.errors import BackupdError, BackupNotFound, LockedError, UsageError
 from contentflow_backupd.model import BackupMode, RunTrigger, utcnow
+from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup import Interrupted, reap_interrupted
 from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, passed, run_checks
 from contentflow_backupd.ops.drill_physical import drill_physical
@@ -80,6 +81,9 @@ class DrillOptions:
     ready_timeout: float | None = None
     """Give up waiting for the scratch server after this many seconds (None: wait while it runs)."""
     seed: int | None = None
+    on_ready: Callable[[ConnInfo], None] | None = None
+    """Called with the restored database once the drill's checks have run, before the scratch
+    instance is removed (``migrate --dry-run`` rehearses the migration there)."""
 
 
 @dataclass
@@ -197,9 +201,28 @@ def run_drill(
         catalog.add_drill(result.record())
     except BackupdError as exc:
         log.error("catalog_update_failed", error=exc.message)
+    _audit_drill(catalog, result, run_id)
     if own_run:
         _finish_run(catalog, run_id, "succeeded" if result.succeeded else "failed", result.error)
     return result
+
+
+def _audit_drill(catalog: Catalog, result: DrillResult, run_id: int) -> None:
+    """Record the drill in the audit trail. Not copied to the repository now: a drill writes
+    nothing there; the next operation that writes to it carries the record along."""
+    drill = result.record()
+    details = {
+        "drill_id": drill.id,
+        "cluster": drill.cluster,
+        "mode": drill.mode,
+        "target": drill.target,
+        "rto_seconds": drill.rto_seconds,
+        "run_id": run_id,
+    }
+    if drill.error:
+        details["error"] = drill.error
+    objects = [drill.backup_id] if drill.backup_id else []
+    record_event(catalog, action="drill", outcome=drill.status, objects=objects, details=details)
 
 
 def _finish_run(catalog: Catalog, run_id: int, status: str, error: str | None) -> None:
@@ -346,3 +369,5 @@ def _logical(
         )
     )
     result.checks.extend(run_checks(info, manifest.details, opts.checks_file, create_extensions=True))
+    if opts.on_ready is not None:
+        opts.on_ready(info)

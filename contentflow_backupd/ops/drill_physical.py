@@ -148,6 +148,8 @@ def drill_physical(
     result.rto_seconds = time.monotonic() - t0 - not_rto
     step.add(recovery_check(target, state, result.rto_seconds))
     step.extend(run_checks(server.conninfo(dbname), d, opts.checks_file, create_extensions=True))
+    if opts.on_ready is not None:
+        opts.on_ready(server.conninfo(dbname))
 
 
 def recovery_check(target: RecoveryTarget, state: ServerState, rto: float) -> CheckResult:

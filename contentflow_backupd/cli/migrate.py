@@ -1,0 +1,83 @@
+"""The ``migrate`` command group: ``migrate check`` (and, from the guard, the bare
+``migrate ... -- COMMAND`` form and more subcommands on the same group)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contentflow_backupd.cli.migrate_batch import register_batch
+from contentflow_backupd.cli.migrate_run import (
+    add_history_parser,
+    add_rollback_parser,
+    add_run_arguments,
+    cmd_migrate_run,
+)
+from contentflow_backupd.cli.output import print_json
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+AddCommand = Callable[[str, Callable[[argparse.Namespace, Settings], int], str], argparse.ArgumentParser]
+
+
+def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
+    """Add the ``migrate`` group to the top-level subparsers ``sub``; return its parser. Its
+    subcommands live on ``parser.migrate_subparsers`` so more can be added to the same group.
+    ``add`` (the top-level helper of ``cli.build_parser``) is for sibling top-level commands."""
+    del add
+    mp: argparse.ArgumentParser = sub.add_parser(
+        "migrate",
+        help="guard Prisma schema migrations (`migrate check`: is deploying safe?)",
+        description="Guard Prisma schema migrations: `migrate [OPTIONS] -- COMMAND ...` runs COMMAND "
+        "(e.g. npx prisma migrate deploy) after pre-flight checks and a safety net, validates the "
+        "result and rolls back on failure; `migrate check`, `migrate rollback`, `migrate batch`.",
+        usage="contentflow-backupd migrate [OPTIONS] -- COMMAND ... | migrate SUBCOMMAND ...",
+    )
+    mp.set_defaults(func=cmd_migrate_run)
+    add_run_arguments(mp)
+    msub = mp.add_subparsers(dest="migrate_command", metavar="SUBCOMMAND")
+    mp.set_defaults(migrate_subparsers=msub)
+    add_rollback_parser(msub)
+    add_history_parser(msub)
+    register_batch(msub)
+    sp = msub.add_parser(
+        "check",
+        help="report applied, pending, modified, missing, failed and risky migrations; exit 1 unless safe",
+        description="Compare the Prisma migrations directory with _prisma_migrations and analyse the "
+        "pending SQL, changing nothing. Exit 0 when deploying would be safe, 1 otherwise.",
+    )
+    sp.add_argument(
+        "--migrations-dir", type=Path, required=True, metavar="DIR", help="e.g. prisma/migrations"
+    )
+    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.set_defaults(func=cmd_migrate_check)
+    return mp
+
+
+def cmd_migrate_check(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.migrate.check import run_check
+
+    report = run_check(
+        wiring.source_conninfo(settings),
+        args.migrations_dir,
+        large_table_bytes=settings.migrate.large_table_bytes,
+    )
+    log.info(
+        "migrate_checked",
+        safe=report.safe,
+        pending=len(report.pending),
+        risky=len(report.risky),
+        problems=len(report.problems),
+    )
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(report.render())
+    return EXIT_OK if report.safe else EXIT_FAILED

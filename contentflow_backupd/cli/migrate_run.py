@@ -1,0 +1,180 @@
+"""``migrate [--dry-run] ... -- COMMAND`` and ``migrate rollback``: wiring settings into the guard
+(``migrate/guard.py``) and printing its result."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contentflow_backupd.cli.output import print_json
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, UsageError
+from contentflow_backupd.settings import Settings
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def add_run_arguments(mp: argparse.ArgumentParser) -> None:
+    """The options of the bare ``migrate ... -- COMMAND`` form, on the group's parser."""
+    mp.add_argument("--migrations-dir", type=Path, metavar="DIR", help="e.g. prisma/migrations")
+    mp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="restore the latest backup into a scratch instance and rehearse the migration there",
+    )
+    mp.add_argument("--allow-risky", action="store_true", help="run even with risky statements pending")
+    mp.add_argument(
+        "--on-failure",
+        choices=["rollback", "stop"],
+        default="rollback",
+        help="rollback (default): undo with down.sql, or print the recovery plan; stop: only the plan",
+    )
+    mp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_rollback_parser(msub: Any) -> None:
+    sp = msub.add_parser(
+        "rollback",
+        help="put the live database back to a migration's safety net (logical backups)",
+        description="Restore the backup a migrate run took (restore point pre-migrate-<id>) over the "
+        "live database, in one transaction. Without --confirm, print what would happen.",
+    )
+    sp.add_argument("--to-restore-point", required=True, metavar="NAME")
+    sp.add_argument("--confirm", action="store_true", help="do it (default: print the plan)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.set_defaults(func=cmd_migrate_rollback)
+
+
+def add_history_parser(msub: Any) -> None:
+    sp = msub.add_parser(
+        "history",
+        help="the recorded migrate runs (the audit record): who, what, when, outcome",
+        description="List the recorded migrate runs of the cluster, oldest first: who ran them, the "
+        "migrations with their checksums, the safety net and the outcome.",
+    )
+    sp.add_argument("--limit", type=int, default=50, help="the newest N runs (default 50)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.set_defaults(func=cmd_migrate_history)
+
+
+def cmd_migrate_history(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        runs = catalog.list_migration_runs(settings.cluster, limit=args.limit)
+    finally:
+        catalog.close()
+    if args.json:
+        print_json([r.to_json() for r in runs])
+        return EXIT_OK
+    if not runs:
+        print("no migrate runs recorded")
+    for r in runs:
+        names = ", ".join(m["name"] for m in r.details.get("migrations", [])) or "-"
+        kind = " (dry run)" if r.dry_run else ""
+        print(f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.id} {r.status}{kind} by {r.actor}: {names}")
+        if r.error:
+            print(f"    {r.error}")
+    return EXIT_OK
+
+
+def cmd_migrate_run(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.migrate import wire
+
+    command = list(getattr(args, "migrate_command_argv", None) or [])
+    if not command:
+        raise UsageError(
+            "migrate: no migration command after `--`",
+            hint="e.g. `contentflow-backupd migrate --migrations-dir prisma/migrations -- npx prisma "
+            "migrate deploy`, or `migrate check --migrations-dir DIR`",
+        )
+    if args.migrations_dir is None:
+        raise UsageError(
+            "migrate: --migrations-dir is required", hint="e.g. --migrations-dir prisma/migrations"
+        )
+    if not args.migrations_dir.is_dir():
+        raise UsageError(f"--migrations-dir {args.migrations_dir}: not a directory")
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        opts = wire.guard_options(settings, args, command)
+        deps = wire.guard_deps(settings, repo, catalog, opts)
+        if args.dry_run:
+            from contentflow_backupd.migrate.dryrun import run_dry
+
+            result = run_dry(repo, catalog, opts, deps, wire.dry_run_drill(settings))
+        else:
+            from contentflow_backupd.migrate.guard import run_migrate
+
+            result = run_migrate(catalog, opts, deps)
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(render(result.to_json()))
+    return result.exit_code
+
+
+def render(out: dict[str, Any]) -> str:
+    from contentflow_backupd.migrate.rollback import render_plan
+
+    head = "dry run: " if out["dry_run"] else ""
+    lines = [f"{head}migration {out['id']}: {out['status']} in {out['duration_seconds']:.1f}s"]
+    for c in out["checks"]:
+        mark = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}.get(c["status"], c["status"])
+        lines.append(f"  [{mark}] {c['name']}: {c['detail']}")
+    if out["restore_point"] or out["backup_id"]:
+        lines.append(f"  safety net: restore point {out['restore_point']}, backup {out['backup_id']}")
+    if out["applied"]:
+        lines.append("  applied: " + ", ".join(out["applied"]))
+    if out["rollback"]:
+        lines.append(f"  rollback: {out['rollback']['status']}: {out['rollback'].get('detail', '')}")
+    if out["recovery_plan"]:
+        lines.append(render_plan(out["recovery_plan"]))
+    if out["error"]:
+        lines.append(f"  error: {out['error']}")
+    return "\n".join(lines)
+
+
+def cmd_migrate_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.migrate.live_rollback import rollback_live
+
+    repo = wiring.open_repository(settings)
+    catalog = wiring.open_catalog(settings)
+    try:
+        out = rollback_live(
+            repo,
+            catalog,
+            cluster=settings.cluster,
+            name=args.to_restore_point,
+            info=wiring.source_conninfo(settings),
+            confirm=args.confirm,
+            state_dir=wiring.state_dir(settings),
+            lock_dir=wiring.lock_dir(settings),
+            bin_dir=settings.pg_bin,
+            concurrency=settings.upload_concurrency,
+        )
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(out)
+    elif not args.confirm:
+        print(f"would {out['what']}")
+        print(f"  backup {out['backup_id']} (taken {out['taken_at']}, migration {out['migration_id']})")
+        print(f"  run again with --confirm to do it: contentflow-backupd migrate rollback "
+              f"--to-restore-point {out['restore_point']} --confirm")  # fmt: skip
+    else:
+        print(
+            f"restore point {out['restore_point']}: {out['status']} in {out['duration_seconds']:.1f}s "
+            f"(backup {out['backup_id']}; schema equals the one before the migration: "
+            f"{out['schema_equals_before']})"
+        )
+    if not args.confirm:
+        return EXIT_OK
+    return EXIT_OK if out["schema_equals_before"] else EXIT_FAILED

@@ -1,0 +1,1 @@
+"""The migration guard: Prisma migrations checked, backed up, applied, validated, rolled back."""

@@ -1,0 +1,332 @@
+"""``migrate -- COMMAND``: the guarded migration, against real PostgreSQL, with the stand-in for
+``prisma migrate deploy`` (tests/support/fake_prisma.py) as COMMAND."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from contentflow_backupd.catalog.sql import open_catalog
+from tests.conftest import PASSPHRASE
+from tests.support.cli import Cli, Result
+from tests.support.pg import PgCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+PRISMA = [sys.executable, "-m", "tests.support.fake_prisma", "migrate", "deploy", "--migrations-dir"]
+
+INIT = 'CREATE TABLE "Post" (id serial PRIMARY KEY, title text NOT NULL, views int NOT NULL DEFAULT 0);'
+ADD_COLUMN = 'ALTER TABLE "Post" ADD COLUMN summary text;'
+ADD_TABLE = 'CREATE TABLE "Tag" (id serial PRIMARY KEY, name text NOT NULL UNIQUE);'
+BROKEN = 'CREATE TABLE "Broken" (id int); INSERT INTO "Nope" VALUES (1);'
+
+
+@pytest.fixture
+def setup(pg: PgCluster, pg_db: str) -> Iterator[tuple[Cli, Path]]:
+    """A logical setup whose state directory the postgres user can reach (the scratch instances
+    run as postgres when the tests run as root), and an empty migrations directory."""
+    base = Path(tempfile.mkdtemp(prefix="backupd-migrate-"))
+    os.chmod(base, 0o755)
+    (base / "state").mkdir(mode=0o755)
+    migrations = base / "migrations"
+    migrations.mkdir()
+    (migrations / "migration_lock.toml").write_text('provider = "postgresql"\n')
+    cli = Cli(
+        env={
+            "BACKUPD_DATABASE_URL": pg.url(pg_db),
+            "BACKUPD_REPOSITORY": f"file://{base / 'repo'}",
+            "BACKUPD_STATE_DIR": str(base / "state"),
+            "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
+            "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
+            "BACKUPD_MIGRATE__LOCK_TIMEOUT": "1s",
+            "BACKUPD_MIGRATE__PROGRESS_INTERVAL": "0.5s",
+            "BACKUPD_MIGRATE__MIN_FREE_BYTES": "1024",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    cli.run("init", check=True)
+    try:
+        yield cli, migrations
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def add(migrations: Path, name: str, sql: str, down: str | None = None) -> None:
+    folder = migrations / name
+    folder.mkdir()
+    (folder / "migration.sql").write_text(sql)
+    if down is not None:
+        (folder / "down.sql").write_text(down)
+
+
+def migrate(cli: Cli, migrations: Path, *options: str, env: dict[str, str] | None = None) -> Result:
+    return cli.run(
+        "migrate", "--migrations-dir", str(migrations), "--json", *options, "--", *PRISMA, str(migrations),
+        env=env,
+    )  # fmt: skip
+
+
+def rows(pg: PgCluster, db: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(pg.url(db), autocommit=True) as conn:
+        return conn.execute(query).fetchall()
+
+
+def schema(pg: PgCluster, db: str) -> list[tuple[Any, ...]]:
+    return rows(
+        pg,
+        db,
+        "select table_name, column_name, data_type from information_schema.columns "
+        "where table_schema = 'public' and table_name <> '_prisma_migrations' order by 1, 2",
+    )
+
+
+def catalog_runs(cli: Cli) -> list[Any]:
+    catalog = open_catalog(f"sqlite:///{cli.env['BACKUPD_STATE_DIR']}/catalog.sqlite")
+    try:
+        return catalog.list_migration_runs("main")
+    finally:
+        catalog.close()
+
+
+def test_pending_migrations_are_applied_with_the_safety_net_recorded(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    first = migrate(cli, migrations)
+    assert first.returncode == 0, first
+    out = first.json()
+    assert out["status"] == "applied"
+    assert out["applied"] == ["20261101000000_init"]
+    assert out["backup_id"] and out["restore_point"] == f"pre-migrate-{out['id']}"
+    names = {c["name"]: c["status"] for c in out["checks"]}
+    for name in ("database", "storage", "no_backup_running", "no_prisma_migration", "no_old_transactions",
+                 "migrate_check", "migrations_recorded", "schema_matches_migrations"):  # fmt: skip
+        assert names.get(name) == "passed", (name, out["checks"])
+    assert set(out) >= {
+        "status",
+        "checks",
+        "restore_point",
+        "backup_id",
+        "applied",
+        "duration_seconds",
+        "rollback",
+    }
+
+    add(migrations, "20261102000000_summary", ADD_COLUMN)
+    second = migrate(cli, migrations).json()
+    assert second["status"] == "applied" and second["applied"] == ["20261102000000_summary"]
+    assert ("Post", "summary", "text") in schema(pg, pg_db)
+    again = migrate(cli, migrations)
+    assert again.returncode == 0 and again.json()["status"] == "noop"
+
+    runs = catalog_runs(cli)
+    assert [r.status for r in runs] == ["applied", "applied", "noop"]
+    run = runs[1]
+    assert run.backup_id == second["backup_id"] and run.actor.endswith(os.uname().nodename)
+    assert run.details["migrations"][0]["name"] == "20261102000000_summary"
+    assert len(run.details["migrations"][0]["checksum"]) == 64
+    assert "summary" in run.details["schema_diff"] and "summary" not in (run.schema_before or "")
+    assert "role_settings" not in run.details
+    listed = cli.run("list", "--json", check=True).json()
+    assert second["backup_id"] in [b["id"] for b in listed]
+    # The role settings in force during the migration were put back.
+    settings = (
+        "select count(*) from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase "
+        "where d.datname = current_database()"
+    )
+    assert rows(pg, pg_db, settings) == [(0,)]
+    history = cli.run("migrate", "history", "--json", check=True).json()
+    assert [h["status"] for h in history] == ["applied", "applied", "noop"]
+    assert history[1]["actor"] == run.actor and "schema_before" not in history[1]
+
+
+def test_an_edited_applied_migration_is_reported_modified_and_refused(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    (migrations / "20261101000000_init" / "migration.sql").write_text(INIT + "\n-- edited\n")
+    add(migrations, "20261102000000_tag", ADD_TABLE)
+    refused = migrate(cli, migrations)
+    assert refused.returncode == 4, refused
+    out = refused.json()
+    assert out["status"] == "refused" and out["applied"] == [] and out["backup_id"] is None
+    check = next(c for c in out["checks"] if c["name"] == "migrate_check")
+    assert (
+        check["status"] == "failed"
+        and "modified" in check["detail"]
+        and "20261101000000_init" in check["detail"]
+    )
+    assert "Tag" not in {t for t, *_ in schema(pg, pg_db)}
+
+
+def test_a_risky_statement_needs_allow_risky(setup: tuple[Cli, Path], pg: PgCluster, pg_db: str) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    add(migrations, "20261102000000_drop", 'ALTER TABLE "Post" DROP COLUMN views;')
+    refused = migrate(cli, migrations)
+    assert refused.returncode == 4 and "drop_column" in refused.stdout, refused
+    assert ("Post", "views", "integer") in schema(pg, pg_db)
+    allowed = migrate(cli, migrations, "--allow-risky")
+    assert allowed.returncode == 0 and allowed.json()["status"] == "applied", allowed
+    assert ("Post", "views", "integer") not in schema(pg, pg_db)
+
+
+def test_a_failing_migration_is_rolled_back_with_down_sql(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    before = schema(pg, pg_db)
+    add(migrations, "20261102000000_summary", ADD_COLUMN, down='ALTER TABLE "Post" DROP COLUMN summary;')
+    add(migrations, "20261103000000_tag", ADD_TABLE, down='DROP TABLE "Tag";')
+    add(migrations, "20261104000000_broken", BROKEN)
+    failed = migrate(cli, migrations, "--allow-risky")
+    assert failed.returncode == 1, failed
+    out = failed.json()
+    assert out["status"] == "rolled_back", out
+    assert out["rollback"]["status"] == "rolled_back" and out["rollback"]["schema_equals_before"] is True
+    assert out["rollback"]["ran"] == ["20261103000000_tag/down.sql", "20261102000000_summary/down.sql"]
+    assert schema(pg, pg_db) == before
+    state = rows(pg, pg_db, 'select migration_name, finished_at is not null, rolled_back_at is not null '
+                 'from "_prisma_migrations" order by started_at')  # fmt: skip
+    assert state == [
+        ("20261101000000_init", True, False),
+        ("20261102000000_summary", True, True),
+        ("20261103000000_tag", True, True),
+        ("20261104000000_broken", False, True),
+    ]
+    # Prisma sees them as pending again: fixing the broken one lets the next deploy apply all three.
+    (migrations / "20261104000000_broken" / "migration.sql").write_text('CREATE TABLE "Fixed" (id int);')
+    fixed = migrate(cli, migrations, "--allow-risky")
+    assert fixed.returncode == 0, fixed
+    assert fixed.json()["applied"] == [
+        "20261102000000_summary",
+        "20261103000000_tag",
+        "20261104000000_broken",
+    ]
+
+
+def test_without_down_sql_the_recovery_plan_works_when_followed(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    pg.execute("""INSERT INTO "Post" (title) SELECT 'post ' || i FROM generate_series(1, 300) i""", pg_db)
+    before_schema = schema(pg, pg_db)
+    before_rows = rows(pg, pg_db, 'select id, title, views from "Post" order by id')
+    add(migrations, "20261102000000_tag", ADD_TABLE)  # no down.sql
+    add(migrations, "20261103000000_broken", BROKEN)
+    failed = migrate(cli, migrations)
+    assert failed.returncode == 1, failed
+    out = failed.json()
+    assert out["status"] == "failed" and out["rollback"]["status"] == "impossible"
+    plan = out["recovery_plan"]
+    assert plan["backup_id"] == out["backup_id"] and plan["restore_point"] == out["restore_point"]
+    assert plan["would_lose"]["since"] is not None
+    command = plan["commands"][0].split()
+    assert command[:4] == ["contentflow-backupd", "migrate", "rollback", "--to-restore-point"]
+    assert ("Tag", "id", "integer") in schema(pg, pg_db)
+
+    dry = cli.run(*command[1:-1])  # without --confirm: nothing happens
+    assert dry.returncode == 0 and "--confirm" in dry.stdout, dry
+    assert ("Tag", "id", "integer") in schema(pg, pg_db)
+    done = cli.run(*command[1:], "--json")
+    assert done.returncode == 0, done
+    assert done.json()["schema_equals_before"] is True
+    assert schema(pg, pg_db) == before_schema
+    assert rows(pg, pg_db, 'select id, title, views from "Post" order by id') == before_rows
+    assert rows(
+        pg, pg_db, 'select migration_name from "_prisma_migrations" where rolled_back_at is null'
+    ) == [("20261101000000_init",)]
+
+
+def test_a_migration_blocked_by_a_long_transaction_fails_within_lock_timeout(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    before = schema(pg, pg_db)
+    add(migrations, "20261102000000_summary", ADD_COLUMN)
+    # A reader holds ACCESS SHARE on "Post" in a transaction younger than max_transaction_age.
+    holder = psycopg.connect(pg.url(pg_db))
+    holder.execute('SELECT count(*) FROM "Post"')
+    try:
+        t0 = time.monotonic()
+        result = migrate(cli, migrations)
+        elapsed = time.monotonic() - t0
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.returncode == 1, result
+    out = result.json()
+    assert out["status"] == "rolled_back", out
+    assert "lock timeout" in "\n".join(out["command"]["output_tail"])
+    assert schema(pg, pg_db) == before
+    assert elapsed < 600  # the migration did not wait for the reader to end
+    assert '"migration_output"' in result.stderr and '"migration_settings_restored"' in result.stderr
+
+
+def test_a_dry_run_leaves_production_untouched(setup: tuple[Cli, Path], pg: PgCluster, pg_db: str) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    pg.execute("""INSERT INTO "Post" (title) SELECT 'post ' || i FROM generate_series(1, 500) i""", pg_db)
+    cli.run("backup", "--kind", "full", check=True)
+    add(migrations, "20261102000000_summary", ADD_COLUMN)
+    add(
+        migrations,
+        "20261103000000_fill",
+        """UPDATE "Post" SET summary = left(title, 3) WHERE summary IS NULL;""",
+    )
+    fingerprint = _fingerprint(pg, pg_db)
+    backups = cli.run("list", "--json", check=True).json()
+    dry = migrate(cli, migrations, "--dry-run")
+    assert dry.returncode == 0, str(dry)
+    out = dry.json()
+    assert out["dry_run"] is True and out["status"] == "applied"
+    assert out["applied"] == ["20261102000000_summary", "20261103000000_fill"]
+    assert out["backup_id"] is None and out["restore_point"] is None
+    assert {c["name"]: c["status"] for c in out["checks"]}["dry_run_restore"] == "passed"
+    assert out["command"]["duration_seconds"] >= 0 and "lock_waits" in str(out["command"]["progress"])
+    assert _fingerprint(pg, pg_db) == fingerprint
+    assert cli.run("list", "--json", check=True).json() == backups
+    assert catalog_runs(cli)[-1].dry_run is True
+
+
+def _fingerprint(pg: PgCluster, db: str) -> Any:
+    return (
+        schema(pg, db),
+        rows(pg, db, 'select * from "Post" order by id'),
+        rows(pg, db, 'select id, checksum, finished_at, rolled_back_at from "_prisma_migrations" order by 1'),
+        rows(
+            pg,
+            db,
+            "select s.setconfig from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase "
+            "where d.datname = current_database()",
+        ),
+    )
+
+
+def test_usage_errors_exit_2(setup: tuple[Cli, Path]) -> None:
+    cli, migrations = setup
+    no_command = cli.run("migrate", "--migrations-dir", str(migrations))
+    assert no_command.returncode == 2 and "after `--`" in no_command.stderr
+    no_dir = cli.run("migrate", "--", "true")
+    assert no_dir.returncode == 2 and "--migrations-dir" in no_dir.stderr
+    unknown = cli.run("migrate", "rollback", "--to-restore-point", "pre-migrate-nope", "--confirm")
+    assert unknown.returncode == 2 and "pre-migrate-nope" in unknown.stderr
