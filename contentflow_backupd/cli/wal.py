@@ -48,13 +48,20 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.ops.wal_stream import run_wal_stream
 
     stop = threading.Event()
+    signalled: list[int] = []
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            raise SystemExit(1)  # a second signal: stop now
+    def stopping(signum: int) -> None:
         log.info("wal_stream_stopping", signal=signum)
         stop.set()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # No lock may be taken here: the main thread can hold the Event's or the log's lock when
+        # the signal lands, and taking it again would deadlock. A thread does the work.
+        if signalled:
+            signal.signal(signum, signal.SIG_DFL)
+            raise SystemExit(1)  # a second signal: stop now
+        signalled.append(signum)
+        threading.Thread(target=stopping, args=(signum,), name="wal-stream-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
