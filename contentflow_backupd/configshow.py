@@ -40,6 +40,7 @@ def _render(name: str, value: Any) -> str:
 
 def describe_settings(settings: Settings, file_data: dict[str, Any]) -> list[dict[str, str]]:
     env_upper = {k.upper() for k in os.environ}
+    credentials = settings.credential_sources
     rows: list[dict[str, str]] = []
 
     def walk(model: BaseModel, path: list[str], file_part: dict[str, Any]) -> None:
@@ -53,6 +54,8 @@ def describe_settings(settings: Settings, file_data: dict[str, Any]) -> list[dic
                 continue
             if env in env_upper:
                 source = "env"
+            elif env in credentials:
+                source = f"credential {credentials[env]}"
             elif field_name in file_part:
                 source = f"file {settings.config}"
             else:

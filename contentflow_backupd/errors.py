@@ -13,6 +13,7 @@ SQLAlchemy) are translated at the boundary of the module that owns the library, 
     │   ├── ObjectExists              a create-only put found an existing object
     │   ├── StorageUnavailable        transient: network, timeouts, 5xx, throttling (retryable)
     │   ├── StorageAccessDenied       credentials or permissions (not retryable)
+    │   │   └── ObjectLocked          S3 Object Lock refused a delete before the retain-until date
     │   └── IncompleteWrite           the service acknowledged a put that left no whole object
     ├── RepositoryError               the repository format
     │   ├── RepositoryNotFound        no repo.json at the URL
@@ -87,6 +88,10 @@ class StorageUnavailable(StorageError):
 
 class StorageAccessDenied(StorageError):
     pass
+
+
+class ObjectLocked(StorageAccessDenied):
+    """A delete refused because the object (a version of it) is under S3 Object Lock."""
 
 
 class IncompleteWrite(StorageError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,19 +49,36 @@ class S3Settings(_Section):
     region: str | None = None
     force_path_style: bool = False
     ca_bundle: Path | None = None
+    object_lock: Literal["governance", "compliance"] | None = None
+    """S3 Object Lock mode of the backup objects (chunks, manifests, WAL, audit); unset: no
+    lock. The bucket must have Object Lock enabled (docs/security.md "Immutable backups")."""
+    object_lock_margin: str = "1d"
+    """Added to the moment retention would delete an object to give its retain-until date."""
+    as_of: datetime | None = None
+    """Read-only view of the bucket as it was at this time (its object versions): restores after
+    objects were overwritten or deleted. Needs a versioned bucket; writes are refused."""
+
+    _check_margin = field_validator("object_lock_margin")(lambda v: _duration(v))
 
 
 class EncryptionSettings(_Section):
     passphrase: SecretStr | None = None
     passphrase_file: Path | None = None
     key_file: Path | None = None
+    kms_key_id: str | None = None
+    """AWS KMS key (id, ARN or alias) that opens the repository (docs/security.md "Keys")."""
+    kms_region: str | None = None
+    """Region of the KMS key (default: from the ARN, else the AWS environment)."""
+    kms_endpoint_url: str | None = None
+    """KMS endpoint (VPC endpoint, or a test server)."""
 
     @model_validator(mode="after")
     def _one_secret(self) -> EncryptionSettings:
-        given = [n for n in ("passphrase", "passphrase_file", "key_file") if getattr(self, n) is not None]
+        names = ("passphrase", "passphrase_file", "key_file", "kms_key_id")
+        given = [n for n in names if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(
-                f"set only one of passphrase, passphrase_file, key_file (got {', '.join(given)})"
+                f"set only one of passphrase, passphrase_file, key_file, kms_key_id (got {', '.join(given)})"
             )
         return self
 
@@ -165,6 +183,35 @@ class DrillSettings(_Section):
     _check = field_validator("rto_objective", "rpo_objective")(_duration)
 
 
+class MigrateSettings(_Section):
+    """The migration guard (``migrate``, ``migrate check``, ``migrate batch``)."""
+
+    lock_timeout: str = "5s"
+    """``lock_timeout`` in force for the migration's own sessions: a statement that waits longer
+    for a lock fails instead of stalling the application's traffic."""
+    statement_timeout: str | None = None
+    """``statement_timeout`` for the migration's sessions; unset: none."""
+    checks: Path | None = None
+    """A SQL file of queries that must each return true after the migration."""
+    max_transaction_age: str = "5m"
+    """Pre-flight refuses while a transaction older than this is open (it would hold locks the
+    migration needs, or block its DDL behind it)."""
+    large_table_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    """``CREATE INDEX`` without ``CONCURRENTLY`` counts as risky on tables at least this large."""
+    min_free_bytes: int = Field(1024 * 1024 * 1024, ge=0)
+    """Pre-flight refuses when the state directory (and the server's WAL volume, where visible)
+    has less free space than this."""
+    progress_interval: str = "10s"
+    """How often the running migration's progress (statements, lock waits, index builds) is logged."""
+
+    _check = field_validator("lock_timeout", "max_transaction_age", "progress_interval")(_duration)
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _check_statement_timeout(cls, v: str | None) -> str | None:
+        return None if v is None else _duration(v)
+
+
 class NotifySettings(_Section):
     webhook_url: SecretStr | None = None
     """Receives a JSON POST (with a Slack-compatible ``text``) on failures, recoveries, size
@@ -256,12 +303,19 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     verify: VerifySettings = VerifySettings()
     drill: DrillSettings = DrillSettings()
+    migrate: MigrateSettings = MigrateSettings()
     shutdown_grace: str = "60s"
     """How long a running job may finish after the first SIGTERM before its children are stopped."""
 
     _check_grace = field_validator("shutdown_grace")(_duration)
 
     _toml: dict[str, Any] = {}
+    _credentials: dict[str, str] = {}
+
+    @property
+    def credential_sources(self) -> dict[str, str]:
+        """Settings read from a credential file: env name -> that file's path (``config show``)."""
+        return dict(self._credentials)
 
     @classmethod
     def settings_customise_sources(
@@ -299,16 +353,125 @@ def read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_settings(config_path: Path | None = None) -> tuple[Settings, dict[str, Any]]:
-    """Resolve settings: env over the TOML file (``--config`` or ``BACKUPD_CONFIG``) over defaults.
+# -- secrets from credential directories ------------------------------------------------------
+SECRETS_DIR = Path("/run/secrets")
+"""Docker and Kubernetes secrets; searched after ``$CREDENTIALS_DIRECTORY`` (systemd)."""
+
+CREDENTIAL_SETTINGS: tuple[tuple[str, ...], ...] = (
+    ("database_url",),
+    ("catalog_url",),
+    ("encryption", "passphrase"),
+    ("encryption", "key_file"),
+    ("notify", "webhook_url"),
+    ("drill", "database_url"),
+)
+"""Settings a credential file can provide. The file is named after the setting's environment
+variable (``BACKUPD_ENCRYPTION__PASSPHRASE``) and holds its value, trailing newlines stripped;
+for ``key_file`` the credential is the key file itself and the setting becomes its path."""
+
+_EXCLUSIVE: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("encryption",): ("passphrase", "passphrase_file", "key_file")
+}
+"""Settings of which only one may be given: one set by env or file hides every credential of
+the group."""
+
+
+def credential_dirs() -> list[Path]:
+    """Where credential files are looked for, first match wins: ``$CREDENTIALS_DIRECTORY``
+    (systemd ``LoadCredential=``), then ``/run/secrets``."""
+    dirs = [Path(os.environ["CREDENTIALS_DIRECTORY"])] if os.environ.get("CREDENTIALS_DIRECTORY") else []
+    return [*dirs, SECRETS_DIR]
+
+
+def _is_set(loc: tuple[str, ...], file_data: dict[str, Any], env_upper: set[str]) -> bool:
+    if env_name(loc) in env_upper:
+        return True
+    part: Any = file_data
+    for name in loc:
+        if not isinstance(part, dict) or name not in part:
+            return False
+        part = part[name]
+    return True
+
+
+def read_credentials(
+    file_data: dict[str, Any], dirs: list[Path] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Secret settings (``CREDENTIAL_SETTINGS``) from credential files, for those that neither
+    the environment nor the TOML file sets (precedence: env > file > ``$CREDENTIALS_DIRECTORY``
+    > ``/run/secrets``). Returns nested values to merge under the file's, and env name -> path
+    of every credential used. An unreadable or empty credential raises ``ConfigError``."""
+    env_upper = {k.upper() for k in os.environ}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for loc in CREDENTIAL_SETTINGS:
+        group = _EXCLUSIVE.get(loc[:-1], (loc[-1],))
+        if any(_is_set((*loc[:-1], member), file_data, env_upper) for member in group):
+            continue
+        for directory in credential_dirs() if dirs is None else dirs:
+            found = [directory / env_name((*loc[:-1], m)) for m in group if m != "passphrase_file"]
+            found = [p for p in found if _is_file(p)]
+            if len(found) > 1:
+                raise ConfigError(
+                    f"credential files {' and '.join(str(p) for p in found)} both set the encryption "
+                    "secret; keep one"
+                )
+            path = directory / env_name(loc)
+            if found and found[0] == path:
+                value = _read_credential(path) if loc[-1] != "key_file" else str(path)
+                section = values
+                for name in loc[:-1]:
+                    section = section.setdefault(name, {})
+                section[loc[-1]] = value
+                sources[env_name(loc)] = str(path)
+            if found:
+                break
+    return values, sources
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a directory we may not search (/run/secrets of another user)
+        return False
+
+
+def _read_credential(path: Path) -> str:
+    try:
+        value = path.read_text("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read credential file {path}: {reason}") from None
+    if not value:
+        raise ConfigError(f"credential file {path} is empty", hint="write the secret into it, or remove it")
+    return value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_path: Path | None = None, *, secret_dirs: list[Path] | None = None
+) -> tuple[Settings, dict[str, Any]]:
+    """Resolve settings: env over the TOML file (``--config`` or ``BACKUPD_CONFIG``) over
+    credential files (``read_credentials``; ``secret_dirs`` replaces ``credential_dirs()``, for
+    tests) over defaults.
 
     Returns the settings and the TOML data (for ``config show``). Invalid values raise
     ``ConfigError`` naming the setting.
     """
     path = config_path or (Path(os.environ["BACKUPD_CONFIG"]) if os.environ.get("BACKUPD_CONFIG") else None)
     file_data = read_toml(path) if path else {}
+    from_credentials, credential_sources = read_credentials(file_data, secret_dirs)
     try:
-        settings = Settings(**file_data)
+        settings = Settings(**_merge(from_credentials, file_data))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -320,6 +483,7 @@ def load_settings(config_path: Path | None = None) -> tuple[Settings, dict[str, 
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
     if path is not None:
         settings.config = path
+    settings._credentials = credential_sources
     return settings, file_data
 
 

@@ -11,11 +11,13 @@ taken as UTC).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from contentflow_backupd.catalog.audit_records import AuditEvent
+from contentflow_backupd.catalog.guard_records import BatchCheckpoint, MigrationRunRecord, MigrationStatus
 from contentflow_backupd.model import (
     BackupRecord,
     BackupStatus,
@@ -286,6 +288,66 @@ class Catalog(Protocol):
     ) -> list[DrillRecord]:
         """Drills of ``cluster`` (only those with ``status`` when given), oldest first (by
         ``started_at``, then id); with ``limit``, the newest ``limit`` of them."""
+        ...
+
+    def save_migration_run(self, record: MigrationRunRecord) -> None:
+        """Insert or replace the ``migrate`` run with ``record.id``."""
+        ...
+
+    def get_migration_run(self, run_id: str) -> MigrationRunRecord | None: ...
+
+    def list_migration_runs(
+        self, cluster: str, *, limit: int | None = None, status: MigrationStatus | None = None
+    ) -> list[MigrationRunRecord]:
+        """``migrate`` runs of ``cluster`` (only those with ``status`` when given), oldest first;
+        with ``limit``, the newest ``limit`` of them."""
+        ...
+
+    def save_batch(self, checkpoint: BatchCheckpoint) -> None:
+        """Insert or replace the ``migrate batch`` checkpoint with ``checkpoint.id``."""
+        ...
+
+    def get_batch(self, batch_id: str) -> BatchCheckpoint | None: ...
+
+    def append_audit_event(
+        self,
+        *,
+        action: str,
+        outcome: str,
+        actor: str,
+        objects: Sequence[str] = (),
+        details: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> AuditEvent:
+        """Append one audit record (``at`` default: now) chained onto the last one, reading the
+        last one inside the same write transaction (safe with concurrent writers). Returns it."""
+        ...
+
+    def list_audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        after_seq: int | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditEvent]:
+        """Audit records by ``seq`` (only those at or after ``since``, after ``after_seq`` and
+        of ``action``, when given), newest first with ``newest_first``; with ``limit``, the
+        first ``limit`` of them in that order."""
+        ...
+
+    def merge_audit_events(self, events: Sequence[AuditEvent]) -> tuple[int, int]:
+        """In one transaction, make ``events`` (the repository's copy) the history up to their
+        last seq; see ``catalog/audit.py``. Returns (imported, appended again)."""
+        ...
+
+    def get_audit_flushed_seq(self, repository_id: str) -> int | None:
+        """The last audit seq written to the repository ``repository_id`` (None: never)."""
+        ...
+
+    def set_audit_flushed_seq(self, repository_id: str, seq: int) -> None:
+        """Raise (never lower) the mark of ``get_audit_flushed_seq``."""
         ...
 
     @property

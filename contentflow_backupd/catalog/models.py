@@ -214,3 +214,63 @@ class DrillRow(Base):
     throughput_bytes_per_s: Mapped[float | None] = mapped_column(Float)
     checks: Mapped[list[dict[str, str]]] = mapped_column(JsonDocument, default=list)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class MigrationRunRow(Base):
+    """One ``MigrationRunRecord`` (a ``migrate`` run, dry or not): the audit record of a schema
+    migration, its safety net, schemas before and after, and the role settings it changed."""
+
+    __tablename__ = "migration_runs"
+    __table_args__ = (Index("ix_migration_runs_cluster_started_at", "cluster", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(255))
+    database: Mapped[str] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(255))
+    command: Mapped[list[str]] = mapped_column(JsonDocument, default=list)
+    dry_run: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    restore_point: Mapped[str | None] = mapped_column(String(255))
+    backup_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    schema_before: Mapped[str | None] = mapped_column(Text)
+    schema_after: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class BatchCheckpointRow(Base):
+    """One ``BatchCheckpoint``: where a ``migrate batch`` run stands, so it resumes after a crash."""
+
+    __tablename__ = "migration_batches"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(255))
+    database: Mapped[str] = mapped_column(String(255))
+    table_name: Mapped[str] = mapped_column(String(255))
+    key_column: Mapped[str] = mapped_column(String(255))
+    sql_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class AuditEventRow(Base):
+    """One ``AuditEvent`` (catalog/audit_records.py). Append-only: rows are inserted by
+    ``catalog/audit.py`` with ``seq`` one more than the last, chained by ``prev_hash``/``hash``."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    objects: Mapped[list[str]] = mapped_column(JsonDocument, default=list)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -19,7 +19,7 @@ import dataclasses
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contentflow_backupd.catalog import drills, verification
+from contentflow_backupd.catalog import audit, drills, guard, verification
+from contentflow_backupd.catalog.audit_records import AuditEvent
 from contentflow_backupd.catalog.base import (
     CorruptObject,
     DeletionRecord,
@@ -40,6 +41,7 @@ from contentflow_backupd.catalog.base import (
     DrillStatus,
     VerifyState,
 )
+from contentflow_backupd.catalog.guard_records import BatchCheckpoint, MigrationRunRecord, MigrationStatus
 from contentflow_backupd.catalog.models import (
     VERSION_TABLE,
     BackupRow,
@@ -370,6 +372,83 @@ class SqlCatalog:
     ) -> list[DrillRecord]:
         with self._session("list drills", write=False) as session:
             return drills.list_drills(session, cluster, limit=limit, status=status)
+
+    def save_migration_run(self, record: MigrationRunRecord) -> None:
+        with self._session("record migration run", write=True) as session:
+            guard.save_migration_run(session, record)
+
+    def get_migration_run(self, run_id: str) -> MigrationRunRecord | None:
+        with self._session("read migration run", write=False) as session:
+            return guard.get_migration_run(session, run_id)
+
+    def list_migration_runs(
+        self, cluster: str, *, limit: int | None = None, status: MigrationStatus | None = None
+    ) -> list[MigrationRunRecord]:
+        with self._session("list migration runs", write=False) as session:
+            return guard.list_migration_runs(session, cluster, limit=limit, status=status)
+
+    def save_batch(self, checkpoint: BatchCheckpoint) -> None:
+        with self._session("record batch checkpoint", write=True) as session:
+            guard.save_batch(session, checkpoint)
+
+    def get_batch(self, batch_id: str) -> BatchCheckpoint | None:
+        with self._session("read batch checkpoint", write=False) as session:
+            return guard.get_batch(session, batch_id)
+
+    # -- audit trail (catalog/audit.py) -------------------------------------------------------
+    def append_audit_event(
+        self,
+        *,
+        action: str,
+        outcome: str,
+        actor: str,
+        objects: Sequence[str] = (),
+        details: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> AuditEvent:
+        when = _utc(at or utcnow())
+        with self._session("record audit event", write=True) as session:
+            return audit.append_audit_event(
+                session,
+                at=when,
+                actor=actor,
+                action=action,
+                outcome=outcome,
+                objects=objects,
+                details=details,
+            )
+
+    def list_audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        after_seq: int | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditEvent]:
+        since = None if since is None else _utc(since)
+        with self._session("list audit events", write=False) as session:
+            return audit.list_audit_events(
+                session,
+                since=since,
+                after_seq=after_seq,
+                action=action,
+                limit=limit,
+                newest_first=newest_first,
+            )
+
+    def merge_audit_events(self, events: Sequence[AuditEvent]) -> tuple[int, int]:
+        with self._session("restore audit events", write=True) as session:
+            return audit.merge_audit_events(session, events)
+
+    def get_audit_flushed_seq(self, repository_id: str) -> int | None:
+        with self._session("read audit mark", write=False) as session:
+            return audit.get_flushed_seq(session, repository_id)
+
+    def set_audit_flushed_seq(self, repository_id: str, seq: int) -> None:
+        with self._session("save audit mark", write=True) as session:
+            audit.set_flushed_seq(session, repository_id, seq)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -179,6 +179,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
+    from contentflow_backupd.cli.audit import open_audit_catalog
     from contentflow_backupd.ops.restore import resolve_backup_id
     from contentflow_backupd.ops.verify import verify_backups
 
@@ -189,9 +190,15 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
     else:
         ids = list(repo.iter_backup_ids(settings.cluster))
-    report = verify_backups(
-        repo, settings.cluster, ids, quick=args.quick, concurrency=settings.upload_concurrency
-    )
+    audit = open_audit_catalog(settings)
+    try:
+        concurrency = settings.upload_concurrency
+        report = verify_backups(
+            repo, settings.cluster, ids, quick=args.quick, concurrency=concurrency, audit=audit
+        )
+    finally:
+        if audit is not None:
+            audit.close()
     if args.json:
         print_json(report.to_json())
     else:
@@ -297,6 +304,9 @@ def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         print_json(result.to_json())
     else:
         print(f"catalog rebuilt: {result.backups} backups of cluster {settings.cluster!r}")
+        if result.audit is not None:
+            audit = result.audit
+            print(f"audit trail: {audit.found} records in the repository, {audit.imported} restored")
         for u in result.unreadable:
             print(f"  unreadable: {u['key']}: {u['error']}")
     return EXIT_FAILED if result.unreadable else EXIT_OK

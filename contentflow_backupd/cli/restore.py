@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from contentflow_backupd.cli.audit import open_audit_catalog
 from contentflow_backupd.cli.output import human_bytes, print_json
 from contentflow_backupd.errors import EXIT_OK
 from contentflow_backupd.settings import Settings
@@ -41,26 +42,33 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("restore needs exactly one of --to-database URL, --to-file PATH or --pgdata DIR")
     repo = wiring.open_repository(settings)
     backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup)
-    if args.to_file:
-        result = restore_to_file(
-            repo,
-            settings.cluster,
-            backup_id,
-            Path(args.to_file),
-            concurrency=settings.upload_concurrency,
-        )
-    else:
-        result = restore_to_database(
-            repo,
-            settings.cluster,
-            backup_id,
-            wiring.restore_target(settings, args.to_database),
-            create=args.create,
-            clean=args.clean,
-            jobs=args.jobs,
-            no_owner=args.no_owner,
-            concurrency=settings.upload_concurrency,
-        )
+    audit = open_audit_catalog(settings)
+    try:
+        if args.to_file:
+            result = restore_to_file(
+                repo,
+                settings.cluster,
+                backup_id,
+                Path(args.to_file),
+                concurrency=settings.upload_concurrency,
+                audit=audit,
+            )
+        else:
+            result = restore_to_database(
+                repo,
+                settings.cluster,
+                backup_id,
+                wiring.restore_target(settings, args.to_database),
+                create=args.create,
+                clean=args.clean,
+                jobs=args.jobs,
+                no_owner=args.no_owner,
+                concurrency=settings.upload_concurrency,
+                audit=audit,
+            )
+    finally:
+        if audit is not None:
+            audit.close()
     if args.json:
         print_json(result.to_json())
     else:
@@ -100,13 +108,14 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
         timeline=args.target_timeline,
     )
     repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings) if target.kind == "name" else None
+    catalog = wiring.open_catalog(settings) if target.kind == "name" else open_audit_catalog(settings)
     try:
         result = restore_physical(
             repo,
             WalArchive(repo, settings.cluster),
             _physical_options(args, settings, target),
             catalog=catalog,
+            audit=catalog,
         )
     finally:
         if catalog is not None:
@@ -215,6 +224,7 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
                 excluded=excluded,
                 check=_checks(settings, target.info),
                 concurrency=settings.upload_concurrency,
+                audit=catalog,
             )
     finally:
         catalog.close()

@@ -97,6 +97,7 @@ class Daemon:
         if self._lock.mode == "exclusive":
             self._lock.require()  # a second daemon on one SQLite catalog is refused
         self._repo = self._open_or_init_repository()
+        self._audit_config()
         self._cleanup_drills()
         self._notifier = wiring.notifier(s)
         self._build_runner()
@@ -111,6 +112,15 @@ class Daemon:
         self.sd.ready()
         self.sd.status(self._status_text())
         log.info("daemon_ready", leader=self.leader, http=s.http.listen)
+
+    def _audit_config(self) -> None:
+        """``config_changed`` in the audit trail when the settings differ from the last start's."""
+        from contentflow_backupd.configshow import describe_settings
+        from contentflow_backupd.ops.audit import record_config
+
+        assert self._catalog is not None
+        view = {row["name"]: row["value"] for row in describe_settings(self.settings, {})}
+        record_config(self._catalog, view, self._repo)
 
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
@@ -276,6 +286,8 @@ class Daemon:
             self.metrics.set_dependency(name, state.up)
         self._deps = deps
         self._catalog_up = deps["catalog"].up
+        if self._catalog_up:
+            self._probe_migrations()
         if s.mode == "physical":
             try:
                 self._wal_state = wiring.wal_health_state(s, self._repo)
@@ -300,6 +312,21 @@ class Daemon:
             return
         self.metrics.set_recovery_point_age(report.get("recovery_point_age_seconds"))
         self._recovery = recovery_state(report)
+
+    def _probe_migrations(self) -> None:
+        """``backupd_migration_*`` from the catalog (``migrate`` runs as its own command)."""
+        assert self._catalog is not None
+        try:
+            runs = [r for r in self._catalog.list_migration_runs(self.settings.cluster) if not r.dry_run]
+        except BackupdError as exc:
+            log.warning("migration_runs_unreadable", error=exc.message)
+            return
+        counts: dict[str, int] = {}
+        for run in runs:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        done = [r for r in runs if r.finished_at is not None]
+        last = done[-1].details.get("duration_seconds") if done else None
+        self.metrics.set_migration_runs(counts, None if last is None else float(last))
 
     # -- probes for the HTTP endpoints -----------------------------------------------------
     def live(self) -> bool:

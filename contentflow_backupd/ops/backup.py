@@ -23,6 +23,7 @@ from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
 from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, new_backup_id, utcnow
+from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
 from contentflow_backupd.ops.locks import exclusive, pid_alive
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
@@ -97,6 +98,7 @@ def run_backup(
         except LockedError as exc:
             log.warning("backup_skipped", reason=exc.message)
             _finish_run(catalog, run.id, "skipped", None, exc.message)
+            _audit(repo, catalog, opts, run.id, "skipped", attempt, exc.message)
             raise
         except (Interrupted, KeyboardInterrupt):
             _fail(
@@ -106,6 +108,7 @@ def run_backup(
                 "interrupted",
                 "interrupted by a signal before the manifest was written",
             )
+            _audit(repo, catalog, opts, run.id, "interrupted", attempt, "interrupted by a signal")
             raise
         except BaseException as exc:
             error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
@@ -113,9 +116,36 @@ def run_backup(
                 _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}")
             else:
                 _fail(catalog, attempt, run.id, "failed", error)
+            _audit(repo, catalog, opts, run.id, "failed", attempt, error)
             raise
         _finish_run(catalog, run.id, "succeeded", done.id, None)
+        _audit(repo, catalog, opts, run.id, "succeeded", [done], None)
         return done
+
+
+def _audit(
+    repo: Repository,
+    catalog: Catalog,
+    opts: BackupOptions,
+    run_id: int,
+    outcome: str,
+    attempt: list[BackupRecord],
+    error: str | None,
+) -> None:
+    record = attempt[-1] if attempt else None
+    details: dict[str, Any] = {
+        "cluster": opts.cluster,
+        "kind": opts.kind,
+        "mode": opts.mode,
+        "trigger": opts.trigger,
+        "run_id": run_id,
+    }
+    if record is not None and outcome == "succeeded":
+        details["stored_bytes"] = record.stored_bytes
+    if error is not None:
+        details["error"] = error
+    objects = [record.id] if record is not None else []
+    record_event(catalog, action="backup", outcome=outcome, objects=objects, details=details, repo=repo)
 
 
 def _dispatch(

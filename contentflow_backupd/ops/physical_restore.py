@@ -32,6 +32,7 @@ from contentflow_backupd.errors import (
     UsageError,
 )
 from contentflow_backupd.model import RestorePoint, iso
+from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.verify import missing_objects
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
@@ -479,7 +480,25 @@ class PhysicalRestoreResult:
 
 
 def restore_physical(
-    repo: Repository, archive: WalArchive, opts: PhysicalRestoreOptions, *, catalog: Catalog | None = None
+    repo: Repository,
+    archive: WalArchive,
+    opts: PhysicalRestoreOptions,
+    *,
+    catalog: Catalog | None = None,
+    audit: Catalog | None = None,
+) -> PhysicalRestoreResult:
+    """``catalog``: where restore points are looked up; ``audit``: the catalog to record the
+    restore in (ops/audit.py), None records nothing."""
+    details = {"cluster": opts.cluster, "mode": "physical", "pgdata": str(opts.pgdata)}
+    details["target"] = opts.target.describe()
+    with audited(audit, "restore", objects=[opts.backup], details=details, repo=repo) as recorded:
+        result = _restore_physical(repo, archive, opts, catalog)
+        recorded.details.update(backup_id=result.backup_id, restored_bytes=result.restored_bytes)
+        return result
+
+
+def _restore_physical(
+    repo: Repository, archive: WalArchive, opts: PhysicalRestoreOptions, catalog: Catalog | None
 ) -> PhysicalRestoreResult:
     t0 = time.monotonic()
     pgdata = Path(os.path.abspath(opts.pgdata))

@@ -1,4 +1,5 @@
-"""``rebuild_catalog``: reconstruct the catalog's backup index from the repository's manifests."""
+"""``rebuild_catalog``: reconstruct the catalog's backup index from the repository's manifests,
+and its audit trail from the repository's audit objects (ops/audit.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import structlog
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BackupRecord
+from contentflow_backupd.ops.audit import AuditRestore, record_event, restore_audit
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.repository import Repository
 
@@ -21,9 +23,11 @@ log = structlog.get_logger(__name__)
 class RebuildResult:
     backups: int
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    audit: AuditRestore | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"backups": self.backups, "unreadable": self.unreadable}
+        audit = None if self.audit is None else self.audit.to_json()
+        return {"backups": self.backups, "unreadable": self.unreadable, "audit": audit}
 
 
 def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> RebuildResult:
@@ -42,5 +46,14 @@ def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> Rebuild
             record.stored_bytes += repo.storage.stat(key).size
         records.append(record)
     catalog.replace_backups(cluster, records)
+    audit = restore_audit(catalog, repo)
     log.info("catalog_rebuilt", cluster=cluster, backups=len(records), unreadable=len(unreadable))
-    return RebuildResult(backups=len(records), unreadable=unreadable)
+    details = {
+        "cluster": cluster,
+        "backups": len(records),
+        "unreadable": unreadable,
+        "audit": audit.to_json(),
+    }
+    outcome = "failed" if unreadable else "succeeded"
+    record_event(catalog, action="catalog_rebuild", outcome=outcome, details=details, repo=repo)
+    return RebuildResult(backups=len(records), unreadable=unreadable, audit=audit)

@@ -162,7 +162,9 @@ def recover_physical(
             _skip(skipped, manifest.id, why)
             continue
         try:
-            result = restore_physical(repo, archive, _with_backup(opts, manifest.id, pgdata), catalog=catalog)
+            result = restore_physical(
+                repo, archive, _with_backup(opts, manifest.id, pgdata), catalog=catalog, audit=catalog
+            )
         except BACKUP_FAULTS as exc:
             _note_damage(damaged, exc, manifest.id)
             _skip(skipped, manifest.id, exc.message)
@@ -302,9 +304,11 @@ def recover_logical(
     excluded: Mapping[str, str],
     check: RunChecks | None = None,
     concurrency: int = 8,
+    audit: Catalog | None = None,
 ) -> RecoverResult:
     """Restore the newest good logical backup (or ``backup``, without fallback) into ``target``
-    (created when missing; refused when it holds tables), then run ``check`` on it."""
+    (created when missing; refused when it holds tables), then run ``check`` on it. ``audit``:
+    the catalog each restore attempt is recorded in."""
     t0 = time.monotonic()
     target.prepare(create=True, clean=False)
     skipped: list[Skipped] = []
@@ -318,8 +322,9 @@ def recover_logical(
             continue
         try:
             out = restore_to_database(
-                repo, cluster, manifest.id, target, create=True, clean=False, concurrency=concurrency
-            )
+                repo, cluster, manifest.id, target, create=True, clean=False, concurrency=concurrency,
+                audit=audit,
+            )  # fmt: skip
         except BACKUP_FAULTS as exc:
             _note_damage(damaged, exc, manifest.id)
             _skip(skipped, manifest.id, f"{exc.message} (the restore was rolled back)")

@@ -18,6 +18,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupNotFound, IntegrityError, UsageError
+from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.verify import missing_objects
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
@@ -93,28 +94,48 @@ def restore_to_database(
     jobs: int = 1,
     no_owner: bool = False,
     concurrency: int = 8,
+    audit: Catalog | None = None,
 ) -> RestoreResult:
+    """``audit``: the catalog to record the restore in (ops/audit.py); None records nothing."""
     t0 = time.monotonic()
-    manifest = open_for_restore(repo, cluster, backup_id, concurrency)
-    target.prepare(create=create, clean=clean)
-    entry = manifest.streams[0]
-    reader = _stream(repo, manifest, concurrency)
-    log.info("restore_started", backup_id=backup_id, target=target.describe(), bytes=entry.size)
-    target.restore(
-        reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)),
-        clean=clean,
-        jobs=jobs,
-        no_owner=no_owner,
-    )
-    result = RestoreResult(backup_id, target.describe(), entry.size, time.monotonic() - t0)
+    details = {"cluster": cluster, "mode": "logical", "target": target.describe()}
+    with audited(audit, "restore", objects=[backup_id], details=details, repo=repo) as recorded:
+        manifest = open_for_restore(repo, cluster, backup_id, concurrency)
+        target.prepare(create=create, clean=clean)
+        entry = manifest.streams[0]
+        reader = _stream(repo, manifest, concurrency)
+        log.info("restore_started", backup_id=backup_id, target=target.describe(), bytes=entry.size)
+        target.restore(
+            reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)),
+            clean=clean,
+            jobs=jobs,
+            no_owner=no_owner,
+        )
+        result = RestoreResult(backup_id, target.describe(), entry.size, time.monotonic() - t0)
+        recorded.details["restored_bytes"] = entry.size
     log.info("restore_completed", backup_id=backup_id, duration_seconds=round(result.duration_seconds, 3))
     return result
 
 
 def restore_to_file(
-    repo: Repository, cluster: str, backup_id: str, path: Path, *, concurrency: int = 8
+    repo: Repository,
+    cluster: str,
+    backup_id: str,
+    path: Path,
+    *,
+    concurrency: int = 8,
+    audit: Catalog | None = None,
 ) -> RestoreResult:
-    """Write the pg_dump archive to ``path`` (atomically; refuses to overwrite)."""
+    """Write the pg_dump archive to ``path`` (atomically; refuses to overwrite). ``audit``: the
+    catalog to record the restore in; None records nothing."""
+    details = {"cluster": cluster, "mode": "logical", "target": str(path)}
+    with audited(audit, "restore", objects=[backup_id], details=details, repo=repo):
+        return _restore_to_file(repo, cluster, backup_id, path, concurrency)
+
+
+def _restore_to_file(
+    repo: Repository, cluster: str, backup_id: str, path: Path, concurrency: int
+) -> RestoreResult:
     t0 = time.monotonic()
     if path.exists():
         raise UsageError(f"{path} already exists; refusing to overwrite it")

@@ -13,6 +13,11 @@ Order of deletion (each step is idempotent, so an interrupted run is finished by
 
 Every deletion is logged (``backup_expired``, ``generation_collected``, ``wal_expired``) and
 recorded in the catalog's ``deletions`` table, after the storage delete succeeded.
+
+A delete that S3 Object Lock refuses (``ObjectLocked``: the plan expected the lock to be over,
+but the object was written with a later date, e.g. before the retention settings were shortened)
+is not retried: it is logged (``deletion_refused``), counted in ``ExpiryResult.refused``, the
+object stays (a refused manifest keeps its backup and catalog row), and the next run plans again.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from typing import Any
 import structlog
 
 from contentflow_backupd.catalog.base import Catalog, DeletionRecord, DeletionWhat
-from contentflow_backupd.errors import BackupdError
+from contentflow_backupd.errors import BackupdError, ObjectLocked
 from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, this_host, this_pid, utcnow
+from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.retention_plan import (
     WAL_OLD,
@@ -71,6 +77,8 @@ class ExpiryResult:
     stored_bytes_after: int = 0
     """Bytes of every object under the cluster after the deletions (for
     ``backupd_repository_stored_bytes``)."""
+    refused: list[str] = field(default_factory=list)
+    """Keys whose delete object lock refused (they stay; the next run plans again)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +88,8 @@ class ExpiryResult:
             "deleted_wal_files": self.deleted_wal_files,
             "deleted_bytes": self.deleted_bytes,
             "stored_bytes": self.stored_bytes_after,
+            "refused_objects": len(self.refused),
+            "refused_keys": self.refused[:20],
         }
 
 
@@ -128,6 +138,7 @@ def _stored_backup(repo: Repository, cluster: str, bid: str, info: ObjectInfo) -
         finished_at=m.finished_at,
         wal_first=first if isinstance(first, str) else None,
         wal_last=last if isinstance(last, str) else None,
+        manifest_modified=info.modified,
     )
 
 
@@ -159,9 +170,22 @@ def apply_expiry(
     def record(what: DeletionWhat, name: str, size: int, reason: str) -> DeletionRecord:
         return DeletionRecord(utcnow(), cluster, what, name, size, reason, run_id)
 
+    def refused(key: str, exc: ObjectLocked) -> None:
+        result.refused.append(key)
+        log.warning("deletion_refused", key=key, error=exc.message)
+
+    def delete(key: str) -> bool:
+        try:
+            storage.delete(key)
+        except ObjectLocked as exc:
+            refused(key, exc)
+            return False
+        return True
+
     reasons = {d.backup.id: d.reason for d in plan.backups}
     for b in plan.backups_to_delete:
-        storage.delete(b.manifest_key)
+        if not delete(b.manifest_key):
+            continue
         catalog.delete_backup(b.id)
         catalog.add_deletions([record("backup", b.id, b.manifest_bytes, reasons[b.id])])
         result.deleted_backups[b.kind] += 1
@@ -172,10 +196,14 @@ def apply_expiry(
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="expire") as pool:
         for g in plan.generations_to_delete:
             # The generation is listed again: every object under it goes, also one listed late.
-            infos = list(storage.list(layout.chunks_prefix(cluster, g.generation)))
-            _delete_all(pool, storage.delete, (i.key for i in infos))
+            listed = list(storage.list(layout.chunks_prefix(cluster, g.generation)))
+            gone = set(_delete_all(pool, delete, (i.key for i in listed)))
+            infos = [i for i in listed if i.key in gone]
             size = sum(i.size for i in infos)
-            catalog.add_deletions([record("generation", g.generation, size, gen_reasons[g.generation])])
+            reason = gen_reasons[g.generation]
+            if len(infos) < len(listed):
+                reason += f" (partly: object lock refused {len(listed) - len(infos)} objects)"
+            catalog.add_deletions([record("generation", g.generation, size, reason)])
             result.deleted_generations += 1
             result.deleted_chunk_objects += len(infos)
             result.deleted_bytes += size
@@ -184,13 +212,15 @@ def apply_expiry(
                 generation=g.generation,
                 objects=len(infos),
                 bytes=size,
-                reason=gen_reasons[g.generation],
+                reason=reason,
             )
 
         wal = plan.wal_to_delete
         for start in range(0, len(wal), _RECORD_BATCH):
-            batch = wal[start : start + _RECORD_BATCH]
-            _delete_all(pool, storage.delete, (w.key for w in batch))
+            gone = set(_delete_all(pool, delete, (w.key for w in wal[start : start + _RECORD_BATCH])))
+            batch = [w for w in wal[start : start + _RECORD_BATCH] if w.key in gone]
+            if not batch:
+                continue
             catalog.add_deletions([record("wal", w.name, w.size, WAL_OLD) for w in batch])
             result.deleted_wal_files += len(batch)
             result.deleted_bytes += sum(w.size for w in batch)
@@ -212,13 +242,15 @@ def apply_expiry(
         deleted_wal_files=result.deleted_wal_files,
         deleted_bytes=result.deleted_bytes,
         stored_bytes=result.stored_bytes_after,
+        refused=len(result.refused),
     )
     return result
 
 
-def _delete_all(pool: ThreadPoolExecutor, delete: Callable[[str], None], keys: Iterable[str]) -> None:
-    for future in [pool.submit(delete, key) for key in keys]:
-        future.result()
+def _delete_all(pool: ThreadPoolExecutor, delete: Callable[[str], bool], keys: Iterable[str]) -> list[str]:
+    """Delete ``keys`` in parallel; the keys actually deleted (``delete`` returned True)."""
+    futures = [(key, pool.submit(delete, key)) for key in keys]
+    return [key for key, future in futures if future.result()]
 
 
 def _by_timeline(files: list[StoredWal]) -> Iterator[tuple[str, list[StoredWal]]]:
@@ -259,10 +291,17 @@ def expire(
         if run_id is None and trigger is not None:
             own_run = catalog.start_run("retention", trigger, pid=this_pid(), host=this_host())
             run_id = own_run.id
+        planned: list[ExpiryPlan] = []
         try:
             plan = plan_for(repo, cluster, policy, now)
+            planned.append(plan)
             result = apply_expiry(plan, repo, catalog, run_id=run_id, concurrency=concurrency)
+            _audit_expiry(repo, catalog, plan, result, run_id, None)
+            from contentflow_backupd.ops.keys import retire_after_retention
+
+            retire_after_retention(repo, catalog)  # data keys no retained object needs; never raises
         except BaseException as exc:
+            _audit_expiry(repo, catalog, planned[0] if planned else None, None, run_id, exc)
             if own_run is not None:
                 error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
                 status: RunStatus = "failed" if isinstance(exc, Exception) else "interrupted"
@@ -272,6 +311,35 @@ def expire(
         if own_run is not None:
             catalog.finish_run(own_run.id, "succeeded")
         return plan, result
+
+
+def _audit_expiry(
+    repo: Repository,
+    catalog: Catalog,
+    plan: ExpiryPlan | None,
+    result: ExpiryResult | None,
+    run_id: int | None,
+    exc: BaseException | None,
+) -> None:
+    """Record an applied retention run (ops/audit.py) with what it deleted: backup ids,
+    ``generation:<id>``, ``wal:<name>``. A failed run lists what it planned (the ``deletions``
+    table has what went before the failure); a run that deleted nothing is not recorded."""
+    refused = set(result.refused) if result is not None else set()
+    objects: list[str] = []
+    if plan is not None:
+        objects += [b.id for b in plan.backups_to_delete if b.manifest_key not in refused]
+        objects += [f"generation:{g.generation}" for g in plan.generations_to_delete]
+        objects += [f"wal:{w.name}" for w in plan.wal_to_delete if w.key not in refused]
+    if exc is None and not objects:
+        return
+    details: dict[str, Any] = {"cluster": plan.cluster if plan is not None else None, "run_id": run_id}
+    if result is not None:
+        details.update(result.to_json())
+    if exc is not None:
+        details["error"] = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+        details["objects_are"] = "planned: the run stopped part-way"
+    outcome = "succeeded" if exc is None else "failed" if isinstance(exc, Exception) else "interrupted"
+    record_event(catalog, action="expire", outcome=outcome, objects=objects, details=details, repo=repo)
 
 
 def expiry_report(plan: ExpiryPlan, result: ExpiryResult | None) -> dict[str, Any]:

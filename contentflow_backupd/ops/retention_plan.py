@@ -34,6 +34,11 @@ WAL (``<cluster>/wal/<timeline>/<file>``, ages from the objects' modified time):
   physical backup, by ``finished_at`` (so the newest backup can always be rolled forward to the
   latest WAL; later timelines sort after earlier ones, and are kept too).
 - Any other file more than ``retention.wal`` old is deleted.
+
+Object lock (``policy.lock_margin_s`` set): an object the rules above would delete is kept while
+its retain-until date (``ops.lock_rule``, from the object's modified time) is in the future: the
+backup, generation or WAL file is planned "keep" with the date in the reason, and deleted by a
+later run.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from contentflow_backupd.model import BackupKind, BackupMode, iso
+from contentflow_backupd.ops.lock_rule import chunk_until, manifest_until, wal_until
 from contentflow_backupd.timespec import format_duration
 from contentflow_backupd.wal import classify
 
@@ -58,6 +64,7 @@ WAL_OLD = "older than retention.wal"
 WAL_UNKNOWN_AGE = "modified time unknown"
 WAL_HELD = "kept while a backup manifest is unreadable"
 WAL_NOT_WAL = "not a WAL archive file name"
+WAL_LOCKED = "older than retention.wal, but kept: object lock until its retain-until date"
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,13 @@ class RetentionPolicy:
     wal_s: float
     min_full: int = 1
     gc_grace_s: float = 86400.0
+    lock_margin_s: float | None = None
+    """Set when objects are written under S3 Object Lock (``BACKUPD_S3__OBJECT_LOCK``): the
+    margin added to retain-until dates (``ops.lock_rule``); None: no object lock."""
 
     def __post_init__(self) -> None:
+        if self.lock_margin_s is not None and self.lock_margin_s < 0:
+            raise ValueError("lock_margin_s must not be negative")
         if self.min_full < 1:
             raise ValueError("min_full must be at least 1: the newest full backup is always kept")
         for name in ("full_s", "incremental_s", "wal_s", "gc_grace_s"):
@@ -93,6 +105,8 @@ class StoredBackup:
     wal_first: str | None = None
     wal_last: str | None = None
     error: str | None = None
+    manifest_modified: datetime | None = None
+    """When the manifest object was written (its modified time in storage)."""
 
     @property
     def readable(self) -> bool:
@@ -301,10 +315,18 @@ def _decide_backups(
         age = _age(now, b.finished_at)
         if age > limit:
             reason = f"finished {_fmt(age)} ago, older than retention.{b.kind} ({_fmt(limit)})"
-            out.append(BackupDecision(b, "delete", reason))
+            until = manifest_until(policy, b.id, b.manifest_modified or b.finished_at)
+            if until is not None and until > now:
+                out.append(BackupDecision(b, "keep", f"{reason}, but kept: {_locked(until)}"))
+            else:
+                out.append(BackupDecision(b, "delete", reason))
         else:
             out.append(BackupDecision(b, "keep", f"within retention.{b.kind} ({_fmt(limit)})"))
     return out
+
+
+def _locked(until: datetime) -> str:
+    return f"object lock until {iso(until)}"
 
 
 def _newness(b: StoredBackup) -> tuple[datetime, str]:
@@ -334,12 +356,16 @@ def _decide_generations(
             out.append(GenerationDecision(g, "keep", "no kept backup uses it, but its age is unknown"))
         else:
             age = _age(now, g.newest_modified)
+            until = chunk_until(policy, name, g.newest_modified)
             if age > policy.gc_grace_s:
                 reason = (
                     f"no kept backup uses it; newest chunk {_fmt(age)} old, older than "
                     f"retention.gc_grace ({_fmt(policy.gc_grace_s)})"
                 )
-                out.append(GenerationDecision(g, "delete", reason))
+                if until is not None and until > now:
+                    out.append(GenerationDecision(g, "keep", f"{reason}, but kept: {_locked(until)}"))
+                else:
+                    out.append(GenerationDecision(g, "delete", reason))
             else:
                 reason = (
                     f"no kept backup uses it, but its newest chunk is within retention.gc_grace "
@@ -391,4 +417,7 @@ def _wal_reason(
         return WAL_ROLL_FORWARD
     if w.modified is None:
         return WAL_UNKNOWN_AGE
-    return WAL_OLD if _age(now, w.modified) > policy.wal_s else WAL_YOUNG
+    if _age(now, w.modified) <= policy.wal_s:
+        return WAL_YOUNG
+    until = wal_until(policy, w.modified)
+    return WAL_LOCKED if until is not None and until > now else WAL_OLD

@@ -37,6 +37,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog, CorruptObject, VerifyState
 from contentflow_backupd.model import iso, utcnow
+from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.sweep_index import ClusterIndex, build_index, check_object, describe, is_fault
 from contentflow_backupd.ops.sweep_plan import SweepPlan, estimated_pass_end, plan_sweep
@@ -150,8 +151,17 @@ def verify_since_last(
         if lock_dir is not None
         else contextlib.nullcontext()
     )
-    with lock:
-        return _run(repo, catalog, cluster, full_sweep_s, interval_s, now or utcnow(), max(1, concurrency))
+    details = {"cluster": cluster, "mode": "since-last"}
+    with lock, audited(catalog, "verify", details=details, repo=repo) as recorded:
+        result = _run(repo, catalog, cluster, full_sweep_s, interval_s, now or utcnow(), max(1, concurrency))
+        recorded.details.update(
+            new_backups=list(result.new_backups),
+            found=[f"{f.key}: {f.problem}" for f in result.found[:20]],
+            open_corrupt=len(result.open_corrupt),
+        )
+        if not result.ok:
+            recorded.outcome = "failed"
+    return result
 
 
 def _run(

@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import blake3
 import structlog
 
+from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, ObjectNotFound
+from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader
@@ -205,12 +207,27 @@ def _consistency_wal(
 
 
 def verify_backups(
-    repo: Repository, cluster: str, backup_ids: list[str], *, quick: bool, concurrency: int = 8
+    repo: Repository,
+    cluster: str,
+    backup_ids: list[str],
+    *,
+    quick: bool,
+    concurrency: int = 8,
+    audit: Catalog | None = None,
 ) -> VerifyReport:
-    return VerifyReport(
-        mode="quick" if quick else "deep",
-        backups=[verify_backup(repo, cluster, b, quick=quick, concurrency=concurrency) for b in backup_ids],
-    )
+    """``audit``: the catalog to record the verification in (ops/audit.py); None records nothing."""
+    details: dict[str, Any] = {"cluster": cluster, "mode": "quick" if quick else "deep"}
+    with audited(audit, "verify", objects=backup_ids, details=details, repo=repo) as recorded:
+        report = VerifyReport(
+            mode="quick" if quick else "deep",
+            backups=[
+                verify_backup(repo, cluster, b, quick=quick, concurrency=concurrency) for b in backup_ids
+            ],
+        )
+        if not report.ok:
+            recorded.outcome = "failed"
+            recorded.details["faults"] = [f"{f.backup_id} {f.key}: {f.problem}" for f in report.faults[:20]]
+    return report
 
 
 def missing_objects(repo: Repository, manifest: Manifest, concurrency: int = 8) -> list[Fault]:

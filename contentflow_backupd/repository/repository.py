@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import blake3
+import structlog
 import zstandard
 
 from contentflow_backupd import __version__
 from contentflow_backupd.errors import (
+    BackupdError,
     BackupNotFound,
     IntegrityError,
     ObjectNotFound,
@@ -26,25 +29,22 @@ from contentflow_backupd.errors import (
     RepositoryExists,
     RepositoryNotFound,
     UnsupportedFormat,
-    WrongKey,
 )
 from contentflow_backupd.model import iso, utcnow
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.chunker import ChunkerParams
-from contentflow_backupd.repository.crypto import (
-    KekSecret,
-    Keyset,
-    ObjectCipher,
-    derive_kek,
-    new_kdf,
-    unwrap_keyset,
-    wrap_keyset,
-)
+from contentflow_backupd.repository.crypto import KekSecret, Keyset, ObjectCipher, envelope_key_id
+from contentflow_backupd.repository.keys import KeyStore, OpenedKeys
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.storage.base import Storage, put_bytes
 
+log = structlog.get_logger(__name__)
+
 REPO_FORMAT_NAME = "contentflow-backupd-repository"
 REPO_FORMAT_VERSION = 1
+KEY_REFRESH_S = 60.0
+"""A repository that writes re-reads its keyset at most this often (a rotation by another process
+then reaches a long-running daemon within a minute; see ``DataKey.retire_after``)."""
 _RAW = b"\x00"
 _ZSTD = b"\x01"
 
@@ -114,14 +114,20 @@ class Repository:
         kek_id: str,
         *,
         compression_level: int = 2,
+        opened: OpenedKeys | None = None,
     ) -> None:
         self.storage = storage
         self.config = config
         self.kek_id = kek_id
+        self.keys = KeyStore(storage, config.repository_id)
+        self.opened_keys = opened
+        """The opened key hierarchy (None: a keyset given directly, never refreshed)."""
         self._chunk_id_key = keyset.chunk_id_key
         self._cipher = ObjectCipher(keyset, config.repository_id)
         self._level = compression_level
         self._codec = _Codec(compression_level)
+        self._refresh_lock = threading.Lock()
+        self._refreshed_at = time.monotonic()
 
     # -- creation and opening -------------------------------------------------------------
     @classmethod
@@ -148,22 +154,19 @@ class Repository:
                 hint="point BACKUPD_REPOSITORY at an empty directory or bucket prefix",
             )
         config = RepositoryConfig.new(chunker)
-        keyset = Keyset.generate(config.created_at)
-        kek_id = "kek-" + secrets.token_hex(4)
-        kdf = new_kdf(secret)
-        kek = derive_kek(secret, kdf)
-        key_doc = {
-            "format": 1,
-            "id": kek_id,
-            "kind": secret.kind,
-            "created_at": config.created_at,
-            "kdf": kdf,
-            "wrapped_keyset": wrap_keyset(keyset, kek, config.repository_id, kek_id),
-        }
-        put_bytes(storage, layout.key_file(kek_id), json.dumps(key_doc, indent=2).encode())
+        # The KEK first (for KMS: the Encrypt call), then the keyset, then the KEK file.
+        opened = KeyStore(storage, config.repository_id).create(secret, config.created_at)
         # repo.json last: a repository whose key file landed but repo.json did not is not one.
         put_bytes(storage, layout.REPO_FILE, json.dumps(config.raw, indent=2).encode(), if_absent=True)
-        return cls(storage, config, keyset, kek_id, compression_level=compression_level)
+        return cls.from_keys(storage, config, opened, compression_level=compression_level)
+
+    @classmethod
+    def from_keys(
+        cls, storage: Storage, config: RepositoryConfig, opened: OpenedKeys, *, compression_level: int = 2
+    ) -> Repository:
+        return cls(
+            storage, config, opened.keyset, opened.kek_id, compression_level=compression_level, opened=opened
+        )
 
     @staticmethod
     def read_config(storage: Storage) -> RepositoryConfig:
@@ -180,35 +183,34 @@ class Repository:
     def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 2) -> Repository:
         """Open with the operator's secret. ``WrongKey`` names the keys that were tried."""
         config = cls.read_config(storage)
-        tried: list[str] = []
-        other_kinds: list[str] = []
-        for info in storage.list(layout.KEYS_PREFIX):
-            try:
-                doc = json.loads(storage.get(info.key))
-            except (ValueError, ObjectNotFound):
-                continue
-            kek_id = str(doc.get("id"))
-            if doc.get("kind") != secret.kind:
-                other_kinds.append(f"{kek_id} ({doc.get('kind')})")
-                continue
-            tried.append(kek_id)
-            try:
-                kek = derive_kek(secret, doc["kdf"])
-                keyset = unwrap_keyset(doc["wrapped_keyset"], kek, config.repository_id, kek_id)
-            except WrongKey:
-                continue
-            return cls(storage, config, keyset, kek_id, compression_level=compression_level)
-        if tried:
-            raise WrongKey(
-                f"the encryption key is wrong: the {secret.kind} from {secret.source} does not "
-                f"open key {', '.join(tried)} of repository {config.repository_id}",
-                hint="check BACKUPD_ENCRYPTION__* ; a lost key means the backups cannot be read",
-            )
-        raise WrongKey(
-            f"repository {config.repository_id} has no key of kind {secret.kind} "
-            f"(it has: {', '.join(other_kinds) or 'none'}); {secret.source} cannot open it",
-            hint="configure the kind of secret the repository was initialised with",
-        )
+        opened = KeyStore(storage, config.repository_id).open(secret)
+        return cls.from_keys(storage, config, opened, compression_level=compression_level)
+
+    # -- keys ------------------------------------------------------------------------------
+    @property
+    def active_data_key_id(self) -> str:
+        return self._cipher.active_key_id
+
+    def use_keys(self, opened: OpenedKeys) -> None:
+        """Seal and open with ``opened`` from now on (after this process changed the keyset)."""
+        self.opened_keys = opened
+        self._cipher = ObjectCipher(opened.keyset, self.config.repository_id)
+        self._refreshed_at = time.monotonic()
+
+    def refresh_keys(self) -> None:
+        """Re-read the keyset (another process may have rotated or retired a data key)."""
+        with self._refresh_lock:
+            if self.opened_keys is not None:
+                self.use_keys(self.keys.reload(self.opened_keys))
+
+    def _refresh_if_due(self) -> None:
+        if self.opened_keys is None or time.monotonic() - self._refreshed_at < KEY_REFRESH_S:
+            return
+        try:
+            self.refresh_keys()
+        except BackupdError as exc:  # keep sealing with the keyset we have; try again later
+            self._refreshed_at = time.monotonic()
+            log.warning("keyset_not_refreshed", error=exc.message)
 
     # -- objects -------------------------------------------------------------------------
     @property
@@ -220,14 +222,20 @@ class Repository:
         return blake3.blake3(data, key=self._chunk_id_key).hexdigest()
 
     def encode(self, key: str, plaintext: bytes, *, compress: bool = True) -> bytes:
-        body = _RAW + plaintext
+        self._refresh_if_due()
         if compress and plaintext:
             packed = self._codec.compressor.compress(plaintext)
             if len(packed) < len(plaintext):
-                body = _ZSTD + packed
-        return self._cipher.seal(key, body)
+                return self._cipher.seal(key, _ZSTD + packed)
+        return self._cipher.seal(key, _RAW + plaintext)  # the copy only when stored as is
 
     def decode(self, key: str, blob: bytes) -> bytes:
+        kid = envelope_key_id(blob[:260])
+        if kid is not None and not self._cipher.holds(kid) and self.opened_keys is not None:
+            try:
+                self.refresh_keys()  # sealed with a data key made after this process opened
+            except BackupdError as exc:
+                log.warning("keyset_not_refreshed", error=exc.message)
         body = self._cipher.open(key, blob)
         if not body:
             raise IntegrityError(f"object {key} is empty inside its envelope", key=key)

@@ -418,7 +418,7 @@ def write_recovery_config(directory: Path, config: RecoveryConfig, owner: Owner)
     """Write ``backupd.toml`` (and ``passphrase`` when needed) into the new ``directory``;
     returns the settings file."""
     document = {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.document.items()}
-    encryption: dict[str, Any] = {}
+    encryption: dict[str, Any] = dict(document.get("encryption", {}))  # e.g. a KMS key id
     if config.passphrase is not None:
         secret = directory / "passphrase"
         write_private_file(secret, config.passphrase.encode() + b"\n", owner)

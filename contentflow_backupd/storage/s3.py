@@ -25,6 +25,24 @@ Writes:
 Request checksums are only sent when an operation requires them (``when_required``): the
 ``Content-MD5`` above already protects the body, and many S3-compatible stores reject the newer
 trailing-checksum encoding.
+
+Object Lock (``object_lock="GOVERNANCE"|"COMPLIANCE"`` with a ``retain_until(key)`` rule; the
+bucket must have Object Lock enabled, which makes it versioned):
+
+- ``put`` sends ``ObjectLockMode`` and ``ObjectLockRetainUntilDate`` (on ``PutObject`` or
+  ``CreateMultipartUpload``) for every key the rule gives a date for; other keys (``repo.json``,
+  ``keys/``) are written without a lock and stay replaceable.
+- ``delete`` removes every version and delete marker of the key (a plain ``DeleteObject`` would
+  only hide the data behind a delete marker). A version still under lock makes S3 answer
+  ``AccessDenied``; when ``HeadObject`` then shows a retain-until date in the future or a legal
+  hold, ``ObjectLocked`` is raised (not retryable), else ``StorageAccessDenied``.
+- ``object_lock_status(storage)`` reports whether the bucket has Object Lock enabled
+  (``GetObjectLockConfiguration``), for ``check``.
+
+``as_of=T`` makes a read-only view of the bucket as it was at ``T``: ``list``, ``open`` and
+``stat`` see, for each key, the version that was current then (``ListObjectVersions``, read once
+on first use). For restoring after objects were overwritten or hidden by delete markers; ``put``
+and ``delete`` raise ``StorageError``.
 """
 
 from __future__ import annotations
@@ -36,7 +54,8 @@ import io
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypedDict
 
 import boto3
 import botocore.session
@@ -58,12 +77,14 @@ from botocore.loaders import Loader, create_loader
 from contentflow_backupd.errors import (
     IncompleteWrite,
     ObjectExists,
+    ObjectLocked,
     ObjectNotFound,
     StorageAccessDenied,
     StorageError,
     StorageUnavailable,
 )
-from contentflow_backupd.storage.base import ObjectInfo, StorageFeatures, read_up_to, validate_key
+from contentflow_backupd.storage import s3_versions
+from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures, read_up_to, validate_key
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -132,8 +153,24 @@ def _new_session() -> boto3.session.Session:
     return boto3.session.Session(botocore_session=core)
 
 
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+
+
 class _IfNoneMatch(TypedDict, total=False):
     IfNoneMatch: str
+
+
+class _VersionArg(TypedDict, total=False):
+    VersionId: str
+
+
+def _version_of(version_id: str | None) -> _VersionArg:
+    return {"VersionId": version_id} if version_id else {}
+
+
+class _LockArgs(TypedDict, total=False):
+    ObjectLockMode: LockMode
+    ObjectLockRetainUntilDate: datetime
 
 
 def _if_none(conditional: bool) -> _IfNoneMatch:
@@ -190,6 +227,9 @@ class S3Storage:
         connect_timeout: float = 10,
         read_timeout: float = 60,
         conditional_writes: bool = True,
+        object_lock: LockMode | None = None,
+        retain_until: Callable[[str], datetime | None] | None = None,
+        as_of: datetime | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
@@ -200,11 +240,18 @@ class S3Storage:
         self._threshold = multipart_threshold
         self._part_size = part_size
         self._conditional = conditional_writes
+        if object_lock is not None and retain_until is None:
+            raise ValueError("object_lock needs a retain_until rule")
+        self._lock_mode = object_lock
+        self._retain_until = retain_until
+        self._as_of = as_of if as_of is None or as_of.tzinfo else as_of.replace(tzinfo=UTC)
+        self._versions: dict[str, s3_versions.Version] | None = None
+        self._versions_lock = threading.Lock()
         self._features = StorageFeatures(
             atomic_put=True,
             ranged_get=True,
             create_only=conditional_writes,
-            object_lock=False,
+            object_lock=object_lock is not None,
             max_concurrency=max_concurrency,
             local_path=False,
         )
@@ -233,6 +280,11 @@ class S3Storage:
     @property
     def url(self) -> str:
         return f"s3://{self._bucket}/{self._prefix.rstrip('/')}".rstrip("/")
+
+    @property
+    def object_lock_mode(self) -> LockMode | None:
+        """The mode objects are locked with (None: no lock)."""
+        return self._lock_mode
 
     # -- error translation ----------------------------------------------------------------
 
@@ -266,6 +318,13 @@ class S3Storage:
                 )
             if code == "PreconditionFailed" or status == 412:
                 return ObjectExists(f"object already exists: {where}", key=key)
+            if code == "InvalidRequest" and "objectlock" in str(exc).lower().replace(" ", ""):
+                return StorageError(
+                    f"S3 refused an object-locked write to {where}: {said} "
+                    f"{exc.response.get('Error', {}).get('Message', '')}",
+                    key=key,
+                    hint=f"enable Object Lock on bucket {self._bucket!r}, or unset BACKUPD_S3__OBJECT_LOCK",
+                )
             if code in _TRANSIENT or status >= 500 or status == 429:
                 return StorageUnavailable(f"S3 is unavailable for {where}: {said}", key=key)
             message = exc.response.get("Error", {}).get("Message", "")
@@ -289,8 +348,27 @@ class S3Storage:
 
     # -- writing --------------------------------------------------------------------------
 
+    def _read_only(self, key: str) -> StorageError:
+        return StorageError(
+            f"{self._where(key)}: the storage is a read-only view of the bucket as of "
+            f"{self._as_of:%Y-%m-%dT%H:%M:%SZ} (BACKUPD_S3__AS_OF)",
+            key=key,
+            hint="unset BACKUPD_S3__AS_OF to write to the repository",
+        )
+
+    def _lock_args(self, key: str) -> _LockArgs:
+        """Object Lock arguments of a write of ``key`` (empty: not locked)."""
+        if self._lock_mode is None or self._retain_until is None:
+            return {}
+        until = self._retain_until(key)
+        if until is None:
+            return {}
+        return {"ObjectLockMode": self._lock_mode, "ObjectLockRetainUntilDate": until}
+
     def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         full = self._prefix + validate_key(key)
+        if self._as_of is not None:
+            raise self._read_only(key)
         if if_absent and not self._conditional and self._exists(key):
             raise ObjectExists(f"object already exists: {self._where(key)}", key=key)
         conditional = if_absent and self._conditional
@@ -321,7 +399,12 @@ class S3Storage:
         md5_b64 = base64.b64encode(digest.digest()).decode()
         with self._errors(key):
             resp = self._client.put_object(
-                Bucket=self._bucket, Key=full, Body=data, ContentMD5=md5_b64, **_if_none(conditional)
+                Bucket=self._bucket,
+                Key=full,
+                Body=data,
+                ContentMD5=md5_b64,
+                **_if_none(conditional),
+                **self._lock_args(key),
             )
         self._check_etag(key, resp.get("ETag"), digest.hexdigest(), len(data))
         return len(data)
@@ -336,7 +419,9 @@ class S3Storage:
 
     def _put_multipart(self, key: str, full: str, first: bytes, stream: BinaryIO, conditional: bool) -> int:
         with self._errors(key):
-            upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=full)["UploadId"]
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=full, **self._lock_args(key)
+            )["UploadId"]
         total = 0
         try:
             parts: list[CompletedPartTypeDef] = []
@@ -359,7 +444,7 @@ class S3Storage:
                 parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, part))
                 total += len(part)
             with self._errors(key):
-                self._client.complete_multipart_upload(
+                done = self._client.complete_multipart_upload(
                     Bucket=self._bucket,
                     Key=full,
                     UploadId=upload_id,
@@ -370,6 +455,20 @@ class S3Storage:
             with contextlib.suppress(ClientError, BotoCoreError, OSError):
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=full, UploadId=upload_id)
             raise
+        lock = self._lock_args(key)
+        if lock:
+            # Some stores ignore the lock headers of CreateMultipartUpload (moto does): set the
+            # retention of the new version explicitly (the same date again is allowed).
+            with self._errors(key):
+                self._client.put_object_retention(
+                    Bucket=self._bucket,
+                    Key=full,
+                    Retention={
+                        "Mode": lock["ObjectLockMode"],
+                        "RetainUntilDate": lock["ObjectLockRetainUntilDate"],
+                    },
+                    **_version_of(done.get("VersionId")),
+                )
         stored = self.stat(key).size
         if stored != total:
             raise IncompleteWrite(
@@ -404,14 +503,15 @@ class S3Storage:
         if length == 0:
             self.stat(key)
             return io.BytesIO(b"")
+        version = self._version_args(key)
         with self._errors(key):
             try:
                 if offset == 0 and length is None:
-                    resp = self._client.get_object(Bucket=self._bucket, Key=full)
+                    resp = self._client.get_object(Bucket=self._bucket, Key=full, **version)
                 else:
                     end = "" if length is None else str(offset + length - 1)
                     resp = self._client.get_object(
-                        Bucket=self._bucket, Key=full, Range=f"bytes={offset}-{end}"
+                        Bucket=self._bucket, Key=full, Range=f"bytes={offset}-{end}", **version
                     )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "InvalidRange":
@@ -425,6 +525,9 @@ class S3Storage:
 
     def stat(self, key: str) -> ObjectInfo:
         full = self._prefix + validate_key(key)
+        if self._as_of is not None:
+            v = self._version(key)
+            return ObjectInfo(key=key, size=v.size, modified=v.modified)
         with self._errors(key):
             resp = self._client.head_object(Bucket=self._bucket, Key=full)
         return ObjectInfo(key=key, size=resp["ContentLength"], modified=resp.get("LastModified"))
@@ -435,6 +538,12 @@ class S3Storage:
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         # S3 lists keys in ascending order of their UTF-8 bytes, as the contract asks.
         cut = len(self._prefix)
+        if self._as_of is not None:
+            start = self._prefix + prefix
+            for full, v in sorted(self._version_map().items(), key=lambda kv: kv[0].encode()):
+                if full.startswith(start):
+                    yield ObjectInfo(key=full[cut:], size=v.size, modified=v.modified)
+            return
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix)
         with self._errors(None, f"{self._where(None)}{prefix}*"):
@@ -446,11 +555,119 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         full = self._prefix + validate_key(key)
+        if self._as_of is not None:
+            raise self._read_only(key)
+        if self._lock_mode is not None:
+            self._delete_versions(key, full)
+            return
         with self._errors(key):
             self._client.delete_object(Bucket=self._bucket, Key=full)
+
+    def _delete_versions(self, key: str, full: str) -> None:
+        """Delete every version and delete marker of ``key`` (see the module docstring)."""
+        with self._errors(key):
+            versions = s3_versions.key_versions(self._client, self._bucket, full)
+        for v in versions:
+            try:
+                with self._errors(key):
+                    self._client.delete_object(Bucket=self._bucket, Key=full, VersionId=v.version_id)
+            except StorageAccessDenied as exc:
+                raise self._refusal(key, full, v, exc) from exc
+
+    def _refusal(self, key: str, full: str, v: s3_versions.Version, exc: StorageAccessDenied) -> StorageError:
+        """``ObjectLocked`` when the refused version is under lock, else the denial itself."""
+        if v.delete_marker:
+            return exc
+        try:
+            with self._errors(key):
+                mode, until, hold = s3_versions.lock_of(self._client, self._bucket, full, v.version_id)
+        except StorageError:
+            return exc
+        if hold or (until is not None and until > datetime.now(UTC)):
+            why = "a legal hold" if hold else f"{mode} object lock until {until:%Y-%m-%dT%H:%M:%SZ}"
+            return ObjectLocked(
+                f"S3 refused to delete {self._where(key)} (version {v.version_id}): it is under {why}",
+                key=key,
+                hint="retention deletes it on a run after that date; nothing to do",
+            )
+        return exc
+
+    # -- object versions (as_of) ----------------------------------------------------------
+
+    def _version_map(self) -> dict[str, s3_versions.Version]:
+        assert self._as_of is not None
+        with self._versions_lock:
+            if self._versions is None:
+                with self._errors(None, f"{self._where(None)}* (versions)"):
+                    self._versions = s3_versions.versions_as_of(
+                        self._client, self._bucket, self._prefix, self._as_of
+                    )
+            return self._versions
+
+    def _version(self, key: str) -> s3_versions.Version:
+        v = self._version_map().get(self._prefix + key)
+        if v is None:
+            raise ObjectNotFound(
+                f"no such object as of {self._as_of:%Y-%m-%dT%H:%M:%SZ}: {self._where(key)}", key=key
+            )
+        return v
+
+    def _version_args(self, key: str) -> _VersionArg:
+        return {} if self._as_of is None else {"VersionId": self._version(key).version_id}
+
+    # -- object lock ----------------------------------------------------------------------
+
+    def object_lock_configuration(self) -> tuple[bool, str | None, str | None]:
+        """``(enabled, default_mode, default_period)`` of the bucket's Object Lock
+        configuration (``GetObjectLockConfiguration``); a bucket without one gives
+        ``(False, None, None)``."""
+        try:
+            with self._errors(None, f"s3://{self._bucket} (object lock configuration)"):
+                conf = self._client.get_object_lock_configuration(Bucket=self._bucket)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
+                "ObjectLockConfigurationNotFoundError",
+                "ObjectLockConfigurationNotFound",
+            ):
+                return False, None, None
+            raise
+        lock = conf.get("ObjectLockConfiguration", {})
+        retention = lock.get("Rule", {}).get("DefaultRetention", {})
+        period = (
+            f"{retention['Days']}d"
+            if "Days" in retention
+            else f"{retention['Years']}y"
+            if "Years" in retention
+            else None
+        )
+        return lock.get("ObjectLockEnabled") == "Enabled", retention.get("Mode"), period
 
     def flush(self) -> None:
         """S3 objects are durable once acknowledged: nothing to do."""
 
     def close(self) -> None:
         self._client.close()
+
+
+def _s3_of(storage: Storage) -> S3Storage | None:
+    """The S3 driver under any wrappers (``inner``), if there is one."""
+    seen: Storage | None = storage
+    while seen is not None and not isinstance(seen, S3Storage):
+        seen = getattr(seen, "inner", None)
+    return seen
+
+
+def object_lock_status(storage: Storage) -> tuple[bool, str | None, str]:
+    """For ``check``: ``(supported, mode, detail)``. ``supported``: the bucket has Object Lock
+    enabled (``GetObjectLockConfiguration``); ``mode``: the mode objects are written with
+    (``BACKUPD_S3__OBJECT_LOCK``, lower case), None when not set; ``detail``: one sentence for
+    the user. A mode set on a bucket without Object Lock is a problem (``check`` fails); a
+    storage that is not S3 gives ``(False, None, ...)``. Storage errors propagate."""
+    s3 = _s3_of(storage)
+    if s3 is None:
+        return False, None, f"{storage.url} is not an S3 bucket: no object lock"
+    mode = s3.object_lock_mode.lower() if s3.object_lock_mode else None
+    enabled, default_mode, period = s3.object_lock_configuration()
+    bucket = s3.url.removeprefix("s3://").split("/", 1)[0]
+    return enabled, mode, s3_versions.lock_detail(bucket, enabled, mode, default_mode, period)

@@ -577,3 +577,18 @@ def test_the_recovery_settings_file_loads_as_settings(tmp_path: Path) -> None:
     assert loaded.encryption.passphrase_file == directory / "passphrase"
     assert (directory / "passphrase").read_text() == 'pass "phrase" \\ \u00e9\n'
     assert "\u00e9" not in path.read_text() and "pass " not in path.read_text()
+
+
+def test_the_recovery_settings_file_carries_a_kms_key_id(tmp_path: Path) -> None:
+    settings = Settings(
+        repository="s3://bucket/prefix",
+        state_dir=tmp_path / "state",
+        encryption={"kms_key_id": "arn:aws:kms:eu-west-1:123456789012:key/abc", "kms_region": "eu-west-1"},
+    )
+    config = recovery_config(settings)
+    assert any("kms:Decrypt" in note for note in config.notes)
+    directory = tmp_path / "data.recovery"
+    directory.mkdir()
+    loaded, _ = load_settings(write_recovery_config(directory, config, ME))
+    assert loaded.encryption.kms_key_id == "arn:aws:kms:eu-west-1:123456789012:key/abc"
+    assert loaded.encryption.kms_region == "eu-west-1" and loaded.encryption.passphrase_file is None

@@ -1,4 +1,5 @@
-"""Canary secrets: a database password and a passphrase that must never leak.
+"""Canary secrets: a database password, a passphrase, a webhook token and an S3 secret key that
+must never leak.
 
 They must not appear in any output or log line, in any child process's arguments or
 environment (pg_dump and pg_restore get the password through a private passfile), in the
@@ -7,15 +8,33 @@ catalog, or in any repository object.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import stat
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.e2e.helpers import checksums, repo_files, seed
 from tests.support.cli import Cli
+from tests.support.moto_server import (
+    AWS_ENV_TO_CLEAR,
+    REGION,
+    create_bucket,
+    enforce_auth,
+    running_moto_server,
+    s3_client,
+)
 from tests.support.pg import PgCluster
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.pg
 
@@ -104,4 +123,152 @@ def test_canary_secrets_never_leak(cli: Cli, pg: PgCluster, pg_db: str, tmp_path
     leftovers = [p for p in (state / "tmp").rglob("*") if p.is_file()] if (state / "tmp").exists() else []
     assert leftovers == [], "passfiles must be removed"
     pg.drop_database(target)
+    pg.execute(f"drop owned by {role}; drop role {role}")
+
+
+# -- every secret from a credentials directory, S3 with IAM, a webhook, a migration -------------
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[tuple[str, list[str]]]:
+    """A loopback webhook whose URL carries a canary token; yields (url, request paths)."""
+    token = "CANARYHOOK" + secrets.token_hex(8)
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            paths.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook/{token}", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.s3
+def test_canaries_from_a_credentials_directory_never_leak(
+    pg: PgCluster,
+    pg_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    webhook_server: tuple[str, list[str]],
+) -> None:
+    webhook_url, hook_paths = webhook_server
+    db_password = "CANARYDB" + secrets.token_hex(8)
+    passphrase = "CANARYPASS" + secrets.token_hex(8)
+    role = "canary_" + secrets.token_hex(3)
+    pg.execute(f"create role {role} login superuser password '{db_password}'")
+    bindir, child_log = _wrap_client_tools(pg, tmp_path)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *AWS_ENV_TO_CLEAR):
+        monkeypatch.delenv(name, raising=False)
+
+    with running_moto_server() as endpoint:
+        bucket = create_bucket(s3_client(endpoint, aws_access_key_id="x", aws_secret_access_key="x"))
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "setup")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "setup")
+        key_id, s3_secret = enforce_auth(endpoint)  # moto makes up the secret key: our S3 canary
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the commands use the file only
+            monkeypatch.delenv(name)
+        creds = tmp_path / "credentials"
+        creds.mkdir(mode=0o700)
+        (creds / "BACKUPD_DATABASE_URL").write_text(pg.url(pg_db, user=role, password=db_password) + "\n")
+        (creds / "BACKUPD_ENCRYPTION__PASSPHRASE").write_text(passphrase + "\n")
+        (creds / "BACKUPD_NOTIFY__WEBHOOK_URL").write_text(webhook_url + "\n")
+        (creds / "aws-credentials").write_text(
+            f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {s3_secret}\n"
+        )
+        migrations = tmp_path / "migrations"
+        # the migration's schema check runs a scratch PostgreSQL as postgres: it must reach the state
+        state = Path(tempfile.mkdtemp(prefix="backupd-canary-"))
+        os.chmod(state, 0o755)
+        (migrations / "20261101000000_init").mkdir(parents=True)
+        (migrations / "migration_lock.toml").write_text('provider = "postgresql"\n')
+        (migrations / "20261101000000_init" / "migration.sql").write_text(
+            # the data comes with the migration: the schema must match the migrations afterwards
+            "CREATE TABLE items (id bigint PRIMARY KEY, body text);\n"
+            "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 20000) g;\n"
+        )
+        cli = Cli(
+            env={
+                # no secret in the environment: only paths
+                "CREDENTIALS_DIRECTORY": str(creds),
+                "AWS_SHARED_CREDENTIALS_FILE": str(creds / "aws-credentials"),
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "BACKUPD_REPOSITORY": f"s3://{bucket}/pg",
+                "BACKUPD_S3__ENDPOINT_URL": endpoint,
+                "BACKUPD_S3__REGION": REGION,
+                "BACKUPD_S3__FORCE_PATH_STYLE": "true",
+                "BACKUPD_STATE_DIR": str(state),
+                "BACKUPD_PG_BIN": str(bindir),
+                "BACKUPD_LOG__LEVEL": "debug",
+                "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
+                "BACKUPD_MIGRATE__MIN_FREE_BYTES": "1024",
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        shown = cli.run("config", "show", "--json", check=True).json()
+        sources = {r["name"]: r["source"] for r in shown}
+        assert (
+            sources["BACKUPD_ENCRYPTION__PASSPHRASE"] == f"credential {creds}/BACKUPD_ENCRYPTION__PASSPHRASE"
+        )
+        cli.run("init", check=True)
+        prisma = [sys.executable, "-m", "tests.support.fake_prisma", "migrate", "deploy", "--migrations-dir"]
+        migrated = cli.run(
+            "migrate", "--migrations-dir", str(migrations), "--json", "--", *prisma, str(migrations)
+        )  # fmt: skip
+        assert migrated.returncode == 0, migrated.stdout[-3000:]
+        assert migrated.json()["status"] == "applied" and migrated.json()["backup_id"]
+        cli.run("backup", "--kind", "full", check=True)
+        pg.execute("update items set body = 'x' where id % 100 = 0", pg_db)
+        cli.run("backup", "--kind", "incremental", "--json", check=True)
+        cli.run("verify", "--all", check=True)
+        cli.run("check", "--json")  # a superuser: a warning, the rest passes
+        target = "canary_s3_target_" + pg_db
+        cli.run(
+            "restore", "latest", "--to-database", pg.url(target, user=role, password=db_password), "--create",
+            check=True,
+        )  # fmt: skip
+        assert checksums(pg, target) == checksums(pg, pg_db)
+        # failures log and print errors: they must stay clean too
+        cli.run("backup", "--kind", "full", env={"BACKUPD_S3__ENDPOINT_URL": endpoint + "/nowhere"})
+        (creds / "BACKUPD_ENCRYPTION__PASSPHRASE").write_text(passphrase + "x\n")
+        cli.run("verify", "--all")
+        assert hook_paths and all(p.startswith("/hook/CANARYHOOK") for p in hook_paths)  # it was used
+
+        client = s3_client(endpoint, aws_access_key_id=key_id, aws_secret_access_key=s3_secret)
+        objects = [
+            client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])
+        ]
+    assert objects
+    token = webhook_url.rsplit("/", 1)[1]
+    canaries = [db_password, passphrase, token, s3_secret]
+    for result in cli.history:
+        for canary in canaries:
+            assert canary not in result.stdout, result
+            assert canary not in result.stderr, result
+    children = child_log.read_text()
+    assert "ARGV" in children and "pg_restore" in children and "pg_dump" in children
+    for canary in canaries:
+        assert canary not in children
+    catalog = [p.read_bytes() for p in state.rglob("catalog.sqlite*")]
+    shutil.rmtree(state, ignore_errors=True)
+    assert catalog
+    for data in objects + catalog:
+        for canary in canaries:
+            assert canary.encode() not in data
+    pg.drop_database(target)
+    pg.execute(f"drop owned by {role}", pg_db)
     pg.execute(f"drop owned by {role}; drop role {role}")

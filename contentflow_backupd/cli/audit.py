@@ -1,0 +1,100 @@
+"""``audit [--since T]`` and ``audit verify``: the audit trail (ops/audit.py); and
+``open_audit_catalog`` for commands that work without a catalog but record in it when they can."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import structlog
+
+from contentflow_backupd.cli.output import print_json
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, UsageError
+from contentflow_backupd.model import iso, parse_iso, utcnow
+from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.catalog.base import Catalog
+
+log = structlog.get_logger("contentflow_backupd.cli")
+
+
+def open_audit_catalog(settings: Settings) -> Catalog | None:
+    """The catalog, or None (logged as ``audit_unavailable``) when it cannot be opened: a
+    restore during a disaster must not depend on the catalog."""
+    from contentflow_backupd import wiring
+
+    try:
+        return wiring.open_catalog(settings)
+    except BackupdError as exc:
+        log.warning("audit_unavailable", error=exc.message, hint="this operation is not audited")
+        return None
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (naive: UTC) or a duration before now (``7d``, ``12h``)."""
+    from contentflow_backupd.timespec import parse_duration
+
+    try:
+        when = parse_iso(value)
+    except ValueError:
+        when = None
+    if when is not None:
+        return when
+    try:
+        return (now or utcnow()) - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        raise UsageError(
+            f"--since {value!r} is neither a time nor a duration",
+            hint="use an ISO 8601 time (2026-11-24T05:00:00Z) or a duration before now (7d, 12h)",
+        ) from None
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.audit import list_events
+
+    since = parse_since(args.since) if args.since else None
+    catalog = wiring.open_catalog(settings)
+    try:
+        events = list_events(catalog, since=since)
+    finally:
+        catalog.close()
+    if args.json:
+        print_json([e.to_json() for e in events])
+        return EXIT_OK
+    if not events:
+        print("no audit records" + (f" since {iso(since)}" if since else ""))
+        return EXIT_OK
+    print(f"{'SEQ':>6}  {'AT':<27} {'ACTOR':<24} {'ACTION':<18} {'OUTCOME':<11} OBJECTS")
+    for e in events:
+        objects = ", ".join(e.objects[:3]) + (f" (+{len(e.objects) - 3})" if len(e.objects) > 3 else "")
+        print(f"{e.seq:>6}  {iso(e.at) or '':<27} {e.actor:<24} {e.action:<18} {e.outcome:<11} {objects}")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when the chain holds, 1 naming the first broken record."""
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.audit import verify_audit
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        result = verify_audit(catalog)
+    finally:
+        catalog.close()
+    if args.json:
+        print_json(result.to_json())
+    elif result.ok:
+        print(f"audit trail intact: {result.records} records, last {result.last_seq} ({result.last_hash})")
+    if result.broken is not None:
+        print(
+            f"contentflow-backupd: error: audit record {result.broken.seq} is broken: "
+            f"{result.broken.problem}\n  hint: the audit trail was altered; the repository holds a "
+            "copy (audit/), restored by `catalog rebuild`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,148 @@
+"""``keys list|add|remove|rotate``: the repository's key-encryption keys and data keys."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from contentflow_backupd.cli.output import print_json
+from contentflow_backupd.errors import EXIT_OK, BackupdError, UsageError
+from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.catalog.base import Catalog
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands: dict[str, Command]) -> None:
+    """The ``keys`` command group (``commands``: the lazy functions, by subcommand)."""
+    kp = sub.add_parser("keys", help="encryption keys: list, add, remove, rotate")
+    ksub = kp.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = ksub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.set_defaults(func=commands[name])
+        return sp
+
+    add("list", "key-encryption keys (id, kind, created, last used) and data keys (active, objects)")
+    sp = add("add", "add a key-encryption key that opens the repository (e.g. an offline recovery key)")
+    one = sp.add_mutually_exclusive_group(required=True)
+    one.add_argument("--passphrase-file", metavar="F", help="a file holding the new passphrase")
+    one.add_argument("--key-file", metavar="F", help="a file holding a new 32-byte key")
+    one.add_argument("--kms-key-id", metavar="ARN", help="an AWS KMS key (id, ARN or alias)")
+    sp = add("remove", "remove a key-encryption key (never the last one, nor the one in use)")
+    sp.add_argument("kek_id", metavar="ID")
+    sp = add("rotate", "make a new data key active for new objects; retire old keys nothing needs")
+    sp.add_argument(
+        "--retire-grace",
+        default="15m",
+        metavar="DURATION",
+        help="keep the previous data key at least this long, even when unused (default 15m)",
+    )
+
+
+@contextlib.contextmanager
+def _catalog(settings: Settings) -> Iterator[Catalog | None]:
+    """The catalog for the audit trail; key operations go on without it (logged)."""
+    from contentflow_backupd import wiring
+
+    try:
+        catalog = wiring.open_catalog(settings)
+    except BackupdError as exc:
+        import structlog
+
+        structlog.get_logger("contentflow_backupd.cli").error("audit_catalog_unavailable", error=exc.message)
+        yield None
+        return
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.keys import list_keys
+
+    report = list_keys(wiring.open_repository(settings)).to_json()
+    if args.json:
+        print_json(report)
+        return EXIT_OK
+    print(f"{'KEY-ENCRYPTION KEY':<20} {'KIND':<11} {'CREATED':<21} {'LAST USED':<21}")
+    for k in report["key_encryption_keys"]:
+        mark = "  (opened with)" if k["opened_with"] else ""
+        extra = f"  {k['kms_key_id']}" if k.get("kms_key_id") else ""
+        print(f"{k['id']:<20} {k['kind']:<11} {_t(k['created']):<21} {_t(k['last_used']):<21}{mark}{extra}")
+    print(f"\n{'DATA KEY':<20} {'ACTIVE':<7} {'CREATED':<21} {'OBJECTS':>8}  RETIRE AFTER")
+    for d in report["data_keys"]:
+        active = "yes" if d["active"] else "no"
+        retire = "-" if d["active"] else _t(d["retire_after"])
+        print(f"{d['id']:<20} {active:<7} {_t(d['created']):<21} {d['objects']:>8}  {retire}")
+    return EXIT_OK
+
+
+def _t(value: str | None) -> str:
+    return (value or "-").replace("T", " ")[:19]
+
+
+def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.keys import add_kek
+
+    secret = wiring.extra_kek_secret(
+        settings,
+        passphrase_file=Path(args.passphrase_file) if args.passphrase_file else None,
+        key_file=Path(args.key_file) if args.key_file else None,
+        kms_key_id=args.kms_key_id,
+    )
+    repo = wiring.open_repository(settings)
+    with _catalog(settings) as catalog:
+        kek_id = add_kek(repo, secret, catalog)
+    if args.json:
+        print_json({"id": kek_id, "kind": secret.kind})
+    else:
+        print(f"added key {kek_id} ({secret.kind}) to repository {repo.id}")
+        if secret.kind != "kms":
+            print("keep that secret somewhere safe and offline: it alone opens every backup")
+    return EXIT_OK
+
+
+def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.keys import remove_kek
+
+    repo = wiring.open_repository(settings)
+    with _catalog(settings) as catalog:
+        remove_kek(repo, args.kek_id, catalog)
+    if args.json:
+        print_json({"removed": args.kek_id})
+    else:
+        print(f"removed key {args.kek_id} from repository {repo.id}")
+    return EXIT_OK
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from contentflow_backupd import wiring
+    from contentflow_backupd.ops.keys import rotate_data_key
+    from contentflow_backupd.timespec import parse_duration
+
+    try:
+        grace = parse_duration(args.retire_grace, allow_zero=True)
+    except ValueError as exc:
+        raise UsageError(f"--retire-grace: {exc}") from None
+    repo = wiring.open_repository(settings)
+    with _catalog(settings) as catalog:
+        result = rotate_data_key(repo, catalog, retire_grace_s=grace)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(f"data key {result.active} is active for new objects (was {result.previous})")
+        if result.retired:
+            print(f"retired data keys no object needs: {', '.join(result.retired)}")
+    return EXIT_OK
