@@ -23,6 +23,7 @@ from contentflow_backupd.storage.base import Storage
 
 if TYPE_CHECKING:  # psycopg, the catalog and the source layer: only in the commands that need them
     from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.ops.backup import BackupOptions
     from contentflow_backupd.ops.retention_plan import RetentionPolicy
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.source.logical import PgDumpSource, PgRestoreTarget
@@ -300,6 +301,22 @@ def source_conninfo(settings: Settings) -> ConnInfo:
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
     return ConnInfo.parse(url)
+
+
+def backup_options(settings: Settings, kind: str, *, mode: str | None = None, **extra: Any) -> BackupOptions:
+    """A backup of ``kind`` (``mode`` default: ``BACKUPD_MODE``) with the settings' cluster,
+    concurrency, lock directory and WAL archive timeout; ``extra``: trigger, cancel."""
+    from contentflow_backupd.ops.backup import BackupOptions
+
+    return BackupOptions(
+        cluster=settings.cluster,
+        kind=kind,  # type: ignore[arg-type]
+        mode=mode or settings.mode,
+        concurrency=settings.upload_concurrency,
+        lock_dir=lock_dir(settings),
+        archive_timeout=settings.wal.archive_timeout,
+        **extra,
+    )
 
 
 def logical_source(settings: Settings) -> PgDumpSource:

@@ -35,7 +35,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.backup import BackupOptions, run_backup
+    from contentflow_backupd.ops.backup import run_backup
     from contentflow_backupd.repository.walarchive import WalArchive
 
     mode = args.mode or settings.mode
@@ -52,14 +52,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
             record = run_backup(
                 repo,
                 catalog,
-                BackupOptions(
-                    cluster=settings.cluster,
-                    kind=args.kind,
-                    mode=mode,
-                    concurrency=settings.upload_concurrency,
-                    lock_dir=wiring.lock_dir(settings),
-                    archive_timeout=settings.wal.archive_timeout,
-                ),
+                wiring.backup_options(settings, args.kind, mode=mode),
                 logical=logical,
                 physical=wiring.physical_source(settings) if mode == "physical" else None,
                 archive=WalArchive(repo, settings.cluster) if mode == "physical" else None,

@@ -25,7 +25,7 @@ from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, utcno
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
 from contentflow_backupd.ops.anomaly import check_size
-from contentflow_backupd.ops.backup import BackupOptions, Interrupted, run_backup
+from contentflow_backupd.ops.backup import Interrupted, run_backup
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings
@@ -163,16 +163,7 @@ class JobRunner:
     def backup(self, kind: str, trigger: RunTrigger) -> BackupRecord | None:
         s = self.settings
         began = time.monotonic()
-        opts = BackupOptions(
-            cluster=s.cluster,
-            kind=kind,  # type: ignore[arg-type]
-            mode=s.mode,
-            concurrency=s.upload_concurrency,
-            lock_dir=wiring.lock_dir(s),
-            trigger=trigger,
-            archive_timeout=s.wal.archive_timeout,
-            cancel=self.cancel,
-        )
+        opts = wiring.backup_options(s, kind, trigger=trigger, cancel=self.cancel)
         try:
             record = run_backup(
                 self.repo,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from contentflow_backupd.errors import UsageError
 from contentflow_backupd.source.batch_db import KeyValue, SqlTemplate
+from contentflow_backupd.sqltext import end_of_block_comment, end_of_quoted
 from contentflow_backupd.wal import classify, parse_segment
 
 PLACEHOLDERS = ("lo", "hi")
@@ -46,14 +47,14 @@ def parse_statement(text: str) -> ParsedStatement:
         nxt = text[i + 1] if i + 1 < n else ""
         if c == "'":
             escapes = i > 0 and text[i - 1] in "eE" and (i < 2 or not _IDENT_CHAR.match(text[i - 2]))
-            j = _end_of_quoted(text, i, "'", backslash=escapes)
+            j = end_of_quoted(text, i, "'", backslash=escapes)
         elif c == '"':
-            j = _end_of_quoted(text, i, '"', backslash=False)
+            j = end_of_quoted(text, i, '"', backslash=False)
         elif c == "-" and nxt == "-":
             j = text.find("\n", i)
             j = n if j < 0 else j
         elif c == "/" and nxt == "*":
-            j = _end_of_block_comment(text, i)
+            j = end_of_block_comment(text, i)
         elif (
             c == "$" and (m := _DOLLAR_TAG.match(text, i)) and not (i > 0 and _IDENT_CHAR.match(text[i - 1]))
         ):
@@ -109,35 +110,6 @@ def _more_than_one() -> UsageError:
     )
 
 
-def _end_of_quoted(text: str, i: int, quote: str, *, backslash: bool) -> int:
-    j = i + 1
-    while j < len(text):
-        if backslash and text[j] == "\\":
-            j += 2
-            continue
-        if text[j] == quote:
-            if j + 1 < len(text) and text[j + 1] == quote:
-                j += 2
-                continue
-            return j + 1
-        j += 1
-    return len(text)
-
-
-def _end_of_block_comment(text: str, i: int) -> int:
-    depth, j = 0, i
-    while j < len(text):
-        if text.startswith("/*", j):
-            depth, j = depth + 1, j + 2
-        elif text.startswith("*/", j):
-            depth, j = depth - 1, j + 2
-            if depth == 0:
-                return j
-        else:
-            j += 1
-    return len(text)
-
-
 def check_key_support(statement: ParsedStatement, *, integer_key: bool, key: str) -> None:
     """The last batch of an integer key binds ``:hi`` to max(key) + 1; any other orderable key
     (text, uuid, timestamps, numeric...) has no such value, so its last batch binds ``:hi`` to
@@ -160,7 +132,7 @@ def parse_table_name(value: str) -> tuple[str | None, str]:
     while i < n:
         c = value[i]
         if c == '"' and not current:
-            j = _end_of_quoted(value, i, '"', backslash=False)
+            j = end_of_quoted(value, i, '"', backslash=False)
             if j > n or value[j - 1] != '"' or j - i < 3:
                 raise UsageError(f"--table {value!r}: unbalanced or empty quotes")
             current = value[i + 1 : j - 1].replace('""', '"')

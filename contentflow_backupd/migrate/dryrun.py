@@ -15,15 +15,13 @@ from urllib.parse import quote, urlencode
 import structlog
 
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.catalog.guard_records import MigrationRunRecord
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.migrate.apply import actor, redact_command
 from contentflow_backupd.migrate.guard import (
     GuardDeps,
     GuardOptions,
     MigrateResult,
     audit_migration,
-    new_migration_id,
+    new_run_record,
     run_steps,
 )
 from contentflow_backupd.model import utcnow
@@ -58,17 +56,7 @@ def run_dry(
     repo: Repository, catalog: Catalog, opts: GuardOptions, deps: GuardDeps, drill: DrillOptions
 ) -> MigrateResult:
     """Restore, rehearse, report, record (``migration_runs`` with ``dry_run`` true)."""
-    started = utcnow()
-    record = MigrationRunRecord(
-        id=new_migration_id(started),
-        cluster=opts.cluster,
-        database=opts.conninfo.dbname or "",
-        actor=actor(),
-        command=redact_command(opts.command, [opts.database_url, opts.conninfo.password or ""]),
-        dry_run=True,
-        status="running",
-        started_at=started,
-    )
+    record = new_run_record(dataclasses.replace(opts, dry_run=True))
     result = MigrateResult(record)
     catalog.save_migration_run(record)
     t0 = time.monotonic()

@@ -143,6 +143,21 @@ def new_migration_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-migrate-{secrets.token_hex(3)}"
 
 
+def new_run_record(opts: GuardOptions) -> MigrationRunRecord:
+    """The run's record as it starts: who runs what (the command's secrets redacted)."""
+    started = utcnow()
+    return MigrationRunRecord(
+        id=new_migration_id(started),
+        cluster=opts.cluster,
+        database=opts.conninfo.dbname or "",
+        actor=actor(),
+        command=redact_command(opts.command, [opts.database_url, opts.conninfo.password or ""]),
+        dry_run=opts.dry_run,
+        status="running",
+        started_at=started,
+    )
+
+
 def repair_interrupted(catalog: Catalog, cluster: str, conninfo: ConnInfo) -> list[str]:
     """Runs left ``running`` by a crashed ``migrate`` (the caller holds the migrate lock, so none
     is alive): put back the role settings they had changed, and record them as failed."""
@@ -166,17 +181,7 @@ def repair_interrupted(catalog: Catalog, cluster: str, conninfo: ConnInfo) -> li
 def run_migrate(catalog: Catalog, opts: GuardOptions, deps: GuardDeps) -> MigrateResult:
     """Run the whole guarded migration (module docstring) and record it. ``LockedError`` when
     another ``migrate`` of the cluster runs here."""
-    started = utcnow()
-    record = MigrationRunRecord(
-        id=new_migration_id(started),
-        cluster=opts.cluster,
-        database=opts.conninfo.dbname or "",
-        actor=actor(),
-        command=redact_command(opts.command, [opts.database_url, opts.conninfo.password or ""]),
-        dry_run=opts.dry_run,
-        status="running",
-        started_at=started,
-    )
+    record = new_run_record(opts)
     result = MigrateResult(record)
     t0 = time.monotonic()
     with exclusive(opts.lock_dir, f"migrate-{opts.cluster}", what=f"a migration of cluster {opts.cluster!r}"):

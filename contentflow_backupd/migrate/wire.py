@@ -160,7 +160,7 @@ def _wal_probe(settings: Settings, repo: Repository) -> Probe:
 
 
 def _backup(settings: Settings, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
-    from contentflow_backupd.ops.backup import BackupOptions, run_backup
+    from contentflow_backupd.ops.backup import run_backup
 
     at = utcnow()
     logical = wiring.logical_source(settings)
@@ -168,14 +168,7 @@ def _backup(settings: Settings, repo: Repository, catalog: Catalog, name: str) -
         record = run_backup(
             repo,
             catalog,
-            BackupOptions(
-                cluster=settings.cluster,
-                kind="incremental",
-                mode="logical",
-                concurrency=settings.upload_concurrency,
-                lock_dir=wiring.lock_dir(settings),
-                archive_timeout=settings.wal.archive_timeout,
-            ),
+            wiring.backup_options(settings, "incremental", mode="logical"),
             logical=logical,
         )
     finally:

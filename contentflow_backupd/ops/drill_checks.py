@@ -31,6 +31,7 @@ from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.source import facts
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.facts import SchemaFingerprint, TableRead
+from contentflow_backupd.sqltext import split_sql
 
 log = structlog.get_logger(__name__)
 
@@ -268,93 +269,3 @@ def _run_user_query(conninfo: ConnInfo, query: str) -> tuple[bool, str]:
         return facts.run_boolean_query(conninfo, query)
     except BackupdError as exc:
         return False, exc.message
-
-
-def split_sql(text: str) -> list[tuple[int, str]]:
-    """Split a SQL script into statements at top-level semicolons: not inside quotes
-    (``'...'``, ``E'...'``, ``"..."``), dollar quotes (``$tag$...$tag$``) or comments (``--``,
-    nested ``/* */``). Returns (line of the statement's first token, statement from that token)
-    pairs; comments before a statement and statements that hold only comments are dropped (pure)."""
-    out: list[tuple[int, str]] = []
-    i, n = 0, len(text)
-    first: int | None = None  # index of the current statement's first token
-
-    def flush(end: int) -> None:
-        nonlocal first
-        if first is not None:
-            out.append((text.count("\n", 0, first) + 1, text[first:end].strip()))
-        first = None
-
-    while i < n:
-        c = text[i]
-        if c == "-" and text.startswith("--", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
-            continue
-        if c == "/" and text.startswith("/*", i):
-            i = _skip_block_comment(text, i)
-            continue
-        if c == ";":
-            flush(i)
-            i += 1
-            continue
-        if not c.isspace() and first is None:
-            first = i
-        if c == "'":
-            escapes = (
-                i > 0 and text[i - 1] in "eE" and (i < 2 or not (text[i - 2].isalnum() or text[i - 2] == "_"))
-            )
-            i = _skip_quoted(text, i, "'", backslash=escapes)
-        elif c == '"':
-            i = _skip_quoted(text, i, '"', backslash=False)
-        elif c == "$":
-            i = _skip_dollar(text, i)
-        else:
-            i += 1
-    flush(n)
-    return out
-
-
-def _skip_quoted(text: str, i: int, quote: str, *, backslash: bool) -> int:
-    j = i + 1
-    while j < len(text):
-        if backslash and text[j] == "\\":
-            j += 2
-            continue
-        if text[j] == quote:
-            if text.startswith(quote * 2, j):
-                j += 2
-                continue
-            return j + 1
-        j += 1
-    return len(text)
-
-
-def _skip_block_comment(text: str, i: int) -> int:
-    depth, j = 0, i
-    while j < len(text):
-        if text.startswith("/*", j):
-            depth += 1
-            j += 2
-        elif text.startswith("*/", j):
-            depth -= 1
-            j += 2
-            if depth == 0:
-                return j
-        else:
-            j += 1
-    return len(text)
-
-
-def _skip_dollar(text: str, i: int) -> int:
-    """A dollar-quoted string from ``$tag$`` to the same tag; a lone ``$`` (``$1``) is skipped."""
-    if i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
-        return i + 1  # part of an identifier (a$b)
-    j = i + 1
-    while j < len(text) and (text[j].isalnum() or text[j] == "_"):
-        j += 1
-    if j >= len(text) or text[j] != "$" or (j > i + 1 and text[i + 1].isdigit()):
-        return i + 1
-    tag = text[i : j + 1]
-    end = text.find(tag, j + 1)
-    return len(text) if end < 0 else end + len(tag)

@@ -3,10 +3,7 @@ HTTP endpoint on loopback, and the anomaly shows in the metrics."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +12,15 @@ import pytest
 from tests.support.cli import Cli
 from tests.support.daemon import Daemon, daemon_env
 from tests.support.pg import PgCluster
+from tests.support.webhook import webhook_server
 
 pytestmark = pytest.mark.pg
 
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook/secret-token", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with webhook_server() as (url, received):
+        yield url, received.bodies
 
 
 def test_webhook_gets_anomaly_failure_and_recovery(

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from tests.e2e.test_migrate import setup as setup
 from tests.support.cli import Cli
 from tests.support.daemon import Daemon
 from tests.support.pg import PgCluster
+from tests.support.webhook import webhook_server
 
 ADD_COLUMN = 'ALTER TABLE "Post" ADD COLUMN summary text;'
 PRISMA_LOCK_HELD = (
@@ -30,25 +29,8 @@ PRISMA_LOCK_HELD = (
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook/secret-token", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with webhook_server() as (url, received):
+        yield url, received.bodies
 
 
 def test_webhook_and_daemon_metrics_report_migrations(

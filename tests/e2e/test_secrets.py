@@ -14,11 +14,8 @@ import shutil
 import stat
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,6 +30,7 @@ from tests.support.moto_server import (
     s3_client,
 )
 from tests.support.pg import PgCluster
+from tests.support.webhook import webhook_server as serve_webhook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,26 +131,8 @@ def test_canary_secrets_never_leak(cli: Cli, pg: PgCluster, pg_db: str, tmp_path
 def webhook_server() -> Iterator[tuple[str, list[str]]]:
     """A loopback webhook whose URL carries a canary token; yields (url, request paths)."""
     token = "CANARYHOOK" + secrets.token_hex(8)
-    paths: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            paths.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook/{token}", paths
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_webhook(f"/hook/{token}") as (url, received):
+        yield url, received.paths
 
 
 @pytest.mark.s3

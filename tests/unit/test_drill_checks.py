@@ -17,11 +17,11 @@ from contentflow_backupd.ops.drill_checks import (
     compare_counts,
     compare_schema,
     passed,
-    split_sql,
 )
 from contentflow_backupd.ops.drill_physical import recovery_check
 from contentflow_backupd.ops.physical_restore import RecoveryTarget
 from contentflow_backupd.source.facts import MAX_OBJECTS, IndexCheck, ServerState, TableRead, fingerprint_of
+from contentflow_backupd.sqltext import split_sql
 
 
 # -- the user's checks file ------------------------------------------------------------------
