@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.migrate.apply import CommandResult, actor, pg_duration, redact_command, run_command
 from contentflow_backupd.migrate.prisma import MigrationFile, read_migrations_dir
 from contentflow_backupd.migrate.rollback import MigrationDone, recovery_plan, roll_back
+from contentflow_backupd.migrate.validate import validate
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup import Interrupted
@@ -292,7 +293,7 @@ def run_steps(
     rows = read_prisma_migrations(info)
     started_now = {r.migration_name for r in rows if r.migration_name in {m.name for m in pending}}
     result.applied = [m.name for m in pending if any(r.migration_name == m.name and r.applied for r in rows)]
-    validation = _validate(opts, deps, result, info, directory.migrations, pending, rows)
+    validation = validate(opts, deps, result, info, directory.migrations, pending, rows)
     result.checks.extend(validation)
     if cmd.ok and passed(validation):
         record.status = "applied"
@@ -308,86 +309,6 @@ def run_steps(
             else ""
         )
     return [m for m in pending if m.name in started_now]
-
-
-def _validate(
-    opts: GuardOptions,
-    deps: GuardDeps,
-    result: MigrateResult,
-    info: ConnInfo,
-    on_disk: Sequence[MigrationFile],
-    pending: Sequence[MigrationFile],
-    rows: Sequence[Any],
-) -> list[CheckResult]:
-    checks: list[CheckResult] = []
-    applied = {r.migration_name for r in rows if r.applied}
-    failed = sorted({r.migration_name for r in rows if r.failed})
-    unfinished = [m.name for m in on_disk if m.name not in applied]
-    if failed or unfinished:
-        detail = []
-        if failed:
-            detail.append("failed in _prisma_migrations: " + ", ".join(failed))
-        if unfinished:
-            detail.append("not recorded as finished: " + ", ".join(unfinished))
-        checks.append(CheckResult("migrations_recorded", "failed", "; ".join(detail)))
-    else:
-        checks.append(
-            CheckResult(
-                "migrations_recorded", "passed", f"all {len(on_disk)} migrations finished, none failed"
-            )
-        )
-    record = result.record
-    after = dump_schema(info)
-    record.schema_after = after
-    record.details["schema_diff"] = schema_diff(record.schema_before or "", after)
-    scripts = [(m.name, m.sql) for m in pending if m.name in set(result.applied)]
-    try:
-        expected = deps.expected_schema(record.schema_before or "", scripts)
-    except BackupdError as exc:
-        checks.append(
-            CheckResult(
-                "schema_matches_migrations", "failed", f"cannot compute the expected schema: {exc.message}"
-            )
-        )
-    else:
-        unexplained = schema_diff(expected, after)
-        if unexplained:
-            record.details["unexplained_schema_diff"] = unexplained
-            checks.append(
-                CheckResult(
-                    "schema_matches_migrations",
-                    "failed",
-                    "the schema after differs from the schema before plus the applied migrations:\n"
-                    + unexplained,
-                )
-            )
-        else:
-            checks.append(
-                CheckResult(
-                    "schema_matches_migrations",
-                    "passed",
-                    f"the schema changed exactly as {len(scripts)} applied migration(s) say",
-                )
-            )
-    if opts.checks_file is not None:
-        user = deps.user_checks(info, opts.checks_file)
-        checks.extend(
-            CheckResult(c.name.replace("user_check", "migrate_check"), c.status, c.detail) for c in user
-        )
-    return checks
-
-
-def schema_diff(before: str, after: str) -> str:
-    """A unified diff of two normalised schema dumps ('' when equal)."""
-    import difflib
-
-    if before == after:
-        return ""
-    return "".join(
-        difflib.unified_diff(
-            before.splitlines(keepends=True), after.splitlines(keepends=True), "before", "after", n=2
-        )
-    )
 
 
 def _guarded(
@@ -474,8 +395,3 @@ def _read(path: Path | None) -> str | None:
     with contextlib.suppress(OSError):
         return path.read_text(encoding="utf-8")
     return None
-
-
-@contextlib.contextmanager
-def no_progress() -> Iterator[None]:
-    yield
