@@ -1,6 +1,6 @@
 """Streaming pipelines between byte streams and repository chunks, with bounded memory.
 
-Backup: source stream -> chunker -> keyed hash -> (dedup) -> compress -> encrypt -> parallel upload.
+Backup: source stream -> chunker -> [thread pool: keyed hash -> (dedup) -> compress -> encrypt -> upload].
 Restore: manifest chunk list -> parallel prefetch -> decrypt -> decompress -> verify -> ordered bytes.
 
 Memory is bounded by ``window`` chunks in flight (each at most the chunker's max size), whatever
@@ -9,6 +9,7 @@ the size of the stream; nothing is written to local disk.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +38,11 @@ class ChunkWriter:
 
     ``known`` maps chunk ids the generation already holds (from committed manifests) to their
     stored size. Chunks repeated within this backup are uploaded once.
+
+    Only the boundaries are found on the calling thread (they depend on everything before them),
+    with the stream digest; each chunk's keyed hash, the dedup decision, compression, encryption
+    and upload run on a pool of ``concurrency`` threads (hashing and compression release the GIL,
+    so they use every core). At most ``window`` chunks are in flight.
     """
 
     def __init__(
@@ -53,14 +59,28 @@ class ChunkWriter:
         self.cluster = cluster
         self.generation = generation
         self._known: dict[str, int] = dict(known)
-        self._pending: dict[str, Future[int]] = {}
+        self._claimed: set[str] = set()
+        """Ids a worker of this writer is storing now (guarded by ``_lock``)."""
+        self._lock = threading.Lock()
         self._concurrency = max(1, concurrency)
         self._window = window or self._concurrency * 2
         self.stats = WriteStats()
 
-    def _upload(self, chunk_id: str, data: bytes) -> int:
-        key = layout.chunk_key(self.cluster, self.generation, chunk_id)
-        return self.repo.put_object(key, data, sync=False)  # made durable before the manifest
+    def _store(self, data: bytes) -> str:
+        """On a pool thread: the chunk's id; stores the chunk unless the generation or another
+        worker of this writer already has it."""
+        cid = self.repo.chunk_id(data)
+        with self._lock:
+            if cid in self._known or cid in self._claimed:
+                return cid
+            self._claimed.add(cid)
+        key = layout.chunk_key(self.cluster, self.generation, cid)
+        stored = self.repo.put_object(key, data, sync=False)  # made durable before the manifest
+        with self._lock:
+            self._known[cid] = stored
+            self.stats.chunks_new += 1
+            self.stats.stored_bytes += stored
+        return cid
 
     def write_stream(
         self,
@@ -72,39 +92,32 @@ class ChunkWriter:
     ) -> StreamEntry:
         chunker = Chunker(self.repo.config.chunker)
         digest = blake3.blake3()
-        refs: list[tuple[str, int]] = []
+        refs: list[tuple[Future[str], int]] = []  # each chunk's id (to come) and length
         size = 0
-        in_flight: deque[Future[int]] = deque()
-        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
-            try:
-                for data in chunker.chunks(stream):
-                    digest.update(data)
-                    size += len(data)
-                    cid = self.repo.chunk_id(data)
-                    refs.append((cid, len(data)))
-                    self.stats.chunks_total += 1
-                    if cid in self._known or cid in self._pending:
-                        continue
-                    fut = pool.submit(self._upload, cid, data)
-                    self._pending[cid] = fut
-                    in_flight.append(fut)
-                    self.stats.chunks_new += 1
-                    while len(in_flight) >= self._window or (in_flight and in_flight[0].done()):
+        in_flight: deque[Future[str]] = deque()
+        try:
+            with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
+                try:
+                    for data in chunker.chunks(stream):
+                        fut = pool.submit(self._store, data)
+                        refs.append((fut, len(data)))
+                        in_flight.append(fut)
+                        digest.update(data)  # meanwhile, on this thread
+                        size += len(data)
+                        self.stats.chunks_total += 1
+                        while len(in_flight) >= self._window or (in_flight and in_flight[0].done()):
+                            in_flight.popleft().result()
+                        if progress is not None:
+                            progress(size)
+                    while in_flight:
                         in_flight.popleft().result()
-                    if progress is not None:
-                        progress(size)
-                while in_flight:
-                    in_flight.popleft().result()
-            except BaseException:
-                for fut in self._pending.values():
-                    fut.cancel()
-                raise
-        for cid, fut in self._pending.items():
-            stored = fut.result()
-            self._known[cid] = stored
-            self.stats.stored_bytes += stored
-        self._pending.clear()
-        chunks = [ChunkRef(cid, n, self._known[cid]) for cid, n in refs]
+                except BaseException:
+                    for fut in in_flight:
+                        fut.cancel()
+                    raise
+        finally:
+            self._claimed.clear()  # the pool is done: what was stored is in _known
+        chunks = [ChunkRef(fut.result(), n, self._known[fut.result()]) for fut, n in refs]
         return StreamEntry(name=name, type=type_, size=size, digest=digest.hexdigest(), chunks=chunks)
 
 
