@@ -17,7 +17,7 @@ from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.drill_workspace import Workspace, cleanup_stale_drills
 from contentflow_backupd.source.postgres import create_database
 from contentflow_backupd.source.schema import dump_schema, load_sql
-from contentflow_backupd.source.scratch import ScratchServer, check_reachable, server_bin_dir, server_owner
+from contentflow_backupd.source.scratch import server_owner
 
 log = structlog.get_logger(__name__)
 
@@ -40,15 +40,7 @@ def expected_schema(
         state_dir, f"{utcnow():%Y%m%dT%H%M%SZ}-expect-{secrets.token_hex(3)}", shared=not owner.is_me
     )
     try:
-        check_reachable(ws.path, owner)
-        bin_dir = server_bin_dir(major, pg_bin)
-        ws.note(bin_dir=bin_dir)
-        server = ws.server = ScratchServer(ws.pgdata, ws.run_dir, bin_dir, owner, superuser="postgres")
-        server.make_run_dir()
-        server.initdb()
-        server.configure()
-        server.start()
-        server.wait_ready("postgres", promoted=False)
+        server = ws.start_empty_server(major, pg_bin)
         create_database(server.conninfo("postgres"), "expect")
         info = server.conninfo("expect")
         load_sql(info, before, what="loading the schema from before the migration into the scratch instance")

@@ -49,7 +49,7 @@ from contentflow_backupd.source.facts import server_state
 from contentflow_backupd.source.logical import PgRestoreTarget
 from contentflow_backupd.source.pgdata import RecoveryConfig
 from contentflow_backupd.source.postgres import drop_database
-from contentflow_backupd.source.scratch import ScratchServer, check_reachable, server_bin_dir, server_owner
+from contentflow_backupd.source.scratch import server_owner
 
 log = structlog.get_logger(__name__)
 
@@ -327,16 +327,9 @@ def _logical(
             info = opts.database.with_database(name)
         else:
             m = _MAJOR.match(str(manifest.details.get("pg_version", "")))
-            owner = server_owner()
-            check_reachable(ws.path, owner)
-            bin_dir = server_bin_dir(int(m.group(1)) if m else 0, opts.pg_bin)
-            ws.note(bin_dir=bin_dir)
-            server = ws.server = ScratchServer(ws.pgdata, ws.run_dir, bin_dir, owner, superuser="postgres")
-            server.make_run_dir()
-            server.initdb()
-            server.configure()
-            server.start()
-            server.wait_ready("postgres", promoted=False, timeout=opts.ready_timeout)
+            server = ws.start_empty_server(
+                int(m.group(1)) if m else 0, opts.pg_bin, ready_timeout=opts.ready_timeout
+            )
             info = server.conninfo("drill")
         target = PgRestoreTarget(info, bin_dir=opts.client_bin, tmp_root=ws.path / "tmp")
         restored = restore_to_database(

@@ -33,7 +33,13 @@ from contentflow_backupd.model import iso, utcnow
 from contentflow_backupd.ops.locks import pid_alive
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.postgres import drop_database
-from contentflow_backupd.source.scratch import ScratchServer, stop_leftover
+from contentflow_backupd.source.scratch import (
+    ScratchServer,
+    check_reachable,
+    server_bin_dir,
+    server_owner,
+    stop_leftover,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +106,23 @@ class Workspace:
         """Record facts the cleanup needs (``bin_dir``, ``database``) before they matter."""
         self.marker.update({k: str(v) if isinstance(v, Path) else v for k, v in facts.items()})
         self._write_marker()
+
+    def start_empty_server(
+        self, major: int, pg_bin: Path | None, *, ready_timeout: float | None = None
+    ) -> ScratchServer:
+        """A fresh PostgreSQL ``major`` (``initdb``) started in this workspace as the server's OS
+        user, answering queries; registered as ``self.server`` before it starts."""
+        owner = server_owner()
+        check_reachable(self.path, owner)
+        bin_dir = server_bin_dir(major, pg_bin)
+        self.note(bin_dir=bin_dir)
+        server = self.server = ScratchServer(self.pgdata, self.run_dir, bin_dir, owner, superuser="postgres")
+        server.make_run_dir()
+        server.initdb()
+        server.configure()
+        server.start()
+        server.wait_ready("postgres", promoted=False, timeout=ready_timeout)
+        return server
 
     def _write_marker(self) -> None:
         tmp = self.path / f".{MARKER}.tmp"
