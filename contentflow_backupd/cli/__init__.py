@@ -69,6 +69,22 @@ cmd_keys = {name: LazyCommand(f"keys:cmd_keys_{name}") for name in ("list", "add
 cmd_audit_verify = LazyCommand("audit:cmd_audit_verify")
 
 
+def _add_recovery_target(sp: argparse.ArgumentParser, *, action_default: str, keep_archiving: str) -> None:
+    """The point-in-time options ``restore --pgdata`` and ``recover`` share."""
+    sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
+    sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position (e.g. 0/3000100)")
+    sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
+    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point (see restore-point)")
+    sp.add_argument(
+        "--target-action",
+        choices=["promote", "pause", "shutdown"],
+        help=f"what the server does at the target (default: {action_default})",
+    )
+    sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
+    sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
+    sp.add_argument("--keep-archiving", action="store_true", help=keep_archiving)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: it imports the settings, and main() starts with the
     # collector off (see main).
@@ -120,19 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
     sp.add_argument("--pgdata", metavar="DIR", help="restore a physical backup into a new data directory")
-    sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
-    sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position (e.g. 0/3000100)")
-    sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
-    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point (see restore-point)")
-    sp.add_argument(
-        "--target-action",
-        choices=["promote", "pause", "shutdown"],
-        help="what the server does at the target (default: pause)",
-    )
-    sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
-    sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
-    sp.add_argument(
-        "--keep-archiving", action="store_true", help="keep archive_mode of the backup (default: set it off)"
+    _add_recovery_target(
+        sp, action_default="pause", keep_archiving="keep archive_mode of the backup (default: set it off)"
     )
     sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
     sp.add_argument("name", metavar="NAME")
@@ -143,19 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--backup", default="latest", metavar="ID", help="this one only, no fallback (default: newest)"
     )
-    sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
-    sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position")
-    sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
-    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point")
-    sp.add_argument(
-        "--target-action",
-        choices=["promote", "pause", "shutdown"],
-        help="what the server does at the target (default for recover: promote)",
-    )
-    sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
-    sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
-    sp.add_argument(
-        "--keep-archiving", action="store_true", help="the recovered server archives into this repository"
+    _add_recovery_target(
+        sp, action_default="promote", keep_archiving="the recovered server archives into this repository"
     )
     sp.add_argument(
         "--start", action="store_true", help="start the server, wait for recovery, then run the drill checks"

@@ -11,6 +11,7 @@ from contentflow_backupd import wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.catalog.guard_records import MigrationRunRecord
 from contentflow_backupd.errors import BackupdError, ConfigError
+from contentflow_backupd.migrate.check import CheckReport
 from contentflow_backupd.migrate.guard import GuardDeps, GuardOptions, SafetyNet
 from contentflow_backupd.migrate.preflight import (
     CheckResult,
@@ -21,6 +22,7 @@ from contentflow_backupd.migrate.preflight import (
 )
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.drill import DrillOptions
+from contentflow_backupd.ops.drill_checks import user_checks
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.settings import Settings
 from contentflow_backupd.source.conninfo import ConnInfo
@@ -111,11 +113,6 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
             client_bin=settings.pg_bin,
         )
 
-    def user_checks(info: ConnInfo, path: object) -> list[CheckResult]:
-        from contentflow_backupd.ops.drill_checks import user_checks as run_user_checks
-
-        return run_user_checks(info, m.checks)
-
     def finished(record: MigrationRunRecord) -> None:
         _notify(settings, record)
 
@@ -124,13 +121,13 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
         progress=progress,
         safety_net=safety_net,
         expected_schema=expected,
-        user_checks=user_checks,
+        user_checks=user_checks,  # the drills' checks file runner, on BACKUPD_MIGRATE__CHECKS
         finished=finished,
     )
 
 
-def _check_failure(report: object, allow_risky: bool) -> str:
-    data = report.to_json()  # type: ignore[attr-defined]
+def _check_failure(report: CheckReport, allow_risky: bool) -> str:
+    data = report.to_json()
     parts = []
     for key in ("problems", "modified", "missing", "failed"):
         if data[key]:

@@ -335,3 +335,23 @@ def test_usage_errors_exit_2(setup: tuple[Cli, Path]) -> None:
     assert no_dir.returncode == 2 and "--migrations-dir" in no_dir.stderr
     unknown = cli.run("migrate", "rollback", "--to-restore-point", "pre-migrate-nope", "--confirm")
     assert unknown.returncode == 2 and "pre-migrate-nope" in unknown.stderr
+
+
+def test_the_users_checks_decide_and_a_failed_one_rolls_back(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    checks = migrations.parent / "checks.sql"
+    checks.write_text('SELECT count(*) = 0 FROM "Post";\nSELECT to_regclass(\'"Tag"\') IS NULL;\n')
+    env = {"BACKUPD_MIGRATE__CHECKS": str(checks)}
+    add(migrations, "20261101000000_init", INIT)
+    ok = migrate(cli, migrations, env=env)
+    assert ok.returncode == 0, str(ok)
+    names = {c["name"]: c["status"] for c in ok.json()["checks"]}
+    assert names["migrate_check:1"] == names["migrate_check:2"] == "passed"
+    add(migrations, "20261102000000_tag", ADD_TABLE, down='DROP TABLE "Tag";')
+    failed = migrate(cli, migrations, env=env)
+    out = failed.json()
+    assert failed.returncode == 1 and out["status"] == "rolled_back", str(failed)
+    assert {c["name"]: c["status"] for c in out["checks"]}["migrate_check:2"] == "failed"
+    assert "Tag" not in {t for t, *_ in schema(pg, pg_db)}
