@@ -174,6 +174,11 @@ class DrillSettings(_Section):
     unset: into a private PostgreSQL started for the drill."""
     checks: Path | None = None
     """A SQL file of the user's own checks: each query must return true."""
+    scratch_dir: Path | None = None
+    """When the scratch PostgreSQL runs as another OS user (we run as root: it runs as
+    ``postgres``), its files go in a new private directory (0711, random name) under this one,
+    outside the state directory, which stays 0700; default: ``/var/tmp``. Its parents must be
+    enterable (o+x) by that user. Restore drills, ``migrate``'s schema check and its dry run."""
     rto_objective: str = "2h"
     """Recovery time objective: /healthz and ``status`` say whether the measured restore
     throughput meets it for the current database size."""

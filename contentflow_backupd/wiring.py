@@ -486,6 +486,7 @@ def drill_options(
         client_bin=settings.pg_bin,
         database=database,
         checks_file=settings.drill.checks,
+        scratch_dir=settings.drill.scratch_dir,
         tool=self_command(),
         recovery=recovery_config(settings),
         concurrency=settings.upload_concurrency,

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from contentflow_backupd.model import iso
 
-MigrationStatus = Literal["running", "applied", "noop", "refused", "failed", "rolled_back"]
+MigrationStatus = Literal["running", "applied", "unverified", "noop", "refused", "failed", "rolled_back"]
+"""``unverified``: applied and kept, but a post-migration check could not run (``migrate/guard.py``)."""
 BatchStatus = Literal["running", "finished"]
 
 

@@ -31,6 +31,12 @@ def add_run_arguments(mp: argparse.ArgumentParser) -> None:
         default="rollback",
         help="rollback (default): undo with down.sql, or print the recovery plan; stop: only the plan",
     )
+    mp.add_argument(
+        "--strict-checks",
+        action="store_true",
+        help="a post-migration check that could not run (scratch server, missing tool, timeout) fails "
+        "the migration and rolls it back; default: keep it, status unverified, exit 3",
+    )
     mp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -126,7 +132,9 @@ def render(out: dict[str, Any]) -> str:
     head = "dry run: " if out["dry_run"] else ""
     lines = [f"{head}migration {out['id']}: {out['status']} in {out['duration_seconds']:.1f}s"]
     for c in out["checks"]:
-        mark = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}.get(c["status"], c["status"])
+        mark = {"passed": "ok  ", "failed": "FAIL", "not_run": "NOT RUN", "skipped": "skip"}.get(
+            c["status"], c["status"]
+        )
         lines.append(f"  [{mark}] {c['name']}: {c['detail']}")
     if out["restore_point"] or out["backup_id"]:
         lines.append(f"  safety net: restore point {out['restore_point']}, backup {out['backup_id']}")

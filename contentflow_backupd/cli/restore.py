@@ -347,6 +347,9 @@ def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
         )
         for check in result.checks:
             print(f"  {check.status:<8} {check.name:<16} {check.detail}")
+        unrun = [c.name for c in result.checks if c.status == "not_run"]
+        if unrun:
+            print(f"  warning: {len(unrun)} check(s) could not run and prove nothing: {', '.join(unrun)}")
     return EXIT_OK if result.succeeded else EXIT_FAILED
 
 

@@ -30,6 +30,7 @@ def expected_schema(
     state_dir: Path,
     pg_bin: Path | None,
     client_bin: Path | None,
+    scratch_dir: Path | None = None,
 ) -> str:
     """Replay ``before`` then each ``(name, migration.sql)`` in a scratch instance of PostgreSQL
     ``major``; return its normalised schema dump. ``SourceError`` names a script that fails. The
@@ -37,7 +38,10 @@ def expected_schema(
     cleanup_stale_drills(state_dir)
     owner = server_owner()
     ws = Workspace.create(
-        state_dir, f"{utcnow():%Y%m%dT%H%M%SZ}-expect-{secrets.token_hex(3)}", shared=not owner.is_me
+        state_dir,
+        f"{utcnow():%Y%m%dT%H%M%SZ}-expect-{secrets.token_hex(3)}",
+        shared=not owner.is_me,
+        scratch_dir=scratch_dir,
     )
     try:
         server = ws.start_empty_server(major, pg_bin)

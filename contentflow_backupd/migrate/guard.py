@@ -12,6 +12,12 @@ undone when it fails. The user's guide is ``docs/migrations.md``; the steps, in 
    (``migrate/expect.py``); the user's checks (``BACKUPD_MIGRATE__CHECKS``) hold;
 5. on failure: ``down.sql`` rollback or a recovery plan (``migrate/rollback.py``).
 
+Only a check that ran and failed is a failure. A check that could not run (``not_run``: the
+scratch server of ``schema_matches_migrations`` did not start, its tool is missing, a timeout)
+proves nothing either way, so it never undoes an applied migration: the run ends ``unverified``
+(exit 3) with the check, why it did not run and what to do. ``--strict-checks`` counts it as a
+failure instead (rollback, exit 1).
+
 The run is recorded (who, what, checksums, outcome) whatever happens; ``--dry-run``
 (``migrate/dryrun.py``) runs steps 1, 3 and 4 against a restored copy instead.
 """
@@ -39,7 +45,7 @@ from contentflow_backupd.migrate.validate import validate
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup import Interrupted
-from contentflow_backupd.ops.drill_checks import CheckResult, passed
+from contentflow_backupd.ops.drill_checks import CheckResult, not_run, passed
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.source.conninfo import ConnInfo
@@ -48,8 +54,17 @@ from contentflow_backupd.source.schema import RoleSettings, apply_role_settings,
 
 log = structlog.get_logger(__name__)
 
+EXIT_UNVERIFIED = 3
+"""Applied and kept, but a post-migration check could not run (status ``unverified``)."""
 EXIT_REFUSED = 4
-EXIT_CODES: dict[str, int] = {"applied": 0, "noop": 0, "failed": 1, "rolled_back": 1, "refused": EXIT_REFUSED}
+EXIT_CODES: dict[str, int] = {
+    "applied": 0,
+    "noop": 0,
+    "unverified": EXIT_UNVERIFIED,
+    "failed": 1,
+    "rolled_back": 1,
+    "refused": EXIT_REFUSED,
+}
 
 
 @dataclass
@@ -75,6 +90,9 @@ class GuardOptions:
     lock_timeout: float = 5.0
     statement_timeout: float | None = None
     checks_file: Path | None = None
+    strict_checks: bool = False
+    """A post-migration check that could not run counts as failed (rollback) instead of leaving
+    the migration applied with status ``unverified``."""
     config_arg: str = ""
     """`` --config PATH`` when a config file was given: the recovery plan's commands repeat it."""
     dry_run: bool = False
@@ -223,7 +241,8 @@ def _finish(catalog: Catalog, result: MigrateResult, status: str, error: str | N
         log.error("catalog_update_failed", error=exc.message)
     audit_migration(catalog, record)
     event = "migration_" + record.status
-    (log.info if record.status in ("applied", "noop", "rolled_back") else log.error)(
+    level = {"applied": log.info, "noop": log.info, "rolled_back": log.info, "unverified": log.warning}
+    level.get(record.status, log.error)(
         event, applied=result.applied, duration_seconds=round(result.duration_seconds, 3), error=error
     )
 
@@ -295,19 +314,25 @@ def run_steps(
     result.applied = [m.name for m in pending if any(r.migration_name == m.name and r.applied for r in rows)]
     validation = validate(opts, deps, result, info, directory.migrations, pending, rows)
     result.checks.extend(validation)
-    if cmd.ok and passed(validation):
-        record.status = "applied"
+    unrun = [c.name for c in not_run(validation)]
+    if cmd.ok and passed(validation, strict=opts.strict_checks):
+        record.status = "unverified" if unrun else "applied"
+        if unrun:
+            record.error = (
+                f"applied and kept, but {len(unrun)} check(s) could not run and prove nothing: "
+                f"{', '.join(unrun)}; see each check for why and what to do, then check the schema "
+                "yourself (--strict-checks rolls back instead)"
+            )
     else:
         record.status = "failed"
+        failed = [c.name for c in validation if c.status == "failed"]
+        if opts.strict_checks:
+            failed += [f"{name} (could not run; --strict-checks)" for name in unrun]
         record.error = (
             f"the migration command exited with {cmd.returncode}"
             if not cmd.ok
             else "post-migration validation failed"
-        ) + (
-            ": " + ", ".join(c.name for c in validation if c.status == "failed")
-            if not passed(validation)
-            else ""
-        )
+        ) + (": " + ", ".join(failed) if failed else "")
     return [m for m in pending if m.name in started_now]
 
 

@@ -48,6 +48,7 @@ def guard_options(settings: Settings, args: argparse.Namespace, command: Sequenc
         lock_timeout=parse_duration(m.lock_timeout),
         statement_timeout=None if m.statement_timeout is None else parse_duration(m.statement_timeout),
         checks_file=m.checks,
+        strict_checks=getattr(args, "strict_checks", False),
         config_arg=f" --config {settings.config}" if settings.config else "",
         dry_run=args.dry_run,
     )
@@ -111,6 +112,7 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
             state_dir=state,
             pg_bin=settings.drill.pg_bin,
             client_bin=settings.pg_bin,
+            scratch_dir=settings.drill.scratch_dir,
         )
 
     def finished(record: MigrationRunRecord) -> None:
@@ -208,8 +210,15 @@ def _notify(settings: Settings, record: MigrationRunRecord) -> None:
     )
     if record.error:
         text += f": {record.error}"
-    event = "migration_succeeded" if record.status in ("applied", "noop") else "migration_failed"
+    event = {
+        "applied": "migration_succeeded",
+        "noop": "migration_succeeded",
+        "unverified": "migration_unverified",
+    }
+    event_name = event.get(record.status, "migration_failed")
     try:
-        notifier.notify(event, text, migration_id=record.id, status=record.status, dry_run=record.dry_run)
+        notifier.notify(
+            event_name, text, migration_id=record.id, status=record.status, dry_run=record.dry_run
+        )
     finally:
         notifier.close()

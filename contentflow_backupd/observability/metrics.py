@@ -104,7 +104,7 @@ class _WithoutCreated:
             yield clean
 
 
-MIGRATION_RESULTS = ("applied", "noop", "refused", "failed", "rolled_back")
+MIGRATION_RESULTS = ("applied", "unverified", "noop", "refused", "failed", "rolled_back")
 
 
 class Metrics:

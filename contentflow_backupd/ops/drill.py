@@ -81,6 +81,9 @@ class DrillOptions:
     ready_timeout: float | None = None
     """Give up waiting for the scratch server after this many seconds (None: wait while it runs)."""
     seed: int | None = None
+    scratch_dir: Path | None = None
+    """Where the drill's files go when the scratch server runs as another OS user
+    (``BACKUPD_DRILL__SCRATCH_DIR``; ``ops/drill_workspace.py``)."""
     on_ready: Callable[[ConnInfo], None] | None = None
     """Called with the restored database once the drill's checks have run, before the scratch
     instance is removed (``migrate --dry-run`` rehearses the migration there)."""
@@ -249,7 +252,12 @@ def _drill(repo: Repository, opts: DrillOptions, run_id: int, cancel: threading.
     result.backup_id, result.mode = manifest.id, manifest.mode
     try:
         owner = server_owner() if manifest.mode == "physical" or opts.database is None else None
-        workspace = Workspace.create(opts.state_dir, result.id, shared=owner is not None and not owner.is_me)
+        workspace = Workspace.create(
+            opts.state_dir,
+            result.id,
+            shared=owner is not None and not owner.is_me,
+            scratch_dir=opts.scratch_dir,
+        )
     except (OSError, BackupdError) as exc:
         step.fail("restore", exc)
         result.finished_at = utcnow()

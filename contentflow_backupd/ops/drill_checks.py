@@ -14,8 +14,11 @@ server (``expected`` is the backup's manifest ``details``, recorded when it was 
 ``user_check:N`` each query of the user's checks file (``BACKUPD_DRILL__CHECKS``) returns true
 ==============  ==============================================================================
 
-A check is ``passed``, ``failed`` or ``skipped`` (it does not apply, or its input was not
-recorded); only ``failed`` fails a drill. The comparisons are pure functions, tested as tables.
+A check is ``passed`` or ``failed`` (it ran, and that is its verdict), ``not_run`` (it should
+have run but could not: its tool is missing, its server does not start or answer, a timeout; the
+detail says why and what to do) or ``skipped`` (it does not apply, or its input was not
+recorded). Only ``failed`` fails a drill; a ``not_run`` check is reported as such, never as a
+pass. The comparisons are pure functions, tested as tables.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from contentflow_backupd.sqltext import split_sql
 
 log = structlog.get_logger(__name__)
 
-CheckStatus = Literal["passed", "failed", "skipped"]
+CheckStatus = Literal["passed", "failed", "not_run", "skipped"]
 _LISTED = 10  # names listed in a detail before "and N more"
 
 
@@ -49,9 +52,15 @@ class CheckResult:
         return {"name": self.name, "status": self.status, "detail": self.detail}
 
 
-def passed(results: Sequence[CheckResult]) -> bool:
-    """No check failed (skipped ones do not count)."""
-    return all(r.status != "failed" for r in results)
+def passed(results: Sequence[CheckResult], *, strict: bool = False) -> bool:
+    """No check failed (skipped ones do not count; ``not_run`` ones count only when ``strict``)."""
+    bad = ("failed", "not_run") if strict else ("failed",)
+    return all(r.status not in bad for r in results)
+
+
+def not_run(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """The checks that could not run."""
+    return [r for r in results if r.status == "not_run"]
 
 
 class CheckLog:
@@ -88,8 +97,8 @@ def run_checks(
     try:
         state = facts.server_state(conninfo)
     except BackupdError as exc:
-        skipped = [CheckResult(n, "skipped", "the server does not accept queries") for n in _AFTER_CONNECT]
-        return [CheckResult("connect", "failed", exc.message), *skipped]
+        unrun = [CheckResult(n, "not_run", "the server does not accept queries") for n in _AFTER_CONNECT]
+        return [CheckResult("connect", "failed", exc.message), *unrun]
     results = [
         CheckResult(
             "connect",
@@ -106,7 +115,7 @@ def run_checks(
         reads = facts.read_tables(conninfo)
     except BackupdError as exc:
         results.append(CheckResult("read_tables", "failed", exc.message))
-        results.append(CheckResult("row_counts", "skipped", "the tables could not be listed"))
+        results.append(CheckResult("row_counts", "not_run", "the tables could not be listed"))
     else:
         results.append(check_reads(reads))
         results.append(compare_counts(expected, reads))

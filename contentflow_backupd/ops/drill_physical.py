@@ -183,13 +183,16 @@ def _verifybackup(pgdata: Path, bin_dir: Path, client_bin: Path | None, major: i
     try:
         path = tool if tool.exists() else find_tool(name, major, client_bin)
     except SourceError as exc:
-        return CheckResult(name, "skipped", exc.message)
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        return CheckResult(name, "not_run", f"pg_verifybackup could not run: {exc.message}{hint}")
     # WAL is not in the backup (it comes from the archive): recovery itself checks it.
     argv = [str(path), "--no-parse-wal", str(pgdata)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=6 * 3600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return CheckResult(name, "failed", f"pg_verifybackup did not run: {exc}")
+        return CheckResult(
+            name, "not_run", f"pg_verifybackup could not run: {exc}; check the tool under {path.parent}"
+        )
     out = " ".join((proc.stderr + " " + proc.stdout).split())
     if proc.returncode != 0:
         return CheckResult(

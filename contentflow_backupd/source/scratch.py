@@ -73,8 +73,8 @@ def server_owner() -> Owner:
         return resolve_owner("postgres")
     except UsageError:
         raise UsageError(
-            "restore drills run a scratch PostgreSQL, which refuses to run as root, and there is no "
-            "'postgres' OS user to run it as",
+            "restore drills and migrate's schema check run a scratch PostgreSQL, which refuses to run "
+            "as root, and there is no 'postgres' OS user to run it as",
             hint="run contentflow-backupd as an ordinary user (e.g. the one running PostgreSQL)",
         ) from None
 
@@ -96,10 +96,11 @@ def check_reachable(path: Path, owner: Owner) -> None:
             ok = st.st_mode & stat.S_IXOTH
         if not ok:
             raise UsageError(
-                f"the scratch PostgreSQL of a restore drill runs as {owner.name}, who cannot enter "
-                f"{directory} (mode {stat.S_IMODE(st.st_mode):04o}); the drill works under {path}",
-                hint=f"run contentflow-backupd as {owner.name}, or set BACKUPD_STATE_DIR to a directory "
-                f"{owner.name} can reach (its parents need o+x)",
+                f"the scratch PostgreSQL (restore drill, migrate's schema check or dry run) runs as "
+                f"{owner.name}, who cannot enter {directory} (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"its files are under {path}",
+                hint=f"set BACKUPD_DRILL__SCRATCH_DIR to a directory whose parents {owner.name} can "
+                f"enter (o+x), or run contentflow-backupd as {owner.name}",
             )
 
 
@@ -207,6 +208,12 @@ class ScratchServer:
 
     def initdb(self) -> None:
         """A new, empty cluster in ``pgdata`` (logical drills)."""
+        if not (self.bin_dir / "initdb").exists():
+            raise SourceError(
+                f"initdb was not found in {self.bin_dir}, so no scratch PostgreSQL could be made",
+                hint="install the PostgreSQL server package of this major version (it ships initdb), or "
+                "set BACKUPD_DRILL__PG_BIN to the directory of its initdb, pg_ctl and postgres",
+            )
         self.pgdata.mkdir(mode=0o700)
         if os.geteuid() == 0:
             os.chown(self.pgdata, self.owner.uid, self.owner.gid)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -30,16 +32,20 @@ ADD_TABLE = 'CREATE TABLE "Tag" (id serial PRIMARY KEY, name text NOT NULL UNIQU
 BROKEN = 'CREATE TABLE "Broken" (id int); INSERT INTO "Nope" VALUES (1);'
 
 
-@pytest.fixture
-def setup(pg: PgCluster, pg_db: str) -> Iterator[tuple[Cli, Path]]:
-    """A logical setup whose state directory the postgres user can reach (the scratch instances
-    run as postgres when the tests run as root), and an empty migrations directory."""
+@pytest.fixture(params=["root", "postgres"])
+def setup(request: pytest.FixtureRequest, pg: PgCluster, pg_db: str) -> Iterator[tuple[Cli, Path]]:
+    """A logical setup run as root or as the unprivileged ``postgres`` user, and an empty
+    migrations directory. The state directory is made by the command itself, as the default one
+    is: mode 0700, owned by whoever runs it (as root, the scratch servers run as postgres, who
+    cannot enter it). Its parent is 0700 too: nothing of the state tree needs to be reachable."""
+    user = None if request.param == "root" else "postgres"
     base = Path(tempfile.mkdtemp(prefix="backupd-migrate-"))
-    os.chmod(base, 0o755)
-    (base / "state").mkdir(mode=0o755)
     migrations = base / "migrations"
     migrations.mkdir()
     (migrations / "migration_lock.toml").write_text('provider = "postgresql"\n')
+    if user is not None:
+        os.chown(base, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+        os.chmod(migrations, 0o777)  # the tests add migrations as root, the command may write there
     cli = Cli(
         env={
             "BACKUPD_DATABASE_URL": pg.url(pg_db),
@@ -51,9 +57,14 @@ def setup(pg: PgCluster, pg_db: str) -> Iterator[tuple[Cli, Path]]:
             "BACKUPD_MIGRATE__PROGRESS_INTERVAL": "0.5s",
             "BACKUPD_MIGRATE__MIN_FREE_BYTES": "1024",
             "PYTHONPATH": str(ROOT),
-        }
+        },
+        user=user,
     )
     cli.run("init", check=True)
+    cli.run("list", check=True)  # opens the catalog: makes the state directory
+    st = (base / "state").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert st.st_uid == (0 if user is None else pwd.getpwnam(user).pw_uid)
     try:
         yield cli, migrations
     finally:
@@ -90,11 +101,18 @@ def schema(pg: PgCluster, db: str) -> list[tuple[Any, ...]]:
 
 
 def catalog_runs(cli: Cli) -> list[Any]:
-    catalog = open_catalog(f"sqlite:///{cli.env['BACKUPD_STATE_DIR']}/catalog.sqlite")
-    try:
-        return catalog.list_migration_runs("main")
-    finally:
-        catalog.close()
+    """The catalog's migration runs, read from a copy (opening the live file as root could leave
+    root's SQLite side files in the state directory of a command that runs as postgres)."""
+    state = Path(cli.env["BACKUPD_STATE_DIR"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("catalog.sqlite", "catalog.sqlite-wal"):
+            if (state / name).exists():
+                shutil.copy(state / name, Path(tmp) / name)
+        catalog = open_catalog(f"sqlite:///{tmp}/catalog.sqlite")
+        try:
+            return catalog.list_migration_runs("main")
+        finally:
+            catalog.close()
 
 
 def test_pending_migrations_are_applied_with_the_safety_net_recorded(
@@ -355,3 +373,59 @@ def test_the_users_checks_decide_and_a_failed_one_rolls_back(
     assert failed.returncode == 1 and out["status"] == "rolled_back", str(failed)
     assert {c["name"]: c["status"] for c in out["checks"]}["migrate_check:2"] == "failed"
     assert "Tag" not in {t for t, *_ in schema(pg, pg_db)}
+
+
+def _bin_without_initdb(pg: PgCluster) -> Path:
+    """Server binaries of the right major version, without ``initdb``: a real reason why the
+    scratch PostgreSQL of ``schema_matches_migrations`` cannot be made."""
+    where = Path(tempfile.mkdtemp(prefix="backupd-no-initdb-"))
+    os.chmod(where, 0o755)
+    for name in ("postgres", "pg_ctl"):
+        (where / name).symlink_to(pg.bin / name)
+    return where
+
+
+def test_a_check_that_cannot_run_keeps_the_migration_unless_strict_checks(
+    setup: tuple[Cli, Path], pg: PgCluster, pg_db: str
+) -> None:
+    cli, migrations = setup
+    add(migrations, "20261101000000_init", INIT)
+    assert migrate(cli, migrations).returncode == 0
+    no_initdb = _bin_without_initdb(pg)
+    env = {"BACKUPD_DRILL__PG_BIN": str(no_initdb)}
+    try:
+        add(migrations, "20261102000000_tag", ADD_TABLE, down='DROP TABLE "Tag";')
+        kept = migrate(cli, migrations, env=env)
+        out = kept.json()
+        assert kept.returncode == 3 and out["status"] == "unverified", str(kept)
+        assert out["applied"] == ["20261102000000_tag"] and out["rollback"] is None
+        assert "Tag" in {t for t, *_ in schema(pg, pg_db)}
+        check = {c["name"]: c for c in out["checks"]}["schema_matches_migrations"]
+        assert check["status"] == "not_run", check
+        assert f"initdb was not found in {no_initdb}" in check["detail"]
+        assert "BACKUPD_DRILL__PG_BIN" in check["detail"] and "--strict-checks" in check["detail"]
+        assert "could not run" in out["error"] and "schema_matches_migrations" in out["error"]
+        assert "role_settings" not in catalog_runs(cli)[-1].details
+        history = cli.run("migrate", "history", "--json", check=True).json()
+        assert history[-1]["status"] == "unverified"
+        assert {c["name"]: c["status"] for c in history[-1]["details"]["checks"]}[
+            "schema_matches_migrations"
+        ] == "not_run"
+        text = cli.run("migrate", "history", check=True).stdout
+        assert "unverified" in text and "could not run" in text
+
+        add(migrations, "20261103000000_summary", ADD_COLUMN, down='ALTER TABLE "Post" DROP COLUMN summary;')
+        strict = migrate(cli, migrations, "--strict-checks", env=env)
+        out = strict.json()
+        assert strict.returncode == 1 and out["status"] == "rolled_back", str(strict)
+        assert {c["name"]: c["status"] for c in out["checks"]}["schema_matches_migrations"] == "not_run"
+        assert ("Post", "summary", "text") not in schema(pg, pg_db)
+        assert [r.status for r in catalog_runs(cli)] == ["applied", "unverified", "rolled_back"]
+        # Printed for a person: the check is marked as not run, with its reason.
+        again = cli.run(
+            "migrate", "--migrations-dir", str(migrations), "--", *PRISMA, str(migrations), env=env
+        )
+        assert again.returncode == 3, str(again)
+        assert "[NOT RUN] schema_matches_migrations: could not run" in again.stdout
+    finally:
+        shutil.rmtree(no_initdb, ignore_errors=True)

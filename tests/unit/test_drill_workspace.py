@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from contentflow_backupd.ops.drill_workspace import (
     ABANDONED_NEW_S,
     DRILLS_DIR,
     MARKER,
+    SCRATCH_PREFIX,
     Workspace,
     cleanup_stale_drills,
 )
@@ -47,6 +49,50 @@ def test_workspace_is_created_with_its_marker_under_its_name(tmp_path: Path) -> 
     assert marker["database"] == "backupd_drill_1" and marker["bin_dir"] == "/usr/lib/postgresql/15/bin"
     ws.remove()
     assert not ws.path.exists()
+
+
+def test_a_shared_workspace_keeps_its_files_outside_the_state_directory(tmp_path: Path) -> None:
+    """When the scratch server runs as another OS user, its files go in a new private directory
+    outside the state directory (0711: enterable, not listable); the state directory and its
+    ``drills`` directory stay 0700, and the marker there names the scratch directory."""
+    state, scratch = tmp_path / "state", tmp_path / "scratch"
+    state.mkdir(mode=0o700)
+    scratch.mkdir()
+    ws = Workspace.create(state, "20261125T040000Z-expect-abcdef", shared=True, scratch_dir=scratch)
+    assert ws.path.parent == scratch and ws.path.name.startswith(f"{SCRATCH_PREFIX}{ws.marker['id']}-")
+    assert stat.S_IMODE(ws.path.stat().st_mode) == 0o711
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / DRILLS_DIR).stat().st_mode) == 0o700
+    home = state / DRILLS_DIR / "20261125T040000Z-expect-abcdef"
+    assert json.loads((home / MARKER).read_text())["scratch"] == str(ws.path)
+    assert not (ws.path / MARKER).exists()
+    assert ws.pgdata == ws.path / "pgdata" and ws.run_dir == ws.path / "run"
+    ws.remove()
+    assert not ws.path.exists() and not home.exists()
+
+
+def test_cleanup_removes_the_scratch_directory_of_a_dead_drill_and_nothing_else(tmp_path: Path) -> None:
+    import socket
+
+    state, scratch = tmp_path / "state", tmp_path / "scratch"
+    scratch.mkdir()
+    ws = Workspace.create(state, "dead", shared=True, scratch_dir=scratch)
+    (ws.path / "pgdata").mkdir()
+    ws.note(pid=2**22 + 7)  # its process is gone
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    forged = _left(
+        tmp_path / "state", "forged", pid=2**22 + 7, host=socket.gethostname(), scratch=str(precious)
+    )
+    linked = scratch / f"{SCRATCH_PREFIX}linked-x"
+    linked.symlink_to(precious)
+    symlinked = _left(
+        tmp_path / "state", "linked", pid=2**22 + 7, host=socket.gethostname(), scratch=str(linked)
+    )
+    assert sorted(cleanup_stale_drills(state)) == ["dead", "forged", "linked"]
+    assert not ws.path.exists() and not (state / DRILLS_DIR / "dead").exists()
+    assert not forged.exists() and not symlinked.exists()
+    assert precious.exists() and linked.is_symlink()  # not a drill's scratch directory: left alone
 
 
 def _left(tmp_path: Path, name: str, **marker: object) -> Path:
