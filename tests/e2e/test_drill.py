@@ -9,8 +9,10 @@ instance made by ``initdb`` and into a scratch database on ``BACKUPD_DRILL__DATA
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -136,6 +138,53 @@ def test_physical_drill_succeeds_and_writes_nothing_into_the_repository(source: 
     assert runs[-1].status == "succeeded" and runs[-1].trigger == "manual"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the command as root")
+def test_physical_drill_as_root_with_a_private_state_directory(source: Source) -> None:
+    """Run as root (a CI job, a container) with a state directory the command makes itself, mode
+    0700 in a 0700 parent, as the default one is: the scratch server runs as postgres, who cannot
+    enter it, so the drill's files go in a private scratch directory outside it. The state
+    directory is not opened to anyone."""
+    parent = Path(tempfile.mkdtemp(prefix="backupd-root-state-"))  # 0700, root's
+    state = parent / "state"
+    cli = Cli(env={"BACKUPD_CONFIG": str(source.setup.config), "BACKUPD_STATE_DIR": str(state)})
+    try:
+        before = repository_state(source.setup.repo)
+        result = cli.run("restore-test", "--target-time", "none", "--json")
+        assert result.returncode == 0, str(result)
+        out = result.json()
+        assert out["status"] == "succeeded", out
+        statuses = {c["name"]: c["status"] for c in out["checks"]}
+        assert statuses.pop("user_checks") == "skipped"  # no checks file given
+        assert set(statuses.values()) == {"passed"}, out["checks"]
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700 and state.stat().st_uid == 0
+        assert stat.S_IMODE((state / "drills").stat().st_mode) == 0o700
+        assert not list((state / "drills").iterdir())
+        assert repository_state(source.setup.repo) == before
+    finally:
+        cleanup_stale_drills(state)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_drill_check_that_cannot_run_is_reported_as_not_run(source: Source) -> None:
+    """pg_verifybackup missing (server and client binaries without it): the check could not run,
+    and the drill says so instead of reporting it as passed or skipped."""
+    bins = Path(tempfile.mkdtemp(prefix="backupd-no-verifybackup-"))
+    os.chmod(bins, 0o755)
+    for name in ("postgres", "pg_ctl", "initdb"):
+        (bins / name).symlink_to(source.setup.cluster.bin / name)
+    env = {"BACKUPD_DRILL__PG_BIN": str(bins), "BACKUPD_PG_BIN": str(bins)}
+    try:
+        result, out = source.drill("--target-time", "none", env=env)
+        text = source.cli.run("restore-test", "--target-time", "none", env=env)
+    finally:
+        shutil.rmtree(bins, ignore_errors=True)
+    verify = checks_by_name(out)["pg_verifybackup"]
+    assert verify["status"] == "not_run", verify
+    assert f"pg_verifybackup not found in BACKUPD_PG_BIN={bins}" in verify["detail"]
+    assert out["status"] == "succeeded" and result.returncode == 0  # no check failed
+    assert "warning: 1 check(s) could not run and prove nothing: pg_verifybackup" in text.stdout, str(text)
+
+
 def test_drill_to_the_end_of_the_archive_and_to_a_time(source: Source) -> None:
     _, out = source.drill("--target-time", "none")
     assert out["status"] == "succeeded", out
@@ -255,19 +304,20 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    proc_stat = Path(f"/proc/{pid}/stat")
+    return not proc_stat.exists() or proc_stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # -- logical -------------------------------------------------------------------------------
-@pytest.fixture
-def logical_cli(pg: PgCluster, pg_db: str) -> Iterator[Cli]:
-    """A logical setup whose state directory the ``postgres`` user can reach (the scratch
-    instance runs as postgres when the tests run as root)."""
+@pytest.fixture(params=["root", "postgres"])
+def logical_cli(request: pytest.FixtureRequest, pg: PgCluster, pg_db: str) -> Iterator[Cli]:
+    """A logical setup run as root or as the unprivileged ``postgres`` user. The state directory
+    is made by the command, as the default one is (0700, in a 0700 parent): as root the scratch
+    instance runs as postgres, who cannot enter it."""
+    user = None if request.param == "root" else "postgres"
     base = Path(tempfile.mkdtemp(prefix="backupd-drill-"))
-    os.chmod(base, 0o755)
-    (base / "state").mkdir(mode=0o755)
-    os.chmod(base / "state", 0o755)
+    if user is not None:
+        os.chown(base, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     cli = Cli(
         env={
             "BACKUPD_DATABASE_URL": pg.url(pg_db),
@@ -275,12 +325,14 @@ def logical_cli(pg: PgCluster, pg_db: str) -> Iterator[Cli]:
             "BACKUPD_STATE_DIR": str(base / "state"),
             "BACKUPD_ENCRYPTION__PASSPHRASE": PASSPHRASE,
             "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
-        }
+        },
+        user=user,
     )
     cli.run("init", check=True)
     try:
         yield cli
     finally:
+        cleanup_stale_drills(base / "state")
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -334,6 +386,7 @@ def test_logical_drill_into_a_private_instance(pg: PgCluster, pg_db: str, logica
     assert "pg_verifybackup" not in by_name
     state = Path(logical_cli.env["BACKUPD_STATE_DIR"])
     assert not list((state / "drills").iterdir())
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700  # made by the command, never opened
 
 
 def test_logical_drill_on_the_drill_database_url(pg: PgCluster, pg_db: str, logical_cli: Cli) -> None:
