@@ -152,6 +152,36 @@ def test_recover_to_a_time_starts_the_server_with_exactly_the_rows_committed_bef
         assert lost.setup.cluster.execute("select pg_is_in_recovery()")[0][0] is False
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the command as root")
+def test_recover_as_root_with_a_private_state_directory_starts_and_checks_the_server(lost: Lost) -> None:
+    """As root (a rescue shell, a container) with a state directory the command makes (0700 in a
+    0700 parent): the restored directory goes to postgres (--owner), the server starts as postgres,
+    restore_command fetches WAL as postgres, and the checks run against it."""
+    import shutil
+    import tempfile
+
+    target = lost.after_older
+    parent = Path(tempfile.mkdtemp(prefix="backupd-root-state-"))
+    pgdata = lost.setup.base / "recovered-as-root"
+    cli = Cli(env={"BACKUPD_CONFIG": str(lost.setup.config), "BACKUPD_STATE_DIR": str(parent / "state")})
+    try:
+        with stopped_afterwards(lost.setup.cluster, pgdata):
+            result = cli.run(
+                "recover", "--pgdata", str(pgdata), "--owner", "postgres", "--target-time", target.time,
+                "--target-action", "pause", "--start", "--json",
+            )  # fmt: skip
+            assert result.returncode == 0, str(result)
+            out = result.json()
+            assert out["status"] == "succeeded" and out["server"]["reached"] == "paused", out
+            checks = {c["name"]: c["status"] for c in out["checks"]}
+            assert checks["connect"] == "passed" and checks["read_tables"] == "passed", out["checks"]
+            assert not {"failed", "not_run"} & set(checks.values()), out["checks"]
+            assert rows(lost.setup.cluster) == upto(target.max_id)
+        assert (parent / "state").stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 def test_recover_with_pause_waits_at_the_target_and_checks_the_read_only_server(lost: Lost) -> None:
     target = lost.after_older
     pgdata = lost.setup.base / "recovered-paused"
