@@ -14,7 +14,8 @@
   waited for, SSL is off (the source's certificates are not here), logs go to the log file.
   So the only thing that touches the repository is ``restore_command``, which only fetches.
 - When we run as root it runs as the ``postgres`` OS user (PostgreSQL refuses root), like the
-  test clusters do; otherwise as us. Its environment is ours without this tool's secrets
+  test clusters do, in a private directory outside our 0700 state directory
+  (``ops/drill_workspace.py``); otherwise as us. Its environment is ours without this tool's secrets
   (``source.conninfo.child_env``), except the ``AWS_*`` credentials ``restore_command`` needs
   for an S3 repository.
 

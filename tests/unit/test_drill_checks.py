@@ -16,10 +16,13 @@ from contentflow_backupd.ops.drill_checks import (
     check_reads,
     compare_counts,
     compare_schema,
+    not_run,
     passed,
+    run_checks,
 )
 from contentflow_backupd.ops.drill_physical import recovery_check
 from contentflow_backupd.ops.physical_restore import RecoveryTarget
+from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.facts import MAX_OBJECTS, IndexCheck, ServerState, TableRead, fingerprint_of
 from contentflow_backupd.sqltext import split_sql
 
@@ -238,3 +241,33 @@ def test_throughput_is_restored_bytes_over_rto() -> None:
     result = DrillResult("d", "main", "logical", T, rto_seconds=4.0, restored_bytes=1000)
     assert result.throughput_bytes_per_s == 250.0
     assert DrillResult("d", "main", "logical", T).throughput_bytes_per_s is None
+
+
+# -- three values: a check that could not run is never a pass ---------------------------------
+@pytest.mark.parametrize(
+    ("statuses", "lenient", "strict"),
+    [
+        (["passed", "skipped"], True, True),
+        (["passed", "not_run"], True, False),
+        (["passed", "failed"], False, False),
+        (["not_run", "failed"], False, False),
+        ([], True, True),
+    ],
+)
+def test_not_run_fails_only_strictly(statuses: list[str], lenient: bool, strict: bool) -> None:
+    checks = [CheckResult(f"c{i}", s, "") for i, s in enumerate(statuses)]  # type: ignore[arg-type]
+    assert passed(checks) is lenient
+    assert passed(checks, strict=True) is strict
+    assert [c.name for c in not_run(checks)] == [f"c{i}" for i, s in enumerate(statuses) if s == "not_run"]
+
+
+def test_checks_after_a_refused_connection_are_not_run_not_skipped() -> None:
+    """No server answers on this socket directory: ``connect`` fails, and the checks that need a
+    connection could not run (they are not reported as passed, nor as not applying)."""
+    info = ConnInfo(
+        params={"host": "/nonexistent-backupd-socket-dir", "port": "1", "dbname": "x", "user": "x"}
+    )
+    results = run_checks(info, {}, None)
+    assert (results[0].name, results[0].status) == ("connect", "failed")
+    assert {r.status for r in results[1:]} == {"not_run"}
+    assert [r.name for r in results[1:]] == ["schema", "read_tables", "row_counts", "amcheck", "user_checks"]
