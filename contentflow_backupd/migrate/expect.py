@@ -21,6 +21,10 @@ from contentflow_backupd.source.scratch import server_owner
 
 log = structlog.get_logger(__name__)
 
+READY_TIMEOUT_S = 300.0
+"""A scratch server not answering queries by then is given up on: the check could not run
+(``migrate/validate.py``), rather than the guard waiting forever after the migration applied."""
+
 
 def expected_schema(
     before: str,
@@ -44,7 +48,7 @@ def expected_schema(
         scratch_dir=scratch_dir,
     )
     try:
-        server = ws.start_empty_server(major, pg_bin)
+        server = ws.start_empty_server(major, pg_bin, ready_timeout=READY_TIMEOUT_S)
         create_database(server.conninfo("postgres"), "expect")
         info = server.conninfo("expect")
         load_sql(info, before, what="loading the schema from before the migration into the scratch instance")
