@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contentflow_backupd.errors import UsageError
 from contentflow_backupd.ops.drill_physical import random_lsn
 from contentflow_backupd.ops.drill_workspace import (
     ABANDONED_NEW_S,
@@ -31,7 +32,8 @@ from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.source.scratch import stop_leftover
+from contentflow_backupd.source.pgdata import Owner
+from contentflow_backupd.source.scratch import check_reachable, stop_leftover
 from contentflow_backupd.storage.memory import MemoryStorage
 from contentflow_backupd.wal import Segment
 
@@ -93,6 +95,32 @@ def test_cleanup_removes_the_scratch_directory_of_a_dead_drill_and_nothing_else(
     assert not ws.path.exists() and not (state / DRILLS_DIR / "dead").exists()
     assert not forged.exists() and not symlinked.exists()
     assert precious.exists() and linked.is_symlink()  # not a drill's scratch directory: left alone
+
+
+def test_what_still_cannot_work_is_a_clear_error(tmp_path: Path) -> None:
+    """A scratch root that does not exist, or that the server's user cannot enter: an error that
+    names the directory and the setting that fixes it."""
+    with pytest.raises(UsageError) as missing:
+        Workspace.create(tmp_path / "state", "d1", shared=True, scratch_dir=tmp_path / "nope")
+    assert str(tmp_path / "nope") in missing.value.message
+    assert "BACKUPD_DRILL__SCRATCH_DIR" in (missing.value.hint or "")
+    import shutil
+    import tempfile
+
+    open_parent = Path(tempfile.mkdtemp(prefix="backupd-reach-"))  # under /tmp: every parent enterable
+    os.chmod(open_parent, 0o755)
+    closed = open_parent / "closed"
+    closed.mkdir(mode=0o700)
+    os.chmod(closed, 0o700)
+    someone_else = Owner(os.geteuid() + 4242, os.getegid() + 4242, "someone")
+    try:
+        with pytest.raises(UsageError) as unreachable:
+            check_reachable(closed / "contentflow-backupd-d2-x", someone_else)
+        check_reachable(open_parent / "contentflow-backupd-d3-x", someone_else)  # reachable: fine
+    finally:
+        shutil.rmtree(open_parent)
+    assert f"someone, who cannot enter {closed} (mode 0700)" in unreachable.value.message
+    assert "BACKUPD_DRILL__SCRATCH_DIR" in (unreachable.value.hint or "")
 
 
 def _left(tmp_path: Path, name: str, **marker: object) -> Path:
