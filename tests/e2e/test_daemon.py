@@ -51,6 +51,7 @@ def test_daemon_schedules_records_fails_recovers_expires_and_stops(tmp_path: Pat
         BACKUPD_RETENTION__FULL="8s",
         BACKUPD_RETENTION__INCREMENTAL="4s",
         BACKUPD_RETENTION__GC_GRACE="1s",
+        WATCHDOG_USEC="30000000",  # the watchdog is on: WATCHDOG=1 pings
     )
     cli = Cli(env=env)
     with Daemon(env) as d:
