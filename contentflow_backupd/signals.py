@@ -132,8 +132,12 @@ class SignalWatch:
 def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
     """Hold ``signals`` back for a short, bounded block (main thread only): a signal that
     arrives meanwhile is only recorded in the yielded list, and the previous handlers come back
-    when the block ends. For clean-up that is already the answer to a signal."""
+    when the block ends. For clean-up that is already the answer to a signal. Off the main
+    thread (a daemon job) it holds nothing back: signals are the main thread's business there."""
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # handlers run in the main thread only: nothing to hold back here
+        return
 
     def record(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
