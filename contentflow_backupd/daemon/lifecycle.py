@@ -398,6 +398,16 @@ class Daemon:
             self.stopping.set()
             _arm_exit(STOP_NOW_WAIT, 128 + signum, "a second signal: stop now")
 
+    def _left(self, cap: float) -> float:
+        """How long a step of the shutdown may take: at most ``cap``, 2 s after a second signal,
+        and within the deadline armed at the first signal (keeping 5 s for the rest)."""
+        if self._abort.is_set():
+            return 2.0
+        if not self._stop_at:
+            return cap
+        left = self._stop_at + self._grace() + EXIT_MARGIN - time.monotonic() - 5.0
+        return max(1.0, min(cap, left))
+
     def _grace(self) -> float:
         from contentflow_backupd.timespec import parse_duration
 
@@ -416,11 +426,11 @@ class Daemon:
             if runner.running():
                 self._stop_running_jobs(runner)
         if self._walwatch is not None and self._walwatch.stream is not None:
-            self._walwatch.stream.stop(timeout=5.0 if self._abort.is_set() else 30.0)
+            self._walwatch.stream.stop(timeout=self._left(10.0))
         if self._http is not None:
             self._http.stop()
         if self._notifier is not None:
-            self._notifier.close(2.0 if self._abort.is_set() else 10.0)
+            self._notifier.close(self._left(10.0))
         if self._lock is not None:
             self._lock.release()
         if self._catalog is not None:
@@ -443,7 +453,6 @@ class Daemon:
         deadline = time.monotonic() + CHILD_STOP_WAIT
         while runner.running() and time.monotonic() < deadline:
             time.sleep(0.2)
-            _terminate_children()  # a job may have started another child meanwhile
         if runner.running():
             log.error("jobs_did_not_stop", jobs=[r.job for r in runner.running()])
 
