@@ -9,6 +9,7 @@ a role, and a transaction that has begun to drop that role holds a lock on it, s
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import psycopg
 import pytest
 
 from tests.support.cli import Cli
@@ -55,7 +57,10 @@ def _role_locked(pg: PgCluster, role: str, target: str) -> Iterator[None]:
         blocker.close()
         # pg_restore's session (its client killed) runs on to its next read, then rolls back
         _wait_until(lambda: not _pg_restore_sessions(pg, target, waiting=False))
-        pg.execute(f"drop role if exists {role}")
+        # a restore that went on and committed (the bug this guards against) keeps the role in
+        # use: leave it to the test's assertions to say so
+        with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+            pg.execute(f"drop role if exists {role}")
 
 
 def _pg_restore_sessions(pg: PgCluster, target: str, *, waiting: bool) -> int:
