@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from contentflow_backupd.demo.cluster import chown_for_postgres
 from tests.support.cli import Cli
 from tests.support.pg import PgCluster
 
@@ -91,10 +95,31 @@ def _database_exists(pg: PgCluster, name: str) -> bool:
     return bool(pg.execute("select 1 from pg_database where datname = %s", params=(name,)))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+@pytest.fixture
+def postgres_cli(cli: Cli) -> Iterator[Cli]:
+    """The ``cli`` settings, run as the postgres user in a directory of its own."""
+    base = Path(tempfile.mkdtemp(prefix="backupd-restore-int-"))
+    chown_for_postgres(base)
+    try:
+        env = {
+            **cli.env,
+            "BACKUPD_REPOSITORY": f"file://{base / 'repo'}",
+            "BACKUPD_STATE_DIR": str(base / "state"),
+        }
+        yield Cli(env=env, user="postgres")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("signum", "runner"),
+    [(signal.SIGINT, "cli"), (signal.SIGTERM, "cli"), (signal.SIGINT, "postgres_cli")],
+    ids=["sigint", "sigterm", "sigint-as-postgres"],
+)
 def test_an_interrupted_restore_create_drops_the_database_it_created(
-    cli: Cli, pg: PgCluster, pg_db: str, signum: int
+    pg: PgCluster, pg_db: str, signum: int, runner: str, request: pytest.FixtureRequest
 ) -> None:
+    cli: Cli = request.getfixturevalue(runner)
     role = _backup_owned_by_a_role(cli, pg, pg_db)
     target = f"restored_{pg_db}"
     with _role_locked(pg, role, target):
