@@ -6,13 +6,17 @@ newline-separated assignments such as ``READY=1``, ``STATUS=...``, ``WATCHDOG=1`
 (see sd_notify(3)). Without ``$NOTIFY_SOCKET`` every call is a no-op, so the daemon runs the same
 under systemd, in a container or in a terminal.
 
-Contract: no method raises. A failed send is logged once as a warning (later failures at debug
-level) and otherwise ignored: losing a status line must never stop a backup. If systemd's
-watchdog is on and pings stop arriving it restarts the service, which is the point of calling
-``watchdog()`` only while the scheduler is healthy.
+Contract: no method raises and **no method blocks**. Every send is non-blocking
+(``MSG_DONTWAIT``): when the service manager is slow to read and the socket's queue is full, the
+message is dropped with a debug log line (a stalled reader must never stall the daemon, nor its
+shutdown). A failed send is logged once as a warning (later failures at debug level) and otherwise
+ignored: losing a status line must never stop a backup. If systemd's watchdog is on and pings stop
+arriving it restarts the service, which is the point of calling ``watchdog()`` only while the
+scheduler is healthy. Never call it from a signal handler (it takes a lock and logs).
 
 ``watchdog_interval()`` is ``$WATCHDOG_USEC`` in seconds when the watchdog is meant for this
 process (``$WATCHDOG_PID`` unset or equal to our pid), else None; ping at about half of it.
+``watchdog()`` sends nothing when it is None.
 """
 
 from __future__ import annotations
@@ -91,8 +95,10 @@ class SystemdNotifier:
         self.notify("STATUS=" + " ".join(text.splitlines()))
 
     def watchdog(self) -> None:
-        """``WATCHDOG=1``: the keep-alive ping; send it only while the process is healthy."""
-        self.notify("WATCHDOG=1")
+        """``WATCHDOG=1``: the keep-alive ping; send it only while the process is healthy. Sent
+        only when the watchdog is on for this process (see ``watchdog_interval``)."""
+        if self.watchdog_interval() is not None:
+            self.notify("WATCHDOG=1")
 
     def stopping(self) -> None:
         """``STOPPING=1``: shutdown has begun."""
@@ -106,7 +112,10 @@ class SystemdNotifier:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.sendto(raw.encode(), self.address)
+                self._sock.sendto(raw.encode(), socket.MSG_DONTWAIT, self.address)
+            except BlockingIOError:
+                # The reader is behind and the queue is full: drop this one, never wait.
+                log.debug("systemd_notify_dropped", message=raw.split("\n", 1)[0][:80], reason="queue full")
             except OSError as exc:
                 self._drop_socket()
                 event = {"error": exc.strerror or str(exc), "message": raw.split("\n", 1)[0][:80]}

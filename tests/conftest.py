@@ -7,11 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.cli import Cli
 from tests.support.pg import PgCluster, running_cluster
 
 PASSPHRASE = "test passphrase: correct horse battery staple"
+
+# No test depends on speed: Hypothesis's default 200 ms deadline per example fails property tests
+# on a loaded machine (DeadlineExceeded), and so does its too_slow health check.
+settings.register_profile(
+    "backupd", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile("backupd")
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,12 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from contentflow_backupd import __version__
 from contentflow_backupd.errors import EXIT_FAILED, BackupdError
 from contentflow_backupd.model import JOB_NAMES
+from contentflow_backupd.signals import Interrupted, raise_interrupted
 
 if TYPE_CHECKING:
     from contentflow_backupd.settings import Settings
@@ -212,13 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    from contentflow_backupd.ops.backup import Interrupted
-
-    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-    raise Interrupted(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # Start-up (imports, pydantic's schemas, argparse) allocates tens of thousands of objects
     # that live as long as the process. Collecting during start-up, and once more at exit, only
@@ -255,17 +248,17 @@ def _main(argv: Sequence[str] | None) -> int:
         args.file_data = file_data
         wiring.setup_logging(settings)
         wiring.warn_unknown_env(settings)
-        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGTERM, raise_interrupted)
         _started()
         return int(args.func(args, settings))
     except BackupdError as exc:
         print(f"contentflow-backupd: error: {exc}", file=sys.stderr)
+        _print_notes(exc)
         return exc.exit_code
     except BaseException as exc:
-        from contentflow_backupd.ops.backup import Interrupted
-
         if isinstance(exc, Interrupted | KeyboardInterrupt):
             print("contentflow-backupd: interrupted", file=sys.stderr)
+            _print_notes(exc)
             return 130
         if isinstance(exc, SystemExit):
             raise
@@ -274,3 +267,10 @@ def _main(argv: Sequence[str] | None) -> int:
         structlog.get_logger("contentflow_backupd.cli").exception("internal_error")
         print(f"contentflow-backupd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _print_notes(exc: BaseException) -> None:
+    """What the command's clean-up left behind (``add_note``), e.g. a database an interrupted
+    ``restore --create`` could not drop."""
+    for note in getattr(exc, "__notes__", ()):
+        print(f"contentflow-backupd: {note}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
-from types import FrameType
 
 import structlog
 
@@ -46,25 +45,19 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
 
     from contentflow_backupd import wiring
     from contentflow_backupd.ops.wal_stream import run_wal_stream
+    from contentflow_backupd.signals import SignalWatch
 
     stop = threading.Event()
-    signalled: list[int] = []
 
-    def stopping(signum: int) -> None:
-        log.info("wal_stream_stopping", signal=signum)
-        stop.set()
+    def on_signal(signum: int, count: int) -> None:
+        # On the signal-watch thread, not in the handler (contentflow_backupd.signals): logging
+        # and Event.set take locks the interrupted main thread may hold. A second signal raises
+        # Interrupted in the main thread (stop now, exit 130).
+        if count == 1:
+            log.info("wal_stream_stopping", signal=signal.Signals(signum).name)
+            stop.set()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # No lock may be taken here: the main thread can hold the Event's or the log's lock when
-        # the signal lands, and taking it again would deadlock. A thread does the work.
-        if signalled:
-            signal.signal(signum, signal.SIG_DFL)
-            raise SystemExit(1)  # a second signal: stop now
-        signalled.append(signum)
-        threading.Thread(target=stopping, args=(signum,), name="wal-stream-stop", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    SignalWatch(on_signal, second_raises=True).install()
     run_wal_stream(
         wiring.open_wal_archive(settings),
         wiring.source_conninfo(settings),

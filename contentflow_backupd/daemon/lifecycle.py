@@ -3,15 +3,16 @@ See the package docstring for the order of events."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -21,10 +22,10 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.observability.metrics import Metrics
-from contentflow_backupd.ops.backup import Interrupted
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.sdnotify import SystemdNotifier
 from contentflow_backupd.settings import Settings
+from contentflow_backupd.signals import Interrupted, SignalWatch
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +35,13 @@ PROBE_INTERVAL = 15.0
 OBJECTIVES_INTERVAL = 60.0
 """The recovery window needs a LIST of the WAL archive: once a minute is enough for a metric
 whose alert waits 5 minutes."""
-CHILD_STOP_WAIT = 20.0
+CHILD_STOP_WAIT = 10.0
+"""After the grace period: how long the stopped jobs get to record their runs ``interrupted``."""
+EXIT_MARGIN = 25.0
+"""The process is gone at the latest ``BACKUPD_SHUTDOWN_GRACE`` + this after the first signal,
+whatever blocks (a hung catalog, a child that ignores SIGTERM): then it exits 1."""
+STOP_NOW_WAIT = 15.0
+"""After a second signal the process is gone within this (exit 128 + the signal's number)."""
 
 
 def run_daemon(settings: Settings) -> int:
@@ -49,7 +56,10 @@ class Daemon:
         self.stopping = threading.Event()
         self.started = False
         self.leader = False
-        self._signals = 0
+        self._watch: SignalWatch | None = None
+        self._stop_signal: int | None = None
+        self._stop_at = 0.0
+        self._abort_signal: int | None = None
         self._abort = threading.Event()
         self._heartbeat = time.monotonic()
         self._deps: dict[str, Any] = {}
@@ -82,9 +92,12 @@ class Daemon:
             self._main_loop()
         finally:
             self._shutdown()
-        if self._signals > 1:
-            return 128 + signal.SIGTERM
-        return 0
+        code = 0 if self._abort_signal is None else 128 + self._abort_signal
+        if self._runner is not None and self._runner.running():
+            # A job thread that did not stop would keep the interpreter from exiting (it joins
+            # the scheduler's worker threads): leave now, its run is reaped as interrupted.
+            _exit_now(code)
+        return code
 
     def _start(self) -> None:
         from contentflow_backupd.catalog.leader import LeaderLock
@@ -361,40 +374,63 @@ class Daemon:
 
     # -- signals and shutdown --------------------------------------------------------------
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        """SIGTERM and SIGINT are only recorded in their handler; ``_on_signal`` runs on the
+        signal-watch thread (see ``contentflow_backupd.signals``), so a main thread blocked
+        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping."""
+        self._watch = SignalWatch(self._on_signal).install()
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("daemon_stopping", signal=signum, grace=self.settings.shutdown_grace)
+    def _on_signal(self, signum: int, count: int) -> None:
+        """On the signal-watch thread, never in a handler: log, wake the main loop, arm the
+        deadline by which the process is gone whatever blocks."""
+        name = signal.Signals(signum).name
+        if count == 1:
+            self._stop_signal = signum
+            self._stop_at = time.monotonic()
+            grace = self._grace()
+            log.info("daemon_stopping", signal=name, grace=self.settings.shutdown_grace)
             self.stopping.set()
             self.sd.stopping()
-        else:
-            log.warning("daemon_stopping_now", signal=signum)
+            _arm_exit(grace + EXIT_MARGIN, EXIT_FAILED_STOP, "the shutdown did not finish in time")
+        elif count == 2:
+            log.warning("daemon_stopping_now", signal=name)
+            self._abort_signal = signum
             self._abort.set()
             self.stopping.set()
+            _arm_exit(STOP_NOW_WAIT, 128 + signum, "a second signal: stop now")
 
-    def _shutdown(self) -> None:
+    def _left(self, cap: float) -> float:
+        """How long a step of the shutdown may take: at most ``cap``, 2 s after a second signal,
+        and within the deadline armed at the first signal (keeping 5 s for the rest)."""
+        if self._abort.is_set():
+            return 2.0
+        if not self._stop_at:
+            return cap
+        left = self._stop_at + self._grace() + EXIT_MARGIN - time.monotonic() - 5.0
+        return max(1.0, min(cap, left))
+
+    def _grace(self) -> float:
         from contentflow_backupd.timespec import parse_duration
 
+        return parse_duration(self.settings.shutdown_grace)
+
+    def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
         if self._scheduler is not None:
             self._scheduler.shutdown()  # no new runs
         runner = self._runner
         if runner is not None:
-            deadline = time.monotonic() + parse_duration(self.settings.shutdown_grace)
+            deadline = (self._stop_at or time.monotonic()) + self._grace()
             while runner.running() and time.monotonic() < deadline and not self._abort.is_set():
-                time.sleep(0.2)
+                self._abort.wait(0.2)
             if runner.running():
                 self._stop_running_jobs(runner)
         if self._walwatch is not None and self._walwatch.stream is not None:
-            self._walwatch.stream.stop()
+            self._walwatch.stream.stop(timeout=self._left(10.0))
         if self._http is not None:
             self._http.stop()
         if self._notifier is not None:
-            self._notifier.close(2.0 if self._abort.is_set() else 10.0)
+            self._notifier.close(self._left(10.0))
         if self._lock is not None:
             self._lock.release()
         if self._catalog is not None:
@@ -419,6 +455,38 @@ class Daemon:
             time.sleep(0.2)
         if runner.running():
             log.error("jobs_did_not_stop", jobs=[r.job for r in runner.running()])
+
+
+EXIT_FAILED_STOP = 1
+
+
+def _arm_exit(delay: float, code: int, reason: str) -> None:
+    """End the process with ``code`` in ``delay`` seconds unless it ended before."""
+    timer = threading.Timer(delay, _forced_exit, args=(code, reason))
+    timer.name = "shutdown-deadline"
+    timer.daemon = True
+    timer.start()
+
+
+def _forced_exit(code: int, reason: str) -> None:
+    # Logging is tried on its own thread: a stuck stderr or a log lock held by a stuck thread
+    # must not keep us from leaving.
+    names = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread())
+    message = threading.Thread(
+        target=lambda: log.error("daemon_exit_forced", reason=reason, exit_code=code, threads=names),
+        daemon=True,
+    )
+    message.start()
+    message.join(1.0)
+    os._exit(code)  # no flush: the main thread may hold a stream's lock, blocked in a write
+
+
+def _exit_now(code: int) -> None:
+    """Leave without waiting for threads (a stuck job thread would keep ``sys.exit`` waiting)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:

@@ -25,10 +25,11 @@ from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, utcno
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
 from contentflow_backupd.ops.anomaly import check_size
-from contentflow_backupd.ops.backup import Interrupted, run_backup
+from contentflow_backupd.ops.backup import run_backup
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings
+from contentflow_backupd.signals import Interrupted
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +138,7 @@ class JobRunner:
             self._running[threading.get_ident()] = RunningJob(job_id, threading.current_thread())
         try:
             with structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger):
+                log.info("job_started")
                 if job_id in ("full", "incremental"):
                     self.backup(job_id, trigger)
                 elif job_id == "wal":

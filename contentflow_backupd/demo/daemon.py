@@ -16,6 +16,7 @@ nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -104,7 +105,10 @@ def main() -> int:
     daemon = subprocess.Popen([_command(), "run"], env=env, start_new_session=True, user=user, group=user)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        daemon.send_signal(signum)
+        # os.kill, not Popen.send_signal: that one polls the child under a lock (no lock in a
+        # signal handler; see contentflow_backupd.signals).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon.pid, signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)

@@ -25,10 +25,10 @@ from contentflow_backupd.migrate.guard import (
     run_steps,
 )
 from contentflow_backupd.model import utcnow
-from contentflow_backupd.ops.backup import Interrupted
 from contentflow_backupd.ops.drill import DrillOptions, run_drill
 from contentflow_backupd.ops.drill_checks import CheckResult
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.signals import Interrupted
 from contentflow_backupd.source.conninfo import ConnInfo
 
 log = structlog.get_logger(__name__)

@@ -44,10 +44,10 @@ from contentflow_backupd.migrate.rollback import MigrationDone, recovery_plan, r
 from contentflow_backupd.migrate.validate import validate
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.audit import record_event
-from contentflow_backupd.ops.backup import Interrupted
 from contentflow_backupd.ops.drill_checks import CheckResult, not_run, passed
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.signals import Interrupted
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.prisma_db import read_prisma_migrations
 from contentflow_backupd.source.schema import RoleSettings, apply_role_settings, dump_schema, write_counters

@@ -30,14 +30,11 @@ from contentflow_backupd.repository.manifest import Manifest, StreamEntry
 from contentflow_backupd.repository.pipeline import ChunkWriter
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.signals import Interrupted
 from contentflow_backupd.source.base import LogicalSource, PhysicalSource
 from contentflow_backupd.wal import format_lsn, segments_between
 
 log = structlog.get_logger(__name__)
-
-
-class Interrupted(BaseException):
-    """Raised by a signal handler: the run is recorded as ``interrupted``."""
 
 
 @dataclass

@@ -35,7 +35,7 @@ from contentflow_backupd.catalog.base import Catalog, DrillRecord
 from contentflow_backupd.errors import BackupdError, BackupNotFound, LockedError, UsageError
 from contentflow_backupd.model import BackupMode, RunTrigger, utcnow
 from contentflow_backupd.ops.audit import record_event
-from contentflow_backupd.ops.backup import Interrupted, reap_interrupted
+from contentflow_backupd.ops.backup import reap_interrupted
 from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, passed, run_checks
 from contentflow_backupd.ops.drill_physical import drill_physical
 from contentflow_backupd.ops.drill_workspace import Workspace, cleanup_stale_drills
@@ -44,6 +44,7 @@ from contentflow_backupd.ops.restore import restore_to_database
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.signals import Interrupted
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.facts import server_state
 from contentflow_backupd.source.logical import PgRestoreTarget

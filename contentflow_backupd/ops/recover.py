@@ -49,7 +49,7 @@ from contentflow_backupd.ops.recover_report import (
     Skipped,
     StartServer,
 )
-from contentflow_backupd.ops.restore import restore_to_database
+from contentflow_backupd.ops.restore import dropped_unless_done, restore_to_database
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
@@ -310,29 +310,30 @@ def recover_logical(
     (created when missing; refused when it holds tables), then run ``check`` on it. ``audit``:
     the catalog each restore attempt is recorded in."""
     t0 = time.monotonic()
-    target.prepare(create=True, clean=False)
+    created = target.prepare(create=True, clean=False)
     skipped: list[Skipped] = []
     chosen: Manifest | None = None
     restored = 0
     damaged: dict[str, str] = {}
-    for manifest in _manifests(repo, cluster, backup, "logical", skipped):
-        why = excluded.get(manifest.id) or _needs_damaged(manifest, damaged)
-        if why:
-            _skip(skipped, manifest.id, why)
-            continue
-        try:
-            out = restore_to_database(
-                repo, cluster, manifest.id, target, create=True, clean=False, concurrency=concurrency,
-                audit=audit,
-            )  # fmt: skip
-        except BACKUP_FAULTS as exc:
-            _note_damage(damaged, exc, manifest.id)
-            _skip(skipped, manifest.id, f"{exc.message} (the restore was rolled back)")
-            continue
-        chosen, restored = manifest, out.restored_bytes
-        break
-    if chosen is None:
-        raise _nothing_left(cluster, "logical", backup, skipped, f"into {target.describe()}")
+    with dropped_unless_done(target, created):  # interrupted, or nothing restorable: dropped again
+        for manifest in _manifests(repo, cluster, backup, "logical", skipped):
+            why = excluded.get(manifest.id) or _needs_damaged(manifest, damaged)
+            if why:
+                _skip(skipped, manifest.id, why)
+                continue
+            try:
+                out = restore_to_database(
+                    repo, cluster, manifest.id, target, create=True, clean=False,
+                    concurrency=concurrency, audit=audit,
+                )  # fmt: skip
+            except BACKUP_FAULTS as exc:
+                _note_damage(damaged, exc, manifest.id)
+                _skip(skipped, manifest.id, f"{exc.message} (the restore was rolled back)")
+                continue
+            chosen, restored = manifest, out.restored_bytes
+            break
+        if chosen is None:
+            raise _nothing_left(cluster, "logical", backup, skipped, f"into {target.describe()}")
     restore_s = time.monotonic() - t0
     checks = list(check(chosen)) if check is not None else []
     snapshot = iso(chosen.started_at)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,14 @@ from typing import Any
 import structlog
 
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.errors import BackupNotFound, IntegrityError, UsageError
+from contentflow_backupd.errors import BackupdError, BackupNotFound, IntegrityError, UsageError
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.verify import missing_objects
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.signals import deferred
 from contentflow_backupd.source.base import LogicalTarget
 
 log = structlog.get_logger(__name__)
@@ -101,20 +104,47 @@ def restore_to_database(
     details = {"cluster": cluster, "mode": "logical", "target": target.describe()}
     with audited(audit, "restore", objects=[backup_id], details=details, repo=repo) as recorded:
         manifest = open_for_restore(repo, cluster, backup_id, concurrency)
-        target.prepare(create=create, clean=clean)
+        created = target.prepare(create=create, clean=clean)
         entry = manifest.streams[0]
         reader = _stream(repo, manifest, concurrency)
         log.info("restore_started", backup_id=backup_id, target=target.describe(), bytes=entry.size)
-        target.restore(
-            reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)),
-            clean=clean,
-            jobs=jobs,
-            no_owner=no_owner,
-        )
+        with dropped_unless_done(target, created):
+            target.restore(
+                reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)),
+                clean=clean,
+                jobs=jobs,
+                no_owner=no_owner,
+            )
         result = RestoreResult(backup_id, target.describe(), entry.size, time.monotonic() - t0)
         recorded.details["restored_bytes"] = entry.size
     log.info("restore_completed", backup_id=backup_id, duration_seconds=round(result.duration_seconds, 3))
     return result
+
+
+@contextmanager
+def dropped_unless_done(target: LogicalTarget, created: bool) -> Iterator[None]:
+    """A restore into a database it created that does not finish (a failure, Ctrl-C, SIGTERM)
+    drops that database again; if it cannot, the exception carries a note that says what is left
+    and how to remove it. A second signal meanwhile waits for the (bounded) drop."""
+    try:
+        yield
+    except BaseException as exc:
+        if not created:
+            raise
+        with deferred():
+            try:
+                target.drop_created()
+            except BackupdError as drop_exc:
+                log.error("restore_database_left", target=target.describe(), error=drop_exc.message)
+                exc.add_note(
+                    f"the database {target.describe()} this restore created is left behind, empty or "
+                    f"partly restored: dropping it failed ({drop_exc.message}); remove it with: "
+                    f"{target.drop_hint()}"
+                )
+            else:
+                log.info("restore_database_dropped", target=target.describe())
+                exc.add_note(f"the database {target.describe()} this restore created was dropped again")
+        raise
 
 
 def restore_to_file(

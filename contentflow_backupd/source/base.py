@@ -102,9 +102,19 @@ class LogicalTarget(Protocol):
         """A display name without password."""
         ...
 
-    def prepare(self, *, create: bool, clean: bool) -> None:
+    def prepare(self, *, create: bool, clean: bool) -> bool:
         """Make sure the database exists (create it with ``create``) and refuse one that holds
-        user tables unless ``clean``. Raises before anything is changed."""
+        user tables unless ``clean``. Raises before anything is changed. True when it created
+        the database."""
+        ...
+
+    def drop_created(self) -> None:
+        """Drop the database ``prepare`` created (a restore that did not finish); raises
+        ``SourceError`` naming why it could not."""
+        ...
+
+    def drop_hint(self) -> str:
+        """The command that drops the target database by hand."""
         ...
 
     def restore(self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -212,7 +213,7 @@ class PgRestoreTarget:
     def describe(self) -> str:
         return self.info.display()
 
-    def prepare(self, *, create: bool, clean: bool) -> None:
+    def prepare(self, *, create: bool, clean: bool) -> bool:
         name = self.info.dbname
         assert name is not None
         if not postgres.database_exists(self.info, name):
@@ -223,7 +224,7 @@ class PgRestoreTarget:
                 )
             postgres.create_database(self.info, name)
             log.info("database_created", database=name)
-            return
+            return True
         tables = postgres.user_table_count(self.info)
         if tables and not clean:
             raise SourceError(
@@ -232,6 +233,16 @@ class PgRestoreTarget:
                 hint="restore into a new database (--create), or add --clean to drop and replace "
                 "the objects in the backup",
             )
+        return False
+
+    def drop_created(self) -> None:
+        assert self.info.dbname is not None
+        postgres.drop_database(self.info, self.info.dbname)
+
+    def drop_hint(self) -> str:
+        maintenance = self.info.with_database("postgres" if self.info.dbname != "postgres" else "template1")
+        sql_name = '"' + (self.info.dbname or "").replace('"', '""') + '"'
+        return f"psql {shlex.quote(maintenance.safe())} -c {shlex.quote('DROP DATABASE ' + sql_name)}"
 
     def restore(self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool) -> None:
         server = postgres.describe(self.info)
@@ -264,12 +275,13 @@ class PgRestoreTarget:
                     except BrokenPipeError:
                         break
                 proc.stdin.close()
+                rc = proc.wait()
             except BaseException:
-                # Kill before EOF reaches pg_restore: its one transaction rolls back.
+                # Kill before pg_restore commits (also while waiting for it, after the last
+                # byte: it may still be restoring): its one transaction rolls back.
                 proc.kill()
                 proc.wait()
                 raise
-            rc = proc.wait()
         if rc != 0:
             raise SourceError(
                 f"pg_restore into {self.info.display()} failed (exit {rc}); the restore ran in one "

@@ -57,5 +57,6 @@ def test_physical_daemon_streams_wal_and_keeps_the_rpo() -> None:
         cli = Cli(env=env)
         runs = cli.run("runs", "--json", check=True).json()
         assert any(r["job"] == "wal" and r["status"] == "succeeded" for r in runs)
+        assert not [r for r in runs if r["status"] == "running"], runs  # stopped with the WAL job on
         assert any(r["job"] == "full" and r["status"] == "succeeded" for r in runs)
         assert cli.run("wal", "verify", "--json").returncode == 0

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,9 +284,7 @@ def test_a_migration_blocked_by_a_long_transaction_fails_within_lock_timeout(
     holder = psycopg.connect(pg.url(pg_db))
     holder.execute('SELECT count(*) FROM "Post"')
     try:
-        t0 = time.monotonic()
-        result = migrate(cli, migrations)
-        elapsed = time.monotonic() - t0
+        result = migrate(cli, migrations)  # returns while the reader still holds its lock
     finally:
         holder.rollback()
         holder.close()
@@ -296,7 +293,6 @@ def test_a_migration_blocked_by_a_long_transaction_fails_within_lock_timeout(
     assert out["status"] == "rolled_back", out
     assert "lock timeout" in "\n".join(out["command"]["output_tail"])
     assert schema(pg, pg_db) == before
-    assert elapsed < 600  # the migration did not wait for the reader to end
     assert '"migration_output"' in result.stderr and '"migration_settings_restored"' in result.stderr
 
 

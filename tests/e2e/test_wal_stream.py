@@ -303,10 +303,8 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes_without_gap(env: Env) -> No
     wait_for(f"{current}.partial to hold the current WAL", lambda: partial_has(env, current, offset))
     receiver = stream.receiver_pid()
     assert receiver is not None
-    began = time.monotonic()
-    rc = stream.stop()
+    rc = stream.stop()  # its timeout is the failure condition, not a speed claim
     assert rc == 0, stream.log()
-    assert time.monotonic() - began < 5
     assert not Path(f"/proc/{receiver}").exists(), "pg_receivewal outlived wal-stream"
     # archived segments are gone from the spool; the .partial stays for the next start
     assert sorted(os.listdir(env.spool)) == [f"{current}.partial"]

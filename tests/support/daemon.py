@@ -66,6 +66,8 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._stall = threading.Event()
+        self._stalled = threading.Event()
 
     # -- process -----------------------------------------------------------------------------
     def start(self) -> Daemon:
@@ -91,6 +93,10 @@ class Daemon:
 
     def _read_notify(self) -> None:
         while not self._stop.is_set():
+            if self._stall.is_set():
+                self._stalled.set()
+                self._stop.wait(0.2)
+                continue
             try:
                 data = self._sock.recv(4096)
             except TimeoutError:
@@ -98,6 +104,24 @@ class Daemon:
             except OSError:
                 return
             self.notifications.extend(data.decode().splitlines())
+
+    def stall_notify(self) -> int:
+        """Play a service manager that stops reading its notify socket: stop reading, then fill
+        the socket's queue until it refuses more (the daemon's next message would block a
+        blocking sender). Returns how many filler datagrams were queued."""
+        self._stall.set()
+        assert self._stalled.wait(30), "the notify reader did not stop"
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        filler.setblocking(False)
+        queued = 0
+        try:
+            while True:
+                filler.sendto(b"FILLER=1", self.notify_path)
+                queued += 1
+        except BlockingIOError:
+            return queued
+        finally:
+            filler.close()
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -42,7 +43,7 @@ def receive(sock: socket.socket) -> str:
 @pytest.mark.parametrize("kind", ["path_socket", "abstract_socket"])
 def test_messages_reach_the_socket(kind: str, request: pytest.FixtureRequest) -> None:
     env_value, sock = request.getfixturevalue(kind)
-    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": env_value})
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": env_value, "WATCHDOG_USEC": "30000000"})
     assert notifier.enabled
     try:
         notifier.ready()
@@ -106,7 +107,9 @@ def test_unsupported_socket_is_logged_and_ignored(value: str) -> None:
 
 
 def test_send_errors_never_raise_and_are_logged_once(tmp_path: Path) -> None:
-    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    notifier = SystemdNotifier.from_env(
+        {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens"), "WATCHDOG_USEC": "30000000"}
+    )
     with capture_logs() as logs:
         for _ in range(3):
             notifier.ready()
@@ -119,7 +122,7 @@ def test_send_errors_never_raise_and_are_logged_once(tmp_path: Path) -> None:
 
 def test_recovers_when_the_socket_appears_later(tmp_path: Path) -> None:
     path = tmp_path / "late"
-    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": str(path)})
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
     with capture_logs():
         notifier.ready()  # nobody listens yet: dropped
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -150,3 +153,56 @@ def test_watchdog_interval(env: dict[str, str], interval: float | None) -> None:
     resolved = {k: v.format(pid=pid, other=pid + 1) for k, v in env.items()}
     notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": "@x", **resolved})
     assert notifier.watchdog_interval() == interval
+
+
+@pytest.mark.parametrize("env", [{}, {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "{other}"}])
+def test_no_watchdog_ping_unless_the_watchdog_is_on_for_this_process(
+    env: dict[str, str], path_socket: tuple[str, socket.socket]
+) -> None:
+    path, sock = path_socket
+    resolved = {k: v.format(other=os.getpid() + 1) for k, v in env.items()}
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": path, **resolved})
+    try:
+        notifier.watchdog()
+        notifier.status("after the ping")
+        assert receive(sock) == "STATUS=after the ping"  # the ping was never sent
+    finally:
+        notifier.close()
+
+
+def test_a_full_queue_drops_the_message_and_never_blocks(path_socket: tuple[str, socket.socket]) -> None:
+    """A reader that stops reading (systemd busy): the sender's queue fills; every later message
+    is dropped with a debug line instead of blocking the caller (the daemon's main loop, its
+    shutdown). A blocking send would hang this test, which would then fail on its timeout."""
+    path, sock = path_socket
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"})
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    try:
+        with pytest.raises(BlockingIOError):  # fill the reader's queue until it refuses more
+            for _ in range(1_000_000):
+                filler.sendto(b"X", path)
+        done = threading.Event()
+
+        def send_many() -> None:
+            for _ in range(50):
+                notifier.watchdog()
+                notifier.stopping()
+            done.set()
+
+        with capture_logs() as logs:
+            sender = threading.Thread(target=send_many, daemon=True)
+            sender.start()
+            assert done.wait(60), "a notification blocked on the full queue"
+        assert {(e["event"], e["log_level"]) for e in logs} == {("systemd_notify_dropped", "debug")}
+        # the reader catches up: messages flow again on the same notifier
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.recv(4096)
+        sock.settimeout(10)
+        notifier.ready()
+        assert receive(sock) == "READY=1"
+    finally:
+        filler.close()
+        notifier.close()
