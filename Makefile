@@ -66,7 +66,7 @@ prometheus:
 # yes: always (installing podman); no: never (.ci/run passes no and runs test-container itself,
 # so CI runs them exactly once).
 CONTAINER_TESTS ?= auto
-CONTAINER_PYTEST_ARGS ?= -n 2
+CONTAINER_PYTEST_ARGS ?= -n 2 --dist loadfile
 
 test: venv postgres prometheus
 	@$(PY) -m pytest $(PYTEST_ARGS) -m "not container"; rc=$$?; \
@@ -84,7 +84,10 @@ test: venv postgres prometheus
 # the systemd image, then runs tests/container (docs/deployment.md, "How the tests build and run").
 test-container: venv postgres
 	tests/container/images.sh all
-	@BACKUPD_CONTAINER_TESTS=1 $(PY) -m pytest $(CONTAINER_PYTEST_ARGS) -m container tests/container tests/deploy; rc=$$?; \
+	@# PostgreSQL 16 (the pgserver wheel) for the client/server major check of the image
+	@$(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("pgserver") is None)' \
+		|| $(PY) -m pip install -q pgserver==0.1.4
+	@BACKUPD_CONTAINER_TESTS=1 $(PY) -m pytest $(CONTAINER_PYTEST_ARGS) -m container tests/container; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no container tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
 lint: venv
