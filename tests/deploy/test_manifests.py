@@ -134,8 +134,9 @@ def test_statefulset_runs_postgres_with_the_daemon_as_sidecar() -> None:
         config_env().get("BACKUPD_SHUTDOWN_GRACE", Settings.model_fields["shutdown_grace"].default)
     )
     assert pod_spec()["terminationGracePeriodSeconds"] > grace
-    # the daemon reaches the PostgreSQL container over the pod's loopback
-    assert "@127.0.0.1:5432/" in config_env()["BACKUPD_DATABASE_URL"]
+    # the daemon reaches the PostgreSQL container over the pod's loopback (the URL is a secret)
+    assert "@127.0.0.1:5432/" in find("Secret")["stringData"]["BACKUPD_DATABASE_URL"]
+    assert "BACKUPD_DATABASE_URL" not in config_env()  # it would win over the secret file
     assert any(p["containerPort"] == 5432 for p in container("postgres")["ports"])
 
 
@@ -150,31 +151,42 @@ def test_probes_hit_livez_and_readyz_on_the_metrics_port() -> None:
     assert backupd["startupProbe"]["httpGet"]["path"] == "/livez"
 
 
-def test_secrets_come_from_the_secret_and_every_reference_resolves() -> None:
+def test_secrets_are_files_under_run_secrets_named_as_the_daemon_reads_them() -> None:
+    from contentflow_backupd.settings import CREDENTIAL_SETTINGS, SECRETS_DIR, env_name
+
     secret = find("Secret")
     keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
     backupd = container("backupd")
     for c in pod_spec()["containers"]:
         for env in c.get("env", []):
-            ref = env.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
-                assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys, env
+            assert "valueFrom" not in env, f"a secret in the environment of {c['name']}: {env}"
         for src in c.get("envFrom", []):
             assert find("ConfigMap", src["configMapRef"]["name"])
-    # the passphrase is a file from the Secret, readable by the daemon's group
-    env = {e["name"]: e.get("value") for e in backupd["env"]}
-    passphrase_file = Path(env["BACKUPD_ENCRYPTION__PASSPHRASE_FILE"])
     mounts = {m["mountPath"]: m for m in backupd["volumeMounts"]}
-    mount = mounts[str(passphrase_file.parent)]
+    mount = mounts[str(SECRETS_DIR)]
     assert mount["readOnly"] is True
     volume = next(v for v in pod_spec()["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
-    assert {"key": "passphrase", "path": passphrase_file.name} in volume["secret"]["items"]
+    files = {item["path"]: item["key"] for item in volume["secret"]["items"]}
+    assert set(files.values()) <= keys
+    credentials = {env_name(loc) for loc in CREDENTIAL_SETTINGS}
+    assert {"BACKUPD_ENCRYPTION__PASSPHRASE", "BACKUPD_DATABASE_URL"} <= set(files)
+    env = {e["name"]: e.get("value") for e in backupd["env"]}
+    for path in files:
+        # a credential the daemon reads by name, or a file a variable points at
+        assert path in credentials or f"{SECRETS_DIR}/{path}" in env.values(), path
+    # readable by the daemon's group only (kubelet owns them as root:fsGroup)
     assert volume["secret"]["defaultMode"] & 0o040 and not volume["secret"]["defaultMode"] & 0o007
     assert pod_spec()["securityContext"]["fsGroup"] == backupd["securityContext"]["runAsGroup"]
+    # PostgreSQL's password: the official image's POSTGRES_PASSWORD_FILE
+    pg_env = {e["name"]: e.get("value") for e in container("postgres")["env"]}
+    pg_mounts = {m["name"]: m["mountPath"] for m in container("postgres")["volumeMounts"]}
+    pg_volume = next(v for v in pod_spec()["volumes"] if v["name"] == "postgres-password")
+    (item,) = pg_volume["secret"]["items"]
+    assert item["key"] in keys
+    assert pg_env["POSTGRES_PASSWORD_FILE"] == f"{pg_mounts['postgres-password']}/{item['path']}"
     # no secret in the ConfigMap
-    assert not any(re.search(r"PASSPHRASE|PASSWORD|SECRET", k) for k in config_env())
-    assert not re.search(r"://[^/@]*:[^/@]*@", config_env()["BACKUPD_DATABASE_URL"])
+    assert not any(re.search(r"PASSPHRASE|PASSWORD|SECRET|DATABASE_URL", k) for k in config_env())
 
 
 def test_volumes_resolve_and_state_dir_is_persistent() -> None:
@@ -450,7 +462,7 @@ def test_manifest_command_user_port_and_state_are_the_images() -> None:
 
 def test_manifest_env_names_are_ones_the_daemon_reads() -> None:
     known = setting_env_names()
-    external = {"PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE"}
+    external = {"AWS_SHARED_CREDENTIALS_FILE"}
     names = set(config_env()) | {e["name"] for e in container("backupd")["env"]}
     assert names, "no settings in the manifests"
     unknown = {n for n in names if n not in known and n not in external}
