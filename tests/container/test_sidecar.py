@@ -160,7 +160,6 @@ def test_physical_sidecar_streams_wal_stops_resumes_and_restores_to_a_time(
             )
             assert c.events("wal_stream_supervised"), c.logs()[-3000:]
             c.wait_for("/healthz 200", lambda: c.get("/healthz")[0] == 200)
-            assert c.metric("backupd_up") in (None, 1.0)
             hc = podman("healthcheck", "run", c.name, check=False)
             assert hc.returncode == 0, hc.stdout + hc.stderr
             assert_runs_as_image_user_read_only(c)
@@ -179,7 +178,7 @@ def test_physical_sidecar_streams_wal_stops_resumes_and_restores_to_a_time(
 
             c.stop(grace=90)
             assert c.exit_code() == 0, c.logs()[-3000:]
-            assert c.events("daemon_stopped") or "stopped" in c.logs()
+            assert c.events("daemon_stopped"), c.logs()[-3000:]
 
         # the catalog on the volume: nothing left running, one full backup
         runs = json.loads(one_off(image, options, "runs", "--json"))
