@@ -97,6 +97,16 @@ image() {
 }
 
 systemd_image() {
+    # The wheel differs at every build (timestamps): skip the build when its inputs did not change.
+    local inputs
+    inputs=$(find pyproject.toml README.md contentflow_backupd systemd/contentflow-backupd.service \
+        tests/container/systemd.Containerfile deploy/container/requirements.txt -type f \
+        ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+    if [ "$(podman image inspect --format '{{index .Labels "io.contentflow.backupd.test-inputs"}}' \
+            "$SYSTEMD_IMAGE" 2>/dev/null || true)" = "$inputs" ]; then
+        log "$SYSTEMD_IMAGE is up to date ($inputs)"
+        return
+    fi
     log "building $SYSTEMD_IMAGE"
     rm -rf "$CACHE/systemd-ctx"
     mkdir -p "$CACHE/systemd-ctx"
@@ -108,6 +118,7 @@ systemd_image() {
     local old
     old=$(podman image inspect --format '{{.Id}}' "$SYSTEMD_IMAGE" 2>/dev/null || true)
     podman build --pull=never --format docker --network host --build-arg "PG_MAJOR=$PG_MAJOR" \
+        --label "io.contentflow.backupd.test-inputs=$inputs" \
         -t "$SYSTEMD_IMAGE" -f "$CACHE/systemd-ctx/systemd.Containerfile" "$CACHE/systemd-ctx"
     drop_old "$old" "$SYSTEMD_IMAGE"
 }
