@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("BACKUPD_CONTAINER_CACHE", "/var/cache/contentflow-backupd"))
 IMAGE = os.environ.get("BACKUPD_TEST_IMAGE", "localhost/contentflow-backupd:test")
 SYSTEMD_IMAGE = os.environ.get("BACKUPD_TEST_SYSTEMD_IMAGE", "localhost/contentflow-backupd-systemd:test")
+CONTAINER_PREFIX = f"backupd-test-{os.getpid()}-"
+"""Names of this process's containers (xdist workers run side by side: each cleans only its own)."""
 UID = 10001
 """The image's user (Dockerfile: USER 10001:10001)."""
 
@@ -92,7 +94,7 @@ class Container:
     """One ``podman run -d`` of an image; removed on exit."""
 
     def __init__(self, image: str, options: Sequence[str], command: Sequence[str] = (), *, port: int) -> None:
-        self.name = f"backupd-test-{uuid.uuid4().hex[:10]}"
+        self.name = f"{CONTAINER_PREFIX}{uuid.uuid4().hex[:10]}"
         self.image = image
         self.options = list(options)
         self.command = list(command)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.podman import UID, Container, podman, secrets
+from tests.container.podman import CONTAINER_PREFIX, UID, Container, podman, secrets
 from tests.e2e.pitr_helpers import Restored
 from tests.support.cli import Cli
 from tests.support.moto_server import create_bucket, delete_bucket, s3_client
@@ -287,7 +287,7 @@ def test_logical_sidecar_on_s3_keeps_every_secret_in_files(
 @pytest.fixture(autouse=True)
 def _no_leftover_containers() -> Iterator[None]:
     yield
-    left = podman("ps", "-a", "--filter", "name=backupd-test-", "--format", "{{.Names}}").stdout.split()
+    left = podman("ps", "-a", "--filter", f"name={CONTAINER_PREFIX}", "--format", "{{.Names}}").stdout.split()
     for name in left:
         podman("rm", "-f", "-t", "0", name, check=False)
     assert not left, f"containers left behind: {left}"
