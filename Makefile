@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run demo test bench lint venv postgres prometheus clean help
+.PHONY: run demo test test-container bench lint venv postgres prometheus clean help
 
 help:
 	@echo "make run    - the daemon in the foreground (on a disposable demo PostgreSQL unless BACKUPD_DATABASE_URL is set)"
 	@echo "make demo   - one pass: full, incremental, verify, restore into a new database, compare"
-	@echo "make test   - install what is missing and run the whole test suite"
+	@echo "make test   - install what is missing and run the whole test suite (and make test-container where podman is)"
+	@echo "make test-container - build the image and a systemd image with podman, run them against real PostgreSQL and S3"
 	@echo "make bench  - benchmarks (>= 1 GB of generated data: logical, then physical and WAL), results in bench/results/"
 	@echo "make lint   - ruff and mypy --strict"
 
@@ -60,9 +61,34 @@ prometheus:
 		exit $$rc; \
 	fi
 
+# The container tests (-m container) run in `make test-container`, not in the main pytest run.
+# CONTAINER_TESTS=auto: `make test` runs them too when podman is installed and we are root;
+# yes: always (installing podman); no: never (.ci/run passes no and runs test-container itself,
+# so CI runs them exactly once).
+CONTAINER_TESTS ?= auto
+CONTAINER_PYTEST_ARGS ?= -n 2 --dist loadfile
+
 test: venv postgres prometheus
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
+	@$(PY) -m pytest $(PYTEST_ARGS) -m "not container"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; rc=1; fi; \
+	run=no; \
+	case "$(CONTAINER_TESTS)" in \
+		yes) run=yes ;; \
+		auto) if command -v podman >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then run=yes; \
+			else echo "make test: podman not installed (or not root): skipping the container tests (make test-container)"; fi ;; \
+	esac; \
+	if [ $$run = yes ]; then $(MAKE) --no-print-directory test-container || rc=1; fi; \
+	exit $$rc
+
+# Builds the stand-in base (cached in /var/cache/contentflow-backupd), the Dockerfile's image and
+# the systemd image, then runs tests/container (docs/deployment.md, "How the tests build and run").
+test-container: venv postgres
+	tests/container/images.sh all
+	@# PostgreSQL 16 (the pgserver wheel) for the client/server major check of the image
+	@$(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("pgserver") is None)' \
+		|| $(PY) -m pip install -q pgserver==0.1.4
+	@BACKUPD_CONTAINER_TESTS=1 $(PY) -m pytest $(CONTAINER_PYTEST_ARGS) -m container tests/container; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no container tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
 lint: venv
 	$(VENV)/bin/ruff check contentflow_backupd tests bench

@@ -104,6 +104,9 @@ class Daemon:
 
         s = self.settings
         log.info("daemon_starting", version=__version__, cluster=s.cluster, mode=s.mode, pid=os.getpid())
+        from contentflow_backupd.daemon.clientcheck import check_client_tools
+
+        check_client_tools(s)  # client tools older than the server: ConfigError, exit 2
         self._catalog = wiring.open_catalog(s)
         self._catalog_up = True
         self._lock = LeaderLock.for_url(s.catalog_sqlalchemy_url, s.cluster)
