@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from contentflow_backupd.cli import JSON_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_OK, BackupdError, UsageError
 from contentflow_backupd.settings import Settings
@@ -19,12 +20,19 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands: dict[str, Command]) -> None:
     """The ``keys`` command group (``commands``: the lazy functions, by subcommand)."""
-    kp = sub.add_parser("keys", help="encryption keys: list, add, remove, rotate")
-    ksub = kp.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    kp = sub.add_parser(
+        "keys",
+        help="encryption keys: list, add, remove, rotate",
+        description="The repository's key-encryption keys (what opens it: passphrases, key files, KMS "
+        "keys) and data keys (what encrypts the objects): list, add, remove, rotate.",
+    )
+    ksub = kp.add_subparsers(
+        dest="keys_command", required=True, metavar="SUBCOMMAND", help="what to do with the keys"
+    )
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         sp = ksub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.add_argument("--json", action="store_true", help=JSON_HELP)
         sp.set_defaults(func=commands[name])
         return sp
 
@@ -35,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands:
     one.add_argument("--key-file", metavar="F", help="a file holding a new 32-byte key")
     one.add_argument("--kms-key-id", metavar="ARN", help="an AWS KMS key (id, ARN or alias)")
     sp = add("remove", "remove a key-encryption key (never the last one, nor the one in use)")
-    sp.add_argument("kek_id", metavar="ID")
+    sp.add_argument("kek_id", metavar="ID", help="the key-encryption key's id (see keys list)")
     sp = add("rotate", "make a new data key active for new objects; retire old keys nothing needs")
     sp.add_argument(
         "--retire-grace",

@@ -21,7 +21,6 @@ def register_batch(msub: Any) -> None:
     """Add ``batch`` to the ``migrate`` group's subparsers."""
     sp = msub.add_parser(
         "batch",
-        prog="contentflow-backupd migrate batch",
         help="run a data change in key-ordered batches, resumable, throttled, exactly once per row",
         description="Run one statement such as `UPDATE post SET score = score + 1 WHERE id >= :lo AND "
         "id < :hi` over the table in batches of N rows by key, each in its own transaction, with a "
