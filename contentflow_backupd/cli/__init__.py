@@ -356,7 +356,6 @@ def _main(argv: Sequence[str] | None) -> int:
         settings, file_data = load_settings(args.config)
         args.file_data = file_data
         wiring.setup_logging(settings)
-        wiring.warn_unknown_env(settings)
         signal.signal(signal.SIGTERM, _on_signal)
         _started()
         return int(args.func(args, settings))
