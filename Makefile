@@ -12,6 +12,7 @@ PYTEST_ARGS ?= -n 2
 
 help:
 	@echo "make run    - the daemon in the foreground (on a disposable demo PostgreSQL unless BACKUPD_DATABASE_URL is set)"
+	@echo "               keeps the previous demo under .demo/; make run FRESH=1 starts over"
 	@echo "make demo   - one pass: full, incremental, verify, restore into a new database, compare"
 	@echo "make test   - install what is missing and run the whole test suite"
 	@echo "make bench  - benchmarks (>= 1 GB of generated data: logical, then physical and WAL), results in bench/results/"
@@ -70,7 +71,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 run: venv postgres
-	$(PY) -m contentflow_backupd.demo.daemon
+	$(PY) -m contentflow_backupd.demo.daemon $(if $(filter-out 0,$(FRESH)),--fresh)
 
 demo: venv postgres
 	$(PY) -m contentflow_backupd.demo.run
