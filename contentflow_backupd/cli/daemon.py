@@ -8,7 +8,14 @@ import sys
 
 import structlog
 
-from contentflow_backupd.cli.output import human_bytes, print_json
+from contentflow_backupd.cli.output import (
+    human_age,
+    human_bytes,
+    human_duration,
+    human_time,
+    print_json,
+    render_table,
+)
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
 from contentflow_backupd.settings import Settings
 
@@ -40,16 +47,26 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     if not runs:
         print("no runs recorded")
         return EXIT_OK
-    print(f"{'ID':>6} {'JOB':<12} {'TRIGGER':<9} {'STATUS':<11} {'STARTED':<20} {'SECS':>8}  BACKUP / ERROR")
+    rows = []
     for r in runs:
-        secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "-"
+        took = human_duration((r.finished_at - r.started_at).total_seconds() if r.finished_at else None)
         detail = r.backup_id or ""
         if r.error:
             detail = f"{detail} {r.error}".strip()
-        print(
-            f"{r.id:>6} {r.job:<12} {r.trigger:<9} {r.status:<11} "
-            f"{r.started_at:%Y-%m-%d %H:%M:%S}  {secs:>8}  {detail[:100]}"
+        rows.append(
+            (
+                str(r.id),
+                r.job,
+                r.trigger,
+                r.status,
+                human_time(r.started_at),
+                human_age(r.started_at),
+                took,
+                " ".join(detail.split())[:100],
+            )
         )
+    headers = ("ID", "JOB", "TRIGGER", "STATUS", "STARTED (UTC)", "AGE", "TOOK", "BACKUP / ERROR")
+    sys.stdout.write(render_table(headers, rows, right={0, 6}))
     return EXIT_OK
 
 
