@@ -307,7 +307,11 @@ class Settings(BaseSettings):
     shutdown_grace: str = "60s"
     """How long a running job may finish after the first SIGTERM before its children are stopped."""
 
-    _check_grace = field_validator("shutdown_grace")(_duration)
+    progress_interval: str = "10s"
+    """How often a ``progress`` log event reports a running operation when no live progress line
+    is drawn (off a terminal, ``--no-progress``, ``--json``, the daemon)."""
+
+    _check_grace = field_validator("shutdown_grace", "progress_interval")(_duration)
 
     _toml: dict[str, Any] = {}
     _credentials: dict[str, str] = {}

@@ -115,6 +115,18 @@ Run `contentflow-backupd COMMAND --help` for a command's options. README.md has 
 """
 
 
+PROGRESS_HELP = (
+    "no live progress line on the terminal; `progress` log events every BACKUPD_PROGRESS_INTERVAL "
+    "instead (as off a terminal and with --json)"
+)
+
+
+def _add_progress(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--no-progress`` on a command that moves data (see observability/progress.py)."""
+    sp.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
+    return sp
+
+
 def _group(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str
 ) -> argparse.ArgumentParser:
@@ -162,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add("init", cmd_init, "create the repository (repo.json and the wrapped key)")
-    sp = add("backup", cmd_backup, "take a backup")
+    sp = _add_progress(add("backup", cmd_backup, "take a backup"))
     sp.add_argument(
         "--kind",
         choices=["full", "incremental"],
@@ -178,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="include failed and interrupted attempts")
     sp = add("show", cmd_show, "show one backup and its manifest summary")
     sp.add_argument("backup_id", metavar="BACKUP_ID", help="a backup id (see list) or 'latest'")
-    sp = add("verify", cmd_verify, "read back and authenticate backups (all of them by default)")
+    sp = _add_progress(
+        add("verify", cmd_verify, "read back and authenticate backups (all of them by default)")
+    )
     sp.add_argument("backup_ids", nargs="*", metavar="BACKUP_ID", help="backup ids or 'latest'")
     sp.add_argument("--all", action="store_true", help="verify every backup (the default without ids)")
     sp.add_argument("--quick", action="store_true", help="only check that every object exists with its size")
@@ -188,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continuous mode (the daemon's verify job): backups added since the last run, plus a "
         "rotating share of all objects (BACKUPD_VERIFY__FULL_SWEEP); exit 1 while a corrupt object is open",
     )
-    sp = add("restore", cmd_restore, "restore a backup into a database, a file or a data directory")
+    sp = _add_progress(
+        add("restore", cmd_restore, "restore a backup into a database, a file or a data directory")
+    )
     sp.add_argument("backup", metavar="BACKUP_ID|latest", help="the backup to restore (see list)")
     sp.add_argument("--to-database", metavar="URL", help="libpq URI of the database to restore into")
     sp.add_argument("--to-file", metavar="PATH", help="write the pg_dump archive to PATH instead")
@@ -205,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
     sp.add_argument("name", metavar="NAME", help="the restore point's name (recover --target-name NAME)")
     add("list-restore-points", cmd_list_restore_points, "list the recorded restore points, oldest first")
-    sp = add("recover", cmd_recover, "disaster recovery: restore the newest good backup, replay WAL, check")
+    sp = _add_progress(
+        add("recover", cmd_recover, "disaster recovery: restore the newest good backup, replay WAL, check")
+    )
     sp.add_argument("--pgdata", metavar="DIR", help="physical: a new data directory (absent or empty)")
     sp.add_argument("--to-database", metavar="URL", help="logical: the database to create (or an empty one)")
     sp.add_argument(
@@ -220,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--check-url", metavar="URL", help="with --start: the recovered server (default BACKUPD_DATABASE_URL)"
     )
-    sp = add(
-        "restore-test", cmd_restore_test, "restore drill: restore into a scratch instance, check, time it"
+    sp = _add_progress(
+        add(
+            "restore-test", cmd_restore_test, "restore drill: restore into a scratch instance, check, time it"
+        )
     )
     sp.add_argument(
         "--backup", default="latest", metavar="ID|latest", help="the backup to drill (default: latest)"
@@ -281,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(BACKUPD_CATALOG_URL): after losing the catalog, or to point a new one at a repository. "
         "The repository is the source of truth; nothing in it changes.",
     )
+    _add_progress(sp)
     sp.set_defaults(func=cmd_catalog_rebuild)
     sp = add("audit", cmd_audit, "list the audit trail (every operation: who, when, what, outcome)")
     sp.add_argument(
@@ -339,6 +360,15 @@ def _started() -> None:
     gc.enable()
 
 
+def _configure_progress(args: argparse.Namespace, settings: Settings) -> None:
+    """A live line on a terminal (stderr), else ``progress`` log events (observability/progress.py)."""
+    from contentflow_backupd.observability import progress
+    from contentflow_backupd.timespec import parse_duration
+
+    bar = sys.stderr.isatty() and not args.no_progress and not getattr(args, "json", False)
+    progress.configure("bar" if bar else "log", parse_duration(settings.progress_interval))
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -355,10 +385,21 @@ def _main(argv: Sequence[str] | None) -> int:
 
         settings, file_data = load_settings(args.config)
         args.file_data = file_data
+        tracked = hasattr(args, "no_progress")
+        if tracked:
+            _configure_progress(args, settings)
         wiring.setup_logging(settings)
         signal.signal(signal.SIGTERM, _on_signal)
         _started()
-        return int(args.func(args, settings))
+        if not tracked:
+            return int(args.func(args, settings))
+        from contentflow_backupd.observability import progress
+
+        operation = " ".join(
+            str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p
+        )
+        with progress.tracking(operation):
+            return int(args.func(args, settings))
     except BackupdError as exc:
         print(f"contentflow-backupd: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
 
 import structlog
 
@@ -24,7 +25,11 @@ log = structlog.get_logger("contentflow_backupd.cli")
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.daemon import run_daemon
+    from contentflow_backupd.observability import progress
+    from contentflow_backupd.timespec import parse_duration
 
+    # Jobs report progress as `progress` log events; the daemon publishes it for status/metrics.
+    progress.configure("log", parse_duration(settings.progress_interval))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
     return run_daemon(settings)
 
@@ -116,11 +121,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             catalog.close()
         storage.close()
     report = evaluate_health(inputs, objectives, utcnow())
+    running = _running_jobs(settings)
     if args.json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "running": running})
     else:
         sys.stdout.write(report.to_text())
+        from contentflow_backupd.observability.progress import describe
+
+        for snap in running:
+            print(f"running: {describe(snap)}")
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _running_jobs(settings: Settings) -> list[dict[str, Any]]:
+    """The progress the daemon on this state directory publishes for its running jobs."""
+    from contentflow_backupd.daemon.lifecycle import PROGRESS_FILE
+    from contentflow_backupd.observability.progress import read_published
+
+    return read_published(settings.state_dir / PROGRESS_FILE)
 
 
 def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,6 +20,7 @@ from contentflow_backupd import __version__, wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
 from contentflow_backupd.model import utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.ops.backup import Interrupted
 from contentflow_backupd.repository.repository import Repository
@@ -35,6 +36,8 @@ OBJECTIVES_INTERVAL = 60.0
 """The recovery window needs a LIST of the WAL archive: once a minute is enough for a metric
 whose alert waits 5 minutes."""
 CHILD_STOP_WAIT = 20.0
+PROGRESS_FILE = "progress.json"
+"""In the state directory: what the daemon's running jobs have done (``status`` reads it)."""
 
 
 def run_daemon(settings: Settings) -> int:
@@ -234,9 +237,18 @@ class Daemon:
                 next_leader_poll = time.monotonic() + LEADER_POLL
             self._update_next_runs()
             self._record_skipped()
+            self._publish_progress()
             if self.live():
                 self.sd.watchdog()
             self.stopping.wait(LOOP_INTERVAL)
+
+    def _publish_progress(self) -> None:
+        """The running jobs' progress for `status` (another process): ``progress.json`` in the
+        state directory, removed when nothing runs (observability/progress.py)."""
+        try:
+            progress.publish(wiring.state_dir(self.settings) / PROGRESS_FILE)
+        except (OSError, BackupdError) as exc:
+            log.debug("progress_not_published", error=str(exc))
 
     def _update_next_runs(self) -> None:
         runs = self._scheduler.next_runs() if self._scheduler is not None else {}

@@ -104,7 +104,12 @@ def summarize_for_console(
 
 
 def configure_logging(fmt: str | None, level: str = "info", stream: TextIO | None = None) -> None:
-    stream = stream or sys.stderr
+    out: Any = stream
+    if out is None:
+        from contentflow_backupd.observability import progress
+
+        # While a live progress line is drawn, each log line is written above it.
+        out = progress.BarAwareStream(sys.stderr) if progress.mode() == "bar" else sys.stderr
     if fmt is None:
         fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Any
@@ -113,7 +118,7 @@ def configure_logging(fmt: str | None, level: str = "info", stream: TextIO | Non
         renderer = structlog.processors.JSONRenderer()
         stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty(), sort_keys=False)
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)
         stamp = structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%SZ", utc=True)
         console = [summarize_for_console]
     structlog.configure(
@@ -127,7 +132,7 @@ def configure_logging(fmt: str | None, level: str = "info", stream: TextIO | Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 
