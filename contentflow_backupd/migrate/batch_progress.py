@@ -36,6 +36,7 @@ class BatchProgress:
         before = self.covered
         self.covered = max(self.total, self.covered) if final else self.covered + covered
         progress.advance(self.covered - before)
+        progress.note(f"batch {batches}, {changed} rows changed")
         self.total = max(self.total, self.covered)
         now = time.monotonic()
         if self.tty:

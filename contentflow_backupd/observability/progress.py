@@ -52,6 +52,7 @@ class Tracker:
         self.total: int | None = None
         self.done = 0
         self.phase_started = self.started
+        self.note = ""
         self._bar: Any = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -59,7 +60,7 @@ class Tracker:
     # -- what the operation reports ---------------------------------------------------------------
     def set_phase(self, name: str, *, total: int | None = None, unit: str = "B") -> None:
         with _lock:
-            self.phase, self.total, self.unit, self.done = name, total, unit, 0
+            self.phase, self.total, self.unit, self.done, self.note = name, total, unit, 0, ""
             self.phase_started = time.monotonic()
             if self._bar is not None:
                 self._bar.reset(total=total)
@@ -73,6 +74,12 @@ class Tracker:
             self.done += n
             if self._bar is not None:
                 self._bar.update(n)
+
+    def set_note(self, text: str) -> None:
+        with _lock:
+            self.note = text
+            if self._bar is not None:
+                self._bar.set_postfix_str(text, refresh=False)
 
     # -- what the readers see -------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -99,6 +106,7 @@ class Tracker:
                 "rate": round(rate, 1),
                 "elapsed_seconds": round(now - self.started, 1),
                 "eta_seconds": eta,
+                **({"note": self.note} if self.note else {}),
             }
 
     # -- rendering ---------------------------------------------------------------------------------
@@ -185,6 +193,13 @@ def advance(n: int) -> None:
         tracker.advance(n)
 
 
+def note(text: str) -> None:
+    """A short remark on the current phase (``batch 12, 6000 changed``), shown after the numbers."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.set_note(text)
+
+
 def snapshots() -> list[dict[str, Any]]:
     """Every running operation's progress (see ``Tracker.snapshot``), oldest first."""
     with _lock:
@@ -245,6 +260,8 @@ def describe(snap: dict[str, Any]) -> str:
     text += f", {amount(snap['rate'])}/s, {snap['elapsed_seconds']:.0f}s elapsed"
     if snap["eta_seconds"] is not None:
         text += f", ETA {snap['eta_seconds']:.0f}s"
+    if snap.get("note"):
+        text += f" ({snap['note']})"
     return text
 
 

@@ -136,3 +136,21 @@ def test_off_a_terminal_progress_is_log_events(cli: Cli, pg: PgCluster, pg_db: s
         assert {"phase", "done", "total", "unit", "rate", "elapsed_seconds", "eta_seconds"} <= set(event)
     status = cli.run("status", "--json")
     assert status.json()["running"] == []  # no daemon runs a job here
+
+
+def test_migrate_batch_draws_the_live_line(cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    pg.execute(
+        "create table post (id bigint primary key, n int not null default 0);"
+        " insert into post (id) select i from generate_series(1, 2000) i",
+        pg_db,
+    )
+    sql = tmp_path / "change.sql"
+    sql.write_text("UPDATE post SET n = n + 1 WHERE id >= :lo AND id < :hi\n")
+    cli.env["BACKUPD_LOG__FORMAT"] = "console"
+    run = run_on_terminal(
+        cli, "migrate", "batch", "--sql", str(sql), "--table", "post", "--batch-size", "100"
+    )
+    assert run.rc == 0, run.terminal
+    assert "migrate batch: batches" in run.terminal, run.terminal
+    assert "rows changed" in run.terminal, run.terminal
+    assert pg.execute("select count(*) from post where n = 1", pg_db) == [(2000,)]
