@@ -154,3 +154,22 @@ def test_migrate_batch_draws_the_live_line(cli: Cli, pg: PgCluster, pg_db: str, 
     assert "migrate batch: batches" in run.terminal, run.terminal
     assert "rows changed" in run.terminal, run.terminal
     assert pg.execute("select count(*) from post where n = 1", pg_db) == [(2000,)]
+
+
+def test_drill_and_recover_show_their_phases(cli: Cli, pg: PgCluster, pg_db: str) -> None:
+    seed(pg, pg_db, size_mb=2)
+    cli.run("init", check=True)
+    cli.run("backup", "--kind", "full", check=True)
+    cli.env["BACKUPD_LOG__FORMAT"] = "console"
+
+    drill = run_on_terminal(cli, "restore-test", env={"BACKUPD_DRILL__DATABASE_URL": pg.url("postgres")})
+    assert drill.rc == 0, drill.terminal
+    assert "restore-test: restoring" in drill.terminal and "restore-test: checking" in drill.terminal
+
+    target = pg_db + "_recovered"
+    try:
+        recover = run_on_terminal(cli, "recover", "--to-database", pg.url(target))
+        assert recover.rc == 0, recover.terminal
+        assert "recover: restoring" in recover.terminal and "recover: checking" in recover.terminal
+    finally:
+        pg.drop_database(target)
