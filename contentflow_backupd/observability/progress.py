@@ -20,6 +20,7 @@ The daemon reads :func:`snapshots` for its metrics and :func:`publish`-es them f
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import sys
@@ -126,7 +127,12 @@ class Tracker:
                 mininterval=0.2,
             )
         elif mode == "log":
-            self._ticker = threading.Thread(target=self._tick, args=(interval,), name="progress", daemon=True)
+            # In a copy of this thread's context: the events carry the operation's bound fields
+            # (a daemon job's `job` and `trigger`).
+            context = contextvars.copy_context()
+            self._ticker = threading.Thread(
+                target=context.run, args=(self._tick, interval), name="progress", daemon=True
+            )
             self._ticker.start()
 
     def _tick(self, interval: float) -> None:
