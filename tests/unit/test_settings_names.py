@@ -96,6 +96,7 @@ def test_every_setting_the_readme_names_is_known() -> None:
     sections, leaves = setting_paths()
     known = {env_name(p) for p in sections | leaves} | NOT_SETTINGS
     readme = (ROOT / "README.md").read_text()
+    readme = re.sub(r"BACKUPD_\w+: unknown setting", "", readme)  # the README's example of a typo
     named = set(re.findall(r"BACKUPD_[A-Z0-9_]*[A-Z0-9]", readme))
     # `BACKUPD_SCHEDULE__FULL` / `__INCREMENTAL`: the table abbreviates siblings; check the full names.
     assert named - known == set()
