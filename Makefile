@@ -12,6 +12,7 @@ PYTEST_ARGS ?= -n 2
 
 help:
 	@echo "make run    - the daemon in the foreground (on a disposable demo PostgreSQL unless BACKUPD_DATABASE_URL is set)"
+	@echo "               keeps the previous demo under .demo/; make run FRESH=1 starts over"
 	@echo "make demo   - one pass: full, incremental, verify, restore into a new database, compare"
 	@echo "make test   - install what is missing and run the whole test suite (and make test-container where podman is)"
 	@echo "make test-container - build the image and a systemd image with podman, run them against real PostgreSQL and S3"
@@ -96,7 +97,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 run: venv postgres
-	$(PY) -m contentflow_backupd.demo.daemon
+	$(PY) -m contentflow_backupd.demo.daemon $(if $(filter-out 0,$(FRESH)),--fresh)
 
 demo: venv postgres
 	$(PY) -m contentflow_backupd.demo.run

@@ -312,7 +312,11 @@ class Settings(BaseSettings):
     shutdown_grace: str = "60s"
     """How long a running job may finish after the first SIGTERM before its children are stopped."""
 
-    _check_grace = field_validator("shutdown_grace")(_duration)
+    progress_interval: str = "10s"
+    """How often a ``progress`` log event reports a running operation when no live progress line
+    is drawn (off a terminal, ``--no-progress``, ``--json``, the daemon)."""
+
+    _check_grace = field_validator("shutdown_grace", "progress_interval")(_duration)
 
     _toml: dict[str, Any] = {}
     _credentials: dict[str, str] = {}
@@ -462,6 +466,68 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+NOT_SETTINGS = frozenset({"BACKUPD_DEMO_DIR", "BACKUPD_DEMO_SIZE_MB", "BACKUPD_TEST_PG_BIN"})
+"""``BACKUPD_*`` variables that are not settings: read by ``make run``/``make demo`` and the tests."""
+
+
+def setting_paths() -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+    """Every setting as a path of field names: (sections such as ``("s3",)``, leaves such as
+    ``("s3", "bucket")``). The one list the unknown-name check compares against."""
+    sections: set[tuple[str, ...]] = set()
+    leaves: set[tuple[str, ...]] = set()
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, field in model.model_fields.items():
+            path = (*prefix, name)
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                sections.add(path)
+                walk(ann, path)
+            else:
+                leaves.add(path)
+
+    walk(Settings, ())
+    return sections, leaves
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_names(environ: dict[str, str] | os._Environ[str], file_data: dict[str, Any]) -> list[str]:
+    """One problem line per unknown ``BACKUPD_*`` variable or config-file key, each suggesting
+    the closest known name. The rule is the same wherever a name appears: unknown is an error
+    (a misspelt secret or retention setting must not fall back to its default unnoticed)."""
+    sections, leaves = setting_paths()
+    problems = []
+    env_names = {env_name(p) for p in leaves}
+    for raw in sorted(environ):
+        name = raw.upper()
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
+            continue
+        path = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
+        if path not in leaves and path not in sections:
+            problems.append(f"{raw}: unknown setting{_did_you_mean(name, env_names)}")
+    file_names = {".".join(p) for p in leaves}
+
+    def walk(data: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in data.items():
+            path = (*prefix, str(key))
+            if path in sections and isinstance(value, dict):
+                walk(value, path)
+            elif path not in leaves and path not in sections:
+                dotted = ".".join(path)
+                problems.append(
+                    f"config file key {dotted}: unknown setting{_did_you_mean(dotted, file_names)}"
+                )
+
+    walk(file_data, ())
+    return problems
+
+
 def load_settings(
     config_path: Path | None = None, *, secret_dirs: list[Path] | None = None
 ) -> tuple[Settings, dict[str, Any]]:
@@ -474,6 +540,12 @@ def load_settings(
     """
     path = config_path or (Path(os.environ["BACKUPD_CONFIG"]) if os.environ.get("BACKUPD_CONFIG") else None)
     file_data = read_toml(path) if path else {}
+    unknown = unknown_names(os.environ, file_data)
+    if unknown:
+        raise ConfigError(
+            "invalid settings:\n  " + "\n  ".join(unknown),
+            hint='see README.md "Settings" or `contentflow-backupd config show` for the known names',
+        )
     from_credentials, credential_sources = read_credentials(file_data, secret_dirs)
     try:
         settings = Settings(**_merge(from_credentials, file_data))

@@ -54,15 +54,6 @@ def setup_logging(settings: Settings) -> None:
     register_secret(os.environ.get("PGPASSWORD"))
 
 
-def warn_unknown_env(settings: Settings) -> None:
-    fields = {f.upper() for f in Settings.model_fields}
-    for name in os.environ:
-        if name.upper().startswith(ENV_PREFIX):
-            top = name.upper()[len(ENV_PREFIX) :].split("__")[0]
-            if top not in fields:
-                log.warning("unknown_setting_ignored", variable=name)
-
-
 def _password_of(url: str) -> str | None:
     """The password in a libpq URI or key=value string, without importing psycopg (wal-push is
     started once per WAL segment and must start fast)."""

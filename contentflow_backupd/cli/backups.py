@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from typing import TYPE_CHECKING
 
 import structlog
 
-from contentflow_backupd.cli.output import human_bytes, print_json
+from contentflow_backupd.cli.output import (
+    human_age,
+    human_bytes,
+    human_duration,
+    human_time,
+    print_json,
+    render_table,
+)
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
 from contentflow_backupd.settings import Settings
 
@@ -92,15 +100,22 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     if not records:
         print(f"no backups of cluster {settings.cluster!r}")
         return EXIT_OK
-    print(
-        f"{'ID':<30} {'KIND':<11} {'MODE':<8} {'STATUS':<11} {'FINISHED':<20} {'SOURCE':>10} {'STORED':>10}"
-    )
-    for r in records:
-        finished = r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else "-"
-        print(
-            f"{r.id:<30} {r.kind:<11} {r.mode:<8} {r.status:<11} {finished:<20} "
-            f"{human_bytes(r.source_bytes):>10} {human_bytes(r.stored_bytes):>10}"
+    rows = [
+        (
+            r.id,
+            r.kind,
+            r.mode,
+            r.status,
+            human_time(r.finished_at),
+            human_age(r.finished_at),
+            human_duration((r.finished_at - r.started_at).total_seconds() if r.finished_at else None),
+            human_bytes(r.source_bytes),
+            human_bytes(r.stored_bytes),
         )
+        for r in records
+    ]
+    headers = ("ID", "KIND", "MODE", "STATUS", "FINISHED (UTC)", "AGE", "TOOK", "SOURCE", "STORED")
+    sys.stdout.write(render_table(headers, rows, right={6, 7, 8}))
     return EXIT_OK
 
 

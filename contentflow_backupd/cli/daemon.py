@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
 
 import structlog
 
-from contentflow_backupd.cli.output import human_bytes, print_json
+from contentflow_backupd.cli.output import (
+    human_age,
+    human_bytes,
+    human_duration,
+    human_time,
+    print_json,
+    render_table,
+)
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
 from contentflow_backupd.settings import Settings
 
@@ -17,7 +25,11 @@ log = structlog.get_logger("contentflow_backupd.cli")
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.daemon import run_daemon
+    from contentflow_backupd.observability import progress
+    from contentflow_backupd.timespec import parse_duration
 
+    # Jobs report progress as `progress` log events; the daemon publishes it for status/metrics.
+    progress.configure("log", parse_duration(settings.progress_interval))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
     return run_daemon(settings)
 
@@ -40,16 +52,26 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     if not runs:
         print("no runs recorded")
         return EXIT_OK
-    print(f"{'ID':>6} {'JOB':<12} {'TRIGGER':<9} {'STATUS':<11} {'STARTED':<20} {'SECS':>8}  BACKUP / ERROR")
+    rows = []
     for r in runs:
-        secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "-"
+        took = human_duration((r.finished_at - r.started_at).total_seconds() if r.finished_at else None)
         detail = r.backup_id or ""
         if r.error:
             detail = f"{detail} {r.error}".strip()
-        print(
-            f"{r.id:>6} {r.job:<12} {r.trigger:<9} {r.status:<11} "
-            f"{r.started_at:%Y-%m-%d %H:%M:%S}  {secs:>8}  {detail[:100]}"
+        rows.append(
+            (
+                str(r.id),
+                r.job,
+                r.trigger,
+                r.status,
+                human_time(r.started_at),
+                human_age(r.started_at),
+                took,
+                " ".join(detail.split())[:100],
+            )
         )
+    headers = ("ID", "JOB", "TRIGGER", "STATUS", "STARTED (UTC)", "AGE", "TOOK", "BACKUP / ERROR")
+    sys.stdout.write(render_table(headers, rows, right={0, 6}))
     return EXIT_OK
 
 
@@ -99,11 +121,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             catalog.close()
         storage.close()
     report = evaluate_health(inputs, objectives, utcnow())
+    running = _running_jobs(settings)
     if args.json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "running": running})
     else:
         sys.stdout.write(report.to_text())
+        from contentflow_backupd.observability.progress import describe
+
+        for snap in running:
+            print(f"running: {describe(snap)}")
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _running_jobs(settings: Settings) -> list[dict[str, Any]]:
+    """The progress the daemon on this state directory publishes for its running jobs."""
+    from contentflow_backupd.daemon.lifecycle import PROGRESS_FILE
+    from contentflow_backupd.observability.progress import read_published
+
+    return read_published(settings.state_dir / PROGRESS_FILE)
 
 
 def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from contentflow_backupd.cli.output import print_json
+from contentflow_backupd.cli import JSON_HELP
+from contentflow_backupd.cli.output import human_age, human_time, print_json, render_table
 from contentflow_backupd.errors import EXIT_OK, BackupdError, UsageError
 from contentflow_backupd.settings import Settings
 
@@ -19,12 +21,19 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands: dict[str, Command]) -> None:
     """The ``keys`` command group (``commands``: the lazy functions, by subcommand)."""
-    kp = sub.add_parser("keys", help="encryption keys: list, add, remove, rotate")
-    ksub = kp.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    kp = sub.add_parser(
+        "keys",
+        help="encryption keys: list, add, remove, rotate",
+        description="The repository's key-encryption keys (what opens it: passphrases, key files, KMS "
+        "keys) and data keys (what encrypts the objects): list, add, remove, rotate.",
+    )
+    ksub = kp.add_subparsers(
+        dest="keys_command", required=True, metavar="SUBCOMMAND", help="what to do with the keys"
+    )
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         sp = ksub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.add_argument("--json", action="store_true", help=JSON_HELP)
         sp.set_defaults(func=commands[name])
         return sp
 
@@ -35,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands:
     one.add_argument("--key-file", metavar="F", help="a file holding a new 32-byte key")
     one.add_argument("--kms-key-id", metavar="ARN", help="an AWS KMS key (id, ARN or alias)")
     sp = add("remove", "remove a key-encryption key (never the last one, nor the one in use)")
-    sp.add_argument("kek_id", metavar="ID")
+    sp.add_argument("kek_id", metavar="ID", help="the key-encryption key's id (see keys list)")
     sp = add("rotate", "make a new data key active for new objects; retire old keys nothing needs")
     sp.add_argument(
         "--retire-grace",
@@ -72,21 +81,34 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(report)
         return EXIT_OK
-    print(f"{'KEY-ENCRYPTION KEY':<20} {'KIND':<11} {'CREATED':<21} {'LAST USED':<21}")
-    for k in report["key_encryption_keys"]:
-        mark = "  (opened with)" if k["opened_with"] else ""
-        extra = f"  {k['kms_key_id']}" if k.get("kms_key_id") else ""
-        print(f"{k['id']:<20} {k['kind']:<11} {_t(k['created']):<21} {_t(k['last_used']):<21}{mark}{extra}")
-    print(f"\n{'DATA KEY':<20} {'ACTIVE':<7} {'CREATED':<21} {'OBJECTS':>8}  RETIRE AFTER")
-    for d in report["data_keys"]:
-        active = "yes" if d["active"] else "no"
-        retire = "-" if d["active"] else _t(d["retire_after"])
-        print(f"{d['id']:<20} {active:<7} {_t(d['created']):<21} {d['objects']:>8}  {retire}")
+    keks = [
+        (
+            k["id"],
+            k["kind"],
+            human_time(k["created"]),
+            human_age(k["last_used"]),
+            " ".join(filter(None, ["(opened with)" if k["opened_with"] else "", k.get("kms_key_id") or ""])),
+        )
+        for k in report["key_encryption_keys"]
+    ]
+    sys.stdout.write(render_table(("KEY-ENCRYPTION KEY", "KIND", "CREATED (UTC)", "LAST USED", "NOTE"), keks))
+    data = [
+        (
+            d["id"],
+            "yes" if d["active"] else "no",
+            human_time(d["created"]),
+            str(d["objects"]),
+            "-" if d["active"] else human_time(d["retire_after"]),
+        )
+        for d in report["data_keys"]
+    ]
+    sys.stdout.write("\n")
+    sys.stdout.write(
+        render_table(
+            ("DATA KEY", "ACTIVE", "CREATED (UTC)", "OBJECTS", "RETIRE AFTER (UTC)"), data, right={3}
+        )
+    )
     return EXIT_OK
-
-
-def _t(value: str | None) -> str:
-    return (value or "-").replace("T", " ")[:19]
 
 
 def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:

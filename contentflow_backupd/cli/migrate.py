@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from contentflow_backupd.cli import JSON_HELP
 from contentflow_backupd.cli.migrate_batch import register_batch
 from contentflow_backupd.cli.migrate_run import (
     add_history_parser,
@@ -41,7 +42,14 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     )
     mp.set_defaults(func=cmd_migrate_run)
     add_run_arguments(mp)
-    msub = mp.add_subparsers(dest="migrate_command", metavar="SUBCOMMAND")
+    # prog: without it argparse builds the subcommands' names from the custom usage above
+    # ("migrate [OPTIONS] -- COMMAND ... | migrate SUBCOMMAND ... check").
+    msub = mp.add_subparsers(
+        dest="migrate_command",
+        metavar="SUBCOMMAND",
+        prog="contentflow-backupd migrate",
+        help="check, rollback, history, batch (optional: without one, guard COMMAND)",
+    )
     mp.set_defaults(migrate_subparsers=msub)
     add_rollback_parser(msub)
     add_history_parser(msub)
@@ -55,7 +63,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp.add_argument(
         "--migrations-dir", type=Path, required=True, metavar="DIR", help="e.g. prisma/migrations"
     )
-    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(func=cmd_migrate_check)
     return mp
 

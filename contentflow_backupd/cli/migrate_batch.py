@@ -10,8 +10,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from contentflow_backupd.cli import PROGRESS_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_OK, UsageError
+from contentflow_backupd.observability import progress as live_progress
 from contentflow_backupd.settings import Settings
 
 EXIT_INTERRUPTED = 130
@@ -21,7 +23,6 @@ def register_batch(msub: Any) -> None:
     """Add ``batch`` to the ``migrate`` group's subparsers."""
     sp = msub.add_parser(
         "batch",
-        prog="contentflow-backupd migrate batch",
         help="run a data change in key-ordered batches, resumable, throttled, exactly once per row",
         description="Run one statement such as `UPDATE post SET score = score + 1 WHERE id >= :lo AND "
         "id < :hi` over the table in batches of N rows by key, each in its own transaction, with a "
@@ -51,6 +52,7 @@ def register_batch(msub: Any) -> None:
         help="only when the server cannot tell: whether the batch left in flight committed",
     )
     sp.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    sp.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     sp.set_defaults(func=cmd_migrate_batch)
 
 
@@ -107,15 +109,17 @@ def cmd_migrate_batch(args: argparse.Namespace, settings: Settings) -> int:
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    tty = sys.stderr.isatty()
-    interval = parse_duration(m.progress_interval)
+    # On a terminal the shared live line (observability/progress.py, fed by BatchProgress) is
+    # drawn; elsewhere BatchProgress logs its batch_progress lines.
+    bar = live_progress.mode() == "bar"
+    interval = float("inf") if bar else parse_duration(m.progress_interval)
     try:
         summary = run_batch_job(
             wiring.source_conninfo(settings),
             wiring.open_catalog(settings),
             opts,
             stop=stop,
-            progress=lambda total: BatchProgress(total, tty=tty, stream=sys.stderr, interval=interval),
+            progress=lambda total: BatchProgress(total, tty=False, stream=sys.stderr, interval=interval),
         )
     finally:
         for s, handler in old.items():

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from contentflow_backupd.cli import JSON_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, UsageError
 from contentflow_backupd.settings import Settings
@@ -37,7 +38,7 @@ def add_run_arguments(mp: argparse.ArgumentParser) -> None:
         help="a post-migration check that could not run (scratch server, missing tool, timeout) fails "
         "the migration and rolls it back; default: keep it, status unverified, exit 3",
     )
-    mp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    mp.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def add_rollback_parser(msub: Any) -> None:
@@ -47,9 +48,14 @@ def add_rollback_parser(msub: Any) -> None:
         description="Restore the backup a migrate run took (restore point pre-migrate-<id>) over the "
         "live database, in one transaction. Without --confirm, print what would happen.",
     )
-    sp.add_argument("--to-restore-point", required=True, metavar="NAME")
+    sp.add_argument(
+        "--to-restore-point",
+        required=True,
+        metavar="NAME",
+        help="the safety net's restore point, pre-migrate-<id> (see migrate history)",
+    )
     sp.add_argument("--confirm", action="store_true", help="do it (default: print the plan)")
-    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(func=cmd_migrate_rollback)
 
 
@@ -61,7 +67,7 @@ def add_history_parser(msub: Any) -> None:
         "migrations with their checksums, the safety net and the outcome.",
     )
     sp.add_argument("--limit", type=int, default=50, help="the newest N runs (default 50)")
-    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(func=cmd_migrate_history)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -25,3 +27,60 @@ def human_bytes(n: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+# -- tables for people (``--json`` prints the data itself) ----------------------------------------
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
+) -> str:
+    """Columns as wide as their widest cell, two spaces apart; columns ``right`` (numbers,
+    sizes) right-aligned; the last column is not padded (it may hold free text)."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    last = len(headers) - 1
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            if i in right:
+                out.append(cell.rjust(widths[i]))
+            else:
+                out.append(cell if i == last else cell.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
+
+
+def _aware(when: datetime | str) -> datetime:
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def human_time(when: datetime | str | None) -> str:
+    """``2026-12-07 03:06:01`` (UTC), ``-`` for none."""
+    if when is None or when == "":
+        return "-"
+    return _aware(when).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def human_age(when: datetime | str | None, now: datetime | None = None) -> str:
+    """``3h 25m ago``, ``in 5m`` (a time to come), ``-`` for none."""
+    if when is None or when == "":
+        return "-"
+    from contentflow_backupd.ops.health import human_seconds
+
+    delta = ((now or datetime.now(UTC)) - _aware(when)).total_seconds()
+    if delta < 0:
+        return f"in {human_seconds(-delta)}"
+    return f"{human_seconds(delta)} ago"
+
+
+def human_duration(seconds: float | None) -> str:
+    """``0.8s``, ``42s``, ``3m 5s``: a run's or a backup's duration."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    from contentflow_backupd.ops.health import human_seconds
+
+    return human_seconds(seconds)

@@ -4,13 +4,14 @@ and restore points."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from contentflow_backupd.cli.audit import open_audit_catalog
-from contentflow_backupd.cli.output import human_bytes, print_json
+from contentflow_backupd.cli.output import human_age, human_bytes, human_time, print_json, render_table
 from contentflow_backupd.errors import EXIT_OK
 from contentflow_backupd.settings import Settings
 
@@ -178,9 +179,10 @@ def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int
     if not points:
         print(f"no restore points of cluster {settings.cluster!r}")
         return EXIT_OK
-    print(f"{'NAME':<32} {'LSN':<18} {'TIMELINE':>8}  CREATED")
-    for p in points:
-        print(f"{p.name:<32} {p.lsn:<18} {p.timeline:>8}  {p.created_at:%Y-%m-%d %H:%M:%S.%f}")
+    rows = [
+        (p.name, p.lsn, str(p.timeline), human_time(p.created_at), human_age(p.created_at)) for p in points
+    ]
+    sys.stdout.write(render_table(("NAME", "LSN", "TIMELINE", "CREATED (UTC)", "AGE"), rows, right={2}))
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from contentflow_backupd import __version__, wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
 from contentflow_backupd.model import utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.sdnotify import SystemdNotifier
@@ -42,6 +43,8 @@ EXIT_MARGIN = 25.0
 whatever blocks (a hung catalog, a child that ignores SIGTERM): then it exits 1."""
 STOP_NOW_WAIT = 15.0
 """After a second signal the process is gone within this (exit 128 + the signal's number)."""
+PROGRESS_FILE = "progress.json"
+"""In the state directory: what the daemon's running jobs have done (``status`` reads it)."""
 
 
 def run_daemon(settings: Settings) -> int:
@@ -250,9 +253,18 @@ class Daemon:
                 next_leader_poll = time.monotonic() + LEADER_POLL
             self._update_next_runs()
             self._record_skipped()
+            self._publish_progress()
             if self.live():
                 self.sd.watchdog()
             self.stopping.wait(LOOP_INTERVAL)
+
+    def _publish_progress(self) -> None:
+        """The running jobs' progress for `status` (another process): ``progress.json`` in the
+        state directory, removed when nothing runs (observability/progress.py)."""
+        try:
+            progress.publish(wiring.state_dir(self.settings) / PROGRESS_FILE)
+        except (OSError, BackupdError) as exc:
+            log.debug("progress_not_published", error=str(exc))
 
     def _update_next_runs(self) -> None:
         runs = self._scheduler.next_runs() if self._scheduler is not None else {}

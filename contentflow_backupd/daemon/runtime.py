@@ -22,6 +22,7 @@ from contentflow_backupd import wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, LockedError, VerificationFailed
 from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
 from contentflow_backupd.ops.anomaly import check_size
@@ -137,7 +138,10 @@ class JobRunner:
         with self._lock:
             self._running[threading.get_ident()] = RunningJob(job_id, threading.current_thread())
         try:
-            with structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger):
+            with (
+                structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger),
+                progress.tracking(job_id),
+            ):
                 log.info("job_started")
                 if job_id in ("full", "incremental"):
                     self.backup(job_id, trigger)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -214,12 +215,38 @@ def running_cluster(prefix: str = "backupd-pg-", **kw: Any) -> Iterator[PgCluste
         shutil.rmtree(base, ignore_errors=True)
 
 
+_DEMO_STATE = "demo.json"
+
+
+def reopen_demo_cluster(demo_dir: Path, keep: tuple[str, ...]) -> PgCluster | None:
+    """``make run`` without ``FRESH=1``: the previous demo's cluster under ``demo_dir/pg``,
+    started again on a free port, with its data; None when there is no whole previous demo to
+    keep (no cluster, no saved password, or one of ``keep`` (paths under ``demo_dir``) missing)."""
+    state = demo_dir / "pg" / _DEMO_STATE
+    cluster_dir = demo_dir / "pg"
+    if not state.is_file() or not (cluster_dir / "data" / "PG_VERSION").is_file():
+        return None
+    if not all((demo_dir / name).exists() for name in keep):
+        return None
+    cluster = PgCluster(cluster_dir, password=json.loads(state.read_text())["password"])
+    if (cluster.datadir / "postmaster.pid").exists():
+        cluster.stop("immediate")  # left running by a demo that was killed
+    with open(cluster.datadir / "postgresql.conf", "a") as f:
+        f.write(f"port = {cluster.port}\n")  # the last setting wins; the old port may be taken
+    print(f"==> starting the previous demo's PostgreSQL under {cluster_dir} again", flush=True)
+    return cluster.start()
+
+
 def fresh_demo_cluster(demo_dir: Path, size_mb: int) -> PgCluster:
     """``make run`` / ``make demo``: a new cluster under ``demo_dir/pg`` (whatever was under
     ``demo_dir`` is removed first) with a ``contentflow`` database of about ``size_mb`` MiB."""
     from contentflow_backupd.demo import datagen
 
     if demo_dir.exists():
+        print(
+            f"==> removing the previous demo under {demo_dir} (its database, repository and catalog)",
+            flush=True,
+        )
         old = PgCluster(demo_dir / "pg")
         if (old.datadir / "postmaster.pid").exists():
             old.stop("immediate")
@@ -227,7 +254,12 @@ def fresh_demo_cluster(demo_dir: Path, size_mb: int) -> PgCluster:
     demo_dir.mkdir(parents=True)
     os.chmod(demo_dir, 0o755)  # noqa: S103 - the postgres user must reach <demo>/pg
     print(f"==> starting a disposable PostgreSQL under {demo_dir}/pg", flush=True)
-    cluster = PgCluster(demo_dir / "pg").init().start()
+    cluster = PgCluster(demo_dir / "pg").init()
+    # What reopen_demo_cluster needs to connect again (a demo's throwaway superuser password).
+    fd = os.open(demo_dir / "pg" / _DEMO_STATE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"password": cluster.password}, f)
+    cluster.start()
     cluster.execute('create database "contentflow"')
     t0 = time.monotonic()
     print(f"==> generating about {size_mb} MiB of sample ContentFlow data", flush=True)

@@ -1,7 +1,8 @@
 """``make run``: the daemon in the foreground, on a demo database when none is configured.
 
-Without ``BACKUPD_DATABASE_URL``: start a throwaway PostgreSQL under ``./.demo/pg`` (fresh each
-time) with sample ContentFlow data, a local repository and SQLite catalog under ``./.demo/``, and a
+Without ``BACKUPD_DATABASE_URL``: start a throwaway PostgreSQL under ``./.demo/pg`` with sample
+ContentFlow data, a local repository and SQLite catalog under ``./.demo/`` (the previous demo's,
+kept with its runs; ``--fresh``, i.e. ``make run FRESH=1``, removes it first and says so), and a
 demo schedule: physical mode, a full backup every 10 minutes (the first one at once), an
 incremental every 2 minutes, the WAL job every minute with WAL streamed continuously, retention
 every 5 minutes (fulls kept 1 hour, incrementals 30 minutes, WAL 1 hour), verification every 10
@@ -27,7 +28,12 @@ from pathlib import Path
 from types import FrameType
 
 from contentflow_backupd.demo import datagen
-from contentflow_backupd.demo.cluster import PgCluster, chown_for_postgres, fresh_demo_cluster
+from contentflow_backupd.demo.cluster import (
+    PgCluster,
+    chown_for_postgres,
+    fresh_demo_cluster,
+    reopen_demo_cluster,
+)
 
 DEMO_DIR = Path(os.environ.get("BACKUPD_DEMO_DIR", ".demo")).resolve()
 SIZE_MB = int(os.environ.get("BACKUPD_DEMO_SIZE_MB", "32"))
@@ -67,18 +73,29 @@ def main() -> int:
     env = dict(os.environ)
     if env.get("BACKUPD_DATABASE_URL"):
         os.execvpe(_command(), [_command(), "run"], env)  # noqa: S606 - your settings, our daemon
-    cluster = fresh_demo_cluster(DEMO_DIR, SIZE_MB)
-    # As root, the daemon runs as postgres, as a service runs as its own user: the WAL it streams,
-    # the repository and the drills' scratch servers (which PostgreSQL refuses to run as root) all
-    # belong to one user.
-    for sub in ("state", "repo"):
-        (DEMO_DIR / sub).mkdir(mode=0o700)
-        chown_for_postgres(DEMO_DIR / sub)
+    fresh = "--fresh" in sys.argv[1:]
     passfile = DEMO_DIR / "passphrase"
-    fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(24) + "\n")
-    chown_for_postgres(passfile)
+    cluster = None if fresh else reopen_demo_cluster(DEMO_DIR, keep=("state", "repo", "passphrase"))
+    if cluster is not None:
+        print(
+            f"==> keeping the previous demo under {DEMO_DIR}: its database, repository, catalog and "
+            "runs (`make run FRESH=1` starts over)",
+            flush=True,
+        )
+    else:
+        if DEMO_DIR.exists() and not fresh:
+            print(f"==> the previous demo under {DEMO_DIR} is incomplete: starting over", flush=True)
+        cluster = fresh_demo_cluster(DEMO_DIR, SIZE_MB)
+        # As root, the daemon runs as postgres, as a service runs as its own user: the WAL it
+        # streams, the repository and the drills' scratch servers (which PostgreSQL refuses to
+        # run as root) all belong to one user.
+        for sub in ("state", "repo"):
+            (DEMO_DIR / sub).mkdir(mode=0o700)
+            chown_for_postgres(DEMO_DIR / sub)
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        chown_for_postgres(passfile)
     env.update(DEMO_SETTINGS)
     env.update(
         {

@@ -13,6 +13,7 @@ from typing import TextIO
 import structlog
 
 from contentflow_backupd.migrate.batch_rules import eta_seconds, progress_line
+from contentflow_backupd.observability import progress
 
 log = structlog.get_logger(__name__)
 
@@ -26,12 +27,16 @@ class BatchProgress:
         self.covered = self.changed = self.batches = 0
         self.started = self._last_shown = time.monotonic()
         self._drawn = False
+        progress.phase("batches", total=total, unit="rows")
 
     def update(self, *, batches: int, covered: int, changed: int, final: bool) -> None:
         """After each committed batch: ``covered`` rows more were scanned (all the rest when
         ``final``), ``changed`` rows changed so far by this run."""
         self.batches, self.changed = batches, changed
+        before = self.covered
         self.covered = max(self.total, self.covered) if final else self.covered + covered
+        progress.advance(self.covered - before)
+        progress.note(f"batch {batches}, {changed} rows changed")
         self.total = max(self.total, self.covered)
         now = time.monotonic()
         if self.tty:

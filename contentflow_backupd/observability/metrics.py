@@ -34,6 +34,9 @@ daemons in one process never collide. The series, exactly (README "Metrics" and 
                                                                   applied | noop | refused | failed |
                                                                   rolled_back; from the catalog
     backupd_migration_last_duration_seconds                       the newest of them (0: none yet)
+    backupd_job_progress_done{job}                                the running job's current phase:
+    backupd_job_progress_total{job}                               units done, units in all (0: idle
+                                                                  or unknown); observability/progress.py
 
 plus prometheus_client's standard ``process_*`` series (start time, CPU, memory, open files).
 
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -61,7 +65,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import Metric
 
 from contentflow_backupd import __version__
-from contentflow_backupd.model import BACKUP_KINDS, BackupKind
+from contentflow_backupd.model import BACKUP_KINDS, JOB_NAMES, BackupKind
 
 DURATION_BUCKETS: tuple[float, ...] = (
     10,
@@ -105,6 +109,16 @@ class _WithoutCreated:
 
 
 MIGRATION_RESULTS = ("applied", "unverified", "noop", "refused", "failed", "rolled_back")
+
+
+def _progress_of(job: str, field: str) -> float:
+    """``done`` or ``total`` of the running ``job`` (observability/progress.py); 0 when idle."""
+    from contentflow_backupd.observability import progress
+
+    for snap in progress.snapshots():
+        if snap["operation"] == job:
+            return float(snap[field] or 0)
+    return 0.0
 
 
 class Metrics:
@@ -251,6 +265,22 @@ class Metrics:
             "Duration of the newest guarded migration (0: none yet)",
             registry=reg,
         )
+        self._progress_done = Gauge(
+            "backupd_job_progress_done",
+            "Units (bytes, objects, segments, rows) the running job has done in its current phase "
+            "(0 while it does not run)",
+            ["job"],
+            registry=reg,
+        )
+        self._progress_total = Gauge(
+            "backupd_job_progress_total",
+            "Units the running job's current phase has in all (0: not running, or not known)",
+            ["job"],
+            registry=reg,
+        )
+        for job in JOB_NAMES:
+            self._progress_done.labels(job=job).set_function(functools.partial(_progress_of, job, "done"))
+            self._progress_total.labels(job=job).set_function(functools.partial(_progress_of, job, "total"))
         self._migration_seen: dict[str, int] = {}
         for status in MIGRATION_RESULTS:
             self._migration_runs.labels(result=status)

@@ -23,6 +23,7 @@ from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
 from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, new_backup_id, utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
 from contentflow_backupd.ops.locks import exclusive, pid_alive
@@ -211,13 +212,26 @@ def _dispatch(
     return _execute(repo, catalog, opts, info.database, details, basebackup, attempt)
 
 
+def _expected_size(catalog: Catalog, cluster: str, mode: str) -> int | None:
+    """The progress total of a backup: what the newest successful backup of this mode read
+    (a database grows slowly); None for the first one."""
+    try:
+        done = [b for b in catalog.list_backups(cluster, ["succeeded"]) if b.mode == mode]
+    except BackupdError:
+        return None
+    return done[-1].source_bytes if done and done[-1].source_bytes else None
+
+
 def _wait_for_wal(archive: WalArchive, source: PhysicalSource, names: list[str], timeout: float) -> None:
     """Every segment from the backup's start to its stop must be in the archive."""
     deadline = time.monotonic() + timeout
     missing = list(names)
     switched = False
+    progress.phase("waiting for WAL", total=len(names), unit="segments")
     while True:
+        arrived = len(missing)
         missing = [n for n in missing if not archive.exists(n)]
+        progress.advance(arrived - len(missing))
         if not missing:
             log.info("backup_wal_archived", first=names[0], last=names[-1], segments=len(names))
             return
@@ -271,6 +285,10 @@ def _execute(
     log.info("backup_started", mode=opts.mode, generation=generation, known_chunks=len(plan.known_chunks))
     try:
         writer = ChunkWriter(repo, opts.cluster, generation, plan.known_chunks, concurrency=opts.concurrency)
+        progress.phase(
+            "dumping" if opts.mode == "logical" else "copying",
+            total=_expected_size(catalog, opts.cluster, opts.mode),
+        )
         streams = produce(writer)
         record.details.update(streams.details)
         manifest = Manifest(

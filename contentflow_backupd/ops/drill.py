@@ -34,6 +34,7 @@ import structlog
 from contentflow_backupd.catalog.base import Catalog, DrillRecord
 from contentflow_backupd.errors import BackupdError, BackupNotFound, LockedError, UsageError
 from contentflow_backupd.model import BackupMode, RunTrigger, utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup import reap_interrupted
 from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, passed, run_checks
@@ -370,6 +371,7 @@ def _logical(
             f"the restored database answered queries {result.rto_seconds:.1f}s after the drill started",
         )
     )
+    progress.phase("checking")
     result.checks.extend(run_checks(info, manifest.details, opts.checks_file, create_extensions=True))
     if opts.on_ready is not None:
         opts.on_ready(info)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from contentflow_backupd.errors import SourceError
 from contentflow_backupd.model import iso
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, run_checks
 from contentflow_backupd.ops.drill_workspace import Workspace
 from contentflow_backupd.ops.physical_restore import (
@@ -128,6 +129,7 @@ def drill_physical(
         )
     )
     t_verify = time.monotonic()
+    progress.phase("pg_verifybackup")
     step.add(_verifybackup(ws.pgdata, bin_dir, opts.client_bin, major))
     not_rto = time.monotonic() - t_verify
     server = ScratchServer(
@@ -138,6 +140,7 @@ def drill_physical(
     try:
         server.make_run_dir()
         server.configure()
+        progress.phase("replaying WAL")
         server.start()
         state = server.wait_ready(
             dbname, promoted=True, timeout=opts.ready_timeout, cancelled=cancel.is_set if cancel else None
@@ -147,6 +150,7 @@ def drill_physical(
         return
     result.rto_seconds = time.monotonic() - t0 - not_rto
     step.add(recovery_check(target, state, result.rto_seconds))
+    progress.phase("checking")
     step.extend(run_checks(server.conninfo(dbname), d, opts.checks_file, create_extensions=True))
     if opts.on_ready is not None:
         opts.on_ready(server.conninfo(dbname))

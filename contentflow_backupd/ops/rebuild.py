@@ -12,6 +12,7 @@ import structlog
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BackupRecord
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import AuditRestore, record_event, restore_audit
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.repository import Repository
@@ -33,7 +34,10 @@ class RebuildResult:
 def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> RebuildResult:
     records: list[BackupRecord] = []
     unreadable: list[dict[str, str]] = []
-    for bid in repo.iter_backup_ids(cluster):
+    ids = list(repo.iter_backup_ids(cluster))
+    progress.phase("reading manifests", total=len(ids), unit="manifests")
+    for bid in ids:
+        progress.advance(1)
         key = layout.manifest_key(cluster, bid)
         try:
             manifest = repo.read_manifest(cluster, bid)
@@ -45,7 +49,9 @@ def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> Rebuild
         with contextlib.suppress(BackupdError):
             record.stored_bytes += repo.storage.stat(key).size
         records.append(record)
+    progress.phase("writing the catalog")
     catalog.replace_backups(cluster, records)
+    progress.phase("restoring the audit trail")
     audit = restore_audit(catalog, repo)
     log.info("catalog_rebuilt", cluster=cluster, backups=len(records), unreadable=len(unreadable))
     details = {

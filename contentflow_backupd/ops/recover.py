@@ -35,6 +35,7 @@ from contentflow_backupd.errors import (
     UsageError,
 )
 from contentflow_backupd.model import iso
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.physical_restore import (
     PhysicalRestoreOptions,
     PhysicalRestoreResult,
@@ -183,9 +184,11 @@ def recover_physical(
     checks: list[CheckOutcome] = []
     if start is not None:
         t1 = time.monotonic()
+        progress.phase("replaying WAL")
         server = start(result)
         recovery_s = time.monotonic() - t1
         if check is not None and server.reached != "shut down":
+            progress.phase("checking")
             checks = list(check(chosen))
     return RecoverResult(
         mode="physical",
@@ -335,6 +338,7 @@ def recover_logical(
         if chosen is None:
             raise _nothing_left(cluster, "logical", backup, skipped, f"into {target.describe()}")
     restore_s = time.monotonic() - t0
+    progress.phase("checking")
     checks = list(check(chosen)) if check is not None else []
     snapshot = iso(chosen.started_at)
     return RecoverResult(

@@ -37,6 +37,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog, CorruptObject, VerifyState
 from contentflow_backupd.model import iso, utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.sweep_index import ClusterIndex, build_index, check_object, describe, is_fault
@@ -267,9 +268,11 @@ def _read_all(
     fine: set[str] = set()
     failed: dict[str, str] = {}
     total = 0
+    progress.phase("reading objects", total=len(keys), unit="objects")
     with ThreadPoolExecutor(concurrency, thread_name_prefix="sweep") as pool:
         results = ordered_map(pool, lambda k: check_object(repo, index, k), keys, concurrency * 2)
         for key, outcome in results:
+            progress.advance(1)
             if isinstance(outcome, BaseException):
                 if not is_fault(outcome):
                     raise outcome  # storage unreachable: abort, save nothing, the next run redoes it

@@ -18,6 +18,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, ObjectNotFound
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
@@ -127,6 +128,12 @@ def verify_backup(
         check.faults.append(Fault(backup_id, mkey, f"manifest unreadable: {exc.message}"))
         return check
     check.objects_checked += 1
+    if quick:
+        progress.phase(
+            f"checking {backup_id}", total=len({r.id for r in manifest.chunk_refs()}), unit="objects"
+        )
+    else:
+        progress.phase(f"reading {backup_id}", total=sum(s.size for s in manifest.streams))
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="verify") as pool:
         if quick:
             _quick(repo, manifest, check, pool, concurrency)
@@ -146,6 +153,7 @@ def _quick(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolEx
     refs = list({r.id: r for r in m.chunk_refs()}.values())
     for ref, result in ordered_map(pool, lambda r: repo.storage.stat(reader.key_of(r)), refs, conc * 4):
         check.objects_checked += 1
+        progress.advance(1)
         key = reader.key_of(ref)
         if isinstance(result, BaseException):
             check.faults.append(Fault(m.id, key, _describe(result)))
@@ -172,6 +180,7 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
                     check.faults.append(Fault(m.id, reader.key_of(ref), _describe(result)))
                 continue
             check.bytes_read += len(result)
+            progress.advance(len(result))
             if intact:
                 digest.update(result)
         if intact and digest.hexdigest() != stream.digest:

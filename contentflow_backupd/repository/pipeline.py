@@ -19,6 +19,8 @@ from typing import BinaryIO
 import blake3
 
 from contentflow_backupd.errors import IntegrityError
+from contentflow_backupd.observability.progress import advance as progress_advance
+from contentflow_backupd.observability.progress import phase as progress_phase
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.chunker import Chunker
 from contentflow_backupd.repository.manifest import ChunkRef, StreamEntry
@@ -104,6 +106,7 @@ class ChunkWriter:
                         in_flight.append(fut)
                         digest.update(data)  # meanwhile, on this thread
                         size += len(data)
+                        progress_advance(len(data))
                         self.stats.chunks_total += 1
                         while len(in_flight) >= self._window or (in_flight and in_flight[0].done()):
                             in_flight.popleft().result()
@@ -145,6 +148,7 @@ class ChunkReader:
         """The stream's bytes, chunk by chunk, in order; checks the stream digest at the end."""
         window = self._concurrency * 2
         digest = blake3.blake3()
+        progress_phase("restoring", total=entry.size)
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="fetch") as pool:
             pending: deque[Future[bytes]] = deque()
             refs = iter(entry.chunks)
@@ -159,6 +163,7 @@ class ChunkReader:
                     if nxt is not None:
                         pending.append(pool.submit(self.read_chunk, nxt))
                     digest.update(data)
+                    progress_advance(len(data))
                     yield data
             finally:
                 for fut in pending:

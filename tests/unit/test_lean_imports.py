@@ -24,6 +24,7 @@ NOT_IMPORTED = (
     "alembic",
     "apscheduler",
     "prometheus_client",
+    "tqdm",  # the live progress line: only on a terminal, only for commands that move data
     "boto3",
     "botocore",
     "psycopg",

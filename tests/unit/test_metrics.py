@@ -44,6 +44,8 @@ SERIES = {
     "backupd_recovery_point_age_seconds": "gauge",
     "backupd_migration_runs_total": "counter",
     "backupd_migration_last_duration_seconds": "gauge",
+    "backupd_job_progress_done": "gauge",
+    "backupd_job_progress_total": "gauge",
 }
 KINDS = ("full", "incremental")
 

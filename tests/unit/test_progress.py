@@ -1,0 +1,183 @@
+"""The progress tracker: phases, counters, snapshots, the `progress` log events off a terminal,
+what the daemon publishes for `status`, and the job progress metrics. In-process, no terminal
+(tests/e2e/test_progress.py drives the command on a pseudo-terminal)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from contentflow_backupd.observability import progress
+from contentflow_backupd.observability.logging import configure_logging, reset_logging
+from contentflow_backupd.observability.metrics import Metrics
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    yield
+    progress.configure("off")
+    reset_logging()
+
+
+def test_nothing_is_tracked_outside_an_operation() -> None:
+    progress.phase("dumping", total=10)
+    progress.advance(5)
+    assert progress.snapshots() == []
+
+
+def test_phases_counters_and_snapshot() -> None:
+    with progress.tracking("backup") as tracker:
+        progress.phase("dumping", total=1000)
+        progress.advance(250)
+        progress.advance(250)
+        snap = tracker.snapshot()
+        assert (snap["operation"], snap["phase"], snap["done"], snap["total"], snap["unit"]) == (
+            "backup",
+            "dumping",
+            500,
+            1000,
+            "B",
+        )
+        assert snap["percent"] == 50.0
+        assert snap["rate"] > 0 and snap["eta_seconds"] is not None
+        progress.phase("waiting for WAL", total=3, unit="segments")
+        snap = tracker.snapshot()
+        assert (snap["phase"], snap["done"], snap["total"], snap["unit"]) == (
+            "waiting for WAL",
+            0,
+            3,
+            "segments",
+        )
+        assert [s["operation"] for s in progress.snapshots()] == ["backup"]
+    assert progress.snapshots() == []
+
+
+def test_an_unknown_total_has_no_percent_and_no_eta() -> None:
+    with progress.tracking("restore") as tracker:
+        progress.phase("restoring")
+        progress.advance(10)
+        snap = tracker.snapshot()
+    assert snap["total"] is None and snap["percent"] is None and snap["eta_seconds"] is None
+
+
+def test_a_nested_operation_reports_into_the_outer_one() -> None:
+    with progress.tracking("restore-test") as outer, progress.tracking("restore") as inner:
+        assert inner is outer
+        progress.phase("restoring", total=4)
+        progress.advance(4)
+    assert outer.snapshot()["operation"] == "restore-test"
+
+
+def test_each_thread_reports_its_own_operation() -> None:
+    seen: dict[str, int] = {}
+    ready, release = threading.Barrier(3), threading.Event()
+
+    def job(name: str, n: int) -> None:
+        with progress.tracking(name):
+            progress.phase("work", total=n)
+            progress.advance(n)
+            ready.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=job, args=(name, n)) for name, n in (("full", 7), ("wal", 3))]
+    for t in threads:
+        t.start()
+    ready.wait()
+    for snap in progress.snapshots():
+        seen[snap["operation"]] = snap["done"]
+    release.set()
+    for t in threads:
+        t.join()
+    assert seen == {"full": 7, "wal": 3}
+
+
+def test_off_a_terminal_progress_log_events_carry_the_numbers() -> None:
+    out = io.StringIO()
+    progress.configure("log", 0.05)
+    configure_logging("json", stream=out)
+    with progress.tracking("backup"):
+        progress.phase("dumping", total=100)
+        progress.advance(30)
+        deadline = time.monotonic() + 30
+        while '"progress"' not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    first = next(e for e in events if e["event"] == "progress")
+    assert (first["operation"], first["phase"], first["done"], first["total"]) == (
+        "backup",
+        "dumping",
+        30,
+        100,
+    )
+    assert {"rate", "elapsed_seconds", "eta_seconds", "percent"} <= set(first)
+
+
+def test_publish_and_read_back_for_status(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    progress.publish(path)
+    assert not path.exists()  # nothing runs: nothing published
+    with progress.tracking("full"):
+        progress.phase("copying", total=2048)
+        progress.advance(1024)
+        progress.publish(path)
+        running = progress.read_published(path)
+    assert [(r["operation"], r["phase"], r["done"]) for r in running] == [("full", "copying", 1024)]
+    assert progress.describe(running[0]).startswith("full: copying 1.0 KiB of 2.0 KiB (50%)")
+    progress.publish(path)
+    assert not path.exists()
+
+
+def test_a_stale_or_orphaned_publication_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    snap = {"operation": "full", "phase": "copying", "done": 1, "total": None, "unit": "B"}
+    path.write_text(json.dumps({"pid": 2**22 + 12345, "running": [snap]}))  # no such process
+    assert progress.read_published(path) == []
+    path.write_text(json.dumps({"pid": os.getpid(), "running": [snap]}))
+    assert progress.read_published(path) == [snap]
+    old = time.time() - progress.PUBLISHED_MAX_AGE - 60
+    os.utime(path, (old, old))
+    assert progress.read_published(path) == []
+
+
+def test_the_running_job_is_a_metric() -> None:
+    metrics = Metrics()
+    with progress.tracking("full"):
+        progress.phase("dumping", total=5000)
+        progress.advance(1200)
+        text = metrics.render()[0].decode()
+    assert 'backupd_job_progress_done{job="full"} 1200.0' in text
+    assert 'backupd_job_progress_total{job="full"} 5000.0' in text
+    assert 'backupd_job_progress_done{job="verify"} 0.0' in text
+
+
+def test_log_lines_go_above_a_live_line() -> None:
+    class Bar:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def clear(self) -> None:
+            self.calls.append("clear")
+
+        def refresh(self) -> None:
+            self.calls.append("refresh")
+
+    out = io.StringIO()
+    stream = progress.BarAwareStream(out)  # type: ignore[arg-type]
+    with progress.tracking("backup") as tracker:
+        bar = Bar()
+        tracker._bar = bar
+        stream.write("first half ")
+        assert bar.calls == [] and out.getvalue() == ""  # a line is written whole
+        stream.write("second half\n")
+        tracker._bar = None
+    assert out.getvalue() == "first half second half\n"
+    assert bar.calls == ["clear", "refresh"]
+    structlog.reset_defaults()
