@@ -40,7 +40,7 @@ def expected_schema(
         state_dir, f"{utcnow():%Y%m%dT%H%M%SZ}-expect-{secrets.token_hex(3)}", shared=not owner.is_me
     )
     try:
-        server = ws.start_empty_server(major, pg_bin)
+        server = ws.start_empty_server(major, pg_bin, client_bin=client_bin)
         create_database(server.conninfo("postgres"), "expect")
         info = server.conninfo("expect")
         load_sql(info, before, what="loading the schema from before the migration into the scratch instance")

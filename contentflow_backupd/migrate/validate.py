@@ -49,7 +49,7 @@ def validate(
             )
         )
     record = result.record
-    after = dump_schema(info)
+    after = dump_schema(info, bin_dir=opts.pg_bin)
     record.schema_after = after
     record.details["schema_diff"] = schema_diff(record.schema_before or "", after)
     scripts = [(m.name, m.sql) for m in pending if m.name in set(result.applied)]

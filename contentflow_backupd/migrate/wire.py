@@ -50,6 +50,7 @@ def guard_options(settings: Settings, args: argparse.Namespace, command: Sequenc
         checks_file=m.checks,
         config_arg=f" --config {settings.config}" if settings.config else "",
         dry_run=args.dry_run,
+        pg_bin=settings.pg_bin,
     )
 
 

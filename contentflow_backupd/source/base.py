@@ -102,9 +102,10 @@ class LogicalTarget(Protocol):
         """A display name without password."""
         ...
 
-    def prepare(self, *, create: bool, clean: bool) -> None:
-        """Make sure the database exists (create it with ``create``) and refuse one that holds
-        user tables unless ``clean``. Raises before anything is changed."""
+    def prepare(self, *, create: bool, clean: bool, dump_major: int | None = None) -> None:
+        """Find the client tools (able to read an archive of ``dump_major``'s pg_dump), make sure
+        the database exists (create it with ``create``) and refuse one that holds user tables
+        unless ``clean``. Raises before anything is changed."""
         ...
 
     def restore(self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool) -> None:
