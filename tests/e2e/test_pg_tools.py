@@ -212,3 +212,31 @@ def test_physical_backup_needs_a_server_of_its_own_major() -> None:
         )
         assert wrong_drill.returncode == 1
         assert "holds PostgreSQL 16; the backup needs 15" in wrong_drill.stdout + wrong_drill.stderr
+
+
+def test_find_tool_checks_the_major_of_what_it_finds() -> None:
+    """The choice itself, with the real programs of 15, 16 and 18 (no server needed)."""
+    from contentflow_backupd.errors import SourceError
+    from contentflow_backupd.source.scratch import server_bin_dir
+    from contentflow_backupd.source.tools import find_tool
+
+    bin16, bin18 = pg_bin_dir(16), pg_bin_dir(18)
+    assert find_tool("pg_dump", 15, bin18) == bin18 / "pg_dump"  # newer than the server: fine
+    assert find_tool("pg_dump", 15) == DEBIAN_15 / "pg_dump"  # the server's own major first
+    with pytest.raises(
+        SourceError, match=r"pg_dump in BACKUPD_PG_BIN=.* is version 16, older than the server \(18\)"
+    ):
+        find_tool("pg_dump", 18, bin16)
+    with pytest.raises(SourceError, match=r"version 18; this needs PostgreSQL 16 exactly"):
+        find_tool("pg_ctl", 16, bin18, exact=True)
+    with pytest.raises(SourceError, match=r"18"):
+        find_tool("pg_dump", 18)  # only 15 in the conventional places here
+    # server binaries: BACKUPD_PG_BIN when it holds the major, else the conventional places
+    assert server_bin_dir(16, None, bin16) == bin16
+    assert server_bin_dir(15, None, bin18) == DEBIAN_15
+    with pytest.raises(SourceError, match=r"PostgreSQL 16 server .* not found .*holds PostgreSQL 18"):
+        server_bin_dir(16, None, bin18)
+    with pytest.raises(
+        SourceError, match=r"BACKUPD_DRILL__PG_BIN=.* holds PostgreSQL 18; the backup needs 16"
+    ):
+        server_bin_dir(16, bin18, bin16)
