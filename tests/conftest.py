@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.cli import Cli
-from tests.support.pg import PgCluster, running_cluster
+from tests.support.pg import MATRIX_MAJORS, PgCluster, pg_bin_dir, running_cluster
 
 PASSPHRASE = "test passphrase: correct horse battery staple"
 
@@ -51,3 +51,20 @@ def cli(tmp_path: Path, pg: PgCluster, pg_db: str) -> Cli:
             "BACKUPD_CHUNKING__AVG_SIZE": str(64 * 1024),
         }
     )
+
+
+# -- the version matrix: the same journeys on PostgreSQL 16 and 18 (the whole suite runs on 15) --
+
+
+@pytest.fixture(scope="session", params=MATRIX_MAJORS, ids=[f"pg{m}" for m in MATRIX_MAJORS])
+def pg_major(request: pytest.FixtureRequest) -> int:
+    """Each major of the matrix in turn; test ids name it (``[pg16]``), so a failure does."""
+    major: int = request.param
+    return major
+
+
+@pytest.fixture(scope="session")
+def pg_of_major(pg_major: int) -> Iterator[PgCluster]:
+    """One cluster of ``pg_major`` per session, like ``pg``; tests create their own databases."""
+    with running_cluster(prefix=f"backupd-pg{pg_major}-", bin_dir=pg_bin_dir(pg_major)) as cluster:
+        yield cluster

@@ -267,15 +267,23 @@ def _recover_physical(
     else:
         info = wiring.source_conninfo(settings)
 
+    archive = WalArchive(repo, settings.cluster)
+    identity = archive.identity() if args.start else None
+    if identity is not None and identity.pg_version_num:
+        from contentflow_backupd.source.scratch import server_bin_dir
+
+        # Only a server of the cluster's own major can start it: refused before anything is written.
+        server_bin_dir(identity.pg_version_num // 10000, settings.drill.pg_bin, settings.pg_bin)
+
     def start(restored: PhysicalRestoreResult) -> ServerState:
-        server = RestoredServer(restored.pgdata, bin_dir=settings.drill.pg_bin or settings.pg_bin)
+        server = RestoredServer(restored.pgdata, pg_bin=settings.drill.pg_bin, client_bin=settings.pg_bin)
         server.start()
         status = server.wait_recovery(info, target.action if target.kind else "promote")
         return ServerState(status.reached, status.replayed_to, status.detail, server.logfile)
 
     return recover_physical(
         repo,
-        WalArchive(repo, settings.cluster),
+        archive,
         _physical_options(args, settings, target),
         catalog=catalog,
         excluded=excluded,

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -63,21 +64,38 @@ def chown_for_postgres(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
+def bin_major(bin_dir: Path) -> int:
+    """The major version of the PostgreSQL server in ``bin_dir`` (``postgres --version``)."""
+    out = subprocess.run(
+        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    m = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+    if not m:
+        raise RuntimeError(f"{bin_dir / 'postgres'} --version printed no version: {out!r}")
+    return int(m.group(1))
+
+
 class PgCluster:
-    """One disposable PostgreSQL cluster."""
+    """One disposable PostgreSQL cluster (the newest server on this machine unless ``bin_dir``
+    names the directory of ``initdb``, ``pg_ctl`` and ``postgres`` to use)."""
 
     def __init__(
-        self, base: Path, *, password: str | None = None, conf: dict[str, str] | None = None
+        self,
+        base: Path,
+        *,
+        password: str | None = None,
+        conf: dict[str, str] | None = None,
+        bin_dir: Path | None = None,
     ) -> None:
         self.base = base
-        self.bin = find_pg_bin()
+        self.bin = bin_dir or find_pg_bin()
         self.datadir = base / "data"
         self.sockdir = base / "sock"
         self.logfile = base / "postgres.log"
         self.port = free_port()
         self.password = password or "pw-" + uuid.uuid4().hex[:12]
         self.extra_conf = conf or {}
-        self.version = int(self.bin.parent.name) if self.bin.parent.name.isdigit() else 0
+        self.version = int(self.bin.parent.name) if self.bin.parent.name.isdigit() else bin_major(self.bin)
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> PgCluster:

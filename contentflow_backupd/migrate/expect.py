@@ -48,7 +48,7 @@ def expected_schema(
         scratch_dir=scratch_dir,
     )
     try:
-        server = ws.start_empty_server(major, pg_bin, ready_timeout=READY_TIMEOUT_S)
+        server = ws.start_empty_server(major, pg_bin, ready_timeout=READY_TIMEOUT_S, client_bin=client_bin)
         create_database(server.conninfo("postgres"), "expect")
         info = server.conninfo("expect")
         load_sql(info, before, what="loading the schema from before the migration into the scratch instance")

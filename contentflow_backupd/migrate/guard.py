@@ -96,6 +96,8 @@ class GuardOptions:
     config_arg: str = ""
     """`` --config PATH`` when a config file was given: the recovery plan's commands repeat it."""
     dry_run: bool = False
+    pg_bin: Path | None = None
+    """``BACKUPD_PG_BIN``: where pg_dump is (the schema before and after)."""
 
 
 @dataclass
@@ -297,7 +299,7 @@ def run_steps(
         log.info("migration_nothing_pending", migrations=len(directory.migrations))
         return []
     record.details["migrations"] = [{"name": m.name, "checksum": m.checksum} for m in pending]
-    record.schema_before = dump_schema(info)
+    record.schema_before = dump_schema(info, bin_dir=opts.pg_bin)
     before_apply()
     cmd = run_command(
         opts.command,
@@ -392,6 +394,7 @@ def _guarded(
             done,
             schema_before=record.schema_before or "",
             lock_timeout_ms=int(pg_duration(opts.lock_timeout)[:-2]),
+            dump=lambda conninfo: dump_schema(conninfo, bin_dir=opts.pg_bin),
         )
         if result.rollback["status"] == "rolled_back":
             record.status = "rolled_back"

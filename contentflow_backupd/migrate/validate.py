@@ -57,7 +57,7 @@ def validate(
     record = result.record
     scripts = [(m.name, m.sql) for m in pending if m.name in set(result.applied)]
     try:
-        after = dump_schema(info)
+        after = dump_schema(info, bin_dir=opts.pg_bin)
     except BackupdError as exc:
         checks.append(_not_run("the schema after the migration could not be dumped", exc))
     else:

@@ -51,6 +51,7 @@ def guard_options(settings: Settings, args: argparse.Namespace, command: Sequenc
         strict_checks=getattr(args, "strict_checks", False),
         config_arg=f" --config {settings.config}" if settings.config else "",
         dry_run=args.dry_run,
+        pg_bin=settings.pg_bin,
     )
 
 

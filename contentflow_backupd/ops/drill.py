@@ -338,7 +338,10 @@ def _logical(
         else:
             m = _MAJOR.match(str(manifest.details.get("pg_version", "")))
             server = ws.start_empty_server(
-                int(m.group(1)) if m else 0, opts.pg_bin, ready_timeout=opts.ready_timeout
+                int(m.group(1)) if m else 0,
+                opts.pg_bin,
+                ready_timeout=opts.ready_timeout,
+                client_bin=opts.client_bin,
             )
             info = server.conninfo("drill")
         target = PgRestoreTarget(info, bin_dir=opts.client_bin, tmp_root=ws.path / "tmp")

@@ -98,7 +98,7 @@ def drill_physical(
         target, result.target = _physical_target(archive, manifest, opts, random.Random(opts.seed))
         owner = server_owner()
         check_reachable(ws.path, owner)
-        bin_dir = server_bin_dir(major, opts.pg_bin)
+        bin_dir = server_bin_dir(major, opts.pg_bin, opts.client_bin)
         ws.note(bin_dir=bin_dir)
         restored = restore_physical(
             repo,

@@ -163,13 +163,18 @@ class Workspace:
         self._write_marker()
 
     def start_empty_server(
-        self, major: int, pg_bin: Path | None, *, ready_timeout: float | None = None
+        self,
+        major: int,
+        pg_bin: Path | None,
+        *,
+        ready_timeout: float | None = None,
+        client_bin: Path | None = None,
     ) -> ScratchServer:
         """A fresh PostgreSQL ``major`` (``initdb``) started in this workspace as the server's OS
         user, answering queries; registered as ``self.server`` before it starts."""
         owner = server_owner()
         check_reachable(self.path, owner)
-        bin_dir = server_bin_dir(major, pg_bin)
+        bin_dir = server_bin_dir(major, pg_bin, client_bin)
         self.note(bin_dir=bin_dir)
         server = self.server = ScratchServer(self.pgdata, self.run_dir, bin_dir, owner, superuser="postgres")
         server.make_run_dir()

@@ -9,6 +9,7 @@ streaming restore is one transaction: a fault mid-way rolls the target back.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,16 @@ def _stream(repo: Repository, manifest: Manifest, concurrency: int) -> ChunkRead
     return ChunkReader(repo, manifest.cluster, manifest.generation, concurrency=concurrency)
 
 
+def dump_major(manifest: Manifest) -> int | None:
+    """The major of the pg_dump that made a logical backup: recorded in the manifest, or for a
+    backup that predates that record, the server's major (pg_dump was at least as new)."""
+    recorded = manifest.details.get("pg_dump_major")
+    if isinstance(recorded, int):
+        return recorded
+    m = re.match(r"(\d+)", str(manifest.details.get("pg_version", "")))
+    return int(m.group(1)) if m else None
+
+
 def restore_to_database(
     repo: Repository,
     cluster: str,
@@ -104,7 +115,7 @@ def restore_to_database(
     details = {"cluster": cluster, "mode": "logical", "target": target.describe()}
     with audited(audit, "restore", objects=[backup_id], details=details, repo=repo) as recorded:
         manifest = open_for_restore(repo, cluster, backup_id, concurrency)
-        created = target.prepare(create=create, clean=clean)
+        created = target.prepare(create=create, clean=clean, dump_major=dump_major(manifest))
         entry = manifest.streams[0]
         reader = _stream(repo, manifest, concurrency)
         log.info("restore_started", backup_id=backup_id, target=target.describe(), bytes=entry.size)

@@ -102,10 +102,10 @@ class LogicalTarget(Protocol):
         """A display name without password."""
         ...
 
-    def prepare(self, *, create: bool, clean: bool) -> bool:
-        """Make sure the database exists (create it with ``create``) and refuse one that holds
-        user tables unless ``clean``. Raises before anything is changed. True when it created
-        the database."""
+    def prepare(self, *, create: bool, clean: bool, dump_major: int | None = None) -> bool:
+        """Find the client tools (able to read an archive of ``dump_major``'s pg_dump), make sure
+        the database exists (create it with ``create``) and refuse one that holds user tables
+        unless ``clean``. Raises before anything is changed. True when it created the database."""
         ...
 
     def drop_created(self) -> None:

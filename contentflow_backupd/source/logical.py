@@ -19,7 +19,7 @@ from contentflow_backupd.errors import BackupdError, SourceError
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
+from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process, tool_major
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +35,7 @@ class PgDumpSource:
         self._started: tuple[ExitStack, subprocess.Popen[bytes], StderrTail] | None = None
         self._facts: dict[str, Any] = {}
         self._snapshot: DumpSnapshot | None = None
+        self._dump_major: int | None = None
 
     def describe(self) -> DatabaseInfo:
         if self._described is None:
@@ -61,6 +62,17 @@ class PgDumpSource:
     def _spawn(self) -> tuple[ExitStack, subprocess.Popen[bytes], StderrTail]:
         server = self.describe()
         pg_dump = find_tool("pg_dump", server.major, self._bin_dir)
+        self._dump_major = tool_major(pg_dump)
+        if self._dump_major is not None and self._dump_major >= _SETS_TRANSACTION_TIMEOUT > server.major:
+            log.warning(
+                "dump_restores_into_newer_servers_only",
+                pg_dump_major=self._dump_major,
+                server_major=server.major,
+                reason=f"pg_dump {self._dump_major} archives need pg_restore {self._dump_major}+, which "
+                f"sets transaction_timeout: this backup restores into PostgreSQL "
+                f"{_SETS_TRANSACTION_TIMEOUT}+ only (an upgrade), not into {server.major}; set "
+                f"BACKUPD_PG_BIN to the PostgreSQL {server.major} client tools for restorable backups",
+            )
         # -Z0: we compress per chunk; a compressed dump would defeat dedup.
         argv = [
             str(pg_dump),
@@ -110,6 +122,9 @@ class PgDumpSource:
                 raise SourceError(f"pg_dump of {self.info.display()} failed (exit {rc}): {tail.text()}")
             if snapshot is not None:
                 self._facts = snapshot.finish()
+            if self._dump_major is not None:
+                # pg_restore must be at least this new to read the archive
+                self._facts["pg_dump_major"] = self._dump_major
 
 
 class DumpSnapshot:
@@ -200,6 +215,10 @@ class DumpSnapshot:
         self._conn.close()
 
 
+_SETS_TRANSACTION_TIMEOUT = 17
+"""pg_dump and pg_restore from this major on send ``SET transaction_timeout = 0``."""
+
+
 class PgRestoreTarget:
     """A database restored into with ``pg_restore``."""
 
@@ -209,11 +228,52 @@ class PgRestoreTarget:
         self.info = info
         self._bin_dir = bin_dir
         self._tmp_root = tmp_root
+        self._pg_restore: Path | None = None
 
     def describe(self) -> str:
         return self.info.display()
 
-    def prepare(self, *, create: bool, clean: bool) -> bool:
+    def _find_pg_restore(self, dump_major: int | None) -> Path:
+        """pg_restore at least as new as the target server and as the pg_dump that made the
+        archive (an older one cannot read its format), and able to restore into the target:
+        refused here, before anything is written."""
+        server_major = postgres.server_major(self.info)
+        if dump_major is None or dump_major <= server_major:
+            path = find_tool("pg_restore", server_major, self._bin_dir)
+        else:
+            try:
+                path = find_tool("pg_restore", dump_major, self._bin_dir)
+            except SourceError as exc:
+                raise SourceError(
+                    f"the backup was made by pg_dump {dump_major}, whose archives only pg_restore "
+                    f"{dump_major} or newer can read ({exc.message}); nothing was restored",
+                    hint=f"install the PostgreSQL {dump_major} client tools (or newer) or set "
+                    "BACKUPD_PG_BIN to their directory",
+                ) from None
+        restore_major = tool_major(path)
+        if restore_major is not None and restore_major >= _SETS_TRANSACTION_TIMEOUT > server_major:
+            # pg_restore 17+ sends SET transaction_timeout, which older servers reject: with
+            # --exit-on-error the restore would fail at its first statement.
+            if dump_major is not None and dump_major >= _SETS_TRANSACTION_TIMEOUT:
+                raise SourceError(
+                    f"the backup was made by pg_dump {dump_major}: only pg_restore {dump_major} or newer "
+                    f"reads it, and those set transaction_timeout, which PostgreSQL {server_major} does "
+                    f"not have; it restores into PostgreSQL {_SETS_TRANSACTION_TIMEOUT} or newer only; "
+                    "nothing was restored",
+                    hint=f"restore it into a PostgreSQL {_SETS_TRANSACTION_TIMEOUT}+ server (or --to-file); "
+                    f"back up PostgreSQL {server_major} with its own client tools (BACKUPD_PG_BIN) so "
+                    "its backups restore into it",
+                )
+            raise SourceError(
+                f"pg_restore {path} is version {restore_major}, which sets transaction_timeout: "
+                f"PostgreSQL {server_major} does not have it; nothing was restored",
+                hint=f"set BACKUPD_PG_BIN to the PostgreSQL {server_major} client tools "
+                f"(or {_SETS_TRANSACTION_TIMEOUT - 1} or older, at least {dump_major or server_major})",
+            )
+        return path
+
+    def prepare(self, *, create: bool, clean: bool, dump_major: int | None = None) -> bool:
+        self._pg_restore = self._find_pg_restore(dump_major)
         name = self.info.dbname
         assert name is not None
         if not postgres.database_exists(self.info, name):
@@ -245,8 +305,9 @@ class PgRestoreTarget:
         return f"psql {shlex.quote(maintenance.safe())} -c {shlex.quote('DROP DATABASE ' + sql_name)}"
 
     def restore(self, archive: Iterable[bytes], *, clean: bool, jobs: int, no_owner: bool) -> None:
-        server = postgres.describe(self.info)
-        pg_restore = find_tool("pg_restore", server.major, self._bin_dir)
+        pg_restore = self._pg_restore or find_tool(
+            "pg_restore", postgres.describe(self.info).major, self._bin_dir
+        )
         argv = [str(pg_restore), "--no-password", "--exit-on-error", "--dbname", self.info.safe()]
         if clean:
             argv += ["--clean", "--if-exists"]

@@ -67,6 +67,13 @@ def user_table_count(info: ConnInfo) -> int:
     return int(row[0]) if row else 0
 
 
+def server_major(info: ConnInfo) -> int:
+    """The server's major version, asked through the maintenance database (``info``'s own
+    database need not exist yet)."""
+    with connect(info.with_database(_maintenance_db(info)), what="the maintenance database") as conn:
+        return int(conn.info.server_version) // 10000
+
+
 def database_exists(info: ConnInfo, name: str) -> bool:
     with connect(info.with_database(_maintenance_db(info)), what="the maintenance database") as conn:
         row = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()

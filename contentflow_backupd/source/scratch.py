@@ -114,29 +114,47 @@ def _major_of(binary: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def server_bin_dir(major: int, pg_bin: Path | None) -> Path:
-    """The directory of ``postgres``, ``pg_ctl`` and ``initdb`` of exactly ``major``."""
-    candidates = [pg_bin] if pg_bin is not None else [Path(f"/usr/lib/postgresql/{major}/bin")]
-    if pg_bin is None:
+def server_bin_dir(major: int, pg_bin: Path | None, client_bin: Path | None = None) -> Path:
+    """The directory of ``postgres``, ``pg_ctl`` and ``initdb`` of exactly ``major``: the major
+    of the backup (or the server) a scratch server stands in for.
+
+    ``pg_bin`` (``BACKUPD_DRILL__PG_BIN``) must hold that major. Otherwise, found the way the
+    client tools are: ``client_bin`` (``BACKUPD_PG_BIN``) when it holds a server of that major,
+    then ``/usr/lib/postgresql/<major>/bin``, then the ``postgres`` on ``PATH``.
+    """
+    if pg_bin is not None:
+        candidates = [pg_bin]
+    else:
+        candidates = [] if client_bin is None else [client_bin]
+        candidates.append(Path(f"/usr/lib/postgresql/{major}/bin"))
         import shutil
 
         on_path = shutil.which("postgres")
         if on_path:
             candidates.append(Path(os.path.realpath(on_path)).parent)
+    seen: list[str] = []
     for directory in candidates:
         if (directory / "postgres").exists() and (directory / "pg_ctl").exists():
             found = _major_of(directory / "postgres")
             if found == major:
                 return directory
+            seen.append(f"{directory} holds PostgreSQL {found}")
             if pg_bin is not None:
                 raise SourceError(
                     f"BACKUPD_DRILL__PG_BIN={pg_bin} holds PostgreSQL {found}; the backup needs {major}",
                     hint=f"point BACKUPD_DRILL__PG_BIN at the PostgreSQL {major} server binaries",
                 )
-    where = f"BACKUPD_DRILL__PG_BIN={pg_bin}" if pg_bin else f"/usr/lib/postgresql/{major}/bin or PATH"
+    if pg_bin is not None:
+        where = f"BACKUPD_DRILL__PG_BIN={pg_bin}"
+    else:
+        where = (
+            "BACKUPD_PG_BIN, " if client_bin is not None else ""
+        ) + f"/usr/lib/postgresql/{major}/bin or PATH"
+    found_text = f" ({'; '.join(seen)})" if seen else ""
     raise SourceError(
-        f"the PostgreSQL {major} server (postgres, pg_ctl) was not found in {where}",
-        hint=f"install the PostgreSQL {major} server package, or set BACKUPD_DRILL__PG_BIN",
+        f"the PostgreSQL {major} server (postgres, pg_ctl) was not found in {where}{found_text}",
+        hint=f"install the PostgreSQL {major} server package, or set BACKUPD_DRILL__PG_BIN to its "
+        "bin directory",
     )
 
 

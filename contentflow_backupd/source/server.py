@@ -23,7 +23,7 @@ import psycopg
 from contentflow_backupd.errors import SourceError, UsageError
 from contentflow_backupd.source.conninfo import ConnInfo, child_env
 from contentflow_backupd.source.postgres import error_reason
-from contentflow_backupd.source.tools import find_tool
+from contentflow_backupd.source.scratch import server_bin_dir
 
 LOG_NAME = "contentflow-recover.log"
 _RETRY_SQLSTATES = {None, "57P03"}  # no server yet / "the database system is starting up"
@@ -51,10 +51,13 @@ class RestoredServer:
     """``pg_ctl`` on one restored data directory, run as the directory's owner (when we are root,
     through ``subprocess``'s ``user``/``group``; otherwise we must be the owner)."""
 
-    def __init__(self, pgdata: Path, *, bin_dir: Path | None = None) -> None:
+    def __init__(self, pgdata: Path, *, pg_bin: Path | None = None, client_bin: Path | None = None) -> None:
+        """The server binaries are found as a drill's are (``server_bin_dir``): ``pg_bin``
+        (``BACKUPD_DRILL__PG_BIN``) or ``client_bin`` (``BACKUPD_PG_BIN``) or the conventional
+        locations, always of the data directory's major: no other major can run it."""
         self.pgdata = pgdata
         self.logfile = pgdata / LOG_NAME
-        self.pg_ctl = find_tool("pg_ctl", data_directory_major(pgdata), bin_dir)
+        self.pg_ctl = server_bin_dir(data_directory_major(pgdata), pg_bin, client_bin) / "pg_ctl"
         st = pgdata.stat()
         self._owner = (st.st_uid, st.st_gid)
         if os.geteuid() not in (0, st.st_uid):

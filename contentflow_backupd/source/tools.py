@@ -22,18 +22,53 @@ def _major_of(binary: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def find_tool(name: str, server_major: int | None, bin_dir: Path | None = None) -> Path:
-    """The ``name`` binary to use against a server of ``server_major``.
+def tool_major(binary: Path) -> int | None:
+    """The PostgreSQL major version of a client or server program (``--version``)."""
+    return _major_of(binary)
+
+
+def _fits(found: int | None, wanted: int | None, exact: bool) -> bool:
+    if wanted is None or found is None:
+        return True
+    return found == wanted if exact else found >= wanted
+
+
+def _refuse(name: str, where: str, found: int | None, wanted: int, exact: bool, setting: str) -> SourceError:
+    if exact:
+        return SourceError(
+            f"{name} {where} is version {found}; this needs PostgreSQL {wanted} exactly "
+            f"(a data directory of PostgreSQL {wanted} runs only under a server of that major)",
+            hint=f"install the PostgreSQL {wanted} server binaries, or set {setting} to their directory",
+        )
+    return SourceError(
+        f"{name} {where} is version {found}, older than the server ({wanted})",
+        hint=f"install the PostgreSQL {wanted} client tools (or newer) or set {setting} to their directory",
+    )
+
+
+def find_tool(
+    name: str, server_major: int | None, bin_dir: Path | None = None, *, exact: bool = False
+) -> Path:
+    """The ``name`` binary to use against a server (or data directory) of ``server_major``.
 
     ``bin_dir`` (``BACKUPD_PG_BIN``) wins. Otherwise the Debian layout
     ``/usr/lib/postgresql/<major>/bin`` of the server's major version, then the newest one that
-    is at least as new, then ``PATH``. ``pg_dump`` older than the server refuses to run, so an
-    older one is reported here with a clear message.
+    is at least as new, then ``PATH``. Client tools may be newer than the server (pg_dump of 18
+    dumps a 15 server), never older: pg_dump and pg_basebackup older than the server refuse to
+    run or would miss what they do not know, so an older one is refused here, before anything is
+    written, naming the major needed. ``exact``: the program runs a server on a data directory
+    (``pg_ctl``), which only that major can do.
     """
     if bin_dir is not None:
         path = bin_dir / name
         if not path.exists():
             raise SourceError(f"{name} not found in BACKUPD_PG_BIN={bin_dir}")
+        if server_major is not None:
+            found_major = _major_of(path)
+            if not _fits(found_major, server_major, exact):
+                raise _refuse(
+                    name, f"in BACKUPD_PG_BIN={bin_dir}", found_major, server_major, exact, "BACKUPD_PG_BIN"
+                )
         return path
     candidates: list[tuple[int, Path]] = []
     for found in glob.glob(f"/usr/lib/postgresql/*/bin/{name}"):
@@ -45,20 +80,27 @@ def find_tool(name: str, server_major: int | None, bin_dir: Path | None = None) 
         for major, path in candidates:
             if major == server_major:
                 return path
-        for major, path in candidates:
-            if major > server_major:
-                return path
+        if not exact:
+            for major, path in candidates:
+                if major > server_major:
+                    return path
     elif candidates:
         return candidates[-1][1]
     on_path = shutil.which(name)
     if on_path:
         found_path = Path(on_path)
         path_major = _major_of(found_path)
-        if server_major is None or path_major is None or path_major >= server_major:
+        if _fits(path_major, server_major, exact):
             return found_path
+        assert server_major is not None
+        raise _refuse(name, "on PATH", path_major, server_major, exact, "BACKUPD_PG_BIN")
+    if server_major is not None and candidates:
+        have = ", ".join(str(m) for m, _ in candidates)
+        need = f"PostgreSQL {server_major}" + ("" if exact else " or newer")
         raise SourceError(
-            f"{name} on PATH is version {path_major}, older than the server ({server_major})",
-            hint=f"install the PostgreSQL {server_major} client tools or set BACKUPD_PG_BIN",
+            f"{name} of {need} not found: /usr/lib/postgresql has only {have}",
+            hint=f"install the PostgreSQL {server_major} client tools or set BACKUPD_PG_BIN to their "
+            "directory",
         )
     raise SourceError(
         f"{name} not found",
