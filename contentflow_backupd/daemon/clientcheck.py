@@ -34,7 +34,9 @@ def compare_majors(
     """The tool the backups will use against a server of ``server_major``; ``ConfigError`` (exit 2)
     when it is older than the server or missing."""
     try:
-        tool = find_tool(tool_name, server_major, pg_bin)
+        # With BACKUPD_PG_BIN the majors are compared here, for a message that names the image's
+        # build argument; without it find_tool picks (and checks) the tools of the server's major.
+        tool = find_tool(tool_name, None if pg_bin is not None else server_major, pg_bin)
     except SourceError as exc:
         raise ConfigError(f"{exc.message} ({where} is PostgreSQL {server_major})", hint=exc.hint) from None
     client = _major_of(tool)
