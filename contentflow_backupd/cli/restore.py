@@ -367,4 +367,5 @@ def _physical_options(
         owner=args.owner,
         keep_archiving=args.keep_archiving,
         concurrency=settings.upload_concurrency,
+        pg_bin=settings.pg_bin,
     )

@@ -44,6 +44,12 @@ def find_pg_bin() -> Path:
     raise RuntimeError("PostgreSQL server binaries not found: `make test` or `make run` installs them")
 
 
+def _major_of(bin_dir: Path) -> int:
+    out = subprocess.run([str(bin_dir / "pg_ctl"), "--version"], capture_output=True, text=True, check=False)
+    words = out.stdout.split()
+    return int(words[-1].split(".")[0]) if words and words[-1][:1].isdigit() else 0
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -66,17 +72,23 @@ class PgCluster:
     """One disposable PostgreSQL cluster."""
 
     def __init__(
-        self, base: Path, *, password: str | None = None, conf: dict[str, str] | None = None
+        self,
+        base: Path,
+        *,
+        password: str | None = None,
+        conf: dict[str, str] | None = None,
+        bin_dir: Path | None = None,
     ) -> None:
+        """``bin_dir``: the server binaries to use (default: ``find_pg_bin()``)."""
         self.base = base
-        self.bin = find_pg_bin()
+        self.bin = bin_dir or find_pg_bin()
         self.datadir = base / "data"
         self.sockdir = base / "sock"
         self.logfile = base / "postgres.log"
         self.port = free_port()
         self.password = password or "pw-" + uuid.uuid4().hex[:12]
         self.extra_conf = conf or {}
-        self.version = int(self.bin.parent.name) if self.bin.parent.name.isdigit() else 0
+        self.version = int(self.bin.parent.name) if self.bin.parent.name.isdigit() else _major_of(self.bin)
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> PgCluster:

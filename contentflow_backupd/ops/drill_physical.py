@@ -112,6 +112,7 @@ def drill_physical(
                 owner=None if owner.is_me else owner.name,
                 keep_archiving=False,
                 concurrency=opts.concurrency,
+                pg_bin=opts.client_bin or bin_dir,
             ),
         )
     except Exception as exc:  # noqa: BLE001 - a drill reports every failure as a check

@@ -57,7 +57,11 @@ def _check_postgres_can_run_the_tool() -> None:
 
 
 @contextmanager
-def physical_setup(extra_conf: dict[str, str] | None = None, archive: bool = True) -> Iterator[PhysicalSetup]:
+def physical_setup(
+    extra_conf: dict[str, str] | None = None, archive: bool = True, bin_dir: Path | None = None
+) -> Iterator[PhysicalSetup]:
+    """``bin_dir``: PostgreSQL binaries for the cluster and the tool (``pg_bin``); default: the
+    newest installed server."""
     _check_postgres_can_run_the_tool()
     base = Path(tempfile.mkdtemp(prefix="backupd-phys-"))
     os.chmod(base, 0o755)  # the postgres user works here
@@ -66,14 +70,15 @@ def physical_setup(extra_conf: dict[str, str] | None = None, archive: bool = Tru
     passfile.write_text(PASSPHRASE + "\n")
     passfile.chmod(0o600)
     _chown(passfile)
-    cluster = PgCluster(base / "cluster")
+    cluster = PgCluster(base / "cluster", bin_dir=bin_dir)
     config = base / "backupd.toml"
     config.write_text(
         f'repository = "file://{base / "repo"}"\n'
         f'state_dir = "{base / "state"}"\n'
         f'database_url = "{cluster.url("postgres")}"\n'
         'mode = "physical"\n'
-        "[chunking]\navg_size = 65536\n"
+        + (f'pg_bin = "{bin_dir}"\n' if bin_dir is not None else "")
+        + "[chunking]\navg_size = 65536\n"
         f'[encryption]\npassphrase_file = "{passfile}"\n'
         "[wal]\narchive_timeout = 30\n"
     )
