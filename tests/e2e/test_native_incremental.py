@@ -239,27 +239,20 @@ def test_a_corrupt_middle_link_is_named_by_verify_refused_by_restore_and_the_ful
     assert restored_rows(chain.setup, pgdata) == upto(chain.after_middle.max_id)
 
 
-def test_retention_keeps_the_chain_whole(chain: Chain) -> None:
-    env = {
-        "BACKUPD_RETENTION__FULL": "1s",
-        "BACKUPD_RETENTION__INCREMENTAL": "1s",
-        "BACKUPD_RETENTION__MIN_FULL": "1",
-    }
-    result = chain.setup.cli.run("expire", "--dry-run", "--json", env=env)
-    assert result.returncode == 0, str(result)
-    plan = {b["id"]: b for b in result.json()["backups"]}
-    assert plan[chain.middle["id"]]["action"] == "keep"
-    assert chain.newest["id"] in plan[chain.middle["id"]]["reason"]
-    assert plan[chain.newest["id"]]["action"] == "keep"
-    assert plan[chain.full["id"]]["action"] == "keep"
-    assert plan[chain.chunks_off["id"]]["action"] == "delete"
-
-
 def test_check_reports_native_incrementals(chain: Chain) -> None:
-    result = chain.setup.cli.run("check", "--json")
-    out = result.json()
-    native = out["native_incremental"]
-    assert native["possible"] is True, native
+    out = chain.setup.cli.run("check", "--json").json()
+    native = next(i for i in out["database"] if i["name"] == "native incremental backups")
+    assert native["ok"] is True and native["required"] is False, native
+    chain.setup.cluster.execute("ALTER SYSTEM SET summarize_wal = off")
+    chain.setup.cluster.execute("SELECT pg_reload_conf()")
+    try:
+        out = chain.setup.cli.run("check", "--json").json()
+    finally:
+        chain.setup.cluster.execute("ALTER SYSTEM SET summarize_wal = on")
+        chain.setup.cluster.execute("SELECT pg_reload_conf()")
+    native = next(i for i in out["database"] if i["name"] == "native incremental backups")
+    assert native["ok"] is False and "summarize_wal is off" in native["detail"], native
+    assert native["fix"] == "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();"
 
 
 def test_missing_pg_combinebackup_is_named(chain: Chain) -> None:
