@@ -124,8 +124,13 @@ def drill_physical(
             "restore",
             "passed",
             f"backup {manifest.id} restored ({restored.restored_bytes} bytes, {restored.files} files) "
-            f"in {restored.duration_seconds:.1f}s; recovery to {target.describe()} on timeline "
-            f"{restored.timeline}",
+            f"in {restored.duration_seconds:.1f}s"
+            + (
+                f", combined with pg_combinebackup from its native chain {', '.join(restored.chain)}"
+                if restored.chain
+                else ""
+            )
+            + f"; recovery to {target.describe()} on timeline {restored.timeline}",
         )
     )
     t_verify = time.monotonic()

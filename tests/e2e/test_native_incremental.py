@@ -176,12 +176,19 @@ def test_restore_of_the_newest_as_root_for_postgres_to_the_end_of_the_archive(ch
 def test_verify_and_a_physical_drill_cover_the_chain(chain: Chain) -> None:
     report = chain.setup.cli.ok_json("verify", chain.newest["id"])
     assert report["status"] == "ok"
-    result = chain.setup.cli.run("restore-test", "--target-time", "none", "--json")
+    result = chain.setup.cli.run(
+        "restore-test", "--target-time", "none", "--json", env={"BACKUPD_DRILL__PG_BIN": str(pg18_bin())}
+    )
     assert result.returncode == 0, str(result)
     out = result.json()
     assert out["status"] == "succeeded" and out["backup_id"] == chain.newest["id"]
     restore_check = next(c for c in out["checks"] if c["name"] == "restore")
-    assert chain.full["id"] in restore_check["detail"]
+    assert (
+        f"native chain {chain.full['id']}, {chain.middle['id']}, {chain.newest['id']}"
+        in (restore_check["detail"])
+    )
+    verifybackup = next(c for c in out["checks"] if c["name"] == "pg_verifybackup")
+    assert verifybackup["status"] == "passed", verifybackup
 
 
 def _chunk_only_in(chain: Chain, repo_dir: Path) -> Path:
@@ -269,3 +276,18 @@ def test_missing_pg_combinebackup_is_named(chain: Chain) -> None:
     assert result.returncode != 0
     assert "pg_combinebackup of PostgreSQL 18" in result.stderr
     assert not pgdata.exists()
+
+
+def test_on_postgresql_15_incrementals_are_chunk_ones_and_the_log_says_why() -> None:
+    with physical_setup() as setup:
+        if setup.cluster.version >= 17:
+            pytest.skip("the default server is 17 or newer")
+        setup.cli.ok_json("backup", "--kind", "full")
+        result = setup.cli.run("backup", "--kind", "incremental", "--json", check=True)
+        assert result.json()["incremental_method"] == "chunks"
+        assert "native incremental backups need PostgreSQL 17 or newer" in result.stderr
+        shown = setup.cli.ok_json("show", result.json()["id"])
+        assert shown["manifest"]["details"]["incremental_method"] == "chunks"
+        # it stands alone: restoring it combines nothing
+        out = setup.cli.ok_json("restore", "latest", "--pgdata", str(setup.base / "restored"))
+        assert out["chain"] == []
