@@ -207,23 +207,10 @@ def _dispatch(
                 extra["incremental_note"] = why
             else:
                 log.info("incremental_native", parent_id=plan.parent_id)
-        try:
-            with physical.basebackup(
-                label, archive_timeout=opts.archive_timeout, server_major=info.major, incremental_from=base
-            ) as bb:
-                entry = writer.write_stream("base.tar", "pg_basebackup-tar", bb.stream)
-        except SourceError as exc:
-            if base is None or "WAL summar" not in exc.message:
-                raise
-            # The server's summaries do not reach back to the previous backup: it said so before
-            # sending anything. Take the whole backup instead (deduplicated against the generation).
-            why = f"the server refused a native incremental: {exc.message}"
-            log.warning("incremental_uses_chunks", reason=why)
-            method, extra["incremental_note"] = "chunks", why
-            with physical.basebackup(
-                label, archive_timeout=opts.archive_timeout, server_major=info.major
-            ) as bb:
-                entry = writer.write_stream("base.tar", "pg_basebackup-tar", bb.stream)
+        with physical.basebackup(
+            label, archive_timeout=opts.archive_timeout, server_major=info.major, incremental_from=base
+        ) as bb:
+            entry = writer.write_stream("base.tar", "pg_basebackup-tar", bb.stream)
         manifest_entry = store_backup_manifest(writer, bb.manifest_raw)
         needed = segments_between(bb.start_lsn, bb.stop_lsn, bb.timeline, info.wal_segment_size)
         names = [s.name(info.wal_segment_size) for s in needed]
