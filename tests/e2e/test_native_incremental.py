@@ -236,6 +236,21 @@ def test_a_corrupt_middle_link_is_named_by_verify_refused_by_restore_and_the_ful
     assert not (chain.setup.base / "refused").exists()
     assert not [p for p in chain.setup.base.iterdir() if ".combine-" in p.name]
 
+    # recover falls back past the broken chain (the newest ended after the target; the middle
+    # needs the damaged link) to the full
+    recovered_dir = chain.setup.base / "recovered"
+    recovered = chain.setup.cli.run(
+        "recover", "--pgdata", str(recovered_dir), "--target-time", chain.after_middle.time,
+        "--target-action", "promote", "--json", env=env,
+    )  # fmt: skip
+    assert recovered.returncode == 0, str(recovered)
+    out = recovered.json()
+    assert out["backup_id"] == chain.full["id"]
+    skipped = {s["backup_id"]: s["reason"] for s in out["skipped"]}
+    assert list(skipped) == [chain.newest["id"], chain.middle["id"]]
+    assert key in skipped[chain.middle["id"]]
+    assert restored_rows(chain.setup, recovered_dir) == upto(chain.after_middle.max_id)
+
     pgdata = chain.setup.base / "full-only"
     whole = chain.setup.cli.run(
         "restore", chain.full["id"], "--pgdata", str(pgdata), "--target-time", chain.after_middle.time,
