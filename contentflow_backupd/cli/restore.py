@@ -127,6 +127,8 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
         f"restored backup {result.backup_id} into {result.pgdata} ({human_bytes(result.restored_bytes)} "
         f"in {result.duration_seconds:.1f}s); recovery to {target.describe()} on timeline {result.timeline}"
     )
+    if result.chain:
+        print(f"combined with pg_combinebackup from its native chain: {' -> '.join(result.chain)}")
     for warning in result.warnings:
         print(f"warning: {warning}")
     print("next steps:")

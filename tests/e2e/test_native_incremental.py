@@ -163,10 +163,10 @@ def test_restore_combines_the_chain_and_recovers_to_a_time(chain: Chain) -> None
 def test_restore_of_the_newest_as_root_for_postgres_to_the_end_of_the_archive(chain: Chain) -> None:
     as_root = Cli(env=dict(chain.setup.cli.env))
     pgdata = chain.setup.base / "to-end"
-    result = restore(as_root, pgdata, "--owner", "postgres")
+    result = as_root.run("restore", "latest", "--pgdata", str(pgdata), "--owner", "postgres")
     assert result.returncode == 0, str(result)
-    out = result.json()
-    assert out["chain"] == [chain.full["id"], chain.middle["id"], chain.newest["id"]]
+    ids = " -> ".join([chain.full["id"], chain.middle["id"], chain.newest["id"]])
+    assert f"combined with pg_combinebackup from its native chain: {ids}" in result.stdout
     postgres = pwd.getpwnam("postgres").pw_uid
     assert {p.stat().st_uid for p in [pgdata, *pgdata.rglob("*")]} == {postgres}
     got = restored_rows(chain.setup, pgdata)
