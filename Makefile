@@ -16,7 +16,7 @@ help:
 	@echo "make demo   - one pass: full, incremental, verify, restore into a new database, compare"
 	@echo "make test   - install what is missing and run the whole test suite (and make test-container where podman is)"
 	@echo "make test-container - build the image and a systemd image with podman, run them against real PostgreSQL and S3"
-	@echo "make bench  - benchmarks (>= 1 GB of generated data: logical, then physical and WAL), results in bench/results/"
+	@echo "make bench  - benchmarks (>= 1 GB of generated data: logical, then physical and WAL, then native incrementals on PostgreSQL 18), results in bench/results/"
 	@echo "make lint   - ruff and mypy --strict"
 
 $(STAMP): pyproject.toml
@@ -107,6 +107,7 @@ bench: venv postgres
 	$(PY) -m compileall -q contentflow_backupd
 	$(PY) bench/run.py
 	$(PY) bench/physical.py
+	$(PY) bench/native.py
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

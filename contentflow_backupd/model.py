@@ -104,12 +104,21 @@ class BackupRecord:
             "parent_id": self.parent_id,
             "database": self.database,
         }
+        out["incremental_method"] = self.incremental_method
         if self.error is not None:
             out["error"] = self.error
         for key in ("start_lsn", "stop_lsn", "timeline", "system_identifier", "pg_version"):
             if key in self.details:
                 out[key] = self.details[key]
         return out
+
+    @property
+    def incremental_method(self) -> str | None:
+        """``native`` (pg_basebackup --incremental) or ``chunks`` (a whole stream deduplicated
+        against its generation) for an incremental; None for a full backup."""
+        if self.kind != "incremental":
+            return None
+        return "native" if self.details.get("incremental_method") == "native" else "chunks"
 
     def copy(self, **changes: Any) -> BackupRecord:
         data = asdict(self)

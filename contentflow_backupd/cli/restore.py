@@ -128,6 +128,8 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
         f"restored backup {result.backup_id} into {result.pgdata} ({human_bytes(result.restored_bytes)} "
         f"in {result.duration_seconds:.1f}s); recovery to {target.describe()} on timeline {result.timeline}"
     )
+    if result.chain:
+        print(f"combined with pg_combinebackup from its native chain: {' -> '.join(result.chain)}")
     for warning in result.warnings:
         print(f"warning: {warning}")
     print("next steps:")
@@ -380,4 +382,5 @@ def _physical_options(
         owner=args.owner,
         keep_archiving=args.keep_archiving,
         concurrency=settings.upload_concurrency,
+        pg_bin=settings.pg_bin,
     )

@@ -87,6 +87,7 @@ class PgCluster:
         conf: dict[str, str] | None = None,
         bin_dir: Path | None = None,
     ) -> None:
+        """``bin_dir``: the server binaries to use (default: ``find_pg_bin()``)."""
         self.base = base
         self.bin = bin_dir or find_pg_bin()
         self.datadir = base / "data"

@@ -27,6 +27,7 @@ from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
 from contentflow_backupd.ops.locks import exclusive, pid_alive
+from contentflow_backupd.ops.native import IncrementalMethod, native_base, store_backup_manifest
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
 from contentflow_backupd.repository.pipeline import ChunkWriter
 from contentflow_backupd.repository.repository import Repository
@@ -160,10 +161,11 @@ def _dispatch(
         db = logical.describe()  # fails early and clearly when the database is unreachable
         details: dict[str, Any] = {"pg_version": db.server_version, "requested_kind": opts.kind}
 
-        def dump(writer: ChunkWriter) -> _Streams:
+        def dump(writer: ChunkWriter, plan: GenerationPlan) -> _Streams:
             with logical.dump() as stream:
                 entry = writer.write_stream("dump", "pg_dump-custom", stream)
-            return _Streams([entry], logical.dump_facts())
+            method = "chunks" if plan.kind == "incremental" else None
+            return _Streams([entry], {**logical.dump_facts(), "incremental_method": method})
 
         return _execute(repo, catalog, opts, db.database, details, dump, attempt)
 
@@ -189,23 +191,39 @@ def _dispatch(
         "requested_kind": opts.kind,
     }
 
-    def basebackup(writer: ChunkWriter) -> _Streams:
+    def basebackup(writer: ChunkWriter, plan: GenerationPlan) -> _Streams:
         schema = physical.schema_facts()  # at the start: what restore drills compare against
         label = f"contentflow-backupd {writer.generation}"
-        with physical.basebackup(label, archive_timeout=opts.archive_timeout, server_major=info.major) as bb:
+        method: IncrementalMethod | None = None
+        base: bytes | None = None
+        extra: dict[str, Any] = {}
+        if plan.kind == "incremental":
+            base, why = native_base(repo, opts.cluster, plan.parent_id, physical, info.major)
+            method = "native" if base is not None else "chunks"
+            if base is None:
+                log.warning("incremental_uses_chunks", reason=why)
+                extra["incremental_note"] = why
+            else:
+                log.info("incremental_native", parent_id=plan.parent_id)
+        with physical.basebackup(
+            label, archive_timeout=opts.archive_timeout, server_major=info.major, incremental_from=base
+        ) as bb:
             entry = writer.write_stream("base.tar", "pg_basebackup-tar", bb.stream)
+        manifest_entry = store_backup_manifest(writer, bb.manifest_raw)
         needed = segments_between(bb.start_lsn, bb.stop_lsn, bb.timeline, info.wal_segment_size)
         names = [s.name(info.wal_segment_size) for s in needed]
         _wait_for_wal(archive, physical, names, opts.archive_timeout)
         return _Streams(
-            [entry],
+            [entry, manifest_entry],
             {
                 **schema,
+                **extra,
                 "start_lsn": format_lsn(bb.start_lsn),
                 "stop_lsn": format_lsn(bb.stop_lsn),
                 "timeline": bb.timeline,
                 "wal_first": names[0],
                 "wal_last": names[-1],
+                "incremental_method": method,
             },
         )
 
@@ -254,7 +272,7 @@ def _execute(
     opts: BackupOptions,
     database: str,
     details: dict[str, Any],
-    produce: Callable[[ChunkWriter], _Streams],
+    produce: Callable[[ChunkWriter, GenerationPlan], _Streams],
     attempt: list[BackupRecord],
 ) -> BackupRecord:
     plan: GenerationPlan = plan_generation(repo, opts.cluster, opts.kind, opts.mode)
@@ -289,7 +307,7 @@ def _execute(
             "dumping" if opts.mode == "logical" else "copying",
             total=_expected_size(catalog, opts.cluster, opts.mode),
         )
-        streams = produce(writer)
+        streams = produce(writer, plan)
         record.details.update(streams.details)
         manifest = Manifest(
             id=backup_id,

@@ -113,6 +113,7 @@ def drill_physical(
                 owner=None if owner.is_me else owner.name,
                 keep_archiving=False,
                 concurrency=opts.concurrency,
+                pg_bin=opts.client_bin or bin_dir,
             ),
         )
     except Exception as exc:  # noqa: BLE001 - a drill reports every failure as a check
@@ -124,8 +125,13 @@ def drill_physical(
             "restore",
             "passed",
             f"backup {manifest.id} restored ({restored.restored_bytes} bytes, {restored.files} files) "
-            f"in {restored.duration_seconds:.1f}s; recovery to {target.describe()} on timeline "
-            f"{restored.timeline}",
+            f"in {restored.duration_seconds:.1f}s"
+            + (
+                f", combined with pg_combinebackup from its native chain {', '.join(restored.chain)}"
+                if restored.chain
+                else ""
+            )
+            + f"; recovery to {target.describe()} on timeline {restored.timeline}",
         )
     )
     t_verify = time.monotonic()

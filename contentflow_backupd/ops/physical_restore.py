@@ -14,6 +14,8 @@ The rules for choosing a backup and for reachability are in ``docs/pitr.md``.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +35,16 @@ from contentflow_backupd.errors import (
 )
 from contentflow_backupd.model import RestorePoint, iso
 from contentflow_backupd.ops.audit import audited
+from contentflow_backupd.ops.native import native_chain
 from contentflow_backupd.ops.verify import missing_objects
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
 from contentflow_backupd.repository.pipeline import ChunkReader
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.source.combine import combine_backups, find_combinebackup, give_tree
 from contentflow_backupd.source.pgdata import (
+    ExtractStats,
     NewDirectory,
     Owner,
     RecoveryConfig,
@@ -445,6 +450,8 @@ class PhysicalRestoreOptions:
     owner: str | None = None
     keep_archiving: bool = False
     concurrency: int = 8
+    pg_bin: Path | None = None
+    """Where ``pg_combinebackup`` is (``BACKUPD_PG_BIN``); needed for native incrementals."""
 
 
 @dataclass
@@ -461,11 +468,14 @@ class PhysicalRestoreResult:
     recovery_dir: Path | None
     next_steps: list[str]
     warnings: list[str]
+    chain: list[str] = field(default_factory=list)
+    """A native incremental's chain (full first) that pg_combinebackup combined; else empty."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "status": "succeeded",
             "backup_id": self.backup_id,
+            "chain": self.chain,
             "pgdata": str(self.pgdata),
             "target": {**self.target.to_json(), "resolved_timeline": self.timeline},
             "restored_bytes": self.restored_bytes,
@@ -506,29 +516,35 @@ def _restore_physical(
     point = _restore_point(catalog, opts.cluster, opts.target)
     plan = plan_physical_restore(repo, archive, opts.cluster, opts.backup, opts.target, point)
     m = plan.manifest
-    entry = _base_stream(repo, m, opts.concurrency)
+    chain = native_chain(repo, m)
+    entries = [_base_stream(repo, link, opts.concurrency, m) for link in chain]
+    combine_tool = None
+    if len(chain) > 1:
+        major = int(m.details.get("pg_version_num", 0)) // 10000
+        combine_tool = find_combinebackup(major, opts.pg_bin)
     check_new_directory(pgdata, "--pgdata")
     rdir = None if opts.recovery.config_file else NewDirectory(recovery_dir_of(pgdata), owner)
     if rdir is not None:
         check_new_directory(rdir.path, "the recovery settings directory")
     warnings = plan.warnings + _access_warnings(opts.recovery, owner)
+    restored_bytes = sum(e.size for e in entries)
     log.info(
-        "restore_started", backup_id=m.id, pgdata=str(pgdata), target=opts.target.describe(), bytes=entry.size
+        "restore_started",
+        backup_id=m.id,
+        pgdata=str(pgdata),
+        target=opts.target.describe(),
+        bytes=restored_bytes,
+        chain=[link.id for link in chain] if len(chain) > 1 else None,
     )
     data = NewDirectory(pgdata, owner)
     made: list[NewDirectory] = []
     try:
         data.make()
         made.append(data)
-        reader = ChunkReader(repo, m.cluster, m.generation, concurrency=opts.concurrency)
-        stats = extract_tar(
-            reader.iter_stream(entry, manifest_key=layout.manifest_key(m.cluster, m.id)), pgdata, owner
-        )
-        if "backup_label" not in stats.names:
-            raise IntegrityError(
-                f"backup {m.id} holds no backup_label: not a base backup",
-                key=layout.manifest_key(m.cluster, m.id),
-            )
+        if combine_tool is None:
+            stats = _extract(repo, m, entries[0], pgdata, owner, opts.concurrency)
+        else:
+            stats = _combine_chain(repo, chain, entries, pgdata, owner, combine_tool, opts.concurrency)
         config = opts.recovery.config_file
         if rdir is not None:
             rdir.make()
@@ -554,7 +570,7 @@ def _restore_physical(
         pgdata=pgdata,
         target=opts.target,
         timeline=plan.timeline,
-        restored_bytes=entry.size,
+        restored_bytes=restored_bytes,
         files=stats.files,
         duration_seconds=time.monotonic() - t0,
         restore_command=command,
@@ -562,6 +578,7 @@ def _restore_physical(
         recovery_dir=rdir.path if rdir else None,
         next_steps=_next_steps(pgdata, owner, opts, rdir.path if rdir else None, stats.names),
         warnings=warnings,
+        chain=[link.id for link in chain] if len(chain) > 1 else [],
     )
     log.info(
         "restore_completed",
@@ -570,6 +587,53 @@ def _restore_physical(
         duration_seconds=round(result.duration_seconds, 3),
     )
     return result
+
+
+def _extract(
+    repo: Repository, m: Manifest, entry: StreamEntry, dest: Path, owner: Owner, concurrency: int
+) -> ExtractStats:
+    reader = ChunkReader(repo, m.cluster, m.generation, concurrency=concurrency)
+    stats = extract_tar(
+        reader.iter_stream(entry, manifest_key=layout.manifest_key(m.cluster, m.id)), dest, owner
+    )
+    if "backup_label" not in stats.names:
+        raise IntegrityError(
+            f"backup {m.id} holds no backup_label: not a base backup",
+            key=layout.manifest_key(m.cluster, m.id),
+        )
+    return stats
+
+
+def _combine_chain(
+    repo: Repository,
+    chain: list[Manifest],
+    entries: list[StreamEntry],
+    pgdata: Path,
+    owner: Owner,
+    tool: Path,
+    concurrency: int,
+) -> ExtractStats:
+    """Extract each backup of a native chain into a temporary directory next to ``pgdata`` (the
+    same file system, so pg_combinebackup can link), combine them into ``pgdata``, remove them."""
+    work = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.combine-", dir=pgdata.parent))
+    try:
+        inputs: list[Path] = []
+        for i, (link, entry) in enumerate(zip(chain, entries, strict=True)):
+            dest = work / f"{i:03d}-{link.id}"
+            dest.mkdir(mode=0o700)
+            log.info("restore_chain_extracting", backup_id=link.id, position=i + 1, of=len(chain))
+            _extract(repo, link, entry, dest, owner, concurrency)
+            inputs.append(dest)
+        major = int(chain[-1].details.get("pg_version_num", 0)) // 10000
+        combine_backups(tool, inputs, pgdata, link=major >= 18)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    give_tree(pgdata, owner.uid, owner.gid)
+    stats = ExtractStats(names=set(os.listdir(pgdata)))
+    for _top, dirs, files in os.walk(pgdata):
+        stats.files += len(files)
+        stats.directories += len(dirs)
+    return stats
 
 
 def _restore_point(catalog: Catalog | None, cluster: str, target: RecoveryTarget) -> RestorePoint | None:
@@ -587,7 +651,11 @@ def _restore_point(catalog: Catalog | None, cluster: str, target: RecoveryTarget
     return point
 
 
-def _base_stream(repo: Repository, m: Manifest, concurrency: int) -> StreamEntry:
+def _base_stream(
+    repo: Repository, m: Manifest, concurrency: int, wanted: Manifest | None = None
+) -> StreamEntry:
+    """The tar stream of ``m``, whose objects must all be there (``wanted``: the backup being
+    restored, when ``m`` is a link of its native chain)."""
     entry = next((s for s in m.streams if s.type == "pg_basebackup-tar"), None)
     if entry is None:
         raise IntegrityError(
@@ -596,8 +664,11 @@ def _base_stream(repo: Repository, m: Manifest, concurrency: int) -> StreamEntry
     faults = missing_objects(repo, m, concurrency)
     if faults:
         details = "; ".join(f"{f.key}: {f.problem}" for f in faults[:10])
+        who = f"backup {m.id}"
+        if wanted is not None and wanted.id != m.id:
+            who = f"backup {wanted.id} is a native incremental whose chain needs backup {m.id}, which"
         raise IntegrityError(
-            f"backup {m.id} cannot be restored: {len(faults)} object(s) missing or damaged: {details}; "
+            f"{who} cannot be restored: {len(faults)} object(s) missing or damaged: {details}; "
             "nothing was written",
             key=faults[0].key,
             hint="run `contentflow-backupd verify` and restore an older backup",

@@ -236,6 +236,7 @@ def _with_backup(opts: PhysicalRestoreOptions, backup_id: str, pgdata: Path) -> 
         owner=opts.owner,
         keep_archiving=opts.keep_archiving,
         concurrency=opts.concurrency,
+        pg_bin=opts.pg_bin,
     )
 
 

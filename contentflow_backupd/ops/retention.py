@@ -37,6 +37,7 @@ from contentflow_backupd.errors import BackupdError, ObjectLocked
 from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, this_host, this_pid, utcnow
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.locks import exclusive
+from contentflow_backupd.ops.native import is_native
 from contentflow_backupd.ops.retention_plan import (
     WAL_OLD,
     ExpiryPlan,
@@ -139,6 +140,8 @@ def _stored_backup(repo: Repository, cluster: str, bid: str, info: ObjectInfo) -
         wal_first=first if isinstance(first, str) else None,
         wal_last=last if isinstance(last, str) else None,
         manifest_modified=info.modified,
+        parent_id=m.parent_id,
+        native=is_native(m),
     )
 
 

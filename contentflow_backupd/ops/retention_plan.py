@@ -14,6 +14,9 @@ Backups (every committed backup, i.e. every manifest; all modes of the cluster t
   incremental more than ``retention.incremental`` ago likewise. An incremental's manifest lists
   every chunk it needs, so it depends only on its generation's chunks, never on its full's
   manifest: deleting a full keeps its generation alive while one of its incrementals is kept.
+- A native incremental (``pg_basebackup --incremental``, PostgreSQL 17+) is useless without
+  its parents: restore combines it with every backup back to its base (``ops.native``). When one
+  is kept, so is its parent, and that parent's parent, up to the base, whatever their ages.
 - A backup whose manifest cannot be read is kept (and warned about): its generation is unknown,
   so a damaged full holds its own generation (named after its id) and a damaged incremental holds
   every generation that sorts before it; and no WAL is deleted while it stays unreadable.
@@ -107,6 +110,9 @@ class StoredBackup:
     error: str | None = None
     manifest_modified: datetime | None = None
     """When the manifest object was written (its modified time in storage)."""
+    parent_id: str | None = None
+    native: bool = False
+    """A native incremental: restoring it needs ``parent_id`` (and that one's chain)."""
 
     @property
     def readable(self) -> bool:
@@ -322,7 +328,25 @@ def _decide_backups(
                 out.append(BackupDecision(b, "delete", reason))
         else:
             out.append(BackupDecision(b, "keep", f"within retention.{b.kind} ({_fmt(limit)})"))
-    return out
+    return _keep_native_chains(out)
+
+
+def _keep_native_chains(decisions: list[BackupDecision]) -> list[BackupDecision]:
+    """Keep every parent of a kept native incremental (newest first, so whole chains follow)."""
+    by_id = {d.backup.id: i for i, d in enumerate(decisions)}
+    for i in sorted(range(len(decisions)), key=lambda i: decisions[i].backup.id, reverse=True):
+        d = decisions[i]
+        if d.action != "keep" or not d.backup.native or d.backup.parent_id not in by_id:
+            continue
+        j = by_id[d.backup.parent_id or ""]
+        parent = decisions[j]
+        if parent.action == "delete":
+            decisions[j] = BackupDecision(
+                parent.backup,
+                "keep",
+                f"{parent.reason}, but kept: kept native incremental {d.backup.id} needs it",
+            )
+    return decisions
 
 
 def _locked(until: datetime) -> str:

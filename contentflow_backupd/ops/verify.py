@@ -20,6 +20,7 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, ObjectNotFound
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
+from contentflow_backupd.ops.native import is_native
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader
@@ -118,8 +119,16 @@ def _describe(exc: BaseException) -> str:
 
 
 def verify_backup(
-    repo: Repository, cluster: str, backup_id: str, *, quick: bool, concurrency: int = 8
+    repo: Repository,
+    cluster: str,
+    backup_id: str,
+    *,
+    quick: bool,
+    concurrency: int = 8,
+    parent_check: Callable[[str], BackupCheck] | None = None,
 ) -> BackupCheck:
+    """``parent_check``: how a native incremental's parent is checked (its chain is part of it:
+    a fault of any backup it needs is reported for it too); default: verified here."""
     check = BackupCheck(backup_id)
     mkey = layout.manifest_key(cluster, backup_id)
     try:
@@ -141,11 +150,36 @@ def verify_backup(
             _deep(repo, manifest, check, pool, concurrency)
         if manifest.mode == "physical":
             _consistency_wal(repo, manifest, check, pool, quick=quick)
+    if is_native(manifest):
+        _chain(repo, manifest, check, quick, concurrency, parent_check)
     if check.faults:
         log.error("backup_verification_failed", backup_id=backup_id, faults=len(check.faults))
     else:
         log.info("backup_verified", backup_id=backup_id, quick=quick, objects=check.objects_checked)
     return check
+
+
+def _chain(
+    repo: Repository,
+    m: Manifest,
+    check: BackupCheck,
+    quick: bool,
+    concurrency: int,
+    parent_check: Callable[[str], BackupCheck] | None,
+) -> None:
+    """A native incremental is restored by combining it with its parent (and so on up to its
+    base): a fault anywhere in that chain makes it unrestorable."""
+    mkey = layout.manifest_key(m.cluster, m.id)
+    if m.parent_id is None:
+        check.faults.append(Fault(m.id, mkey, "native incremental backup names no parent backup"))
+        return
+    if parent_check is None:
+        parent = verify_backup(repo, m.cluster, m.parent_id, quick=quick, concurrency=concurrency)
+    else:
+        parent = parent_check(m.parent_id)
+    for fault in parent.faults:
+        problem = f"its native chain needs backup {fault.backup_id}, which is faulty: {fault.problem}"
+        check.faults.append(Fault(m.id, fault.key, problem))
 
 
 def _quick(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExecutor, conc: int) -> None:
@@ -226,13 +260,18 @@ def verify_backups(
 ) -> VerifyReport:
     """``audit``: the catalog to record the verification in (ops/audit.py); None records nothing."""
     details: dict[str, Any] = {"cluster": cluster, "mode": "quick" if quick else "deep"}
+    done: dict[str, BackupCheck] = {}
+
+    def checked(backup_id: str) -> BackupCheck:
+        """Each backup is read once, also when it is a link of several native chains."""
+        if backup_id not in done:
+            done[backup_id] = verify_backup(
+                repo, cluster, backup_id, quick=quick, concurrency=concurrency, parent_check=checked
+            )
+        return done[backup_id]
+
     with audited(audit, "verify", objects=backup_ids, details=details, repo=repo) as recorded:
-        report = VerifyReport(
-            mode="quick" if quick else "deep",
-            backups=[
-                verify_backup(repo, cluster, b, quick=quick, concurrency=concurrency) for b in backup_ids
-            ],
-        )
+        report = VerifyReport(mode="quick" if quick else "deep", backups=[checked(b) for b in backup_ids])
         if not report.ok:
             recorded.outcome = "failed"
             recorded.details["faults"] = [f"{f.backup_id} {f.key}: {f.problem}" for f in report.faults[:20]]

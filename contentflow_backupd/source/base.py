@@ -48,6 +48,8 @@ class BaseBackupStream(Protocol):
     start_lsn: int
     stop_lsn: int
     timeline: int
+    manifest_raw: bytes
+    """PostgreSQL's ``backup_manifest`` of this backup (set once the block is left)."""
 
 
 class PhysicalSource(Protocol):
@@ -58,11 +60,24 @@ class PhysicalSource(Protocol):
         ...
 
     def basebackup(
-        self, label: str, *, archive_timeout: float, server_major: int
+        self,
+        label: str,
+        *,
+        archive_timeout: float,
+        server_major: int,
+        incremental_from: bytes | None = None,
     ) -> AbstractContextManager[BaseBackupStream]:
         """A tar stream of the data directory (no WAL). Leaving the block waits for the
         backup to end; ``SourceError`` when it failed or the server waited longer than
-        ``archive_timeout`` seconds for the WAL to be archived."""
+        ``archive_timeout`` seconds for the WAL to be archived. ``incremental_from``: the
+        ``backup_manifest`` of the previous backup; the stream is then a native incremental
+        backup (only the blocks changed since; PostgreSQL 17+ with ``summarize_wal = on``)."""
+        ...
+
+    def native_incremental_blocker(self, since_lsn: int, timeline: int) -> str | None:
+        """Why a native incremental based on a backup that started at ``since_lsn`` on
+        ``timeline`` cannot be taken now (server too old, ``summarize_wal`` off, WAL summaries
+        not reaching back); None when it can, as far as the role can see."""
         ...
 
     def switch_wal(self) -> None:

@@ -7,7 +7,9 @@ import contextlib
 import fcntl
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
 from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
-from contentflow_backupd.wal import parse_lsn
+from contentflow_backupd.wal import format_lsn, parse_lsn
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +134,9 @@ class BaseBackup:
     timeline: int = 0
     label: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
+    manifest_raw: bytes = b""
+    """The ``backup_manifest`` as PostgreSQL wrote it: stored with the backup, so that the next
+    native incremental can name it (``pg_basebackup --incremental``)."""
 
 
 class _SniffingReader:
@@ -149,6 +154,60 @@ class _SniffingReader:
         data: bytes = self._raw.read(n)
         self._sniffer.feed(data)
         return data
+
+
+@contextmanager
+def _private_file(data: bytes, tmp_root: Path | None) -> Iterator[Path]:
+    if tmp_root is not None:
+        tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmpdir = tempfile.mkdtemp(prefix="incremental-", dir=tmp_root)
+    try:
+        path = Path(tmpdir) / "backup_manifest"
+        path.write_bytes(data)
+        yield path
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+SUMMARIZE_WAL_HINT = "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();"
+
+
+def native_incremental_blocker(info: ConnInfo, since_lsn: int | None, timeline: int | None) -> str | None:
+    """Why the server cannot take a native incremental now (None: it can, as far as this role
+    sees). With ``since_lsn``, the WAL summaries must reach back to it on ``timeline``."""
+    with postgres.connect(info) as conn:
+        row = conn.execute(
+            "select current_setting('server_version_num')::int,"
+            " coalesce(current_setting('summarize_wal', true), 'off')"
+        ).fetchone()
+        assert row is not None
+        num, summarize = int(row[0]), str(row[1])
+        if num < 170000:
+            return (
+                f"the server is PostgreSQL {num // 10000}: native incremental backups need "
+                "PostgreSQL 17 or newer"
+            )
+        if summarize != "on":
+            return f"summarize_wal is off on the server (turn it on with: {SUMMARIZE_WAL_HINT})"
+        if since_lsn is None:
+            return None
+        try:
+            row = conn.execute(
+                "select min(start_lsn)::text from pg_available_wal_summaries() where tli = %s", (timeline,)
+            ).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            return None  # pg_basebackup itself says so if the summaries do not reach back
+        except psycopg.Error as exc:
+            return f"cannot list the server's WAL summaries: {postgres.error_reason(exc)}"
+    oldest = row[0] if row else None
+    if oldest is None or parse_lsn(oldest) > since_lsn:
+        have = f"start at {oldest}" if oldest else "do not exist yet"
+        return (
+            f"the server's WAL summaries on timeline {timeline} {have}, after the previous backup started "
+            f"({format_lsn(since_lsn)}): summarize_wal was turned on after it, or the summaries were "
+            "removed (wal_summary_keep_time); the next incremental can be native"
+        )
+    return None
 
 
 _START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.M)
@@ -181,8 +240,23 @@ class PgBaseBackupSource:
                     f"cannot read the schema of {self.info.display()}: {postgres.error_reason(exc)}"
                 ) from None
 
+    def native_incremental_blocker(self, since_lsn: int, timeline: int) -> str | None:
+        """Why a native incremental (``pg_basebackup --incremental``) based on a backup that
+        started at ``since_lsn`` on ``timeline`` is not possible now; None when it is (as far as
+        this role can see: ``pg_available_wal_summaries`` is for superusers by default)."""
+        return native_incremental_blocker(self.info, since_lsn, timeline)
+
     @contextmanager
-    def basebackup(self, label: str, *, archive_timeout: float, server_major: int) -> Iterator[BaseBackup]:
+    def basebackup(
+        self,
+        label: str,
+        *,
+        archive_timeout: float,
+        server_major: int,
+        incremental_from: bytes | None = None,
+    ) -> Iterator[BaseBackup]:
+        """``incremental_from``: the previous backup's ``backup_manifest``; the server then sends
+        only the blocks changed since that backup (PostgreSQL 17+, ``summarize_wal = on``)."""
         pg_basebackup = find_tool("pg_basebackup", server_major, self._bin_dir)
         app = f"cfbackupd-{label[-6:]}"
         conninfo = ConnInfo(params={**self.info.params, "application_name": app}, password=self.info.password)
@@ -190,6 +264,13 @@ class PgBaseBackupSource:
             str(pg_basebackup), "--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast",
             "--no-password", f"--label={label}", "--manifest-checksums=CRC32C", "--dbname", conninfo.safe(),
         ]  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            if incremental_from is not None:
+                path = stack.enter_context(_private_file(incremental_from, self._tmp_root))
+                argv.append(f"--incremental={path}")
+            yield from self._run_basebackup(argv, app, archive_timeout)
+
+    def _run_basebackup(self, argv: list[str], app: str, archive_timeout: float) -> Iterator[BaseBackup]:
         sniffer = TarSniffer({"backup_label", "backup_manifest"})
         stop_watch = threading.Event()
         stalled: list[str] = []
@@ -229,6 +310,7 @@ class PgBaseBackupSource:
         if not label or manifest_raw is None:
             raise SourceError("pg_basebackup's stream held no backup_label or backup_manifest")
         manifest = json.loads(manifest_raw)
+        backup.manifest_raw = manifest_raw
         ranges = manifest.get("WAL-Ranges") or []
         if not ranges:
             raise SourceError("pg_basebackup's backup_manifest has no WAL-Ranges")

@@ -233,7 +233,44 @@ def _physical(conn: psycopg.Connection[Any], info: ConnInfo, role: _Role) -> lis
                 fix=None if allowed else f"GRANT EXECUTE ON FUNCTION {signature} TO {role.quoted};",
             )
         )
+    items.append(_native_incremental(conn, role))
     return items
+
+
+NATIVE_INCREMENTAL = "native incremental backups"
+
+
+def _native_incremental(conn: psycopg.Connection[Any], role: _Role) -> Privilege:
+    """Whether incrementals can be native (``pg_basebackup --incremental``): a warning when not,
+    since they then are whole backups deduplicated against their generation."""
+    major = role.server_version_num // 10000
+    if major < 17:
+        return Privilege(
+            NATIVE_INCREMENTAL,
+            False,
+            f"the server is PostgreSQL {major}: incrementals are whole backups deduplicated by chunk; "
+            "native incrementals (only the changed blocks read and sent) need PostgreSQL 17 or newer",
+            required=False,
+            fix="upgrade the server to PostgreSQL 17 or newer",
+        )
+    summarize = _one(conn, "select current_setting('summarize_wal')", ())
+    if summarize != "on":
+        return Privilege(
+            NATIVE_INCREMENTAL,
+            False,
+            "summarize_wal is off: incrementals are whole backups deduplicated by chunk, not native "
+            "(only the changed blocks read and sent); the first incremental after turning it on is "
+            "may still be a chunk one, the next ones are native",
+            required=False,
+            fix="ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();",
+        )
+    return Privilege(
+        NATIVE_INCREMENTAL,
+        True,
+        f"PostgreSQL {major} with summarize_wal = on: incrementals are native (pg_basebackup "
+        "--incremental); restoring them needs pg_combinebackup of the same major",
+        required=False,
+    )
 
 
 def _replication_connection(info: ConnInfo, role: _Role) -> Privilege:

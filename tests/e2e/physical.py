@@ -73,12 +73,12 @@ def physical_setup(
     cluster = PgCluster(base / "cluster", bin_dir=bin_dir)
     config = base / "backupd.toml"
     config.write_text(
-        (f'pg_bin = "{bin_dir}"\n' if bin_dir is not None else "")
-        + f'repository = "file://{base / "repo"}"\n'
+        f'repository = "file://{base / "repo"}"\n'
         f'state_dir = "{base / "state"}"\n'
         f'database_url = "{cluster.url("postgres")}"\n'
         'mode = "physical"\n'
-        "[chunking]\navg_size = 65536\n"
+        + (f'pg_bin = "{bin_dir}"\n' if bin_dir is not None else "")
+        + "[chunking]\navg_size = 65536\n"
         f'[encryption]\npassphrase_file = "{passfile}"\n'
         "[wal]\narchive_timeout = 30\n"
     )

@@ -155,6 +155,46 @@ def test_incrementals_expire_on_their_own_retention() -> None:
     assert actions(plan([full, old, young])) == {full.id: "keep", old.id: "delete", young.id: "keep"}
 
 
+def native(age_days: float, parent: StoredBackup) -> StoredBackup:
+    b = make_backup(age_days, "incremental", "physical", generation=parent.generation)
+    return StoredBackup(**{**b.__dict__, "parent_id": parent.id, "native": True})
+
+
+@pytest.mark.parametrize(
+    ("ages", "natives", "expected"),
+    [
+        # full 40 days (a newer full exists), incrementals 20, 10 and 1 day old (retention: fulls
+        # 30 days, incrementals 7): the newest keeps its whole chain
+        ((40, 20, 10, 1), (True, True, True), ("keep", "keep", "keep", "keep")),
+        # a chunk incremental is a chain's base: what is before it may go
+        ((40, 20, 10, 1), (True, False, True), ("delete", "delete", "keep", "keep")),
+        # only chunk incrementals: each expires on its own
+        ((40, 20, 10, 1), (False, False, False), ("delete", "delete", "delete", "keep")),
+        # an expired native at the end of the chain keeps nothing alive
+        ((40, 20, 10), (True, True), ("delete", "delete", "delete")),
+    ],
+)
+def test_a_kept_native_incremental_keeps_its_chain_whole(
+    ages: tuple[float, ...], natives: tuple[bool, ...], expected: tuple[str, ...]
+) -> None:
+    full = make_backup(ages[0], "full", "physical")
+    chain = [full]
+    for age, is_native in zip(ages[1:], natives, strict=True):
+        parent = chain[-1]
+        if is_native:
+            chain.append(native(age, parent))
+        else:
+            chain.append(make_backup(age, "incremental", "physical", generation=full.id))
+    newer_full = make_backup(0.5, "full", "physical")
+    p = plan([*chain, newer_full])
+    got = actions(p)
+    assert tuple(got[b.id] for b in chain) == expected
+    reasons = {d.backup.id: d.reason for d in p.backups}
+    for b, action in zip(chain[:-1], expected[:-1], strict=True):
+        if action == "keep":
+            assert "native incremental" in reasons[b.id] and "needs it" in reasons[b.id]
+
+
 def test_an_unreadable_manifest_is_kept_and_never_protects_nor_counts_as_a_full() -> None:
     broken = unreadable(1, "full")
     old = make_backup(90)
@@ -327,6 +367,7 @@ def histories(
     )
     starts = sorted(draw(st.lists(st.integers(0, 120 * 24 * 60), max_size=30)), reverse=True)  # minutes ago
     last_full: dict[str, str] = {}
+    last: dict[str, str] = {}  # the newest backup of each mode: a native incremental's parent
     backups: list[StoredBackup] = []
     for minutes in starts:
         started = NOW - timedelta(minutes=minutes)
@@ -339,6 +380,9 @@ def histories(
         if kind == "full":
             last_full[mode] = bid
         finished = started + timedelta(minutes=draw(st.integers(0, 30)))
+        parent = last.get(mode)
+        last[mode] = bid
+        native = kind == "incremental" and mode == "physical" and draw(st.booleans())
         if draw(st.integers(0, 15)) == 0:
             backups.append(StoredBackup(bid, kind, f"main/backups/{bid}.json", 10, error="damaged"))
             continue
@@ -354,6 +398,8 @@ def histories(
                 finished_at=finished,
                 wal_first=wal_range[0] if mode == "physical" else None,
                 wal_last=wal_range[1] if mode == "physical" else None,
+                parent_id=parent if kind == "incremental" else None,
+                native=native,
             )
         )
     names = {b.generation or b.id for b in backups} | set(
@@ -423,8 +469,17 @@ def test_properties_of_every_plan(
     protected |= {
         max(f.id for f in fs) for mode in ("logical", "physical") if (fs := _newest_first(backups, mode))
     }
+    # a kept native incremental keeps its parent (so its whole chain, up to its base)
+    by_id = {b.id: b for b in backups}
+    for b in kept:
+        if b.native and b.parent_id in by_id:
+            assert action[b.parent_id or ""] == "keep"
+    needed = {b.parent_id for b in kept if b.native}
     for b in backups:
         if not b.readable or b.id in protected:
+            continue
+        if b.id in needed:
+            assert action[b.id] == "keep"
             continue
         assert b.finished_at is not None
         limit = policy.full_s if b.kind == "full" else policy.incremental_s
