@@ -82,7 +82,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     catalog = wiring.open_catalog(settings)
     try:
         reap_interrupted(catalog)
-        records = catalog.list_backups(settings.cluster, None if args.all else ["succeeded"])
+        scope = wiring.scope(settings, catalog)
+        records = catalog.list_backups(scope, None if args.all else ["succeeded"])
     finally:
         catalog.close()
     _warn_if_catalog_stale(settings, {r.id for r in records if r.status == "succeeded"})

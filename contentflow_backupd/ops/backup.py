@@ -22,7 +22,7 @@ import structlog
 from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
-from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, new_backup_id, utcnow
+from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, Scope, new_backup_id, utcnow
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
 from contentflow_backupd.ops.locks import exclusive, pid_alive
@@ -85,7 +85,8 @@ def run_backup(
     if opts.mode not in ("logical", "physical"):
         raise UsageError(f"unknown backup mode {opts.mode!r}")
     reap_interrupted(catalog)
-    run = catalog.start_run(opts.kind, opts.trigger, pid=os.getpid(), host=socket.gethostname())
+    scope = Scope(repo.id, opts.cluster)
+    run = catalog.start_run(scope, opts.kind, opts.trigger, pid=os.getpid(), host=socket.gethostname())
     attempt: list[BackupRecord] = []
     with structlog.contextvars.bound_contextvars(run_id=run.id, job=opts.kind):
         try:
@@ -265,6 +266,7 @@ def _execute(
         pid=os.getpid(),
         host=socket.gethostname(),
         details=dict(details),
+        repository_id=repo.id,
     )
     if plan.note:
         record.details["note"] = plan.note
@@ -296,7 +298,7 @@ def _execute(
         )
         manifest_key = repo.write_manifest(manifest)  # the commit point
         done = manifest.to_record(manifest_key)
-        done.pid, done.host = record.pid, record.host
+        done.pid, done.host, done.repository_id = record.pid, record.host, repo.id
         done.stored_bytes += repo.storage.stat(manifest_key).size
         attempt[-1] = done
         catalog.upsert_backup(done)
