@@ -17,9 +17,13 @@ import psycopg
 import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
+from contentflow_backupd.model import Scope
 from tests.conftest import PASSPHRASE
 from tests.support.cli import Cli, Result
 from tests.support.pg import PgCluster
+
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISMA = [sys.executable, "-m", "tests.support.fake_prisma", "migrate", "deploy", "--migrations-dir"]
@@ -92,7 +96,7 @@ def schema(pg: PgCluster, db: str) -> list[tuple[Any, ...]]:
 def catalog_runs(cli: Cli) -> list[Any]:
     catalog = open_catalog(f"sqlite:///{cli.env['BACKUPD_STATE_DIR']}/catalog.sqlite")
     try:
-        return catalog.list_migration_runs("main")
+        return catalog.list_migration_runs(Scope(REPO_ID, "main"))
     finally:
         catalog.close()
 
