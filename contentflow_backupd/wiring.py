@@ -723,7 +723,9 @@ def recovery_objectives(settings: Settings, repo: Repository, catalog: Catalog) 
     mode = settings.mode
     from contentflow_backupd.model import Scope
 
-    done = [b for b in catalog.list_backups(Scope(repo.id, settings.cluster), ["succeeded"]) if b.mode == mode]
+    done = [
+        b for b in catalog.list_backups(Scope(repo.id, settings.cluster), ["succeeded"]) if b.mode == mode
+    ]
     size = done[-1].source_bytes if done else None
     return collect_objectives(
         repo,

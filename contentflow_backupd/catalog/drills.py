@@ -39,7 +39,9 @@ def add_drill(session: Session, record: DrillRecord) -> None:
 def list_drills(
     session: Session, scope: Scope, *, limit: int | None, status: DrillStatus | None
 ) -> list[DrillRecord]:
-    query = select(DrillRow).where(DrillRow.repository_id == scope.repository_id, DrillRow.cluster == scope.cluster)
+    query = select(DrillRow).where(
+        DrillRow.repository_id == scope.repository_id, DrillRow.cluster == scope.cluster
+    )
     if status is not None:
         query = query.where(DrillRow.status == status)
     query = query.order_by(DrillRow.started_at.desc(), DrillRow.id.desc())

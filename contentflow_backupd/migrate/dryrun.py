@@ -24,7 +24,7 @@ from contentflow_backupd.migrate.guard import (
     new_run_record,
     run_steps,
 )
-from contentflow_backupd.model import Scope, utcnow
+from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.backup import Interrupted
 from contentflow_backupd.ops.drill import DrillOptions, run_drill
 from contentflow_backupd.ops.drill_checks import CheckResult

@@ -45,7 +45,10 @@ def resolve_scope(storage: Storage, catalog: Catalog, cluster: str, *, required:
             log.warning("repository_scope_unknown", url=storage.url, error=exc.message)
             return None
         log.warning(
-            "repository_unreadable_scope_remembered", url=storage.url, repository_id=remembered, error=exc.message
+            "repository_unreadable_scope_remembered",
+            url=storage.url,
+            repository_id=remembered,
+            error=exc.message,
         )
         return Scope(remembered, cluster)
     if catalog.get_meta(key) != repository_id:

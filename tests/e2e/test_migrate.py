@@ -17,13 +17,10 @@ import psycopg
 import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
-from contentflow_backupd.model import Scope
 from tests.conftest import PASSPHRASE
+from tests.e2e.helpers import repository_scope
 from tests.support.cli import Cli, Result
 from tests.support.pg import PgCluster
-
-REPO_ID = "repo-test"
-"""The repository id of the scope these tests read and write."""
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISMA = [sys.executable, "-m", "tests.support.fake_prisma", "migrate", "deploy", "--migrations-dir"]
@@ -96,7 +93,7 @@ def schema(pg: PgCluster, db: str) -> list[tuple[Any, ...]]:
 def catalog_runs(cli: Cli) -> list[Any]:
     catalog = open_catalog(f"sqlite:///{cli.env['BACKUPD_STATE_DIR']}/catalog.sqlite")
     try:
-        return catalog.list_migration_runs(Scope(REPO_ID, "main"))
+        return catalog.list_migration_runs(repository_scope(cli.env))
     finally:
         catalog.close()
 

@@ -14,17 +14,13 @@ from typing import Any
 import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
-from contentflow_backupd.model import Scope
 from contentflow_backupd.wal import classify
-from tests.e2e.helpers import change, checksums, repo_files, seed
+from tests.e2e.helpers import change, checksums, repo_files, repository_scope, seed
 from tests.e2e.physical import physical_setup
 from tests.e2e.pitr_helpers import Restored, create_table, rows, switch_and_wait_archived
 from tests.support.cli import Cli
 from tests.support.moto_server import s3_client
 from tests.support.pg import PgCluster
-
-REPO_ID = "repo-test"
-"""The repository id of the scope these tests read and write."""
 
 pytestmark = pytest.mark.pg
 
@@ -112,8 +108,8 @@ def test_expire_plans_first_then_deletes_old_backups_and_keeps_the_newest_full(
 
     # Every deletion is in the catalog, with the run that made it.
     with open_catalog(f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}") as catalog:
-        deletions = catalog.list_deletions(Scope(REPO_ID, "main"))
-        runs = [r for r in catalog.list_runs(Scope(REPO_ID, "main")) if r.job == "retention"]
+        deletions = catalog.list_deletions(repository_scope(cli.env))
+        runs = [r for r in catalog.list_runs(repository_scope(cli.env)) if r.job == "retention"]
     assert [(d.what, d.name) for d in deletions] == [
         ("backup", full1["id"]),
         ("backup", incr1["id"]),
