@@ -564,12 +564,17 @@ def wal_spool_dir(settings: Settings) -> Path:
     return state_dir(settings) / "wal-spool" / settings.cluster
 
 
-def wal_watcher(settings: Settings, repo: Repository, metrics: Metrics) -> WalWatcher:
+def wal_watcher(
+    settings: Settings, repo: Repository, metrics: Metrics, catalog: Catalog | None = None
+) -> WalWatcher:
     from contentflow_backupd.daemon.walwatch import WalWatcher
+    from contentflow_backupd.model import Scope
     from contentflow_backupd.scheduling.periods import schedule_period
     from contentflow_backupd.timespec import parse_schedule
 
     period = schedule_period(parse_schedule(settings.schedule.wal), settings.schedule.timezone) or 900.0
+    scope = Scope(repo.id, settings.cluster)
+    deleted = (lambda: catalog.count_deleted_wal_segments(scope)) if catalog is not None else None
     return WalWatcher(
         WalArchive(repo, settings.cluster),
         source_conninfo(settings),
@@ -577,6 +582,7 @@ def wal_watcher(settings: Settings, repo: Repository, metrics: Metrics) -> WalWa
         spool_dir=wal_spool_dir(settings),
         period_s=period,
         method=settings.wal.method or "auto",
+        deleted_segments=deleted,
     )
 
 

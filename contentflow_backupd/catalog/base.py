@@ -262,6 +262,11 @@ class Catalog(Protocol):
         the newest ``limit`` of them (still in insertion order)."""
         ...
 
+    def count_deleted_wal_segments(self, scope: Scope) -> int:
+        """How many WAL segments (not history, backup or partial files) of ``scope`` retention
+        deleted."""
+        ...
+
     def get_verify_state(self, scope: Scope) -> VerifyState:
         """The verification state of ``scope``; an empty ``VerifyState`` when none was saved (the
         catalog keeps one per cluster: the last repository to save it owns it)."""

@@ -376,6 +376,17 @@ class SqlCatalog:
         with self._session("list deletions", write=False) as session:
             return [_deletion_record(row) for row in reversed(session.scalars(query).all())]
 
+    def count_deleted_wal_segments(self, scope: Scope) -> int:
+        # Segment names are 24 hex digits; the other WAL files have a dot in their name.
+        query = select(func.count()).where(
+            DeletionRow.repository_id == scope.repository_id,
+            DeletionRow.cluster == scope.cluster,
+            DeletionRow.what == "wal",
+            DeletionRow.name.not_like("%.%"),
+        )
+        with self._session("count deleted WAL segments", write=False) as session:
+            return int(session.scalar(query) or 0)
+
     # -- continuous verification (catalog/verification.py) -----------------------------------
     def get_verify_state(self, scope: Scope) -> VerifyState:
         with self._session("read verification state", write=False) as session:

@@ -177,8 +177,12 @@ class Daemon:
         assert self._repo is not None and self._catalog is not None
         wal_tick = None
         if s.mode == "physical" and wiring.job_specs_by_id(s)["wal"].schedule.kind != "off":
-            self._walwatch = wiring.wal_watcher(s, self._repo, self.metrics)
+            self._walwatch = wiring.wal_watcher(s, self._repo, self.metrics, self._catalog)
             wal_tick = self._walwatch.tick
+            try:  # the WAL counter from the start, not only from the first WAL check
+                self._walwatch.update_archived_total()
+            except BackupdError as exc:
+                log.warning("wal_archive_unreadable", error=exc.message)
         self._runner = JobRunner(
             s, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
         )

@@ -108,15 +108,17 @@ def run_backup(
                 run.id,
                 "interrupted",
                 "interrupted by a signal before the manifest was written",
+                _no_attempt(repo, opts, run.started_at),
             )
             _audit(repo, catalog, opts, run.id, "interrupted", attempt, "interrupted by a signal")
             raise
         except BaseException as exc:
             error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+            unrecorded = _no_attempt(repo, opts, run.started_at)
             if opts.cancel is not None and opts.cancel.is_set():
-                _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}")
+                _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}", unrecorded)
             else:
-                _fail(catalog, attempt, run.id, "failed", error)
+                _fail(catalog, attempt, run.id, "failed", error, unrecorded)
             _audit(repo, catalog, opts, run.id, "failed", attempt, error)
             raise
         _finish_run(catalog, run.id, "succeeded", done.id, None)
@@ -276,7 +278,17 @@ def _execute(
     log.info("backup_started", mode=opts.mode, generation=generation, known_chunks=len(plan.known_chunks))
     try:
         writer = ChunkWriter(repo, opts.cluster, generation, plan.known_chunks, concurrency=opts.concurrency)
-        streams = produce(writer)
+        try:
+            streams = produce(writer)
+        except BaseException:
+            # What the attempt stored before it stopped: chunks without a manifest, which
+            # retention collects once they are older than gc_grace.
+            attempt[-1] = record.copy(
+                stored_bytes=writer.stats.stored_bytes,
+                chunks_total=writer.stats.chunks_total,
+                chunks_new=writer.stats.chunks_new,
+            )
+            raise
         record.details.update(streams.details)
         manifest = Manifest(
             id=backup_id,
@@ -330,10 +342,39 @@ def _after_newest_backup(repo: Repository, cluster: str) -> datetime:
     return now
 
 
-def _fail(catalog: Catalog, attempt: list[BackupRecord], run_id: int, status: str, error: str) -> None:
+def _no_attempt(repo: Repository, opts: BackupOptions, started_at: datetime) -> BackupRecord:
+    """The record of an attempt that failed before its own was made (the database could not be
+    reached, a role lacks a privilege): ``list --all`` shows every attempt of the cluster. It
+    stored nothing and has no generation."""
+    return BackupRecord(
+        id=new_backup_id(opts.kind, started_at),
+        cluster=opts.cluster,
+        kind=opts.kind,
+        mode=opts.mode,  # type: ignore[arg-type]
+        status="running",
+        generation="",
+        started_at=started_at,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        details={"requested_kind": opts.kind, "before_connecting": True},
+        repository_id=repo.id,
+    )
+
+
+def _fail(
+    catalog: Catalog,
+    attempt: list[BackupRecord],
+    run_id: int,
+    status: str,
+    error: str,
+    unrecorded: BackupRecord | None = None,
+) -> None:
     """Record a failed or interrupted run, and its backup attempt if one was recorded and not
-    committed (a failure after the manifest was written leaves the committed backup alone)."""
+    committed (a failure after the manifest was written leaves the committed backup alone). An
+    attempt that failed before its record was made is recorded as ``unrecorded``."""
     log.error("backup_failed" if status == "failed" else "backup_interrupted", error=error)
+    if not attempt and unrecorded is not None:
+        attempt.append(unrecorded)
     record = attempt[-1] if attempt else None
     if record is not None and record.status == "running":
         try:
