@@ -348,19 +348,17 @@ def check_repository_url(url: str) -> str:
     from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(url)
+    use = "use file:///absolute/path (three slashes) or s3://bucket/prefix"
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URLs take no host ({url!r}); use file:///absolute/path")
+            raise ValueError(f"{url!r}: a file URL takes no host (here {parts.netloc!r}); {use}")
         if not parts.path or not Path(unquote(parts.path)).is_absolute():
-            raise ValueError(f"{url!r} is not an absolute path; use file:///absolute/path")
+            raise ValueError(f"{url!r} is not an absolute path; {use}")
     elif parts.scheme == "s3":
         if not parts.netloc:
-            raise ValueError(f"{url!r} names no bucket; use s3://bucket/prefix")
+            raise ValueError(f"{url!r} names no bucket; {use}")
     else:
-        raise ValueError(
-            f"unknown URL scheme {parts.scheme or '(none)'!r} in {url!r}; "
-            "use file:///absolute/path or s3://bucket/prefix"
-        )
+        raise ValueError(f"unknown URL scheme {parts.scheme or '(none)'!r} in {url!r}; {use}")
     return url
 
 

@@ -1,0 +1,143 @@
+"""Scope: several clusters (``BACKUPD_CLUSTER``) or repositories on one state directory share one
+catalog, and ``runs``, ``list``, ``status``, /healthz and the metrics each report only their own
+repository and cluster; an invalid ``BACKUPD_REPOSITORY`` stops every command with exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contentflow_backupd.model import parse_iso
+from tests.e2e.helpers import repository_scope, seed
+from tests.support.cli import Cli
+from tests.support.daemon import Daemon, daemon_env
+from tests.support.pg import PgCluster
+
+pytestmark = pytest.mark.pg
+
+HEALTH = {"BACKUPD_HEALTH__FULL_MAX_AGE": "1d", "BACKUPD_HEALTH__INCREMENTAL_MAX_AGE": "1d"}
+"""Objectives that hold with one fresh full backup (the default schedules would also ask WAL)."""
+
+
+def check(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def full_backup_check(report: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in report["checks"] if c["name"].startswith("full"))
+
+
+def test_two_clusters_on_one_state_directory_report_only_their_own(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
+    seed(pg, pg_db, size_mb=1)
+    cli.env.update(HEALTH)
+    cli.run("init", check=True)
+    other = Cli(env={**cli.env, "BACKUPD_CLUSTER": "other"})
+    done = other.ok_json("backup", "--kind", "full")
+    # A failed attempt of `other` too: not `main`'s either.
+    broken = {"BACKUPD_DATABASE_URL": pg.url("no_such_database")}
+    assert other.run("backup", "--kind", "full", env=broken).returncode != 0
+
+    # `main` has no backup and no run: it must say so, not cite `other`'s.
+    assert cli.ok_json("list") == []
+    assert cli.ok_json("list", "--all") == []
+    assert cli.ok_json("runs") == []
+    status = cli.run("status", "--json")
+    assert status.returncode == 1, str(status)
+    full = full_backup_check(status.json())
+    assert not full["ok"] and full["at"] is None, full
+
+    # `other` sees its own.
+    assert [b["id"] for b in other.ok_json("list")] == [done["id"]]
+    listed = other.ok_json("list", "--all")
+    assert [b["status"] for b in listed] == ["succeeded", "failed"]
+    assert [r["status"] for r in other.ok_json("runs")] == ["succeeded", "failed"]
+    status = other.run("status", "--json")
+    assert full_backup_check(status.json())["ok"], str(status)
+
+    # The daemon of `main` on the same state directory: /healthz, /metrics alike.
+    # (A yearly incremental schedule: an objective to judge, and no job that runs meanwhile.)
+    env = daemon_env(tmp_path, pg, pg_db, **HEALTH, BACKUPD_SCHEDULE__INCREMENTAL="0 2 1 1 *")
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        code, body = d.get("/healthz")
+        assert code == 503, body
+        assert d.metric("backupd_backup_last_success_timestamp_seconds", kind="full") == 0
+        assert d.metric("backupd_backup_last_stored_bytes", kind="full") == 0
+        assert d.metric("backupd_backup_last_failure_timestamp_seconds", kind="full") == 0
+    with Daemon({**env, "BACKUPD_CLUSTER": "other"}) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        d.wait_for("healthz 200", lambda: d.get("/healthz")[0] == 200, timeout=30)
+        assert (d.metric("backupd_backup_last_success_timestamp_seconds", kind="full") or 0) > 0
+
+
+def test_two_repositories_on_one_state_directory_report_only_their_own(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
+    seed(pg, pg_db, size_mb=1)
+    cli.env.update(HEALTH)
+    second = Cli(env={**cli.env, "BACKUPD_REPOSITORY": f"file://{tmp_path / 'second'}"})
+    cli.run("init", check=True)
+    second.run("init", check=True)
+    first_backup = cli.ok_json("backup", "--kind", "full")
+
+    # Nothing of the first repository is the second's: no warning-and-exit-0, no rows.
+    listed = second.run("list", "--json", check=True)
+    assert listed.json() == [], str(listed)
+    assert second.ok_json("list", "--all") == []
+    assert second.ok_json("runs") == []
+    status = second.run("status", "--json")
+    assert status.returncode == 1 and full_backup_check(status.json())["at"] is None, str(status)
+    assert second.run("show", first_backup["id"]).returncode != 0
+
+    second_backup = second.ok_json("backup", "--kind", "full")
+    assert [b["id"] for b in cli.ok_json("list")] == [first_backup["id"]]
+    assert [b["id"] for b in second.ok_json("list")] == [second_backup["id"]]
+    assert [r["backup_id"] for r in cli.ok_json("runs")] == [first_backup["id"]]
+    assert [r["backup_id"] for r in second.ok_json("runs")] == [second_backup["id"]]
+    assert repository_scope(cli.env) != repository_scope(second.env)
+
+    # The daemon of the first repository on the same state directory cites its own backup, not
+    # the newer one of the second repository.
+    env = daemon_env(tmp_path, pg, pg_db, **HEALTH)
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        last = d.metric("backupd_backup_last_success_timestamp_seconds", kind="full")
+        assert last == parse_iso(first_backup["finished_at"]).timestamp(), (last, first_backup, second_backup)
+
+
+# -- an invalid BACKUPD_REPOSITORY ------------------------------------------------------------
+BAD_URLS = ["s3:/bucket", "file://relative", "ftp://x/y", "file:relative/path"]
+COMMANDS = [
+    ["list"],
+    ["list", "--all"],
+    ["status"],
+    ["runs"],
+    ["show", "20261124T054459Z-full-3a9c1b"],
+    ["verify"],
+    ["backup", "--kind", "full"],
+    ["list-restore-points"],
+    ["expire"],
+    ["catalog", "rebuild"],
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_an_invalid_repository_url_stops_every_command_with_exit_2(url: str, tmp_path: Path) -> None:
+    cli = Cli(
+        env={
+            "BACKUPD_REPOSITORY": url,
+            "BACKUPD_STATE_DIR": str(tmp_path / "state"),
+            "BACKUPD_ENCRYPTION__PASSPHRASE": "not used",
+        }
+    )
+    for command in COMMANDS:
+        result = cli.run(*command)
+        assert result.returncode == 2, str(result)
+        assert "BACKUPD_REPOSITORY" in result.stderr and url in result.stderr, str(result)
+        assert "use file:///absolute/path (three slashes) or s3://bucket/prefix" in result.stderr
+    # Nothing was created on the way (no catalog, no state).
+    assert not (tmp_path / "state" / "catalog.sqlite").exists()
