@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from contentflow_backupd.catalog.sql import open_catalog
 from contentflow_backupd.model import parse_iso
 from tests.e2e.helpers import repository_scope, seed
 from tests.support.cli import Cli
@@ -141,3 +142,26 @@ def test_an_invalid_repository_url_stops_every_command_with_exit_2(url: str, tmp
         assert "use file:///absolute/path (three slashes) or s3://bucket/prefix" in result.stderr
     # Nothing was created on the way (no catalog, no state).
     assert not (tmp_path / "state" / "catalog.sqlite").exists()
+
+
+# -- upgrade of a catalog at revision 0007 -----------------------------------------------------
+def test_a_catalog_at_0007_with_rows_is_upgraded_and_reports_only_this_repositorys(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
+    """A catalog written before revision 0008 (no repository ids), shared with another
+    repository: the first command upgrades it, and lists the backups whose manifests this
+    repository holds, and the runs that name them, and nothing else."""
+    from tests.catalog.test_scope import FOREIGN, catalog_at_0007
+
+    seed(pg, pg_db, size_mb=1)
+    cli.run("init", check=True)
+    ours = cli.ok_json("backup", "--kind", "full")
+    old = tmp_path / "old" / "catalog.sqlite"
+    catalog_at_0007(f"sqlite:///{old}", [ours["id"], FOREIGN])
+    cli.env["BACKUPD_CATALOG_URL"] = f"sqlite:///{old}"
+
+    assert [b["id"] for b in cli.ok_json("list")] == [ours["id"]]
+    assert [b["id"] for b in cli.ok_json("list", "--all")] == [ours["id"]]
+    assert [r["backup_id"] for r in cli.ok_json("runs")] == [ours["id"]]
+    with open_catalog(f"sqlite:///{old}") as catalog:
+        assert catalog.get_meta("rows_attributed:" + repository_scope(cli.env).repository_id + ":main") == "1"
