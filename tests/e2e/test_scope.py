@@ -4,6 +4,9 @@ repository and cluster; an invalid ``BACKUPD_REPOSITORY`` stops every command wi
 
 from __future__ import annotations
 
+import signal
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 from contentflow_backupd.catalog.sql import open_catalog
 from contentflow_backupd.model import parse_iso
 from tests.e2e.helpers import repository_scope, seed
+from tests.e2e.physical import physical_setup
 from tests.support.cli import Cli
 from tests.support.daemon import Daemon, daemon_env
 from tests.support.pg import PgCluster
@@ -165,3 +169,121 @@ def test_a_catalog_at_0007_with_rows_is_upgraded_and_reports_only_this_repositor
     assert [r["backup_id"] for r in cli.ok_json("runs")] == [ours["id"]]
     with open_catalog(f"sqlite:///{old}") as catalog:
         assert catalog.get_meta("rows_attributed:" + repository_scope(cli.env).repository_id + ":main") == "1"
+
+
+# -- true listings ---------------------------------------------------------------------------
+def _stored_under(repo: Path, generation: str) -> int:
+    return sum(p.stat().st_size for p in (repo / "main" / "chunks" / generation).rglob("*") if p.is_file())
+
+
+def test_list_all_shows_every_attempt_with_the_bytes_it_stored(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
+    seed(pg, pg_db, size_mb=24)
+    cli.env["BACKUPD_UPLOAD_CONCURRENCY"] = "1"
+    cli.run("init", check=True)
+    repo = tmp_path / "repo"
+
+    # 1. A backup that fails before connecting (no such database).
+    failed = cli.run("backup", "--kind", "full", env={"BACKUPD_DATABASE_URL": pg.url("no_such_database")})
+    assert failed.returncode != 0, str(failed)
+
+    # 2. A backup interrupted after it stored chunks: frozen once chunks are there, then SIGTERM.
+    proc = cli.popen("backup", "--kind", "full")
+    chunks = repo / "main" / "chunks"
+    try:
+        deadline = time.monotonic() + 300
+        while not (chunks.is_dir() and any(p.is_file() for p in chunks.rglob("*"))):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no chunk was stored"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    manifests = repo / "main" / "backups"
+    assert not manifests.is_dir() or not list(manifests.glob("*.json"))
+
+    attempts = cli.ok_json("list", "--all")
+    assert cli.ok_json("list") == []
+    assert [a["status"] for a in attempts] == ["failed", "interrupted"], attempts
+    before_connect, interrupted = attempts
+    assert "no_such_database" in before_connect["error"] and before_connect["stored_bytes"] == 0
+    assert "collectable_after" not in before_connect
+    # The bytes it really stored: every chunk object of its generation.
+    stored = _stored_under(repo, interrupted["generation"])
+    assert stored > 0 and interrupted["stored_bytes"] == stored, (interrupted, stored)
+    finished = parse_iso(interrupted["finished_at"])
+    assert finished is not None
+    assert parse_iso(interrupted["collectable_after"]) == finished + timedelta(hours=24)
+    text_out = cli.run("list", "--all", check=True).stdout
+    assert before_connect["id"] in text_out and interrupted["id"] in text_out
+    assert "once older than gc_grace (24h)" in text_out
+    # The runs name them.
+    runs = cli.ok_json("runs")
+    assert [(r["status"], r["backup_id"]) for r in runs] == [
+        ("failed", before_connect["id"]),
+        ("interrupted", interrupted["id"]),
+    ]
+
+
+# -- true counters ---------------------------------------------------------------------------
+def _segments_in(repo: Path) -> int:
+    wal = repo / "main" / "wal"
+    return sum(1 for p in wal.rglob("*") if p.is_file() and len(p.name) == 24) if wal.is_dir() else 0
+
+
+def test_the_wal_counter_counts_segments_pushed_by_archive_command_in_other_processes() -> None:
+    """PostgreSQL's archive_command runs ``wal-push``, a process of its own, for each segment:
+    the daemon's ``backupd_wal_archived_segments_total`` counts every segment that reached the
+    repository, also those pushed before the daemon started."""
+    with physical_setup() as setup:
+
+        def switch() -> None:
+            setup.cluster.execute("create table if not exists w(x int); insert into w values (1)")
+            setup.cluster.execute("select pg_switch_wal()")
+
+        def archived(n: int) -> bool:
+            return _segments_in(setup.repo) >= n
+
+        for _ in range(3):  # before the daemon runs
+            switch()
+        deadline = time.monotonic() + 120
+        while not archived(3):
+            assert time.monotonic() < deadline, "archive_command did not archive 3 segments"
+            time.sleep(0.2)
+        env = {
+            "BACKUPD_CONFIG": str(setup.config),
+            "BACKUPD_WAL__METHOD": "archive_command",
+            "BACKUPD_SCHEDULE__FULL": "off",
+            "BACKUPD_SCHEDULE__INCREMENTAL": "off",
+            "BACKUPD_SCHEDULE__WAL": "every 2s",
+            "BACKUPD_SCHEDULE__RETENTION": "off",
+            "BACKUPD_SCHEDULE__VERIFY": "off",
+            "BACKUPD_SCHEDULE__RESTORE_TEST": "off",
+            "BACKUPD_SHUTDOWN_GRACE": "10s",
+        }
+        with Daemon(env) as d:
+            d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+            stored = _segments_in(setup.repo)
+            d.wait_for(
+                "the counter at the repository's count",
+                lambda: (d.metric("backupd_wal_archived_segments_total") or 0) >= stored,
+            )
+            for _ in range(4):  # while it runs, each pushed by a wal-push process
+                switch()
+            d.wait_for("4 more segments archived", lambda: archived(stored + 4), timeout=120)
+            now_stored = _segments_in(setup.repo)
+            d.wait_for(
+                "the counter at the repository's count, pushes before the start included",
+                lambda: (d.metric("backupd_wal_archived_segments_total") or 0) >= now_stored,
+            )
+            # Nor more than reached it (no retention ran: every segment is still there).
+            counted = d.metric("backupd_wal_archived_segments_total") or 0
+            assert now_stored >= stored + 4 and counted <= _segments_in(setup.repo), (counted, stored)
+            assert not d.events("wal_stream_supervised")  # nothing of it went through the daemon
