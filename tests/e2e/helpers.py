@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contentflow_backupd.demo import datagen
-from contentflow_backupd.model import Scope
 from tests.support.pg import PgCluster
+
+if TYPE_CHECKING:
+    from contentflow_backupd.model import Scope
 
 
 def seed(pg: PgCluster, db: str, size_mb: int = 4, seed: int = 42) -> None:
@@ -40,6 +43,8 @@ def chunk_files(repo: Path) -> list[Path]:
 def repository_scope(env: Mapping[str, str], cluster: str = "main") -> Scope:
     """The catalog scope of the local repository ``env`` names (``BACKUPD_REPOSITORY``,
     ``file://``): the id in its repo.json, and ``cluster``."""
+    from contentflow_backupd.model import Scope
+
     url = env["BACKUPD_REPOSITORY"]
     assert url.startswith("file://"), url
     config = json.loads((Path(url.removeprefix("file://")) / "repo.json").read_text())
