@@ -315,11 +315,24 @@ class Daemon:
                 self._wal_state = wiring.wal_health_state(s, self._repo)
             except BackupdError as exc:
                 self._wal_state = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
+            self._count_wal(self._wal_state)
             if self.leader and self._walwatch is not None:
                 self._walwatch.guard(self._wal_state)
         if time.monotonic() >= self._next_objectives:
             self._next_objectives = time.monotonic() + OBJECTIVES_INTERVAL
             self._probe_objectives()
+
+    def _count_wal(self, state: Any) -> None:
+        """``backupd_wal_archived_segments_total`` from the listing the probe just made: the
+        segments stored plus those retention deleted (the catalog), whoever pushed them."""
+        if state is None or state.segments is None or self._catalog is None:
+            return
+        try:
+            deleted = self._catalog.count_deleted_wal_segments(self._scope)
+        except BackupdError as exc:
+            log.warning("wal_deletions_unreadable", error=exc.message)
+            return
+        self.metrics.set_wal_archived_total(state.segments + deleted)
 
     def _probe_objectives(self) -> None:
         """The recovery window and the RPO if the server died now (``backupd_recovery_point_age_

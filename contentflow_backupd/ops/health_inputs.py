@@ -113,12 +113,13 @@ def read_wal_state(archive: WalArchive, server: ServerWal | None, *, detail: str
         names.append(name)
         if info.modified is not None and (newest_at is None or info.modified > newest_at):
             newest_at = info.modified
+    segments = sum(1 for name in names if classify(name) == "segment")
     if server is None:
-        return WalState(newest_at, None, False, detail or "the server was not asked")
+        return WalState(newest_at, None, False, detail or "the server was not asked", segments=segments)
     pending = wal_pending(server, names)
     if pending is None and detail is None:
         detail = "the server is a standby: pending WAL unknown"
-    return WalState(newest_at, pending, server.archiver_failing, detail)
+    return WalState(newest_at, pending, server.archiver_failing, detail, segments=segments)
 
 
 def wal_pending(server: ServerWal, archived: Iterable[str]) -> bool | None:
