@@ -414,17 +414,17 @@ def _store(archive: WalArchive, name: str, when: datetime) -> None:
 
 
 def test_read_wal_state(archive: WalArchive) -> None:
-    assert read_wal_state(archive, ServerWal(SEG, 1, SEG)) == WalState(None, True, False, None)
+    assert read_wal_state(archive, ServerWal(SEG, 1, SEG)) == WalState(None, True, False, None, segments=0)
     _store(archive, "000000010000000000000002", ago(600))
     _store(archive, "000000010000000000000003", ago(300))
     _store(archive, "00000001.history", ago(900))
     state = read_wal_state(archive, ServerWal(4 * SEG, 1, SEG, archiver_failing=True))
-    assert state == WalState(ago(300), False, True, None)
+    assert state == WalState(ago(300), False, True, None, segments=2)  # the history file is no segment
     assert read_wal_state(archive, ServerWal(4 * SEG + 8192, 1, SEG)).pending is True
     standby = read_wal_state(archive, ServerWal(None, None, SEG))
     assert standby.pending is None and standby.detail is not None and "standby" in standby.detail
     unasked = read_wal_state(archive, None, detail="server not asked: down")
-    assert unasked == WalState(ago(300), None, False, "server not asked: down")
+    assert unasked == WalState(ago(300), None, False, "server not asked: down", segments=2)
 
 
 # -- verification, drills, recovery objectives ---------------------------------------------------
