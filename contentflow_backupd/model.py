@@ -56,6 +56,17 @@ def this_pid() -> int:
     return os.getpid()
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a catalog row belongs to: one cluster (``BACKUPD_CLUSTER``) in one repository (the id
+    in its ``repo.json``). Every catalog query that reports backups, runs, drills, verification,
+    restore points, deletions or migration runs takes one, so that a catalog shared by several
+    clusters or repositories never reports a row of another as this one's."""
+
+    repository_id: str
+    cluster: str
+
+
 @dataclass
 class BackupRecord:
     """One backup attempt as the catalog indexes it. Storage (the manifest) is the truth."""
@@ -79,6 +90,9 @@ class BackupRecord:
     pid: int | None = None
     host: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    repository_id: str | None = None
+    """The repository the attempt wrote to (None: a row from before catalog revision 0008 not yet
+    attributed to a repository)."""
 
     @property
     def duration_seconds(self) -> float | None:
@@ -140,6 +154,8 @@ class RunRecord:
     error: str | None = None
     pid: int | None = None
     host: str | None = None
+    repository_id: str | None = None
+    cluster: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

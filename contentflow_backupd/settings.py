@@ -318,6 +318,11 @@ class Settings(BaseSettings):
 
     _check_grace = field_validator("shutdown_grace", "progress_interval")(_duration)
 
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, v: str | None) -> str | None:
+        return None if v is None else check_repository_url(v)
+
     _toml: dict[str, Any] = {}
     _credentials: dict[str, str] = {}
 
@@ -343,6 +348,27 @@ class Settings(BaseSettings):
         if self.catalog_url is not None:
             return self.catalog_url.get_secret_value()
         return f"sqlite:///{self.state_dir / 'catalog.sqlite'}"
+
+
+def check_repository_url(url: str) -> str:
+    """``url`` when it names a repository this tool can open: ``file:///absolute/path`` (no host)
+    or ``s3://bucket[/prefix]``. Checked here, once, so that every command (also those that never
+    open the repository, such as ``runs``) stops on a bad value with exit 2."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    use = "use file:///absolute/path (three slashes) or s3://bucket/prefix"
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"{url!r}: a file URL takes no host (here {parts.netloc!r}); {use}")
+        if not parts.path or not Path(unquote(parts.path)).is_absolute():
+            raise ValueError(f"{url!r} is not an absolute path; {use}")
+    elif parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"{url!r} names no bucket; {use}")
+    else:
+        raise ValueError(f"unknown URL scheme {parts.scheme or '(none)'!r} in {url!r}; {use}")
+    return url
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:

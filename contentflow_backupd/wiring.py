@@ -23,6 +23,7 @@ from contentflow_backupd.storage.base import Storage
 
 if TYPE_CHECKING:  # psycopg, the catalog and the source layer: only in the commands that need them
     from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.model import Scope
     from contentflow_backupd.ops.backup import BackupOptions
     from contentflow_backupd.ops.retention_plan import RetentionPolicy
     from contentflow_backupd.source.conninfo import ConnInfo
@@ -287,6 +288,23 @@ def open_catalog(settings: Settings) -> Catalog:
     return _open(settings.catalog_sqlalchemy_url)
 
 
+def scope(settings: Settings, catalog: Catalog, storage: Storage | None = None) -> Scope:
+    """The (repository id, ``BACKUPD_CLUSTER``) every catalog query of a command is limited to
+    (``ops.scope.resolve_scope``): the id from ``repo.json``, else the one the catalog
+    remembers for this repository URL. Errors reading ``repo.json`` propagate when the catalog
+    remembers none."""
+    from contentflow_backupd.ops.scope import resolve_scope
+
+    opened = storage or open_storage(settings)
+    try:
+        found = resolve_scope(opened, catalog, settings.cluster)
+    finally:
+        if storage is None:
+            opened.close()
+    assert found is not None
+    return found
+
+
 def source_conninfo(settings: Settings) -> ConnInfo:
     from contentflow_backupd.source.conninfo import ConnInfo
 
@@ -538,12 +556,17 @@ def wal_spool_dir(settings: Settings) -> Path:
     return state_dir(settings) / "wal-spool" / settings.cluster
 
 
-def wal_watcher(settings: Settings, repo: Repository, metrics: Metrics) -> WalWatcher:
+def wal_watcher(
+    settings: Settings, repo: Repository, metrics: Metrics, catalog: Catalog | None = None
+) -> WalWatcher:
     from contentflow_backupd.daemon.walwatch import WalWatcher
+    from contentflow_backupd.model import Scope
     from contentflow_backupd.scheduling.periods import schedule_period
     from contentflow_backupd.timespec import parse_schedule
 
     period = schedule_period(parse_schedule(settings.schedule.wal), settings.schedule.timezone) or 900.0
+    scope = Scope(repo.id, settings.cluster)
+    deleted = (lambda: catalog.count_deleted_wal_segments(scope)) if catalog is not None else None
     return WalWatcher(
         WalArchive(repo, settings.cluster),
         source_conninfo(settings),
@@ -551,6 +574,7 @@ def wal_watcher(settings: Settings, repo: Repository, metrics: Metrics) -> WalWa
         spool_dir=wal_spool_dir(settings),
         period_s=period,
         method=settings.wal.method or "auto",
+        deleted_segments=deleted,
     )
 
 
@@ -650,11 +674,11 @@ def probe_dependencies(
 
     def catalog_query() -> None:
         if catalog is not None:
-            catalog.list_runs(1)
+            catalog.get_meta("catalog_probe")
             return
         opened = open_catalog(settings)
         try:
-            opened.list_runs(1)
+            opened.get_meta("catalog_probe")
         finally:
             opened.close()
 
@@ -695,7 +719,11 @@ def recovery_objectives(settings: Settings, repo: Repository, catalog: Catalog) 
     from contentflow_backupd.timespec import parse_duration
 
     mode = settings.mode
-    done = [b for b in catalog.list_backups(settings.cluster, ["succeeded"]) if b.mode == mode]
+    from contentflow_backupd.model import Scope
+
+    done = [
+        b for b in catalog.list_backups(Scope(repo.id, settings.cluster), ["succeeded"]) if b.mode == mode
+    ]
     size = done[-1].source_bytes if done else None
     return collect_objectives(
         repo,

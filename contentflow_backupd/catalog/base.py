@@ -25,6 +25,7 @@ from contentflow_backupd.model import (
     RunRecord,
     RunStatus,
     RunTrigger,
+    Scope,
     iso,
 )
 
@@ -46,6 +47,8 @@ class DeletionRecord:
     run_id: int | None = None
     id: int | None = None
     """Assigned by the catalog (insertion order); None on records not yet added."""
+    repository_id: str | None = None
+    """The repository it was deleted from (None: from before catalog revision 0008)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,6 +148,8 @@ class DrillRecord:
     checks: tuple[dict[str, str], ...] = ()
     error: str | None = None
     run_id: int | None = None
+    repository_id: str | None = None
+    """The repository the drill restored from (None: from before catalog revision 0008)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,6 +171,10 @@ class DrillRecord:
 
 
 class Catalog(Protocol):
+    """Every query that reports rows takes the ``Scope`` (repository id, cluster) they belong
+    to and returns only rows of that scope; records written carry their repository id. Rows from
+    before revision 0008 without one are attributed by ``adopt_unscoped`` or never reported."""
+
     def upsert_backup(self, record: BackupRecord) -> None:
         """Insert the record, or replace every field of the row with the same id."""
         ...
@@ -175,9 +184,9 @@ class Catalog(Protocol):
         ...
 
     def list_backups(
-        self, cluster: str, statuses: Iterable[BackupStatus] | None = None
+        self, scope: Scope, statuses: Iterable[BackupStatus] | None = None
     ) -> list[BackupRecord]:
-        """Records of ``cluster`` (all statuses when ``statuses`` is None), oldest first
+        """Records of ``scope`` (all statuses when ``statuses`` is None), oldest first
         (by ``started_at``, then ``id``)."""
         ...
 
@@ -185,16 +194,23 @@ class Catalog(Protocol):
         """Remove the row; a missing id is not an error."""
         ...
 
-    def replace_backups(self, cluster: str, records: Sequence[BackupRecord]) -> None:
-        """In one transaction: delete every backup row of ``cluster`` whose status is
+    def replace_backups(self, scope: Scope, records: Sequence[BackupRecord]) -> None:
+        """In one transaction: delete every backup row of ``scope`` whose status is
         ``succeeded``, then insert ``records``, replacing any row with the same id (also one of
         another cluster). Used by ``catalog rebuild``; rows of failed attempts are kept."""
         ...
 
     def start_run(
-        self, job: str, trigger: RunTrigger, *, pid: int | None = None, host: str | None = None
+        self,
+        scope: Scope,
+        job: str,
+        trigger: RunTrigger,
+        *,
+        pid: int | None = None,
+        host: str | None = None,
     ) -> RunRecord:
-        """Insert a run with status ``running`` and ``started_at`` now; returns it with its id."""
+        """Insert a run of ``scope`` with status ``running`` and ``started_at`` now; returns it
+        with its id."""
         ...
 
     def finish_run(
@@ -209,8 +225,8 @@ class Catalog(Protocol):
         no run has this id."""
         ...
 
-    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
-        """Runs in insertion order (by id); with ``limit``, the newest ``limit`` runs (still in
+    def list_runs(self, scope: Scope, limit: int | None = None) -> list[RunRecord]:
+        """Runs of ``scope`` in insertion order (by id); with ``limit``, the newest ``limit`` runs (still in
         insertion order)."""
         ...
 
@@ -222,40 +238,47 @@ class Catalog(Protocol):
         ...
 
     def add_restore_point(
-        self, cluster: str, name: str, lsn: str, timeline: int, created_at: datetime
+        self, scope: Scope, name: str, lsn: str, timeline: int, created_at: datetime
     ) -> None:
-        """Record a named restore point of ``cluster``. Names are unique per cluster:
+        """Record a named restore point of ``scope``. Names are unique per cluster:
         ``CatalogError`` when the cluster already has one of that name (the row is unchanged)."""
         ...
 
-    def list_restore_points(self, cluster: str) -> list[RestorePoint]:
-        """Restore points of ``cluster``, oldest first (by ``created_at``, then name)."""
+    def list_restore_points(self, scope: Scope) -> list[RestorePoint]:
+        """Restore points of ``scope``, oldest first (by ``created_at``, then name)."""
         ...
 
-    def get_restore_point(self, cluster: str, name: str) -> RestorePoint | None:
-        """The restore point of ``cluster`` with this name, or None."""
+    def get_restore_point(self, scope: Scope, name: str) -> RestorePoint | None:
+        """The restore point of ``scope`` with this name, or None (also when the cluster's point
+        of that name belongs to another repository)."""
         ...
 
     def add_deletions(self, records: Sequence[DeletionRecord]) -> None:
         """Append ``records`` (their ``id`` is ignored) in one transaction; nothing on error."""
         ...
 
-    def list_deletions(self, cluster: str, limit: int | None = None) -> list[DeletionRecord]:
-        """Deletions of ``cluster`` in insertion order (by id), with their ids; with ``limit``,
+    def list_deletions(self, scope: Scope, limit: int | None = None) -> list[DeletionRecord]:
+        """Deletions of ``scope`` in insertion order (by id), with their ids; with ``limit``,
         the newest ``limit`` of them (still in insertion order)."""
         ...
 
-    def get_verify_state(self, cluster: str) -> VerifyState:
-        """The verification state of ``cluster``; an empty ``VerifyState`` when none was saved."""
+    def count_deleted_wal_segments(self, scope: Scope) -> int:
+        """How many WAL segments (not history, backup or partial files) of ``scope`` retention
+        deleted."""
         ...
 
-    def set_verify_state(self, state: VerifyState) -> None:
-        """Insert or replace the verification state of ``state.cluster``."""
+    def get_verify_state(self, scope: Scope) -> VerifyState:
+        """The verification state of ``scope``; an empty ``VerifyState`` when none was saved (the
+        catalog keeps one per cluster: the last repository to save it owns it)."""
+        ...
+
+    def set_verify_state(self, scope: Scope, state: VerifyState) -> None:
+        """Insert or replace the verification state of ``scope``."""
         ...
 
     def record_corrupt(
         self,
-        cluster: str,
+        scope: Scope,
         key: str,
         backup_ids: Sequence[str],
         problem: str,
@@ -267,13 +290,13 @@ class Catalog(Protocol):
         (``detected_at`` default: now). At most one record per key is open. Returns the record."""
         ...
 
-    def list_corrupt(self, cluster: str, *, open_only: bool = True) -> list[CorruptObject]:
-        """Corrupt-object records of ``cluster`` in insertion order (by id); only the open ones
+    def list_corrupt(self, scope: Scope, *, open_only: bool = True) -> list[CorruptObject]:
+        """Corrupt-object records of ``scope`` in insertion order (by id); only the open ones
         unless ``open_only`` is False."""
         ...
 
     def resolve_corrupt(
-        self, cluster: str, key: str, resolution: str, *, resolved_at: datetime | None = None
+        self, scope: Scope, key: str, resolution: str, *, resolved_at: datetime | None = None
     ) -> bool:
         """Close the open record of ``key`` with ``resolution`` (``resolved_at`` default: now).
         Returns False, changing nothing, when no record of the key is open."""
@@ -284,9 +307,9 @@ class Catalog(Protocol):
         ...
 
     def list_drills(
-        self, cluster: str, *, limit: int | None = None, status: DrillStatus | None = None
+        self, scope: Scope, *, limit: int | None = None, status: DrillStatus | None = None
     ) -> list[DrillRecord]:
-        """Drills of ``cluster`` (only those with ``status`` when given), oldest first (by
+        """Drills of ``scope`` (only those with ``status`` when given), oldest first (by
         ``started_at``, then id); with ``limit``, the newest ``limit`` of them."""
         ...
 
@@ -297,9 +320,9 @@ class Catalog(Protocol):
     def get_migration_run(self, run_id: str) -> MigrationRunRecord | None: ...
 
     def list_migration_runs(
-        self, cluster: str, *, limit: int | None = None, status: MigrationStatus | None = None
+        self, scope: Scope, *, limit: int | None = None, status: MigrationStatus | None = None
     ) -> list[MigrationRunRecord]:
-        """``migrate`` runs of ``cluster`` (only those with ``status`` when given), oldest first;
+        """``migrate`` runs of ``scope`` (only those with ``status`` when given), oldest first;
         with ``limit``, the newest ``limit`` of them."""
         ...
 
@@ -348,6 +371,24 @@ class Catalog(Protocol):
 
     def set_audit_flushed_seq(self, repository_id: str, seq: int) -> None:
         """Raise (never lower) the mark of ``get_audit_flushed_seq``."""
+        ...
+
+    def adopt_unscoped(self, scope: Scope, manifest_ids: Iterable[str]) -> int:
+        """Attribute rows from before revision 0008 (no repository id) to ``scope``: backups of
+        its cluster whose id is in ``manifest_ids`` (the repository's manifests), then the runs,
+        drills and ``migrate`` runs that name one of them. Returns how many backups it adopted."""
+        ...
+
+    def has_unscoped(self, cluster: str) -> bool:
+        """Whether backups of ``cluster`` from before revision 0008 are not attributed yet."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of ``catalog_meta``, or None."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Insert or replace a value of ``catalog_meta``."""
         ...
 
     @property

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from contentflow_backupd.catalog.base import DrillRecord, DrillStatus
 from contentflow_backupd.catalog.models import DrillRow
 from contentflow_backupd.errors import CatalogError
+from contentflow_backupd.model import Scope
 
 
 def add_drill(session: Session, record: DrillRecord) -> None:
@@ -30,14 +31,17 @@ def add_drill(session: Session, record: DrillRecord) -> None:
             throughput_bytes_per_s=record.throughput_bytes_per_s,
             checks=[dict(c) for c in record.checks],
             error=record.error,
+            repository_id=record.repository_id,
         )
     )
 
 
 def list_drills(
-    session: Session, cluster: str, *, limit: int | None, status: DrillStatus | None
+    session: Session, scope: Scope, *, limit: int | None, status: DrillStatus | None
 ) -> list[DrillRecord]:
-    query = select(DrillRow).where(DrillRow.cluster == cluster)
+    query = select(DrillRow).where(
+        DrillRow.repository_id == scope.repository_id, DrillRow.cluster == scope.cluster
+    )
     if status is not None:
         query = query.where(DrillRow.status == status)
     query = query.order_by(DrillRow.started_at.desc(), DrillRow.id.desc())
@@ -62,4 +66,5 @@ def _record(row: DrillRow) -> DrillRecord:
         checks=tuple(dict(c) for c in (row.checks or [])),
         error=row.error,
         run_id=row.run_id,
+        repository_id=row.repository_id,
     )

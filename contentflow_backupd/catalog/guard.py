@@ -15,6 +15,7 @@ from contentflow_backupd.catalog.guard_records import (
     MigrationStatus,
 )
 from contentflow_backupd.catalog.models import BatchCheckpointRow, MigrationRunRow
+from contentflow_backupd.model import Scope
 
 _RUN_FIELDS = [f.name for f in dataclasses.fields(MigrationRunRecord)]
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchCheckpoint)]
@@ -47,9 +48,11 @@ def get_migration_run(session: Session, run_id: str) -> MigrationRunRecord | Non
 
 
 def list_migration_runs(
-    session: Session, cluster: str, *, limit: int | None, status: MigrationStatus | None
+    session: Session, scope: Scope, *, limit: int | None, status: MigrationStatus | None
 ) -> list[MigrationRunRecord]:
-    query = select(MigrationRunRow).where(MigrationRunRow.cluster == cluster)
+    query = select(MigrationRunRow).where(
+        MigrationRunRow.repository_id == scope.repository_id, MigrationRunRow.cluster == scope.cluster
+    )
     if status is not None:
         query = query.where(MigrationRunRow.status == status)
     query = query.order_by(MigrationRunRow.started_at.desc(), MigrationRunRow.id.desc())

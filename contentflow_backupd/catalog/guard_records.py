@@ -38,6 +38,8 @@ class MigrationRunRecord:
     schema_before: str | None = None
     schema_after: str | None = None
     error: str | None = None
+    repository_id: str | None = None
+    """The repository of the run's safety net (None: from before catalog revision 0008)."""
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

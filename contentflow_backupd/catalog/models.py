@@ -70,7 +70,10 @@ class BackupRow(Base):
     """One ``BackupRecord``."""
 
     __tablename__ = "backups"
-    __table_args__ = (Index("ix_backups_cluster_started_at", "cluster", "started_at"),)
+    __table_args__ = (
+        Index("ix_backups_cluster_started_at", "cluster", "started_at"),
+        Index("ix_backups_scope", "repository_id", "cluster", "started_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     cluster: Mapped[str] = mapped_column(String(255))
@@ -91,13 +94,18 @@ class BackupRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class RunRow(Base):
     """One ``RunRecord``. Ids are never reused (``AUTOINCREMENT`` on SQLite)."""
 
     __tablename__ = "runs"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        Index("ix_runs_scope", "repository_id", "cluster", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job: Mapped[str] = mapped_column(String(255))
@@ -109,6 +117,9 @@ class RunRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None] = mapped_column(String(255))
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
+    cluster: Mapped[str | None] = mapped_column(String(255))
 
 
 class CatalogMetaRow(Base):
@@ -131,6 +142,8 @@ class RestorePointRow(Base):
     lsn: Mapped[str] = mapped_column(String(32))
     timeline: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class DeletionRow(Base):
@@ -139,6 +152,7 @@ class DeletionRow(Base):
     __tablename__ = "deletions"
     __table_args__ = (
         Index("ix_deletions_cluster_at", "cluster", "at"),
+        Index("ix_deletions_scope", "repository_id", "cluster", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -150,6 +164,8 @@ class DeletionRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(Integer)
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class VerifyStateRow(Base):
@@ -164,6 +180,8 @@ class VerifyStateRow(Base):
     sweep_objects_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     verified_backups: Mapped[str | None] = mapped_column(Text)
     """JSON list of backup ids."""
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class CorruptObjectRow(Base):
@@ -192,13 +210,18 @@ class CorruptObjectRow(Base):
     detected_at: Mapped[datetime] = mapped_column(UtcDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     resolution: Mapped[str | None] = mapped_column(Text)
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class DrillRow(Base):
     """One ``DrillRecord``; ``checks`` is the list of check results as JSON."""
 
     __tablename__ = "drills"
-    __table_args__ = (Index("ix_drills_cluster_started_at", "cluster", "started_at"),)
+    __table_args__ = (
+        Index("ix_drills_cluster_started_at", "cluster", "started_at"),
+        Index("ix_drills_scope", "repository_id", "cluster", "started_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     run_id: Mapped[int | None] = mapped_column(Integer)
@@ -214,6 +237,8 @@ class DrillRow(Base):
     throughput_bytes_per_s: Mapped[float | None] = mapped_column(Float)
     checks: Mapped[list[dict[str, str]]] = mapped_column(JsonDocument, default=list)
     error: Mapped[str | None] = mapped_column(Text)
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class MigrationRunRow(Base):
@@ -221,7 +246,10 @@ class MigrationRunRow(Base):
     migration, its safety net, schemas before and after, and the role settings it changed."""
 
     __tablename__ = "migration_runs"
-    __table_args__ = (Index("ix_migration_runs_cluster_started_at", "cluster", "started_at"),)
+    __table_args__ = (
+        Index("ix_migration_runs_cluster_started_at", "cluster", "started_at"),
+        Index("ix_migration_runs_scope", "repository_id", "cluster", "started_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     cluster: Mapped[str] = mapped_column(String(255))
@@ -238,6 +266,8 @@ class MigrationRunRow(Base):
     schema_before: Mapped[str | None] = mapped_column(Text)
     schema_after: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
 
 
 class BatchCheckpointRow(Base):

@@ -45,7 +45,10 @@ from contentflow_backupd.catalog.guard_records import BatchCheckpoint, Migration
 from contentflow_backupd.catalog.models import (
     VERSION_TABLE,
     BackupRow,
+    CatalogMetaRow,
     DeletionRow,
+    DrillRow,
+    MigrationRunRow,
     RestorePointRow,
     RunRow,
 )
@@ -57,6 +60,7 @@ from contentflow_backupd.model import (
     RunRecord,
     RunStatus,
     RunTrigger,
+    Scope,
     utcnow,
 )
 
@@ -186,9 +190,11 @@ class SqlCatalog:
             return None if row is None else _backup_record(row)
 
     def list_backups(
-        self, cluster: str, statuses: Iterable[BackupStatus] | None = None
+        self, scope: Scope, statuses: Iterable[BackupStatus] | None = None
     ) -> list[BackupRecord]:
-        query = select(BackupRow).where(BackupRow.cluster == cluster)
+        query = select(BackupRow).where(
+            BackupRow.repository_id == scope.repository_id, BackupRow.cluster == scope.cluster
+        )
         if statuses is not None:
             query = query.where(BackupRow.status.in_(list(statuses)))
         query = query.order_by(BackupRow.started_at, BackupRow.id)
@@ -199,19 +205,38 @@ class SqlCatalog:
         with self._session("delete backup", write=True) as session:
             session.execute(delete(BackupRow).where(BackupRow.id == backup_id))
 
-    def replace_backups(self, cluster: str, records: Sequence[BackupRecord]) -> None:
+    def replace_backups(self, scope: Scope, records: Sequence[BackupRecord]) -> None:
         with self._session("replace backups", write=True) as session:
             session.execute(
-                delete(BackupRow).where(BackupRow.cluster == cluster, BackupRow.status == "succeeded")
+                delete(BackupRow).where(
+                    BackupRow.repository_id == scope.repository_id,
+                    BackupRow.cluster == scope.cluster,
+                    BackupRow.status == "succeeded",
+                )
             )
             # An upsert replaces the rows whose id is in ``records``, whatever their status.
             _upsert_backups(session, records)
 
     # -- runs ------------------------------------------------------------------------------
     def start_run(
-        self, job: str, trigger: RunTrigger, *, pid: int | None = None, host: str | None = None
+        self,
+        scope: Scope,
+        job: str,
+        trigger: RunTrigger,
+        *,
+        pid: int | None = None,
+        host: str | None = None,
     ) -> RunRecord:
-        row = RunRow(job=job, trigger=trigger, status="running", started_at=utcnow(), pid=pid, host=host)
+        row = RunRow(
+            job=job,
+            trigger=trigger,
+            status="running",
+            started_at=utcnow(),
+            pid=pid,
+            host=host,
+            repository_id=scope.repository_id,
+            cluster=scope.cluster,
+        )
         with self._session("start run", write=True) as session:
             session.add(row)
             session.flush()
@@ -236,8 +261,12 @@ class SqlCatalog:
             if result.rowcount == 0:
                 raise CatalogError(f"catalog {self.url}: no run with id {run_id}")
 
-    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
-        query = select(RunRow).order_by(RunRow.id.desc())
+    def list_runs(self, scope: Scope, limit: int | None = None) -> list[RunRecord]:
+        query = (
+            select(RunRow)
+            .where(RunRow.repository_id == scope.repository_id, RunRow.cluster == scope.cluster)
+            .order_by(RunRow.id.desc())
+        )
         if limit is not None:
             query = query.limit(max(limit, 0))
         with self._session("list runs", write=False) as session:
@@ -276,8 +305,9 @@ class SqlCatalog:
 
     # -- restore points --------------------------------------------------------------------
     def add_restore_point(
-        self, cluster: str, name: str, lsn: str, timeline: int, created_at: datetime
+        self, scope: Scope, name: str, lsn: str, timeline: int, created_at: datetime
     ) -> None:
+        cluster = scope.cluster
         with self._session("add restore point", write=True) as session:
             existing = session.get(RestorePointRow, (cluster, name))
             if existing is not None:
@@ -287,22 +317,34 @@ class SqlCatalog:
                     hint="restore point names are unique per cluster; choose another name",
                 )
             session.add(
-                RestorePointRow(cluster=cluster, name=name, lsn=lsn, timeline=timeline, created_at=created_at)
+                RestorePointRow(
+                    cluster=cluster,
+                    name=name,
+                    lsn=lsn,
+                    timeline=timeline,
+                    created_at=created_at,
+                    repository_id=scope.repository_id,
+                )
             )
 
-    def list_restore_points(self, cluster: str) -> list[RestorePoint]:
+    def list_restore_points(self, scope: Scope) -> list[RestorePoint]:
         query = (
             select(RestorePointRow)
-            .where(RestorePointRow.cluster == cluster)
+            .where(
+                RestorePointRow.repository_id == scope.repository_id,
+                RestorePointRow.cluster == scope.cluster,
+            )
             .order_by(RestorePointRow.created_at, RestorePointRow.name)
         )
         with self._session("list restore points", write=False) as session:
             return [_restore_point(row) for row in session.scalars(query)]
 
-    def get_restore_point(self, cluster: str, name: str) -> RestorePoint | None:
+    def get_restore_point(self, scope: Scope, name: str) -> RestorePoint | None:
         with self._session("get restore point", write=False) as session:
-            row = session.get(RestorePointRow, (cluster, name))
-            return None if row is None else _restore_point(row)
+            row = session.get(RestorePointRow, (scope.cluster, name))
+            if row is None or row.repository_id != scope.repository_id:
+                return None
+            return _restore_point(row)
 
     # -- deletions -------------------------------------------------------------------------
     def add_deletions(self, records: Sequence[DeletionRecord]) -> None:
@@ -318,29 +360,45 @@ class SqlCatalog:
                     bytes=r.bytes,
                     reason=r.reason,
                     run_id=r.run_id,
+                    repository_id=r.repository_id,
                 )
                 for r in records
             )
 
-    def list_deletions(self, cluster: str, limit: int | None = None) -> list[DeletionRecord]:
-        query = select(DeletionRow).where(DeletionRow.cluster == cluster).order_by(DeletionRow.id.desc())
+    def list_deletions(self, scope: Scope, limit: int | None = None) -> list[DeletionRecord]:
+        query = (
+            select(DeletionRow)
+            .where(DeletionRow.repository_id == scope.repository_id, DeletionRow.cluster == scope.cluster)
+            .order_by(DeletionRow.id.desc())
+        )
         if limit is not None:
             query = query.limit(max(limit, 0))
         with self._session("list deletions", write=False) as session:
             return [_deletion_record(row) for row in reversed(session.scalars(query).all())]
 
-    # -- continuous verification (catalog/verification.py) -----------------------------------
-    def get_verify_state(self, cluster: str) -> VerifyState:
-        with self._session("read verification state", write=False) as session:
-            return verification.get_verify_state(session, cluster)
+    def count_deleted_wal_segments(self, scope: Scope) -> int:
+        # Segment names are 24 hex digits; the other WAL files have a dot in their name.
+        query = select(func.count()).where(
+            DeletionRow.repository_id == scope.repository_id,
+            DeletionRow.cluster == scope.cluster,
+            DeletionRow.what == "wal",
+            DeletionRow.name.not_like("%.%"),
+        )
+        with self._session("count deleted WAL segments", write=False) as session:
+            return int(session.scalar(query) or 0)
 
-    def set_verify_state(self, state: VerifyState) -> None:
+    # -- continuous verification (catalog/verification.py) -----------------------------------
+    def get_verify_state(self, scope: Scope) -> VerifyState:
+        with self._session("read verification state", write=False) as session:
+            return verification.get_verify_state(session, scope)
+
+    def set_verify_state(self, scope: Scope, state: VerifyState) -> None:
         with self._session("save verification state", write=True) as session:
-            verification.set_verify_state(session, state)
+            verification.set_verify_state(session, scope, state)
 
     def record_corrupt(
         self,
-        cluster: str,
+        scope: Scope,
         key: str,
         backup_ids: Sequence[str],
         problem: str,
@@ -349,18 +407,18 @@ class SqlCatalog:
     ) -> CorruptObject:
         at = _utc(detected_at or utcnow())
         with self._session("record corrupt object", write=True) as session:
-            return verification.record_corrupt(session, cluster, key, backup_ids, problem, at)
+            return verification.record_corrupt(session, scope, key, backup_ids, problem, at)
 
-    def list_corrupt(self, cluster: str, *, open_only: bool = True) -> list[CorruptObject]:
+    def list_corrupt(self, scope: Scope, *, open_only: bool = True) -> list[CorruptObject]:
         with self._session("list corrupt objects", write=False) as session:
-            return verification.list_corrupt(session, cluster, open_only=open_only)
+            return verification.list_corrupt(session, scope, open_only=open_only)
 
     def resolve_corrupt(
-        self, cluster: str, key: str, resolution: str, *, resolved_at: datetime | None = None
+        self, scope: Scope, key: str, resolution: str, *, resolved_at: datetime | None = None
     ) -> bool:
         at = _utc(resolved_at or utcnow())
         with self._session("resolve corrupt object", write=True) as session:
-            return verification.resolve_corrupt(session, cluster, key, resolution, at)
+            return verification.resolve_corrupt(session, scope, key, resolution, at)
 
     # -- restore drills (catalog/drills.py) -------------------------------------------------
     def add_drill(self, record: DrillRecord) -> None:
@@ -368,10 +426,10 @@ class SqlCatalog:
             drills.add_drill(session, record)
 
     def list_drills(
-        self, cluster: str, *, limit: int | None = None, status: DrillStatus | None = None
+        self, scope: Scope, *, limit: int | None = None, status: DrillStatus | None = None
     ) -> list[DrillRecord]:
         with self._session("list drills", write=False) as session:
-            return drills.list_drills(session, cluster, limit=limit, status=status)
+            return drills.list_drills(session, scope, limit=limit, status=status)
 
     def save_migration_run(self, record: MigrationRunRecord) -> None:
         with self._session("record migration run", write=True) as session:
@@ -382,10 +440,10 @@ class SqlCatalog:
             return guard.get_migration_run(session, run_id)
 
     def list_migration_runs(
-        self, cluster: str, *, limit: int | None = None, status: MigrationStatus | None = None
+        self, scope: Scope, *, limit: int | None = None, status: MigrationStatus | None = None
     ) -> list[MigrationRunRecord]:
         with self._session("list migration runs", write=False) as session:
-            return guard.list_migration_runs(session, cluster, limit=limit, status=status)
+            return guard.list_migration_runs(session, scope, limit=limit, status=status)
 
     def save_batch(self, checkpoint: BatchCheckpoint) -> None:
         with self._session("record batch checkpoint", write=True) as session:
@@ -449,6 +507,67 @@ class SqlCatalog:
     def set_audit_flushed_seq(self, repository_id: str, seq: int) -> None:
         with self._session("save audit mark", write=True) as session:
             audit.set_flushed_seq(session, repository_id, seq)
+
+    # -- scope of rows from before revision 0008 -----------------------------------------------
+    def adopt_unscoped(self, scope: Scope, manifest_ids: Iterable[str]) -> int:
+        ids = set(manifest_ids)
+        with self._session("attribute old rows to a repository", write=True) as session:
+            candidates = session.scalars(
+                select(BackupRow.id).where(
+                    BackupRow.repository_id.is_(None), BackupRow.cluster == scope.cluster
+                )
+            ).all()
+            adopted = sorted(set(candidates) & ids)
+            owner = {"repository_id": scope.repository_id}
+            for start in range(0, len(adopted), 500):
+                batch = adopted[start : start + 500]
+                session.execute(update(BackupRow).where(BackupRow.id.in_(batch)).values(owner))
+                session.execute(
+                    update(RunRow)
+                    .where(RunRow.repository_id.is_(None), RunRow.backup_id.in_(batch))
+                    .values(repository_id=scope.repository_id, cluster=scope.cluster)
+                )
+                session.execute(
+                    update(DrillRow)
+                    .where(
+                        DrillRow.repository_id.is_(None),
+                        DrillRow.cluster == scope.cluster,
+                        DrillRow.backup_id.in_(batch),
+                    )
+                    .values(owner)
+                )
+                session.execute(
+                    update(MigrationRunRow)
+                    .where(
+                        MigrationRunRow.repository_id.is_(None),
+                        MigrationRunRow.cluster == scope.cluster,
+                        MigrationRunRow.backup_id.in_(batch),
+                    )
+                    .values(owner)
+                )
+            return len(adopted)
+
+    def has_unscoped(self, cluster: str) -> bool:
+        query = (
+            select(BackupRow.id)
+            .where(BackupRow.repository_id.is_(None), BackupRow.cluster == cluster)
+            .limit(1)
+        )
+        with self._session("find old rows", write=False) as session:
+            return session.scalars(query).first() is not None
+
+    def get_meta(self, key: str) -> str | None:
+        with self._session("read catalog meta", write=False) as session:
+            row = session.get(CatalogMetaRow, key)
+            return None if row is None else row.value
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._session("save catalog meta", write=True) as session:
+            row = session.get(CatalogMetaRow, key)
+            if row is None:
+                session.add(CatalogMetaRow(key=key, value=value))
+            else:
+                row.value = value
 
     def close(self) -> None:
         self._engine.dispose()
@@ -605,6 +724,7 @@ def _deletion_record(row: DeletionRow) -> DeletionRecord:
         reason=row.reason,
         run_id=row.run_id,
         id=row.id,
+        repository_id=row.repository_id,
     )
 
 

@@ -84,18 +84,30 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
     from contentflow_backupd import wiring
+    from contentflow_backupd.model import iso
     from contentflow_backupd.ops.backup import reap_interrupted
+    from contentflow_backupd.timespec import parse_duration
 
     catalog = wiring.open_catalog(settings)
     try:
         reap_interrupted(catalog)
-        records = catalog.list_backups(settings.cluster, None if args.all else ["succeeded"])
+        scope = wiring.scope(settings, catalog)
+        records = catalog.list_backups(scope, None if args.all else ["succeeded"])
     finally:
         catalog.close()
     _warn_if_catalog_stale(settings, {r.id for r in records if r.status == "succeeded"})
+    grace = timedelta(seconds=parse_duration(settings.retention.gc_grace))
+    leftovers = [r for r in records if r.status in ("failed", "interrupted") and r.stored_bytes > 0]
     if args.json:
-        print_json([r.to_json() for r in records])
+        out = [r.to_json() for r in records]
+        for item, r in zip(out, records, strict=True):
+            if r.id in {x.id for x in leftovers}:
+                # Chunks without a manifest: retention deletes them once older than gc_grace.
+                item["collectable_after"] = iso((r.finished_at or r.started_at) + grace)
+        print_json(out)
         return EXIT_OK
     if not records:
         print(f"no backups of cluster {settings.cluster!r}")
@@ -116,6 +128,13 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     ]
     headers = ("ID", "KIND", "MODE", "STATUS", "FINISHED (UTC)", "AGE", "TOOK", "SOURCE", "STORED")
     sys.stdout.write(render_table(headers, rows, right={6, 7, 8}))
+    if leftovers:
+        total = human_bytes(sum(r.stored_bytes for r in leftovers))
+        print(
+            f"{total} stored by {len(leftovers)} failed or interrupted attempt(s): chunks without a "
+            f"manifest, deleted by retention (`expire --confirm`, the daemon's retention job) once "
+            f"older than gc_grace ({settings.retention.gc_grace})"
+        )
     return EXIT_OK
 
 

@@ -41,7 +41,7 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     catalog = wiring.open_catalog(settings)
     try:
         reap_interrupted(catalog)
-        runs = catalog.list_runs(limit=args.limit)
+        runs = catalog.list_runs(wiring.scope(settings, catalog), limit=args.limit)
     finally:
         catalog.close()
     if args.job:
@@ -80,6 +80,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.model import utcnow
     from contentflow_backupd.ops.health import WalState, evaluate_health
     from contentflow_backupd.ops.health_inputs import collect_health_inputs, recovery_state
+    from contentflow_backupd.ops.scope import resolve_scope
 
     objectives = wiring.objectives(settings)
     storage = wiring.open_storage(settings)
@@ -98,6 +99,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 wal = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
         try:
             readable = catalog if deps["catalog"].up else None
+            # Only rows of this repository and cluster count; a repository never read at this URL
+            # has none (the report then says the catalog state is unknown).
+            scope = (
+                resolve_scope(storage, readable, settings.cluster, required=False)
+                if readable is not None
+                else None
+            )
             recovery = None
             if readable is not None and deps["storage"].up:
                 try:
@@ -107,7 +115,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                     log.warning("recovery_objectives_unknown", error=exc.message)
             inputs = collect_health_inputs(
                 readable,
-                settings.cluster,
+                scope,
                 dependencies=deps,
                 wal=wal,
                 drills=settings.schedule.restore_test != "off",
@@ -115,7 +123,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             )
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)
-            inputs = collect_health_inputs(None, settings.cluster, dependencies=deps, wal=wal)
+            inputs = collect_health_inputs(None, None, dependencies=deps, wal=wal)
     finally:
         if catalog is not None:
             catalog.close()

@@ -76,7 +76,7 @@ def cmd_migrate_history(args: argparse.Namespace, settings: Settings) -> int:
 
     catalog = wiring.open_catalog(settings)
     try:
-        runs = catalog.list_migration_runs(settings.cluster, limit=args.limit)
+        runs = catalog.list_migration_runs(wiring.scope(settings, catalog), limit=args.limit)
     finally:
         catalog.close()
     if args.json:
@@ -113,7 +113,7 @@ def cmd_migrate_run(args: argparse.Namespace, settings: Settings) -> int:
     repo = wiring.open_repository(settings)
     catalog = wiring.open_catalog(settings)
     try:
-        opts = wire.guard_options(settings, args, command)
+        opts = wire.guard_options(settings, args, command, repo.id)
         deps = wire.guard_deps(settings, repo, catalog, opts)
         if args.dry_run:
             from contentflow_backupd.migrate.dryrun import run_dry

@@ -13,6 +13,7 @@ import structlog
 from contentflow_backupd.cli.audit import open_audit_catalog
 from contentflow_backupd.cli.output import human_age, human_bytes, human_time, print_json, render_table
 from contentflow_backupd.errors import EXIT_OK
+from contentflow_backupd.model import Scope
 from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int
 
     catalog = wiring.open_catalog(settings)
     try:
-        points = list_restore_points(catalog, settings.cluster)
+        points = list_restore_points(catalog, wiring.scope(settings, catalog))
     finally:
         catalog.close()
     if args.json:
@@ -215,7 +216,7 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     repo = wiring.open_repository(settings)
     catalog = wiring.open_catalog(settings)
     try:
-        excluded = open_corrupt_backups(catalog, settings.cluster)
+        excluded = open_corrupt_backups(catalog, Scope(repo.id, settings.cluster))
         if args.pgdata:
             result = _recover_physical(args, settings, repo, catalog, excluded)
         else:

@@ -20,7 +20,7 @@ import structlog
 from contentflow_backupd import __version__, wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
-from contentflow_backupd.model import utcnow
+from contentflow_backupd.model import Scope, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.repository.repository import Repository
@@ -77,6 +77,9 @@ class Daemon:
         self._lock: Any = None
         self._catalog: Catalog | None = None
         self._repo: Repository | None = None
+        self._scope = Scope("", settings.cluster)
+        """(repository id, cluster) of every catalog row the daemon reports; set once the
+        repository is open (the empty id before matches no row)."""
         self._notifier: Any = None
 
     # -- start-up ----------------------------------------------------------------------------
@@ -116,6 +119,8 @@ class Daemon:
         if self._lock.mode == "exclusive":
             self._lock.require()  # a second daemon on one SQLite catalog is refused
         self._repo = self._open_or_init_repository()
+        self._scope = Scope(self._repo.id, s.cluster)
+        self._adopt_old_rows()
         self._audit_config()
         self._cleanup_drills()
         self._notifier = wiring.notifier(s)
@@ -172,6 +177,17 @@ class Daemon:
             )
             return repo
 
+    def _adopt_old_rows(self) -> None:
+        """Catalog rows from before revision 0008 whose backups are in this repository become
+        this repository's (``ops.scope``); the repository id is remembered for this URL."""
+        from contentflow_backupd.ops.scope import resolve_scope
+
+        assert self._repo is not None and self._catalog is not None
+        try:
+            resolve_scope(self._repo.storage, self._catalog, self.settings.cluster)
+        except BackupdError as exc:
+            log.warning("catalog_rows_not_attributed", error=exc.message)
+
     def _build_runner(self) -> None:
         from contentflow_backupd.daemon.runtime import JobRunner
         from contentflow_backupd.scheduling import jobs
@@ -180,8 +196,12 @@ class Daemon:
         assert self._repo is not None and self._catalog is not None
         wal_tick = None
         if s.mode == "physical" and wiring.job_specs_by_id(s)["wal"].schedule.kind != "off":
-            self._walwatch = wiring.wal_watcher(s, self._repo, self.metrics)
+            self._walwatch = wiring.wal_watcher(s, self._repo, self.metrics, self._catalog)
             wal_tick = self._walwatch.tick
+            try:  # the WAL counter from the start, not only from the first WAL check
+                self._walwatch.update_archived_total()
+            except BackupdError as exc:
+                log.warning("wal_archive_unreadable", error=exc.message)
         self._runner = JobRunner(
             s, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
         )
@@ -207,7 +227,7 @@ class Daemon:
         log.info("leader_acquired", mode=self._lock.mode)
         sched = Scheduler(self._catalog.engine, s.schedule.timezone)
         sched.register(wiring.job_specs(s))
-        if s.schedule.full != "off" and not self._catalog.list_backups(s.cluster, ["succeeded"]):
+        if s.schedule.full != "off" and not self._catalog.list_backups(self._scope, ["succeeded"]):
             sched.run_soon("full")  # no backup yet: do not wait for the first fire time
         sched.resume()
         self._scheduler = sched
@@ -279,7 +299,9 @@ class Daemon:
             return
         for job in self._scheduler.take_skipped():
             try:
-                run = self._catalog.start_run(job, "scheduled", pid=os.getpid(), host=socket.gethostname())
+                run = self._catalog.start_run(
+                    self._scope, job, "scheduled", pid=os.getpid(), host=socket.gethostname()
+                )
                 self._catalog.finish_run(
                     run.id, "skipped", error="the previous run of this job was still going"
                 )
@@ -321,11 +343,24 @@ class Daemon:
                 self._wal_state = wiring.wal_health_state(s, self._repo)
             except BackupdError as exc:
                 self._wal_state = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
+            self._count_wal(self._wal_state)
             if self.leader and self._walwatch is not None:
                 self._walwatch.guard(self._wal_state)
         if time.monotonic() >= self._next_objectives:
             self._next_objectives = time.monotonic() + OBJECTIVES_INTERVAL
             self._probe_objectives()
+
+    def _count_wal(self, state: Any) -> None:
+        """``backupd_wal_archived_segments_total`` from the listing the probe just made: the
+        segments stored plus those retention deleted (the catalog), whoever pushed them."""
+        if state is None or state.segments is None or self._catalog is None:
+            return
+        try:
+            deleted = self._catalog.count_deleted_wal_segments(self._scope)
+        except BackupdError as exc:
+            log.warning("wal_deletions_unreadable", error=exc.message)
+            return
+        self.metrics.set_wal_archived_total(state.segments + deleted)
 
     def _probe_objectives(self) -> None:
         """The recovery window and the RPO if the server died now (``backupd_recovery_point_age_
@@ -345,7 +380,7 @@ class Daemon:
         """``backupd_migration_*`` from the catalog (``migrate`` runs as its own command)."""
         assert self._catalog is not None
         try:
-            runs = [r for r in self._catalog.list_migration_runs(self.settings.cluster) if not r.dry_run]
+            runs = [r for r in self._catalog.list_migration_runs(self._scope) if not r.dry_run]
         except BackupdError as exc:
             log.warning("migration_runs_unreadable", error=exc.message)
             return
@@ -373,7 +408,7 @@ class Daemon:
         try:
             inputs = collect_health_inputs(
                 self._catalog,
-                s.cluster,
+                self._scope,
                 dependencies=dict(self._deps),
                 wal=self._wal_state,
                 leader=self.leader,
@@ -383,7 +418,7 @@ class Daemon:
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)
             inputs = collect_health_inputs(
-                None, s.cluster, dependencies=dict(self._deps), wal=self._wal_state, leader=self.leader
+                None, self._scope, dependencies=dict(self._deps), wal=self._wal_state, leader=self.leader
             )
         return evaluate_health(inputs, self._objectives, utcnow())
 

@@ -21,7 +21,7 @@ import structlog
 from contentflow_backupd import wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, LockedError, VerificationFailed
-from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, utcnow
+from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, Scope, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
@@ -65,6 +65,8 @@ class JobRunner:
     ) -> None:
         self.settings = settings
         self.repo = repo
+        self.scope = Scope(repo.id, settings.cluster)
+        """Every catalog row this runner reads or writes is of this repository and cluster."""
         self.catalog = catalog
         self.metrics = metrics
         self.notifier = notifier
@@ -84,11 +86,11 @@ class JobRunner:
     def _seed_from_catalog(self) -> None:
         """Metrics and failure state as the catalog left them, so a restart does not forget that
         the last full backup failed or when the last success was."""
-        runs = self.catalog.list_runs(limit=500)
+        runs = self.catalog.list_runs(self.scope, limit=500)
         for run in runs:
             if run.status in ("succeeded", "failed"):
                 self._failing[run.job] = run.status == "failed"
-        backups = self.catalog.list_backups(self.settings.cluster, ["succeeded"])
+        backups = self.catalog.list_backups(self.scope, ["succeeded"])
         for kind in ("full", "incremental"):
             done = [b for b in backups if b.kind == kind and b.finished_at is not None]
             if done:
@@ -106,14 +108,14 @@ class JobRunner:
         try:
             from contentflow_backupd.ops.sweep import open_corrupt_count
 
-            state = self.catalog.get_verify_state(self.settings.cluster)
+            state = self.catalog.get_verify_state(self.scope)
             self.metrics.set_verify_last_success(state.last_deep_success_at)
-            self.metrics.set_corrupt_objects(open_corrupt_count(self.catalog, self.settings.cluster))
+            self.metrics.set_corrupt_objects(open_corrupt_count(self.catalog, self.scope))
         except BackupdError as exc:
             log.warning("verify_state_unreadable", error=exc.message)
         try:
-            drills = self.catalog.list_drills(self.settings.cluster, limit=1)
-            good = self.catalog.list_drills(self.settings.cluster, status="succeeded", limit=1)
+            drills = self.catalog.list_drills(self.scope, limit=1)
+            good = self.catalog.list_drills(self.scope, status="succeeded", limit=1)
             if drills:
                 self.metrics.set_last_drill(
                     rto_s=drills[0].rto_seconds, restored_bytes=drills[0].restored_bytes
@@ -125,7 +127,7 @@ class JobRunner:
 
     def _update_window(self, backups: list[BackupRecord] | None = None) -> None:
         if backups is None:
-            backups = self.catalog.list_backups(self.settings.cluster, ["succeeded"])
+            backups = self.catalog.list_backups(self.scope, ["succeeded"])
         ends = [b.finished_at for b in backups if b.finished_at is not None]
         self.metrics.set_recovery_window_start(min(ends) if ends else None)
         if not self._repository_bytes_known:
@@ -211,9 +213,9 @@ class JobRunner:
         try:
             faults = quick_check_backup(self.repo, s.cluster, record.id, s.upload_concurrency)
             if faults:
-                record_faults(self.catalog, s.cluster, faults)
+                record_faults(self.catalog, self.scope, faults)
                 self._corrupt_found([f"{f.key} ({f.problem})" for f in faults], f"the new backup {record.id}")
-            self.metrics.set_corrupt_objects(open_corrupt_count(self.catalog, s.cluster))
+            self.metrics.set_corrupt_objects(open_corrupt_count(self.catalog, self.scope))
         except BackupdError as exc:
             log.warning("quick_check_failed", backup_id=record.id, error=exc.message)
 
@@ -232,7 +234,7 @@ class JobRunner:
         a = self.settings.anomaly
         history = [
             b.source_bytes
-            for b in self.catalog.list_backups(self.settings.cluster, ["succeeded"])
+            for b in self.catalog.list_backups(self.scope, ["succeeded"])
             if b.kind == record.kind and b.mode == record.mode and b.id != record.id
         ][-a.window :]
         verdict = check_size(record.source_bytes, history, low=a.low, high=a.high, min_history=a.min_history)
@@ -258,7 +260,7 @@ class JobRunner:
 
     # -- other jobs ------------------------------------------------------------------------
     def _simple_run(self, job: str, trigger: RunTrigger, body: Callable[[int], str | None]) -> None:
-        run = self.catalog.start_run(job, trigger, pid=_pid(), host=self.host)
+        run = self.catalog.start_run(self.scope, job, trigger, pid=_pid(), host=self.host)
         with structlog.contextvars.bound_contextvars(run_id=run.id):
             try:
                 note = body(run.id)

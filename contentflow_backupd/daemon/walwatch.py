@@ -5,6 +5,10 @@
   when that segment is older than the WAL schedule period and WAL was written since (an idle
   database would otherwise sit on a half-filled segment for hours), uploads anything left in the
   local spool when ``wal-stream`` is not running, and updates the WAL metrics.
+  ``backupd_wal_archived_segments_total`` is not counted here: it is read from shared sources of
+  truth at each tick, the segments of the cluster in the repository plus those retention deleted
+  (the catalog), so pushes by other processes (``archive_command``'s ``wal-push``, another
+  daemon) count as well.
 - ``StreamSupervisor`` runs ``wal-stream`` (``ops.wal_stream.run_wal_stream``: ``pg_receivewal``
   on a replication slot, each completed segment uploaded) on a thread, restarting it with backoff
   when it ends with an error, until the daemon stops.
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,8 +60,11 @@ class WalWatcher:
         spool_dir: Path,
         period_s: float,
         method: str,
+        deleted_segments: Callable[[], int] | None = None,
     ) -> None:
         self.archive = archive
+        self.deleted_segments = deleted_segments
+        """How many WAL segments of the cluster retention deleted (the catalog's records)."""
         self.info = info
         self.metrics = metrics
         self.spool_dir = spool_dir
@@ -64,7 +72,6 @@ class WalWatcher:
         self.method = method
         self.stream: StreamSupervisor | None = None
         self.last: WalSnapshot | None = None
-        self._seen: set[str] | None = None
         self._failed_count: int | None = None
 
     def tick(self, run_id: int | None = None) -> dict[str, Any]:
@@ -75,7 +82,7 @@ class WalWatcher:
         if self.stream is None or not self.stream.alive():
             uploaded = upload_spool(self.archive, self.spool_dir)
         seg_size = status.wal_segment_size
-        newest_name, newest_at, names = self._newest(status.timeline)
+        newest_name, newest_at, stored = self._newest(status.timeline)
         current = segment_of_lsn(status.current_lsn, status.timeline, seg_size)
         if newest_name is not None:
             newest = parse_segment(newest_name, seg_size)
@@ -89,14 +96,10 @@ class WalWatcher:
             switch_wal(self.info)
             switched = True
             log.info("wal_switch_forced", newest_archived=newest_name, age_seconds=age)
-        # counters: segments that appeared in the repository, archiver failures since last tick
-        if self._seen is not None:
-            fresh = names - self._seen
-            if fresh:
-                self.metrics.wal_archived(len(fresh), newest_at)
-        elif newest_at is not None:
-            self.metrics.wal_archived(0, newest_at)
-        self._seen = names
+        # Segments that ever reached the repository: those stored now plus those retention
+        # deleted (however they got there); archiver failures since the last tick.
+        self.update_archived_total(stored)
+        self.metrics.set_wal_last_archived(newest_at)
         if self._failed_count is not None and status.failed_count > self._failed_count:
             self.metrics.wal_archive_failures(status.failed_count - self._failed_count)
         self._failed_count = status.failed_count
@@ -137,18 +140,35 @@ class WalWatcher:
         log.info("wal_switch_forced", newest_archived_at=state.last_archived_at.isoformat(), age_seconds=age)
         return True
 
-    def _newest(self, timeline: int) -> tuple[str | None, datetime | None, set[str]]:
-        names: set[str] = set()
+    def update_archived_total(self, stored: int | None = None) -> int:
+        """Raise ``backupd_wal_archived_segments_total`` to the segments of the cluster in the
+        repository (``stored``: already counted by the caller, else one LIST) plus those
+        retention deleted. Returns that figure; never lowers the counter."""
+        if stored is None:
+            stored = sum(
+                1
+                for info in self.archive.repo.storage.list(self.archive.prefix())
+                if classify(info.key.rsplit("/", 1)[-1]) == "segment"
+            )
+        total = stored + (self.deleted_segments() if self.deleted_segments is not None else 0)
+        self.metrics.set_wal_archived_total(total)
+        return total
+
+    def _newest(self, timeline: int) -> tuple[str | None, datetime | None, int]:
+        """The newest segment of ``timeline`` and its time, and how many segments of every
+        timeline the repository holds (one LIST of the cluster's WAL)."""
+        stored = 0
         newest: str | None = None
         newest_at: datetime | None = None
-        for info in self.archive.repo.storage.list(self.archive.prefix(timeline)):
+        own = self.archive.prefix(timeline)
+        for info in self.archive.repo.storage.list(self.archive.prefix()):
             name = info.key.rsplit("/", 1)[-1]
             if classify(name) != "segment":
                 continue
-            names.add(name)
-            if newest is None or name > newest:
+            stored += 1
+            if info.key.startswith(own) and (newest is None or name > newest):
                 newest, newest_at = name, info.modified
-        return newest, newest_at, names
+        return newest, newest_at, stored
 
 
 class StreamSupervisor:

@@ -110,7 +110,8 @@ def main() -> int:
         f"==> starting the daemon (Ctrl-C stops it)\n"
         f"    metrics  http://{listen}/metrics\n"
         f"    health   http://{listen}/healthz\n"
-        f"    runs     BACKUPD_STATE_DIR={DEMO_DIR}/state {_command()} runs\n",
+        f"    runs     BACKUPD_STATE_DIR={DEMO_DIR}/state BACKUPD_REPOSITORY=file://{DEMO_DIR}/repo "
+        f"{_command()} runs\n",
         flush=True,
     )
     stop = threading.Event()

@@ -42,7 +42,7 @@ from contentflow_backupd.migrate.apply import CommandResult, actor, pg_duration,
 from contentflow_backupd.migrate.prisma import MigrationFile, read_migrations_dir
 from contentflow_backupd.migrate.rollback import MigrationDone, recovery_plan, roll_back
 from contentflow_backupd.migrate.validate import validate
-from contentflow_backupd.model import utcnow
+from contentflow_backupd.model import Scope, utcnow
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.drill_checks import CheckResult, not_run, passed
 from contentflow_backupd.ops.locks import exclusive
@@ -98,6 +98,8 @@ class GuardOptions:
     dry_run: bool = False
     pg_bin: Path | None = None
     """``BACKUPD_PG_BIN``: where pg_dump is (the schema before and after)."""
+    repository_id: str | None = None
+    """The repository of the safety net: the scope (with ``cluster``) of the run's record."""
 
 
 @dataclass
@@ -176,14 +178,15 @@ def new_run_record(opts: GuardOptions) -> MigrationRunRecord:
         dry_run=opts.dry_run,
         status="running",
         started_at=started,
+        repository_id=opts.repository_id,
     )
 
 
-def repair_interrupted(catalog: Catalog, cluster: str, conninfo: ConnInfo) -> list[str]:
+def repair_interrupted(catalog: Catalog, scope: Scope, conninfo: ConnInfo) -> list[str]:
     """Runs left ``running`` by a crashed ``migrate`` (the caller holds the migrate lock, so none
     is alive): put back the role settings they had changed, and record them as failed."""
     repaired = []
-    for record in catalog.list_migration_runs(cluster, status="running"):
+    for record in catalog.list_migration_runs(scope, status="running"):
         saved = record.details.get("role_settings")
         note = "interrupted: the migrate process ended without finishing"
         if saved:
@@ -206,7 +209,8 @@ def run_migrate(catalog: Catalog, opts: GuardOptions, deps: GuardDeps) -> Migrat
     result = MigrateResult(record)
     t0 = time.monotonic()
     with exclusive(opts.lock_dir, f"migrate-{opts.cluster}", what=f"a migration of cluster {opts.cluster!r}"):
-        repair_interrupted(catalog, opts.cluster, opts.conninfo)
+        if opts.repository_id is not None:
+            repair_interrupted(catalog, Scope(opts.repository_id, opts.cluster), opts.conninfo)
         catalog.save_migration_run(record)
         with structlog.contextvars.bound_contextvars(migration_id=record.id):
             log.info("migration_started", actor=record.actor, command=record.command, dry_run=opts.dry_run)

@@ -22,7 +22,7 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.catalog.guard_records import MigrationRunRecord
 from contentflow_backupd.errors import UsageError
 from contentflow_backupd.migrate.apply import actor
-from contentflow_backupd.model import iso, utcnow
+from contentflow_backupd.model import Scope, iso, utcnow
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.restore import restore_to_file
 from contentflow_backupd.repository.repository import Repository
@@ -33,8 +33,9 @@ from contentflow_backupd.source.schema import dump_schema
 log = structlog.get_logger(__name__)
 
 
-def find_run(catalog: Catalog, cluster: str, name: str) -> MigrationRunRecord:
-    for record in reversed(catalog.list_migration_runs(cluster)):
+def find_run(catalog: Catalog, scope: Scope, name: str) -> MigrationRunRecord:
+    cluster = scope.cluster
+    for record in reversed(catalog.list_migration_runs(scope)):
         if record.restore_point == name:
             return record
     raise UsageError(
@@ -57,7 +58,7 @@ def rollback_live(
     concurrency: int,
 ) -> dict[str, Any]:
     """The plan (``confirm`` False) or the rollback's result (module docstring)."""
-    record = find_run(catalog, cluster, name)
+    record = find_run(catalog, Scope(repo.id, cluster), name)
     if record.backup_id is None:
         raise UsageError(
             f"restore point {name!r} is a physical restore point: it is recovered into a new data "

@@ -31,7 +31,9 @@ from contentflow_backupd.timespec import parse_duration
 log = structlog.get_logger("contentflow_backupd.migrate")
 
 
-def guard_options(settings: Settings, args: argparse.Namespace, command: Sequence[str]) -> GuardOptions:
+def guard_options(
+    settings: Settings, args: argparse.Namespace, command: Sequence[str], repository_id: str | None = None
+) -> GuardOptions:
     if settings.database_url is None:
         raise ConfigError("BACKUPD_DATABASE_URL is not set: the migration needs the database")
     m = settings.migrate
@@ -52,6 +54,7 @@ def guard_options(settings: Settings, args: argparse.Namespace, command: Sequenc
         config_arg=f" --config {settings.config}" if settings.config else "",
         dry_run=args.dry_run,
         pg_bin=settings.pg_bin,
+        repository_id=repository_id,
     )
 
 

@@ -11,7 +11,8 @@ daemons in one process never collide. The series, exactly (README "Metrics" and 
     backupd_backup_last_source_bytes{kind}
     backupd_backup_last_stored_bytes{kind}
     backupd_backup_size_anomaly{kind}                             0 or 1
-    backupd_wal_archived_segments_total
+    backupd_wal_archived_segments_total                           segments of the cluster that reached
+                                                                  the repository (read, not counted)
     backupd_wal_archive_failures_total
     backupd_wal_last_archived_timestamp_seconds                   0 = never
     backupd_wal_pending_segments
@@ -126,6 +127,8 @@ class Metrics:
 
     def __init__(self, version: str = __version__) -> None:
         self._lock = threading.Lock()
+        self._wal_count = 0
+        """What ``backupd_wal_archived_segments_total`` shows (prometheus_client hides it)."""
         self._seeded_failures: dict[str, float] = {}
         self._source = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry()
@@ -178,7 +181,10 @@ class Metrics:
             registry=reg,
         )
         self._wal_archived = Counter(
-            "backupd_wal_archived_segments", "WAL segments archived by this daemon", registry=reg
+            "backupd_wal_archived_segments",
+            "WAL segments of the cluster that reached the repository, by any process (stored now "
+            "plus deleted by retention)",
+            registry=reg,
         )
         self._wal_failures = Counter(
             "backupd_wal_archive_failures", "WAL archive failures seen by this daemon", registry=reg
@@ -373,9 +379,19 @@ class Metrics:
     def wal_archived(self, count: int, last_at: datetime | float | None = None) -> None:
         """``count`` more segments archived; ``last_at`` is when the newest of them was."""
         if count > 0:
-            self._wal_archived.inc(count)
+            with self._lock:
+                self._wal_archived.inc(count)
+                self._wal_count += count
         if last_at is not None:
             self.set_wal_last_archived(last_at)
+
+    def set_wal_archived_total(self, total: int) -> None:
+        """The counter read from the sources of truth (segments stored plus deleted): raised to
+        ``total``, never lowered (a counter; a segment deleted by hand is not un-archived)."""
+        with self._lock:
+            if total > self._wal_count:
+                self._wal_archived.inc(total - self._wal_count)
+                self._wal_count = total
 
     def set_wal_last_archived(self, at: datetime | float | None) -> None:
         """When the newest WAL segment was archived (None: never, exposed as 0)."""

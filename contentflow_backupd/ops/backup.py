@@ -22,7 +22,7 @@ import structlog
 from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
-from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, new_backup_id, utcnow
+from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, Scope, new_backup_id, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
@@ -84,7 +84,8 @@ def run_backup(
     if opts.mode not in ("logical", "physical"):
         raise UsageError(f"unknown backup mode {opts.mode!r}")
     reap_interrupted(catalog)
-    run = catalog.start_run(opts.kind, opts.trigger, pid=os.getpid(), host=socket.gethostname())
+    scope = Scope(repo.id, opts.cluster)
+    run = catalog.start_run(scope, opts.kind, opts.trigger, pid=os.getpid(), host=socket.gethostname())
     attempt: list[BackupRecord] = []
     with structlog.contextvars.bound_contextvars(run_id=run.id, job=opts.kind):
         try:
@@ -106,15 +107,17 @@ def run_backup(
                 run.id,
                 "interrupted",
                 "interrupted by a signal before the manifest was written",
+                _no_attempt(repo, opts, run.started_at),
             )
             _audit(repo, catalog, opts, run.id, "interrupted", attempt, "interrupted by a signal")
             raise
         except BaseException as exc:
             error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+            unrecorded = _no_attempt(repo, opts, run.started_at)
             if opts.cancel is not None and opts.cancel.is_set():
-                _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}")
+                _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}", unrecorded)
             else:
-                _fail(catalog, attempt, run.id, "failed", error)
+                _fail(catalog, attempt, run.id, "failed", error, unrecorded)
             _audit(repo, catalog, opts, run.id, "failed", attempt, error)
             raise
         _finish_run(catalog, run.id, "succeeded", done.id, None)
@@ -230,11 +233,11 @@ def _dispatch(
     return _execute(repo, catalog, opts, info.database, details, basebackup, attempt)
 
 
-def _expected_size(catalog: Catalog, cluster: str, mode: str) -> int | None:
+def _expected_size(catalog: Catalog, scope: Scope, mode: str) -> int | None:
     """The progress total of a backup: what the newest successful backup of this mode read
     (a database grows slowly); None for the first one."""
     try:
-        done = [b for b in catalog.list_backups(cluster, ["succeeded"]) if b.mode == mode]
+        done = [b for b in catalog.list_backups(scope, ["succeeded"]) if b.mode == mode]
     except BackupdError:
         return None
     return done[-1].source_bytes if done and done[-1].source_bytes else None
@@ -294,6 +297,7 @@ def _execute(
         pid=os.getpid(),
         host=socket.gethostname(),
         details=dict(details),
+        repository_id=repo.id,
     )
     if plan.note:
         record.details["note"] = plan.note
@@ -305,9 +309,19 @@ def _execute(
         writer = ChunkWriter(repo, opts.cluster, generation, plan.known_chunks, concurrency=opts.concurrency)
         progress.phase(
             "dumping" if opts.mode == "logical" else "copying",
-            total=_expected_size(catalog, opts.cluster, opts.mode),
+            total=_expected_size(catalog, Scope(repo.id, opts.cluster), opts.mode),
         )
-        streams = produce(writer, plan)
+        try:
+            streams = produce(writer, plan)
+        except BaseException:
+            # What the attempt stored before it stopped: chunks without a manifest, which
+            # retention collects once they are older than gc_grace.
+            attempt[-1] = record.copy(
+                stored_bytes=writer.stats.stored_bytes,
+                chunks_total=writer.stats.chunks_total,
+                chunks_new=writer.stats.chunks_new,
+            )
+            raise
         record.details.update(streams.details)
         manifest = Manifest(
             id=backup_id,
@@ -329,7 +343,7 @@ def _execute(
         )
         manifest_key = repo.write_manifest(manifest)  # the commit point
         done = manifest.to_record(manifest_key)
-        done.pid, done.host = record.pid, record.host
+        done.pid, done.host, done.repository_id = record.pid, record.host, repo.id
         done.stored_bytes += repo.storage.stat(manifest_key).size
         attempt[-1] = done
         catalog.upsert_backup(done)
@@ -361,10 +375,39 @@ def _after_newest_backup(repo: Repository, cluster: str) -> datetime:
     return now
 
 
-def _fail(catalog: Catalog, attempt: list[BackupRecord], run_id: int, status: str, error: str) -> None:
+def _no_attempt(repo: Repository, opts: BackupOptions, started_at: datetime) -> BackupRecord:
+    """The record of an attempt that failed before its own was made (the database could not be
+    reached, a role lacks a privilege): ``list --all`` shows every attempt of the cluster. It
+    stored nothing and has no generation."""
+    return BackupRecord(
+        id=new_backup_id(opts.kind, started_at),
+        cluster=opts.cluster,
+        kind=opts.kind,
+        mode=opts.mode,  # type: ignore[arg-type]
+        status="running",
+        generation="",
+        started_at=started_at,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        details={"requested_kind": opts.kind, "before_connecting": True},
+        repository_id=repo.id,
+    )
+
+
+def _fail(
+    catalog: Catalog,
+    attempt: list[BackupRecord],
+    run_id: int,
+    status: str,
+    error: str,
+    unrecorded: BackupRecord | None = None,
+) -> None:
     """Record a failed or interrupted run, and its backup attempt if one was recorded and not
-    committed (a failure after the manifest was written leaves the committed backup alone)."""
+    committed (a failure after the manifest was written leaves the committed backup alone). An
+    attempt that failed before its record was made is recorded as ``unrecorded``."""
     log.error("backup_failed" if status == "failed" else "backup_interrupted", error=error)
+    if not attempt and unrecorded is not None:
+        attempt.append(unrecorded)
     record = attempt[-1] if attempt else None
     if record is not None and record.status == "running":
         try:

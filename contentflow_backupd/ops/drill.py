@@ -17,6 +17,7 @@ into the repository. The user's guide is ``docs/drills.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -33,7 +34,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog, DrillRecord
 from contentflow_backupd.errors import BackupdError, BackupNotFound, LockedError, UsageError
-from contentflow_backupd.model import BackupMode, RunTrigger, utcnow
+from contentflow_backupd.model import BackupMode, RunTrigger, Scope, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup import reap_interrupted
@@ -176,7 +177,8 @@ def run_drill(
     own_run = run_id is None
     if own_run:
         reap_interrupted(catalog)
-        run_id = catalog.start_run(JOB, trigger, pid=os.getpid(), host=socket.gethostname()).id
+        scope = Scope(repo.id, opts.cluster)
+        run_id = catalog.start_run(scope, JOB, trigger, pid=os.getpid(), host=socket.gethostname()).id
     assert run_id is not None
     try:
         with structlog.contextvars.bound_contextvars(run_id=run_id, job=JOB):
@@ -203,7 +205,7 @@ def run_drill(
             _finish_run(catalog, run_id, "interrupted", f"stopped at shutdown: {result.error}")
         return result
     try:
-        catalog.add_drill(result.record())
+        catalog.add_drill(dataclasses.replace(result.record(), repository_id=repo.id))
     except BackupdError as exc:
         log.error("catalog_update_failed", error=exc.message)
     _audit_drill(catalog, result, run_id)

@@ -114,6 +114,8 @@ class WalState:
     """The archiver's newest attempt failed (``pg_stat_archiver``, or the daemon's own pushes)."""
     detail: str | None = None
     """Why the state is incomplete, when it is."""
+    segments: int | None = None
+    """How many WAL segments (every timeline) the archive holds; None: not listed."""
 
 
 @dataclass(frozen=True)

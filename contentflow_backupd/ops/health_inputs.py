@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.model import BACKUP_KINDS, parse_iso
+from contentflow_backupd.model import BACKUP_KINDS, Scope, parse_iso
 from contentflow_backupd.ops.health import (
     RUN_HISTORY,
     DependencyState,
@@ -27,7 +27,7 @@ from contentflow_backupd.wal import classify, parse_segment, timeline_of, writte
 # -- collection ------------------------------------------------------------------------------
 def collect_health_inputs(
     catalog: Catalog | None,
-    cluster: str,
+    scope: Scope | None,
     *,
     dependencies: Mapping[str, DependencyState | bool] | None = None,
     wal: WalState | None = None,
@@ -36,27 +36,29 @@ def collect_health_inputs(
     drills: bool = False,
     recovery: RecoveryState | None = None,
 ) -> HealthInputs:
-    """Read the per-kind state from the catalog (``kinds`` None when ``catalog`` is None); the
-    other arguments pass through (a bare ``bool`` dependency becomes ``DependencyState(bool)``).
+    """Read the per-kind state from the catalog (``kinds`` None when ``catalog`` or ``scope`` is
+    None: no catalog, or a repository whose id is not known); the other arguments pass through (a
+    bare ``bool`` dependency becomes ``DependencyState(bool)``).
 
-    Last successes come from the ``succeeded`` backups of ``cluster`` (by ``finished_at``); last
-    run statuses from the newest ``run_history`` runs, whose ``job`` is the backup kind asked for
-    (runs are not per cluster). Open corrupt objects from the catalog. With ``drills`` (the
+    Everything comes from rows of ``scope`` only (this repository and cluster): last successes
+    from its ``succeeded`` backups (by ``finished_at``); last run statuses from its newest
+    ``run_history`` runs, whose ``job`` is the backup kind asked for. Open corrupt objects of the
+    scope. With ``drills`` (the
     restore_test schedule is on), the newest finished ``restore_test`` run. ``recovery`` passes
     through. Catalog errors propagate (``CatalogError``)."""
     deps = {
         k: v if isinstance(v, DependencyState) else DependencyState(v)
         for k, v in (dependencies or {}).items()
     }
-    if catalog is None:
+    if catalog is None or scope is None:
         return HealthInputs(kinds=None, wal=wal, dependencies=deps, leader=leader, recovery=recovery)
     newest: dict[str, datetime] = {}
-    for b in catalog.list_backups(cluster, ["succeeded"]):
+    for b in catalog.list_backups(scope, ["succeeded"]):
         end = b.finished_at or b.started_at
         for key in {b.kind, "any"}:
             if key not in newest or end > newest[key]:
                 newest[key] = end
-    runs = catalog.list_runs(run_history)
+    runs = catalog.list_runs(scope, run_history)
     kinds: dict[str, KindState] = {}
     for kind in BACKUP_KINDS:
         last = next(
@@ -93,7 +95,7 @@ def collect_health_inputs(
         wal=wal,
         dependencies=deps,
         leader=leader,
-        corrupt_objects=len(catalog.list_corrupt(cluster)),
+        corrupt_objects=len(catalog.list_corrupt(scope)),
         drill=drill,
         recovery=recovery,
     )
@@ -111,12 +113,13 @@ def read_wal_state(archive: WalArchive, server: ServerWal | None, *, detail: str
         names.append(name)
         if info.modified is not None and (newest_at is None or info.modified > newest_at):
             newest_at = info.modified
+    segments = sum(1 for name in names if classify(name) == "segment")
     if server is None:
-        return WalState(newest_at, None, False, detail or "the server was not asked")
+        return WalState(newest_at, None, False, detail or "the server was not asked", segments=segments)
     pending = wal_pending(server, names)
     if pending is None and detail is None:
         detail = "the server is a standby: pending WAL unknown"
-    return WalState(newest_at, pending, server.archiver_failing, detail)
+    return WalState(newest_at, pending, server.archiver_failing, detail, segments=segments)
 
 
 def wal_pending(server: ServerWal, archived: Iterable[str]) -> bool | None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.model import BackupMode, BackupRecord, iso
+from contentflow_backupd.model import BackupMode, BackupRecord, Scope, iso
 from contentflow_backupd.ops.physical_restore import Span, parse_history, span_of, timeline_at
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
@@ -322,19 +322,19 @@ def evaluate_objectives(
 
 
 # -- collection --------------------------------------------------------------------------------
-def open_corrupt_backups(catalog: Catalog, cluster: str) -> dict[str, str]:
+def open_corrupt_backups(catalog: Catalog, scope: Scope) -> dict[str, str]:
     """Backup id -> the open corrupt object that rules it out (the first one recorded), from the
     catalog's verification records."""
     out: dict[str, str] = {}
-    for rec in catalog.list_corrupt(cluster, open_only=True):
+    for rec in catalog.list_corrupt(scope, open_only=True):
         for backup_id in rec.backup_ids:
             out.setdefault(backup_id, f"open corrupt object {rec.key} ({rec.problem})")
     return out
 
 
-def last_drill_figures(catalog: Catalog, cluster: str) -> DrillFigures | None:
-    """The newest successful restore drill of ``cluster`` from the catalog, or None."""
-    drills = catalog.list_drills(cluster, limit=1, status="succeeded")
+def last_drill_figures(catalog: Catalog, scope: Scope) -> DrillFigures | None:
+    """The newest successful restore drill of ``scope`` from the catalog, or None."""
+    drills = catalog.list_drills(scope, limit=1, status="succeeded")
     if not drills:
         return None
     d = drills[-1]
@@ -386,9 +386,10 @@ def collect_objectives(
     catalog records them) and, in physical mode, one LIST of the WAL archive plus its history
     files. Storage and catalog errors propagate (``StorageError``, ``CatalogError``)."""
     now = now or datetime.now(UTC)
-    records = [r for r in catalog.list_backups(cluster, ["succeeded"]) if r.mode == mode]
+    scope = Scope(repo.id, cluster)
+    records = [r for r in catalog.list_backups(scope, ["succeeded"]) if r.mode == mode]
     points = [BackupPoint.from_record(r) for r in records]
-    excluded = open_corrupt_backups(catalog, cluster)
+    excluded = open_corrupt_backups(catalog, scope)
     if mode == "physical":
         wal, histories = read_archive(WalArchive(repo, cluster))
         window = recovery_window(points, mode, wal=wal, histories=histories, excluded=excluded)
@@ -398,7 +399,7 @@ def collect_objectives(
         window,
         now,
         database_bytes=database_bytes,
-        drill=last_drill_figures(catalog, cluster),
+        drill=last_drill_figures(catalog, scope),
         rto_objective_s=rto_objective_s,
         rpo_objective_s=rpo_objective_s,
     )

@@ -33,7 +33,7 @@ from contentflow_backupd.errors import (
     ObjectNotFound,
     UsageError,
 )
-from contentflow_backupd.model import RestorePoint, iso
+from contentflow_backupd.model import RestorePoint, Scope, iso
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.native import native_chain
 from contentflow_backupd.ops.verify import missing_objects
@@ -513,7 +513,7 @@ def _restore_physical(
     t0 = time.monotonic()
     pgdata = Path(os.path.abspath(opts.pgdata))
     owner = resolve_owner(opts.owner)
-    point = _restore_point(catalog, opts.cluster, opts.target)
+    point = _restore_point(catalog, Scope(repo.id, opts.cluster), opts.target)
     plan = plan_physical_restore(repo, archive, opts.cluster, opts.backup, opts.target, point)
     m = plan.manifest
     chain = native_chain(repo, m)
@@ -636,15 +636,15 @@ def _combine_chain(
     return stats
 
 
-def _restore_point(catalog: Catalog | None, cluster: str, target: RecoveryTarget) -> RestorePoint | None:
+def _restore_point(catalog: Catalog | None, scope: Scope, target: RecoveryTarget) -> RestorePoint | None:
     if target.kind != "name":
         return None
     if catalog is None:
         raise UsageError("--target-name needs the catalog, where restore points are recorded")
-    point = catalog.get_restore_point(cluster, target.value)
+    point = catalog.get_restore_point(scope, target.value)
     if point is None:
         raise UsageError(
-            f"cluster {cluster!r} has no restore point named {target.value!r} in the catalog; "
+            f"cluster {scope.cluster!r} has no restore point named {target.value!r} in the catalog; "
             "nothing was written",
             hint="list them with `contentflow-backupd list-restore-points`",
         )

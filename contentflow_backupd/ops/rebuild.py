@@ -11,7 +11,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.model import BackupRecord
+from contentflow_backupd.model import BackupRecord, Scope
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import AuditRestore, record_event, restore_audit
 from contentflow_backupd.repository import layout
@@ -46,11 +46,12 @@ def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> Rebuild
             unreadable.append({"backup_id": bid, "key": key, "error": exc.message})
             continue
         record = manifest.to_record(key)
+        record.repository_id = repo.id
         with contextlib.suppress(BackupdError):
             record.stored_bytes += repo.storage.stat(key).size
         records.append(record)
     progress.phase("writing the catalog")
-    catalog.replace_backups(cluster, records)
+    catalog.replace_backups(Scope(repo.id, cluster), records)
     progress.phase("restoring the audit trail")
     audit = restore_audit(catalog, repo)
     log.info("catalog_rebuilt", cluster=cluster, backups=len(records), unreadable=len(unreadable))

@@ -34,7 +34,7 @@ from contentflow_backupd.errors import (
     ObjectNotFound,
     UsageError,
 )
-from contentflow_backupd.model import iso
+from contentflow_backupd.model import Scope, iso
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.physical_restore import (
     PhysicalRestoreOptions,
@@ -152,7 +152,7 @@ def recover_physical(
     pgdata = Path(os.path.abspath(opts.pgdata))
     check_new_directory(pgdata, "--pgdata")
     resolve_owner(opts.owner)
-    _check_restore_point(catalog, opts.cluster, opts.target)
+    _check_restore_point(catalog, Scope(repo.id, opts.cluster), opts.target)
     skipped: list[Skipped] = []
     result: PhysicalRestoreResult | None = None
     chosen: Manifest | None = None
@@ -211,15 +211,15 @@ def recover_physical(
     )
 
 
-def _check_restore_point(catalog: Catalog | None, cluster: str, target: RecoveryTarget) -> None:
+def _check_restore_point(catalog: Catalog | None, scope: Scope, target: RecoveryTarget) -> None:
     """A named target must exist before any backup is tried (no backup could reach it)."""
     if target.kind != "name":
         return
     if catalog is None:
         raise UsageError("--target-name needs the catalog, where restore points are recorded")
-    if catalog.get_restore_point(cluster, target.value) is None:
+    if catalog.get_restore_point(scope, target.value) is None:
         raise UsageError(
-            f"cluster {cluster!r} has no restore point named {target.value!r} in the catalog; "
+            f"cluster {scope.cluster!r} has no restore point named {target.value!r} in the catalog; "
             "nothing was written",
             hint="list them with `contentflow-backupd list-restore-points`",
         )

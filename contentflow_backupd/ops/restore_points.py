@@ -19,7 +19,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import UsageError
-from contentflow_backupd.model import RestorePoint
+from contentflow_backupd.model import RestorePoint, Scope
 from contentflow_backupd.ops.physical_restore import check_restore_point_name
 from contentflow_backupd.repository.walarchive import WalArchive, WalRefused
 from contentflow_backupd.source.base import ClusterInfo
@@ -55,7 +55,8 @@ def create_restore_point(
     the segment holding it is archived. Names are unique per cluster: a taken name is refused
     before the server is touched."""
     check_restore_point_name(name)
-    existing = catalog.get_restore_point(cluster, name)
+    scope = Scope(archive.repo.id, cluster)
+    existing = catalog.get_restore_point(scope, name)
     if existing is not None:
         raise UsageError(
             f"cluster {cluster!r} already has a restore point named {name!r} "
@@ -73,7 +74,7 @@ def create_restore_point(
         )
     lsn, timeline, created_at = make(name)
     point = RestorePoint(cluster=cluster, name=name, lsn=lsn, timeline=timeline, created_at=created_at)
-    catalog.add_restore_point(cluster, name, lsn, timeline, created_at)
+    catalog.add_restore_point(scope, name, lsn, timeline, created_at)
     segment = Segment(timeline, (parse_lsn(lsn) - 1) // info.wal_segment_size).name(info.wal_segment_size)
     archived = _wait_archived(archive, segment, archive_timeout)
     if archived:
@@ -99,5 +100,5 @@ def _wait_archived(archive: WalArchive, segment: str, timeout: float) -> bool:
     return True
 
 
-def list_restore_points(catalog: Catalog, cluster: str) -> list[RestorePoint]:
-    return catalog.list_restore_points(cluster)
+def list_restore_points(catalog: Catalog, scope: Scope) -> list[RestorePoint]:
+    return catalog.list_restore_points(scope)

@@ -34,7 +34,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog, DeletionRecord, DeletionWhat
 from contentflow_backupd.errors import BackupdError, ObjectLocked
-from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, this_host, this_pid, utcnow
+from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, Scope, this_host, this_pid, utcnow
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.native import is_native
@@ -171,7 +171,7 @@ def apply_expiry(
     result = ExpiryResult()
 
     def record(what: DeletionWhat, name: str, size: int, reason: str) -> DeletionRecord:
-        return DeletionRecord(utcnow(), cluster, what, name, size, reason, run_id)
+        return DeletionRecord(utcnow(), cluster, what, name, size, reason, run_id, repository_id=repo.id)
 
     def refused(key: str, exc: ObjectLocked) -> None:
         result.refused.append(key)
@@ -292,7 +292,8 @@ def expire(
     with held:
         own_run = None
         if run_id is None and trigger is not None:
-            own_run = catalog.start_run("retention", trigger, pid=this_pid(), host=this_host())
+            scope = Scope(repo.id, cluster)
+            own_run = catalog.start_run(scope, "retention", trigger, pid=this_pid(), host=this_host())
             run_id = own_run.id
         planned: list[ExpiryPlan] = []
         try:

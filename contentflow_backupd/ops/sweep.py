@@ -36,7 +36,7 @@ from typing import Any
 import structlog
 
 from contentflow_backupd.catalog.base import Catalog, CorruptObject, VerifyState
-from contentflow_backupd.model import iso, utcnow
+from contentflow_backupd.model import Scope, iso, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.locks import exclusive
@@ -174,8 +174,9 @@ def _run(
     started: datetime,
     concurrency: int,
 ) -> SweepResult:
-    state = catalog.get_verify_state(cluster)
-    open_before = catalog.list_corrupt(cluster)
+    scope = Scope(repo.id, cluster)
+    state = catalog.get_verify_state(scope)
+    open_before = catalog.list_corrupt(scope)
     index = build_index(repo, cluster)
     problems = index.referenced_problems()
 
@@ -212,10 +213,10 @@ def _run(
             backup_ids=list(f.backup_ids),
             problem=f.problem,
         )
-        catalog.record_corrupt(cluster, f.key, f.backup_ids, f.problem, detected_at=started)
+        catalog.record_corrupt(scope, f.key, f.backup_ids, f.problem, detected_at=started)
     for f in ignored:
         log.warning("unneeded_object_bad", cluster=cluster, key=f.key, problem=f.problem)
-    resolved = _resolve(catalog, cluster, index, open_before, {f.key for f in found}, read_fine)
+    resolved = _resolve(catalog, scope, index, open_before, {f.key for f in found}, read_fine)
 
     new_state = VerifyState(
         cluster=cluster,
@@ -225,7 +226,7 @@ def _run(
         sweep_objects_total=len(index.listing),
         verified_backups=tuple(index.manifests),
     )
-    catalog.set_verify_state(new_state)
+    catalog.set_verify_state(scope, new_state)
     result = SweepResult(
         cluster=cluster,
         started_at=started,
@@ -240,7 +241,7 @@ def _run(
         found=found,
         ignored=ignored,
         resolved=resolved,
-        open_corrupt=catalog.list_corrupt(cluster),
+        open_corrupt=catalog.list_corrupt(scope),
         plan=plan,
         state=new_state,
         interval_s=interval_s,
@@ -285,7 +286,7 @@ def _read_all(
 
 def _resolve(
     catalog: Catalog,
-    cluster: str,
+    scope: Scope,
     index: ClusterIndex,
     open_before: Iterable[CorruptObject],
     still_bad: set[str],
@@ -300,8 +301,8 @@ def _resolve(
         if resolution is None:
             continue
         at = utcnow()
-        if catalog.resolve_corrupt(cluster, record.key, resolution, resolved_at=at):
-            log.info("corrupt_object_resolved", cluster=cluster, key=record.key, resolution=resolution)
+        if catalog.resolve_corrupt(scope, record.key, resolution, resolved_at=at):
+            log.info("corrupt_object_resolved", cluster=scope.cluster, key=record.key, resolution=resolution)
             resolved.append(dataclasses.replace(record, resolved_at=at, resolution=resolution))
     return resolved
 
@@ -315,7 +316,7 @@ def quick_check_backup(repo: Repository, cluster: str, backup_id: str, concurren
 
 
 def record_faults(
-    catalog: Catalog, cluster: str, faults: Iterable[Fault], *, detected_at: datetime | None = None
+    catalog: Catalog, scope: Scope, faults: Iterable[Fault], *, detected_at: datetime | None = None
 ) -> list[CorruptObject]:
     """Record faults (of ``quick_check_backup`` or ``verify``) as corrupt objects, one record per
     key with every backup the faults name; the next ``verify_since_last`` run re-reads them and
@@ -325,15 +326,15 @@ def record_faults(
         by_key.setdefault(fault.key, []).append(fault)
     return [
         catalog.record_corrupt(
-            cluster, key, sorted({f.backup_id for f in group}), group[0].problem, detected_at=detected_at
+            scope, key, sorted({f.backup_id for f in group}), group[0].problem, detected_at=detected_at
         )
         for key, group in by_key.items()
     ]
 
 
-def open_corrupt_count(catalog: Catalog, cluster: str) -> int:
-    """How many corrupt objects of ``cluster`` are open (``backupd_verify_corrupt_objects``)."""
-    return len(catalog.list_corrupt(cluster))
+def open_corrupt_count(catalog: Catalog, scope: Scope) -> int:
+    """How many corrupt objects of ``scope`` are open (``backupd_verify_corrupt_objects``)."""
+    return len(catalog.list_corrupt(scope))
 
 
 def open_corrupt_summary(records: Sequence[CorruptObject], limit: int = 5) -> Iterator[str]:

@@ -20,11 +20,13 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.catalog.models import VERSION_TABLE, Base
 from contentflow_backupd.catalog.sql import INTERRUPTED_ERROR, SqlCatalog, head_revision, open_catalog
 from contentflow_backupd.errors import CatalogError
-from contentflow_backupd.model import BackupRecord, BackupStatus
+from contentflow_backupd.model import BackupRecord, BackupStatus, Scope
 from tests.support.pg import PgCluster
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 
 def backup(
@@ -43,6 +45,7 @@ def backup(
         status=status,
         generation="gen-1",
         started_at=at,
+        repository_id=REPO_ID,
     )
     return record.copy(**changes)
 
@@ -97,7 +100,7 @@ def test_upsert_replaces_every_field(catalog: Catalog) -> None:
     final = backup("b1", status="failed", error="boom", finished_at=T0 + timedelta(seconds=5), details={})
     catalog.upsert_backup(final)
     assert catalog.get_backup("b1") == final
-    assert catalog.list_backups("main") == [final]
+    assert catalog.list_backups(Scope(REPO_ID, "main")) == [final]
 
 
 def test_timezones_go_in_any_zone_and_come_out_utc(catalog: Catalog) -> None:
@@ -138,9 +141,9 @@ def test_list_backups_oldest_first_then_by_id_and_per_cluster(catalog: Catalog) 
     catalog.upsert_backup(backup("a", at=T0))
     catalog.upsert_backup(backup("z", at=T0 - timedelta(microseconds=1)))
     catalog.upsert_backup(backup("other", cluster="other", at=T0 - timedelta(days=1)))
-    assert [r.id for r in catalog.list_backups("main")] == ["z", "a", "b", "c"]
-    assert [r.id for r in catalog.list_backups("other")] == ["other"]
-    assert catalog.list_backups("nobody") == []
+    assert [r.id for r in catalog.list_backups(Scope(REPO_ID, "main"))] == ["z", "a", "b", "c"]
+    assert [r.id for r in catalog.list_backups(Scope(REPO_ID, "other"))] == ["other"]
+    assert catalog.list_backups(Scope(REPO_ID, "nobody")) == []
 
 
 def test_list_backups_filters_by_status(catalog: Catalog) -> None:
@@ -150,14 +153,16 @@ def test_list_backups_filters_by_status(catalog: Catalog) -> None:
     catalog.upsert_backup(backup("int", status="interrupted", at=T0 + timedelta(3)))
 
     def ids(statuses: list[BackupStatus] | None) -> list[str]:
-        return [r.id for r in catalog.list_backups("main", statuses)]
+        return [r.id for r in catalog.list_backups(Scope(REPO_ID, "main"), statuses)]
 
     assert ids(None) == ["ok", "bad", "run", "int"]
     assert ids(["succeeded"]) == ["ok"]
     assert ids(["failed", "interrupted"]) == ["bad", "int"]
     assert ids([]) == []
     running: list[BackupStatus] = ["running"]
-    assert [r.id for r in catalog.list_backups("main", iter(running))] == ["run"]  # any iterable
+    assert [r.id for r in catalog.list_backups(Scope(REPO_ID, "main"), iter(running))] == [
+        "run"
+    ]  # any iterable
 
 
 def test_delete_backup_and_missing_id_is_not_an_error(catalog: Catalog) -> None:
@@ -167,7 +172,7 @@ def test_delete_backup_and_missing_id_is_not_an_error(catalog: Catalog) -> None:
     catalog.delete_backup("a")
     catalog.delete_backup("never-existed")
     assert catalog.get_backup("a") is None
-    assert [r.id for r in catalog.list_backups("main")] == ["b"]
+    assert [r.id for r in catalog.list_backups(Scope(REPO_ID, "main"))] == ["b"]
 
 
 def test_replace_backups(catalog: Catalog) -> None:
@@ -178,17 +183,17 @@ def test_replace_backups(catalog: Catalog) -> None:
 
     replaced = backup("running-replaced", status="succeeded", at=T0 + timedelta(2), chunks_new=7)
     new = backup("new", status="succeeded", at=T0 + timedelta(3), details={"k": "v"})
-    catalog.replace_backups("main", [replaced, new])
+    catalog.replace_backups(Scope(REPO_ID, "main"), [replaced, new])
 
-    assert catalog.list_backups("main") == [
+    assert catalog.list_backups(Scope(REPO_ID, "main")) == [
         backup("failed-kept", status="failed", at=T0 + timedelta(1)),
         replaced,
         new,
     ]
-    assert [r.id for r in catalog.list_backups("other")] == ["other-cluster"]
+    assert [r.id for r in catalog.list_backups(Scope(REPO_ID, "other"))] == ["other-cluster"]
 
-    catalog.replace_backups("main", [])
-    assert [r.id for r in catalog.list_backups("main")] == ["failed-kept"]
+    catalog.replace_backups(Scope(REPO_ID, "main"), [])
+    assert [r.id for r in catalog.list_backups(Scope(REPO_ID, "main"))] == ["failed-kept"]
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -196,8 +201,8 @@ def test_replace_backups(catalog: Catalog) -> None:
 
 def test_start_finish_and_list_runs(catalog: Catalog) -> None:
     before = datetime.now(UTC)
-    first = catalog.start_run("backup-main", "scheduled", pid=10, host="h1")
-    second = catalog.start_run("verify", "manual")
+    first = catalog.start_run(Scope(REPO_ID, "main"), "backup-main", "scheduled", pid=10, host="h1")
+    second = catalog.start_run(Scope(REPO_ID, "main"), "verify", "manual")
     assert first.id != second.id
     assert (first.job, first.trigger, first.status, first.pid, first.host) == (
         "backup-main",
@@ -212,7 +217,7 @@ def test_start_finish_and_list_runs(catalog: Catalog) -> None:
 
     catalog.finish_run(first.id, "succeeded", backup_id="b1")
     catalog.finish_run(second.id, "failed", error="bucket gone")
-    runs = catalog.list_runs()
+    runs = catalog.list_runs(Scope(REPO_ID, "main"))
     assert [r.id for r in runs] == [first.id, second.id]
     done, failed = runs
     assert (done.status, done.backup_id, done.error) == ("succeeded", "b1", None)
@@ -224,11 +229,11 @@ def test_start_finish_and_list_runs(catalog: Catalog) -> None:
 
 
 def test_list_runs_limit_keeps_the_newest_oldest_first(catalog: Catalog) -> None:
-    ids = [catalog.start_run(f"job{i}", "catch-up").id for i in range(5)]
-    assert [r.id for r in catalog.list_runs()] == ids
-    assert [r.id for r in catalog.list_runs(limit=2)] == ids[-2:]
-    assert [r.id for r in catalog.list_runs(limit=10)] == ids
-    assert catalog.list_runs(limit=0) == []
+    ids = [catalog.start_run(Scope(REPO_ID, "main"), f"job{i}", "catch-up").id for i in range(5)]
+    assert [r.id for r in catalog.list_runs(Scope(REPO_ID, "main"))] == ids
+    assert [r.id for r in catalog.list_runs(Scope(REPO_ID, "main"), limit=2)] == ids[-2:]
+    assert [r.id for r in catalog.list_runs(Scope(REPO_ID, "main"), limit=10)] == ids
+    assert catalog.list_runs(Scope(REPO_ID, "main"), limit=0) == []
 
 
 def test_finish_unknown_run_is_a_catalog_error(catalog: Catalog) -> None:
@@ -240,9 +245,9 @@ def test_mark_interrupted(catalog: Catalog) -> None:
     catalog.upsert_backup(backup("alive", status="running", pid=1, host="h"))
     catalog.upsert_backup(backup("dead", status="running", pid=2, host="h", at=T0 + timedelta(1)))
     catalog.upsert_backup(backup("done", status="succeeded", pid=2, host="h", at=T0))
-    alive_run = catalog.start_run("j", "scheduled", pid=1, host="h")
-    dead_run = catalog.start_run("j", "scheduled", pid=2, host="h")
-    finished_run = catalog.start_run("j", "scheduled", pid=2, host="h")
+    alive_run = catalog.start_run(Scope(REPO_ID, "main"), "j", "scheduled", pid=1, host="h")
+    dead_run = catalog.start_run(Scope(REPO_ID, "main"), "j", "scheduled", pid=2, host="h")
+    finished_run = catalog.start_run(Scope(REPO_ID, "main"), "j", "scheduled", pid=2, host="h")
     catalog.finish_run(finished_run.id, "succeeded")
     calls: list[tuple[int | None, str | None]] = []
 
@@ -262,7 +267,7 @@ def test_mark_interrupted(catalog: Catalog) -> None:
     assert dead.finished_at.tzinfo is UTC
     assert catalog.get_backup("alive") == backup("alive", status="running", pid=1, host="h")
     assert catalog.get_backup("done") == backup("done", status="succeeded", pid=2, host="h")
-    runs = {r.id: r for r in catalog.list_runs()}
+    runs = {r.id: r for r in catalog.list_runs(Scope(REPO_ID, "main"))}
     assert runs[alive_run.id].status == "running"
     assert (runs[dead_run.id].status, runs[dead_run.id].error) == ("interrupted", INTERRUPTED_ERROR)
     assert runs[dead_run.id].finished_at is not None
@@ -357,7 +362,9 @@ import sys, time
 from pathlib import Path
 from datetime import UTC, datetime
 from contentflow_backupd.catalog.sql import open_catalog
-from contentflow_backupd.model import BackupRecord
+from contentflow_backupd.model import BackupRecord, Scope
+
+REPO_ID = "repo-test"
 
 url, tag, count, go = sys.argv[1:]
 Path(go + "." + tag).touch()
@@ -366,10 +373,10 @@ while not Path(go).exists():
 catalog = open_catalog(url)
 for i in range(int(count)):
     started = datetime.now(UTC)
-    run = catalog.start_run(f"job-{tag}", "scheduled")
+    run = catalog.start_run(Scope(REPO_ID, "main"), f"job-{tag}", "scheduled")
     catalog.upsert_backup(BackupRecord(
         id=f"{tag}-{i:04d}", cluster="main", kind="full", mode="logical", status="succeeded",
-        generation=tag, started_at=started, details={"i": i},
+        generation=tag, started_at=started, details={"i": i}, repository_id=REPO_ID,
     ))
     catalog.finish_run(run.id, "succeeded", backup_id=f"{tag}-{i:04d}")
 catalog.close()
@@ -408,9 +415,9 @@ def run_together(url: str, tmp_path: Path, tags: list[str], count: int) -> None:
 
 def assert_all_written(url: str, tags: list[str], count: int) -> None:
     with open_catalog(url) as catalog:
-        ids = {r.id for r in catalog.list_backups("main")}
+        ids = {r.id for r in catalog.list_backups(Scope(REPO_ID, "main"))}
         assert ids == {f"{tag}-{i:04d}" for tag in tags for i in range(count)}
-        runs = catalog.list_runs()
+        runs = catalog.list_runs(Scope(REPO_ID, "main"))
         assert len(runs) == len(tags) * count
         assert all(r.status == "succeeded" and r.backup_id for r in runs)
         assert len({r.id for r in runs}) == len(runs)

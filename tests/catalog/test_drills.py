@@ -9,6 +9,10 @@ from sqlalchemy import create_engine, inspect
 
 from contentflow_backupd.catalog.base import Catalog, DrillRecord
 from contentflow_backupd.errors import CatalogError
+from contentflow_backupd.model import Scope
+
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 T0 = datetime(2026, 11, 29, 4, 0, 0, 250000, tzinfo=UTC)
 CHECKS = (
@@ -34,14 +38,15 @@ def drill(i: int, *, status: str = "succeeded", cluster: str = "main", minutes: 
         checks=CHECKS if status == "failed" else CHECKS[:1],
         error="user_check:1: ..." if status == "failed" else None,
         run_id=100 + i,
+        repository_id=REPO_ID,
     )
 
 
 def test_a_drill_comes_back_as_recorded(catalog: Catalog) -> None:
     record = drill(1, status="failed")
     catalog.add_drill(record)
-    assert catalog.list_drills("main") == [record]
-    assert catalog.list_drills("main")[0].to_json()["checks"][1]["status"] == "failed"
+    assert catalog.list_drills(Scope(REPO_ID, "main")) == [record]
+    assert catalog.list_drills(Scope(REPO_ID, "main"))[0].to_json()["checks"][1]["status"] == "failed"
 
 
 def test_drills_are_listed_per_cluster_oldest_first_with_limit_and_status(catalog: Catalog) -> None:
@@ -49,12 +54,14 @@ def test_drills_are_listed_per_cluster_oldest_first_with_limit_and_status(catalo
     catalog.add_drill(drill(1, minutes=10, status="failed"))
     catalog.add_drill(drill(2, minutes=20))
     catalog.add_drill(drill(9, cluster="other"))
-    assert [d.backup_id for d in catalog.list_drills("main")] == ["b1", "b2", "b3"]
-    assert [d.backup_id for d in catalog.list_drills("main", limit=1)] == ["b3"]
-    assert [d.backup_id for d in catalog.list_drills("main", status="failed")] == ["b1"]
-    assert [d.backup_id for d in catalog.list_drills("main", status="succeeded", limit=1)] == ["b3"]
-    assert [d.backup_id for d in catalog.list_drills("other")] == ["b9"]
-    assert catalog.list_drills("none") == []
+    assert [d.backup_id for d in catalog.list_drills(Scope(REPO_ID, "main"))] == ["b1", "b2", "b3"]
+    assert [d.backup_id for d in catalog.list_drills(Scope(REPO_ID, "main"), limit=1)] == ["b3"]
+    assert [d.backup_id for d in catalog.list_drills(Scope(REPO_ID, "main"), status="failed")] == ["b1"]
+    assert [
+        d.backup_id for d in catalog.list_drills(Scope(REPO_ID, "main"), status="succeeded", limit=1)
+    ] == ["b3"]
+    assert [d.backup_id for d in catalog.list_drills(Scope(REPO_ID, "other"))] == ["b9"]
+    assert catalog.list_drills(Scope(REPO_ID, "none")) == []
 
 
 def test_times_are_utc_and_a_repeated_id_is_refused(catalog: Catalog) -> None:
@@ -62,7 +69,7 @@ def test_times_are_utc_and_a_repeated_id_is_refused(catalog: Catalog) -> None:
     record = drill(5)
     local = DrillRecord(**{**record.__dict__, "started_at": record.started_at.astimezone(berlin)})
     catalog.add_drill(local)
-    got = catalog.list_drills("main")[0]
+    got = catalog.list_drills(Scope(REPO_ID, "main"))[0]
     assert got.started_at == T0 and got.started_at.tzinfo == UTC
     with pytest.raises(CatalogError, match="already holds a drill"):
         catalog.add_drill(record)

@@ -8,6 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.catalog.guard_records import BatchCheckpoint, MigrationRunRecord
+from contentflow_backupd.model import Scope
+
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, 125000, tzinfo=UTC)
 
@@ -24,6 +28,7 @@ def run(i: int, *, cluster: str = "main", status: str = "applied") -> MigrationR
         started_at=T0 + timedelta(minutes=i),
         details={"migrations": [{"name": "20261101000000_init", "checksum": "ab" * 32}]},
         schema_before="CREATE TABLE t (id int);",
+        repository_id=REPO_ID,
     )
 
 
@@ -48,9 +53,15 @@ def test_runs_are_listed_oldest_first_per_cluster_with_status_and_limit(catalog:
     for i in (3, 1, 2):
         catalog.save_migration_run(run(i, status="running" if i == 2 else "applied"))
     catalog.save_migration_run(run(4, cluster="other"))
-    assert [r.id[-6:] for r in catalog.list_migration_runs("main")] == ["000001", "000002", "000003"]
-    assert [r.id[-6:] for r in catalog.list_migration_runs("main", limit=1)] == ["000003"]
-    assert [r.id[-6:] for r in catalog.list_migration_runs("main", status="running")] == ["000002"]
+    assert [r.id[-6:] for r in catalog.list_migration_runs(Scope(REPO_ID, "main"))] == [
+        "000001",
+        "000002",
+        "000003",
+    ]
+    assert [r.id[-6:] for r in catalog.list_migration_runs(Scope(REPO_ID, "main"), limit=1)] == ["000003"]
+    assert [r.id[-6:] for r in catalog.list_migration_runs(Scope(REPO_ID, "main"), status="running")] == [
+        "000002"
+    ]
     assert run(1).to_json()["started_at"].startswith("2026-11-24T12:01:00")
     assert "schema_before" not in run(1).to_json()
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contentflow_backupd.demo import datagen
 from tests.support.pg import PgCluster
+
+if TYPE_CHECKING:
+    from contentflow_backupd.model import Scope
 
 
 def seed(pg: PgCluster, db: str, size_mb: int = 4, seed: int = 42) -> None:
@@ -32,3 +38,14 @@ def repo_files(repo: Path) -> list[Path]:
 
 def chunk_files(repo: Path) -> list[Path]:
     return sorted(p for p in (repo / "main" / "chunks").rglob("*") if p.is_file())
+
+
+def repository_scope(env: Mapping[str, str], cluster: str = "main") -> Scope:
+    """The catalog scope of the local repository ``env`` names (``BACKUPD_REPOSITORY``,
+    ``file://``): the id in its repo.json, and ``cluster``."""
+    from contentflow_backupd.model import Scope
+
+    url = env["BACKUPD_REPOSITORY"]
+    assert url.startswith("file://"), url
+    config = json.loads((Path(url.removeprefix("file://")) / "repo.json").read_text())
+    return Scope(str(config["repository_id"]), cluster)

@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
+from contentflow_backupd.model import Scope
 from contentflow_backupd.ops.drill_workspace import cleanup_stale_drills
 from tests.conftest import PASSPHRASE
 from tests.e2e import helpers
+from tests.e2e.helpers import repository_scope
 from tests.e2e.physical import PhysicalSetup, physical_setup
 from tests.e2e.pitr_helpers import TABLE, Workload, create_table, switch_and_wait_archived
 from tests.support.cli import Cli, Result
@@ -128,8 +130,8 @@ def test_physical_drill_succeeds_and_writes_nothing_into_the_repository(source: 
     # The drill and its run are recorded in the catalog.
     catalog = open_catalog(f"sqlite:///{source.setup.base / 'state' / 'catalog.sqlite'}")
     try:
-        drills = catalog.list_drills("main", limit=1)
-        runs = [r for r in catalog.list_runs() if r.job == "restore_test"]
+        drills = catalog.list_drills(drill_scope(source), limit=1)
+        runs = [r for r in catalog.list_runs(drill_scope(source)) if r.job == "restore_test"]
     finally:
         catalog.close()
     assert drills[-1].status == "succeeded" and drills[-1].backup_id == source.backup["id"]
@@ -235,7 +237,7 @@ def test_killed_drill_leaves_nothing_after_the_next_drill(source: Source) -> Non
     assert not list(source.drills_dir.iterdir())
     catalog = open_catalog(f"sqlite:///{source.setup.base / 'state' / 'catalog.sqlite'}")
     try:
-        runs = [r for r in catalog.list_runs() if r.job == "restore_test"]
+        runs = [r for r in catalog.list_runs(drill_scope(source)) if r.job == "restore_test"]
     finally:
         catalog.close()
     assert runs[-2].status == "interrupted" and runs[-1].status == "succeeded"
@@ -253,7 +255,7 @@ def test_sigterm_stops_the_drill_and_removes_the_scratch_instance(source: Source
     assert not list(source.drills_dir.iterdir()), stderr[-5000:]
     catalog = open_catalog(f"sqlite:///{source.setup.base / 'state' / 'catalog.sqlite'}")
     try:
-        runs = [r for r in catalog.list_runs() if r.job == "restore_test"]
+        runs = [r for r in catalog.list_runs(drill_scope(source)) if r.job == "restore_test"]
     finally:
         catalog.close()
     assert runs[-1].status == "interrupted"
@@ -415,3 +417,8 @@ def test_logical_drill_fails_when_the_schema_differs(pg: PgCluster, pg_db: str, 
     assert schema["status"] == "failed"
     assert "not in the backup public.template_extra" in schema["detail"], schema
     assert checks_by_name(out)["row_counts"]["status"] == "passed"
+
+
+def drill_scope(source: Any) -> Scope:
+    """The catalog scope of the drill source's repository and cluster ``main``."""
+    return repository_scope({"BACKUPD_REPOSITORY": f"file://{source.setup.repo}"})

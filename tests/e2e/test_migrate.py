@@ -19,6 +19,7 @@ import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
 from tests.conftest import PASSPHRASE
+from tests.e2e.helpers import repository_scope
 from tests.support.cli import Cli, Result
 from tests.support.pg import PgCluster
 
@@ -109,7 +110,7 @@ def catalog_runs(cli: Cli) -> list[Any]:
                 shutil.copy(state / name, Path(tmp) / name)
         catalog = open_catalog(f"sqlite:///{tmp}/catalog.sqlite")
         try:
-            return catalog.list_migration_runs("main")
+            return catalog.list_migration_runs(repository_scope(cli.env))
         finally:
             catalog.close()
 

@@ -15,7 +15,7 @@ import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
 from contentflow_backupd.wal import classify
-from tests.e2e.helpers import change, checksums, repo_files, seed
+from tests.e2e.helpers import change, checksums, repo_files, repository_scope, seed
 from tests.e2e.physical import physical_setup
 from tests.e2e.pitr_helpers import Restored, create_table, rows, switch_and_wait_archived
 from tests.support.cli import Cli
@@ -108,8 +108,8 @@ def test_expire_plans_first_then_deletes_old_backups_and_keeps_the_newest_full(
 
     # Every deletion is in the catalog, with the run that made it.
     with open_catalog(f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}") as catalog:
-        deletions = catalog.list_deletions("main")
-        runs = [r for r in catalog.list_runs() if r.job == "retention"]
+        deletions = catalog.list_deletions(repository_scope(cli.env))
+        runs = [r for r in catalog.list_runs(repository_scope(cli.env)) if r.job == "retention"]
     assert [(d.what, d.name) for d in deletions] == [
         ("backup", full1["id"]),
         ("backup", incr1["id"]),

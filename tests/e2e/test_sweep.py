@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
-from tests.e2e.helpers import change, seed
+from tests.e2e.helpers import change, repository_scope, seed
 from tests.e2e.physical import physical_setup
 from tests.e2e.pitr_helpers import create_table, switch_and_wait_archived
 from tests.support.cli import Cli, Result
@@ -87,7 +87,7 @@ def test_first_run_reads_new_backups_then_runs_read_a_rotating_share(
     # Three runs complete a pass over everything but the manifests (read on every run).
     assert out["sweep"]["passes_completed"] == 1 and read >= total - 2
     with open_catalog(catalog_url(tmp_path)) as catalog:
-        state = catalog.get_verify_state("main")
+        state = catalog.get_verify_state(repository_scope(cli.env))
     assert state.sweep_cursor == out["sweep"]["cursor"] and state.sweep_objects_total == total
 
     # A new backup is read in full by the next run.
@@ -158,7 +158,7 @@ def test_a_damaged_chunk_is_found_within_a_sweep_period_and_resolved(
     assert [(r["key"], r["resolution"]) for r in out["resolved"]] == [(gone_key, "no kept backup needs it")]
     assert out["open_corrupt"] == []
     with open_catalog(catalog_url(tmp_path)) as catalog:
-        records = catalog.list_corrupt("main", open_only=False)
+        records = catalog.list_corrupt(repository_scope(cli.env), open_only=False)
     assert [(r.key, r.resolution) for r in records] == [
         (key, "reads fine again (repaired)"),
         (gone_key, "no kept backup needs it"),

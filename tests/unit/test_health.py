@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 
 from contentflow_backupd.catalog.sql import SqlCatalog, open_catalog
 from contentflow_backupd.errors import SourceError
-from contentflow_backupd.model import BackupRecord
+from contentflow_backupd.model import (
+    BackupRecord,
+    Scope,
+)
 from contentflow_backupd.ops.health import (
     DependencyState,
     DrillState,
@@ -41,6 +44,9 @@ from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.storage.base import put_bytes
 from contentflow_backupd.storage.local import LocalStorage
+
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 H = 3600.0
@@ -316,19 +322,22 @@ def backup(
         mode="logical",
         status=status,  # type: ignore[arg-type]
         generation="g1",
+        repository_id=REPO_ID,
         started_at=finished - timedelta(minutes=5),
         finished_at=finished,
     )
 
 
 def run(catalog: SqlCatalog, job: str, status: str, error: str | None = None) -> None:
-    r = catalog.start_run(job, "scheduled")
+    r = catalog.start_run(Scope(REPO_ID, "main"), job, "scheduled")
     if status != "running":
         catalog.finish_run(r.id, status, error=error)  # type: ignore[arg-type]
 
 
 def test_collect_from_an_empty_catalog(catalog: SqlCatalog) -> None:
-    inputs = collect_health_inputs(catalog, "main", dependencies={"catalog": True}, leader=False)
+    inputs = collect_health_inputs(
+        catalog, Scope(REPO_ID, "main"), dependencies={"catalog": True}, leader=False
+    )
     assert inputs.kinds == {"full": KindState(), "incremental": KindState()}
     assert inputs.dependencies == {"catalog": DependencyState(True)}
     assert inputs.leader is False
@@ -351,7 +360,7 @@ def test_collect_backups_and_runs(catalog: SqlCatalog) -> None:
     run(catalog, "incremental", "failed", "disk full")
     run(catalog, "incremental", "succeeded")
     run(catalog, "wal", "failed", "not a backup job")
-    inputs = collect_health_inputs(catalog, "main")
+    inputs = collect_health_inputs(catalog, Scope(REPO_ID, "main"))
     assert inputs.kinds is not None
     full, incr = inputs.kinds["full"], inputs.kinds["incremental"]
     assert full.last_success_at == t
@@ -362,15 +371,15 @@ def test_collect_backups_and_runs(catalog: SqlCatalog) -> None:
     assert (incr.last_run_status, incr.last_run_error) == ("succeeded", None)
     # a newer full backup also refreshes the incremental check
     catalog.upsert_backup(backup("20261123T015500Z-full-eeeeee", "full", t + timedelta(days=3)))
-    kinds = collect_health_inputs(catalog, "main").kinds
+    kinds = collect_health_inputs(catalog, Scope(REPO_ID, "main")).kinds
     assert kinds is not None and kinds["incremental"].last_success_at == t + timedelta(days=3)
     run(catalog, "full", "succeeded")
-    kinds = collect_health_inputs(catalog, "main").kinds
+    kinds = collect_health_inputs(catalog, Scope(REPO_ID, "main")).kinds
     assert kinds is not None and kinds["full"].last_run_status == "succeeded"
 
 
 def test_collect_without_a_catalog() -> None:
-    inputs = collect_health_inputs(None, "main", dependencies={"catalog": DependencyState(False, "locked")})
+    inputs = collect_health_inputs(None, None, dependencies={"catalog": DependencyState(False, "locked")})
     assert inputs.kinds is None
     assert inputs.dependencies["catalog"] == DependencyState(False, "locked")
 
@@ -405,17 +414,17 @@ def _store(archive: WalArchive, name: str, when: datetime) -> None:
 
 
 def test_read_wal_state(archive: WalArchive) -> None:
-    assert read_wal_state(archive, ServerWal(SEG, 1, SEG)) == WalState(None, True, False, None)
+    assert read_wal_state(archive, ServerWal(SEG, 1, SEG)) == WalState(None, True, False, None, segments=0)
     _store(archive, "000000010000000000000002", ago(600))
     _store(archive, "000000010000000000000003", ago(300))
     _store(archive, "00000001.history", ago(900))
     state = read_wal_state(archive, ServerWal(4 * SEG, 1, SEG, archiver_failing=True))
-    assert state == WalState(ago(300), False, True, None)
+    assert state == WalState(ago(300), False, True, None, segments=2)  # the history file is no segment
     assert read_wal_state(archive, ServerWal(4 * SEG + 8192, 1, SEG)).pending is True
     standby = read_wal_state(archive, ServerWal(None, None, SEG))
     assert standby.pending is None and standby.detail is not None and "standby" in standby.detail
     unasked = read_wal_state(archive, None, detail="server not asked: down")
-    assert unasked == WalState(ago(300), None, False, "server not asked: down")
+    assert unasked == WalState(ago(300), None, False, "server not asked: down", segments=2)
 
 
 # -- verification, drills, recovery objectives ---------------------------------------------------

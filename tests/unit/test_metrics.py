@@ -327,3 +327,14 @@ def test_migration_runs_follow_the_catalog_counts_and_never_go_back() -> None:
     assert 'backupd_migration_runs_total{result="failed"} 1.0' in text
     assert 'result="running"' not in text
     assert "backupd_migration_last_duration_seconds 4.0" in text
+
+
+def test_the_wal_counter_is_set_from_the_sources_of_truth_and_never_goes_down() -> None:
+    m = Metrics()
+    m.set_wal_archived_total(9)  # what the repository and the catalog hold at start
+    assert value(m, "backupd_wal_archived_segments_total") == 9
+    m.set_wal_archived_total(7)  # a segment deleted by hand: a counter never goes down
+    assert value(m, "backupd_wal_archived_segments_total") == 9
+    m.wal_archived(2)
+    m.set_wal_archived_total(11)  # the two are already counted
+    assert value(m, "backupd_wal_archived_segments_total") == 11

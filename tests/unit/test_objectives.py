@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from contentflow_backupd.catalog.base import DrillRecord
 from contentflow_backupd.catalog.sql import SqlCatalog, open_catalog
-from contentflow_backupd.model import BackupRecord, utcnow
+from contentflow_backupd.model import BackupRecord, Scope, utcnow
 from contentflow_backupd.ops.objectives import (
     BackupPoint,
     DrillFigures,
@@ -255,7 +255,11 @@ def test_evaluate_objectives_reports_both_objectives() -> None:
 
 # -- collection from a real catalog (SQLite) and repository (in memory) ------------------------
 def _record(
-    bid: str, mode: str, finished: datetime, details: dict[str, object] | None = None
+    bid: str,
+    mode: str,
+    finished: datetime,
+    details: dict[str, object] | None = None,
+    repository_id: str | None = None,
 ) -> BackupRecord:
     return BackupRecord(
         id=bid,
@@ -267,6 +271,7 @@ def _record(
         started_at=finished - timedelta(minutes=1),
         finished_at=finished,
         details=details or {},
+        repository_id=repository_id,
     )
 
 
@@ -299,17 +304,27 @@ def test_collect_objectives_physical(stores: tuple[Repository, SqlCatalog]) -> N
     for n in (1, 2, 3, 4):
         repo.put_object(archive.key(seg(n)), b"stand-in for a WAL segment")
     after = utcnow()
-    catalog.upsert_backup(_record("20261124T000000Z-full-aaaaaa", "physical", before, _wal_details(1, 1)))
-    catalog.upsert_backup(_record("20261124T000100Z-full-bbbbbb", "physical", before, _wal_details(3, 3)))
-    catalog.upsert_backup(_record("20261124T000200Z-full-cccccc", "logical", after))  # other mode
+    catalog.upsert_backup(
+        _record("20261124T000000Z-full-aaaaaa", "physical", before, _wal_details(1, 1), repository_id=repo.id)
+    )
+    catalog.upsert_backup(
+        _record("20261124T000100Z-full-bbbbbb", "physical", before, _wal_details(3, 3), repository_id=repo.id)
+    )
+    catalog.upsert_backup(
+        _record("20261124T000200Z-full-cccccc", "logical", after, repository_id=repo.id)
+    )  # other mode
     catalog.record_corrupt(
-        "main", "main/chunks/x/00/y", ["20261124T000000Z-full-aaaaaa"], "failed authentication"
+        Scope(repo.id, "main"),
+        "main/chunks/x/00/y",
+        ["20261124T000000Z-full-aaaaaa"],
+        "failed authentication",
     )
     catalog.add_drill(
         DrillRecord(
             id="d1", cluster="main", mode="physical", backup_id="20261124T000100Z-full-bbbbbb",
             target="the backup", status="succeeded", started_at=before, finished_at=after,
             rto_seconds=60.0, restored_bytes=6_000_000_000, throughput_bytes_per_s=100_000_000.0,
+            repository_id=repo.id,
         )
     )  # fmt: skip
     now = after + timedelta(seconds=90)
@@ -328,8 +343,8 @@ def test_collect_objectives_physical(stores: tuple[Repository, SqlCatalog]) -> N
 
 def test_collect_objectives_logical_without_a_drill(stores: tuple[Repository, SqlCatalog]) -> None:
     repo, catalog = stores
-    catalog.upsert_backup(_record("20261124T000000Z-full-aaaaaa", "logical", at(10)))
-    catalog.upsert_backup(_record("20261124T010000Z-full-bbbbbb", "logical", at(70)))
+    catalog.upsert_backup(_record("20261124T000000Z-full-aaaaaa", "logical", at(10), repository_id=repo.id))
+    catalog.upsert_backup(_record("20261124T010000Z-full-bbbbbb", "logical", at(70), repository_id=repo.id))
     out = collect_objectives(repo, catalog, "main", "logical", None, now=at(100), rpo_objective_s=900)
     assert (out["window"]["oldest"], out["window"]["newest"]) == (
         "2026-11-24T00:10:00Z",

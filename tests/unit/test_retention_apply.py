@@ -12,7 +12,13 @@ import pytest
 
 from contentflow_backupd.catalog.sql import SqlCatalog, open_catalog
 from contentflow_backupd.errors import LockedError, StorageUnavailable
-from contentflow_backupd.model import BackupKind, BackupMode, new_backup_id, utcnow
+from contentflow_backupd.model import (
+    BackupKind,
+    BackupMode,
+    Scope,
+    new_backup_id,
+    utcnow,
+)
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.retention import collect_inventory, expire, expiry_report
 from contentflow_backupd.ops.retention_plan import WAL_HELD, RetentionPolicy
@@ -23,6 +29,9 @@ from contentflow_backupd.repository.manifest import ChunkRef, Manifest, StreamEn
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.storage.base import put_bytes
 from contentflow_backupd.storage.memory import MemoryStorage
+
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 DAY = 86400.0
 # Objects are written "now"; planning 3 days later makes them 3 days old.
@@ -79,7 +88,7 @@ def add_backup(
         details=details,
     )
     key = repo.write_manifest(manifest)
-    catalog.upsert_backup(manifest.to_record(key))
+    catalog.upsert_backup(manifest.to_record(key).copy(repository_id=repo.id))
     return manifest
 
 
@@ -125,14 +134,14 @@ def test_a_plan_deletes_nothing_and_applying_it_deletes_in_order(
     assert {layout.manifest_key("main", b.id) for b in (new_full, new_incr)} <= after
     assert len([k for k in after if k.startswith(layout.chunks_prefix("main", new_full.id))]) == 6
     assert wal_old not in after and history in after
-    assert [b.id for b in catalog.list_backups("main")] == [new_full.id, new_incr.id]
+    assert [b.id for b in catalog.list_backups(Scope(repo.id, "main"))] == [new_full.id, new_incr.id]
 
     assert result.deleted_backups == {"full": 1, "incremental": 1}
     assert (result.deleted_generations, result.deleted_chunk_objects, result.deleted_wal_files) == (1, 6, 1)
     assert result.deleted_bytes == sum(sizes[k] for k in before - after) == plan.delete_bytes
     assert result.stored_bytes_after == sum(i.size for i in repo.storage.list("main/"))
 
-    records = catalog.list_deletions("main")
+    records = catalog.list_deletions(Scope(repo.id, "main"))
     assert [(r.what, r.name) for r in records] == [
         ("backup", old_full.id),
         ("backup", old_incr.id),
@@ -166,9 +175,9 @@ def test_a_manual_run_is_recorded(repo: Repository, catalog: SqlCatalog) -> None
     add_backup(repo, catalog, 20)
     add_backup(repo, catalog, 1)
     expire(repo, catalog, "main", POLICY, LATER, apply=True, trigger="manual")
-    (run,) = catalog.list_runs()
+    (run,) = catalog.list_runs(Scope(repo.id, "main"))
     assert (run.job, run.trigger, run.status) == ("retention", "manual", "succeeded")
-    assert {r.run_id for r in catalog.list_deletions("main")} == {run.id}
+    assert {r.run_id for r in catalog.list_deletions(Scope(repo.id, "main"))} == {run.id}
 
 
 def test_an_unreadable_manifest_is_kept_and_holds_wal(repo: Repository, catalog: SqlCatalog) -> None:
@@ -194,8 +203,8 @@ def test_a_storage_failure_stops_the_run_after_the_manifest_and_records_it(
     with pytest.raises(StorageUnavailable):
         expire(repo, catalog, "main", POLICY, LATER, apply=True, trigger="manual")
     assert layout.manifest_key("main", old.id) not in keys(repo)  # the backup is gone first
-    assert [r.what for r in catalog.list_deletions("main")] == ["backup"]
-    (run,) = catalog.list_runs()
+    assert [r.what for r in catalog.list_deletions(Scope(repo.id, "main"))] == ["backup"]
+    (run,) = catalog.list_runs(Scope(repo.id, "main"))
     assert run.status == "failed" and run.error and "refused" in run.error
     repo.storage = failing.inner  # type: ignore[assignment]
     _, result = expire(repo, catalog, "main", POLICY, LATER, apply=True)  # the next run finishes the job

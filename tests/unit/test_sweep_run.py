@@ -15,7 +15,13 @@ import pytest
 from contentflow_backupd.catalog.base import VerifyState
 from contentflow_backupd.catalog.sql import SqlCatalog, open_catalog
 from contentflow_backupd.errors import LockedError, StorageUnavailable
-from contentflow_backupd.model import BackupKind, BackupMode, new_backup_id, utcnow
+from contentflow_backupd.model import (
+    BackupKind,
+    BackupMode,
+    Scope,
+    new_backup_id,
+    utcnow,
+)
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.sweep import (
     REPAIRED,
@@ -35,6 +41,9 @@ from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.storage.base import put_bytes
 from contentflow_backupd.storage.memory import MemoryStorage
+
+REPO_ID = "repo-test"
+"""The repository id of the scope these tests read and write."""
 
 DAY = 86400.0
 SEG_SIZE = 1024 * 1024
@@ -142,7 +151,7 @@ def test_new_backups_are_read_once_then_the_sweep_covers_the_rest(
     assert first.ok and first.new_backups == [full.id, incr.id]
     assert first.new_objects_read == 6 + 2  # six chunks, two manifests
     assert first.manifests_read == 2 and first.referenced_checked == 6 and first.bytes_read > 0
-    state = catalog.get_verify_state("main")
+    state = catalog.get_verify_state(Scope(repo.id, "main"))
     assert state.verified_backups == tuple(sorted([full.id, incr.id])) and state.sweep_objects_total == 8
 
     second = sweep(repo, catalog, full_sweep_days=4)
@@ -151,7 +160,7 @@ def test_new_backups_are_read_once_then_the_sweep_covers_the_rest(
     assert (
         second.to_json()["sweep"]["cursor"]
         == second.plan.cursor
-        == catalog.get_verify_state("main").sweep_cursor
+        == catalog.get_verify_state(Scope(repo.id, "main")).sweep_cursor
     )
 
     incr2 = add_backup(repo, "incremental", full.id, chunks=1)
@@ -173,15 +182,15 @@ def test_a_damaged_chunk_names_every_backup_that_needs_it_and_a_repair_resolves_
     (finding,) = found.found
     assert finding.key == key and finding.backup_ids == tuple(sorted([full.id, incr.id]))
     assert "failed authentication" in finding.problem
-    assert open_corrupt_count(catalog, "main") == 1
+    assert open_corrupt_count(catalog, Scope(repo.id, "main")) == 1
 
     again = sweep(repo, catalog)
-    assert again.rechecked == 1 and len(catalog.list_corrupt("main", open_only=False)) == 1
+    assert again.rechecked == 1 and len(catalog.list_corrupt(Scope(repo.id, "main"), open_only=False)) == 1
 
     put_bytes(repo.storage, key, original)
     repaired = sweep(repo, catalog)
     assert repaired.ok and [(r.key, r.resolution) for r in repaired.resolved] == [(key, REPAIRED)]
-    (record,) = catalog.list_corrupt("main", open_only=False)
+    (record,) = catalog.list_corrupt(Scope(repo.id, "main"), open_only=False)
     assert record.resolution == REPAIRED and record.resolved_at is not None
 
 
@@ -213,7 +222,7 @@ def test_bad_objects_no_backup_needs_are_ignored_and_records_of_them_resolved(
     orphan = layout.chunk_key("main", full.id, repo.chunk_id(data))
     repo.put_object(orphan, data)
     damage(repo, orphan)
-    catalog.record_corrupt("main", orphan, [full.id], "recorded earlier")
+    catalog.record_corrupt(Scope(repo.id, "main"), orphan, [full.id], "recorded earlier")
     result = sweep(repo, catalog)
     assert result.ok and result.found == []
     assert [f.key for f in result.ignored] == [orphan] and result.ignored[0].backup_ids == ()
@@ -231,7 +240,7 @@ def test_a_deleted_backup_resolves_the_records_only_it_needed(repo: Repository, 
     repo.storage.delete(layout.manifest_key("main", old.id))  # retention removed the old backup
     result = sweep(repo, catalog)
     assert result.ok and [(r.key, r.resolution) for r in result.resolved] == [(key, UNNEEDED)]
-    assert catalog.get_verify_state("main").verified_backups == (new.id,)
+    assert catalog.get_verify_state(Scope(repo.id, "main")).verified_backups == (new.id,)
 
 
 def test_wal_needs_follow_the_physical_backups(repo: Repository, catalog: SqlCatalog) -> None:
@@ -290,8 +299,8 @@ def test_an_unreachable_storage_aborts_the_run_and_saves_nothing(
     storage.down = chunk_key(full, 1)
     with pytest.raises(StorageUnavailable):
         sweep(repo, catalog)
-    assert catalog.get_verify_state("main") == VerifyState("main")
-    assert catalog.list_corrupt("main", open_only=False) == []
+    assert catalog.get_verify_state(Scope(repo.id, "main")) == VerifyState("main")
+    assert catalog.list_corrupt(Scope(repo.id, "main"), open_only=False) == []
     storage.down = None
     result = sweep(repo, catalog)
     assert result.ok and result.new_backups == [full.id]  # the work is repeated, not skipped
@@ -308,14 +317,14 @@ def test_quick_check_faults_are_recorded_and_completed_by_the_next_run(
     repo.storage.delete(key)
     faults = quick_check_backup(repo, "main", incr.id, concurrency=2)
     assert [(f.key, f.problem) for f in faults] == [(key, "missing")]
-    (record,) = record_faults(catalog, "main", faults + faults)
-    assert record.backup_ids == (incr.id,) and open_corrupt_count(catalog, "main") == 1
+    (record,) = record_faults(catalog, Scope(repo.id, "main"), faults + faults)
+    assert record.backup_ids == (incr.id,) and open_corrupt_count(catalog, Scope(repo.id, "main")) == 1
 
     result = sweep(repo, catalog)
     (open_record,) = result.open_corrupt
     assert open_record.backup_ids == tuple(sorted([full.id, incr.id])) and open_record.id == record.id
     put_bytes(repo.storage, key, original)
-    assert sweep(repo, catalog).ok and open_corrupt_count(catalog, "main") == 0
+    assert sweep(repo, catalog).ok and open_corrupt_count(catalog, Scope(repo.id, "main")) == 0
 
 
 def test_one_run_per_cluster_at_a_time(repo: Repository, catalog: SqlCatalog, tmp_path: Path) -> None:
