@@ -16,7 +16,7 @@ import structlog
 
 from contentflow_backupd.errors import ConfigError, SourceError
 from contentflow_backupd.settings import Settings
-from contentflow_backupd.source.tools import _major_of, find_tool
+from contentflow_backupd.source.tools import find_tool, tool_major
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +39,7 @@ def compare_majors(
         tool = find_tool(tool_name, None if pg_bin is not None else server_major, pg_bin)
     except SourceError as exc:
         raise ConfigError(f"{exc.message} ({where} is PostgreSQL {server_major})", hint=exc.hint) from None
-    client = _major_of(tool)
+    client = tool_major(tool)
     if client is not None and client < server_major:
         setting = f"BACKUPD_PG_BIN={pg_bin}" if pg_bin is not None else str(tool.parent)
         raise ConfigError(

@@ -16,8 +16,9 @@ from typing import IO, Any
 import structlog
 
 from contentflow_backupd.errors import UsageError
-from contentflow_backupd.source.conninfo import ConnInfo, child_env
+from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.schema import RoleSettings, apply_role_settings, read_role_settings
+from contentflow_backupd.source.tools import child_env
 
 log = structlog.get_logger(__name__)
 

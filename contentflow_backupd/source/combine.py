@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -17,19 +16,9 @@ from pathlib import Path
 import structlog
 
 from contentflow_backupd.errors import SourceError
+from contentflow_backupd.source.tools import tool_major
 
 log = structlog.get_logger(__name__)
-
-_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
-
-
-def _major_of(binary: Path) -> int | None:
-    try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-    except OSError:
-        return None
-    m = _VERSION.search(out.stdout)
-    return int(m.group(1)) if m else None
 
 
 def find_combinebackup(major: int, bin_dir: Path | None) -> Path:
@@ -46,7 +35,7 @@ def find_combinebackup(major: int, bin_dir: Path | None) -> Path:
     for path in candidates:
         if not path.exists():
             continue
-        found = _major_of(path)
+        found = tool_major(path)
         if found == major:
             return path
         seen.append(f"{path} is version {found or 'unknown'}")

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import conninfo as pgconninfo
 
 from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.source.tools import child_env
 
 
 @dataclass(frozen=True, repr=False)
@@ -68,21 +69,6 @@ class ConnInfo:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
-
-
-SECRET_ENV_PREFIXES = ("BACKUPD_",)
-SECRET_ENV_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a PostgreSQL client child: ours, minus every secret it does not need."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(SECRET_ENV_PREFIXES) and k not in SECRET_ENV_NAMES
-    }
-    env.update(extra or {})
-    return env
 
 
 @contextmanager

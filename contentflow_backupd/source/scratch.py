@@ -38,11 +38,11 @@ from typing import Any
 
 from contentflow_backupd.errors import SourceError, UsageError
 from contentflow_backupd.source import facts
-from contentflow_backupd.source.conninfo import ConnInfo, child_env
+from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.facts import ServerState
 from contentflow_backupd.source.pgdata import Owner, conf_quote, resolve_owner, write_private_file
+from contentflow_backupd.source.tools import child_env, tool_major
 
-_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 _SETTING_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s)")
 START_GRACE_S = 30.0
 """How long a started server may take to write ``postmaster.pid``."""
@@ -105,15 +105,6 @@ def check_reachable(path: Path, owner: Owner) -> None:
             )
 
 
-def _major_of(binary: Path) -> int | None:
-    try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-    except OSError:
-        return None
-    m = _VERSION.search(out.stdout)
-    return int(m.group(1)) if m else None
-
-
 def server_bin_dir(major: int, pg_bin: Path | None, client_bin: Path | None = None) -> Path:
     """The directory of ``postgres``, ``pg_ctl`` and ``initdb`` of exactly ``major``: the major
     of the backup (or the server) a scratch server stands in for.
@@ -135,7 +126,7 @@ def server_bin_dir(major: int, pg_bin: Path | None, client_bin: Path | None = No
     seen: list[str] = []
     for directory in candidates:
         if (directory / "postgres").exists() and (directory / "pg_ctl").exists():
-            found = _major_of(directory / "postgres")
+            found = tool_major(directory / "postgres")
             if found == major:
                 return directory
             seen.append(f"{directory} holds PostgreSQL {found}")
@@ -259,7 +250,7 @@ class ScratchServer:
         write_private_file(ident, b"", self.owner)
         if not (self.pgdata / "postgresql.conf").exists():  # Debian keeps it in /etc
             write_private_file(self.pgdata / "postgresql.conf", b"", self.owner)
-        major = _major_of(self.bin_dir / "postgres") or 0
+        major = tool_major(self.bin_dir / "postgres") or 0
         settings = {k: v for k, v in ISOLATION.items() if major >= _ISOLATION_SINCE.get(k, 0)}
         settings.update(
             {

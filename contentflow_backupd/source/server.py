@@ -21,9 +21,10 @@ from typing import Any, Literal
 import psycopg
 
 from contentflow_backupd.errors import SourceError, UsageError
-from contentflow_backupd.source.conninfo import ConnInfo, child_env
+from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.postgres import error_reason
 from contentflow_backupd.source.scratch import server_bin_dir
+from contentflow_backupd.source.tools import child_env
 
 LOG_NAME = "contentflow-recover.log"
 _RETRY_SQLSTATES = {None, "57P03"}  # no server yet / "the database system is starting up"

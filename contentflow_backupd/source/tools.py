@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import re
 import shutil
 import subprocess
@@ -13,9 +14,27 @@ from contentflow_backupd.errors import SourceError
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
 
+SECRET_ENV_PREFIXES = ("BACKUPD_",)
+SECRET_ENV_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a PostgreSQL child program: ours, minus every secret it does not need
+    (every ``BACKUPD_*`` setting, AWS secrets, ``PGPASSWORD``)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(SECRET_ENV_PREFIXES) and k not in SECRET_ENV_NAMES
+    }
+    env.update(extra or {})
+    return env
+
+
 def _major_of(binary: Path) -> int | None:
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, env=child_env()
+        )
     except OSError:
         return None
     m = _VERSION.search(out.stdout)

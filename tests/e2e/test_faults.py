@@ -183,7 +183,7 @@ def test_bad_inputs_give_clear_errors_and_exit_codes(
             1,
             "cannot connect",
         ),
-        (["list"], {"BACKUPD_REPOSITORY": "ftp://example/repo"}, 0, ""),
+        (["list"], {"BACKUPD_REPOSITORY": "ftp://example/repo"}, 2, "BACKUPD_REPOSITORY"),
         (["verify"], {"BACKUPD_REPOSITORY": "ftp://example/repo"}, 2, "BACKUPD_REPOSITORY"),
         (["verify"], {"BACKUPD_REPOSITORY": "file://relative/path"}, 2, "BACKUPD_REPOSITORY"),
         (["verify"], {"BACKUPD_ENCRYPTION__PASSPHRASE": ""}, 2, "BACKUPD_ENCRYPTION__PASSPHRASE"),

@@ -9,14 +9,14 @@ import pytest
 
 from contentflow_backupd.daemon.clientcheck import compare_majors
 from contentflow_backupd.errors import ConfigError
-from contentflow_backupd.source.tools import _major_of
+from contentflow_backupd.source.tools import tool_major
 from tests.support.pg import find_pg_bin
 
 
 @pytest.fixture(scope="module")
 def client() -> tuple[int, Path]:
     bin_dir = find_pg_bin()
-    major = _major_of(bin_dir / "pg_dump")
+    major = tool_major(bin_dir / "pg_dump")
     assert major is not None
     return major, bin_dir
 
