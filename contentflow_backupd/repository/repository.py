@@ -158,7 +158,11 @@ class Repository:
         opened = KeyStore(storage, config.repository_id).create(secret, config.created_at)
         # repo.json last: a repository whose key file landed but repo.json did not is not one.
         put_bytes(storage, layout.REPO_FILE, json.dumps(config.raw, indent=2).encode(), if_absent=True)
-        return cls.from_keys(storage, config, opened, compression_level=compression_level)
+        repo = cls.from_keys(storage, config, opened, compression_level=compression_level)
+        from contentflow_backupd.repository.seal import write_seal
+
+        write_seal(repo)
+        return repo
 
     @classmethod
     def from_keys(
