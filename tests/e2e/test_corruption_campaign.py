@@ -50,6 +50,8 @@ pytestmark = pytest.mark.pg
 MUTATIONS = int(os.environ.get("BACKUPD_CAMPAIGN_MUTATIONS", "520"))
 CLI_SAMPLE_EVERY = 50
 PHYSICAL_RESTORE_EVERY = 10
+INTERNAL_ERROR = -1
+"""verify_all's code for an exception that is no BackupdError (the command: "internal error")."""
 OPS = ("bit flip", "truncation", "empty", "deletion", "swap", "replay")
 RECOVERY_FILES = {"postgresql.auto.conf", "recovery.signal", "standby.signal"}
 
@@ -214,6 +216,8 @@ def verify_all(settings: Settings, config: Path) -> tuple[int, str]:
             return int(args.func(args, settings)), out.getvalue()
     except BackupdError as exc:
         return exc.exit_code, out.getvalue() + str(exc)
+    except Exception as exc:
+        return INTERNAL_ERROR, out.getvalue() + f"internal error: {type(exc).__name__}: {exc}"
 
 
 def restore_logical(settings: Settings, backup_id: str, into: Path) -> bytes:
@@ -384,6 +388,7 @@ def test_corruption_campaign(world: World) -> None:
     missed: list[str] = []
     wrong: list[str] = []
     cli_disagreed: list[str] = []
+    internal: list[str] = []
     logical, physical = sorted(w.logical), sorted(w.physical)
     work = Path(tempfile.mkdtemp(dir=scratch_root(), prefix="backupd-campaign-"))
     try:
@@ -397,6 +402,8 @@ def test_corruption_campaign(world: World) -> None:
             s = stats[kind]
             s["mutations"] += 1
             rc, output = verify_all(w.settings, config)
+            if rc == INTERNAL_ERROR:
+                internal.append(f"{label}: verify --all: {output[-500:]}")
             detected = rc != 0
             s["detected"] += detected
             if _needed(w, kind, key, op):
@@ -426,6 +433,9 @@ def test_corruption_campaign(world: World) -> None:
                     good = tree == w.physical[backup] and all(w.wal[n] == d for n, d in served.items())
             except BackupdError:
                 s["restores refused"] += 1
+            except Exception as exc:
+                s["restores refused"] += 1
+                internal.append(f"{label}: restore of {backup}: {type(exc).__name__}: {exc}")
             else:
                 if good:
                     s["restores succeeded correct"] += 1
@@ -452,8 +462,12 @@ def test_corruption_campaign(world: World) -> None:
     for s in stats.values():
         total.update(s)
     print(f"{'total':<15}" + "".join(f"{total[c]:>14}" for c in columns))
-    print(f"wrong restores: {len(wrong)}; needed mutations verify missed: {len(missed)}; seed {seed}")
+    print(
+        f"wrong restores: {len(wrong)}; needed mutations verify missed: {len(missed)}; internal errors: "
+        f"{len(internal)}; seed {seed}"
+    )
     assert total["mutations"] >= 500
     assert not wrong, "\n".join(wrong[:10])
     assert not missed, "\n".join(missed[:5])
     assert not cli_disagreed, "\n".join(cli_disagreed)
+    assert not internal, "internal errors (not a clear error naming the object):\n" + "\n".join(internal[:10])
