@@ -51,7 +51,14 @@ from contentflow_backupd.repository.keys import KEYSET_PREFIX, USED_PREFIX
 from contentflow_backupd.repository.repository import Repository, RepositoryConfig
 from contentflow_backupd.repository.seal import SEAL_KEY, check_seal, write_seal
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, classify, history_name, parse_segment
+from contentflow_backupd.wal import (
+    DEFAULT_SEGMENT_SIZE,
+    Segment,
+    classify,
+    history_name,
+    parse_lsn,
+    parse_segment,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -288,6 +295,36 @@ def _check_wal_chain(
             check.fault(
                 archive.key(history_name(tli)),
                 f"missing: timeline {tli} has segments but no history file",
+                "the WAL archive",
+            )
+    _check_switch_points(archive, names, segments, check)
+
+
+def _check_switch_points(
+    archive: WalArchive, names: list[str], segments: list[str], check: RepositoryCheck
+) -> None:
+    """Every timeline a ``.history`` file branches from holds its WAL up to the switch point: the
+    last segment before the one the switch happened in must be archived (recovery follows the
+    parent timeline up to there)."""
+    newest: dict[int, int] = {}
+    for n in segments:
+        seg = parse_segment(n, DEFAULT_SEGMENT_SIZE)
+        newest[seg.timeline] = max(newest.get(seg.timeline, -1), seg.number)
+    for name in names:
+        if classify(name) != "history":
+            continue
+        try:
+            lines = [ln.split() for ln in archive.fetch(name).decode().splitlines() if ln.strip()]
+            parent, switch = int(lines[-1][0]), parse_lsn(lines[-1][1])
+        except (BackupdError, ValueError, IndexError, UnicodeDecodeError):
+            continue  # a damaged history file is reported when it is read
+        needed = switch // DEFAULT_SEGMENT_SIZE - 1  # the switch's own segment is the child's
+        if parent in newest and newest[parent] < needed:
+            missing = Segment(parent, newest[parent] + 1).name(DEFAULT_SEGMENT_SIZE)
+            check.fault(
+                archive.key(missing),
+                f"missing: timeline {parent} ends at segment {newest[parent]:X}, before its switch to a "
+                f"new timeline in {name} (WAL up to {lines[-1][1]} is needed)",
                 "the WAL archive",
             )
 

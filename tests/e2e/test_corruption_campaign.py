@@ -77,7 +77,7 @@ def kind_of(key: str) -> str:
     if rest == "identity.json":
         return "identity.json"
     if rest.startswith("wal/"):
-        return {"history": ".history", "backup": "WAL .backup"}.get(
+        return {"history": ".history", "backup": "WAL .backup", "partial": "WAL .partial"}.get(
             str(classify(key.rsplit("/", 1)[-1])), "WAL"
         )
     return "other"
@@ -153,6 +153,8 @@ class World:
     """Physical backup id -> file digests of its restored data directory."""
     wal: dict[str, bytes]
     """WAL file name -> its content."""
+    oldest_wal_needed: str
+    """The oldest physical backup's first WAL segment."""
 
     @property
     def repo_dir(self) -> Path:
@@ -306,6 +308,7 @@ def world() -> Iterator[World]:
                 logical,
                 physical,
                 wal,
+                min(str(m.details["wal_first"]) for m in manifests.values() if m.mode == "physical"),
             )
         finally:
             shutil.rmtree(place, ignore_errors=True)
@@ -348,14 +351,17 @@ def _needed(w: World, kind: str, key: str, op: str) -> bool:
         return False  # a key's last-use time: descriptive, nothing reads it
     if kind == "repo.seal" and op == "deletion":
         return False  # re-made from the current files, with a warning (docs/verification.md)
-    if kind == "WAL .backup" and op == "deletion":
-        return False  # a restore reads backup_label, never the archived .backup file
+    if kind in ("WAL .backup", "WAL .partial") and op == "deletion":
+        # A restore reads backup_label, never the archived .backup file; a timeline's .partial
+        # segment is copied into the first segment of the timeline that follows it.
+        return False
+    name = key.rsplit("/", 1)[-1]
+    if kind in ("WAL", "WAL .backup", "WAL .partial") and name[:24] < w.oldest_wal_needed:
+        return False  # older than every physical backup's start: no backup needs it (retention's rule)
     if kind == "WAL" and op == "deletion":
-        name = key.rsplit("/", 1)[-1]
-        timeline = name[:8]
-        newest = max(n for n in w.wal if n.startswith(timeline) and classify(n) == "segment")
-        # The newest segment of a timeline: gone looks like not yet archived (documented).
-        return name != newest
+        # The newest segment of the newest timeline: gone looks like not yet archived
+        # (documented). The newest of an older timeline is needed up to its switch point.
+        return name != max(n for n in w.wal if classify(n) == "segment")
     return True
 
 
