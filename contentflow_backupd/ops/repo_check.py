@@ -303,13 +303,15 @@ def _check_wal_chain(
 def _check_switch_points(
     archive: WalArchive, names: list[str], segments: list[str], check: RepositoryCheck
 ) -> None:
-    """Every timeline a ``.history`` file branches from holds its WAL up to the switch point: the
-    last segment before the one the switch happened in must be archived (recovery follows the
-    parent timeline up to there)."""
+    """Every timeline a ``.history`` file branches from holds its WAL up to the switch point (the
+    last segment before the one the switch happened in: recovery follows the parent timeline up
+    to there), and the new timeline's WAL starts with the segment of the switch."""
     newest: dict[int, int] = {}
+    oldest: dict[int, int] = {}
     for n in segments:
         seg = parse_segment(n, DEFAULT_SEGMENT_SIZE)
         newest[seg.timeline] = max(newest.get(seg.timeline, -1), seg.number)
+        oldest[seg.timeline] = min(oldest.get(seg.timeline, seg.number), seg.number)
     for name in names:
         if classify(name) != "history":
             continue
@@ -318,7 +320,16 @@ def _check_switch_points(
             parent, switch = int(lines[-1][0]), parse_lsn(lines[-1][1])
         except (BackupdError, ValueError, IndexError, UnicodeDecodeError):
             continue  # a damaged history file is reported when it is read
-        needed = switch // DEFAULT_SEGMENT_SIZE - 1  # the switch's own segment is the child's
+        child = int(name[:8], 16)
+        first = switch // DEFAULT_SEGMENT_SIZE  # the new timeline starts in this segment
+        if child in oldest and oldest[child] > first:
+            check.fault(
+                archive.key(Segment(child, first).name(DEFAULT_SEGMENT_SIZE)),
+                f"missing: timeline {child} starts at {lines[-1][1]} ({name}), but its segments begin "
+                f"at {oldest[child]:X}",
+                "the WAL archive",
+            )
+        needed = first - 1  # the switch's own segment is the new timeline's
         if parent in newest and newest[parent] < needed:
             missing = Segment(parent, newest[parent] + 1).name(DEFAULT_SEGMENT_SIZE)
             check.fault(
