@@ -162,6 +162,9 @@ def test_a_changed_repository_description_or_key_fails_verify_all(
     result = cli.run("verify", "--all")
     assert result.returncode == 1, str(result)
     assert path.relative_to(repo).as_posix() in result.stdout + result.stderr
+    sweep = cli.run("verify", "--since-last")
+    assert sweep.returncode == 1, str(sweep)
+    assert path.relative_to(repo).as_posix() in sweep.stdout + sweep.stderr
 
 
 def test_verify_all_lists_every_object_kind_it_read(cli: Cli, pg: PgCluster, pg_db: str) -> None:
