@@ -276,6 +276,8 @@ def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_sweep(result: SweepResult) -> None:
+    from contentflow_backupd.ops.sweep import needed_by_nobackup
+
     fmt = "%Y-%m-%d %H:%M:%S"
     read = result.to_json()["read"]
     new = ", ".join(result.new_backups) or "none"
@@ -292,7 +294,8 @@ def _print_sweep(result: SweepResult) -> None:
         f"{plan.pass_started_at:{fmt}} UTC), full pass expected by {result.estimated_pass_end:{fmt}} UTC"
     )
     for f in result.found:
-        print(f"  corrupt: {f.key}: {f.problem} (needed by {', '.join(f.backup_ids) or 'the WAL archive'})")
+        needs = ", ".join(f.backup_ids) or needed_by_nobackup(f.key)
+        print(f"  corrupt: {f.key}: {f.problem} (needed by {needs})")
     for f in result.ignored:
         print(f"  ignored: {f.key}: {f.problem} (no kept backup needs it)")
     for r in result.resolved:

@@ -356,10 +356,20 @@ def open_corrupt_count(catalog: Catalog, cluster: str) -> int:
     return len(catalog.list_corrupt(cluster))
 
 
+def needed_by_nobackup(key: str) -> str:
+    """Who needs a bad object that no backup names: the WAL archive (WAL, ``identity.json``),
+    the audit trail, or the repository itself (``repo.json``, its seal, keys, a lost manifest)."""
+    if "/wal/" in key or key.endswith("/identity.json"):
+        return "the WAL archive"
+    if key.startswith("audit/"):
+        return "the audit trail"
+    return "the repository"
+
+
 def open_corrupt_summary(records: Sequence[CorruptObject], limit: int = 5) -> Iterator[str]:
     """One line per open record: the object, what is wrong, and the backups that need it."""
     for r in records[:limit]:
-        needs = ", ".join(r.backup_ids) if r.backup_ids else "the WAL archive"
+        needs = ", ".join(r.backup_ids) if r.backup_ids else needed_by_nobackup(r.key)
         yield f"{r.key} ({r.problem}; needed by {needs})"
     if len(records) > limit:
         yield f"... and {len(records) - limit} more"
