@@ -105,6 +105,7 @@ def test_a_backup_the_catalog_lists_without_its_manifest_is_a_fault(
         BackupRecord(
             id="20261207T000000Z-full-abcdef",
             cluster="main",
+            repository_id=repo.id,
             kind="full",
             mode="logical",
             status="succeeded",
