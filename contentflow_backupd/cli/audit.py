@@ -76,25 +76,44 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    """Exit 0 when the chain holds, 1 naming the first broken record."""
+    """Exit 0 when the chain holds and the repository's copy matches it; 1 naming the first
+    broken record or the first difference."""
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.audit import verify_audit
+    from contentflow_backupd.ops.audit import check_audit_copy, verify_audit
 
     catalog = wiring.open_catalog(settings)
     try:
         result = verify_audit(catalog)
+        copy = check_audit_copy(wiring.open_repository(settings), catalog)
     finally:
         catalog.close()
     if args.json:
-        print_json(result.to_json())
-    elif result.ok:
-        print(f"audit trail intact: {result.records} records, last {result.last_seq} ({result.last_hash})")
+        print_json({**result.to_json(), "ok": result.ok and copy.ok, "repository": copy.to_json()})
+    elif result.ok and copy.ok:
+        print(
+            f"audit trail intact: {result.records} records, last {result.last_seq} ({result.last_hash}); "
+            f"the repository's copy ({copy.objects} objects, {copy.records} records) matches"
+        )
+    failed = False
     if result.broken is not None:
+        failed = True
         print(
             f"contentflow-backupd: error: audit record {result.broken.seq} is broken: "
             f"{result.broken.problem}\n  hint: the audit trail was altered; the repository holds a "
             "copy (audit/), restored by `catalog rebuild`",
             file=sys.stderr,
         )
-        return EXIT_FAILED
-    return EXIT_OK
+    problems = [*copy.problems, *([copy.first_difference] if copy.first_difference else [])]
+    for p in problems:
+        failed = True
+        where = f" ({p.key})" if p.key else ""
+        print(f"contentflow-backupd: error: the repository's audit copy{where}: {p.problem}", file=sys.stderr)
+    if problems:
+        print(
+            "  hint: the repository's copy of the audit trail (audit/) was altered or lost; the "
+            "catalog's chain is the reference while `audit verify` finds it intact",
+            file=sys.stderr,
+        )
+    for key in copy.unknown:
+        log.warning("audit_unknown_object", key=key)
+    return EXIT_FAILED if failed else EXIT_OK

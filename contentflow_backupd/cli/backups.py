@@ -23,6 +23,7 @@ from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
     from contentflow_backupd.ops.sweep import SweepResult
+    from contentflow_backupd.ops.verify import VerifyReport
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
@@ -213,7 +214,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "since_last", False):
         return _verify_since_last(args, settings)
     repo = wiring.open_repository(settings)
-    if args.backup_ids and not args.all:
+    everything = args.all or not args.backup_ids
+    if not everything:
         ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
     else:
         ids = list(repo.iter_backup_ids(settings.cluster))
@@ -221,7 +223,13 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         concurrency = settings.upload_concurrency
         report = verify_backups(
-            repo, settings.cluster, ids, quick=args.quick, concurrency=concurrency, audit=audit
+            repo,
+            settings.cluster,
+            ids,
+            quick=args.quick,
+            concurrency=concurrency,
+            audit=audit,
+            everything=everything,
         )
     finally:
         if audit is not None:
@@ -232,17 +240,33 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         for b in report.backups:
             state = "ok" if b.ok else f"FAULTY ({len(b.faults)} faults)"
             print(f"{b.backup_id}: {state} ({b.objects_checked} objects, {human_bytes(b.bytes_read)} read)")
-        for f in report.faults:
+        for f in (f for b in report.backups for f in b.faults):
             print(f"  fault: backup {f.backup_id}: {f.key}: {f.problem}")
         if not ids:
             print(f"no backups of cluster {settings.cluster!r} to verify")
+        _print_repository_check(report)
     if not report.ok:
+        where = f"{sum(1 for b in report.backups if not b.ok)} backup(s)"
+        if report.repository is not None and report.repository.faults:
+            where += f" and {len(report.repository.faults)} in the rest of the repository"
         raise VerificationFailed(
-            f"verification found {len(report.faults)} fault(s) in "
-            f"{sum(1 for b in report.backups if not b.ok)} backup(s): "
+            f"verification found {len(report.faults)} fault(s) in {where}: "
             + "; ".join(f"{f.backup_id} {f.key} ({f.problem})" for f in report.faults[:5])
         )
     return EXIT_OK
+
+
+def _print_repository_check(report: VerifyReport) -> None:
+    rc = report.repository
+    if rc is None:
+        return
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(rc.kinds.items()))
+    state = "ok" if rc.ok else f"FAULTY ({len(rc.faults)} faults)"
+    print(f"repository: {state} ({kinds}; {human_bytes(rc.bytes_read)} read)")
+    for f in rc.faults:
+        print(f"  fault: {f.key}: {f.problem} (needed by {f.needed_by})")
+    for w in rc.warnings:
+        print(f"  warning: {w}")
 
 
 def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
@@ -286,6 +310,8 @@ def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_sweep(result: SweepResult) -> None:
+    from contentflow_backupd.ops.sweep import needed_by_nobackup
+
     fmt = "%Y-%m-%d %H:%M:%S"
     read = result.to_json()["read"]
     new = ", ".join(result.new_backups) or "none"
@@ -302,7 +328,8 @@ def _print_sweep(result: SweepResult) -> None:
         f"{plan.pass_started_at:{fmt}} UTC), full pass expected by {result.estimated_pass_end:{fmt}} UTC"
     )
     for f in result.found:
-        print(f"  corrupt: {f.key}: {f.problem} (needed by {', '.join(f.backup_ids) or 'the WAL archive'})")
+        needs = ", ".join(f.backup_ids) or needed_by_nobackup(f.key)
+        print(f"  corrupt: {f.key}: {f.problem} (needed by {needs})")
     for f in result.ignored:
         print(f"  ignored: {f.key}: {f.problem} (no kept backup needs it)")
     for r in result.resolved:

@@ -23,7 +23,7 @@ import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -274,3 +274,123 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, BackupdError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
+
+
+# -- the repository's copy ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CopyProblem:
+    """One thing wrong with the repository's copy of the audit trail: the object (None: the
+    chain as a whole), the record seq when one is concerned, and what is wrong."""
+
+    key: str | None
+    seq: int | None
+    problem: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "seq": self.seq, "problem": self.problem}
+
+
+@dataclass
+class CopyCheck:
+    objects: int = 0
+    records: int = 0
+    problems: list[CopyProblem] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    """Keys under ``audit/`` that are not audit objects (reported, not read)."""
+    first_difference: CopyProblem | None = None
+    """The first record where the catalog and the repository differ (None: they agree)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.first_difference is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "objects": self.objects,
+            "records": self.records,
+            "problems": [p.to_json() for p in self.problems],
+            "unknown": list(self.unknown),
+            "first_difference": None if self.first_difference is None else self.first_difference.to_json(),
+        }
+
+
+def _read_audit_object(repo: Repository, key: str, first: int, last: int) -> list[AuditEvent]:
+    """The records of one audit object, proven to be the ones its name says (raises ValueError
+    or ``BackupdError`` naming the fault)."""
+    doc = json.loads(repo.get_object(key))
+    if not isinstance(doc, dict) or doc.get("format") != OBJECT_FORMAT:
+        raise ValueError(f"not an audit object of format {OBJECT_FORMAT}")
+    events = [AuditEvent.from_json(r) for r in doc["records"]]
+    if not events:
+        raise ValueError("holds no records")
+    if events[0].seq != first or events[-1].seq != last or len(events) != last - first + 1:
+        raise ValueError(
+            f"its name says records {first}..{last}, it holds {events[0].seq}..{events[-1].seq} "
+            f"({len(events)} records)"
+        )
+    if key != object_key(events[0], events[-1]):
+        raise ValueError("its name does not match its records (date or last hash)")
+    return events
+
+
+def check_audit_copy(repo: Repository, catalog: Catalog | None) -> CopyCheck:
+    """Read every audit object of the repository and prove the copy: each object authenticates
+    (AES-GCM under its own name) and holds the records its name says; together they form one
+    unbroken chain from record 1; and, with ``catalog``, every record the catalog says it copied
+    to this repository is there, identical to the catalog's (the first difference is named)."""
+    check = CopyCheck()
+    stored: dict[int, AuditEvent] = {}
+    for info in repo.storage.list(AUDIT_PREFIX):
+        match = _OBJECT_KEY.match(info.key)
+        if match is None:
+            check.unknown.append(info.key)
+            continue
+        check.objects += 1
+        try:
+            events = _read_audit_object(repo, info.key, int(match.group(1)), int(match.group(2)))
+        except (BackupdError, ValueError, KeyError, TypeError) as exc:
+            check.problems.append(CopyProblem(info.key, None, f"unreadable: {_message(exc)}"))
+            continue
+        for event in events:
+            other = stored.setdefault(event.seq, event)
+            if other.hash != event.hash:
+                check.problems.append(
+                    CopyProblem(info.key, event.seq, f"record {event.seq} differs from another copy of it")
+                )
+    chain = [stored[seq] for seq in sorted(stored)]
+    check.records = len(chain)
+    broken = find_break(chain)
+    if broken is not None:
+        check.problems.append(CopyProblem(None, broken.seq, f"record {broken.seq}: {broken.problem}"))
+    if catalog is not None:
+        check.first_difference = _first_difference(catalog, repo, stored)
+    return check
+
+
+def _first_difference(
+    catalog: Catalog, repo: Repository, stored: Mapping[int, AuditEvent]
+) -> CopyProblem | None:
+    flushed = catalog.get_audit_flushed_seq(repo.id)
+    if flushed is None:
+        return None  # this catalog never copied its records to this repository
+    mine = {e.seq: e for e in catalog.list_audit_events() if e.seq <= flushed}
+    for seq in range(1, flushed + 1):
+        ours, theirs = mine.get(seq), stored.get(seq)
+        if ours is None and theirs is None:
+            continue
+        if theirs is None:
+            return CopyProblem(
+                None, seq, f"record {seq} is in the catalog but missing from the repository's copy"
+            )
+        if ours is None:
+            return CopyProblem(None, seq, f"record {seq} is in the repository's copy but not in the catalog")
+        if ours.to_json() != theirs.to_json():
+            a, b = ours.to_json(), theirs.to_json()
+            fields = [name for name in a if a[name] != b.get(name)]
+            return CopyProblem(
+                None,
+                seq,
+                f"record {seq} differs between the catalog and the repository ({', '.join(fields)})",
+            )
+    return None

@@ -38,6 +38,7 @@ from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.crypto import ENVELOPE_HEAD_MAX, KekSecret, envelope_key_id
 from contentflow_backupd.repository.keys import KekInfo
 from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.seal import write_seal
 from contentflow_backupd.storage.base import Storage, read_up_to
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_RETIRE_GRACE_S = 15 * 60.0
 """Default of ``keys rotate --retire-grace``: far above ``KEY_REFRESH_S`` (60 s), so a process
 that sealed with the previous key before seeing the rotation has landed its object by then."""
-RESEALABLE_PREFIXES = ("audit/",)
+RESEALABLE_PREFIXES = ("audit/", "repo.seal")
 """Objects that may be re-sealed with the active key to let an old data key retire."""
 _BATCH = 256
 
@@ -179,6 +180,7 @@ def add_kek(repo: Repository, secret: KekSecret, catalog: Catalog | None) -> str
         _audit(catalog, "key_add", "failed", [], {"kind": secret.kind, "error": exc.message}, repo)
         raise
     repo.use_keys(opened)
+    write_seal(repo)
     log.info("key_added", kek_id=kek_id, kind=secret.kind, repository_id=repo.id)
     _audit(catalog, "key_add", "succeeded", [kek_id], {"kind": secret.kind}, repo)
     return kek_id
@@ -209,6 +211,7 @@ def remove_kek(repo: Repository, kek_id: str, catalog: Catalog | None) -> None:
     except BackupdError as exc:
         _audit(catalog, "key_remove", "failed", [kek_id], {"error": exc.message}, repo)
         raise
+    write_seal(repo)
     log.info("key_removed", kek_id=kek_id, kind=keks[kek_id].kind, repository_id=repo.id)
     _audit(catalog, "key_remove", "succeeded", [kek_id], {"kind": keks[kek_id].kind}, repo)
 
@@ -248,6 +251,7 @@ def rotate_data_key(
     previous = next(
         (k.id for k in opened.keyset.data_keys.values() if k.deactivated_at == iso(now)), previous
     )
+    write_seal(repo)
     log.info("data_key_rotated", previous=previous, active=active, retire_after=retire_after)
     _audit(catalog, "key_rotate", "succeeded", [previous, active], {"retire_after": retire_after}, repo)
     retired = retire_unused_data_keys(repo, catalog, now=now)

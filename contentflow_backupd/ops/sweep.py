@@ -40,6 +40,7 @@ from contentflow_backupd.model import Scope, iso, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.locks import exclusive
+from contentflow_backupd.ops.repo_check import check_metadata
 from contentflow_backupd.ops.sweep_index import ClusterIndex, build_index, check_object, describe, is_fault
 from contentflow_backupd.ops.sweep_plan import SweepPlan, estimated_pass_end, plan_sweep
 from contentflow_backupd.ops.verify import Fault, ordered_map, verify_backup
@@ -199,12 +200,19 @@ def _run(
     to_read = [*sorted(new_keys), *sorted(recheck), *plan.keys]
     read_fine, failed, bytes_read = _read_all(repo, index, to_read, concurrency)
     problems.update(failed)
+    # Every run also reads the small kinds in full (repo.json, its seal, keys, keyset, audit),
+    # checks the WAL archive's shape and the catalog against the manifests (ops/repo_check.py).
+    metadata = check_metadata(repo, cluster, index, catalog)
+    outside = {f.key: f.problem for f in metadata.faults}
 
     found: list[Finding] = []
     ignored: list[Finding] = []
     for key, problem in sorted(problems.items()):
         needed, ids = index.needed_by(key)
         (found if needed else ignored).append(Finding(key, ids, problem))
+    for key, problem in sorted(outside.items()):
+        if key not in problems:
+            found.append(Finding(key, index.needed_by(key)[1], problem))
     for f in found:
         log.error(
             "corrupt_object_found",
@@ -216,7 +224,15 @@ def _run(
         catalog.record_corrupt(scope, f.key, f.backup_ids, f.problem, detected_at=started)
     for f in ignored:
         log.warning("unneeded_object_bad", cluster=cluster, key=f.key, problem=f.problem)
-    resolved = _resolve(catalog, scope, index, open_before, {f.key for f in found}, read_fine)
+    metadata_keys = {r.key for r in open_before if _is_metadata(cluster, r.key)}
+    resolved = _resolve(
+        catalog,
+        scope,
+        index,
+        open_before,
+        {f.key for f in found},
+        read_fine | (metadata_keys - set(outside)),
+    )
 
     new_state = VerifyState(
         cluster=cluster,
@@ -297,6 +313,7 @@ def _resolve(
         if record.key in still_bad:
             continue
         needed, _ids = index.needed_by(record.key)
+        needed = needed or _is_metadata(scope.cluster, record.key)
         resolution = UNNEEDED if not needed else REPAIRED if record.key in read_fine else None
         if resolution is None:
             continue
@@ -305,6 +322,12 @@ def _resolve(
             log.info("corrupt_object_resolved", cluster=scope.cluster, key=record.key, resolution=resolution)
             resolved.append(dataclasses.replace(record, resolved_at=at, resolution=resolution))
     return resolved
+
+
+def _is_metadata(cluster: str, key: str) -> bool:
+    """Keys outside ``<cluster>/`` (repo.json, its seal, keys, audit): the repository and its
+    keys and audit trail need them, and every run reads them in full."""
+    return not key.startswith(f"{cluster}/")
 
 
 # -- for the daemon ------------------------------------------------------------------------
@@ -337,10 +360,20 @@ def open_corrupt_count(catalog: Catalog, scope: Scope) -> int:
     return len(catalog.list_corrupt(scope))
 
 
+def needed_by_nobackup(key: str) -> str:
+    """Who needs a bad object that no backup names: the WAL archive (WAL, ``identity.json``),
+    the audit trail, or the repository itself (``repo.json``, its seal, keys, a lost manifest)."""
+    if "/wal/" in key or key.endswith("/identity.json"):
+        return "the WAL archive"
+    if key.startswith("audit/"):
+        return "the audit trail"
+    return "the repository"
+
+
 def open_corrupt_summary(records: Sequence[CorruptObject], limit: int = 5) -> Iterator[str]:
     """One line per open record: the object, what is wrong, and the backups that need it."""
     for r in records[:limit]:
-        needs = ", ".join(r.backup_ids) if r.backup_ids else "the WAL archive"
+        needs = ", ".join(r.backup_ids) if r.backup_ids else needed_by_nobackup(r.key)
         yield f"{r.key} ({r.problem}; needed by {needs})"
     if len(records) > limit:
         yield f"... and {len(records) - limit} more"

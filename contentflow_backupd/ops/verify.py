@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import blake3
 import structlog
@@ -27,6 +27,9 @@ from contentflow_backupd.repository.pipeline import ChunkReader
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, Segment, parse_segment
+
+if TYPE_CHECKING:
+    from contentflow_backupd.ops.repo_check import RepositoryCheck
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +53,8 @@ class BackupCheck:
     objects_checked: int = 0
     bytes_read: int = 0
     faults: list[Fault] = field(default_factory=list)
+    read_keys: set[str] = field(default_factory=set, repr=False)
+    """Keys read in full (deep mode): the repository check does not read them again."""
 
     @property
     def ok(self) -> bool:
@@ -69,22 +74,30 @@ class BackupCheck:
 class VerifyReport:
     mode: str
     backups: list[BackupCheck]
+    repository: RepositoryCheck | None = None
+    """``verify --all``: every other object kind and the catalog (ops/repo_check.py)."""
 
     @property
     def faults(self) -> list[Fault]:
-        return [f for b in self.backups for f in b.faults]
+        own = [f for b in self.backups for f in b.faults]
+        if self.repository is not None:
+            own += [Fault(f.needed_by, f.key, f.problem) for f in self.repository.faults]
+        return own
 
     @property
     def ok(self) -> bool:
         return not self.faults
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": "ok" if self.ok else "faulty",
             "mode": self.mode,
             "backups": [b.to_json() for b in self.backups],
             "faults": [f.to_json() for f in self.faults],
         }
+        if self.repository is not None:
+            out["repository"] = self.repository.to_json()
+        return out
 
 
 def ordered_map(
@@ -208,6 +221,8 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
             seen.add(ref.id)
             if first:
                 check.objects_checked += 1
+            if first:
+                check.read_keys.add(reader.key_of(ref))
             if isinstance(result, BaseException):
                 intact = False
                 if first:
@@ -241,6 +256,8 @@ def _consistency_wal(
 
     for name, result in ordered_map(pool, probe, names, 8):
         check.objects_checked += 1
+        if not quick:
+            check.read_keys.add(archive.key(name))
         if isinstance(result, BaseException):
             check.faults.append(
                 Fault(m.id, archive.key(name), f"WAL needed for consistency: {_describe(result)}")
@@ -257,8 +274,13 @@ def verify_backups(
     quick: bool,
     concurrency: int = 8,
     audit: Catalog | None = None,
+    everything: bool = False,
 ) -> VerifyReport:
-    """``audit``: the catalog to record the verification in (ops/audit.py); None records nothing."""
+    """``audit``: the catalog to record the verification in (ops/audit.py) and, with
+    ``everything``, to cross-check with the repository; None records nothing. ``everything``
+    (``verify --all``, deep only): also read every other object kind (ops/repo_check.py)."""
+    from contentflow_backupd.ops.repo_check import check_repository
+
     details: dict[str, Any] = {"cluster": cluster, "mode": "quick" if quick else "deep"}
     done: dict[str, BackupCheck] = {}
 
@@ -272,6 +294,12 @@ def verify_backups(
 
     with audited(audit, "verify", objects=backup_ids, details=details, repo=repo) as recorded:
         report = VerifyReport(mode="quick" if quick else "deep", backups=[checked(b) for b in backup_ids])
+        if everything and not quick:
+            read = {k for b in report.backups for k in b.read_keys}
+            report.repository = check_repository(
+                repo, cluster, already_read=read, catalog=audit, concurrency=concurrency
+            )
+            recorded.details["scope"] = "all"
         if not report.ok:
             recorded.outcome = "failed"
             recorded.details["faults"] = [f"{f.backup_id} {f.key}: {f.problem}" for f in report.faults[:20]]

@@ -281,7 +281,11 @@ def _seal(key: bytes, plain: bytes, aad: bytes) -> str:
 
 
 def _unseal(key: bytes, wrapped: str, aad: bytes) -> bytes | None:
-    blob = b64d(wrapped)
+    """The plaintext, or None when ``wrapped`` does not authenticate (also: not base64)."""
+    try:
+        blob = b64d(wrapped)
+    except ValueError:
+        return None
     try:
         return AESGCM(key).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad)
     except InvalidTag:

@@ -33,6 +33,7 @@ import structlog
 
 from contentflow_backupd.errors import (
     BackupdError,
+    IntegrityError,
     ObjectExists,
     ObjectNotFound,
     RepositoryError,
@@ -189,19 +190,34 @@ class KeyStore:
             seq = known[-1]
             try:
                 doc = json.loads(self.storage.get(keyset_key(seq)))
+                keyset = open_keyset(str(doc["wrapped_keyset"]), master, self.repository_id, seq)
             except ObjectNotFound:
                 continue  # replaced by a newer version meanwhile: list again
-            return seq, open_keyset(doc["wrapped_keyset"], master, self.repository_id, seq)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RepositoryError(
+                    f"keyset version {seq} of repository {self.repository_id} ({keyset_key(seq)}) is "
+                    f"damaged: {type(exc).__name__}: {exc}",
+                    hint="restore keys/ from a copy of the repository: without it the backups are lost",
+                ) from None
+            return seq, keyset
         raise RepositoryError(f"the keyset of repository {self.repository_id} keeps changing; try again")
 
     def _unlock(self, info: KekInfo, secret: KekSecret, seqs: list[int] | None = None) -> OpenedKeys:
         """Open with KEK ``info``; ``WrongKey`` when ``secret`` is not its secret."""
         doc = info.doc
-        kek = derive_kek(secret, doc["kdf"], kek_context(self.repository_id, info.id))
-        if "wrapped_keyset" in doc:
-            keyset = unwrap_keyset(doc["wrapped_keyset"], kek, self.repository_id, info.id)
-            return OpenedKeys(info.id, kek, None, keyset, 0)
-        master = unwrap_master(doc["wrapped_master"], kek, self.repository_id, info.id)
+        try:
+            kek = derive_kek(secret, doc["kdf"], kek_context(self.repository_id, info.id))
+            if "wrapped_keyset" in doc:
+                keyset = unwrap_keyset(doc["wrapped_keyset"], kek, self.repository_id, info.id)
+                return OpenedKeys(info.id, kek, None, keyset, 0)
+            master = unwrap_master(doc["wrapped_master"], kek, self.repository_id, info.id)
+        except (ValueError, KeyError, TypeError, MemoryError) as exc:
+            raise IntegrityError(
+                f"key file {layout.key_file(info.id)} of repository {self.repository_id} is damaged: "
+                f"{type(exc).__name__}: {exc}",
+                key=layout.key_file(info.id),
+                hint="restore keys/ from a copy of the repository, or open it with another key",
+            ) from None
         seq, keyset = self._latest(master, seqs)
         return OpenedKeys(info.id, kek, master, keyset, seq)
 

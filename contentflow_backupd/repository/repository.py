@@ -82,19 +82,29 @@ class RepositoryConfig:
             raise RepositoryError(f"{where}/repo.json is not valid JSON") from None
         if not isinstance(raw, dict) or raw.get("format") != REPO_FORMAT_NAME:
             raise UnsupportedFormat(f"{where} is not a contentflow-backupd repository (repo.json)")
-        version = int(raw.get("version", 0))
+        try:
+            version = int(raw.get("version", 0))
+        except (TypeError, ValueError):
+            raise RepositoryError(f"{where}/repo.json is malformed: version {raw.get('version')!r}") from None
         if version > REPO_FORMAT_VERSION:
             raise UnsupportedFormat(
                 f"repository {where} has format version {version}; this contentflow-backupd "
                 f"{__version__} supports up to {REPO_FORMAT_VERSION}",
                 hint="upgrade contentflow-backupd to open this repository",
             )
-        return cls(
-            repository_id=str(raw["repository_id"]),
-            created_at=str(raw["created_at"]),
-            chunker=ChunkerParams.from_dict(raw["chunker"]),
-            raw=raw,
-        )
+        try:
+            return cls(
+                repository_id=str(raw["repository_id"]),
+                created_at=str(raw["created_at"]),
+                chunker=ChunkerParams.from_dict(raw["chunker"]),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RepositoryError(
+                f"{where}/repo.json is malformed: {type(exc).__name__}: {exc}",
+                hint="restore repo.json from a copy of the repository (`verify --all` checks it "
+                "against repo.seal)",
+            ) from None
 
 
 class _Codec(threading.local):
@@ -158,7 +168,11 @@ class Repository:
         opened = KeyStore(storage, config.repository_id).create(secret, config.created_at)
         # repo.json last: a repository whose key file landed but repo.json did not is not one.
         put_bytes(storage, layout.REPO_FILE, json.dumps(config.raw, indent=2).encode(), if_absent=True)
-        return cls.from_keys(storage, config, opened, compression_level=compression_level)
+        repo = cls.from_keys(storage, config, opened, compression_level=compression_level)
+        from contentflow_backupd.repository.seal import write_seal
+
+        write_seal(repo)
+        return repo
 
     @classmethod
     def from_keys(
