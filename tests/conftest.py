@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from contentflow_backupd.observability.logging import reset_logging
 from tests.support.cli import Cli
 from tests.support.pg import MATRIX_MAJORS, PgCluster, pg_bin_dir, running_cluster
 
@@ -20,6 +21,14 @@ settings.register_profile(
     "backupd", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 settings.load_profile("backupd")
+
+
+@pytest.fixture(autouse=True)
+def _logging_reset_after_each_test() -> Iterator[None]:
+    """A test that configures logging in-process (a level, a stream bound at that moment) must
+    not change what a later test in the same worker captures: configure once, reset in tests."""
+    yield
+    reset_logging()
 
 
 @pytest.fixture(scope="session")
