@@ -492,7 +492,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-NOT_SETTINGS = frozenset({"BACKUPD_DEMO_DIR", "BACKUPD_DEMO_SIZE_MB", "BACKUPD_TEST_PG_BIN"})
+NOT_SETTINGS = frozenset(
+    {"BACKUPD_DEMO_DIR", "BACKUPD_DEMO_SIZE_MB", "BACKUPD_TEST_PG_BIN", "BACKUPD_CONTAINER_TESTS"}
+)
 """``BACKUPD_*`` variables that are not settings: read by ``make run``/``make demo`` and the tests."""
 
 

@@ -73,7 +73,7 @@ class Service:
     def runs(self) -> list[dict[str, object]]:
         out = self.sh(
             "runuser -u contentflow-backupd -- env BACKUPD_STATE_DIR=/var/lib/contentflow-backupd"
-            " contentflow-backupd runs --json"
+            " BACKUPD_REPOSITORY=file:///var/backups/pg contentflow-backupd runs --json"
         )
         runs: list[dict[str, object]] = json.loads(out)
         return runs
