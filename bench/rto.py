@@ -11,7 +11,7 @@
   cluster's size (``sum(pg_database_size)``), from which the throughput follows.
 
 The largest database restorable within the RTO objective (2 h, ``BACKUPD_DRILL__RTO_OBJECTIVE``'s
-default) is ``ops.objectives.max_database_bytes`` at that throughput: the same rule ``status`` and
+default) is ``ops.health.objectives.max_database_bytes`` at that throughput: the same rule ``status`` and
 ``/healthz`` apply to the drills' measured throughput. GB and GB per minute are decimal (10^9).
 """
 
@@ -32,7 +32,7 @@ from bench import report
 from bench.physical import as_pg, base_env, mkdir_pg, write_pg
 from bench.procs import run_measured
 from bench.report import Row, best
-from contentflow_backupd.ops.objectives import RTO_OBJECTIVE_S, max_database_bytes
+from contentflow_backupd.ops.health.objectives import RTO_OBJECTIVE_S, max_database_bytes
 from tests.support.pg import PgCluster, free_port
 
 GB = 1_000_000_000

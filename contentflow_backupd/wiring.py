@@ -24,8 +24,8 @@ from contentflow_backupd.storage.base import Storage
 if TYPE_CHECKING:  # psycopg, the catalog and the source layer: only in the commands that need them
     from contentflow_backupd.catalog.base import Catalog
     from contentflow_backupd.model import Scope
-    from contentflow_backupd.ops.backup import BackupOptions
-    from contentflow_backupd.ops.retention_plan import RetentionPolicy
+    from contentflow_backupd.ops.backup.run import BackupOptions
+    from contentflow_backupd.ops.retention.plan import RetentionPolicy
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.source.logical import PgDumpSource, PgRestoreTarget
     from contentflow_backupd.source.pgdata import RecoveryConfig
@@ -139,9 +139,9 @@ def _no_s3_only_settings(settings: Settings) -> None:
 
 def _object_lock_args(settings: Settings) -> dict[str, Any]:
     """``S3Storage`` arguments of ``BACKUPD_S3__OBJECT_LOCK`` and ``BACKUPD_S3__AS_OF``: the
-    retain-until rule is ``ops.lock_rule.retain_until`` of the retention settings, at write time."""
+    retain-until rule is ``ops.retention.lock_rule.retain_until`` of the retention settings, at write time."""
     from contentflow_backupd.model import utcnow
-    from contentflow_backupd.ops.lock_rule import retain_until
+    from contentflow_backupd.ops.retention.lock_rule import retain_until
 
     args: dict[str, Any] = {"as_of": settings.s3.as_of}
     if settings.s3.object_lock is not None:
@@ -290,10 +290,10 @@ def open_catalog(settings: Settings) -> Catalog:
 
 def scope(settings: Settings, catalog: Catalog, storage: Storage | None = None) -> Scope:
     """The (repository id, ``BACKUPD_CLUSTER``) every catalog query of a command is limited to
-    (``ops.scope.resolve_scope``): the id from ``repo.json``, else the one the catalog
+    (``ops.repo.scope.resolve_scope``): the id from ``repo.json``, else the one the catalog
     remembers for this repository URL. Errors reading ``repo.json`` propagate when the catalog
     remembers none."""
-    from contentflow_backupd.ops.scope import resolve_scope
+    from contentflow_backupd.ops.repo.scope import resolve_scope
 
     opened = storage or open_storage(settings)
     try:
@@ -315,7 +315,7 @@ def source_conninfo(settings: Settings) -> ConnInfo:
 def backup_options(settings: Settings, kind: str, *, mode: str | None = None, **extra: Any) -> BackupOptions:
     """A backup of ``kind`` (``mode`` default: ``BACKUPD_MODE``) with the settings' cluster,
     concurrency, lock directory and WAL archive timeout; ``extra``: trigger, cancel."""
-    from contentflow_backupd.ops.backup import BackupOptions
+    from contentflow_backupd.ops.backup.run import BackupOptions
 
     return BackupOptions(
         cluster=settings.cluster,
@@ -355,7 +355,7 @@ def lock_dir(settings: Settings) -> Path:
 
 def retention_policy(settings: Settings) -> RetentionPolicy:
     """``BACKUPD_RETENTION__*`` as a ``RetentionPolicy`` in seconds."""
-    from contentflow_backupd.ops.retention_plan import RetentionPolicy
+    from contentflow_backupd.ops.retention.plan import RetentionPolicy
     from contentflow_backupd.timespec import parse_duration
 
     r = settings.retention
@@ -471,14 +471,14 @@ def restore_point_maker(settings: Settings) -> Callable[[str], tuple[str, int, d
 
 
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.drill import DrillOptions
+    from contentflow_backupd.ops.drill.run import DrillOptions
 
 
 def drill_options(
     settings: Settings, *, backup: str = "latest", target_time: str | None = "random"
 ) -> DrillOptions:
     """Restore drills (``restore-test``, the ``restore_test`` job) from ``BACKUPD_DRILL__*``."""
-    from contentflow_backupd.ops.drill import DrillOptions
+    from contentflow_backupd.ops.drill.run import DrillOptions
     from contentflow_backupd.source.conninfo import ConnInfo
 
     url = settings.drill.database_url.get_secret_value() if settings.drill.database_url else None
@@ -610,14 +610,14 @@ def stream_supervisor(settings: Settings, repo: Repository, metrics: Metrics) ->
 
 # -- health (``status``, /healthz) ---------------------------------------------------------------
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.health import DependencyState, HealthObjectives, WalState
+    from contentflow_backupd.ops.health.evaluate import DependencyState, HealthObjectives, WalState
 
 
 def objectives(settings: Settings) -> HealthObjectives:
     """Health objectives: ``BACKUPD_HEALTH__*_MAX_AGE`` when set, else derived from the schedules
-    (``ops.health.derive_objectives``). ``ConfigError`` naming the setting when a schedule or
+    (``ops.health.evaluate.derive_objectives``). ``ConfigError`` naming the setting when a schedule or
     age is invalid."""
-    from contentflow_backupd.ops.health import derive_objectives
+    from contentflow_backupd.ops.health.evaluate import derive_objectives
     from contentflow_backupd.scheduling.periods import schedule_period
     from contentflow_backupd.timespec import parse_duration, parse_schedule
 
@@ -655,7 +655,7 @@ def probe_dependencies(
     ``storage``: reading the repository's ``repo.json``; ``catalog``: one query (with ``catalog``
     None, opening the catalog and closing it again). Never raises."""
     from contentflow_backupd.errors import ObjectNotFound, RepositoryNotFound
-    from contentflow_backupd.ops.health_inputs import check_dependencies
+    from contentflow_backupd.ops.health.inputs import check_dependencies
     from contentflow_backupd.repository.layout import REPO_FILE
 
     def database() -> None:
@@ -690,8 +690,8 @@ def wal_health_state(settings: Settings, repo: Repository | None = None) -> WalS
     time from the repository, and whether WAL is waiting from the server (``pg_stat_archiver``
     and the current WAL position). Storage errors propagate; an unreachable server or a standby
     leaves ``pending`` unknown."""
-    from contentflow_backupd.ops.health import ServerWal
-    from contentflow_backupd.ops.health_inputs import read_wal_state
+    from contentflow_backupd.ops.health.evaluate import ServerWal
+    from contentflow_backupd.ops.health.inputs import read_wal_state
     from contentflow_backupd.source.postgres import wal_status
 
     archive = WalArchive(repo or open_repository(settings), settings.cluster)
@@ -712,10 +712,10 @@ def wal_health_state(settings: Settings, repo: Repository | None = None) -> WalS
 
 
 def recovery_objectives(settings: Settings, repo: Repository, catalog: Catalog) -> dict[str, Any]:
-    """The recovery window, the RPO now and the RTO estimate (``ops.objectives``), with the
+    """The recovery window, the RPO now and the RTO estimate (``ops.health.objectives``), with the
     objectives of ``BACKUPD_DRILL__*``. The database size is the newest backup's source size:
     the unit drills measure their throughput in."""
-    from contentflow_backupd.ops.objectives import collect_objectives
+    from contentflow_backupd.ops.health.objectives import collect_objectives
     from contentflow_backupd.timespec import parse_duration
 
     mode = settings.mode

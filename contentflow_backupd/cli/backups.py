@@ -22,8 +22,8 @@ from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, Verif
 from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.sweep import SweepResult
-    from contentflow_backupd.ops.verify import VerifyReport
+    from contentflow_backupd.ops.verify.backups import VerifyReport
+    from contentflow_backupd.ops.verify.sweep import SweepResult
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
@@ -44,7 +44,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.backup import run_backup
+    from contentflow_backupd.ops.backup.run import run_backup
     from contentflow_backupd.repository.walarchive import WalArchive
 
     mode = args.mode or settings.mode
@@ -89,7 +89,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
     from contentflow_backupd import wiring
     from contentflow_backupd.model import iso
-    from contentflow_backupd.ops.backup import reap_interrupted
+    from contentflow_backupd.ops.backup.run import reap_interrupted
     from contentflow_backupd.timespec import parse_duration
 
     catalog = wiring.open_catalog(settings)
@@ -208,8 +208,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.cli.audit import open_audit_catalog
-    from contentflow_backupd.ops.restore import resolve_backup_id
-    from contentflow_backupd.ops.verify import verify_backups
+    from contentflow_backupd.ops.restore.logical import resolve_backup_id
+    from contentflow_backupd.ops.verify.backups import verify_backups
 
     if getattr(args, "since_last", False):
         return _verify_since_last(args, settings)
@@ -272,7 +272,7 @@ def _print_repository_check(report: VerifyReport) -> None:
 def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import UsageError
-    from contentflow_backupd.ops.sweep import open_corrupt_summary, verify_since_last
+    from contentflow_backupd.ops.verify.sweep import open_corrupt_summary, verify_since_last
     from contentflow_backupd.scheduling.periods import schedule_period
     from contentflow_backupd.timespec import parse_duration, parse_schedule
 
@@ -310,7 +310,7 @@ def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_sweep(result: SweepResult) -> None:
-    from contentflow_backupd.ops.sweep import needed_by_nobackup
+    from contentflow_backupd.ops.verify.sweep import needed_by_nobackup
 
     fmt = "%Y-%m-%d %H:%M:%S"
     read = result.to_json()["read"]
@@ -346,7 +346,7 @@ def _print_sweep(result: SweepResult) -> None:
 
 def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.rebuild import rebuild_catalog
+    from contentflow_backupd.ops.repo.rebuild import rebuild_catalog
 
     repo = wiring.open_repository(settings)
     catalog = wiring.open_catalog(settings)

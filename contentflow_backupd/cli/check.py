@@ -10,12 +10,12 @@ from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.check import CheckItem, CheckReport, ObjectLockState
+    from contentflow_backupd.ops.repo.check import CheckItem, CheckReport, ObjectLockState
     from contentflow_backupd.settings import Settings
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd.ops.check import run_check
+    from contentflow_backupd.ops.repo.check import run_check
     from contentflow_backupd.source.privileges import role_privileges
 
     info = wiring.source_conninfo(settings)
@@ -38,7 +38,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 def _object_lock(settings: Settings, mode: str) -> ObjectLockState:
     """Does the bucket support object lock ``mode``? Asked of ``storage.s3.object_lock_status``."""
     from contentflow_backupd.errors import BackupdError
-    from contentflow_backupd.ops.check import ObjectLockState
+    from contentflow_backupd.ops.repo.check import ObjectLockState
 
     repository = settings.repository or ""
     if not repository.startswith("s3://"):

@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.backup import reap_interrupted
+    from contentflow_backupd.ops.backup.run import reap_interrupted
 
     catalog = wiring.open_catalog(settings)
     try:
@@ -78,9 +78,9 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.model import utcnow
-    from contentflow_backupd.ops.health import WalState, evaluate_health
-    from contentflow_backupd.ops.health_inputs import collect_health_inputs, recovery_state
-    from contentflow_backupd.ops.scope import resolve_scope
+    from contentflow_backupd.ops.health.evaluate import WalState, evaluate_health
+    from contentflow_backupd.ops.health.inputs import collect_health_inputs, recovery_state
+    from contentflow_backupd.ops.repo.scope import resolve_scope
 
     objectives = wiring.objectives(settings)
     storage = wiring.open_storage(settings)
@@ -152,7 +152,7 @@ def _running_jobs(settings: Settings) -> list[dict[str, Any]]:
 def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.model import utcnow
-    from contentflow_backupd.ops.retention import expire, expiry_report
+    from contentflow_backupd.ops.retention.apply import expire, expiry_report
 
     repo = wiring.open_repository(settings)
     catalog = wiring.open_catalog(settings)

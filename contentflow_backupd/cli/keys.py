@@ -75,7 +75,7 @@ def _catalog(settings: Settings) -> Iterator[Catalog | None]:
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.keys import list_keys
+    from contentflow_backupd.ops.repo.keys import list_keys
 
     report = list_keys(wiring.open_repository(settings)).to_json()
     if args.json:
@@ -115,7 +115,7 @@ def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.keys import add_kek
+    from contentflow_backupd.ops.repo.keys import add_kek
 
     secret = wiring.extra_kek_secret(
         settings,
@@ -137,7 +137,7 @@ def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.keys import remove_kek
+    from contentflow_backupd.ops.repo.keys import remove_kek
 
     repo = wiring.open_repository(settings)
     with _catalog(settings) as catalog:
@@ -151,7 +151,7 @@ def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.keys import rotate_data_key
+    from contentflow_backupd.ops.repo.keys import rotate_data_key
     from contentflow_backupd.timespec import parse_duration
 
     try:

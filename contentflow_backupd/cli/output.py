@@ -67,7 +67,7 @@ def human_age(when: datetime | str | None, now: datetime | None = None) -> str:
     """``3h 25m ago``, ``in 5m`` (a time to come), ``-`` for none."""
     if when is None or when == "":
         return "-"
-    from contentflow_backupd.ops.health import human_seconds
+    from contentflow_backupd.ops.health.evaluate import human_seconds
 
     delta = ((now or datetime.now(UTC)) - _aware(when)).total_seconds()
     if delta < 0:
@@ -81,6 +81,6 @@ def human_duration(seconds: float | None) -> str:
         return "-"
     if seconds < 10:
         return f"{seconds:.1f}s"
-    from contentflow_backupd.ops.health import human_seconds
+    from contentflow_backupd.ops.health.evaluate import human_seconds
 
     return human_seconds(seconds)

@@ -18,8 +18,8 @@ from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
-    from contentflow_backupd.ops.physical_restore import PhysicalRestoreOptions, RecoveryTarget
-    from contentflow_backupd.ops.recover_report import CheckOutcome, RecoverResult, RunChecks
+    from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, RecoveryTarget
+    from contentflow_backupd.ops.restore.recover_report import CheckOutcome, RecoverResult, RunChecks
     from contentflow_backupd.repository.repository import Repository
     from contentflow_backupd.source.conninfo import ConnInfo
 
@@ -28,7 +28,7 @@ log = structlog.get_logger("contentflow_backupd.cli")
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.restore import (
+    from contentflow_backupd.ops.restore.logical import (
         resolve_backup_id,
         restore_to_database,
         restore_to_file,
@@ -90,7 +90,7 @@ def _physical_restore_options(args: argparse.Namespace) -> list[str]:
 def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import UsageError
-    from contentflow_backupd.ops.physical_restore import (
+    from contentflow_backupd.ops.restore.physical import (
         RecoveryTarget,
         restore_physical,
     )
@@ -141,7 +141,7 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.restore_points import create_restore_point
+    from contentflow_backupd.ops.wal.restore_points import create_restore_point
     from contentflow_backupd.repository.walarchive import WalArchive
 
     repo = wiring.open_repository(settings)
@@ -169,7 +169,7 @@ def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.restore_points import list_restore_points
+    from contentflow_backupd.ops.wal.restore_points import list_restore_points
 
     catalog = wiring.open_catalog(settings)
     try:
@@ -201,8 +201,8 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     1 recovered but a check failed."""
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import EXIT_FAILED, UsageError
-    from contentflow_backupd.ops.objectives import open_corrupt_backups
-    from contentflow_backupd.ops.recover import recover_logical
+    from contentflow_backupd.ops.health.objectives import open_corrupt_backups
+    from contentflow_backupd.ops.restore.recover import recover_logical
 
     if bool(args.pgdata) == bool(args.to_database):
         raise UsageError(
@@ -245,12 +245,12 @@ def _recover_physical(
 ) -> RecoverResult:
     from contentflow_backupd import wiring
     from contentflow_backupd.observability.logging import register_secret
-    from contentflow_backupd.ops.physical_restore import (
+    from contentflow_backupd.ops.restore.physical import (
         PhysicalRestoreResult,
         RecoveryTarget,
     )
-    from contentflow_backupd.ops.recover import recover_physical
-    from contentflow_backupd.ops.recover_report import ServerState
+    from contentflow_backupd.ops.restore.recover import recover_physical
+    from contentflow_backupd.ops.restore.recover_report import ServerState
     from contentflow_backupd.repository.walarchive import WalArchive
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.source.server import RestoredServer
@@ -296,7 +296,7 @@ def _recover_physical(
 
 
 def _checks(settings: Settings, info: ConnInfo) -> RunChecks:
-    from contentflow_backupd.ops.drill_checks import run_checks
+    from contentflow_backupd.ops.drill.checks import run_checks
     from contentflow_backupd.repository.manifest import Manifest
 
     def check(manifest: Manifest) -> list[CheckOutcome]:
@@ -334,11 +334,11 @@ def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
     """Restore drill: exit 0 when it succeeded, 1 when it failed (the result says why)."""
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import EXIT_FAILED
-    from contentflow_backupd.ops.drill import run_drill
+    from contentflow_backupd.ops.drill.run import run_drill
 
     target = args.target_time
     if target not in ("random", "none"):
-        from contentflow_backupd.ops.physical_restore import RecoveryTarget
+        from contentflow_backupd.ops.restore.physical import RecoveryTarget
 
         RecoveryTarget.parse(time=target)  # a bad time is a usage error, not a failed drill
     opts = wiring.drill_options(
@@ -371,7 +371,7 @@ def _physical_options(
 ) -> PhysicalRestoreOptions:
     """``restore --pgdata`` and ``recover --pgdata`` take the same options."""
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.physical_restore import PhysicalRestoreOptions
+    from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions
 
     return PhysicalRestoreOptions(
         cluster=settings.cluster,

@@ -17,7 +17,7 @@ log = structlog.get_logger("contentflow_backupd.cli")
 
 def cmd_wal_push(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.wal import push_wal_file
+    from contentflow_backupd.ops.wal.archive import push_wal_file
 
     status = push_wal_file(wiring.open_wal_archive(settings), Path(args.path))
     if args.json:
@@ -28,7 +28,7 @@ def cmd_wal_push(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_wal_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import ObjectNotFound, RecoveryMustStop
-    from contentflow_backupd.ops.wal import fetch_wal_file
+    from contentflow_backupd.ops.wal.archive import fetch_wal_file
 
     try:
         fetch_wal_file(wiring.open_wal_archive(settings), args.name, Path(args.dest))
@@ -44,7 +44,7 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.wal_stream import run_wal_stream
+    from contentflow_backupd.ops.wal.stream import run_wal_stream
     from contentflow_backupd.signals import SignalWatch
 
     stop = threading.Event()
@@ -72,7 +72,7 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_wal_verify(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.wal import check_wal_chain
+    from contentflow_backupd.ops.wal.archive import check_wal_chain
 
     report = check_wal_chain(wiring.open_wal_archive(settings))
     if args.json:

@@ -148,7 +148,7 @@ class Daemon:
 
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
-        from contentflow_backupd.ops.drill_workspace import cleanup_stale_drills
+        from contentflow_backupd.ops.drill.workspace import cleanup_stale_drills
 
         try:
             removed = cleanup_stale_drills(
@@ -179,8 +179,8 @@ class Daemon:
 
     def _adopt_old_rows(self) -> None:
         """Catalog rows from before revision 0008 whose backups are in this repository become
-        this repository's (``ops.scope``); the repository id is remembered for this URL."""
-        from contentflow_backupd.ops.scope import resolve_scope
+        this repository's (``ops.repo.scope``); the repository id is remembered for this URL."""
+        from contentflow_backupd.ops.repo.scope import resolve_scope
 
         assert self._repo is not None and self._catalog is not None
         try:
@@ -327,7 +327,7 @@ class Daemon:
     def _probe_dependencies(self) -> None:
         """Dependencies, and the WAL archive's state in physical mode, for /healthz, /readyz
         and ``backupd_dependency_up`` (on this thread: a hanging server never blocks a probe)."""
-        from contentflow_backupd.ops.health import WalState
+        from contentflow_backupd.ops.health.evaluate import WalState
 
         s = self.settings
         assert self._catalog is not None and self._repo is not None
@@ -365,7 +365,7 @@ class Daemon:
     def _probe_objectives(self) -> None:
         """The recovery window and the RPO if the server died now (``backupd_recovery_point_age_
         seconds``), the RTO estimate; for /healthz."""
-        from contentflow_backupd.ops.health_inputs import recovery_state
+        from contentflow_backupd.ops.health.inputs import recovery_state
 
         assert self._catalog is not None and self._repo is not None
         try:
@@ -401,8 +401,8 @@ class Daemon:
         return self.started and not self.stopping.is_set() and self._catalog_up
 
     def health(self) -> Any:
-        from contentflow_backupd.ops.health import evaluate_health
-        from contentflow_backupd.ops.health_inputs import collect_health_inputs
+        from contentflow_backupd.ops.health.evaluate import evaluate_health
+        from contentflow_backupd.ops.health.inputs import collect_health_inputs
 
         s = self.settings
         try:

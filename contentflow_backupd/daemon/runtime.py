@@ -25,8 +25,8 @@ from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, Scope
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
-from contentflow_backupd.ops.anomaly import check_size
-from contentflow_backupd.ops.backup import run_backup
+from contentflow_backupd.ops.backup.anomaly import check_size
+from contentflow_backupd.ops.backup.run import run_backup
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings
@@ -106,7 +106,7 @@ class JobRunner:
             self.metrics.seed_failure(run.job, run.finished_at or run.started_at)
         self._update_window(backups)
         try:
-            from contentflow_backupd.ops.sweep import open_corrupt_count
+            from contentflow_backupd.ops.verify.sweep import open_corrupt_count
 
             state = self.catalog.get_verify_state(self.scope)
             self.metrics.set_verify_last_success(state.last_deep_success_at)
@@ -207,7 +207,7 @@ class JobRunner:
 
     def _quick_check(self, record: BackupRecord) -> None:
         """Right after a backup: every object its manifest names exists with its stored size."""
-        from contentflow_backupd.ops.sweep import open_corrupt_count, quick_check_backup, record_faults
+        from contentflow_backupd.ops.verify.sweep import open_corrupt_count, quick_check_backup, record_faults
 
         s = self.settings
         try:
@@ -289,7 +289,7 @@ class JobRunner:
         return str(result.get("summary", "wal run succeeded"))
 
     def _verify(self, run_id: int) -> str | None:
-        from contentflow_backupd.ops.sweep import open_corrupt_summary, verify_since_last
+        from contentflow_backupd.ops.verify.sweep import open_corrupt_summary, verify_since_last
         from contentflow_backupd.scheduling.periods import schedule_period
         from contentflow_backupd.timespec import parse_duration, parse_schedule
 
@@ -321,7 +321,7 @@ class JobRunner:
 
     def _restore_test(self, run_id: int, trigger: RunTrigger) -> str | None:
         """A restore drill: restore into a scratch instance, check it, measure the RTO."""
-        from contentflow_backupd.ops.drill import run_drill
+        from contentflow_backupd.ops.drill.run import run_drill
 
         result = run_drill(
             self.repo,
@@ -343,7 +343,7 @@ class JobRunner:
         return f"restore drill of {result.backup_id} to {result.target} succeeded: RTO {rto}"
 
     def _retention(self, run_id: int) -> str | None:
-        from contentflow_backupd.ops.retention import expire
+        from contentflow_backupd.ops.retention.apply import expire
 
         s = self.settings
         deadline = time.monotonic() + RETENTION_LOCK_WAIT

@@ -9,7 +9,7 @@
   truth at each tick, the segments of the cluster in the repository plus those retention deleted
   (the catalog), so pushes by other processes (``archive_command``'s ``wal-push``, another
   daemon) count as well.
-- ``StreamSupervisor`` runs ``wal-stream`` (``ops.wal_stream.run_wal_stream``: ``pg_receivewal``
+- ``StreamSupervisor`` runs ``wal-stream`` (``ops.wal.stream.run_wal_stream``: ``pg_receivewal``
   on a replication slot, each completed segment uploaded) on a thread, restarting it with backoff
   when it ends with an error, until the daemon stops.
 """
@@ -27,8 +27,8 @@ import structlog
 
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.metrics import Metrics
-from contentflow_backupd.ops.health import WalState
-from contentflow_backupd.ops.wal_stream import run_wal_stream, upload_spool
+from contentflow_backupd.ops.health.evaluate import WalState
+from contentflow_backupd.ops.wal.stream import run_wal_stream, upload_spool
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.wal import classify, parse_segment, segment_of_lsn, written_after

@@ -29,7 +29,7 @@ import structlog
 from contentflow_backupd.errors import BackupdError, ConfigError
 from contentflow_backupd.observability.logging import redact
 from contentflow_backupd.observability.metrics import Metrics
-from contentflow_backupd.ops.health import HealthReport
+from contentflow_backupd.ops.health.evaluate import HealthReport
 
 log = structlog.get_logger(__name__)
 

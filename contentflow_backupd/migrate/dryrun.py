@@ -1,5 +1,5 @@
 """``migrate --dry-run``: the staging test on real data. The latest backup is restored into a
-scratch instance by the restore-drill machinery (``ops/drill.py``: the drill is recorded as one,
+scratch instance by the restore-drill machinery (``ops/drill/run.py``: the drill is recorded as one,
 since it proves the backup restores), and steps 1, 3 and 4 of the guard (pre-flight, apply,
 validate) run there against production-shaped data. The report says how long the migration
 took, which locks it waited on and held, and what the checks found. Production is not touched:
@@ -25,8 +25,8 @@ from contentflow_backupd.migrate.guard import (
     run_steps,
 )
 from contentflow_backupd.model import utcnow
-from contentflow_backupd.ops.drill import DrillOptions, run_drill
-from contentflow_backupd.ops.drill_checks import CheckResult
+from contentflow_backupd.ops.drill.checks import CheckResult
+from contentflow_backupd.ops.drill.run import DrillOptions, run_drill
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.signals import Interrupted
 from contentflow_backupd.source.conninfo import ConnInfo

@@ -14,7 +14,7 @@ import structlog
 
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import utcnow
-from contentflow_backupd.ops.drill_workspace import Workspace, cleanup_stale_drills
+from contentflow_backupd.ops.drill.workspace import Workspace, cleanup_stale_drills
 from contentflow_backupd.source.postgres import create_database
 from contentflow_backupd.source.schema import dump_schema, load_sql
 from contentflow_backupd.source.scratch import server_owner

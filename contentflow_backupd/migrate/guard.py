@@ -44,7 +44,7 @@ from contentflow_backupd.migrate.rollback import MigrationDone, recovery_plan, r
 from contentflow_backupd.migrate.validate import validate
 from contentflow_backupd.model import Scope, utcnow
 from contentflow_backupd.ops.audit import record_event
-from contentflow_backupd.ops.drill_checks import CheckResult, not_run, passed
+from contentflow_backupd.ops.drill.checks import CheckResult, not_run, passed
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.signals import Interrupted

@@ -24,7 +24,7 @@ from contentflow_backupd.errors import UsageError
 from contentflow_backupd.migrate.apply import actor
 from contentflow_backupd.model import Scope, iso, utcnow
 from contentflow_backupd.ops.locks import exclusive
-from contentflow_backupd.ops.restore import restore_to_file
+from contentflow_backupd.ops.restore.logical import restore_to_file
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.live_restore import replace_contents

@@ -1,7 +1,7 @@
 """The migration guard's pre-flight checks: any failure refuses the migration (exit 4) before
 anything runs.
 
-``run_preflight(inputs)`` returns, in this order, one ``CheckResult`` (``ops.drill_checks``) per
+``run_preflight(inputs)`` returns, in this order, one ``CheckResult`` (``ops.drill.checks``) per
 check; a check is ``passed``, ``failed`` or ``skipped`` (it does not apply, or cannot be seen):
 
 =========================  ===========================================================================
@@ -32,9 +32,9 @@ from pathlib import Path
 import structlog
 
 from contentflow_backupd.errors import BackupdError, LockedError
-from contentflow_backupd.ops.anomaly import format_bytes
-from contentflow_backupd.ops.drill_checks import CheckResult, passed
-from contentflow_backupd.ops.health import human_seconds
+from contentflow_backupd.ops.backup.anomaly import format_bytes
+from contentflow_backupd.ops.drill.checks import CheckResult, passed
+from contentflow_backupd.ops.health.evaluate import human_seconds
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.source import activity
 from contentflow_backupd.source.activity import LockHolder, OpenTransaction, WalVolume

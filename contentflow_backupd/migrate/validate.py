@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.migrate.prisma import MigrationFile
-from contentflow_backupd.ops.drill_checks import CheckResult
+from contentflow_backupd.ops.drill.checks import CheckResult
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.schema import dump_schema
 

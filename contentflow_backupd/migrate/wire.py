@@ -21,8 +21,8 @@ from contentflow_backupd.migrate.preflight import (
     run_preflight,
 )
 from contentflow_backupd.model import utcnow
-from contentflow_backupd.ops.drill import DrillOptions
-from contentflow_backupd.ops.drill_checks import user_checks
+from contentflow_backupd.ops.drill.checks import user_checks
+from contentflow_backupd.ops.drill.run import DrillOptions
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.settings import Settings
 from contentflow_backupd.source.conninfo import ConnInfo
@@ -163,7 +163,7 @@ def _wal_probe(settings: Settings, repo: Repository) -> Probe:
 
 
 def _backup(settings: Settings, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
-    from contentflow_backupd.ops.backup import run_backup
+    from contentflow_backupd.ops.backup.run import run_backup
 
     at = utcnow()
     logical = wiring.logical_source(settings)
@@ -180,7 +180,7 @@ def _backup(settings: Settings, repo: Repository, catalog: Catalog, name: str) -
 
 
 def _restore_point(settings: Settings, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
-    from contentflow_backupd.ops.restore_points import create_restore_point
+    from contentflow_backupd.ops.wal.restore_points import create_restore_point
     from contentflow_backupd.repository.walarchive import WalArchive
 
     made = create_restore_point(

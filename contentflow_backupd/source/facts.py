@@ -1,7 +1,7 @@
 """Facts about a database's contents that a restore must reproduce, and the queries that check them.
 
 Recorded at backup time (in the manifest's free-form ``details``) and compared by restore drills
-and ``recover`` (``ops/drill_checks.py``); the same queries run on both sides.
+and ``recover`` (``ops/drill/checks.py``); the same queries run on both sides.
 
 - The **schema fingerprint** is a SHA-256 over a canonical listing of the user schemas, extensions
   (by name), tables, views and their columns (position among live columns, name, type, not null,

@@ -1,4 +1,4 @@
-"""A private, disposable PostgreSQL instance for restore drills (``ops/drill.py``).
+"""A private, disposable PostgreSQL instance for restore drills (``ops/drill/run.py``).
 
 - A physical drill starts the restored data directory as it is (no ``initdb``); a logical drill
   without ``BACKUPD_DRILL__DATABASE_URL`` runs ``initdb`` for a new one.
@@ -15,7 +15,7 @@
   So the only thing that touches the repository is ``restore_command``, which only fetches.
 - When we run as root it runs as the ``postgres`` OS user (PostgreSQL refuses root), like the
   test clusters do, in a private directory outside our 0700 state directory
-  (``ops/drill_workspace.py``); otherwise as us. Its environment is ours without this tool's secrets
+  (``ops/drill/workspace.py``); otherwise as us. Its environment is ours without this tool's secrets
   (``source.conninfo.child_env``), except the ``AWS_*`` credentials ``restore_command`` needs
   for an S3 repository.
 

@@ -107,7 +107,7 @@ def _repository_with(*ids: str) -> MemoryStorage:
 def test_a_catalog_at_0007_with_rows_upgrades_and_old_rows_are_attributed_by_their_manifests(
     catalog_url: str,
 ) -> None:
-    from contentflow_backupd.ops.scope import adopt_old_rows
+    from contentflow_backupd.ops.repo.scope import adopt_old_rows
 
     catalog_at_0007(catalog_url)
     with open_catalog(catalog_url) as catalog:  # upgrades to 0008

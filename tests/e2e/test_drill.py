@@ -25,7 +25,7 @@ import pytest
 
 from contentflow_backupd.catalog.sql import open_catalog
 from contentflow_backupd.model import Scope
-from contentflow_backupd.ops.drill_workspace import cleanup_stale_drills
+from contentflow_backupd.ops.drill.workspace import cleanup_stale_drills
 from tests.conftest import PASSPHRASE
 from tests.e2e import helpers
 from tests.e2e.helpers import repository_scope

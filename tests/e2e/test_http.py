@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.http.server import HttpServer, parse_listen
 from contentflow_backupd.observability.metrics import Metrics
-from contentflow_backupd.ops.health import (
+from contentflow_backupd.ops.health.evaluate import (
     DependencyState,
     HealthInputs,
     HealthObjectives,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from contentflow_backupd.ops.wal_stream import upload_spool
+from contentflow_backupd.ops.wal.stream import upload_spool
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive, WalConflict

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contentflow_backupd.ops.anomaly import SizeVerdict, check_size, format_bytes
+from contentflow_backupd.ops.backup.anomaly import SizeVerdict, check_size, format_bytes
 
 BAND: dict[str, float] = {"low": 0.5, "high": 2.0, "min_history": 3}
 

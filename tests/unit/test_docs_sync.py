@@ -12,7 +12,7 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 
 from contentflow_backupd.observability.metrics import Metrics
-from contentflow_backupd.ops.health import (
+from contentflow_backupd.ops.health.evaluate import (
     DEPENDENCY_ORDER,
     DependencyState,
     DrillState,

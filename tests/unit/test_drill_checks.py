@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contentflow_backupd.ops.drill import DrillResult
-from contentflow_backupd.ops.drill_checks import (
+from contentflow_backupd.ops.drill.checks import (
     CheckResult,
     amcheck_result,
     check_reads,
@@ -20,8 +19,9 @@ from contentflow_backupd.ops.drill_checks import (
     passed,
     run_checks,
 )
-from contentflow_backupd.ops.drill_physical import recovery_check
-from contentflow_backupd.ops.physical_restore import RecoveryTarget
+from contentflow_backupd.ops.drill.physical import recovery_check
+from contentflow_backupd.ops.drill.run import DrillResult
+from contentflow_backupd.ops.restore.physical import RecoveryTarget
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.facts import MAX_OBJECTS, IndexCheck, ServerState, TableRead, fingerprint_of
 from contentflow_backupd.sqltext import split_sql

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contentflow_backupd.errors import UsageError
-from contentflow_backupd.ops.drill_physical import random_lsn
-from contentflow_backupd.ops.drill_workspace import (
+from contentflow_backupd.ops.drill.physical import random_lsn
+from contentflow_backupd.ops.drill.workspace import (
     ABANDONED_NEW_S,
     DRILLS_DIR,
     MARKER,

@@ -19,7 +19,7 @@ from contentflow_backupd.model import (
     BackupRecord,
     Scope,
 )
-from contentflow_backupd.ops.health import (
+from contentflow_backupd.ops.health.evaluate import (
     DependencyState,
     DrillState,
     HealthInputs,
@@ -32,7 +32,7 @@ from contentflow_backupd.ops.health import (
     evaluate_health,
     human_seconds,
 )
-from contentflow_backupd.ops.health_inputs import (
+from contentflow_backupd.ops.health.inputs import (
     check_dependencies,
     collect_health_inputs,
     read_wal_state,

@@ -11,7 +11,7 @@ import pytest
 
 from contentflow_backupd.errors import KeyMissing, RepositoryError, WrongKey
 from contentflow_backupd.model import utcnow
-from contentflow_backupd.ops.keys import (
+from contentflow_backupd.ops.repo.keys import (
     add_kek,
     count_key_users,
     list_keys,

@@ -1,4 +1,4 @@
-"""Object Lock retain-until dates (ops.lock_rule) and how plan_expiry honours them."""
+"""Object Lock retain-until dates (ops.retention.lock_rule) and how plan_expiry honours them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contentflow_backupd.ops.lock_rule import chunk_until, manifest_until, retain_until, wal_until
-from contentflow_backupd.ops.retention_plan import (
+from contentflow_backupd.ops.retention.lock_rule import chunk_until, manifest_until, retain_until, wal_until
+from contentflow_backupd.ops.retention.plan import (
     WAL_LOCKED,
     WAL_OLD,
     RetentionPolicy,

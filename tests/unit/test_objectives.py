@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from contentflow_backupd.catalog.base import DrillRecord
 from contentflow_backupd.catalog.sql import SqlCatalog, open_catalog
 from contentflow_backupd.model import BackupRecord, Scope, utcnow
-from contentflow_backupd.ops.objectives import (
+from contentflow_backupd.ops.health.objectives import (
     BackupPoint,
     DrillFigures,
     RecoveryWindow,
@@ -26,7 +26,7 @@ from contentflow_backupd.ops.objectives import (
     rto_estimate,
     rto_objective_met,
 )
-from contentflow_backupd.ops.physical_restore import parse_history
+from contentflow_backupd.ops.restore.physical import parse_history
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository

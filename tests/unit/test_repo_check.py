@@ -1,4 +1,4 @@
-"""ops/repo_check.py, repository/seal.py and ops/audit.py's ``check_audit_copy`` on a real SQLite
+"""ops/verify/repo_check.py, repository/seal.py and ops/audit.py's ``check_audit_copy`` on a real SQLite
 catalog and an in-memory storage (a shipped fake, as code): every kind that ``verify --all``
 reads besides the backups, without a PostgreSQL server."""
 
@@ -13,8 +13,8 @@ import pytest
 from contentflow_backupd.catalog.sql import SqlCatalog, open_catalog
 from contentflow_backupd.model import BackupRecord, utcnow
 from contentflow_backupd.ops.audit import check_audit_copy, record_event
-from contentflow_backupd.ops.keys import add_kek
-from contentflow_backupd.ops.repo_check import check_repository
+from contentflow_backupd.ops.repo.keys import add_kek
+from contentflow_backupd.ops.verify.repo_check import check_repository
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository

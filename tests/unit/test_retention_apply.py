@@ -20,8 +20,8 @@ from contentflow_backupd.model import (
     utcnow,
 )
 from contentflow_backupd.ops.locks import exclusive
-from contentflow_backupd.ops.retention import collect_inventory, expire, expiry_report
-from contentflow_backupd.ops.retention_plan import WAL_HELD, RetentionPolicy
+from contentflow_backupd.ops.retention.apply import collect_inventory, expire, expiry_report
+from contentflow_backupd.ops.retention.plan import WAL_HELD, RetentionPolicy
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret

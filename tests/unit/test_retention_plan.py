@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contentflow_backupd.model import BackupKind, BackupMode
-from contentflow_backupd.ops.retention_plan import (
+from contentflow_backupd.ops.retention.plan import (
     WAL_HELD,
     WAL_HISTORY,
     WAL_NEEDED,

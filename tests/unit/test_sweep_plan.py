@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from contentflow_backupd.ops.sweep_plan import (
+from contentflow_backupd.ops.verify.sweep_plan import (
     SweepPlan,
     estimated_pass_end,
     plan_sweep,

@@ -23,7 +23,7 @@ from contentflow_backupd.model import (
     utcnow,
 )
 from contentflow_backupd.ops.locks import exclusive
-from contentflow_backupd.ops.sweep import (
+from contentflow_backupd.ops.verify.sweep import (
     REPAIRED,
     UNNEEDED,
     SweepResult,
@@ -32,7 +32,7 @@ from contentflow_backupd.ops.sweep import (
     record_faults,
     verify_since_last,
 )
-from contentflow_backupd.ops.sweep_index import build_index
+from contentflow_backupd.ops.verify.sweep_index import build_index
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret

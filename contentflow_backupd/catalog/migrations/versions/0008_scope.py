@@ -6,7 +6,7 @@ Adds a nullable ``repository_id`` to ``backups``, ``runs``, ``restore_points``, 
 
 Rows written before this revision keep ``repository_id`` NULL here: the revision cannot read the
 repository. They are attributed later, at the first open of the catalog with a repository
-(``ops/scope.py``, ``adopt_old_rows``), by this rule:
+(``ops/repo/scope.py``, ``adopt_old_rows``), by this rule:
 
 1. a backup row whose manifest key is in that repository's listing of its cluster gets the
    repository's id;

@@ -1,5 +1,5 @@
 """What the health report is made of: the catalog's runs and backups, the WAL archive, the
-server's WAL position, and probes of the dependencies (``ops.health`` evaluates them)."""
+server's WAL position, and probes of the dependencies (``ops.health.evaluate`` evaluates them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BACKUP_KINDS, Scope, parse_iso
-from contentflow_backupd.ops.health import (
+from contentflow_backupd.ops.health.evaluate import (
     RUN_HISTORY,
     DependencyState,
     DrillState,
@@ -159,7 +159,7 @@ def check_dependencies(probes: Mapping[str, Callable[[], object]]) -> dict[str, 
 
 
 def recovery_state(report: Mapping[str, Any]) -> RecoveryState:
-    """The ``recovery_objectives`` check's input from an ``ops.objectives`` report."""
+    """The ``recovery_objectives`` check's input from an ``ops.health.objectives`` report."""
     window = report.get("window") or {}
     drill = report.get("last_drill") or {}
     return RecoveryState(

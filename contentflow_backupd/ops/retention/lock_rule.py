@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from contentflow_backupd.repository.layout import is_backup_id
 
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.retention_plan import RetentionPolicy
+    from contentflow_backupd.ops.retention.plan import RetentionPolicy
 
 
 def _after(written: datetime, seconds: float) -> datetime:

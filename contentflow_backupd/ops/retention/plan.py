@@ -1,6 +1,6 @@
 """Retention as a pure function: which backups, generations and WAL files to delete, and why.
 
-``plan_expiry`` sees the repository as plain data (what ``ops.retention.collect_inventory`` read
+``plan_expiry`` sees the repository as plain data (what ``ops.retention.apply.collect_inventory`` read
 from storage: storage is the truth) and returns an :class:`ExpiryPlan`. No I/O, no clock: the
 same inputs always give the same plan. The rules (docs/retention.md explains them to users):
 
@@ -15,7 +15,7 @@ Backups (every committed backup, i.e. every manifest; all modes of the cluster t
   every chunk it needs, so it depends only on its generation's chunks, never on its full's
   manifest: deleting a full keeps its generation alive while one of its incrementals is kept.
 - A native incremental (``pg_basebackup --incremental``, PostgreSQL 17+) is useless without
-  its parents: restore combines it with every backup back to its base (``ops.native``). When one
+  its parents: restore combines it with every backup back to its base (``ops.backup.native``). When one
   is kept, so is its parent, and that parent's parent, up to the base, whatever their ages.
 - A backup whose manifest cannot be read is kept (and warned about): its generation is unknown,
   so a damaged full holds its own generation (named after its id) and a damaged incremental holds
@@ -39,7 +39,7 @@ WAL (``<cluster>/wal/<timeline>/<file>``, ages from the objects' modified time):
 - Any other file more than ``retention.wal`` old is deleted.
 
 Object lock (``policy.lock_margin_s`` set): an object the rules above would delete is kept while
-its retain-until date (``ops.lock_rule``, from the object's modified time) is in the future: the
+its retain-until date (``ops.retention.lock_rule``, from the object's modified time) is in the future: the
 backup, generation or WAL file is planned "keep" with the date in the reason, and deleted by a
 later run.
 """
@@ -52,7 +52,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from contentflow_backupd.model import BackupKind, BackupMode, iso
-from contentflow_backupd.ops.lock_rule import chunk_until, manifest_until, wal_until
+from contentflow_backupd.ops.retention.lock_rule import chunk_until, manifest_until, wal_until
 from contentflow_backupd.timespec import format_duration
 from contentflow_backupd.wal import classify
 
@@ -81,7 +81,7 @@ class RetentionPolicy:
     gc_grace_s: float = 86400.0
     lock_margin_s: float | None = None
     """Set when objects are written under S3 Object Lock (``BACKUPD_S3__OBJECT_LOCK``): the
-    margin added to retain-until dates (``ops.lock_rule``); None: no object lock."""
+    margin added to retain-until dates (``ops.retention.lock_rule``); None: no object lock."""
 
     def __post_init__(self) -> None:
         if self.lock_margin_s is not None and self.lock_margin_s < 0:

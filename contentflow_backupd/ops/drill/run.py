@@ -1,17 +1,17 @@
 """``run_drill``: prove that a backup restores, measure how long it takes, and record it.
 
 Physical backups are restored into a scratch data directory under
-``<state_dir>/drills/<drill-id>/`` by the ordinary physical restore (``ops/physical_restore.py``),
+``<state_dir>/drills/<drill-id>/`` by the ordinary physical restore (``ops/restore/physical.py``),
 to a random point of the recovery window by default, checked with ``pg_verifybackup``, started as
 a private instance (``source/scratch.py``: archiving off, restore_command only fetches) and
 followed until recovery has reached the target and the server answers queries: that moment, from
 the drill's start, is the measured RTO (``pg_verifybackup``'s time is not part of it: a real
 recovery would not run it). Logical backups are restored with ``pg_restore`` into a scratch
 database on ``BACKUPD_DRILL__DATABASE_URL``, else into a private instance made by ``initdb``.
-Then the checks of ``ops/drill_checks.py`` run, the scratch instance, files and database are
+Then the checks of ``ops/drill/checks.py`` run, the scratch instance, files and database are
 removed, and the drill is recorded in the catalog (table ``drills``) with its run (job
-``restore_test``). How the random target is drawn: ``ops/drill_physical.py``. Where a drill
-works and how a crashed one is cleaned up: ``ops/drill_workspace.py``. The drill never writes
+``restore_test``). How the random target is drawn: ``ops/drill/physical.py``. Where a drill
+works and how a crashed one is cleaned up: ``ops/drill/workspace.py``. The drill never writes
 into the repository. The user's guide is ``docs/drills.md``.
 """
 
@@ -37,12 +37,12 @@ from contentflow_backupd.errors import BackupdError, BackupNotFound, LockedError
 from contentflow_backupd.model import BackupMode, RunTrigger, Scope, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
-from contentflow_backupd.ops.backup import reap_interrupted
-from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, passed, run_checks
-from contentflow_backupd.ops.drill_physical import drill_physical
-from contentflow_backupd.ops.drill_workspace import Workspace, cleanup_stale_drills
+from contentflow_backupd.ops.backup.run import reap_interrupted
+from contentflow_backupd.ops.drill.checks import CheckLog, CheckResult, passed, run_checks
+from contentflow_backupd.ops.drill.physical import drill_physical
+from contentflow_backupd.ops.drill.workspace import Workspace, cleanup_stale_drills
 from contentflow_backupd.ops.locks import exclusive
-from contentflow_backupd.ops.restore import restore_to_database
+from contentflow_backupd.ops.restore.logical import restore_to_database
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
@@ -86,7 +86,7 @@ class DrillOptions:
     seed: int | None = None
     scratch_dir: Path | None = None
     """Where the drill's files go when the scratch server runs as another OS user
-    (``BACKUPD_DRILL__SCRATCH_DIR``; ``ops/drill_workspace.py``)."""
+    (``BACKUPD_DRILL__SCRATCH_DIR``; ``ops/drill/workspace.py``)."""
     on_ready: Callable[[ConnInfo], None] | None = None
     """Called with the restored database once the drill's checks have run, before the scratch
     instance is removed (``migrate --dry-run`` rehearses the migration there)."""

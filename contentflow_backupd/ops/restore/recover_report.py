@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from contentflow_backupd.model import iso
-from contentflow_backupd.ops.physical_restore import PhysicalRestoreResult
+from contentflow_backupd.ops.restore.physical import PhysicalRestoreResult
 from contentflow_backupd.repository.manifest import Manifest
 
 
 class CheckOutcome(Protocol):
-    """One check of the restored data (``ops.drill_checks.CheckResult``)."""
+    """One check of the restored data (``ops.drill.checks.CheckResult``)."""
 
     @property
     def name(self) -> str: ...

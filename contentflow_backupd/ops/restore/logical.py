@@ -22,7 +22,7 @@ import structlog
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, BackupNotFound, IntegrityError, UsageError
 from contentflow_backupd.ops.audit import audited
-from contentflow_backupd.ops.verify import missing_objects
+from contentflow_backupd.ops.verify.backups import missing_objects
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader

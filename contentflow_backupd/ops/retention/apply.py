@@ -36,9 +36,9 @@ from contentflow_backupd.catalog.base import Catalog, DeletionRecord, DeletionWh
 from contentflow_backupd.errors import BackupdError, ObjectLocked
 from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, Scope, this_host, this_pid, utcnow
 from contentflow_backupd.ops.audit import record_event
+from contentflow_backupd.ops.backup.native import is_native
 from contentflow_backupd.ops.locks import exclusive
-from contentflow_backupd.ops.native import is_native
-from contentflow_backupd.ops.retention_plan import (
+from contentflow_backupd.ops.retention.plan import (
     WAL_OLD,
     ExpiryPlan,
     RetentionPolicy,
@@ -301,7 +301,7 @@ def expire(
             planned.append(plan)
             result = apply_expiry(plan, repo, catalog, run_id=run_id, concurrency=concurrency)
             _audit_expiry(repo, catalog, plan, result, run_id, None)
-            from contentflow_backupd.ops.keys import retire_after_retention
+            from contentflow_backupd.ops.repo.keys import retire_after_retention
 
             retire_after_retention(repo, catalog)  # data keys no retained object needs; never raises
         except BaseException as exc:

@@ -36,13 +36,14 @@ from contentflow_backupd.errors import (
 )
 from contentflow_backupd.model import Scope, iso
 from contentflow_backupd.observability import progress
-from contentflow_backupd.ops.physical_restore import (
+from contentflow_backupd.ops.restore.logical import dropped_unless_done, restore_to_database
+from contentflow_backupd.ops.restore.physical import (
     PhysicalRestoreOptions,
     PhysicalRestoreResult,
     RecoveryTarget,
     restore_physical,
 )
-from contentflow_backupd.ops.recover_report import (
+from contentflow_backupd.ops.restore.recover_report import (
     CheckOutcome,
     RecoverResult,
     RunChecks,
@@ -50,7 +51,6 @@ from contentflow_backupd.ops.recover_report import (
     Skipped,
     StartServer,
 )
-from contentflow_backupd.ops.restore import dropped_unless_done, restore_to_database
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository

@@ -20,7 +20,7 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError, ObjectNotFound
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
-from contentflow_backupd.ops.native import is_native
+from contentflow_backupd.ops.backup.native import is_native
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader
@@ -29,7 +29,7 @@ from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, Segment, parse_segment
 
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.repo_check import RepositoryCheck
+    from contentflow_backupd.ops.verify.repo_check import RepositoryCheck
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +75,7 @@ class VerifyReport:
     mode: str
     backups: list[BackupCheck]
     repository: RepositoryCheck | None = None
-    """``verify --all``: every other object kind and the catalog (ops/repo_check.py)."""
+    """``verify --all``: every other object kind and the catalog (ops/verify/repo_check.py)."""
 
     @property
     def faults(self) -> list[Fault]:
@@ -278,8 +278,8 @@ def verify_backups(
 ) -> VerifyReport:
     """``audit``: the catalog to record the verification in (ops/audit.py) and, with
     ``everything``, to cross-check with the repository; None records nothing. ``everything``
-    (``verify --all``, deep only): also read every other object kind (ops/repo_check.py)."""
-    from contentflow_backupd.ops.repo_check import check_repository
+    (``verify --all``, deep only): also read every other object kind (ops/verify/repo_check.py)."""
+    from contentflow_backupd.ops.verify.repo_check import check_repository
 
     details: dict[str, Any] = {"cluster": cluster, "mode": "quick" if quick else "deep"}
     done: dict[str, BackupCheck] = {}

@@ -18,7 +18,7 @@ Two halves:
   * ``dependency_<name>`` for each dependency given (``database``, ``storage``, ``catalog``).
   * ``leader`` (informational, always ok: a standby is healthy).
 
-- ``ops.health_inputs`` reads what the catalog, the WAL archive and the dependencies say.
+- ``ops.health.inputs`` reads what the catalog, the WAL archive and the dependencies say.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ from contentflow_backupd.errors import BackupdError, LockedError, SourceError, U
 from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, Scope, new_backup_id, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
-from contentflow_backupd.ops.generations import GenerationPlan, plan_generation
+from contentflow_backupd.ops.backup.generations import GenerationPlan, plan_generation
+from contentflow_backupd.ops.backup.native import IncrementalMethod, native_base, store_backup_manifest
 from contentflow_backupd.ops.locks import exclusive, pid_alive
-from contentflow_backupd.ops.native import IncrementalMethod, native_base, store_backup_manifest
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
 from contentflow_backupd.repository.pipeline import ChunkWriter
 from contentflow_backupd.repository.repository import Repository

@@ -35,8 +35,8 @@ from contentflow_backupd.errors import (
 )
 from contentflow_backupd.model import RestorePoint, Scope, iso
 from contentflow_backupd.ops.audit import audited
-from contentflow_backupd.ops.native import native_chain
-from contentflow_backupd.ops.verify import missing_objects
+from contentflow_backupd.ops.backup.native import native_chain
+from contentflow_backupd.ops.verify.backups import missing_objects
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
 from contentflow_backupd.repository.pipeline import ChunkReader

@@ -9,7 +9,7 @@ One run of ``verify_since_last``:
    backups: their chunks and, for physical backups, the WAL they need to become consistent);
 3. re-reads every object with an open corrupt record (a repaired object is resolved);
 4. reads a rotating share of all other objects (chunks, WAL, anything under the cluster), sized
-   by ``ops.sweep_plan`` so that the whole repository is read at least once per ``full_sweep``;
+   by ``ops.verify.sweep_plan`` so that the whole repository is read at least once per ``full_sweep``;
 5. records every bad object that a committed backup needs as corrupt (key, the backups that need
    it, the problem), and resolves open records whose object no kept backup needs any more
    ("no kept backup needs it") or that now reads fine ("reads fine again");
@@ -17,7 +17,7 @@ One run of ``verify_since_last``:
    start) only when it got this far: a crash repeats work, it never skips any.
 
 "Read back" means: fetched, authenticated (AES-GCM under the object's own key name), decompressed,
-and for a chunk its keyed hash equal to its id; see ``ops.sweep_index.check_object``. Bad objects
+and for a chunk its keyed hash equal to its id; see ``ops.verify.sweep_index.check_object``. Bad objects
 that no backup needs (chunks of crashed or expired backups awaiting garbage collection) are
 reported as ``ignored``, not recorded.
 """
@@ -40,10 +40,16 @@ from contentflow_backupd.model import Scope, iso, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.locks import exclusive
-from contentflow_backupd.ops.repo_check import check_metadata
-from contentflow_backupd.ops.sweep_index import ClusterIndex, build_index, check_object, describe, is_fault
-from contentflow_backupd.ops.sweep_plan import SweepPlan, estimated_pass_end, plan_sweep
-from contentflow_backupd.ops.verify import Fault, ordered_map, verify_backup
+from contentflow_backupd.ops.verify.backups import Fault, ordered_map, verify_backup
+from contentflow_backupd.ops.verify.repo_check import check_metadata
+from contentflow_backupd.ops.verify.sweep_index import (
+    ClusterIndex,
+    build_index,
+    check_object,
+    describe,
+    is_fault,
+)
+from contentflow_backupd.ops.verify.sweep_plan import SweepPlan, estimated_pass_end, plan_sweep
 from contentflow_backupd.repository.repository import Repository
 
 log = structlog.get_logger(__name__)
@@ -201,7 +207,7 @@ def _run(
     read_fine, failed, bytes_read = _read_all(repo, index, to_read, concurrency)
     problems.update(failed)
     # Every run also reads the small kinds in full (repo.json, its seal, keys, keyset, audit),
-    # checks the WAL archive's shape and the catalog against the manifests (ops/repo_check.py).
+    # checks the WAL archive's shape and the catalog against the manifests (ops/verify/repo_check.py).
     metadata = check_metadata(repo, cluster, index, catalog)
     outside = {f.key: f.problem for f in metadata.faults}
 

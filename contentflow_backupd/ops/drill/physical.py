@@ -1,4 +1,4 @@
-"""The physical half of a restore drill (``ops/drill.py``): the random target, the restore into
+"""The physical half of a restore drill (``ops/drill/run.py``): the random target, the restore into
 the scratch data directory, ``pg_verifybackup``, and following recovery to the target.
 
 The random target is a WAL position (``recovery_target_lsn``), not a time: a time target needs a
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from contentflow_backupd.errors import SourceError
 from contentflow_backupd.model import iso
 from contentflow_backupd.observability import progress
-from contentflow_backupd.ops.drill_checks import CheckLog, CheckResult, run_checks
-from contentflow_backupd.ops.drill_workspace import Workspace
-from contentflow_backupd.ops.physical_restore import (
+from contentflow_backupd.ops.drill.checks import CheckLog, CheckResult, run_checks
+from contentflow_backupd.ops.drill.workspace import Workspace
+from contentflow_backupd.ops.restore.physical import (
     ArchiveView,
     PhysicalRestoreOptions,
     RecoveryTarget,
@@ -39,7 +39,7 @@ from contentflow_backupd.source.tools import find_tool
 from contentflow_backupd.wal import Segment, format_lsn, parse_lsn, parse_segment
 
 if TYPE_CHECKING:
-    from contentflow_backupd.ops.drill import DrillOptions, DrillResult
+    from contentflow_backupd.ops.drill.run import DrillOptions, DrillResult
 
 
 def random_lsn(archive: WalArchive, manifest: Manifest, rng: random.Random) -> int | None:

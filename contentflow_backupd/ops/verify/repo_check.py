@@ -36,7 +36,8 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import Scope
 from contentflow_backupd.ops.audit import check_audit_copy
-from contentflow_backupd.ops.sweep_index import (
+from contentflow_backupd.ops.verify.backups import ordered_map
+from contentflow_backupd.ops.verify.sweep_index import (
     IDENTITY,
     ClusterIndex,
     build_index,
@@ -44,8 +45,7 @@ from contentflow_backupd.ops.sweep_index import (
     describe,
     is_fault,
 )
-from contentflow_backupd.ops.verify import ordered_map
-from contentflow_backupd.ops.wal import check_wal_chain
+from contentflow_backupd.ops.wal.archive import check_wal_chain
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.crypto import open_keyset, unwrap_master
 from contentflow_backupd.repository.keys import KEYSET_PREFIX, USED_PREFIX

@@ -1,0 +1,1 @@
+"""ops.backup: use cases of taking a backup."""

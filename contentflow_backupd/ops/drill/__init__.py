@@ -1,0 +1,1 @@
+"""ops.drill: restore drills (`drill`, formerly `restore-test`)."""

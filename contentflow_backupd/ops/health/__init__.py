@@ -1,0 +1,1 @@
+"""ops.health: health objectives, inputs and the report."""

@@ -1,0 +1,1 @@
+"""ops.repo: repository administration: keys, privileges check, catalog rebuild, scope."""

@@ -1,0 +1,1 @@
+"""ops.restore: logical and physical restore, disaster recovery."""

@@ -1,0 +1,1 @@
+"""ops.retention: what to keep and delete; object lock dates."""

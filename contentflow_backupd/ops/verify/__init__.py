@@ -1,0 +1,1 @@
+"""ops.verify: reading back backups and the repository; continuous verification; the sweep."""

@@ -1,0 +1,1 @@
+"""ops.wal: WAL archiving, streaming and restore points."""
