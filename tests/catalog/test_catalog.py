@@ -397,14 +397,14 @@ def run_together(url: str, tmp_path: Path, tags: list[str], count: int) -> None:
         for tag in tags
     ]
     try:
-        deadline = time.monotonic() + 30
+        # No deadline of our own: a loaded machine may take long to start Python; pytest-timeout
+        # (the test's mark) is the guard against a hang.
         while not all(Path(f"{go}.{tag}").exists() for tag in tags):
-            assert time.monotonic() < deadline, "workers did not start"
             assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
             time.sleep(0.01)
         Path(go).touch()
         for proc in procs:
-            out, err = proc.communicate(timeout=60)
+            out, err = proc.communicate()
             assert proc.returncode == 0, f"worker failed:\n{out}\n{err}"
     finally:
         for proc in procs:
@@ -423,6 +423,7 @@ def assert_all_written(url: str, tags: list[str], count: int) -> None:
         assert len({r.id for r in runs}) == len(runs)
 
 
+@pytest.mark.timeout(1800)  # 2 x 200 transactions: minutes on a machine loaded many times over
 def test_two_processes_writing_at_once(catalog_url: str, tmp_path: Path) -> None:
     open_catalog(catalog_url).close()  # migrated: the workers only write
     tags = ["p1", "p2"]
