@@ -690,6 +690,9 @@ def pitr(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any]:
                 wait_for_quiet(args.quiet_wait)
             try:
                 r = {"tool": who, **timed_recovery(s, target)}
+                if who == "pgbackrest" and conf is not None:
+                    # archive-get's asynchronous queue works in the spool path's archive/<stanza>/in.
+                    r["async_spool_used"] = (conf.parent / "spool" / "archive" / STANZA / "in").is_dir()
             finally:
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.rmtree(target.with_name(target.name + ".recovery"), ignore_errors=True)
