@@ -494,7 +494,7 @@ def wal_archiving(s: Setup, args: argparse.Namespace, label: str, init_s: float)
 
 def real_segments(s: Setup, count: int) -> list[Path]:
     """Up to ``count`` 16 MiB segments of this cluster whose content matches their name (archived
-    ones: ``.done``), newest first, copied to a directory the postgres user owns."""
+    ones: ``.done``), the newest ones, copied to a directory the postgres user owns."""
     wal = s.pg.datadir / "pg_wal"
     done = {n[: -len(".done")] for n in os.listdir(wal / "archive_status") if n.endswith(".done")}
     names = sorted((n for n in done if len(n) == 24 and (wal / n).is_file()), reverse=True)[:count]
@@ -516,6 +516,8 @@ def segment_costs(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any
     copies = real_segments(s, args.push_count)
     if not copies:
         raise RuntimeError("no archived WAL segment in pg_wal to copy")
+    if len(copies) < min(12, args.push_count):
+        say(f"NOTE: only {len(copies)} archived segments in pg_wal (the issue's figure is a median of >= 12)")
     cfg = s.new_repo("push-cost")
     conf = pgbackrest_conf(s, "pgbackrest-push-cost") if br else None
     say(f"archive_command / restore_command per segment: {len(copies)} real segments, alternating")
