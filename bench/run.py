@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small-mb", type=int, default=256, help="second RSS point, MiB (default 256)")
     p.add_argument(
         "--inc-small-mb", type=int, default=25,
-        help="the small database of the incremental-share row, MiB requested (default 25: ~29 MB on disk)",
+        help="the small database of the incremental-share row, MiB requested (default 25: 30 MiB on disk)",
     )  # fmt: skip
     p.add_argument(
         "--repeat", type=int, default=4, help="rounds of each timed step; the minimum counts (default 4)"
