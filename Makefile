@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run demo test test-container bench lint venv postgres prometheus clean help
+.PHONY: run demo test test-container bench lint venv postgres pgbackrest prometheus clean help
 
 help:
 	@echo "make run    - the daemon in the foreground (on a disposable demo PostgreSQL unless BACKUPD_DATABASE_URL is set)"
@@ -95,6 +95,7 @@ lint: venv
 	$(VENV)/bin/ruff check contentflow_backupd tests bench
 	$(VENV)/bin/ruff format --check contentflow_backupd tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy -p bench
 
 run: venv postgres
 	$(PY) -m contentflow_backupd.demo.daemon $(if $(filter-out 0,$(FRESH)),--fresh)
@@ -103,7 +104,20 @@ demo: venv postgres
 	$(PY) -m contentflow_backupd.demo.run
 
 # Byte-compiled first: per-call start-up is part of what wal-push is measured by.
-bench: venv postgres
+# pgBackRest is the baseline of bench/physical.py's pgBackRest column (issue 15); without it
+# (no apt-get, no sudo) the column is skipped with a note.
+pgbackrest:
+	@if command -v pgbackrest >/dev/null 2>&1; then \
+		echo "pgBackRest: $$(pgbackrest version)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing pgBackRest with apt (the baseline of the pgBackRest column)"; \
+		($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q pgbackrest) \
+			|| echo "NOTE: pgBackRest could not be installed: the pgBackRest column will be skipped"; \
+	else \
+		echo "NOTE: pgBackRest is not installed and apt-get is missing: the pgBackRest column will be skipped"; \
+	fi
+
+bench: venv postgres pgbackrest
 	$(PY) -m compileall -q contentflow_backupd
 	$(PY) bench/run.py
 	$(PY) bench/physical.py

@@ -10,6 +10,7 @@ the same run. See bench/PHYSICAL.md. Not a test: missed targets are reported, ne
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import pwd
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,15 +28,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import dataset, report  # noqa: E402
+from bench.load import wait_for_quiet  # noqa: E402
 from bench.procs import Measured, run_measured  # noqa: E402
 from bench.steps import postmaster_pid, tool_command  # noqa: E402
-from contentflow_backupd.demo import datagen  # noqa: E402
-from contentflow_backupd.demo.cluster import PgCluster  # noqa: E402
+from contentflow_backupd.demo.cluster import PgCluster, free_port  # noqa: E402
 
 SEG = 16 * 1024 * 1024
 STANZA = "bench"
@@ -54,9 +58,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--pgbench-scale", type=int, default=50, help="pgbench -i -s (default 50)")
     p.add_argument(
-        "--repeat", type=int, default=2, help="rounds of backup and restore; min counts (default 2)"
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of backup and restore (default 3): min vs pg_basebackup, median vs pgBackRest",
     )
-    p.add_argument("--push-count", type=int, default=20, help="sequential wal-push calls timed (default 20)")
+    p.add_argument(
+        "--push-count",
+        type=int,
+        default=16,
+        help="real WAL segments pushed and fetched by each tool, alternating (default 16; >= 12)",
+    )
+    p.add_argument(
+        "--pitr-segments",
+        type=int,
+        default=200,
+        help="WAL segments a PITR recovery replays (default 200; 0 skips the PITR step)",
+    )
+    p.add_argument("--pitr-repeat", type=int, default=1, help="PITR recoveries of each tool (default 1)")
     p.add_argument("--stream-seconds", type=int, default=20, help="wal-stream run length (default 20)")
     p.add_argument(
         "--quiet-wait",
@@ -67,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "physical-latest.json")
     args = p.parse_args(argv)
-    if args.size_mb < 16 or args.repeat < 1 or args.push_count < 1:
-        p.error("--size-mb at least 16, --repeat and --push-count at least 1")
+    if args.size_mb < 16 or args.repeat < 1 or args.push_count < 1 or args.pitr_repeat < 1:
+        p.error("--size-mb at least 16, --repeat, --push-count and --pitr-repeat at least 1")
     return args
 
 
@@ -118,7 +137,8 @@ class Setup:
     base: Path
     pg: PgCluster
     tool: str
-    key_file: Path
+    passphrase_file: Path
+    """The README's setup: a random base64 passphrase in a file (``[encryption] passphrase_file``)."""
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     """Background processes this benchmark started (stopped at exit)."""
@@ -137,7 +157,7 @@ class Setup:
             f'database_url = "{self.pg.url("postgres")}"\n'
             'mode = "physical"\n'
             f'pg_bin = "{self.pg.bin}"\n'
-            f'[encryption]\nkey_file = "{self.key_file}"\n'
+            f'[encryption]\npassphrase_file = "{self.passphrase_file}"\n'
             "[wal]\narchive_timeout = 300\n",
         )
         subprocess.run(
@@ -199,16 +219,21 @@ class Setup:
 
 
 # -- 1 and 2: backups and restores -------------------------------------------------------------
-def pgbackrest_conf(s: Setup) -> Path:
-    root = mkdir_pg(s.base / "pgbackrest")
+def pgbackrest_conf(s: Setup, name: str = "pgbackrest") -> Path:
+    """A local pgBackRest repository configured as issue 15 says (zstd, 2 processes, AES-256-CBC)
+    and its stanza, created (untimed). Archiving is synchronous; ``async_get_conf`` derives the
+    configuration the PITR recovery's ``restore_command`` uses (``archive-get`` asynchronous)."""
+    root = mkdir_pg(s.base / name)
     for d in ("repo", "log", "lock", "spool"):
         mkdir_pg(root / d, 0o750)
-    return write_pg(
+    conf = write_pg(
         root / "pgbackrest.conf",
         "[global]\n"
         f"repo1-path={root / 'repo'}\n"
         "repo1-type=posix\n"
         "repo1-retention-full=1\n"
+        "repo1-cipher-type=aes-256-cbc\n"
+        f"repo1-cipher-pass={base64.b64encode(os.urandom(48)).decode()}\n"
         "compress-type=zst\n"
         "process-max=2\n"
         "start-fast=y\n"
@@ -224,14 +249,34 @@ def pgbackrest_conf(s: Setup) -> Path:
         f"pg1-socket-path={s.pg.sockdir}\n"
         "pg1-user=postgres\n",
     )
+    subprocess.run(
+        as_pg(["pgbackrest", f"--config={conf}", f"--stanza={STANZA}", "stanza-create"]),
+        env=s.env,
+        check=True,
+        capture_output=True,
+        cwd="/",
+    )
+    return conf
+
+
+def async_get_conf(conf: Path) -> Path:
+    """``conf`` plus ``archive-async=y`` for ``archive-get`` only (its queue prefetches segments
+    with ``process-max`` processes into the spool path)."""
+    return write_pg(
+        conf.with_name("pgbackrest-async-get.conf"),
+        conf.read_text() + "[global:archive-get]\narchive-async=y\n",
+    )
+
+
+def br_argv(conf: Path, *cmd: str) -> list[str]:
+    return as_pg(["pgbackrest", f"--config={conf}", f"--stanza={STANZA}", *cmd])
 
 
 def generate(pg: PgCluster, size_mb: int, seed: int) -> dict[str, Any]:
     db = pg.create_database(f"bench_{size_mb}mb")
     t0 = time.monotonic()
     with pg.connect(db) as conn:
-        datagen.create_schema(conn)
-        rows = datagen.populate(conn, size_mb, seed=seed)
+        rows = dataset.build(conn, size_mb, seed=seed)
         conn.execute("CHECKPOINT")
     size = int(pg.execute("SELECT pg_database_size(%s)", params=(db,))[0][0])
     cluster = int(pg.execute("SELECT sum(pg_database_size(datname)) FROM pg_database")[0][0])
@@ -355,7 +400,7 @@ def archived_count(pg: PgCluster) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def wal_archiving(s: Setup, args: argparse.Namespace) -> dict[str, Any]:
+def pgbench_init(s: Setup, args: argparse.Namespace) -> float:
     s.pg.create_database("pgbench")
     say(f"pgbench -i -s {args.pgbench_scale}")
     t0 = time.monotonic()
@@ -366,9 +411,20 @@ def wal_archiving(s: Setup, args: argparse.Namespace) -> dict[str, Any]:
         capture_output=True,
     )
     s.pg.execute("CHECKPOINT")
-    init_s = time.monotonic() - t0
-    say(f"  init {init_s:.0f}s; draining the archive backlog ({s.backlog()} .ready)")
-    drain0 = s.drain(600)
+    return time.monotonic() - t0
+
+
+def set_archive_command(s: Setup, command: str) -> None:
+    """Switch the server's archive_command (reload), after the backlog of the previous one drained."""
+    s.drain(900)
+    s.pg.execute(f"ALTER SYSTEM SET archive_command = '{command}'")
+    s.pg.execute("SELECT pg_reload_conf()")
+    time.sleep(1.0)
+
+
+def wal_archiving(s: Setup, args: argparse.Namespace, label: str, init_s: float) -> dict[str, Any]:
+    say(f"sustained archiving with {label}: draining the archive backlog ({s.backlog()} .ready)")
+    drain0 = s.drain(900)
     lsn0, (arch0, fail0), backlog0 = lsn(s.pg), archived_count(s.pg), s.backlog()
     say(f"pgbench -c 4 -j 2 -T {args.pgbench_seconds}, sampling the backlog every second")
     samples: list[dict[str, float]] = []
@@ -408,6 +464,7 @@ def wal_archiving(s: Setup, args: argparse.Namespace) -> dict[str, Any]:
         and sum(second_half) / len(second_half) > sum(first_half) / len(first_half) + 1
     )
     res = {
+        "archive_command": label,
         "init_seconds": round(init_s, 1),
         "drain_before_seconds": round(drain0, 1),
         "pgbench_seconds": round(elapsed, 1),
@@ -435,51 +492,214 @@ def wal_archiving(s: Setup, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def push_capacity(s: Setup, args: argparse.Namespace) -> dict[str, Any]:
-    """N sequential wal-push calls of copies of real segments into a fresh repository."""
-    src = mkdir_pg(s.base / "segments")
+def real_segments(s: Setup, count: int) -> list[Path]:
+    """Up to ``count`` 16 MiB segments of this cluster whose content matches their name (archived
+    ones: ``.done``), the newest ones, copied to a directory the postgres user owns."""
     wal = s.pg.datadir / "pg_wal"
-    real = sorted(p for p in wal.iterdir() if p.is_file() and len(p.name) == 24 and p.stat().st_size == SEG)
-    if not real:
-        raise RuntimeError("no WAL segment in pg_wal to copy")
-    copies: list[Path] = []
-    for i in range(args.push_count):
-        dst = src / real[i % len(real)].name if i < len(real) else src / f"{0x7F:08X}{0:08X}{i:08X}"
-        shutil.copyfile(real[i % len(real)], dst)
-        chown_pg(dst)
-        copies.append(dst)
-    cfg = s.new_repo("push-capacity")
-    say(f"wal-push capacity: {len(copies)} sequential calls ({len(real)} distinct real segments)")
-    walls: list[float] = []
-    t0 = time.monotonic()
-    for p in copies:
-        t = time.monotonic()
-        subprocess.run(
-            as_pg([s.tool, "--config", str(cfg), "wal-push", str(p)]),
-            env=s.env,
-            check=True,
-            capture_output=True,
-            cwd="/",
-        )
-        walls.append(time.monotonic() - t)
-    total = time.monotonic() - t0
-    # One more call, measured for peak RSS (a new name: a duplicate would skip the upload).
-    extra = src / f"{0x7E:08X}{0:08X}{0:08X}"
-    shutil.copyfile(copies[0], extra)
-    chown_pg(extra)
-    m = s.measure(as_pg([s.tool, "--config", str(cfg), "wal-push", str(extra)]))
-    res = {
-        "calls": len(copies),
-        "distinct_sources": min(len(real), len(copies)),
-        "total_seconds": round(total, 2),
-        "segments_per_s": round(len(copies) / total, 3),
-        "per_call_seconds": report.spread(walls),
-        "rss_run": m.to_json(),
+    done = {n[: -len(".done")] for n in os.listdir(wal / "archive_status") if n.endswith(".done")}
+    names = sorted((n for n in done if len(n) == 24 and (wal / n).is_file()), reverse=True)[:count]
+    src = mkdir_pg(s.base / "segments")
+    copies = []
+    for name in sorted(names):
+        with contextlib.suppress(FileNotFoundError):  # recycled meanwhile
+            shutil.copyfile(wal / name, src / name)
+            chown_pg(src / name)
+            copies.append(src / name)
+    return copies
+
+
+def segment_costs(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any]:
+    """``archive_command`` and ``restore_command`` cost per real 16 MiB segment: each segment is
+    pushed by ours (``wal-push``) and by pgBackRest (sync ``archive-push``) into a fresh repository
+    of each, then fetched back (``wal-fetch`` vs sync ``archive-get``), alternating which tool goes
+    first. The calls are sequential, so ours' per-call times also give its push capacity."""
+    copies = real_segments(s, args.push_count)
+    if not copies:
+        raise RuntimeError("no archived WAL segment in pg_wal to copy")
+    if len(copies) < min(12, args.push_count):
+        say(f"NOTE: only {len(copies)} archived segments in pg_wal (the issue's figure is a median of >= 12)")
+    cfg = s.new_repo("push-cost")
+    conf = pgbackrest_conf(s, "pgbackrest-push-cost") if br else None
+    say(f"archive_command / restore_command per segment: {len(copies)} real segments, alternating")
+    fetched = mkdir_pg(s.base / "fetched")
+    runs: dict[str, list[dict[str, Any]]] = {
+        k: [] for k in ("ours_push", "br_push", "ours_fetch", "br_fetch")
     }
-    say(
-        f"  {res['segments_per_s']} seg/s ({total / len(copies):.2f}s per call); one call: peak RSS "
-        f"{m.peak_rss_kib / 1024:.0f} MiB"
+    for phase in ("push", "fetch"):
+        for i, seg in enumerate(copies):
+            order = ["ours", "br"] if i % 2 == 0 else ["br", "ours"]
+            for who in order:
+                if who == "br" and conf is None:
+                    continue
+                dest = fetched / f"{who}-{seg.name}"
+                if phase == "push" and who == "ours":
+                    argv = as_pg([s.tool, "--config", str(cfg), "wal-push", str(seg)])
+                elif phase == "push":
+                    assert conf is not None
+                    argv = br_argv(conf, "archive-push", str(seg))
+                elif who == "ours":
+                    argv = as_pg([s.tool, "--config", str(cfg), "wal-fetch", seg.name, str(dest)])
+                else:
+                    assert conf is not None
+                    argv = br_argv(conf, "archive-get", seg.name, str(dest))
+                m = s.measure(argv)
+                if phase == "fetch" and dest.read_bytes() != seg.read_bytes():
+                    raise RuntimeError(f"{who} fetched {seg.name} with different content")
+                dest.unlink(missing_ok=True)
+                runs[f"{who}_{phase}"].append({**m.to_json(), "segment": seg.name})
+    walls = {k: [float(r["wall_seconds"]) for r in v] for k, v in runs.items()}
+    res: dict[str, Any] = {
+        "segments": [p.name for p in copies],
+        "runs": runs,
+        **{f"{k}_seconds": report.spread(v) for k, v in walls.items() if v},
+        "ours_push_segments_per_s": round(len(copies) / sum(walls["ours_push"]), 3),
+        "rss_wal_push_kib": max(int(r["peak_rss_kib"]) for r in runs["ours_push"]),
+    }
+    for key in ("push", "fetch"):
+        line = f"  {key}: ours median {statistics.median(walls[f'ours_{key}']) * 1000:.0f} ms"
+        if walls[f"br_{key}"]:
+            line += f", pgBackRest median {statistics.median(walls[f'br_{key}']) * 1000:.0f} ms"
+        say(line)
+    return res
+
+
+# -- PITR: a recovery that replays many segments ------------------------------------------------
+def generate_wal(s: Setup, segments: int) -> dict[str, Any]:
+    """pgbench -c 4 until the server has written ``segments`` more WAL segments, then a switch."""
+    lsn0 = lsn(s.pg)
+    proc = subprocess.Popen(
+        s.pgbench_argv("-c", "4", "-j", "2", "-T", "7200"),
+        env=s.pg_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    s.procs.append(proc)
+    t0 = time.monotonic()
+    try:
+        while True:
+            done = int(s.pg.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", params=(lsn0,))[0][0])
+            if done >= segments * SEG or proc.poll() is not None:
+                break
+            time.sleep(1.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+        s.procs.remove(proc)
+    s.pg.execute("SELECT pg_switch_wal()")
+    lsn1 = lsn(s.pg)
+    return {"lsn_before": lsn0, "lsn_after": lsn1, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def wal_segments_between(pg: PgCluster, a: str, b: str) -> float:
+    return round(int(pg.execute("SELECT pg_wal_lsn_diff(%s, %s)", params=(b, a))[0][0]) / SEG, 1)
+
+
+def timed_recovery(s: Setup, pgdata: Path) -> dict[str, Any]:
+    """``pg_ctl start`` of a restored data directory until the server has promoted (answers
+    ``NOT pg_is_in_recovery()``); the restored server runs on another port, archives nothing."""
+    port = free_port()
+    auto = (pgdata / "postgresql.auto.conf").read_text()
+    restore_command = [ln for ln in auto.splitlines() if ln.startswith("restore_command")]
+    with open(pgdata / "postgresql.auto.conf", "a") as f:
+        f.write(f"port = {port}\nunix_socket_directories = ''\narchive_mode = 'off'\n")
+    log = pgdata.with_name(pgdata.name + ".log")
+    pg_ctl = str(s.pg.bin / "pg_ctl")
+    t0 = time.monotonic()
+    try:
+        subprocess.run(
+            as_pg([pg_ctl, "-D", str(pgdata), "-l", str(log), "-W", "start"]), check=True, capture_output=True
+        )
+        url = f"postgresql://postgres:{s.pg.password}@127.0.0.1:{port}/postgres"
+        from bench.rto import wait_promoted  # bench.rto imports this module
+
+        wait_promoted(url, pgdata, log)
+        seconds = time.monotonic() - t0
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT timeline_id, redo_lsn::text FROM pg_control_checkpoint()").fetchone()
+        restored = {"timeline": row[0] if row else None, "checkpoint_redo": row[1] if row else None}
+    finally:
+        subprocess.run(
+            as_pg([pg_ctl, "-D", str(pgdata), "-m", "immediate", "-w", "stop"]),
+            capture_output=True,
+            check=False,
+        )
+        fetched = log.read_text(errors="replace").count("restored log file") if log.exists() else 0
+        log.unlink(missing_ok=True)
+    return {
+        "start_to_promoted_seconds": round(seconds, 3),
+        "segments_restored_logged": fetched,
+        "restore_command": restore_command[-1:],
+        **restored,
+    }
+
+
+def pitr(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any]:
+    """Both tools archive every segment (``archive_command`` = ours ``&&`` pgBackRest); each takes
+    a full backup; pgbench writes ``--pitr-segments`` segments; then each recovery is timed from
+    ``pg_ctl start`` to promotion (ours: ``wal-fetch``; pgBackRest: ``archive-get`` with
+    ``archive-async=y``). Only the start is timed, not the restore of the files."""
+    cfg = s.new_repo("pitr")
+    conf = pgbackrest_conf(s, "pgbackrest-pitr") if br else None
+    command = s.archive_command(cfg)
+    if conf is not None:
+        command += f" && pgbackrest --config={conf} --stanza={STANZA} archive-push %p"
+    say(f"PITR: both tools archive ({command})")
+    set_archive_command(s, command)
+    res: dict[str, Any] = {"archive_command": command, "runs": []}
+    res["ours_backup_lsn"] = lsn(s.pg)
+    subprocess.run(
+        as_pg([s.tool, "--config", str(cfg), "backup", "--mode", "physical", "--kind", "full", "--json"]),
+        env=s.env,
+        check=True,
+        capture_output=True,
+        cwd="/",
+    )
+    if conf is not None:
+        res["pgbackrest_backup_lsn"] = lsn(s.pg)
+        subprocess.run(
+            br_argv(conf, "--type=full", "backup"), env=s.env, check=True, capture_output=True, cwd="/"
+        )
+    say(f"  backups taken; pgbench writes {args.pitr_segments} segments of WAL")
+    res["wal"] = generate_wal(s, args.pitr_segments)
+    drain = s.drain(3600)
+    say(f"  {res['wal']['seconds']:.0f}s of pgbench, archive drained {drain:.0f}s later")
+    end = res["wal"]["lsn_after"]
+    res["ours_segments_to_replay"] = wal_segments_between(s.pg, res["ours_backup_lsn"], end)
+    if conf is not None:
+        res["pgbackrest_segments_to_replay"] = wal_segments_between(s.pg, res["pgbackrest_backup_lsn"], end)
+        async_conf = async_get_conf(conf)
+    parent = mkdir_pg(s.base / "pitr-restores")
+    for i in range(args.pitr_repeat):
+        for who in ("ours", "pgbackrest") if i % 2 == 0 else ("pgbackrest", "ours"):
+            target = parent / f"{who}-{i}"
+            if who == "ours":
+                argv = as_pg(
+                    [s.tool, "--config", str(cfg), "restore", "latest", "--pgdata", str(target), "--json"]
+                )
+            elif conf is not None:
+                mkdir_pg(target, 0o700)
+                get = f"pgbackrest --config={async_conf} --stanza={STANZA} --pg1-path={target}"
+                get += ' archive-get %f "%p"'
+                argv = br_argv(
+                    conf, f"--pg1-path={target}", f"--recovery-option=restore_command={get}", "restore"
+                )
+            else:
+                continue
+            subprocess.run(argv, env=s.env, check=True, capture_output=True, cwd="/")
+            if args.quiet_wait > 0:
+                wait_for_quiet(args.quiet_wait)
+            try:
+                r = {"tool": who, **timed_recovery(s, target)}
+                if who == "pgbackrest" and conf is not None:
+                    # archive-get's asynchronous queue works in the spool path's archive/<stanza>/in.
+                    r["async_spool_used"] = (conf.parent / "spool" / "archive" / STANZA / "in").is_dir()
+            finally:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.rmtree(target.with_name(target.name + ".recovery"), ignore_errors=True)
+            res["runs"].append(r)
+            say(f"  {who}: pg_ctl start -> promoted {r['start_to_promoted_seconds']:.1f}s")
     return res
 
 
@@ -533,21 +753,44 @@ def wal_stream(s: Setup, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------------
+SKIPPED = "pgBackRest not installed: skipped"
+
+
+def _versus(
+    label: str, ours: float | None, theirs: float | None, target: float, key: str, unit: str = "s"
+) -> report.Row:
+    """A row against pgBackRest: ratio ours/theirs, met when at or below ``target``."""
+
+    def fmt(v: float) -> str:
+        return f"{v * 1000:.0f} ms" if unit == "ms" else report.secs(v)
+
+    if ours is None:
+        return report.Row(label, "not measured", "", None, f"<= {target}", None, key, {})
+    if theirs is None:
+        return report.Row(label, fmt(ours), SKIPPED, None, f"<= {target}", None, key, {"ours_s": ours})
+    ratio = ours / theirs
+    return report.Row(
+        label, fmt(ours), f"pgbackrest {fmt(theirs)}", ratio, f"<= {target}", ratio <= target, key,
+        {"ours_s": ours, "baseline_s": theirs},
+    )  # fmt: skip
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def summarize(d: dict[str, Any]) -> list[report.Row]:
     runs = d["runs"]
     rows: list[report.Row] = []
 
-    def best(key: str) -> float | None:
-        vals = [r["wall_seconds"] for r in runs.get(key, [])]
-        return min(vals) if vals else None
+    def walls(key: str) -> list[float]:
+        return [float(r["wall_seconds"]) for r in runs.get(key, [])]
 
-    ours_b, base_b, br_b = best("ours_backup"), best("pg_basebackup"), best("pgbackrest_backup")
-    ours_r, br_r = best("ours_restore"), best("pgbackrest_restore")
-    assert ours_b is not None and base_b is not None and ours_r is not None
+    ours_b, base_b = min(walls("ours_backup")), min(walls("pg_basebackup"))
     ratio = ours_b / base_b
     rows.append(
         report.Row(
-            "physical full backup (min of runs)",
+            "physical full backup vs pg_basebackup -Ft -X none > /dev/null (min of runs)",
             report.secs(ours_b),
             f"pg_basebackup {report.secs(base_b)}",
             ratio,
@@ -557,102 +800,109 @@ def summarize(d: dict[str, Any]) -> list[report.Row]:
             {"ours_s": ours_b, "baseline_s": base_b},
         )
     )
-    if br_b is not None:
+    rows.append(
+        _versus(
+            "physical full backup vs pgBackRest (median of runs)",
+            _median(walls("ours_backup")), _median(walls("pgbackrest_backup")), 0.9, "backup_vs_pgbackrest",
+        )
+    )  # fmt: skip
+    rows.append(
+        _versus(
+            "restore, files only (restore --pgdata vs pgbackrest restore, median)",
+            _median(walls("ours_restore")), _median(walls("pgbackrest_restore")), 1.0,
+            "restore_vs_pgbackrest",
+        )
+    )  # fmt: skip
+    c = d["segment_costs"]
+    n = len(c["segments"])
+
+    def med(key: str) -> float | None:
+        spread = c.get(f"{key}_seconds")
+        return None if spread is None else float(spread["median"])
+
+    rows.append(
+        _versus(
+            f"archive_command per 16 MiB segment (wal-push vs sync archive-push, median of {n})",
+            med("ours_push"), med("br_push"), 1.0, "archive_command_per_segment", "ms",
+        )
+    )  # fmt: skip
+    rows.append(
+        _versus(
+            f"restore_command per segment (wal-fetch vs sync archive-get, median of {n})",
+            med("ours_fetch"), med("br_fetch"), 1.0, "restore_command_per_segment", "ms",
+        )
+    )  # fmt: skip
+    wal = d["wal_archiving"]
+    for who, w in wal.items():
         rows.append(
             report.Row(
-                "physical full backup vs pgBackRest",
-                report.secs(ours_b),
-                f"pgbackrest {report.secs(br_b)}",
-                ours_b / br_b,
-                "(reported)",
+                f"pgbench -c 4 WAL rate, archive_command = {w['archive_command']}",
+                f"{w['wal_mb_per_s']} MB/s",
+                f"{w['wal_segments_per_s']} seg/s produced, {w['archived_segments_per_s']} archived",
                 None,
-                "backup_vs_pgbackrest",
-                {"ours_s": ours_b, "baseline_s": br_b},
+                "backlog does not grow",
+                not w["backlog_grew"],
+                f"archiving_keeps_up_{who}",
+                {k: w[k] for k in ("wal_segments_per_s", "archived_segments_per_s", "backlog_grew")},
             )
         )
-    if br_r is not None:
+    w = wal["ours"]
+    theirs = wal.get("pgbackrest")
+    ours_txt = f"max {w['backlog_max']} / final {w['backlog_final']}"
+    if theirs is None:
         rows.append(
             report.Row(
-                "restore --pgdata vs pgBackRest restore",
-                report.secs(ours_r),
-                f"pgbackrest {report.secs(br_r)}",
-                ours_r / br_r,
-                "(reported)",
-                None,
-                "restore_vs_pgbackrest",
-                {"ours_s": ours_r, "baseline_s": br_r},
+                "sustained archiving under pgbench -c 4: .ready backlog", ours_txt, SKIPPED, None,
+                "<= pgBackRest's (+1)", None, "backlog_vs_pgbackrest",
+                {k: w[k] for k in ("backlog_max", "backlog_final", "backlog_before")},
             )
-        )
+        )  # fmt: skip
     else:
+        met = (
+            w["backlog_max"] <= theirs["backlog_max"] + 1
+            and w["backlog_final"] <= theirs["backlog_final"] + 1
+        )
         rows.append(
             report.Row(
-                "restore --pgdata",
-                report.secs(ours_r),
-                "pgBackRest not installed",
-                None,
-                "(reported)",
-                None,
-                "restore",
-                {"ours_s": ours_r},
+                "sustained archiving under pgbench -c 4: .ready backlog", ours_txt,
+                f"pgbackrest max {theirs['backlog_max']} / final {theirs['backlog_final']}",
+                w["backlog_max"] / theirs["backlog_max"] if theirs["backlog_max"] else None,
+                "<= pgBackRest's (+1)", met, "backlog_vs_pgbackrest",
+                {"ours": {k: w[k] for k in ("backlog_max", "backlog_final", "backlog_before")},
+                 "pgbackrest": {k: theirs[k] for k in ("backlog_max", "backlog_final", "backlog_before")}},
             )
-        )
-    w = d["wal_archiving"]
+        )  # fmt: skip
+    cap = float(c["ours_push_segments_per_s"])
+    cap_ratio = cap / w["wal_segments_per_s"] if w["wal_segments_per_s"] else None
     rows.append(
         report.Row(
-            "pgbench WAL rate (4 clients)",
-            f"{w['wal_mb_per_s']} MB/s",
-            f"{w['wal_segments_per_s']} seg/s",
-            None,
-            "",
-            None,
-            "pgbench_wal_rate",
-            {"wal_mb_per_s": w["wal_mb_per_s"], "wal_segments_per_s": w["wal_segments_per_s"]},
-        )
-    )
-    arch_ratio = w["archived_segments_per_s"] / w["wal_segments_per_s"] if w["wal_segments_per_s"] else None
-    rows.append(
-        report.Row(
-            "archive_command wal-push during pgbench",
-            f"{w['archived_segments_per_s']} seg/s",
-            f"produced {w['wal_segments_per_s']} seg/s",
-            arch_ratio,
-            "backlog does not grow",
-            not w["backlog_grew"],
-            "archiving_keeps_up",
-            {k: w[k] for k in ("archived_segments_per_s", "backlog_grew")},
-        )
-    )
-    rows.append(
-        report.Row(
-            ".ready backlog (max / final)",
-            f"{w['backlog_max']} / {w['backlog_final']}",
-            f"before {w['backlog_before']}",
-            None,
-            "",
-            None,
-            "backlog",
-            {k: w[k] for k in ("backlog_max", "backlog_final", "backlog_before")},
-        )
-    )
-    p = d["push_capacity"]
-    cap_ratio = p["segments_per_s"] / w["wal_segments_per_s"] if w["wal_segments_per_s"] else None
-    rows.append(
-        report.Row(
-            f"wal-push capacity ({p['calls']} sequential)",
-            f"{p['segments_per_s']} seg/s",
+            f"wal-push capacity ({n} sequential calls above)",
+            f"{cap} seg/s",
             f"pgbench {w['wal_segments_per_s']} seg/s",
             cap_ratio,
             ">= 3.0",
             None if cap_ratio is None else cap_ratio >= 3.0,
             "push_capacity",
-            {"segments_per_s": p["segments_per_s"]},
+            {"segments_per_s": cap},
         )
     )
-    rss_push = p["rss_run"]["peak_rss_kib"]
+    p = d.get("pitr")
+    if p is not None:
+        ours_p = [float(r["start_to_promoted_seconds"]) for r in p["runs"] if r["tool"] == "ours"]
+        br_p = [float(r["start_to_promoted_seconds"]) for r in p["runs"] if r["tool"] == "pgbackrest"]
+        segs = f"{p['ours_segments_to_replay']:.0f}"
+        if "pgbackrest_segments_to_replay" in p:
+            segs += f" / {p['pgbackrest_segments_to_replay']:.0f}"
+        rows.append(
+            _versus(
+                f"PITR recovery, pg_ctl start to promotion, {segs} segments (vs archive-get async)",
+                _median(ours_p), _median(br_p), 1.0, "pitr_recovery",
+            )
+        )  # fmt: skip
     rss_stream = d["wal_stream"]["peak_rss_kib"]
     rss_backup = max(r["peak_rss_kib"] for r in runs["ours_backup"])
     for label, kib, key in (
-        ("peak RSS wal-push (one call)", rss_push, "rss_wal_push"),
+        ("peak RSS wal-push (largest call)", c["rss_wal_push_kib"], "rss_wal_push"),
         ("peak RSS wal-stream (own process)", rss_stream, "rss_wal_stream"),
         ("peak RSS physical backup (own process)", rss_backup, "rss_backup"),
     ):
@@ -668,10 +918,10 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     base.chmod(0o755)  # the postgres user works here
     chown_pg(base)
     tool = tool_command()
-    key_file = write_pg(base / "key", os.urandom(32))
+    passphrase = write_pg(base / "passphrase", base64.b64encode(os.urandom(32)) + b"\n")
     pg = PgCluster(base / "cluster")
     state["pg"] = pg
-    s = Setup(base=base, pg=pg, tool=tool, key_file=key_file, env=base_env())
+    s = Setup(base=base, pg=pg, tool=tool, passphrase_file=passphrase, env=base_env())
     state["setup"] = s
     cfg0 = s.new_repo("ours-initial")
     pg.extra_conf = {
@@ -694,16 +944,9 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     data = generate(pg, args.size_mb, args.seed)
     say("draining the archive backlog of the data load")
     s.drain(900)
-    br_conf: Path | None = None
-    if br:
-        br_conf = pgbackrest_conf(s)
-        subprocess.run(
-            as_pg([br, f"--config={br_conf}", f"--stanza={STANZA}", "stanza-create"]),
-            env=s.env,
-            check=True,
-            capture_output=True,
-            cwd="/",
-        )
+    br_conf = pgbackrest_conf(s) if br else None
+    if br_conf is None:
+        say(f"NOTE: {NOTE_NO_PGBACKREST}")
     runs: dict[str, Any] = {
         k: []
         for k in ("pg_basebackup", "ours_backup", "pgbackrest_backup", "ours_restore", "pgbackrest_restore")
@@ -712,18 +955,40 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     cfg = backups(s, args, br_conf, runs)
     say(f"restores, {args.repeat} rounds")
     restores(s, args, cfg, br_conf, runs)
-    wal = wal_archiving(s, args)
-    push = push_capacity(s, args)
+    init_s = pgbench_init(s, args)
+    wal = {"ours": wal_archiving(s, args, "wal-push", init_s)}
+    if br_conf is not None:
+        set_archive_command(s, f"pgbackrest --config={br_conf} --stanza={STANZA} archive-push %p")
+        wal["pgbackrest"] = wal_archiving(s, args, "pgbackrest archive-push (sync)", init_s)
+        set_archive_command(s, s.archive_command(cfg))
+    costs = segment_costs(s, args, br_conf is not None)
     stream = wal_stream(s, args)
+    recovery = pitr(s, args, br_conf is not None) if args.pitr_segments > 0 else None
+    conf_text = br_conf.read_text() if br_conf else None
     return {
         "machine": machine,
         "dataset": data,
-        "pgbackrest_conf": br_conf.read_text() if br_conf else None,
+        "pgbackrest": NOTE_NO_PGBACKREST if br_conf is None else "compared",
+        "pgbackrest_conf": None if conf_text is None else _redact(conf_text),
         "runs": runs,
         "wal_archiving": wal,
-        "push_capacity": push,
+        "segment_costs": costs,
         "wal_stream": stream,
+        "pitr": recovery,
     }
+
+
+NOTE_NO_PGBACKREST = (
+    "pgBackRest is not installed: its column is skipped (make bench installs it with apt-get when it"
+    " can; or: apt-get install pgbackrest)"
+)
+
+
+def _redact(conf: str) -> str:
+    return "\n".join(
+        "repo1-cipher-pass=(random, not recorded)" if ln.startswith("repo1-cipher-pass=") else ln
+        for ln in conf.splitlines()
+    )
 
 
 def cleanup(state: dict[str, Any]) -> None:
@@ -787,6 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(args.output, doc)
     print()
     print(report.table(rows))
+    if measured["pgbackrest_conf"] is None:
+        print(f"\nNOTE: {NOTE_NO_PGBACKREST}")
     print(f"\nresults: {args.output}")
     return 0
 

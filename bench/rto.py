@@ -118,7 +118,7 @@ def _recovery(pg: PgCluster, work: Path, pgdata: Path, tool: str, cfg: Path, qui
             **_as_postgres(),
         )
         url = f"postgresql://postgres:{pg.password}@127.0.0.1:{port}/postgres"
-        _wait_promoted(url, pgdata, log)
+        wait_promoted(url, pgdata, log)
         start_s = time.monotonic() - t0
     finally:
         subprocess.run(
@@ -137,7 +137,7 @@ def _recovery(pg: PgCluster, work: Path, pgdata: Path, tool: str, cfg: Path, qui
     }
 
 
-def _wait_promoted(url: str, pgdata: Path, log: Path, timeout: float = 1800) -> None:
+def wait_promoted(url: str, pgdata: Path, log: Path, timeout: float = 1800) -> None:
     """Poll until the server answers and is out of recovery; fail when its postmaster is gone."""
     t0 = time.monotonic()
     while True:

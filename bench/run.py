@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import report, rto  # noqa: E402
+from bench import dataset, report, rto  # noqa: E402
 from bench.procs import Measured  # noqa: E402
 from bench.steps import RESTORE_FLAGS, Bench, Repo  # noqa: E402
 from bench.summary import cpu_table, summarize  # noqa: E402
@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size-mb", type=int, default=1024, help="main database, MiB (default 1024)")
     p.add_argument("--small-mb", type=int, default=256, help="second RSS point, MiB (default 256)")
     p.add_argument(
+        "--inc-small-mb", type=int, default=25,
+        help="the small database of the incremental-share row, MiB requested (default 25: 30 MiB on disk)",
+    )  # fmt: skip
+    p.add_argument(
         "--repeat", type=int, default=4, help="rounds of each timed step; the minimum counts (default 4)"
     )
     p.add_argument(
@@ -62,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = p.parse_args(argv)
-    if args.size_mb < 16 or args.small_mb < 16 or min(args.repeat, args.gzip_repeat) < 1:
+    if min(args.size_mb, args.small_mb, args.inc_small_mb) < 16 or min(args.repeat, args.gzip_repeat) < 1:
         p.error("sizes must be at least 16 MiB and the repeats at least 1")
     return args
 
@@ -71,8 +75,7 @@ def generate(pg: PgCluster, size_mb: int, seed: int) -> dict[str, Any]:
     db = pg.create_database(f"bench_{size_mb}mb")
     t0 = time.monotonic()
     with pg.connect(db) as conn:
-        datagen.create_schema(conn)
-        rows = datagen.populate(conn, size_mb, seed=seed)
+        rows = dataset.build(conn, size_mb, seed=seed)
         conn.execute("CHECKPOINT")
     seconds = time.monotonic() - t0
     size = int(pg.execute("SELECT pg_database_size(%s)", params=(db,))[0][0])
@@ -161,19 +164,40 @@ def restores(b: Bench, repo: Repo, db: str, repeat: int, runs: dict[str, Any]) -
     dump.unlink()
 
 
-def incremental(b: Bench, repo: Repo, db: str) -> dict[str, Any]:
+def incremental(b: Bench, repo: Repo, db: str, full: dict[str, Any]) -> dict[str, Any]:
+    """The ~1% change of ``bench.dataset.spread_change`` (600 rows per 29 MB), then an incremental
+    backup into the repository of ``full``; the share is its stored bytes over the full's."""
+    size = int(b.pg.execute("SELECT pg_database_size(%s)", params=(db,))[0][0])
+    rows = dataset.change_rows_for(size)
     t0 = time.monotonic()
     with b.pg.connect(db) as conn:
-        change = datagen.append_heavy_change(conn, fraction=0.01)
+        change = dataset.spread_change(conn, rows)
     change_s = time.monotonic() - t0
     m, out = b.ours_backup(repo, db, "incremental")
-    say(f"  ours incremental: {m.wall_seconds:.1f}s, stored {report.mib(out['stored_bytes'])}")
+    share = int(out["stored_bytes"]) / int(full["stored_bytes"])
+    say(
+        f"  ours incremental after {rows} rows changed ({size / report.MB:.0f} MB database): "
+        f"stored {report.mib(out['stored_bytes'])} = {share:.1%} of the full"
+    )
     return {
         **m.to_json(),
         "result": out,
-        "change": vars(change),
+        "full": full,
+        "database_bytes": size,
+        "change_rows": rows,
+        "change": change,
         "change_seconds": round(change_s, 1),
     }
+
+
+def small_incremental(b: Bench, db: str) -> dict[str, Any]:
+    """The issue's small case: a full backup of a ~29 MB database, then the 600-row change."""
+    repo = b.new_repo(db)
+    try:
+        _m, full = b.ours_backup(repo, db)
+        return incremental(b, repo, db, full)
+    finally:
+        repo.remove()
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,6 +213,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             cpus, mem = machine["nproc"], machine["memory_mib"]
             say(f"cluster up: PostgreSQL {server_version}; {cpus} CPUs, {mem} MiB RAM")
             small = generate(pg, args.small_mb, args.seed)
+            inc_small = generate(pg, args.inc_small_mb, args.seed)
             main = generate(pg, args.size_mb, args.seed)
             say("warm-up pg_dump of the main database")
             runs["warmup"] = b.pg_dump_custom(main["db"], timed=False).to_json()
@@ -198,15 +223,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             runs["ours_full_small"] = small_rss(b, small["db"], args.repeat)
             say(f"restores, {args.repeat} rounds")
             restores(b, repo, main["db"], args.repeat, runs)
-            say("append-heavy change (1%) and an incremental backup")
-            runs["ours_incremental"] = incremental(b, repo, main["db"])
+            say("~1% change (600 rows per 29 MB) and an incremental backup, main database")
+            runs["ours_incremental"] = incremental(b, repo, main["db"], runs["ours_full"][-1]["result"])
+            say("the same on the small database")
+            runs["ours_incremental_small"] = small_incremental(b, inc_small["db"])
             repo.remove()
             if args.rto_repeat > 0:
                 say(f"physical recovery time (restore + WAL replay + promotion), {args.rto_repeat} rounds")
                 runs["physical_rto"] = rto.physical(pg, b.tool, args.rto_repeat, args.quiet_wait, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"machine": machine, "datasets": {"main": main, "small": small}, "runs": runs}
+    datasets = {"main": main, "small": small, "incremental_small": inc_small}
+    return {"machine": machine, "datasets": datasets, "runs": runs}
 
 
 def _on_term(signum: int, _frame: FrameType | None) -> None:
