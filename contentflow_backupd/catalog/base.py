@@ -53,6 +53,7 @@ from contentflow_backupd.model import (
 )
 
 __all__ = [
+    "ROLES",
     "AuditCatalog",
     "BackupCatalog",
     "BackupJobCatalog",

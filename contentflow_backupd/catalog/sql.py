@@ -40,7 +40,19 @@ from contentflow_backupd.catalog.verification import SqlVerification
 if TYPE_CHECKING:
     from alembic.config import Config
 
-    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.catalog.base import (
+        AuditCatalog,
+        BackupCatalog,
+        Catalog,
+        CatalogDatabase,
+        DeletionCatalog,
+        DrillCatalog,
+        MigrationCatalog,
+        RestorePointCatalog,
+        RunCatalog,
+        ScopeCatalog,
+        VerificationCatalog,
+    )
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -147,5 +159,15 @@ class SqlCatalog(
         return None if row is None else str(row[0])
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # mypy checks that SqlCatalog fills every role (tests/catalog/test_roles.py too)
     _conforms: type[Catalog] = SqlCatalog
+    _backups: type[BackupCatalog] = SqlBackups
+    _runs: type[RunCatalog] = SqlRuns
+    _restore_points: type[RestorePointCatalog] = SqlRestorePoints
+    _deletions: type[DeletionCatalog] = SqlDeletions
+    _verification: type[VerificationCatalog] = SqlVerification
+    _drills: type[DrillCatalog] = SqlDrills
+    _guard: type[MigrationCatalog] = SqlMigrationGuard
+    _audit: type[AuditCatalog] = SqlAudit
+    _scope: type[ScopeCatalog] = SqlScope
+    _database: type[CatalogDatabase] = SqlCatalog
