@@ -55,6 +55,7 @@ from contentflow_backupd.model import (
 __all__ = [
     "ROLES",
     "AuditCatalog",
+    "BackupAuditCatalog",
     "BackupCatalog",
     "BackupJobCatalog",
     "Catalog",
@@ -64,13 +65,19 @@ __all__ = [
     "DeletionRecord",
     "DeletionWhat",
     "DrillCatalog",
+    "DrillJobCatalog",
     "DrillRecord",
     "DrillStatus",
+    "DryRunCatalog",
     "HealthCatalog",
     "MigrationCatalog",
+    "MigrationGuardCatalog",
+    "RecoverCatalog",
     "RestorePointCatalog",
+    "RetentionCatalog",
     "RunCatalog",
     "ScopeCatalog",
+    "SweepCatalog",
     "VerificationCatalog",
     "VerifyState",
 ]
@@ -365,12 +372,51 @@ class CatalogDatabase(Protocol):
         ...
 
 
-class BackupJobCatalog(BackupCatalog, RunCatalog, Protocol):
-    """What a backup job uses: its run and its backup rows."""
+# -- what one use case needs, when that is more than one role ---------------------------------
+# Python has no intersection type: a use case that needs several roles names one of these. Each
+# only combines roles (tests/catalog/test_roles.py checks that none adds a method).
+
+
+class BackupAuditCatalog(BackupCatalog, AuditCatalog, Protocol):
+    """Backups and the audit trail: checking the repository against the catalog
+    (``ops/verify/repo_check.py``), ``verify`` and ``catalog rebuild``."""
+
+
+class BackupJobCatalog(BackupCatalog, RunCatalog, AuditCatalog, Protocol):
+    """What a backup uses (``ops/backup/run.py``): its run, its backup rows, its audit record."""
+
+
+class RetentionCatalog(BackupCatalog, DeletionCatalog, RunCatalog, AuditCatalog, Protocol):
+    """What retention uses (``ops/retention/apply.py``): backup rows it deletes, the deletions it
+    records, its run and its audit record."""
+
+
+class DrillJobCatalog(RunCatalog, DrillCatalog, AuditCatalog, Protocol):
+    """What a restore drill uses (``ops/drill/run.py``): its run, its drill row, its audit record."""
+
+
+class SweepCatalog(VerificationCatalog, BackupCatalog, AuditCatalog, Protocol):
+    """What continuous verification uses (``ops/verify/sweep.py``): its state and corrupt objects,
+    the backups to check the repository against, its audit record."""
 
 
 class HealthCatalog(BackupCatalog, RunCatalog, VerificationCatalog, DrillCatalog, Protocol):
-    """What health and the recovery objectives read: backups, runs, verification, drills."""
+    """What health and the recovery objectives read (``ops/health/``): backups, runs,
+    verification, drills."""
+
+
+class RecoverCatalog(RestorePointCatalog, AuditCatalog, Protocol):
+    """What ``recover`` uses (``ops/restore/recover.py``): restore points to aim at, the audit
+    record of the restore."""
+
+
+class MigrationGuardCatalog(MigrationCatalog, AuditCatalog, Protocol):
+    """What ``migrate`` uses (``migrate/guard.py``): its run records and their audit records."""
+
+
+class DryRunCatalog(MigrationGuardCatalog, DrillJobCatalog, Protocol):
+    """What ``migrate --dry-run`` uses (``migrate/dryrun.py``): a guarded run rehearsed on a
+    restore drill."""
 
 
 class Catalog(
