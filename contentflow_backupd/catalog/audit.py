@@ -1,5 +1,5 @@
-"""The ``audit_events`` table as session-level functions; ``SqlCatalog`` calls each inside one
-transaction (see ``catalog/base.py`` for the contract of each method).
+"""``AuditCatalog`` on SQLAlchemy: the ``audit_events`` table and the marks of what was copied
+to each repository (in ``catalog_meta``; contract in ``catalog/base.py``).
 
 Appends are serialized: the last record is read inside the same write transaction that inserts
 the next one (SQLite: the transaction began with ``BEGIN IMMEDIATE`` and holds the write lock;
@@ -18,11 +18,82 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from contentflow_backupd.catalog.audit_records import AuditEvent, chained
+from contentflow_backupd.catalog.mapping import AUDIT_EVENTS
 from contentflow_backupd.catalog.models import AuditEventRow, CatalogMetaRow
+from contentflow_backupd.catalog.session import SqlSessions, utc
+from contentflow_backupd.model import utcnow
 
 # pg_advisory_xact_lock key serializing audit appends: the bytes b"cfaudit!" as a signed bigint.
 AUDIT_LOCK_KEY = 0x6366_6175_6469_7421
 _FLUSHED_KEY = "audit_flushed_seq:"
+
+
+class SqlAudit(SqlSessions):
+    def append_audit_event(
+        self,
+        *,
+        action: str,
+        outcome: str,
+        actor: str,
+        objects: Sequence[str] = (),
+        details: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> AuditEvent:
+        when = utc(at or utcnow())
+        with self._session("record audit event", write=True) as session:
+            _lock(session)
+            event = chained(
+                _last(session),
+                at=when,
+                actor=actor,
+                action=action,
+                outcome=outcome,
+                objects=objects,
+                details=details,
+            )
+            session.add(AUDIT_EVENTS.new_row(event))
+            session.flush()
+            return event
+
+    def list_audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        after_seq: int | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditEvent]:
+        query = select(AuditEventRow)
+        if since is not None:
+            query = query.where(AuditEventRow.at >= utc(since))
+        if after_seq is not None:
+            query = query.where(AuditEventRow.seq > after_seq)
+        if action is not None:
+            query = query.where(AuditEventRow.action == action)
+        query = query.order_by(AuditEventRow.seq.desc() if newest_first else AuditEventRow.seq)
+        if limit is not None:
+            query = query.limit(max(limit, 0))
+        with self._session("list audit events", write=False) as session:
+            return [AUDIT_EVENTS.to_record(row) for row in session.scalars(query)]
+
+    def merge_audit_events(self, events: Sequence[AuditEvent]) -> tuple[int, int]:
+        with self._session("restore audit events", write=True) as session:
+            return _merge(session, events)
+
+    def get_audit_flushed_seq(self, repository_id: str) -> int | None:
+        with self._session("read audit mark", write=False) as session:
+            row = session.get(CatalogMetaRow, _FLUSHED_KEY + repository_id)
+            return None if row is None else int(row.value)
+
+    def set_audit_flushed_seq(self, repository_id: str, seq: int) -> None:
+        # Raise the mark to ``seq``, never lower it: a slower concurrent flush loses nothing.
+        with self._session("save audit mark", write=True) as session:
+            row = session.get(CatalogMetaRow, _FLUSHED_KEY + repository_id)
+            if row is None:
+                session.add(CatalogMetaRow(key=_FLUSHED_KEY + repository_id, value=str(seq)))
+            elif int(row.value) < seq:
+                row.value = str(seq)
 
 
 def _lock(session: Session) -> None:
@@ -32,51 +103,10 @@ def _lock(session: Session) -> None:
 
 def _last(session: Session) -> AuditEvent | None:
     row = session.scalars(select(AuditEventRow).order_by(AuditEventRow.seq.desc()).limit(1)).first()
-    return None if row is None else _event(row)
+    return None if row is None else AUDIT_EVENTS.to_record(row)
 
 
-def append_audit_event(
-    session: Session,
-    *,
-    at: datetime,
-    actor: str,
-    action: str,
-    outcome: str,
-    objects: Sequence[str],
-    details: Mapping[str, Any] | None,
-) -> AuditEvent:
-    _lock(session)
-    event = chained(
-        _last(session), at=at, actor=actor, action=action, outcome=outcome, objects=objects, details=details
-    )
-    session.add(_row(event))
-    session.flush()
-    return event
-
-
-def list_audit_events(
-    session: Session,
-    *,
-    since: datetime | None,
-    after_seq: int | None,
-    action: str | None = None,
-    limit: int | None = None,
-    newest_first: bool = False,
-) -> list[AuditEvent]:
-    query = select(AuditEventRow)
-    if since is not None:
-        query = query.where(AuditEventRow.at >= since)
-    if after_seq is not None:
-        query = query.where(AuditEventRow.seq > after_seq)
-    if action is not None:
-        query = query.where(AuditEventRow.action == action)
-    query = query.order_by(AuditEventRow.seq.desc() if newest_first else AuditEventRow.seq)
-    if limit is not None:
-        query = query.limit(max(limit, 0))
-    return [_event(row) for row in session.scalars(query)]
-
-
-def merge_audit_events(session: Session, events: Sequence[AuditEvent]) -> tuple[int, int]:
+def _merge(session: Session, events: Sequence[AuditEvent]) -> tuple[int, int]:
     """Make the repository's records (``events``) the catalog's history up to their last seq.
 
     Rows with a seq the repository holds are replaced by the repository's copy. Rows beyond it
@@ -92,7 +122,8 @@ def merge_audit_events(session: Session, events: Sequence[AuditEvent]) -> tuple[
         return 0, 0
     top = max(by_seq)
     repo_hashes = {e.hash for e in by_seq.values()}
-    local = [_event(row) for row in session.scalars(select(AuditEventRow).order_by(AuditEventRow.seq))]
+    rows = session.scalars(select(AuditEventRow).order_by(AuditEventRow.seq))
+    local = [AUDIT_EVENTS.to_record(row) for row in rows]
     current = {e.seq: e for e in local}
     displaced = [e for e in local if e.seq in by_seq and e.hash not in repo_hashes]
     tail = [e for e in local if e.seq > top]
@@ -102,7 +133,7 @@ def merge_audit_events(session: Session, events: Sequence[AuditEvent]) -> tuple[
     if changed:
         session.execute(delete(AuditEventRow).where(AuditEventRow.seq.in_([e.seq for e in changed])))
         session.flush()
-        session.add_all(_row(e) for e in changed)
+        session.add_all(AUDIT_EVENTS.new_row(e) for e in changed)
         imported = len([e for e in changed if e.seq not in current or current[e.seq].hash != e.hash])
     if not rechain:
         session.flush()
@@ -121,48 +152,6 @@ def merge_audit_events(session: Session, events: Sequence[AuditEvent]) -> tuple[
             objects=old.objects,
             details=old.details,
         )
-        session.add(_row(prev))
+        session.add(AUDIT_EVENTS.new_row(prev))
     session.flush()
     return imported, len(displaced) + len(tail)
-
-
-def get_flushed_seq(session: Session, repository_id: str) -> int | None:
-    row = session.get(CatalogMetaRow, _FLUSHED_KEY + repository_id)
-    return None if row is None else int(row.value)
-
-
-def set_flushed_seq(session: Session, repository_id: str, seq: int) -> None:
-    """Raise the mark to ``seq`` (never lower it: a slower concurrent flush loses nothing)."""
-    row = session.get(CatalogMetaRow, _FLUSHED_KEY + repository_id)
-    if row is None:
-        session.add(CatalogMetaRow(key=_FLUSHED_KEY + repository_id, value=str(seq)))
-    elif int(row.value) < seq:
-        row.value = str(seq)
-
-
-def _row(event: AuditEvent) -> AuditEventRow:
-    return AuditEventRow(
-        seq=event.seq,
-        at=event.at,
-        actor=event.actor,
-        action=event.action,
-        outcome=event.outcome,
-        objects=list(event.objects),
-        details=dict(event.details),
-        prev_hash=event.prev_hash,
-        hash=event.hash,
-    )
-
-
-def _event(row: AuditEventRow) -> AuditEvent:
-    return AuditEvent(
-        seq=row.seq,
-        at=row.at,
-        actor=row.actor,
-        action=row.action,
-        outcome=row.outcome,
-        objects=tuple(row.objects or ()),
-        details=dict(row.details or {}),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-    )

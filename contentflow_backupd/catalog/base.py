@@ -5,19 +5,43 @@ reconstructs the ``backups`` table from them. Implementations must be safe when 
 the same catalog at once (a CLI command while the daemon runs): every method is one short
 transaction, and a busy database is waited for (bounded), never corrupted.
 
-Timestamps go in and come out as timezone-aware UTC ``datetime`` values (naive ones going in are
-taken as UTC).
+Rules every role shares:
+
+- **Errors.** Any failure of the database (unreachable, locked beyond the bounded wait, a
+  constraint) raises ``CatalogError``, whose message names the catalog (password hidden); no
+  library error escapes. A missing row is *not* an error unless a method says so: ``get_*``
+  returns None, ``delete_*`` does nothing.
+- **Time.** Timestamps go in and come out as timezone-aware UTC ``datetime`` values (naive ones
+  going in are taken as UTC); "now" is the catalog process's clock.
+- **Scope.** Every query that reports rows takes the ``Scope`` (repository id, cluster) they
+  belong to and returns only rows of that scope; records written carry their repository id. Rows
+  from before revision 0008 without one are attributed by ``ScopeCatalog.adopt_unscoped`` or
+  never reported. Methods that take an id (``get_backup``, ``get_migration_run`` ...) are not
+  scoped: ids are unique across the catalog.
+- **Order.** Lists come in the order each method states, never "as the database likes".
+
+The contract is split by role, one protocol each, so that a use case names what it uses and a
+fake implements only that. ``Catalog`` is every role at once: what wiring opens and hands out.
+The daemon's leader lock is not a catalog role but its own protocol (``catalog/leader.py``:
+``LeaderLock``), because it holds a connection of its own for as long as the daemon leads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from contentflow_backupd.catalog.audit_records import AuditEvent
 from contentflow_backupd.catalog.guard_records import BatchCheckpoint, MigrationRunRecord, MigrationStatus
+from contentflow_backupd.catalog.records import (
+    CorruptObject,
+    DeletionRecord,
+    DeletionWhat,
+    DrillRecord,
+    DrillStatus,
+    VerifyState,
+)
 from contentflow_backupd.model import (
     BackupRecord,
     BackupStatus,
@@ -26,161 +50,52 @@ from contentflow_backupd.model import (
     RunStatus,
     RunTrigger,
     Scope,
-    iso,
 )
 
-DeletionWhat = Literal["backup", "generation", "wal"]
+__all__ = [
+    "ROLES",
+    "AuditCatalog",
+    "BackupAuditCatalog",
+    "BackupCatalog",
+    "BackupJobCatalog",
+    "Catalog",
+    "CatalogDatabase",
+    "CorruptObject",
+    "DeletionCatalog",
+    "DeletionRecord",
+    "DeletionWhat",
+    "DrillCatalog",
+    "DrillJobCatalog",
+    "DrillRecord",
+    "DrillStatus",
+    "DryRunCatalog",
+    "HealthCatalog",
+    "MigrationCatalog",
+    "MigrationGuardCatalog",
+    "RecoverCatalog",
+    "RestorePointCatalog",
+    "RetentionCatalog",
+    "RunCatalog",
+    "ScopeCatalog",
+    "SweepCatalog",
+    "VerificationCatalog",
+    "VerifyState",
+]
 
 
-@dataclass(frozen=True)
-class DeletionRecord:
-    """Something retention removed from the repository: a backup (its manifest), a generation
-    (its chunk objects) or a WAL archive file. ``name`` is the backup id, the generation or the WAL
-    file name; ``bytes`` what the deleted objects held; ``run_id`` the run that deleted it."""
+class BackupCatalog(Protocol):
+    """The ``backups`` table: one ``BackupRecord`` per backup attempt, keyed by backup id.
 
-    at: datetime
-    cluster: str
-    what: DeletionWhat
-    name: str
-    bytes: int
-    reason: str
-    run_id: int | None = None
-    id: int | None = None
-    """Assigned by the catalog (insertion order); None on records not yet added."""
-    repository_id: str | None = None
-    """The repository it was deleted from (None: from before catalog revision 0008)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "at": iso(self.at),
-            "cluster": self.cluster,
-            "what": self.what,
-            "name": self.name,
-            "bytes": self.bytes,
-            "reason": self.reason,
-            "run_id": self.run_id,
-        }
-
-
-@dataclass(frozen=True)
-class VerifyState:
-    """Where continuous verification of one cluster stands (``verify --since-last``).
-
-    ``last_deep_success_at``: start of the last verification run that completed (every object it
-    planned was read); ``verified_backups``: the committed backups that run had read (a backup not
-    among them is "new" to the next run, whatever the clocks say). ``sweep_cursor``:
-    the key of the last object the rotating sweep read (None: the next run starts at the first
-    key); ``sweep_started_at``: when the current pass over all objects began;
-    ``sweep_objects_total``: how many objects the cluster held at the last run."""
-
-    cluster: str
-    last_deep_success_at: datetime | None = None
-    sweep_cursor: str | None = None
-    sweep_started_at: datetime | None = None
-    sweep_objects_total: int = 0
-    verified_backups: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "cluster": self.cluster,
-            "last_deep_success_at": iso(self.last_deep_success_at),
-            "sweep_cursor": self.sweep_cursor,
-            "sweep_started_at": iso(self.sweep_started_at),
-            "sweep_objects_total": self.sweep_objects_total,
-            "verified_backups": list(self.verified_backups),
-        }
-
-
-@dataclass(frozen=True)
-class CorruptObject:
-    """An object of the repository found bad (missing, wrong size, failed authentication or
-    hash), with the backups that need it. Open while ``resolved_at`` is None."""
-
-    cluster: str
-    key: str
-    backup_ids: tuple[str, ...]
-    problem: str
-    detected_at: datetime
-    resolved_at: datetime | None = None
-    resolution: str | None = None
-    id: int | None = None
-    """Assigned by the catalog (insertion order)."""
-
-    @property
-    def open(self) -> bool:
-        return self.resolved_at is None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "cluster": self.cluster,
-            "key": self.key,
-            "backup_ids": list(self.backup_ids),
-            "problem": self.problem,
-            "detected_at": iso(self.detected_at),
-            "resolved_at": iso(self.resolved_at),
-            "resolution": self.resolution,
-        }
-
-
-DrillStatus = Literal["succeeded", "failed"]
-
-
-@dataclass(frozen=True)
-class DrillRecord:
-    """One restore drill: which backup was restored to which target (``target``: a description
-    such as ``lsn 0/5000028``, ``time 2026-11-25 04:00:00+00:00`` or ``the backup``), whether it
-    succeeded, the measured RTO (from the drill's start to a server that answers queries), the
-    restored size and throughput, and each check (``name``, ``status``, ``detail``)."""
-
-    id: str
-    cluster: str
-    mode: str
-    backup_id: str | None
-    target: str
-    status: DrillStatus
-    started_at: datetime
-    finished_at: datetime | None
-    rto_seconds: float | None = None
-    restored_bytes: int | None = None
-    throughput_bytes_per_s: float | None = None
-    checks: tuple[dict[str, str], ...] = ()
-    error: str | None = None
-    run_id: int | None = None
-    repository_id: str | None = None
-    """The repository the drill restored from (None: from before catalog revision 0008)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "run_id": self.run_id,
-            "cluster": self.cluster,
-            "mode": self.mode,
-            "backup_id": self.backup_id,
-            "target": self.target,
-            "status": self.status,
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "rto_seconds": self.rto_seconds,
-            "restored_bytes": self.restored_bytes,
-            "throughput_bytes_per_s": self.throughput_bytes_per_s,
-            "checks": [dict(c) for c in self.checks],
-            "error": self.error,
-        }
-
-
-class Catalog(Protocol):
-    """Every query that reports rows takes the ``Scope`` (repository id, cluster) they belong
-    to and returns only rows of that scope; records written carry their repository id. Rows from
-    before revision 0008 without one are attributed by ``adopt_unscoped`` or never reported."""
+    Writers: ``backup`` (a row ``running`` at the start, replaced when it ends), retention
+    (``delete_backup``), ``catalog rebuild`` (``replace_backups``). Every write is idempotent:
+    writing the same record twice leaves one row."""
 
     def upsert_backup(self, record: BackupRecord) -> None:
         """Insert the record, or replace every field of the row with the same id."""
         ...
 
     def get_backup(self, backup_id: str) -> BackupRecord | None:
-        """The record with this id, or None."""
+        """The record with this id (whatever its scope), or None."""
         ...
 
     def list_backups(
@@ -199,6 +114,14 @@ class Catalog(Protocol):
         ``succeeded``, then insert ``records``, replacing any row with the same id (also one of
         another cluster). Used by ``catalog rebuild``; rows of failed attempts are kept."""
         ...
+
+
+class RunCatalog(Protocol):
+    """The ``runs`` table: one ``RunRecord`` per job run (backup, retention, drill ...), with
+    ids assigned by the catalog in insertion order and never reused.
+
+    A run is ``running`` from ``start_run`` until ``finish_run``; a process that died in between
+    leaves it ``running`` until ``mark_interrupted`` finds it."""
 
     def start_run(
         self,
@@ -221,21 +144,27 @@ class Catalog(Protocol):
         backup_id: str | None = None,
         error: str | None = None,
     ) -> None:
-        """Set status, ``finished_at`` now, backup id and error of a run. ``CatalogError`` when
-        no run has this id."""
+        """Set status, ``finished_at`` now, backup id and error of a run (again when it had
+        finished: the last call wins). ``CatalogError`` when no run has this id."""
         ...
 
     def list_runs(self, scope: Scope, limit: int | None = None) -> list[RunRecord]:
-        """Runs of ``scope`` in insertion order (by id); with ``limit``, the newest ``limit`` runs (still in
-        insertion order)."""
+        """Runs of ``scope`` in insertion order (by id); with ``limit``, the newest ``limit`` runs
+        (still in insertion order)."""
         ...
 
     def mark_interrupted(self, is_alive: Callable[[int | None, str | None], bool]) -> list[str]:
-        """Every backup and run still ``running`` whose (pid, host) ``is_alive`` says is gone
-        becomes ``interrupted`` with ``finished_at`` now and error "process ended without
-        finishing (killed or crashed)". ``is_alive`` is called outside any transaction; a row
-        that finished meanwhile is left alone. Returns the ids of the backups changed."""
+        """Every backup and run still ``running`` (of any scope) whose (pid, host) ``is_alive``
+        says is gone becomes ``interrupted`` with ``finished_at`` now and error "process ended
+        without finishing (killed or crashed)". ``is_alive`` is called outside any transaction; a
+        row that finished meanwhile is left alone. Idempotent. Returns the ids of the backups
+        changed."""
         ...
+
+
+class RestorePointCatalog(Protocol):
+    """The ``restore_points`` table: named restore points, unique by (cluster, name). A point
+    is never changed or deleted once added."""
 
     def add_restore_point(
         self, scope: Scope, name: str, lsn: str, timeline: int, created_at: datetime
@@ -253,8 +182,14 @@ class Catalog(Protocol):
         of that name belongs to another repository)."""
         ...
 
+
+class DeletionCatalog(Protocol):
+    """The ``deletions`` table: what retention removed from the repository. Append-only; ids
+    are assigned by the catalog in insertion order."""
+
     def add_deletions(self, records: Sequence[DeletionRecord]) -> None:
-        """Append ``records`` (their ``id`` is ignored) in one transaction; nothing on error."""
+        """Append ``records`` (their ``id`` is ignored) in one transaction; nothing on error.
+        An empty sequence does nothing."""
         ...
 
     def list_deletions(self, scope: Scope, limit: int | None = None) -> list[DeletionRecord]:
@@ -266,6 +201,11 @@ class Catalog(Protocol):
         """How many WAL segments (not history, backup or partial files) of ``scope`` retention
         deleted."""
         ...
+
+
+class VerificationCatalog(Protocol):
+    """Continuous verification (``verify --since-last``, the sweep): one ``VerifyState`` per
+    cluster and the corrupt-object records, of which at most one per key is open."""
 
     def get_verify_state(self, scope: Scope) -> VerifyState:
         """The verification state of ``scope``; an empty ``VerifyState`` when none was saved (the
@@ -302,6 +242,11 @@ class Catalog(Protocol):
         Returns False, changing nothing, when no record of the key is open."""
         ...
 
+
+class DrillCatalog(Protocol):
+    """The ``drills`` table: finished restore drills, keyed by drill id, never changed once
+    added."""
+
     def add_drill(self, record: DrillRecord) -> None:
         """Insert a finished drill; ``CatalogError`` when a drill with its id exists."""
         ...
@@ -313,24 +258,39 @@ class Catalog(Protocol):
         ``started_at``, then id); with ``limit``, the newest ``limit`` of them."""
         ...
 
+
+class MigrationCatalog(Protocol):
+    """The migration guard's tables: ``migrate`` runs and ``migrate batch`` checkpoints, each
+    keyed by an id its caller chooses and saved again as it progresses (insert or replace)."""
+
     def save_migration_run(self, record: MigrationRunRecord) -> None:
         """Insert or replace the ``migrate`` run with ``record.id``."""
         ...
 
-    def get_migration_run(self, run_id: str) -> MigrationRunRecord | None: ...
+    def get_migration_run(self, run_id: str) -> MigrationRunRecord | None:
+        """The ``migrate`` run with this id (whatever its scope), or None."""
+        ...
 
     def list_migration_runs(
         self, scope: Scope, *, limit: int | None = None, status: MigrationStatus | None = None
     ) -> list[MigrationRunRecord]:
-        """``migrate`` runs of ``scope`` (only those with ``status`` when given), oldest first;
-        with ``limit``, the newest ``limit`` of them."""
+        """``migrate`` runs of ``scope`` (only those with ``status`` when given), oldest first
+        (by ``started_at``, then id); with ``limit``, the newest ``limit`` of them."""
         ...
 
     def save_batch(self, checkpoint: BatchCheckpoint) -> None:
         """Insert or replace the ``migrate batch`` checkpoint with ``checkpoint.id``."""
         ...
 
-    def get_batch(self, batch_id: str) -> BatchCheckpoint | None: ...
+    def get_batch(self, batch_id: str) -> BatchCheckpoint | None:
+        """The checkpoint with this id, or None."""
+        ...
+
+
+class AuditCatalog(Protocol):
+    """The audit trail: ``AuditEvent`` records chained by hash (``catalog/audit_records.py``),
+    numbered by ``seq`` from 1 without gaps, for the whole catalog (not scoped), and the mark of
+    what was copied to each repository. Appends never fork the chain, whatever the concurrency."""
 
     def append_audit_event(
         self,
@@ -373,10 +333,17 @@ class Catalog(Protocol):
         """Raise (never lower) the mark of ``get_audit_flushed_seq``."""
         ...
 
+
+class ScopeCatalog(Protocol):
+    """What the catalog knows about itself (``catalog_meta``: small key/value facts such as the
+    repository id of a storage URL, when it was last rebuilt) and the attribution of rows from
+    before revision 0008, which carry no repository id."""
+
     def adopt_unscoped(self, scope: Scope, manifest_ids: Iterable[str]) -> int:
         """Attribute rows from before revision 0008 (no repository id) to ``scope``: backups of
         its cluster whose id is in ``manifest_ids`` (the repository's manifests), then the runs,
-        drills and ``migrate`` runs that name one of them. Returns how many backups it adopted."""
+        drills and ``migrate`` runs that name one of them. Idempotent. Returns how many backups it
+        adopted."""
         ...
 
     def has_unscoped(self, cluster: str) -> bool:
@@ -391,11 +358,94 @@ class Catalog(Protocol):
         """Insert or replace a value of ``catalog_meta``."""
         ...
 
+
+class CatalogDatabase(Protocol):
+    """The database behind the catalog, for its owner: the process that opened it."""
+
     @property
     def engine(self) -> Any:
         """The SQLAlchemy engine (APScheduler's job store lives in the catalog database)."""
         ...
 
     def close(self) -> None:
-        """Dispose of connections. Idempotent."""
+        """Dispose of connections. Idempotent; no method may be called afterwards."""
         ...
+
+
+# -- what one use case needs, when that is more than one role ---------------------------------
+# Python has no intersection type: a use case that needs several roles names one of these. Each
+# only combines roles (tests/catalog/test_roles.py checks that none adds a method).
+
+
+class BackupAuditCatalog(BackupCatalog, AuditCatalog, Protocol):
+    """Backups and the audit trail: checking the repository against the catalog
+    (``ops/verify/repo_check.py``), ``verify`` and ``catalog rebuild``."""
+
+
+class BackupJobCatalog(BackupCatalog, RunCatalog, AuditCatalog, Protocol):
+    """What a backup uses (``ops/backup/run.py``): its run, its backup rows, its audit record."""
+
+
+class RetentionCatalog(BackupCatalog, DeletionCatalog, RunCatalog, AuditCatalog, Protocol):
+    """What retention uses (``ops/retention/apply.py``): backup rows it deletes, the deletions it
+    records, its run and its audit record."""
+
+
+class DrillJobCatalog(RunCatalog, DrillCatalog, AuditCatalog, Protocol):
+    """What a restore drill uses (``ops/drill/run.py``): its run, its drill row, its audit record."""
+
+
+class SweepCatalog(VerificationCatalog, BackupCatalog, AuditCatalog, Protocol):
+    """What continuous verification uses (``ops/verify/sweep.py``): its state and corrupt objects,
+    the backups to check the repository against, its audit record."""
+
+
+class HealthCatalog(BackupCatalog, RunCatalog, VerificationCatalog, DrillCatalog, Protocol):
+    """What health and the recovery objectives read (``ops/health/``): backups, runs,
+    verification, drills."""
+
+
+class RecoverCatalog(RestorePointCatalog, AuditCatalog, Protocol):
+    """What ``recover`` uses (``ops/restore/recover.py``): restore points to aim at, the audit
+    record of the restore."""
+
+
+class MigrationGuardCatalog(MigrationCatalog, AuditCatalog, Protocol):
+    """What ``migrate`` uses (``migrate/guard.py``): its run records and their audit records."""
+
+
+class DryRunCatalog(MigrationGuardCatalog, DrillJobCatalog, Protocol):
+    """What ``migrate --dry-run`` uses (``migrate/dryrun.py``): a guarded run rehearsed on a
+    restore drill."""
+
+
+class Catalog(
+    BackupCatalog,
+    RunCatalog,
+    RestorePointCatalog,
+    DeletionCatalog,
+    VerificationCatalog,
+    DrillCatalog,
+    MigrationCatalog,
+    AuditCatalog,
+    ScopeCatalog,
+    CatalogDatabase,
+    Protocol,
+):
+    """Every role at once: the catalog wiring opens (``catalog/sql.py``: ``SqlCatalog``) and
+    hands to the daemon and the commands, which pass each use case the roles it needs."""
+
+
+ROLES: tuple[type[Any], ...] = (
+    BackupCatalog,
+    RunCatalog,
+    RestorePointCatalog,
+    DeletionCatalog,
+    VerificationCatalog,
+    DrillCatalog,
+    MigrationCatalog,
+    AuditCatalog,
+    ScopeCatalog,
+    CatalogDatabase,
+)
+"""The roles ``Catalog`` unites, for the conformance test."""

@@ -1,81 +1,46 @@
-"""The migration guard's tables (``migration_runs``, ``migration_batches``) as session-level
-functions; ``SqlCatalog`` calls each inside one transaction (see
-``catalog/base.py`` for the contract of each method)."""
+"""``MigrationCatalog`` on SQLAlchemy: the migration guard's tables (``migration_runs``,
+``migration_batches``; contract in ``catalog/base.py``)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from contentflow_backupd.catalog.guard_records import (
-    BatchCheckpoint,
-    MigrationRunRecord,
-    MigrationStatus,
-)
+from contentflow_backupd.catalog.guard_records import BatchCheckpoint, MigrationRunRecord, MigrationStatus
+from contentflow_backupd.catalog.mapping import BATCHES, MIGRATION_RUNS
 from contentflow_backupd.catalog.models import BatchCheckpointRow, MigrationRunRow
+from contentflow_backupd.catalog.session import SqlSessions
 from contentflow_backupd.model import Scope
 
-_RUN_FIELDS = [f.name for f in dataclasses.fields(MigrationRunRecord)]
-_BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchCheckpoint)]
 
+class SqlMigrationGuard(SqlSessions):
+    def save_migration_run(self, record: MigrationRunRecord) -> None:
+        with self._session("record migration run", write=True) as session:
+            session.add(MIGRATION_RUNS.save(session.get(MigrationRunRow, record.id), record))
 
-def save_migration_run(session: Session, record: MigrationRunRecord) -> None:
-    row = session.get(MigrationRunRow, record.id)
-    values = {name: getattr(record, name) for name in _RUN_FIELDS}
-    values["dry_run"] = int(record.dry_run)
-    values["command"] = list(record.command)
-    values["details"] = dict(record.details)
-    if row is None:
-        session.add(MigrationRunRow(**values))
-    else:
-        for name, value in values.items():
-            setattr(row, name, value)
+    def get_migration_run(self, run_id: str) -> MigrationRunRecord | None:
+        with self._session("read migration run", write=False) as session:
+            row = session.get(MigrationRunRow, run_id)
+            return None if row is None else MIGRATION_RUNS.to_record(row)
 
+    def list_migration_runs(
+        self, scope: Scope, *, limit: int | None = None, status: MigrationStatus | None = None
+    ) -> list[MigrationRunRecord]:
+        query = select(MigrationRunRow).where(
+            MigrationRunRow.repository_id == scope.repository_id, MigrationRunRow.cluster == scope.cluster
+        )
+        if status is not None:
+            query = query.where(MigrationRunRow.status == status)
+        query = query.order_by(MigrationRunRow.started_at.desc(), MigrationRunRow.id.desc())
+        if limit is not None:
+            query = query.limit(max(limit, 0))
+        with self._session("list migration runs", write=False) as session:
+            return [MIGRATION_RUNS.to_record(row) for row in reversed(session.scalars(query).all())]
 
-def _run_record(row: MigrationRunRow) -> MigrationRunRecord:
-    values = {name: getattr(row, name) for name in _RUN_FIELDS}
-    values["dry_run"] = bool(row.dry_run)
-    values["command"] = list(row.command or [])
-    values["details"] = dict(row.details or {})
-    return MigrationRunRecord(**values)
+    def save_batch(self, checkpoint: BatchCheckpoint) -> None:
+        with self._session("record batch checkpoint", write=True) as session:
+            session.add(BATCHES.save(session.get(BatchCheckpointRow, checkpoint.id), checkpoint))
 
-
-def get_migration_run(session: Session, run_id: str) -> MigrationRunRecord | None:
-    row = session.get(MigrationRunRow, run_id)
-    return None if row is None else _run_record(row)
-
-
-def list_migration_runs(
-    session: Session, scope: Scope, *, limit: int | None, status: MigrationStatus | None
-) -> list[MigrationRunRecord]:
-    query = select(MigrationRunRow).where(
-        MigrationRunRow.repository_id == scope.repository_id, MigrationRunRow.cluster == scope.cluster
-    )
-    if status is not None:
-        query = query.where(MigrationRunRow.status == status)
-    query = query.order_by(MigrationRunRow.started_at.desc(), MigrationRunRow.id.desc())
-    if limit is not None:
-        query = query.limit(max(limit, 0))
-    return [_run_record(row) for row in reversed(session.scalars(query).all())]
-
-
-def save_batch(session: Session, checkpoint: BatchCheckpoint) -> None:
-    row = session.get(BatchCheckpointRow, checkpoint.id)
-    values = {name: getattr(checkpoint, name) for name in _BATCH_FIELDS}
-    values["details"] = dict(checkpoint.details)
-    if row is None:
-        session.add(BatchCheckpointRow(**values))
-    else:
-        for name, value in values.items():
-            setattr(row, name, value)
-
-
-def get_batch(session: Session, batch_id: str) -> BatchCheckpoint | None:
-    row = session.get(BatchCheckpointRow, batch_id)
-    if row is None:
-        return None
-    values = {name: getattr(row, name) for name in _BATCH_FIELDS}
-    values["details"] = dict(row.details or {})
-    return BatchCheckpoint(**values)
+    def get_batch(self, batch_id: str) -> BatchCheckpoint | None:
+        with self._session("read batch checkpoint", write=False) as session:
+            row = session.get(BatchCheckpointRow, batch_id)
+            return None if row is None else BATCHES.to_record(row)

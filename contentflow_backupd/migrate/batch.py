@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import MigrationCatalog
 from contentflow_backupd.catalog.guard_records import BatchCheckpoint
 from contentflow_backupd.errors import LockedError, SourceError, UsageError
 from contentflow_backupd.migrate.batch_progress import BatchProgress
@@ -145,7 +145,7 @@ class _Job:
     def __init__(
         self,
         session: BatchSession,
-        catalog: Catalog,
+        catalog: MigrationCatalog,
         opts: BatchOptions,
         table: BatchTable,
         template: SqlTemplate,
@@ -291,7 +291,7 @@ class _Job:
 
 def run_batch_job(
     info: ConnInfo,
-    catalog: Catalog,
+    catalog: MigrationCatalog,
     opts: BatchOptions,
     *,
     stop: StopFlag,

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import DryRunCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.migrate.guard import (
     GuardDeps,
@@ -53,7 +53,7 @@ def conninfo_url(info: ConnInfo) -> str:
 
 
 def run_dry(
-    repo: Repository, catalog: Catalog, opts: GuardOptions, deps: GuardDeps, drill: DrillOptions
+    repo: Repository, catalog: DryRunCatalog, opts: GuardOptions, deps: GuardDeps, drill: DrillOptions
 ) -> MigrateResult:
     """Restore, rehearse, report, record (``migration_runs`` with ``dry_run`` true)."""
     record = new_run_record(dataclasses.replace(opts, dry_run=True))

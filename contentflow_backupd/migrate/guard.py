@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog, MigrationCatalog, MigrationGuardCatalog
 from contentflow_backupd.catalog.guard_records import MigrationRunRecord, MigrationStatus
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.migrate.apply import CommandResult, actor, pg_duration, redact_command, run_command
@@ -182,7 +182,7 @@ def new_run_record(opts: GuardOptions) -> MigrationRunRecord:
     )
 
 
-def repair_interrupted(catalog: Catalog, scope: Scope, conninfo: ConnInfo) -> list[str]:
+def repair_interrupted(catalog: MigrationCatalog, scope: Scope, conninfo: ConnInfo) -> list[str]:
     """Runs left ``running`` by a crashed ``migrate`` (the caller holds the migrate lock, so none
     is alive): put back the role settings they had changed, and record them as failed."""
     repaired = []
@@ -202,7 +202,7 @@ def repair_interrupted(catalog: Catalog, scope: Scope, conninfo: ConnInfo) -> li
     return repaired
 
 
-def run_migrate(catalog: Catalog, opts: GuardOptions, deps: GuardDeps) -> MigrateResult:
+def run_migrate(catalog: MigrationGuardCatalog, opts: GuardOptions, deps: GuardDeps) -> MigrateResult:
     """Run the whole guarded migration (module docstring) and record it. ``LockedError`` when
     another ``migrate`` of the cluster runs here."""
     record = new_run_record(opts)
@@ -228,7 +228,9 @@ def run_migrate(catalog: Catalog, opts: GuardOptions, deps: GuardDeps) -> Migrat
     return result
 
 
-def _finish(catalog: Catalog, result: MigrateResult, status: str, error: str | None, t0: float) -> None:
+def _finish(
+    catalog: MigrationGuardCatalog, result: MigrateResult, status: str, error: str | None, t0: float
+) -> None:
     record = result.record
     record.status = "failed" if status == "running" else status  # type: ignore[assignment]
     record.error = error
@@ -253,7 +255,9 @@ def _finish(catalog: Catalog, result: MigrateResult, status: str, error: str | N
     )
 
 
-def audit_migration(catalog: Catalog, record: MigrationRunRecord, repo: Repository | None = None) -> None:
+def audit_migration(
+    catalog: AuditCatalog, record: MigrationRunRecord, repo: Repository | None = None
+) -> None:
     """Record a finished ``migrate`` run in the audit trail (ops/audit.py): the migrations with
     their checksums, what was applied, the outcome (the run's status)."""
     details = {
@@ -343,7 +347,7 @@ def run_steps(
 
 
 def _guarded(
-    catalog: Catalog, opts: GuardOptions, deps: GuardDeps, result: MigrateResult, info: ConnInfo
+    catalog: MigrationCatalog, opts: GuardOptions, deps: GuardDeps, result: MigrateResult, info: ConnInfo
 ) -> None:
     record = result.record
     net = SafetyNet()

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import MigrationCatalog
 from contentflow_backupd.catalog.guard_records import MigrationRunRecord
 from contentflow_backupd.errors import UsageError
 from contentflow_backupd.migrate.apply import actor
@@ -33,7 +33,7 @@ from contentflow_backupd.source.schema import dump_schema
 log = structlog.get_logger(__name__)
 
 
-def find_run(catalog: Catalog, scope: Scope, name: str) -> MigrationRunRecord:
+def find_run(catalog: MigrationCatalog, scope: Scope, name: str) -> MigrationRunRecord:
     cluster = scope.cluster
     for record in reversed(catalog.list_migration_runs(scope)):
         if record.restore_point == name:
@@ -46,7 +46,7 @@ def find_run(catalog: Catalog, scope: Scope, name: str) -> MigrationRunRecord:
 
 def rollback_live(
     repo: Repository,
-    catalog: Catalog,
+    catalog: MigrationCatalog,
     *,
     cluster: str,
     name: str,

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from contentflow_backupd.catalog.audit_records import AuditEvent, ChainBreak, find_break
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.repository.repository import Repository
 
@@ -51,7 +51,7 @@ def actor() -> str:
 
 
 def record_event(
-    catalog: Catalog,
+    catalog: AuditCatalog,
     *,
     action: str,
     outcome: str,
@@ -98,7 +98,7 @@ class AuditScope:
 
 @contextmanager
 def audited(
-    catalog: Catalog | None,
+    catalog: AuditCatalog | None,
     action: str,
     *,
     objects: Sequence[str] = (),
@@ -126,7 +126,7 @@ def audited(
     )
 
 
-def flush_audit(catalog: Catalog, repo: Repository) -> int:
+def flush_audit(catalog: AuditCatalog, repo: Repository) -> int:
     """Write the records ``repo`` does not hold yet as one object; returns how many."""
     mark = catalog.get_audit_flushed_seq(repo.id)
     if mark is None:
@@ -152,7 +152,7 @@ def settings_digest(settings: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     return whole, per_key
 
 
-def record_config(catalog: Catalog, settings: Mapping[str, str], repo: Repository | None = None) -> bool:
+def record_config(catalog: AuditCatalog, settings: Mapping[str, str], repo: Repository | None = None) -> bool:
     """At daemon start: record ``config_changed`` when the resolved settings (``settings``: name
     -> value with secrets masked, as ``config show`` prints them) differ from the last recorded
     ones, with the keys added, removed and changed. Returns whether a record was made. Never
@@ -221,7 +221,7 @@ class AuditRestore:
         return {"found": self.found, "imported": self.imported, "rechained": self.rechained}
 
 
-def restore_audit(catalog: Catalog, repo: Repository) -> AuditRestore:
+def restore_audit(catalog: AuditCatalog, repo: Repository) -> AuditRestore:
     """``catalog rebuild``: bring the repository's audit records back into the catalog, then
     copy back whatever only the catalog held. Raises on storage or catalog errors."""
     stored = read_repository_events(repo)
@@ -254,7 +254,7 @@ class AuditVerification:
         }
 
 
-def verify_audit(catalog: Catalog) -> AuditVerification:
+def verify_audit(catalog: AuditCatalog) -> AuditVerification:
     """Recompute the whole chain of the catalog's records."""
     events = catalog.list_audit_events()
     last = events[-1] if events else None
@@ -266,7 +266,7 @@ def verify_audit(catalog: Catalog) -> AuditVerification:
     )
 
 
-def list_events(catalog: Catalog, *, since: datetime | None = None) -> list[AuditEvent]:
+def list_events(catalog: AuditCatalog, *, since: datetime | None = None) -> list[AuditEvent]:
     return catalog.list_audit_events(since=since)
 
 
@@ -334,7 +334,7 @@ def _read_audit_object(repo: Repository, key: str, first: int, last: int) -> lis
     return events
 
 
-def check_audit_copy(repo: Repository, catalog: Catalog | None) -> CopyCheck:
+def check_audit_copy(repo: Repository, catalog: AuditCatalog | None) -> CopyCheck:
     """Read every audit object of the repository and prove the copy: each object authenticates
     (AES-GCM under its own name) and holds the records its name says; together they form one
     unbroken chain from record 1; and, with ``catalog``, every record the catalog says it copied
@@ -369,7 +369,7 @@ def check_audit_copy(repo: Repository, catalog: Catalog | None) -> CopyCheck:
 
 
 def _first_difference(
-    catalog: Catalog, repo: Repository, stored: Mapping[int, AuditEvent]
+    catalog: AuditCatalog, repo: Repository, stored: Mapping[int, AuditEvent]
 ) -> CopyProblem | None:
     flushed = catalog.get_audit_flushed_seq(repo.id)
     if flushed is None:

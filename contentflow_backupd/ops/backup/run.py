@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from contentflow_backupd import __version__
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog, BackupCatalog, BackupJobCatalog, RunCatalog
 from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
 from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, Scope, new_backup_id, utcnow
 from contentflow_backupd.observability import progress
@@ -59,7 +59,7 @@ class _Streams:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def reap_interrupted(catalog: Catalog) -> list[str]:
+def reap_interrupted(catalog: RunCatalog) -> list[str]:
     """Mark runs and backups left ``running`` by dead processes as ``interrupted``."""
     host = socket.gethostname()
     changed = catalog.mark_interrupted(lambda pid, h: pid_alive(pid, h, host))
@@ -70,7 +70,7 @@ def reap_interrupted(catalog: Catalog) -> list[str]:
 
 def run_backup(
     repo: Repository,
-    catalog: Catalog,
+    catalog: BackupJobCatalog,
     opts: BackupOptions,
     *,
     logical: LogicalSource | None = None,
@@ -127,7 +127,7 @@ def run_backup(
 
 def _audit(
     repo: Repository,
-    catalog: Catalog,
+    catalog: AuditCatalog,
     opts: BackupOptions,
     run_id: int,
     outcome: str,
@@ -152,7 +152,7 @@ def _audit(
 
 def _dispatch(
     repo: Repository,
-    catalog: Catalog,
+    catalog: BackupCatalog,
     opts: BackupOptions,
     logical: LogicalSource | None,
     physical: PhysicalSource | None,
@@ -233,7 +233,7 @@ def _dispatch(
     return _execute(repo, catalog, opts, info.database, details, basebackup, attempt)
 
 
-def _expected_size(catalog: Catalog, scope: Scope, mode: str) -> int | None:
+def _expected_size(catalog: BackupCatalog, scope: Scope, mode: str) -> int | None:
     """The progress total of a backup: what the newest successful backup of this mode read
     (a database grows slowly); None for the first one."""
     try:
@@ -271,7 +271,7 @@ def _wait_for_wal(archive: WalArchive, source: PhysicalSource, names: list[str],
 
 def _execute(
     repo: Repository,
-    catalog: Catalog,
+    catalog: BackupCatalog,
     opts: BackupOptions,
     database: str,
     details: dict[str, Any],
@@ -395,7 +395,7 @@ def _no_attempt(repo: Repository, opts: BackupOptions, started_at: datetime) -> 
 
 
 def _fail(
-    catalog: Catalog,
+    catalog: BackupJobCatalog,
     attempt: list[BackupRecord],
     run_id: int,
     status: str,
@@ -417,7 +417,9 @@ def _fail(
     _finish_run(catalog, run_id, status, record.id if record else None, error)
 
 
-def _finish_run(catalog: Catalog, run_id: int, status: str, backup_id: str | None, error: str | None) -> None:
+def _finish_run(
+    catalog: RunCatalog, run_id: int, status: str, backup_id: str | None, error: str | None
+) -> None:
     try:
         catalog.finish_run(run_id, status, backup_id=backup_id, error=error)  # type: ignore[arg-type]
     except BackupdError as exc:

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog, DrillRecord
+from contentflow_backupd.catalog.base import AuditCatalog, DrillJobCatalog, DrillRecord, RunCatalog
 from contentflow_backupd.errors import BackupdError, BackupNotFound, LockedError, UsageError
 from contentflow_backupd.model import BackupMode, RunTrigger, Scope, utcnow
 from contentflow_backupd.observability import progress
@@ -161,7 +161,7 @@ def new_drill_id(now: datetime) -> str:
 
 def run_drill(
     repo: Repository,
-    catalog: Catalog,
+    catalog: DrillJobCatalog,
     opts: DrillOptions,
     *,
     run_id: int | None = None,
@@ -214,7 +214,7 @@ def run_drill(
     return result
 
 
-def _audit_drill(catalog: Catalog, result: DrillResult, run_id: int) -> None:
+def _audit_drill(catalog: AuditCatalog, result: DrillResult, run_id: int) -> None:
     """Record the drill in the audit trail. Not copied to the repository now: a drill writes
     nothing there; the next operation that writes to it carries the record along."""
     drill = result.record()
@@ -232,7 +232,7 @@ def _audit_drill(catalog: Catalog, result: DrillResult, run_id: int) -> None:
     record_event(catalog, action="drill", outcome=drill.status, objects=objects, details=details)
 
 
-def _finish_run(catalog: Catalog, run_id: int, status: str, error: str | None) -> None:
+def _finish_run(catalog: RunCatalog, run_id: int, status: str, error: str | None) -> None:
     try:
         catalog.finish_run(run_id, status, error=error)  # type: ignore[arg-type]
     except BackupdError as exc:

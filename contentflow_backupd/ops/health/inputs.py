@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import HealthCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BACKUP_KINDS, Scope, parse_iso
 from contentflow_backupd.ops.health.evaluate import (
@@ -26,7 +26,7 @@ from contentflow_backupd.wal import classify, parse_segment, timeline_of, writte
 
 # -- collection ------------------------------------------------------------------------------
 def collect_health_inputs(
-    catalog: Catalog | None,
+    catalog: HealthCatalog | None,
     scope: Scope | None,
     *,
     dependencies: Mapping[str, DependencyState | bool] | None = None,

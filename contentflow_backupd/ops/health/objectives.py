@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import DrillCatalog, HealthCatalog, VerificationCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BackupMode, BackupRecord, Scope, iso
 from contentflow_backupd.ops.restore.physical import Span, parse_history, span_of, timeline_at
@@ -322,7 +322,7 @@ def evaluate_objectives(
 
 
 # -- collection --------------------------------------------------------------------------------
-def open_corrupt_backups(catalog: Catalog, scope: Scope) -> dict[str, str]:
+def open_corrupt_backups(catalog: VerificationCatalog, scope: Scope) -> dict[str, str]:
     """Backup id -> the open corrupt object that rules it out (the first one recorded), from the
     catalog's verification records."""
     out: dict[str, str] = {}
@@ -332,7 +332,7 @@ def open_corrupt_backups(catalog: Catalog, scope: Scope) -> dict[str, str]:
     return out
 
 
-def last_drill_figures(catalog: Catalog, scope: Scope) -> DrillFigures | None:
+def last_drill_figures(catalog: DrillCatalog, scope: Scope) -> DrillFigures | None:
     """The newest successful restore drill of ``scope`` from the catalog, or None."""
     drills = catalog.list_drills(scope, limit=1, status="succeeded")
     if not drills:
@@ -372,7 +372,7 @@ def physical_points(records: Iterable[BackupRecord]) -> list[BackupPoint]:
 
 def collect_objectives(
     repo: Repository,
-    catalog: Catalog,
+    catalog: HealthCatalog,
     cluster: str,
     mode: BackupMode,
     database_bytes: int | None,

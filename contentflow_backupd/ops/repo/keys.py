@@ -42,7 +42,7 @@ from contentflow_backupd.repository.seal import write_seal
 from contentflow_backupd.storage.base import Storage, read_up_to
 
 if TYPE_CHECKING:
-    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.catalog.base import AuditCatalog
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,7 @@ def _keyset(repo: Repository) -> Any:
 
 # -- KEKs ----------------------------------------------------------------------------------------
 def _audit(
-    catalog: Catalog | None,
+    catalog: AuditCatalog | None,
     action: str,
     outcome: str,
     objects: Sequence[str],
@@ -165,7 +165,7 @@ def _audit(
     record_event(catalog, action=action, outcome=outcome, objects=objects, details=details, repo=repo)
 
 
-def add_kek(repo: Repository, secret: KekSecret, catalog: Catalog | None) -> str:
+def add_kek(repo: Repository, secret: KekSecret, catalog: AuditCatalog | None) -> str:
     """Add a KEK for ``secret``; returns its id. Refuses a secret that already opens a KEK."""
     try:
         existing = repo.keys.find_opening(secret)
@@ -186,7 +186,7 @@ def add_kek(repo: Repository, secret: KekSecret, catalog: Catalog | None) -> str
     return kek_id
 
 
-def remove_kek(repo: Repository, kek_id: str, catalog: Catalog | None) -> None:
+def remove_kek(repo: Repository, kek_id: str, catalog: AuditCatalog | None) -> None:
     """Remove KEK ``kek_id``. Refuses an unknown id, the last KEK, and the KEK in use."""
     try:
         keks = {k.id: k for k in repo.keys.keks()}
@@ -229,7 +229,7 @@ class RotateResult:
 
 def rotate_data_key(
     repo: Repository,
-    catalog: Catalog | None,
+    catalog: AuditCatalog | None,
     *,
     retire_grace_s: float = DEFAULT_RETIRE_GRACE_S,
     now: datetime | None = None,
@@ -259,7 +259,7 @@ def rotate_data_key(
 
 
 def retire_unused_data_keys(
-    repo: Repository, catalog: Catalog | None, *, now: datetime | None = None
+    repo: Repository, catalog: AuditCatalog | None, *, now: datetime | None = None
 ) -> list[str]:
     """Remove from the keyset the inactive data keys past ``retire_after`` that no backup
     object needs (re-sealing the audit copies that still do); returns their ids."""
@@ -297,7 +297,7 @@ def retire_unused_data_keys(
     return retired
 
 
-def retire_after_retention(repo: Repository, catalog: Catalog | None) -> list[str]:
+def retire_after_retention(repo: Repository, catalog: AuditCatalog | None) -> list[str]:
     """``retire_unused_data_keys`` for retention: never raises (logged as an error)."""
     try:
         return retire_unused_data_keys(repo, catalog)

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import BackupAuditCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BackupRecord, Scope
 from contentflow_backupd.observability import progress
@@ -31,7 +31,7 @@ class RebuildResult:
         return {"backups": self.backups, "unreadable": self.unreadable, "audit": audit}
 
 
-def rebuild_catalog(repo: Repository, catalog: Catalog, cluster: str) -> RebuildResult:
+def rebuild_catalog(repo: Repository, catalog: BackupAuditCatalog, cluster: str) -> RebuildResult:
     records: list[BackupRecord] = []
     unreadable: list[dict[str, str]] = []
     ids = list(repo.iter_backup_ids(cluster))

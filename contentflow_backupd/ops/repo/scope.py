@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import ScopeCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import Scope
 from contentflow_backupd.repository import layout
@@ -29,7 +29,9 @@ _SEEN_KEY = "repository_id_at:"
 _ADOPTED_KEY = "rows_attributed:"
 
 
-def resolve_scope(storage: Storage, catalog: Catalog, cluster: str, *, required: bool = True) -> Scope | None:
+def resolve_scope(
+    storage: Storage, catalog: ScopeCatalog, cluster: str, *, required: bool = True
+) -> Scope | None:
     """The scope of ``cluster`` in the repository at ``storage``: its id from ``repo.json``
     (remembered in the catalog), else the id the catalog remembers for this URL (with a
     warning), else the error of reading ``repo.json`` (``required``) or None. Rows of the
@@ -58,7 +60,7 @@ def resolve_scope(storage: Storage, catalog: Catalog, cluster: str, *, required:
     return scope
 
 
-def adopt_old_rows(storage: Storage, catalog: Catalog, scope: Scope) -> int:
+def adopt_old_rows(storage: Storage, catalog: ScopeCatalog, scope: Scope) -> int:
     """Attribute the cluster's backups from before revision 0008 whose manifests this repository
     holds (and the runs, drills and ``migrate`` runs naming them) to ``scope``. Done once per
     repository and cluster (marked in ``catalog_meta``): one LIST of the cluster's manifests."""

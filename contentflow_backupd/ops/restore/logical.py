@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog, BackupCatalog
 from contentflow_backupd.errors import BackupdError, BackupNotFound, IntegrityError, UsageError
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.verify.backups import missing_objects
@@ -50,7 +50,7 @@ class RestoreResult:
         }
 
 
-def resolve_backup_id(repo: Repository, catalog: Catalog | None, cluster: str, ref: str) -> str:
+def resolve_backup_id(repo: Repository, catalog: BackupCatalog | None, cluster: str, ref: str) -> str:
     """``latest`` is the newest committed backup in the repository; an id must exist there."""
     if ref == "latest":
         ids = list(repo.iter_backup_ids(cluster))
@@ -108,7 +108,7 @@ def restore_to_database(
     jobs: int = 1,
     no_owner: bool = False,
     concurrency: int = 8,
-    audit: Catalog | None = None,
+    audit: AuditCatalog | None = None,
 ) -> RestoreResult:
     """``audit``: the catalog to record the restore in (ops/audit.py); None records nothing."""
     t0 = time.monotonic()
@@ -165,7 +165,7 @@ def restore_to_file(
     path: Path,
     *,
     concurrency: int = 8,
-    audit: Catalog | None = None,
+    audit: AuditCatalog | None = None,
 ) -> RestoreResult:
     """Write the pg_dump archive to ``path`` (atomically; refuses to overwrite). ``audit``: the
     catalog to record the restore in; None records nothing."""

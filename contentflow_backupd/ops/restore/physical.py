@@ -25,7 +25,7 @@ from typing import Any, Literal, cast
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog, RestorePointCatalog
 from contentflow_backupd.errors import (
     BackupdError,
     BackupNotFound,
@@ -494,8 +494,8 @@ def restore_physical(
     archive: WalArchive,
     opts: PhysicalRestoreOptions,
     *,
-    catalog: Catalog | None = None,
-    audit: Catalog | None = None,
+    catalog: RestorePointCatalog | None = None,
+    audit: AuditCatalog | None = None,
 ) -> PhysicalRestoreResult:
     """``catalog``: where restore points are looked up; ``audit``: the catalog to record the
     restore in (ops/audit.py), None records nothing."""
@@ -508,7 +508,7 @@ def restore_physical(
 
 
 def _restore_physical(
-    repo: Repository, archive: WalArchive, opts: PhysicalRestoreOptions, catalog: Catalog | None
+    repo: Repository, archive: WalArchive, opts: PhysicalRestoreOptions, catalog: RestorePointCatalog | None
 ) -> PhysicalRestoreResult:
     t0 = time.monotonic()
     pgdata = Path(os.path.abspath(opts.pgdata))
@@ -636,7 +636,9 @@ def _combine_chain(
     return stats
 
 
-def _restore_point(catalog: Catalog | None, scope: Scope, target: RecoveryTarget) -> RestorePoint | None:
+def _restore_point(
+    catalog: RestorePointCatalog | None, scope: Scope, target: RecoveryTarget
+) -> RestorePoint | None:
     if target.kind != "name":
         return None
     if catalog is None:

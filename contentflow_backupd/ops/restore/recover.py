@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog, RecoverCatalog, RestorePointCatalog
 from contentflow_backupd.errors import (
     BackupdError,
     BackupNotFound,
@@ -138,7 +138,7 @@ def recover_physical(
     archive: WalArchive,
     opts: PhysicalRestoreOptions,
     *,
-    catalog: Catalog | None,
+    catalog: RecoverCatalog | None,
     excluded: Mapping[str, str],
     start: StartServer | None = None,
     check: RunChecks | None = None,
@@ -211,7 +211,7 @@ def recover_physical(
     )
 
 
-def _check_restore_point(catalog: Catalog | None, scope: Scope, target: RecoveryTarget) -> None:
+def _check_restore_point(catalog: RestorePointCatalog | None, scope: Scope, target: RecoveryTarget) -> None:
     """A named target must exist before any backup is tried (no backup could reach it)."""
     if target.kind != "name":
         return
@@ -308,7 +308,7 @@ def recover_logical(
     excluded: Mapping[str, str],
     check: RunChecks | None = None,
     concurrency: int = 8,
-    audit: Catalog | None = None,
+    audit: AuditCatalog | None = None,
 ) -> RecoverResult:
     """Restore the newest good logical backup (or ``backup``, without fallback) into ``target``
     (created when missing; refused when it holds tables), then run ``check`` on it. ``audit``:

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog, DeletionRecord, DeletionWhat
+from contentflow_backupd.catalog.base import AuditCatalog, DeletionRecord, DeletionWhat, RetentionCatalog
 from contentflow_backupd.errors import BackupdError, ObjectLocked
 from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, Scope, this_host, this_pid, utcnow
 from contentflow_backupd.ops.audit import record_event
@@ -159,7 +159,7 @@ def plan_for(repo: Repository, cluster: str, policy: RetentionPolicy, now: datet
 def apply_expiry(
     plan: ExpiryPlan,
     repo: Repository,
-    catalog: Catalog,
+    catalog: RetentionCatalog,
     *,
     run_id: int | None = None,
     concurrency: int = 8,
@@ -265,7 +265,7 @@ def _by_timeline(files: list[StoredWal]) -> Iterator[tuple[str, list[StoredWal]]
 
 def expire(
     repo: Repository,
-    catalog: Catalog,
+    catalog: RetentionCatalog,
     cluster: str,
     policy: RetentionPolicy,
     now: datetime,
@@ -319,7 +319,7 @@ def expire(
 
 def _audit_expiry(
     repo: Repository,
-    catalog: Catalog,
+    catalog: AuditCatalog,
     plan: ExpiryPlan | None,
     result: ExpiryResult | None,
     run_id: int | None,

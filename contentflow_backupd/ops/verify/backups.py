@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import blake3
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import BackupAuditCatalog
 from contentflow_backupd.errors import BackupdError, ObjectNotFound
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
@@ -273,7 +273,7 @@ def verify_backups(
     *,
     quick: bool,
     concurrency: int = 8,
-    audit: Catalog | None = None,
+    audit: BackupAuditCatalog | None = None,
     everything: bool = False,
 ) -> VerifyReport:
     """``audit``: the catalog to record the verification in (ops/audit.py) and, with

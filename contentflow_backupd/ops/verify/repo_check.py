@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import AuditCatalog, BackupAuditCatalog, BackupCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import Scope
 from contentflow_backupd.ops.audit import check_audit_copy
@@ -107,7 +107,7 @@ class RepositoryCheck:
         }
 
 
-def catalog_backup_ids(catalog: Catalog, scope: Scope) -> list[str]:
+def catalog_backup_ids(catalog: BackupCatalog, scope: Scope) -> list[str]:
     """The backups the catalog records as succeeded for this repository and cluster (retention
     removes the rows of the backups it expires; rows of another repository are not this one's).
     The one place ``verify`` asks the catalog for its backups."""
@@ -119,7 +119,7 @@ def check_repository(
     cluster: str,
     *,
     already_read: Collection[str] = (),
-    catalog: Catalog | None = None,
+    catalog: BackupAuditCatalog | None = None,
     concurrency: int = 8,
 ) -> RepositoryCheck:
     """Read and prove every object kind (see the module docstring). ``already_read``: keys the
@@ -132,7 +132,7 @@ def check_repository(
 
 
 def check_metadata(
-    repo: Repository, cluster: str, index: ClusterIndex, catalog: Catalog | None
+    repo: Repository, cluster: str, index: ClusterIndex, catalog: BackupAuditCatalog | None
 ) -> RepositoryCheck:
     """Everything but reading the objects under ``<cluster>/``: ``repo.json`` and its seal, the
     keys and keyset versions, the audit objects, the shape of the WAL archive (gaps, history
@@ -344,7 +344,9 @@ def _check_switch_points(
             )
 
 
-def _cross_check_catalog(scope: Scope, catalog: Catalog, stored: set[str], check: RepositoryCheck) -> None:
+def _cross_check_catalog(
+    scope: Scope, catalog: BackupCatalog, stored: set[str], check: RepositoryCheck
+) -> None:
     cluster = scope.cluster
     recorded = set(catalog_backup_ids(catalog, scope))
     for bid in sorted(recorded - stored):
@@ -362,7 +364,7 @@ def _cross_check_catalog(scope: Scope, catalog: Catalog, stored: set[str], check
         )
 
 
-def _check_audit(repo: Repository, catalog: Catalog | None, check: RepositoryCheck) -> None:
+def _check_audit(repo: Repository, catalog: AuditCatalog | None, check: RepositoryCheck) -> None:
     copy = check_audit_copy(repo, catalog)
     check.count("audit", copy.objects)
     for p in copy.problems:

@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog, CorruptObject, VerifyState
+from contentflow_backupd.catalog.base import CorruptObject, SweepCatalog, VerificationCatalog, VerifyState
 from contentflow_backupd.model import Scope, iso, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
@@ -141,7 +141,7 @@ class SweepResult:
 
 def verify_since_last(
     repo: Repository,
-    catalog: Catalog,
+    catalog: SweepCatalog,
     cluster: str,
     *,
     full_sweep_s: float,
@@ -174,7 +174,7 @@ def verify_since_last(
 
 def _run(
     repo: Repository,
-    catalog: Catalog,
+    catalog: SweepCatalog,
     cluster: str,
     full_sweep_s: float,
     interval_s: float,
@@ -307,7 +307,7 @@ def _read_all(
 
 
 def _resolve(
-    catalog: Catalog,
+    catalog: VerificationCatalog,
     scope: Scope,
     index: ClusterIndex,
     open_before: Iterable[CorruptObject],
@@ -345,7 +345,11 @@ def quick_check_backup(repo: Repository, cluster: str, backup_id: str, concurren
 
 
 def record_faults(
-    catalog: Catalog, scope: Scope, faults: Iterable[Fault], *, detected_at: datetime | None = None
+    catalog: VerificationCatalog,
+    scope: Scope,
+    faults: Iterable[Fault],
+    *,
+    detected_at: datetime | None = None,
 ) -> list[CorruptObject]:
     """Record faults (of ``quick_check_backup`` or ``verify``) as corrupt objects, one record per
     key with every backup the faults name; the next ``verify_since_last`` run re-reads them and
@@ -361,7 +365,7 @@ def record_faults(
     ]
 
 
-def open_corrupt_count(catalog: Catalog, scope: Scope) -> int:
+def open_corrupt_count(catalog: VerificationCatalog, scope: Scope) -> int:
     """How many corrupt objects of ``scope`` are open (``backupd_verify_corrupt_objects``)."""
     return len(catalog.list_corrupt(scope))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.catalog.base import RestorePointCatalog
 from contentflow_backupd.errors import UsageError
 from contentflow_backupd.model import RestorePoint, Scope
 from contentflow_backupd.ops.restore.physical import check_restore_point_name
@@ -42,7 +42,7 @@ class RestorePointResult:
 
 
 def create_restore_point(
-    catalog: Catalog,
+    catalog: RestorePointCatalog,
     archive: WalArchive,
     cluster: str,
     name: str,
@@ -100,5 +100,5 @@ def _wait_archived(archive: WalArchive, segment: str, timeout: float) -> bool:
     return True
 
 
-def list_restore_points(catalog: Catalog, scope: Scope) -> list[RestorePoint]:
+def list_restore_points(catalog: RestorePointCatalog, scope: Scope) -> list[RestorePoint]:
     return catalog.list_restore_points(scope)
