@@ -82,15 +82,38 @@ _BACKUP_FIELDS = tuple(f.name for f in dataclasses.fields(BackupRecord))
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord))
 
 
-def open_catalog(url: str) -> SqlCatalog:
-    """Connect to the catalog at ``url``, bring its schema to the newest revision, return it."""
-    catalog = SqlCatalog(url)
+def open_catalog(url: str, *, read_only: bool = False) -> SqlCatalog:
+    """Connect to the catalog at ``url``, bring its schema to the newest revision, return it.
+
+    ``read_only`` (the commands that only read): change nothing. A catalog whose schema is not
+    the newest raises ``CatalogError`` naming ``catalog upgrade``; a SQLite catalog file that
+    does not exist yet is not created: an empty catalog in memory stands for it (nothing was
+    recorded)."""
+    if read_only and _sqlite_file_missing(url):
+        url, read_only = "sqlite://", False
+    catalog = SqlCatalog(url, read_only=read_only)
     try:
-        catalog.migrate()
+        if read_only:
+            catalog.check_schema()
+        else:
+            catalog.migrate()
     except BaseException:
         catalog.close()
         raise
     return catalog
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError:
+        return False  # SqlCatalog says what is wrong with it
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    if database.startswith("file:"):
+        return False
+    return not Path(database).expanduser().exists()
 
 
 class _NoAlembicError(Exception):
@@ -127,7 +150,8 @@ def alembic_config(*, connection: Connection | None = None, url: str | None = No
 class SqlCatalog:
     """The Catalog on SQLAlchemy. Construct with ``open_catalog`` (which also migrates)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        """``read_only``: a SQLite file keeps its journal mode (setting WAL writes its header)."""
         try:
             parsed = make_url(url)
         except SQLAlchemyError:
@@ -136,7 +160,7 @@ class SqlCatalog:
         password = parsed.password
         self._password = password if isinstance(password, str) and password else None
         with self._translate("open"):
-            self._engine = _create_engine(parsed)
+            self._engine = _create_engine(parsed, read_only=read_only)
         self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._reads = sessionmaker(self._engine)
         self._writes = sessionmaker(self._writer)
@@ -170,6 +194,25 @@ class SqlCatalog:
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             command.upgrade(alembic_config(connection=connection), "head")
+
+    def check_schema(self) -> None:
+        """``CatalogError`` unless the schema is at the newest revision (read-only commands
+        never upgrade it)."""
+        current, head = self._current_revision(), head_revision()
+        if current == head:
+            return
+        if current is not None and current > head:
+            raise CatalogError(
+                f"catalog {self.url}: its schema (revision {current}) is newer than this version of "
+                f"contentflow-backupd knows (revision {head})",
+                hint="run the contentflow-backupd version that wrote it, or a newer one",
+            )
+        raise CatalogError(
+            f"catalog {self.url}: its schema is at revision {current or '(none)'}, this version "
+            f"reads revision {head}; a read-only command does not upgrade it",
+            hint="run `contentflow-backupd catalog upgrade` (or any command that writes, such as a "
+            "backup, or the daemon `run`), then this command again",
+        )
 
     def _current_revision(self) -> str | None:
         try:
@@ -261,12 +304,14 @@ class SqlCatalog:
             if result.rowcount == 0:
                 raise CatalogError(f"catalog {self.url}: no run with id {run_id}")
 
-    def list_runs(self, scope: Scope, limit: int | None = None) -> list[RunRecord]:
+    def list_runs(self, scope: Scope, limit: int | None = None, job: str | None = None) -> list[RunRecord]:
         query = (
             select(RunRow)
             .where(RunRow.repository_id == scope.repository_id, RunRow.cluster == scope.cluster)
             .order_by(RunRow.id.desc())
         )
+        if job is not None:
+            query = query.where(RunRow.job == job)
         if limit is not None:
             query = query.limit(max(limit, 0))
         with self._session("list runs", write=False) as session:
@@ -604,14 +649,15 @@ class SqlCatalog:
 
 
 # -- engines -------------------------------------------------------------------------------
-def _create_engine(url: URL) -> Engine:
+def _create_engine(url: URL, *, read_only: bool = False) -> Engine:
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     backend = url.get_backend_name()
     if backend == "sqlite":
-        _make_parent_directory(url)
+        if not read_only:
+            _make_parent_directory(url)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if backend == "postgresql":
@@ -644,6 +690,18 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _set_wal_journal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_connect_read_only(dbapi_connection: Any, _record: Any) -> None:
+    """``_sqlite_on_connect`` without ``journal_mode = WAL`` (a write when the file is not in WAL
+    mode yet) nor the parent directory."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()

@@ -171,9 +171,9 @@ def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int
     from contentflow_backupd import wiring
     from contentflow_backupd.ops.wal.restore_points import list_restore_points
 
-    catalog = wiring.open_catalog(settings)
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
-        points = list_restore_points(catalog, wiring.scope(settings, catalog))
+        points = list_restore_points(catalog, wiring.scope(settings, catalog, read_only=True))
     finally:
         catalog.close()
     if args.json:
