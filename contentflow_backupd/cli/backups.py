@@ -168,12 +168,15 @@ def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore.logical import resolve_backup_id
     from contentflow_backupd.repository import layout
 
-    layout.check_backup_id(args.backup_id)
+    if args.backup_id != "latest":
+        layout.check_backup_id(args.backup_id)  # before opening anything
     repo = wiring.open_repository(settings)
-    manifest = repo.read_manifest(settings.cluster, args.backup_id)
-    key = layout.manifest_key(settings.cluster, args.backup_id)
+    backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup_id)
+    manifest = repo.read_manifest(settings.cluster, backup_id)
+    key = layout.manifest_key(settings.cluster, backup_id)
     out = manifest.to_record(key).to_json()
     out["manifest"] = {
         "key": key,

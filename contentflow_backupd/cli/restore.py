@@ -162,7 +162,7 @@ def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
         print_json(result.to_json())
         return EXIT_OK
     point = result.point
-    state = "archived" if result.archived else "NOT archived yet: check archive_command or wal-stream"
+    state = "archived" if result.archived else "NOT archived yet: check archive_command or wal stream"
     print(f"restore point {point.name!r} at {point.lsn}, timeline {point.timeline}; {result.segment} {state}")
     return EXIT_OK
 
