@@ -5,6 +5,8 @@ installed command: the same output and exit codes for both spellings; ``archive_
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -16,7 +18,9 @@ from contentflow_backupd.catalog.sql import INTERRUPTED_ERROR, open_catalog
 from tests.e2e.helpers import repository_scope, seed
 from tests.e2e.physical import physical_setup
 from tests.e2e.pitr_helpers import switch_and_wait_archived
-from tests.support.cli import Cli
+from tests.support.cli import Cli, command_path
+from tests.support.daemon import daemon_env
+from tests.support.moto_server import free_port
 from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.pg
@@ -144,3 +148,23 @@ def test_archive_command_with_either_spelling_and_fetch_by_both(push: str) -> No
         cli.ok_json("restore-point", "by-the-old-spelling")
         points = same(cli, ["list-restore-points"], ["restore-point", "list"])
         assert [p["name"] for p in points] == ["by-the-verb", "by-the-old-spelling"]
+
+
+def test_run_json_writes_its_log_lines_as_json(pg: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    """The daemon prints no result: its --json is the log format, over a console setting."""
+    cli = Cli(env=daemon_env(tmp_path, pg, pg_db, BACKUPD_HTTP__LISTEN=f"127.0.0.1:{free_port()}"))
+    cli.run("init", check=True)
+    env = cli.full_env({"BACKUPD_LOG__FORMAT": "console"})
+    proc = subprocess.Popen(
+        [command_path(), "run", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        events = [json.loads(proc.stderr.readline())["event"]]  # every line a JSON object
+        while events[-1] != "daemon_ready":  # its signal handling is in place from here on
+            events.append(json.loads(proc.stderr.readline())["event"])
+        assert events[0] == "daemon_starting", events
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out == ""
