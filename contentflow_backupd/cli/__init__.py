@@ -1,6 +1,6 @@
 """The command line: argv -> one command. No logic beyond parsing, wiring and printing; each
 command lives in the module of its area (backups, restore, wal, daemon), imported only when that
-command runs (``LazyCommand``), so that ``wal-push`` starts fast."""
+command runs (``LazyCommand``), so that ``wal push`` (``wal-push``) starts fast."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ Command = Callable[[argparse.Namespace, "Settings"], int]
 class LazyCommand:
     """The command ``"module:function"`` of this package, imported only when it runs.
 
-    ``wal-push`` is started once per WAL segment (``archive_command``): it must not import the
+    ``wal push`` is started once per WAL segment (``archive_command``): it must not import the
     catalog, the scheduler, the metrics or the restore code that the other commands need.
     """
 

@@ -184,3 +184,23 @@ def test_a_restore_point_named_like_a_subcommand_needs_the_verb() -> None:
     """`restore-point list` lists; a point named "list" is `restore-point create list`."""
     assert parsed(["restore-point", "list"])["restore_point_command"] == "list"
     assert parsed(["restore-point", "create", "list"])["name"] == "list"
+
+
+def test_long_running_commands_take_json_as_the_log_format() -> None:
+    from contentflow_backupd.cli import JSON_LOGS
+
+    for argv in (["run", "--json"], ["wal", "stream", "--json"], ["wal-stream", "--json"]):
+        args = parse_args(argv)
+        assert args.json and args.func in JSON_LOGS
+    assert parse_args(["wal", "fetch", "--json", "n", "d"]).func not in JSON_LOGS
+
+
+def test_docs_cli_md_has_every_old_spelling() -> None:
+    """docs/cli.md's old -> new table names every hidden alias, and each new spelling parses."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    table = doc.split("| earlier spelling | now |", 1)[1].split("\n\n", 1)[0]
+    old = {line.split("`")[1].split()[0] for line in table.splitlines() if line.startswith("| `")}
+    assert set(TOP_LEVEL_ALIASES) <= old
+    assert {"runs", "audit", "migrate", "restore-point", "recover"} <= old
