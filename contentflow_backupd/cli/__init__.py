@@ -166,6 +166,8 @@ class Commands(Sub):
         option_string: str | None = None,
     ) -> None:
         name, *rest = values
+        if name in self.hidden:
+            namespace.old_spelling = name  # names the progress line as before (``_main``)
         super().__call__(parser, namespace, [*self.hidden.get(name, (name,)), *rest], option_string)
 
     def with_default(self, args: list[str]) -> list[str]:
@@ -623,8 +625,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return int(args.func(args, settings))
         from contentflow_backupd.observability import progress
 
-        operation = getattr(args, "operation", None) or " ".join(
-            str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p
+        operation = (
+            getattr(args, "operation", None)
+            or getattr(args, "old_spelling", None)
+            or " ".join(str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p)
         )
         with progress.tracking(operation):
             return int(args.func(args, settings))
