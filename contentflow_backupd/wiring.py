@@ -280,24 +280,28 @@ def _name_repository_keys(exc: ConfigError, settings: Settings, storage: Storage
     return ConfigError(f"{exc.message}; repository {config.repository_id} has keys: {named}", hint=exc.hint)
 
 
-def open_catalog(settings: Settings) -> Catalog:
-    if settings.catalog_url is None:
+def open_catalog(settings: Settings, *, read_only: bool = False) -> Catalog:
+    """The catalog, its schema brought up to date; ``read_only``: changing nothing, not even
+    creating the state directory (``catalog.sql.open_catalog``)."""
+    if settings.catalog_url is None and not read_only:
         state_dir(settings)
     from contentflow_backupd.catalog.sql import open_catalog as _open
 
-    return _open(settings.catalog_sqlalchemy_url)
+    return _open(settings.catalog_sqlalchemy_url, read_only=read_only)
 
 
-def scope(settings: Settings, catalog: Catalog, storage: Storage | None = None) -> Scope:
+def scope(
+    settings: Settings, catalog: Catalog, storage: Storage | None = None, *, read_only: bool = False
+) -> Scope:
     """The (repository id, ``BACKUPD_CLUSTER``) every catalog query of a command is limited to
     (``ops.repo.scope.resolve_scope``): the id from ``repo.json``, else the one the catalog
     remembers for this repository URL. Errors reading ``repo.json`` propagate when the catalog
-    remembers none."""
+    remembers none. ``read_only``: remember nothing, attribute no old row."""
     from contentflow_backupd.ops.repo.scope import resolve_scope
 
     opened = storage or open_storage(settings)
     try:
-        found = resolve_scope(opened, catalog, settings.cluster)
+        found = resolve_scope(opened, catalog, settings.cluster, read_only=read_only)
     finally:
         if storage is None:
             opened.close()
@@ -676,7 +680,7 @@ def probe_dependencies(
         if catalog is not None:
             catalog.get_meta("catalog_probe")
             return
-        opened = open_catalog(settings)
+        opened = open_catalog(settings, read_only=True)  # a probe upgrades nothing
         try:
             opened.get_meta("catalog_probe")
         finally:

@@ -148,9 +148,9 @@ class RunCatalog(Protocol):
         finished: the last call wins). ``CatalogError`` when no run has this id."""
         ...
 
-    def list_runs(self, scope: Scope, limit: int | None = None) -> list[RunRecord]:
-        """Runs of ``scope`` in insertion order (by id); with ``limit``, the newest ``limit`` runs
-        (still in insertion order)."""
+    def list_runs(self, scope: Scope, limit: int | None = None, job: str | None = None) -> list[RunRecord]:
+        """Runs of ``scope`` (of ``job`` only, if given) in insertion order (by id); with
+        ``limit``, the newest ``limit`` of those runs (still in insertion order)."""
         ...
 
     def mark_interrupted(self, is_alive: Callable[[int | None, str | None], bool]) -> list[str]:

@@ -60,12 +60,14 @@ class SqlRuns(SqlSessions):
             if result.rowcount == 0:
                 raise CatalogError(f"catalog {self.url}: no run with id {run_id}")
 
-    def list_runs(self, scope: Scope, limit: int | None = None) -> list[RunRecord]:
+    def list_runs(self, scope: Scope, limit: int | None = None, job: str | None = None) -> list[RunRecord]:
         query = (
             select(RunRow)
             .where(RunRow.repository_id == scope.repository_id, RunRow.cluster == scope.cluster)
             .order_by(RunRow.id.desc())
         )
+        if job is not None:
+            query = query.where(RunRow.job == job)
         if limit is not None:
             query = query.limit(max(limit, 0))
         with self._session("list runs", write=False) as session:

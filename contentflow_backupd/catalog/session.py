@@ -38,7 +38,8 @@ class SqlSessions:
     """The catalog's engine and its transactions; each role of ``SqlCatalog`` (a subclass in
     its own module) runs every method in one ``_session``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        """``read_only``: a SQLite file keeps its journal mode (setting WAL writes its header)."""
         try:
             parsed = make_url(url)
         except SQLAlchemyError:
@@ -47,7 +48,7 @@ class SqlSessions:
         password = parsed.password
         self._password = password if isinstance(password, str) and password else None
         with self._translate("open"):
-            self._engine = _create_engine(parsed)
+            self._engine = _create_engine(parsed, read_only=read_only)
         self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._reads = sessionmaker(self._engine)
         self._writes = sessionmaker(self._writer)
@@ -100,14 +101,15 @@ def _alembic_command_error() -> type[Exception]:
 
 
 # -- engines -------------------------------------------------------------------------------
-def _create_engine(url: URL) -> Engine:
+def _create_engine(url: URL, *, read_only: bool = False) -> Engine:
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     backend = url.get_backend_name()
     if backend == "sqlite":
-        _make_parent_directory(url)
+        if not read_only:
+            _make_parent_directory(url)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect_read_only if read_only else _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if backend == "postgresql":
@@ -140,6 +142,18 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _set_wal_journal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_connect_read_only(dbapi_connection: Any, _record: Any) -> None:
+    """``_sqlite_on_connect`` without ``journal_mode = WAL`` (a write when the file is not in WAL
+    mode yet) nor the parent directory."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from contentflow_backupd.catalog.audit import SqlAudit
@@ -36,6 +37,7 @@ from contentflow_backupd.catalog.runs import INTERRUPTED_ERROR, SqlRuns
 from contentflow_backupd.catalog.scope import SqlScope
 from contentflow_backupd.catalog.session import BUSY_TIMEOUT_MS, CONNECT_TIMEOUT_S
 from contentflow_backupd.catalog.verification import SqlVerification
+from contentflow_backupd.errors import CatalogError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -71,15 +73,38 @@ MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 MIGRATION_LOCK_KEY = 0x6366_6261_636B_7570
 
 
-def open_catalog(url: str) -> SqlCatalog:
-    """Connect to the catalog at ``url``, bring its schema to the newest revision, return it."""
-    catalog = SqlCatalog(url)
+def open_catalog(url: str, *, read_only: bool = False) -> SqlCatalog:
+    """Connect to the catalog at ``url``, bring its schema to the newest revision, return it.
+
+    ``read_only`` (the commands that only read): change nothing. A catalog whose schema is not
+    the newest raises ``CatalogError`` naming ``catalog upgrade``; a SQLite catalog file that
+    does not exist yet is not created: an empty catalog in memory stands for it (nothing was
+    recorded)."""
+    if read_only and _sqlite_file_missing(url):
+        url, read_only = "sqlite://", False
+    catalog = SqlCatalog(url, read_only=read_only)
     try:
-        catalog.migrate()
+        if read_only:
+            catalog.check_schema()
+        else:
+            catalog.migrate()
     except BaseException:
         catalog.close()
         raise
     return catalog
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError:
+        return False  # SqlCatalog says what is wrong with it
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    if database.startswith("file:"):
+        return False
+    return not Path(database).expanduser().exists()
 
 
 def head_revision() -> str:
@@ -149,6 +174,25 @@ class SqlCatalog(
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             command.upgrade(alembic_config(connection=connection), "head")
+
+    def check_schema(self) -> None:
+        """``CatalogError`` unless the schema is at the newest revision (read-only commands
+        never upgrade it)."""
+        current, head = self._current_revision(), head_revision()
+        if current == head:
+            return
+        if current is not None and current > head:
+            raise CatalogError(
+                f"catalog {self.url}: its schema (revision {current}) is newer than this version of "
+                f"contentflow-backupd knows (revision {head})",
+                hint="run the contentflow-backupd version that wrote it, or a newer one",
+            )
+        raise CatalogError(
+            f"catalog {self.url}: its schema is at revision {current or '(none)'}, this version "
+            f"reads revision {head}; a read-only command does not upgrade it",
+            hint="run `contentflow-backupd catalog upgrade` (or any command that writes, such as a "
+            "backup, or the daemon `run`), then this command again",
+        )
 
     def _current_revision(self) -> str | None:
         try:

@@ -1,6 +1,6 @@
 """The command line: argv -> one command. No logic beyond parsing, wiring and printing; each
 command lives in the module of its area (backups, restore, wal, daemon), imported only when that
-command runs (``LazyCommand``), so that ``wal-push`` starts fast."""
+command runs (``LazyCommand``), so that ``wal push`` (``wal-push``) starts fast."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contentflow_backupd import __version__
 from contentflow_backupd.errors import EXIT_FAILED, BackupdError
@@ -27,7 +27,7 @@ Command = Callable[[argparse.Namespace, "Settings"], int]
 class LazyCommand:
     """The command ``"module:function"`` of this package, imported only when it runs.
 
-    ``wal-push`` is started once per WAL segment (``archive_command``): it must not import the
+    ``wal push`` is started once per WAL segment (``archive_command``): it must not import the
     catalog, the scheduler, the metrics or the restore code that the other commands need.
     """
 
@@ -49,6 +49,7 @@ cmd_list = LazyCommand("backups:cmd_list")
 cmd_show = LazyCommand("backups:cmd_show")
 cmd_verify = LazyCommand("backups:cmd_verify")
 cmd_catalog_rebuild = LazyCommand("backups:cmd_catalog_rebuild")
+cmd_catalog_upgrade = LazyCommand("backups:cmd_catalog_upgrade")
 cmd_config_show = LazyCommand("backups:cmd_config_show")
 cmd_expire = LazyCommand("daemon:cmd_expire")
 cmd_run = LazyCommand("daemon:cmd_run")
@@ -74,7 +75,9 @@ def _add_recovery_target(sp: argparse.ArgumentParser, *, action_default: str, ke
     sp.add_argument("--target-time", metavar="TIME", help="recover to this time (ISO 8601; UTC without zone)")
     sp.add_argument("--target-lsn", metavar="LSN", help="recover to this WAL position (e.g. 0/3000100)")
     sp.add_argument("--target-xid", metavar="XID", help="recover to the commit of this transaction")
-    sp.add_argument("--target-name", metavar="NAME", help="recover to this restore point (see restore-point)")
+    sp.add_argument(
+        "--target-name", metavar="NAME", help="recover to this restore point (see restore-point list)"
+    )
     sp.add_argument(
         "--target-action",
         choices=["promote", "pause", "shutdown"],
@@ -86,6 +89,9 @@ def _add_recovery_target(sp: argparse.ArgumentParser, *, action_default: str, ke
 
 
 JSON_HELP = "print the result as JSON on stdout (logs stay on stderr)"
+JSON_LOGS_HELP = (
+    "no result to print: write the log lines (stderr) as JSON objects, as BACKUPD_LOG__FORMAT=json"
+)
 
 TOP_LEVEL_EPILOG = """\
 required settings (environment variables, or keys of the config file):
@@ -102,6 +108,12 @@ config file:
   the file. An unknown variable or key is an error that suggests the closest known name.
   `contentflow-backupd config show` prints what is in effect.
 
+grammar:
+  NOUN VERB (backup list, restore-point create, wal push, runs list, keys add); a backup is
+  named by a positional BACKUP (an id or `latest`). The spellings of earlier versions
+  (wal-push, wal-fetch, restore-test, list, show, runs, ...) still work; docs/cli.md has the
+  table.
+
 exit codes:
   0    success
   1    the operation failed (a failed verification, an unreachable database or storage, a
@@ -109,7 +121,7 @@ exit codes:
   2    usage or settings error (the message names the option or setting)
   3    migrate: applied, but a check could not run (--strict-checks rolls back instead)
   4    migrate: a pre-flight check refused the migration (nothing ran)
-  126  wal-fetch: a damaged WAL object or unreachable storage; PostgreSQL stops recovery
+  126  wal fetch: a damaged WAL object or unreachable storage; PostgreSQL stops recovery
   130  interrupted (Ctrl-C, SIGTERM); `run` exits 0 on one signal, 128+N on a second
 
 Run `contentflow-backupd COMMAND --help` for a command's options. README.md has the settings.
@@ -121,6 +133,105 @@ PROGRESS_HELP = (
     "instead (as off a terminal and with --json)"
 )
 
+HELP_FLAGS = frozenset({"-h", "--help"})
+
+
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]  # the subparsers of a group
+else:
+    Sub = argparse._SubParsersAction
+
+
+class Commands(Sub):
+    """The subcommands of a parser, with two things argparse lacks:
+
+    - ``hidden``: old spellings, kept working but not shown in ``--help`` nor in the
+      invalid-choice message: ``{"wal-push": ("wal", "push")}`` parses ``wal-push X`` as
+      ``wal push X`` (same parser, so the same options, handler and namespace);
+    - ``default``: the subcommand taken when the next word is none of them (``backup --kind
+      full`` is ``backup create --kind full``; ``restore-point NAME``, ``restore-point create
+      NAME``). ``--help`` still shows the group's own help.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden: dict[str, tuple[str, ...]] = {}
+        self.default: str | None = None
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        name, *rest = values
+        if name in self.hidden:
+            namespace.old_spelling = name  # names the progress line as before (``_main``)
+        super().__call__(parser, namespace, [*self.hidden.get(name, (name,)), *rest], option_string)
+
+    def with_default(self, args: list[str]) -> list[str]:
+        """``args`` with the default subcommand in front when they name none."""
+        if self.default is None:
+            return args
+        if args and (args[0] in self.choices or args[0] in self.hidden or args[0] in HELP_FLAGS):
+            return args
+        return [self.default, *args]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands are ``Commands`` (hidden aliases, default subcommand)."""
+
+    def _commands(self) -> Commands | None:
+        return next((a for a in self._actions if isinstance(a, Commands)), None)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        commands = self._commands()
+        if commands is not None and args is not None:
+            args = commands.with_default(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, Commands) and value in action.hidden:
+            return
+        super()._check_value(action, value)
+
+
+def commands_of(
+    parser: argparse.ArgumentParser, dest: str, help_: str, *, default: str | None = None
+) -> Commands:
+    """The subcommands of ``parser`` (a group), stored in ``args.<dest>``."""
+    sub = parser.add_subparsers(dest=dest, required=True, metavar="SUBCOMMAND", help=help_, action=Commands)
+    assert isinstance(sub, Commands)
+    sub.default = default
+    return sub
+
+
+def group(sub: Sub, name: str, help_: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A command group (``wal``, ``backup``, ``catalog``, ...): its subcommands do the work."""
+    return sub.add_parser(name, help=help_, description=description or help_[:1].upper() + help_[1:] + ".")
+
+
+def command(
+    sub: Sub,
+    name: str,
+    fn: Command,
+    help_: str,
+    description: str | None = None,
+    *,
+    json: str | None = JSON_HELP,
+) -> argparse.ArgumentParser:
+    """A command (top level or in a group) that runs ``fn``, with its ``--json`` (``json``: its
+    help text)."""
+    text = description or help_[:1].upper() + help_[1:].replace("%%", "%") + "."
+    sp = sub.add_parser(name, help=help_, description=text)
+    sp.set_defaults(func=fn)
+    if json is not None:
+        sp.add_argument("--json", action="store_true", help=json)
+    return sp
+
 
 def _add_progress(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--no-progress`` on a command that moves data (see observability/progress.py)."""
@@ -128,20 +239,23 @@ def _add_progress(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return sp
 
 
-def _group(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str
-) -> argparse.ArgumentParser:
-    """A command group (``wal``, ``catalog``, ``config``): its subcommands do the work."""
-    return sub.add_parser(name, help=help_, description=help_[:1].upper() + help_[1:] + ".")
+def _add_backup_choice(sp: argparse.ArgumentParser, help_: str) -> None:
+    """The backup a command works on: positional ``BACKUP`` (default latest); ``--backup ID``,
+    the spelling of earlier versions, stays as a hidden alias (``normalize`` merges them)."""
+    sp.add_argument("backup", nargs="?", metavar="BACKUP", help=help_)
+    sp.add_argument("--backup", dest="backup_option", metavar="ID", help=argparse.SUPPRESS)
 
 
-def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str, description: str
-) -> argparse.ArgumentParser:
-    """A subcommand of a group, with its ``--json``."""
-    sp = sub.add_parser(name, help=help_, description=description)
-    sp.add_argument("--json", action="store_true", help=JSON_HELP)
-    return sp
+# Old spelling -> new path, at the top level (docs/cli.md has the table).
+TOP_LEVEL_ALIASES: dict[str, tuple[str, ...]] = {
+    "list": ("backup", "list"),
+    "show": ("backup", "show"),
+    "list-restore-points": ("restore-point", "list"),
+    "restore-test": ("drill",),
+    "wal-push": ("wal", "push"),
+    "wal-fetch": ("wal", "fetch"),
+    "wal-stream": ("wal", "stream"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     from contentflow_backupd.cli.keys import register as register_keys
     from contentflow_backupd.cli.migrate import register as register_migrate
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="contentflow-backupd",
         description="Encrypted, deduplicated, verified PostgreSQL backups to S3 or a local directory.",
         epilog=TOP_LEVEL_EPILOG,
@@ -161,21 +275,84 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="PATH", help="TOML settings file (default: $BACKUPD_CONFIG, else none)"
     )
     sub = p.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help="what to do; `COMMAND --help` for its options"
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do; `COMMAND --help` for its options",
+        action=Commands,
     )
+    assert isinstance(sub, Commands)
+    sub.hidden.update(TOP_LEVEL_ALIASES)
 
-    def add(
-        name: str, fn: Callable[[argparse.Namespace, Settings], int], help_: str, *, json: bool = True
-    ) -> argparse.ArgumentParser:
-        """A top-level command. ``json=False``: the command prints no result to format; it still
-        accepts ``--json`` (hidden, ignored) so that scripts passing it to every command work."""
-        sp = sub.add_parser(name, help=help_, description=help_.replace("%%", "%"))
-        sp.set_defaults(func=fn)
-        sp.add_argument("--json", action="store_true", help=JSON_HELP if json else argparse.SUPPRESS)
-        return sp
+    command(sub, "init", cmd_init, "create the repository (repo.json and the wrapped key)")
+    _backup_group(sub)
+    _restore_commands(sub)
+    _wal_group(sub)
+    command(
+        sub,
+        "expire",
+        cmd_expire,
+        "plan retention (BACKUPD_RETENTION__*) and, with --confirm, apply it",
+    ).add_argument("--confirm", action="store_true", help="delete what the plan says (default: print it)")
+    command(
+        sub,
+        "run",
+        cmd_run,
+        "run the daemon: scheduled backups, WAL, retention, metrics and health",
+        json=JSON_LOGS_HELP,
+    )
+    command(
+        sub,
+        "status",
+        cmd_status,
+        "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy",
+    )
+    command(
+        sub, "check", cmd_check, "what the database role and storage may do; exit 1 naming what is missing"
+    )
+    runs = commands_of(
+        group(sub, "runs", "recorded runs of the jobs (runs list)"),
+        "runs_command",
+        "what to do",
+        default="list",
+    )
+    sp = command(runs, "list", cmd_runs, "list recorded runs of jobs (scheduled and manual), oldest first")
+    sp.add_argument(
+        "--limit", type=int, default=100, help="the newest N runs (of --job, if given; default 100)"
+    )
+    sp.add_argument("--job", choices=list(JOB_NAMES), help="only this job")
+    _catalog_group(sub)
+    _audit_group(sub)
+    cfg = commands_of(group(sub, "config", "settings (config show)"), "config_command", "what to do")
+    command(
+        cfg,
+        "show",
+        cmd_config_show,
+        "print the resolved settings and their sources, secrets masked",
+        "Print every setting with its value and where it came from (environment, config file, "
+        "credential file or default). Secrets are masked.",
+    )
+    register_keys(sub, dict(cmd_keys))
+    register_migrate(sub)
+    return p
 
-    add("init", cmd_init, "create the repository (repo.json and the wrapped key)")
-    sp = _add_progress(add("backup", cmd_backup, "take a backup"))
+
+def _backup_group(sub: Sub) -> None:
+    """``backup [create] | list | show`` and ``verify``."""
+    backup = commands_of(
+        group(
+            sub,
+            "backup",
+            "take a backup (backup [create] --kind K), list them, show one",
+            "Backups: `backup create --kind full|incremental` takes one (`backup --kind K` is the "
+            "same), `backup list` lists them, `backup show BACKUP` shows one.",
+        ),
+        "backup_command",
+        "what to do (default: create)",
+        default="create",
+    )
+    sp = _add_progress(command(backup, "create", cmd_backup, "take a backup"))
+    sp.set_defaults(operation="backup")  # the name of its progress line and events
     sp.add_argument(
         "--kind",
         choices=["full", "incremental"],
@@ -187,14 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["logical", "physical"],
         help="logical (pg_dump) or physical (pg_basebackup + WAL); default: BACKUPD_MODE",
     )
-    sp = add("list", cmd_list, "list backups, oldest first")
-    sp.add_argument("--all", action="store_true", help="include failed and interrupted attempts")
-    sp = add("show", cmd_show, "show one backup and its manifest summary")
-    sp.add_argument("backup_id", metavar="BACKUP_ID", help="a backup id (see list) or 'latest'")
-    sp = _add_progress(
-        add("verify", cmd_verify, "read back and authenticate backups (all of them by default)")
+    sp = command(backup, "list", cmd_list, "list backups, oldest first")
+    sp.add_argument(
+        "--attempts",
+        action="store_true",
+        help="also the attempts that did not commit (failed, interrupted, running)",
     )
-    sp.add_argument("backup_ids", nargs="*", metavar="BACKUP_ID", help="backup ids or 'latest'")
+    sp.add_argument("--all", dest="attempts", action="store_true", help=argparse.SUPPRESS)
+    sp = command(backup, "show", cmd_show, "show one backup and its manifest summary")
+    sp.add_argument("backup_id", metavar="BACKUP", help="a backup id (see backup list) or 'latest'")
+    sp = _add_progress(
+        command(sub, "verify", cmd_verify, "read back and authenticate backups (all of them by default)")
+    )
+    sp.add_argument("backup_ids", nargs="*", metavar="BACKUP", help="backup ids or 'latest'")
     sp.add_argument("--all", action="store_true", help="verify every backup (the default without ids)")
     sp.add_argument("--quick", action="store_true", help="only check that every object exists with its size")
     sp.add_argument(
@@ -203,10 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="continuous mode (the daemon's verify job): backups added since the last run, plus a "
         "rotating share of all objects (BACKUPD_VERIFY__FULL_SWEEP); exit 1 while a corrupt object is open",
     )
+
+
+def _restore_commands(sub: Sub) -> None:
+    """``restore``, ``recover``, ``drill`` and ``restore-point create|list``."""
     sp = _add_progress(
-        add("restore", cmd_restore, "restore a backup into a database, a file or a data directory")
+        command(sub, "restore", cmd_restore, "restore a backup into a database, a file or a data directory")
     )
-    sp.add_argument("backup", metavar="BACKUP_ID|latest", help="the backup to restore (see list)")
+    sp.add_argument(
+        "backup", metavar="BACKUP", help="the backup to restore: an id (see backup list) or 'latest'"
+    )
     sp.add_argument("--to-database", metavar="URL", help="libpq URI of the database to restore into")
     sp.add_argument("--to-file", metavar="PATH", help="write the pg_dump archive to PATH instead")
     sp.add_argument("--create", action="store_true", help="create the target database if it does not exist")
@@ -219,17 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recovery_target(
         sp, action_default="pause", keep_archiving="keep archive_mode of the backup (default: set it off)"
     )
-    sp = add("restore-point", cmd_restore_point, "create a named restore point on the server and record it")
-    sp.add_argument("name", metavar="NAME", help="the restore point's name (recover --target-name NAME)")
-    add("list-restore-points", cmd_list_restore_points, "list the recorded restore points, oldest first")
     sp = _add_progress(
-        add("recover", cmd_recover, "disaster recovery: restore the newest good backup, replay WAL, check")
+        command(
+            sub,
+            "recover",
+            cmd_recover,
+            "disaster recovery: restore the newest good backup, replay WAL, check",
+        )
     )
+    _add_backup_choice(sp, "this backup only, no fallback (default: the newest good one)")
     sp.add_argument("--pgdata", metavar="DIR", help="physical: a new data directory (absent or empty)")
     sp.add_argument("--to-database", metavar="URL", help="logical: the database to create (or an empty one)")
-    sp.add_argument(
-        "--backup", default="latest", metavar="ID", help="this one only, no fallback (default: newest)"
-    )
     _add_recovery_target(
         sp, action_default="promote", keep_archiving="the recovered server archives into this repository"
     )
@@ -240,13 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-url", metavar="URL", help="with --start: the recovered server (default BACKUPD_DATABASE_URL)"
     )
     sp = _add_progress(
-        add(
-            "restore-test", cmd_restore_test, "restore drill: restore into a scratch instance, check, time it"
+        command(
+            sub, "drill", cmd_restore_test, "restore drill: restore into a scratch instance, check, time it"
         )
     )
-    sp.add_argument(
-        "--backup", default="latest", metavar="ID|latest", help="the backup to drill (default: latest)"
-    )
+    _add_backup_choice(sp, "the backup to drill: an id or 'latest' (default)")
     sp.add_argument(
         "--target-time",
         default="random",
@@ -254,86 +440,141 @@ def build_parser() -> argparse.ArgumentParser:
         help="physical: a time (ISO 8601), a random point of the recovery window (default) or none "
         "(the end of the WAL archive)",
     )
-    sp = add("expire", cmd_expire, "plan retention (BACKUPD_RETENTION__*) and, with --confirm, apply it")
-    sp.add_argument("--confirm", action="store_true", help="delete what the plan says (default: print it)")
-    sp = add("wal-push", cmd_wal_push, "archive one WAL file (archive_command = '... wal-push %%p')")
+    points = commands_of(
+        group(
+            sub,
+            "restore-point",
+            "named restore points: create one, list them",
+            "Named restore points (recover --target-name NAME): `restore-point create NAME` creates "
+            "one on the server and records it (`restore-point NAME` is the same), `restore-point "
+            "list` lists them.",
+        ),
+        "restore_point_command",
+        "what to do (default: create)",
+        default="create",
+    )
+    sp = command(
+        points, "create", cmd_restore_point, "create a named restore point on the server and record it"
+    )
+    sp.add_argument("name", metavar="NAME", help="the restore point's name (recover --target-name NAME)")
+    command(points, "list", cmd_list_restore_points, "list the recorded restore points, oldest first")
+
+
+def _wal_group(sub: Sub) -> None:
+    """``wal push|fetch|stream|verify``."""
+    wal = commands_of(
+        group(
+            sub,
+            "wal",
+            "the WAL archive: push, fetch, stream, verify",
+            "The WAL archive: `wal push` (archive_command), `wal fetch` (restore_command), `wal "
+            "stream` (pg_receivewal on a slot), `wal verify` (gaps).",
+        ),
+        "wal_command",
+        "what to do with the WAL archive",
+    )
+    sp = command(wal, "push", cmd_wal_push, "archive one WAL file (archive_command = '... wal push %%p')")
     sp.add_argument("path", metavar="PATH", help="the WAL file PostgreSQL archives (%%p)")
-    sp = add(
-        "wal-fetch",
+    sp = command(
+        wal,
+        "fetch",
         cmd_wal_fetch,
-        "fetch one WAL file (restore_command = '... wal-fetch %%f %%p')",
-        json=False,
+        "fetch one WAL file (restore_command = '... wal fetch %%f %%p')",
+        json="print the result as JSON on stdout: file, status (fetched or not_archived), bytes",
     )
     sp.add_argument("name", metavar="NAME", help="the WAL file PostgreSQL asks for (%%f)")
     sp.add_argument("dest", metavar="DEST", help="where PostgreSQL wants it written (%%p)")
-    add(
-        "wal-stream",
+    command(
+        wal,
+        "stream",
         cmd_wal_stream,
         "stream WAL with pg_receivewal on a slot and archive each segment",
-        json=False,
+        json=JSON_LOGS_HELP,
     )
-    add("run", cmd_run, "run the daemon: scheduled backups, WAL, retention, metrics and health", json=False)
-    add("status", cmd_status, "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy")
-    add("check", cmd_check, "what the database role and storage may do; exit 1 naming what is missing")
-    sp = add("runs", cmd_runs, "list recorded runs of jobs (scheduled and manual), oldest first")
-    sp.add_argument("--limit", type=int, default=100, help="the newest N runs (default 100)")
-    sp.add_argument("--job", choices=list(JOB_NAMES), help="only this job")
-    walp = _group(sub, "wal", "WAL archive maintenance (wal verify)")
-    walsub = walp.add_subparsers(
-        dest="wal_command", required=True, metavar="SUBCOMMAND", help="the maintenance task"
-    )
-    sp = _command(
-        walsub,
+    command(
+        wal,
         "verify",
+        cmd_wal_verify,
         "check the WAL archive for gaps, per timeline",
         "List the archived WAL segments of each timeline and every gap between them. Exit 0 "
         "without gaps, 1 naming each gap (a point-in-time recovery cannot cross one).",
     )
-    sp.set_defaults(func=cmd_wal_verify)
-    cat = _group(sub, "catalog", "catalog maintenance (catalog rebuild)")
-    catsub = cat.add_subparsers(
-        dest="catalog_command", required=True, metavar="SUBCOMMAND", help="the maintenance task"
+
+
+def _catalog_group(sub: Sub) -> None:
+    cat = commands_of(
+        group(sub, "catalog", "catalog maintenance (catalog rebuild, catalog upgrade)"),
+        "catalog_command",
+        "the maintenance task",
     )
-    sp = _command(
-        catsub,
-        "rebuild",
-        "rebuild the catalog from the repository's manifests",
-        "Read every backup manifest of the repository and record the backups in the catalog "
-        "(BACKUPD_CATALOG_URL): after losing the catalog, or to point a new one at a repository. "
-        "The repository is the source of truth; nothing in it changes.",
+    _add_progress(
+        command(
+            cat,
+            "rebuild",
+            cmd_catalog_rebuild,
+            "rebuild the catalog from the repository's manifests",
+            "Read every backup manifest of the repository and record the backups in the catalog "
+            "(BACKUPD_CATALOG_URL): after losing the catalog, or to point a new one at a repository. "
+            "The repository is the source of truth; nothing in it changes.",
+        )
     )
-    _add_progress(sp)
-    sp.set_defaults(func=cmd_catalog_rebuild)
-    sp = add("audit", cmd_audit, "list the audit trail (every operation: who, when, what, outcome)")
+    command(
+        cat,
+        "upgrade",
+        cmd_catalog_upgrade,
+        "bring the catalog's schema to this version (read-only commands never do)",
+        "Apply the catalog's pending schema revisions and attribute its rows from before "
+        "repositories were recorded. Every command that writes does this on its own; read-only "
+        "ones (backup list, runs list, status, ...) refuse an older catalog and name this command.",
+    )
+
+
+def _audit_group(sub: Sub) -> None:
+    audit = commands_of(
+        group(
+            sub,
+            "audit",
+            "the audit trail (every operation: who, when, what, outcome): list, verify",
+            "The tamper-evident audit trail: `audit list` lists it (`audit` alone is the same), "
+            "`audit verify` checks its hash chain.",
+        ),
+        "audit_command",
+        "what to do (default: list)",
+        default="list",
+    )
+    sp = command(audit, "list", cmd_audit, "list the audit trail, oldest first")
     sp.add_argument(
         "--since", metavar="T", help="only records from T on: a time, or a duration before now (7d)"
     )
-    auditsub = sp.add_subparsers(
-        dest="audit_command", metavar="SUBCOMMAND", help="audit verify: check the chain (optional)"
-    )
-    asp = _command(
-        auditsub,
+    command(
+        audit,
         "verify",
+        cmd_audit_verify,
         "recompute the audit chain; exit 1 naming the first bad record",
         "Recompute the hash chain of the audit trail, record by record. Exit 0 when every record "
         "is intact, 1 naming the first record that was changed, removed or inserted.",
     )
-    asp.set_defaults(func=cmd_audit_verify)
-    cfg = _group(sub, "config", "settings (config show)")
-    cfgsub = cfg.add_subparsers(
-        dest="config_command", required=True, metavar="SUBCOMMAND", help="what to do with the settings"
-    )
-    sp = _command(
-        cfgsub,
-        "show",
-        "print the resolved settings and their sources, secrets masked",
-        "Print every setting with its value and where it came from (environment, config file, "
-        "credential file or default). Secrets are masked.",
-    )
-    sp.set_defaults(func=cmd_config_show)
-    register_keys(sub, dict(cmd_keys))
-    register_migrate(sub, add)
-    return p
+
+
+# Long-running commands with no result: their --json makes the log lines JSON.
+JSON_LOGS = (cmd_run, cmd_wal_stream)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed, old spellings resolved: the namespace a command's function gets."""
+    parser = build_parser()
+    return normalize(parser, parser.parse_args(list(argv)))
+
+
+def normalize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Merge ``--backup ID`` (the old spelling) into the positional ``BACKUP`` (default latest)."""
+    if "backup_option" in args:
+        option = args.backup_option
+        del args.backup_option
+        if option is not None and args.backup not in (None, option):
+            parser.error(f"the backup is named twice ({args.backup!r} and --backup {option!r}): name it once")
+        args.backup = args.backup or option or "latest"
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,21 +605,16 @@ def _configure_progress(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command_argv = None
-    if "migrate" in argv and "--" in argv and argv.index("migrate") < argv.index("--"):
-        # `migrate [OPTIONS] -- COMMAND ...`: everything after `--` is the migration command.
-        cut = argv.index("--")
-        argv, command_argv = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
-    args.migrate_command_argv = command_argv
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         from contentflow_backupd import wiring
         from contentflow_backupd.settings import load_settings
 
         settings, file_data = load_settings(args.config)
         args.file_data = file_data
+        if getattr(args, "json", False) and args.func in JSON_LOGS:
+            # `run --json`, `wal stream --json`: no result to print, so --json is the log format.
+            settings = settings.model_copy(update={"log": settings.log.model_copy(update={"format": "json"})})
         tracked = hasattr(args, "no_progress")
         if tracked:
             _configure_progress(args, settings)
@@ -389,8 +625,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return int(args.func(args, settings))
         from contentflow_backupd.observability import progress
 
-        operation = " ".join(
-            str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p
+        operation = (
+            getattr(args, "operation", None)
+            or getattr(args, "old_spelling", None)
+            or " ".join(str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p)
         )
         with progress.tracking(operation):
             return int(args.func(args, settings))

@@ -57,7 +57,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.ops.audit import list_events
 
     since = parse_since(args.since) if args.since else None
-    catalog = wiring.open_catalog(settings)
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
         events = list_events(catalog, since=since)
     finally:
@@ -81,7 +81,7 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.ops.audit import check_audit_copy, verify_audit
 
-    catalog = wiring.open_catalog(settings)
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
         result = verify_audit(catalog)
         copy = check_audit_copy(wiring.open_repository(settings), catalog)

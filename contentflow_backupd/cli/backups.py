@@ -1,5 +1,5 @@
-"""Commands on the repository and its backups: init, backup, list, show, verify, catalog rebuild,
-config show."""
+"""Commands on the repository and its backups: init, backup create|list|show, verify, catalog
+rebuild|upgrade, config show."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from contentflow_backupd.cli.output import (
+    as_reaped,
     human_age,
     human_bytes,
     human_duration,
@@ -89,14 +90,14 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
     from contentflow_backupd import wiring
     from contentflow_backupd.model import iso
-    from contentflow_backupd.ops.backup.run import reap_interrupted
     from contentflow_backupd.timespec import parse_duration
 
-    catalog = wiring.open_catalog(settings)
+    # Read-only: no schema upgrade, no reaping, no scope remembered (``as_reaped`` shows what a
+    # writing command will record).
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
-        reap_interrupted(catalog)
-        scope = wiring.scope(settings, catalog)
-        records = catalog.list_backups(scope, None if args.all else ["succeeded"])
+        scope = wiring.scope(settings, catalog, read_only=True)
+        records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
     finally:
         catalog.close()
     _warn_if_catalog_stale(settings, {r.id for r in records if r.status == "succeeded"})
@@ -167,12 +168,15 @@ def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
+    from contentflow_backupd.ops.restore.logical import resolve_backup_id
     from contentflow_backupd.repository import layout
 
-    layout.check_backup_id(args.backup_id)
+    if args.backup_id != "latest":
+        layout.check_backup_id(args.backup_id)  # before opening anything
     repo = wiring.open_repository(settings)
-    manifest = repo.read_manifest(settings.cluster, args.backup_id)
-    key = layout.manifest_key(settings.cluster, args.backup_id)
+    backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup_id)
+    manifest = repo.read_manifest(settings.cluster, backup_id)
+    key = layout.manifest_key(settings.cluster, backup_id)
     out = manifest.to_record(key).to_json()
     out["manifest"] = {
         "key": key,
@@ -364,6 +368,28 @@ def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         for u in result.unreadable:
             print(f"  unreadable: {u['key']}: {u['error']}")
     return EXIT_FAILED if result.unreadable else EXIT_OK
+
+
+def cmd_catalog_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    """What every writing command does on its way, as a command of its own: the schema brought
+    to the newest revision, this repository's id remembered, old rows attributed."""
+    from contentflow_backupd import wiring
+    from contentflow_backupd.catalog.sql import head_revision
+
+    catalog = wiring.open_catalog(settings)
+    try:
+        scope = wiring.scope(settings, catalog)
+    finally:
+        catalog.close()
+    out = {"revision": head_revision(), "repository_id": scope.repository_id, "cluster": scope.cluster}
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"catalog at revision {out['revision']}, rows of repository {scope.repository_id} "
+            f"and cluster {scope.cluster!r} attributed"
+        )
+    return EXIT_OK
 
 
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,4 +1,4 @@
-"""Daemon commands: run, runs, status, expire."""
+"""Daemon commands: run, runs list, status, expire."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from contentflow_backupd.cli.output import (
+    as_reaped,
     human_age,
     human_bytes,
     human_duration,
@@ -36,16 +37,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
-    from contentflow_backupd.ops.backup.run import reap_interrupted
 
-    catalog = wiring.open_catalog(settings)
+    # Read-only (see cmd_list); --job filters in the query, before --limit.
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
-        reap_interrupted(catalog)
-        runs = catalog.list_runs(wiring.scope(settings, catalog), limit=args.limit)
+        scope = wiring.scope(settings, catalog, read_only=True)
+        runs = as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
     finally:
         catalog.close()
-    if args.job:
-        runs = [r for r in runs if r.job == args.job]
     if args.json:
         print_json([r.to_json() for r in runs])
         return EXIT_OK
@@ -86,7 +85,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     storage = wiring.open_storage(settings)
     catalog = None
     try:
-        catalog = wiring.open_catalog(settings)
+        catalog = wiring.open_catalog(settings, read_only=True)
     except BackupdError as exc:
         log.warning("catalog_unavailable", error=exc.message)
     try:
@@ -102,7 +101,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             # Only rows of this repository and cluster count; a repository never read at this URL
             # has none (the report then says the catalog state is unknown).
             scope = (
-                resolve_scope(storage, readable, settings.cluster, required=False)
+                resolve_scope(storage, readable, settings.cluster, required=False, read_only=True)
                 if readable is not None
                 else None
             )

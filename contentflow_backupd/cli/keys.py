@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from contentflow_backupd.cli import JSON_HELP
+from contentflow_backupd.cli import JSON_HELP, commands_of
 from contentflow_backupd.cli.output import human_age, human_time, print_json, render_table
 from contentflow_backupd.errors import EXIT_OK, BackupdError, UsageError
 from contentflow_backupd.settings import Settings
@@ -27,9 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands:
         description="The repository's key-encryption keys (what opens it: passphrases, key files, KMS "
         "keys) and data keys (what encrypts the objects): list, add, remove, rotate.",
     )
-    ksub = kp.add_subparsers(
-        dest="keys_command", required=True, metavar="SUBCOMMAND", help="what to do with the keys"
-    )
+    ksub = commands_of(kp, "keys_command", "what to do with the keys")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         sp = ksub.add_parser(name, help=help_, description=help_)

@@ -1,22 +1,19 @@
-"""The ``migrate`` command group: ``migrate check`` (and, from the guard, the bare
-``migrate ... -- COMMAND`` form and more subcommands on the same group)."""
+"""The ``migrate`` command group: ``migrate run|check|rollback|list|batch``."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from contentflow_backupd.cli import JSON_HELP
+from contentflow_backupd.cli import JSON_HELP, commands_of
 from contentflow_backupd.cli.migrate_batch import register_batch
 from contentflow_backupd.cli.migrate_run import (
     add_history_parser,
     add_rollback_parser,
-    add_run_arguments,
-    cmd_migrate_run,
+    add_run_parser,
 )
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK
@@ -24,36 +21,24 @@ from contentflow_backupd.settings import Settings
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
-AddCommand = Callable[[str, Callable[[argparse.Namespace, Settings], int], str], argparse.ArgumentParser]
 
-
-def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
-    """Add the ``migrate`` group to the top-level subparsers ``sub``; return its parser. Its
-    subcommands live on ``parser.migrate_subparsers`` so more can be added to the same group.
-    ``add`` (the top-level helper of ``cli.build_parser``) is for sibling top-level commands."""
-    del add
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``migrate`` group to the top-level subparsers ``sub``; return its parser.
+    ``migrate [OPTIONS] -- COMMAND`` (the spelling of earlier versions) is ``migrate run``, the
+    group's default subcommand; ``migrate history`` is a hidden alias of ``migrate list``."""
     mp: argparse.ArgumentParser = sub.add_parser(
         "migrate",
         help="guard Prisma schema migrations (`migrate check`: is deploying safe?)",
-        description="Guard Prisma schema migrations: `migrate [OPTIONS] -- COMMAND ...` runs COMMAND "
-        "(e.g. npx prisma migrate deploy) after pre-flight checks and a safety net, validates the "
-        "result and rolls back on failure; `migrate check`, `migrate rollback`, `migrate batch`.",
-        usage="contentflow-backupd migrate [OPTIONS] -- COMMAND ... | migrate SUBCOMMAND ...",
+        description="Guard Prisma schema migrations: `migrate run [OPTIONS] -- COMMAND ...` runs "
+        "COMMAND (e.g. npx prisma migrate deploy) after pre-flight checks and a safety net, validates "
+        "the result and rolls back on failure (`migrate [OPTIONS] -- COMMAND ...` is the same); "
+        "`migrate check`, `migrate rollback`, `migrate list`, `migrate batch`.",
     )
-    mp.set_defaults(func=cmd_migrate_run)
-    add_run_arguments(mp)
-    # prog: without it argparse builds the subcommands' names from the custom usage above
-    # ("migrate [OPTIONS] -- COMMAND ... | migrate SUBCOMMAND ... check").
-    msub = mp.add_subparsers(
-        dest="migrate_command",
-        metavar="SUBCOMMAND",
-        prog="contentflow-backupd migrate",
-        help="check, rollback, history, batch (optional: without one, guard COMMAND)",
+    msub = commands_of(
+        mp, "migrate_command", "run (the default), check, rollback, list, batch", default="run"
     )
-    mp.set_defaults(migrate_subparsers=msub)
-    add_rollback_parser(msub)
-    add_history_parser(msub)
-    register_batch(msub)
+    msub.hidden["history"] = ("list",)
+    add_run_parser(msub)
     sp = msub.add_parser(
         "check",
         help="report applied, pending, modified, missing, failed and risky migrations; exit 1 unless safe",
@@ -65,6 +50,9 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     )
     sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(func=cmd_migrate_check)
+    add_rollback_parser(msub)
+    add_history_parser(msub)
+    register_batch(msub)
     return mp
 
 

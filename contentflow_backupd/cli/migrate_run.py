@@ -1,5 +1,5 @@
-"""``migrate [--dry-run] ... -- COMMAND`` and ``migrate rollback``: wiring settings into the guard
-(``migrate/guard.py``) and printing its result."""
+"""``migrate run [--dry-run] ... -- COMMAND``, ``migrate rollback`` and ``migrate list``: wiring
+settings into the guard (``migrate/guard.py``) and printing its result."""
 
 from __future__ import annotations
 
@@ -17,8 +17,18 @@ from contentflow_backupd.settings import Settings
 log = structlog.get_logger("contentflow_backupd.cli")
 
 
-def add_run_arguments(mp: argparse.ArgumentParser) -> None:
-    """The options of the bare ``migrate ... -- COMMAND`` form, on the group's parser."""
+def add_run_parser(msub: Any) -> None:
+    """``migrate run [OPTIONS] -- COMMAND ...``: argparse takes everything after ``--`` as the
+    migration command (options of COMMAND included)."""
+    mp = msub.add_parser(
+        "run",
+        help="guard one migration: checks, a safety net, COMMAND, validation, rollback on failure",
+        description="Run COMMAND (e.g. npx prisma migrate deploy), given after `--`, under the guard: "
+        "pre-flight checks (exit 4 when refused), a safety net (backup or restore point), COMMAND "
+        "with lock_timeout in force, validation, rollback with down.sql or a recovery plan. "
+        "`migrate [OPTIONS] -- COMMAND ...` is the same.",
+    )
+    mp.set_defaults(func=cmd_migrate_run)
     mp.add_argument("--migrations-dir", type=Path, metavar="DIR", help="e.g. prisma/migrations")
     mp.add_argument(
         "--dry-run",
@@ -39,6 +49,12 @@ def add_run_arguments(mp: argparse.ArgumentParser) -> None:
         "the migration and rolls it back; default: keep it, status unverified, exit 3",
     )
     mp.add_argument("--json", action="store_true", help=JSON_HELP)
+    mp.add_argument(
+        "migrate_command_argv",
+        nargs="*",
+        metavar="-- COMMAND",
+        help="the migration command and its arguments, after `--`",
+    )
 
 
 def add_rollback_parser(msub: Any) -> None:
@@ -52,7 +68,7 @@ def add_rollback_parser(msub: Any) -> None:
         "--to-restore-point",
         required=True,
         metavar="NAME",
-        help="the safety net's restore point, pre-migrate-<id> (see migrate history)",
+        help="the safety net's restore point, pre-migrate-<id> (see migrate list)",
     )
     sp.add_argument("--confirm", action="store_true", help="do it (default: print the plan)")
     sp.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -61,10 +77,11 @@ def add_rollback_parser(msub: Any) -> None:
 
 def add_history_parser(msub: Any) -> None:
     sp = msub.add_parser(
-        "history",
+        "list",
         help="the recorded migrate runs (the audit record): who, what, when, outcome",
         description="List the recorded migrate runs of the cluster, oldest first: who ran them, the "
-        "migrations with their checksums, the safety net and the outcome.",
+        "migrations with their checksums, the safety net and the outcome. (`migrate history`, the "
+        "spelling of earlier versions, is the same.)",
     )
     sp.add_argument("--limit", type=int, default=50, help="the newest N runs (default 50)")
     sp.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -74,9 +91,10 @@ def add_history_parser(msub: Any) -> None:
 def cmd_migrate_history(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
 
-    catalog = wiring.open_catalog(settings)
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
-        runs = catalog.list_migration_runs(wiring.scope(settings, catalog), limit=args.limit)
+        scope = wiring.scope(settings, catalog, read_only=True)
+        runs = catalog.list_migration_runs(scope, limit=args.limit)
     finally:
         catalog.close()
     if args.json:
@@ -101,8 +119,8 @@ def cmd_migrate_run(args: argparse.Namespace, settings: Settings) -> int:
     if not command:
         raise UsageError(
             "migrate: no migration command after `--`",
-            hint="e.g. `contentflow-backupd migrate --migrations-dir prisma/migrations -- npx prisma "
-            "migrate deploy`, or `migrate check --migrations-dir DIR`",
+            hint="e.g. `contentflow-backupd migrate run --migrations-dir prisma/migrations -- npx "
+            "prisma migrate deploy`, or `migrate check --migrations-dir DIR`",
         )
     if args.migrations_dir is None:
         raise UsageError(

@@ -6,11 +6,35 @@ import json
 import sys
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+if TYPE_CHECKING:
+    from contentflow_backupd.model import BackupRecord, RunRecord
+
 log = structlog.get_logger("contentflow_backupd.cli")
+
+Record = TypeVar("Record", "BackupRecord", "RunRecord")
+
+
+def as_reaped(records: list[Record]) -> list[Record]:
+    """``records`` as ``reap_interrupted`` would record them, without writing (read-only
+    commands never write): a ``running`` one whose process is gone reads ``interrupted``. The
+    next command that writes records it so."""
+    import dataclasses
+    import socket
+
+    from contentflow_backupd.catalog.sql import INTERRUPTED_ERROR
+    from contentflow_backupd.ops.locks import pid_alive
+
+    host = socket.gethostname()
+    return [
+        dataclasses.replace(r, status="interrupted", error=INTERRUPTED_ERROR)
+        if r.status == "running" and not pid_alive(r.pid, r.host, host)
+        else r
+        for r in records
+    ]
 
 
 def print_json(data: Any) -> None:

@@ -162,7 +162,7 @@ def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
         print_json(result.to_json())
         return EXIT_OK
     point = result.point
-    state = "archived" if result.archived else "NOT archived yet: check archive_command or wal-stream"
+    state = "archived" if result.archived else "NOT archived yet: check archive_command or wal stream"
     print(f"restore point {point.name!r} at {point.lsn}, timeline {point.timeline}; {result.segment} {state}")
     return EXIT_OK
 
@@ -171,9 +171,9 @@ def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int
     from contentflow_backupd import wiring
     from contentflow_backupd.ops.wal.restore_points import list_restore_points
 
-    catalog = wiring.open_catalog(settings)
+    catalog = wiring.open_catalog(settings, read_only=True)
     try:
-        points = list_restore_points(catalog, wiring.scope(settings, catalog))
+        points = list_restore_points(catalog, wiring.scope(settings, catalog, read_only=True))
     finally:
         catalog.close()
     if args.json:

@@ -1,4 +1,5 @@
-"""WAL archive commands: wal-push, wal-fetch, wal-stream, wal verify."""
+"""WAL archive commands: wal push, wal fetch, wal stream, wal verify (and their old spellings
+wal-push, wal-fetch, wal-stream)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,16 @@ def cmd_wal_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd.ops.wal.archive import fetch_wal_file
 
     try:
-        fetch_wal_file(wiring.open_wal_archive(settings), args.name, Path(args.dest))
+        size = fetch_wal_file(wiring.open_wal_archive(settings), args.name, Path(args.dest))
     except ObjectNotFound:
         log.info("wal_not_archived", wal=args.name)
+        if args.json:
+            print_json({"file": args.name, "status": "not_archived", "bytes": None})
         return EXIT_FAILED
     except BackupdError as exc:
         raise RecoveryMustStop(f"wal-fetch {args.name}: {exc.message}; stopping recovery") from None
+    if args.json:
+        print_json({"file": args.name, "status": "fetched", "bytes": size})
     return EXIT_OK
 
 

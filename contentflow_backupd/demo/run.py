@@ -151,7 +151,7 @@ def main() -> int:
     )
     print(
         f"Try: BACKUPD_REPOSITORY=file://{DEMO_DIR}/repo BACKUPD_STATE_DIR={DEMO_DIR}/state "
-        f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE={passfile} contentflow-backupd list"
+        f"BACKUPD_ENCRYPTION__PASSPHRASE_FILE={passfile} contentflow-backupd backup list"
     )
     return 0 if same else 1
 

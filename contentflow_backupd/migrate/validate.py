@@ -78,7 +78,7 @@ def _not_run(why: str, exc: BackupdError) -> CheckResult:
         "schema_matches_migrations",
         "not_run",
         f"could not run: {why}: {exc.message}{hint}. What to do: fix that cause, and compare the "
-        "live schema with the migrations yourself (`migrate history --json` holds the schema diff); "
+        "live schema with the migrations yourself (`migrate list --json` holds the schema diff); "
         "this proves nothing either way, so the migration is kept unless --strict-checks is given",
     )
 

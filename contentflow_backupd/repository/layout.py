@@ -38,7 +38,7 @@ def check_backup_id(text: str) -> str:
     if not is_backup_id(text):
         raise BackupNotFound(
             f"backup {text!r} not found: it is not a backup id",
-            hint="backup ids look like 20261124T054459Z-full-3a9c1b; see `contentflow-backupd list`",
+            hint="backup ids look like 20261124T054459Z-full-3a9c1b; see `contentflow-backupd backup list`",
         )
     return text
 

@@ -290,7 +290,7 @@ class Repository:
         except ObjectNotFound:
             raise BackupNotFound(
                 f"backup {backup_id} not found in cluster {cluster!r} of {self.storage.url}",
-                hint="list backups with `contentflow-backupd list`",
+                hint="list backups with `contentflow-backupd backup list`",
             ) from None
         try:
             manifest = Manifest.from_dict(json.loads(data))

@@ -236,6 +236,47 @@ def test_list_runs_limit_keeps_the_newest_oldest_first(catalog: Catalog) -> None
     assert catalog.list_runs(Scope(REPO_ID, "main"), limit=0) == []
 
 
+def test_list_runs_of_one_job_filters_before_the_limit(catalog: Catalog) -> None:
+    """``runs list --job J --limit N``: the newest N runs of J, not J's runs among the newest N."""
+    scope = Scope(REPO_ID, "main")
+    fulls = [catalog.start_run(scope, "full", "scheduled").id for _ in range(2)]
+    others = [catalog.start_run(scope, "incremental", "scheduled").id for _ in range(3)]
+    assert [r.id for r in catalog.list_runs(scope, limit=2, job="full")] == fulls
+    assert [r.id for r in catalog.list_runs(scope, limit=1, job="full")] == fulls[-1:]
+    assert [r.id for r in catalog.list_runs(scope, job="incremental")] == others
+    assert catalog.list_runs(scope, limit=2, job="verify") == []
+
+
+# -- read-only opening -----------------------------------------------------------------------
+
+
+def test_a_read_only_open_of_a_missing_sqlite_catalog_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "catalog.sqlite"
+    catalog = open_catalog(f"sqlite:///{path}", read_only=True)
+    try:
+        assert catalog.list_runs(Scope(REPO_ID, "main")) == []
+        assert catalog.list_backups(Scope(REPO_ID, "main")) == []
+    finally:
+        catalog.close()
+    assert not path.parent.exists()
+
+
+def test_a_read_only_open_refuses_an_older_schema_and_changes_nothing(catalog_url: str, backend: str) -> None:
+    from tests.catalog.test_scope import catalog_at_0007
+
+    catalog_at_0007(catalog_url)
+    database = catalog_url.removeprefix("sqlite:///") if backend == "sqlite" else None
+    before = Path(database).read_bytes() if database else None
+    with pytest.raises(CatalogError, match="revision 0007") as raised:
+        open_catalog(catalog_url, read_only=True)
+    assert "catalog upgrade" in (raised.value.hint or "")
+    if database:
+        assert Path(database).read_bytes() == before
+    opened = open_catalog(catalog_url)  # a writing command upgrades it
+    opened.close()
+    open_catalog(catalog_url, read_only=True).close()
+
+
 def test_finish_unknown_run_is_a_catalog_error(catalog: Catalog) -> None:
     with pytest.raises(CatalogError, match="no run with id 999"):
         catalog.finish_run(999, "succeeded")

@@ -58,10 +58,14 @@ def _check_postgres_can_run_the_tool() -> None:
 
 @contextmanager
 def physical_setup(
-    extra_conf: dict[str, str] | None = None, archive: bool = True, bin_dir: Path | None = None
+    extra_conf: dict[str, str] | None = None,
+    archive: bool = True,
+    bin_dir: Path | None = None,
+    push: str = "wal-push",
 ) -> Iterator[PhysicalSetup]:
     """``bin_dir``: the PostgreSQL binaries of the cluster, also the tool's ``pg_bin`` (default:
-    the newest Debian server, with the tool finding its own)."""
+    the newest Debian server, with the tool finding its own). ``push``: the spelling of the
+    archive_command's verb (``wal-push``, as in configurations in the wild, or ``wal push``)."""
     _check_postgres_can_run_the_tool()
     base = Path(tempfile.mkdtemp(prefix="backupd-phys-"))
     os.chmod(base, 0o755)  # the postgres user works here
@@ -87,7 +91,7 @@ def physical_setup(
     conf = {
         "wal_level": "replica",
         "archive_mode": "on" if archive else "off",
-        "archive_command": f"'{command_path()} --config {config} wal-push %p'",
+        "archive_command": f"'{command_path()} --config {config} {push} %p'",
         "max_wal_senders": "10",
     }
     conf.update(extra_conf or {})

@@ -61,7 +61,7 @@ def setup(request: pytest.FixtureRequest, pg: PgCluster, pg_db: str) -> Iterator
         user=user,
     )
     cli.run("init", check=True)
-    cli.run("list", check=True)  # opens the catalog: makes the state directory
+    cli.run("catalog", "upgrade", check=True)  # opens the catalog for writing: makes the state directory
     st = (base / "state").stat()
     assert stat.S_IMODE(st.st_mode) == 0o700
     assert st.st_uid == (0 if user is None else pwd.getpwnam(user).pw_uid)
@@ -79,10 +79,14 @@ def add(migrations: Path, name: str, sql: str, down: str | None = None) -> None:
         (folder / "down.sql").write_text(down)
 
 
-def migrate(cli: Cli, migrations: Path, *options: str, env: dict[str, str] | None = None) -> Result:
+def migrate(
+    cli: Cli, migrations: Path, *options: str, env: dict[str, str] | None = None, verb: tuple[str, ...] = ()
+) -> Result:
+    """``migrate [OPTIONS] -- COMMAND`` (the spelling of earlier versions), or with ``verb``
+    ``("run",)``, ``migrate run [OPTIONS] -- COMMAND``."""
     return cli.run(
-        "migrate", "--migrations-dir", str(migrations), "--json", *options, "--", *PRISMA, str(migrations),
-        env=env,
+        "migrate", *verb, "--migrations-dir", str(migrations), "--json", *options, "--", *PRISMA,
+        str(migrations), env=env,
     )  # fmt: skip
 
 
@@ -141,7 +145,7 @@ def test_pending_migrations_are_applied_with_the_safety_net_recorded(
     }
 
     add(migrations, "20261102000000_summary", ADD_COLUMN)
-    second = migrate(cli, migrations).json()
+    second = migrate(cli, migrations, verb=("run",)).json()
     assert second["status"] == "applied" and second["applied"] == ["20261102000000_summary"]
     assert ("Post", "summary", "text") in schema(pg, pg_db)
     again = migrate(cli, migrations)
@@ -165,6 +169,7 @@ def test_pending_migrations_are_applied_with_the_safety_net_recorded(
     assert rows(pg, pg_db, settings) == [(0,)]
     history = cli.run("migrate", "history", "--json", check=True).json()
     assert [h["status"] for h in history] == ["applied", "applied", "noop"]
+    assert cli.run("migrate", "list", "--json", check=True).json() == history
     assert history[1]["actor"] == run.actor and "schema_before" not in history[1]
 
 
@@ -344,10 +349,11 @@ def _fingerprint(pg: PgCluster, db: str) -> Any:
 
 def test_usage_errors_exit_2(setup: tuple[Cli, Path]) -> None:
     cli, migrations = setup
-    no_command = cli.run("migrate", "--migrations-dir", str(migrations))
-    assert no_command.returncode == 2 and "after `--`" in no_command.stderr
-    no_dir = cli.run("migrate", "--", "true")
-    assert no_dir.returncode == 2 and "--migrations-dir" in no_dir.stderr
+    for verb in ((), ("run",)):
+        no_command = cli.run("migrate", *verb, "--migrations-dir", str(migrations))
+        assert no_command.returncode == 2 and "after `--`" in no_command.stderr
+        no_dir = cli.run("migrate", *verb, "--", "true")
+        assert no_dir.returncode == 2 and "--migrations-dir" in no_dir.stderr
     unknown = cli.run("migrate", "rollback", "--to-restore-point", "pre-migrate-nope", "--confirm")
     assert unknown.returncode == 2 and "pre-migrate-nope" in unknown.stderr
 

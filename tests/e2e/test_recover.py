@@ -275,7 +275,8 @@ def test_recover_skips_a_backup_with_an_open_corrupt_object(lost: Lost) -> None:
 def test_logical_recover_into_a_new_database(cli: Cli, pg: PgCluster, pg_db: str) -> None:
     cli.run("init", check=True)
     helpers.seed(pg, pg_db, size_mb=2)
-    cli.ok_json("backup", "--kind", "full")
+    older = cli.ok_json("backup", "--kind", "full")
+    older_sums = helpers.checksums(pg, pg_db)
     helpers.change(pg, pg_db)
     next_second()
     newest = cli.ok_json("backup", "--kind", "full")
@@ -293,6 +294,15 @@ def test_logical_recover_into_a_new_database(cli: Cli, pg: PgCluster, pg_db: str
         assert again.returncode != 0 and "refusing" in again.stderr, str(again)
     finally:
         pg.drop_database(target)
+    # A given backup: named by the positional BACKUP, or by --backup (the old spelling).
+    for i, named in enumerate(([older["id"]], ["--backup", older["id"]])):
+        target = f"{pg_db}_given_{i}"
+        try:
+            out = cli.ok_json("recover", *named, "--to-database", pg.url(target))
+            assert out["backup_id"] == older["id"] and out["status"] == "succeeded", out
+            assert helpers.checksums(pg, target) == older_sums
+        finally:
+            pg.drop_database(target)
 
 
 def test_logical_recover_falls_back_when_the_newest_backup_is_damaged(

@@ -153,8 +153,9 @@ def test_a_catalog_at_0007_with_rows_is_upgraded_and_reports_only_this_repositor
     cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
 ) -> None:
     """A catalog written before revision 0008 (no repository ids), shared with another
-    repository: the first command upgrades it, and lists the backups whose manifests this
-    repository holds, and the runs that name them, and nothing else."""
+    repository: a read-only command refuses it unchanged, naming `catalog upgrade`; that
+    upgrades it, and the listings show the backups whose manifests this repository holds, and
+    the runs that name them, and nothing else."""
     from tests.catalog.test_scope import FOREIGN, catalog_at_0007
 
     seed(pg, pg_db, size_mb=1)
@@ -163,6 +164,15 @@ def test_a_catalog_at_0007_with_rows_is_upgraded_and_reports_only_this_repositor
     old = tmp_path / "old" / "catalog.sqlite"
     catalog_at_0007(f"sqlite:///{old}", [ours["id"], FOREIGN])
     cli.env["BACKUPD_CATALOG_URL"] = f"sqlite:///{old}"
+
+    before = old.read_bytes()
+    for read in (["list"], ["backup", "list"], ["runs"], ["runs", "list"], ["restore-point", "list"]):
+        refused = cli.run(*read)
+        assert refused.returncode == 1, str(refused)
+        assert "revision 0007" in refused.stderr and "catalog upgrade" in refused.stderr, str(refused)
+    assert old.read_bytes() == before
+    upgraded = cli.ok_json("catalog", "upgrade")
+    assert upgraded["repository_id"] == repository_scope(cli.env).repository_id
 
     assert [b["id"] for b in cli.ok_json("list")] == [ours["id"]]
     assert [b["id"] for b in cli.ok_json("list", "--all")] == [ours["id"]]

@@ -34,7 +34,7 @@ def test_every_command_and_option_is_described(parser: argparse.ArgumentParser) 
     assert (parser.description or "").strip(), f"{parser.prog}: no description"
     for action in parser._actions:
         if action.help == argparse.SUPPRESS:
-            continue  # a hidden, documented no-op (run --json)
+            continue  # a hidden alias of an old spelling (list --all, drill --backup)
         name = "/".join(action.option_strings) or action.dest
         assert (action.help or "").strip(), f"{parser.prog} {name}: no help text"
         if isinstance(action, argparse._SubParsersAction):

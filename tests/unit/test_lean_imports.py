@@ -94,9 +94,12 @@ def config(tmp_path: Path) -> Path:
     return cfg
 
 
-def test_wal_push_to_a_local_repository_imports_no_heavy_library(tmp_path: Path, config: Path) -> None:
+@pytest.mark.parametrize("push", [["wal", "push"], ["wal-push"]], ids=" ".join)
+def test_wal_push_to_a_local_repository_imports_no_heavy_library(
+    tmp_path: Path, config: Path, push: list[str]
+) -> None:
     segment = wal_segment(tmp_path / "000000010000000000000001")
-    report, out = run_cli("--config", str(config), "wal-push", "--json", str(segment))
+    report, out = run_cli("--config", str(config), *push, "--json", str(segment))
     assert json.loads(out) == {"file": segment.name, "status": "stored"}
     assert imported(report, "contentflow_backupd.repository.walarchive")  # the probe sees imports
     heavy = [name for name in NOT_IMPORTED if imported(report, name)]
@@ -107,8 +110,15 @@ def test_the_pushed_segment_reads_back(tmp_path: Path, config: Path) -> None:
     segment = wal_segment(tmp_path / "000000010000000000000002")
     run_cli("--config", str(config), "wal-push", str(segment))
     dest = tmp_path / "fetched"
-    run_cli("--config", str(config), "wal-fetch", segment.name, str(dest))
+    report, _ = run_cli("--config", str(config), "wal-fetch", segment.name, str(dest))
     assert dest.read_bytes() == segment.read_bytes()
+    heavy = [name for name in NOT_IMPORTED if imported(report, name)]
+    assert heavy == [], f"wal-fetch imported {heavy}"
+    again = tmp_path / "fetched-again"
+    report, out = run_cli("--config", str(config), "wal", "fetch", "--json", segment.name, str(again))
+    assert json.loads(out) == {"file": segment.name, "status": "fetched", "bytes": SEGMENT_SIZE}
+    assert again.read_bytes() == segment.read_bytes()
+    assert [name for name in NOT_IMPORTED if imported(report, name)] == []
 
 
 def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -30,12 +30,14 @@ _ADOPTED_KEY = "rows_attributed:"
 
 
 def resolve_scope(
-    storage: Storage, catalog: ScopeCatalog, cluster: str, *, required: bool = True
+    storage: Storage, catalog: ScopeCatalog, cluster: str, *, required: bool = True, read_only: bool = False
 ) -> Scope | None:
     """The scope of ``cluster`` in the repository at ``storage``: its id from ``repo.json``
     (remembered in the catalog), else the id the catalog remembers for this URL (with a
     warning), else the error of reading ``repo.json`` (``required``) or None. Rows of the
-    cluster from before revision 0008 are attributed on the way (``adopt_old_rows``)."""
+    cluster from before revision 0008 are attributed on the way (``adopt_old_rows``).
+    ``read_only`` (commands that only read): the catalog is not written; old rows not yet
+    attributed are not reported, with a warning naming ``catalog upgrade``."""
     key = _SEEN_KEY + storage.url
     try:
         repository_id = Repository.read_config(storage).repository_id
@@ -53,11 +55,25 @@ def resolve_scope(
             error=exc.message,
         )
         return Scope(remembered, cluster)
+    scope = Scope(repository_id, cluster)
+    if read_only:
+        if _adoption_pending(catalog, scope):
+            log.warning(
+                "catalog_rows_unattributed",
+                cluster=cluster,
+                hint="rows from before repositories were recorded are not shown until a writing "
+                "command attributes them: run `contentflow-backupd catalog upgrade`",
+            )
+        return scope
     if catalog.get_meta(key) != repository_id:
         catalog.set_meta(key, repository_id)
-    scope = Scope(repository_id, cluster)
     adopt_old_rows(storage, catalog, scope)
     return scope
+
+
+def _adoption_pending(catalog: ScopeCatalog, scope: Scope) -> bool:
+    done_key = f"{_ADOPTED_KEY}{scope.repository_id}:{scope.cluster}"
+    return catalog.get_meta(done_key) is None and catalog.has_unscoped(scope.cluster)
 
 
 def adopt_old_rows(storage: Storage, catalog: ScopeCatalog, scope: Scope) -> int:
@@ -65,7 +81,7 @@ def adopt_old_rows(storage: Storage, catalog: ScopeCatalog, scope: Scope) -> int
     holds (and the runs, drills and ``migrate`` runs naming them) to ``scope``. Done once per
     repository and cluster (marked in ``catalog_meta``): one LIST of the cluster's manifests."""
     done_key = f"{_ADOPTED_KEY}{scope.repository_id}:{scope.cluster}"
-    if catalog.get_meta(done_key) is not None or not catalog.has_unscoped(scope.cluster):
+    if not _adoption_pending(catalog, scope):
         return 0
     cluster = scope.cluster
     ids = [

@@ -648,7 +648,7 @@ def _restore_point(
         raise UsageError(
             f"cluster {scope.cluster!r} has no restore point named {target.value!r} in the catalog; "
             "nothing was written",
-            hint="list them with `contentflow-backupd list-restore-points`",
+            hint="list them with `contentflow-backupd restore-point list`",
         )
     return point
 

@@ -221,7 +221,7 @@ def _check_restore_point(catalog: RestorePointCatalog | None, scope: Scope, targ
         raise UsageError(
             f"cluster {scope.cluster!r} has no restore point named {target.value!r} in the catalog; "
             "nothing was written",
-            hint="list them with `contentflow-backupd list-restore-points`",
+            hint="list them with `contentflow-backupd restore-point list`",
         )
 
 
