@@ -9,6 +9,7 @@ together. ``test_checker_*`` prove the checker fails on a violation (a synthetic
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -344,3 +345,17 @@ def test_checker_finds_a_driver_import_in_ops() -> None:
         "contentflow_backupd.ops.repo.check -> contentflow_backupd.storage.s3 (line 5)",
         "contentflow_backupd.ops.repo.check -> contentflow_backupd.catalog.sql (line 6)",
     ]
+
+
+def test_the_documented_layer_table_is_the_enforced_one() -> None:
+    """docs/architecture.md draws LAYERS: a unit moved in one and not the other fails here."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawn: dict[str, int] = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            for name in re.findall(r"`([\w.]+)`", cells[1]):
+                drawn[name] = int(cells[0])
+            if "the package `__init__`" in cells[1]:
+                drawn["__init__"] = int(cells[0])
+    assert drawn == LAYERS
