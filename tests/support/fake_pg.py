@@ -39,10 +39,12 @@ from contentflow_backupd.source.base import (
     Owner,
     PhysicalSource,
     PostgresDrivers,
+    ReceiverExit,
     SchemaFingerprint,
     ServerState,
     TableRead,
     ToolVerdict,
+    WalReceiver,
 )
 from contentflow_backupd.source.drivers import LocalDataDirectories
 from contentflow_backupd.wal import Segment
@@ -501,9 +503,74 @@ class FakePhysicalSource:
         }
 
 
+class FakeWalReceiver:
+    """``WalReceiver``: a scripted ``pg_receivewal``. Each ``start`` runs the next ``runs`` entry:
+    the segment numbers it completes into the spool (a ``.partial`` of the one after is left
+    behind, as pg_receivewal does), then it exits with ``returncode`` (None: it keeps running
+    until stopped). A start with no entry left raises ``SourceError`` (server unreachable)."""
+
+    def __init__(self, spool_dir: Path, runs: list[tuple[list[int], int | None]]) -> None:
+        self._spool = spool_dir
+        self.runs = list(runs)
+        self.starts = 0
+        self.stops = 0
+        self.entered = False
+        self._exit: int | None = None
+        self._running = False
+
+    @property
+    def spool_dir(self) -> Path:
+        return self._spool
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def __enter__(self) -> FakeWalReceiver:
+        self.entered = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.stop()
+        self.entered = False
+
+    def describe(self) -> str:
+        return "fake-server/postgres"
+
+    def start(self) -> int:
+        assert self.entered, "started outside its block"
+        self.starts += 1
+        if not self.runs:
+            raise SourceError("could not connect to the fake server")
+        segments, self._exit = self.runs.pop(0)
+        for segno in segments:
+            name = Segment(1, segno).name(SEGMENT_SIZE)
+            (self._spool / f"{name}.partial").unlink(missing_ok=True)
+            (self._spool / name).write_bytes(wal_segment(1, segno, fill=segno % 251))
+        if segments:
+            after = Segment(1, segments[-1] + 1).name(SEGMENT_SIZE)
+            (self._spool / f"{after}.partial").write_bytes(b"half a segment")
+        self._running = True
+        return 4242
+
+    def poll(self) -> ReceiverExit | None:
+        if self._running and self._exit is not None:
+            self._running = False
+            return ReceiverExit(self._exit, "pg_receivewal: error: connection lost", 0.1)
+        return None
+
+    def stop(self) -> ReceiverExit | None:
+        if not self._running:
+            return None
+        self._running = False
+        self.stops += 1
+        return ReceiverExit(0, "", 0.1)
+
+
 def _conforms(pg: FakePostgres, physical: FakePhysicalSource, logical: FakeLogicalSource) -> None:
     """Checked by mypy: the fakes implement the protocols they stand in for."""
     _: PostgresDrivers = pg
     _p: PhysicalSource = physical
     _l: LogicalSource = logical
     _t: LogicalTarget = FakeRestoreTarget(pg, FakeDatabase("x"))
+    _w: WalReceiver = FakeWalReceiver(Path("spool"), [])
