@@ -455,7 +455,9 @@ class FakePhysicalSource:
             "PG_VERSION": b"16\n",
             "postgresql.conf": b"# fake\n",
             "global/pg_control": b"\0" * 8192,
-            "base/1/1259": os.urandom(64 * 1024),
+            # incompressible and larger than 2 chunks' maximum (4 x 64 KiB average in the unit
+            # tests): the stream always spans several chunks, so a test can interrupt it midway
+            "base/1/1259": os.urandom(600 * 1024),
             CONTENT_FILE: json.dumps(self.content.to_json()).encode(),
             "backup_manifest": b'{"PostgreSQL-Backup-Manifest-Version": 1}\n',
         }
