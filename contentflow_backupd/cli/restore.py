@@ -95,6 +95,7 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
         restore_physical,
     )
     from contentflow_backupd.repository.walarchive import WalArchive
+    from contentflow_backupd.source.drivers import PgDrivers
 
     logical = [o for o, v in (("--to-database", args.to_database), ("--to-file", args.to_file)) if v]
     logical += [o for o, v in (("--create", args.create), ("--clean", args.clean)) if v]
@@ -116,6 +117,7 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
             repo,
             WalArchive(repo, settings.cluster),
             _physical_options(args, settings, target),
+            pg=PgDrivers(),
             catalog=catalog,
             audit=catalog,
         )
@@ -253,6 +255,7 @@ def _recover_physical(
     from contentflow_backupd.ops.restore.recover_report import ServerState
     from contentflow_backupd.repository.walarchive import WalArchive
     from contentflow_backupd.source.conninfo import ConnInfo
+    from contentflow_backupd.source.drivers import PgDrivers
     from contentflow_backupd.source.server import RestoredServer
 
     given = any(getattr(args, f"target_{k}") for k in ("time", "lsn", "xid", "name"))
@@ -290,6 +293,7 @@ def _recover_physical(
         _physical_options(args, settings, target),
         catalog=catalog,
         excluded=excluded,
+        pg=PgDrivers(),
         start=start if args.start else None,
         check=_checks(settings, info) if args.start else None,
     )
@@ -298,9 +302,10 @@ def _recover_physical(
 def _checks(settings: Settings, info: ConnInfo) -> RunChecks:
     from contentflow_backupd.ops.drill.checks import run_checks
     from contentflow_backupd.repository.manifest import Manifest
+    from contentflow_backupd.source.drivers import PgDatabaseFacts
 
     def check(manifest: Manifest) -> list[CheckOutcome]:
-        return list(run_checks(info, manifest.details, settings.drill.checks))
+        return list(run_checks(PgDatabaseFacts(), info, manifest.details, settings.drill.checks))
 
     return check
 
@@ -335,6 +340,7 @@ def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.errors import EXIT_FAILED
     from contentflow_backupd.ops.drill.run import run_drill
+    from contentflow_backupd.source.drivers import PgDrivers
 
     target = args.target_time
     if target not in ("random", "none"):
@@ -347,7 +353,7 @@ def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
     repo = wiring.open_repository(settings)
     catalog = wiring.open_catalog(settings)
     try:
-        result = run_drill(repo, catalog, opts)
+        result = run_drill(repo, catalog, opts, pg=PgDrivers())
     finally:
         catalog.close()
     if args.json:

@@ -51,6 +51,7 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
     from contentflow_backupd import wiring
     from contentflow_backupd.ops.wal.stream import run_wal_stream
     from contentflow_backupd.signals import SignalWatch
+    from contentflow_backupd.source.receivewal import PgReceiveWal
 
     stop = threading.Event()
 
@@ -63,15 +64,14 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
             stop.set()
 
     SignalWatch(on_signal, second_raises=True).install()
-    run_wal_stream(
-        wiring.open_wal_archive(settings),
+    receiver = PgReceiveWal(
         wiring.source_conninfo(settings),
         spool_dir=wiring.wal_spool_dir(settings),
         slot=settings.wal.slot,
-        stop=stop,
         bin_dir=settings.pg_bin,
         tmp_root=wiring.tmp_dir(settings),
     )
+    run_wal_stream(wiring.open_wal_archive(settings), receiver, slot=settings.wal.slot, stop=stop)
     return EXIT_OK
 
 

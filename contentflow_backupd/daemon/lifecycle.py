@@ -149,10 +149,15 @@ class Daemon:
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
         from contentflow_backupd.ops.drill.workspace import cleanup_stale_drills
+        from contentflow_backupd.source.drivers import PgDrivers
 
+        pg = PgDrivers()
         try:
             removed = cleanup_stale_drills(
-                wiring.state_dir(self.settings), database=wiring.drill_options(self.settings).database
+                wiring.state_dir(self.settings),
+                scratch=pg.scratch,
+                admin=pg.admin,
+                database=wiring.drill_options(self.settings).database,
             )
         except BackupdError as exc:
             log.warning("drill_cleanup_failed", error=exc.message)

@@ -322,11 +322,13 @@ class JobRunner:
     def _restore_test(self, run_id: int, trigger: RunTrigger) -> str | None:
         """A restore drill: restore into a scratch instance, check it, measure the RTO."""
         from contentflow_backupd.ops.drill.run import run_drill
+        from contentflow_backupd.source.drivers import PgDrivers
 
         result = run_drill(
             self.repo,
             self.catalog,
             wiring.drill_options(self.settings),
+            pg=PgDrivers(),
             run_id=run_id,
             trigger=trigger,
             cancel=self.cancel,

@@ -31,6 +31,7 @@ from contentflow_backupd.ops.health.evaluate import WalState
 from contentflow_backupd.ops.wal.stream import run_wal_stream, upload_spool
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.source.conninfo import ConnInfo
+from contentflow_backupd.source.receivewal import PgReceiveWal
 from contentflow_backupd.wal import classify, parse_segment, segment_of_lsn, written_after
 
 log = structlog.get_logger(__name__)
@@ -211,7 +212,9 @@ class StreamSupervisor:
         delay = 1.0
         while not self._stop.is_set():
             try:
-                run_wal_stream(*self._args, stop=self._stop, **self._kw)
+                archive, info = self._args
+                receiver = PgReceiveWal(info, **self._kw)  # a fresh one per run
+                run_wal_stream(archive, receiver, slot=self._kw["slot"], stop=self._stop)
                 delay = 1.0
             except BackupdError as exc:
                 log.error("wal_stream_failed", error=exc.message, restart_in=delay)

@@ -29,7 +29,9 @@ from contentflow_backupd.ops.drill.checks import CheckResult
 from contentflow_backupd.ops.drill.run import DrillOptions, run_drill
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.signals import Interrupted
+from contentflow_backupd.source.base import Database
 from contentflow_backupd.source.conninfo import ConnInfo
+from contentflow_backupd.source.drivers import PgDrivers, conninfo_of
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +64,8 @@ def run_dry(
     t0 = time.monotonic()
     reached: list[ConnInfo] = []
 
-    def rehearse(info: ConnInfo) -> None:
+    def rehearse(db: Database) -> None:
+        info = conninfo_of(db)
         reached.append(info)
         log.info("migration_dry_run_restored", database=info.display())
         try:
@@ -74,7 +77,9 @@ def run_dry(
 
     with structlog.contextvars.bound_contextvars(migration_id=record.id, dry_run=True):
         log.info("migration_dry_run_started", actor=record.actor, command=record.command)
-        drilled = run_drill(repo, catalog, dataclasses.replace(drill, on_ready=rehearse, target_time=None))
+        drilled = run_drill(
+            repo, catalog, dataclasses.replace(drill, on_ready=rehearse, target_time=None), pg=PgDrivers()
+        )
         record.details["drill"] = {
             "id": drilled.id,
             "backup_id": drilled.backup_id,

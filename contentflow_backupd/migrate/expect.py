@@ -15,9 +15,9 @@ import structlog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.drill.workspace import Workspace, cleanup_stale_drills
+from contentflow_backupd.source.drivers import PgDrivers, conninfo_of
 from contentflow_backupd.source.postgres import create_database
 from contentflow_backupd.source.schema import dump_schema, load_sql
-from contentflow_backupd.source.scratch import server_owner
 
 log = structlog.get_logger(__name__)
 
@@ -39,18 +39,20 @@ def expected_schema(
     """Replay ``before`` then each ``(name, migration.sql)`` in a scratch instance of PostgreSQL
     ``major``; return its normalised schema dump. ``SourceError`` names a script that fails. The
     scratch instance and its files are removed before this returns or raises."""
-    cleanup_stale_drills(state_dir)
-    owner = server_owner()
+    pg = PgDrivers()
+    cleanup_stale_drills(state_dir, scratch=pg.scratch, admin=pg.admin)
+    owner = pg.scratch.owner()
     ws = Workspace.create(
         state_dir,
         f"{utcnow():%Y%m%dT%H%M%SZ}-expect-{secrets.token_hex(3)}",
         shared=not owner.is_me,
+        scratch=pg.scratch,
         scratch_dir=scratch_dir,
     )
     try:
         server = ws.start_empty_server(major, pg_bin, ready_timeout=READY_TIMEOUT_S, client_bin=client_bin)
-        create_database(server.conninfo("postgres"), "expect")
-        info = server.conninfo("expect")
+        create_database(conninfo_of(server.conninfo("postgres")), "expect")
+        info = conninfo_of(server.conninfo("expect"))
         load_sql(info, before, what="loading the schema from before the migration into the scratch instance")
         for name, script in scripts:
             load_sql(info, script, what=f"replaying migration {name} on the schema from before")

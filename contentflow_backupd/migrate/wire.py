@@ -26,6 +26,7 @@ from contentflow_backupd.ops.drill.run import DrillOptions
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.settings import Settings
 from contentflow_backupd.source.conninfo import ConnInfo
+from contentflow_backupd.source.drivers import PgDatabaseFacts
 from contentflow_backupd.timespec import parse_duration
 
 log = structlog.get_logger("contentflow_backupd.migrate")
@@ -127,7 +128,8 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
         progress=progress,
         safety_net=safety_net,
         expected_schema=expected,
-        user_checks=user_checks,  # the drills' checks file runner, on BACKUPD_MIGRATE__CHECKS
+        # the drills' checks file runner, on BACKUPD_MIGRATE__CHECKS
+        user_checks=lambda info, path: user_checks(PgDatabaseFacts(), info, path),
         finished=finished,
     )
 

@@ -27,6 +27,13 @@ from contentflow_backupd.repository.manifest import ChunkRef, StreamEntry
 from contentflow_backupd.repository.repository import Repository
 
 
+def stream_digest() -> blake3.blake3:
+    """A fresh hasher of a stream's ``digest`` (a manifest's ``StreamEntry.digest``): ``update``
+    it with the stream's bytes in order, then compare its ``hexdigest()``. The only place outside
+    this module that needs the stream hash (``ops/verify/backups.py``) gets it here."""
+    return blake3.blake3()
+
+
 @dataclass
 class WriteStats:
     chunks_total: int = 0

@@ -24,14 +24,17 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from contentflow_backupd.errors import SourceError
+from contentflow_backupd.source.base import IndexCheck as IndexCheck  # records of source.base
+from contentflow_backupd.source.base import SchemaFingerprint as SchemaFingerprint
+from contentflow_backupd.source.base import ServerState as ServerState
+from contentflow_backupd.source.base import TableRead as TableRead
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.postgres import connect, error_reason
 
@@ -109,21 +112,6 @@ select format('%I.%I', n.nspname, c.relname), c.oid::bigint
 
 
 # -- values ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SchemaFingerprint:
-    digest: str
-    """SHA-256 (hex) over every line of the canonical listing."""
-    objects: dict[str, str] | None
-    """Per relation (``schema.name``): a short digest of its lines; ``""`` holds the schemas and
-    extensions. None when the database has more than ``MAX_OBJECTS`` relations."""
-
-    def to_details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schema_fingerprint": self.digest}
-        if self.objects is not None:
-            out["schema_objects"] = dict(self.objects)
-        return out
-
-
 def fingerprint_of(rows: Iterable[tuple[str, str]]) -> SchemaFingerprint:
     """The fingerprint of ``(relation, line)`` rows, in any order (pure)."""
     by_object: dict[str, list[str]] = defaultdict(list)
@@ -150,32 +138,6 @@ class TableSize:
     """``reltuples``: -1 when never analyzed (PostgreSQL 14+)."""
     heap_bytes: int
     """``relpages`` times the block size: as of the last VACUUM or ANALYZE."""
-
-
-@dataclass
-class TableRead:
-    name: str
-    rows: int = 0
-    bytes: int = 0
-    error: str | None = None
-
-
-@dataclass
-class IndexCheck:
-    available: bool
-    reason: str = ""
-    checked: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ServerState:
-    in_recovery: bool
-    replay_lsn: str | None
-    """``pg_last_wal_replay_lsn()``: where recovery stopped (kept after promotion)."""
-    last_replayed_commit: datetime | None
-    timeline: int
-    server_version_num: int
 
 
 # -- queries on an open connection (the backup's snapshot transaction uses these) -------------

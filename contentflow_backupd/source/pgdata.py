@@ -34,11 +34,14 @@ import shutil
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from contentflow_backupd.errors import BackupdError, UsageError
+from contentflow_backupd.source.base import ExtractStats as ExtractStats  # records of source.base
+from contentflow_backupd.source.base import Owner as Owner
+from contentflow_backupd.source.base import RecoveryConfig as RecoveryConfig
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -51,17 +54,6 @@ class UnsafeArchive(BackupdError):
 
 
 # -- owner ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Owner:
-    uid: int
-    gid: int
-    name: str
-
-    @property
-    def is_me(self) -> bool:
-        return self.uid == os.geteuid()
-
-
 def resolve_owner(spec: str | None) -> Owner:
     """``USER``, ``USER:GROUP`` or numeric ids; None is the invoking user. Only root may give
     files to someone else."""
@@ -182,15 +174,6 @@ class _ChunkStream(io.RawIOBase):
         buffer[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
-
-
-@dataclass
-class ExtractStats:
-    files: int = 0
-    directories: int = 0
-    links: int = 0
-    bytes: int = 0
-    names: set[str] = field(default_factory=set)
 
 
 def member_path(name: str) -> str | None:
@@ -392,24 +375,6 @@ def write_private_file(path: Path, data: bytes, owner: Owner, *, replace: bool =
 
 
 # -- a settings file for restore_command ---------------------------------------------------
-@dataclass(frozen=True)
-class RecoveryConfig:
-    """Where ``restore_command`` (``wal-fetch``) gets its settings.
-
-    Either ``config_file``, the configuration the restore ran with, as it is; or a settings
-    ``document`` (no secrets) written to ``<DIR>.recovery/backupd.toml`` with the encryption
-    secret as a file reference: ``secret_file`` under ``secret_setting`` (``passphrase_file`` or
-    ``key_file``), or ``passphrase``, known only by value, written to ``<DIR>.recovery/passphrase``.
-    """
-
-    config_file: Path | None = None
-    document: Mapping[str, Any] = field(default_factory=dict)
-    secret_setting: str = "passphrase_file"  # noqa: S105 - a setting name, not a secret
-    secret_file: Path | None = None
-    passphrase: str | None = field(default=None, repr=False)
-    notes: tuple[str, ...] = ()
-
-
 def recovery_dir_of(pgdata: Path) -> Path:
     return pgdata.with_name(pgdata.name + ".recovery")
 

@@ -24,7 +24,6 @@ import signal
 import subprocess
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -33,24 +32,13 @@ import structlog
 
 from contentflow_backupd.errors import SourceError
 from contentflow_backupd.source import postgres
+from contentflow_backupd.source.base import ReceiverExit
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
 from contentflow_backupd.source.tools import StderrTail, find_tool
 
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT = "10"
-
-
-@dataclass(frozen=True)
-class ReceiverExit:
-    """How a ``pg_receivewal`` run ended."""
-
-    returncode: int
-    """Its exit code; negative for the signal that ended it (``-9``: killed)."""
-    stderr: str
-    """The last few KB of what it wrote to stderr."""
-    ran_for: float
-    """Seconds it ran."""
 
 
 class PgReceiveWal:
@@ -82,6 +70,10 @@ class PgReceiveWal:
         self._tail: StderrTail | None = None
         self._started_at = 0.0
         self.server_major: int | None = None
+
+    def describe(self) -> str:
+        """The server streamed from, for logs (no password)."""
+        return self.info.display()
 
     def __enter__(self) -> PgReceiveWal:
         self._env = self._stack.enter_context(libpq_env(self.info, self._tmp_root))

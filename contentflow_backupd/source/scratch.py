@@ -1,4 +1,5 @@
-"""A private, disposable PostgreSQL instance for restore drills (``ops/drill/run.py``).
+"""A private, disposable PostgreSQL instance for restore drills (``ops/drill/run.py``): the
+``ScratchServer`` protocol of ``source/base.py``.
 
 - A physical drill starts the restored data directory as it is (no ``initdb``); a logical drill
   without ``BACKUPD_DRILL__DATABASE_URL`` runs ``initdb`` for a new one.
@@ -38,8 +39,8 @@ from typing import Any
 
 from contentflow_backupd.errors import SourceError, UsageError
 from contentflow_backupd.source import facts
+from contentflow_backupd.source.base import ServerState
 from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.facts import ServerState
 from contentflow_backupd.source.pgdata import Owner, conf_quote, resolve_owner, write_private_file
 from contentflow_backupd.source.tools import child_env, tool_major
 
@@ -171,7 +172,7 @@ def _server_env(owner: Owner) -> dict[str, str]:
     return env
 
 
-class ScratchServer:
+class PgScratchServer:
     """One scratch PostgreSQL: ``pgdata`` (restored, or made by ``initdb``) and ``run_dir`` (socket,
     pg_hba.conf, log), both owned by ``owner``."""
 

@@ -39,6 +39,7 @@ from contentflow_backupd.ops.restore.logical import restore_to_file
 from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, RecoveryTarget, restore_physical
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings, load_settings
+from contentflow_backupd.source.drivers import PgDrivers
 from contentflow_backupd.wal import classify
 from tests.e2e import helpers
 from tests.e2e.physical import PhysicalSetup, physical_setup
@@ -245,7 +246,7 @@ def restore_physically(
         recovery=wiring.recovery_config(settings),
         concurrency=2,
     )
-    restore_physical(repo, archive, opts)
+    restore_physical(repo, archive, opts, pg=PgDrivers())
     served: dict[str, bytes] = {}
     for name in names:
         with contextlib.suppress(BackupdError):

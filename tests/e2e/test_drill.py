@@ -26,6 +26,7 @@ import pytest
 from contentflow_backupd.catalog.sql import open_catalog
 from contentflow_backupd.model import Scope
 from contentflow_backupd.ops.drill.workspace import cleanup_stale_drills
+from contentflow_backupd.source.drivers import PgDrivers
 from tests.conftest import PASSPHRASE
 from tests.e2e import helpers
 from tests.e2e.helpers import repository_scope
@@ -33,6 +34,8 @@ from tests.e2e.physical import PhysicalSetup, physical_setup
 from tests.e2e.pitr_helpers import TABLE, Workload, create_table, switch_and_wait_archived
 from tests.support.cli import Cli, Result
 from tests.support.pg import PgCluster, running_cluster
+
+PG = PgDrivers()
 
 pytestmark = pytest.mark.pg
 
@@ -92,7 +95,7 @@ def source() -> Iterator[Source]:
         try:
             yield Source(setup, backup)
         finally:  # a failed test may leave a scratch server behind: never leak one
-            cleanup_stale_drills(setup.base / "state")
+            cleanup_stale_drills(setup.base / "state", scratch=PG.scratch, admin=PG.admin)
 
 
 def test_backup_records_what_drills_compare(source: Source) -> None:
@@ -163,7 +166,7 @@ def test_physical_drill_as_root_with_a_private_state_directory(source: Source) -
         assert not list((state / "drills").iterdir())
         assert repository_state(source.setup.repo) == before
     finally:
-        cleanup_stale_drills(state)
+        cleanup_stale_drills(state, scratch=PG.scratch, admin=PG.admin)
         shutil.rmtree(parent, ignore_errors=True)
 
 
@@ -334,7 +337,7 @@ def logical_cli(request: pytest.FixtureRequest, pg: PgCluster, pg_db: str) -> It
     try:
         yield cli
     finally:
-        cleanup_stale_drills(base / "state")
+        cleanup_stale_drills(base / "state", scratch=PG.scratch, admin=PG.admin)
         shutil.rmtree(base, ignore_errors=True)
 
 

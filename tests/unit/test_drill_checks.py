@@ -23,6 +23,7 @@ from contentflow_backupd.ops.drill.physical import recovery_check
 from contentflow_backupd.ops.drill.run import DrillResult
 from contentflow_backupd.ops.restore.physical import RecoveryTarget
 from contentflow_backupd.source.conninfo import ConnInfo
+from contentflow_backupd.source.drivers import PgDatabaseFacts
 from contentflow_backupd.source.facts import MAX_OBJECTS, IndexCheck, ServerState, TableRead, fingerprint_of
 from contentflow_backupd.sqltext import split_sql
 
@@ -267,7 +268,7 @@ def test_checks_after_a_refused_connection_are_not_run_not_skipped() -> None:
     info = ConnInfo(
         params={"host": "/nonexistent-backupd-socket-dir", "port": "1", "dbname": "x", "user": "x"}
     )
-    results = run_checks(info, {}, None)
+    results = run_checks(PgDatabaseFacts(), info, {}, None)
     assert (results[0].name, results[0].status) == ("connect", "failed")
     assert {r.status for r in results[1:]} == {"not_run"}
     assert [r.name for r in results[1:]] == ["schema", "read_tables", "row_counts", "amcheck", "user_checks"]

@@ -32,16 +32,19 @@ from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.source.drivers import PgDrivers
 from contentflow_backupd.source.pgdata import Owner
 from contentflow_backupd.source.scratch import check_reachable, stop_leftover
 from contentflow_backupd.storage.memory import MemoryStorage
 from contentflow_backupd.wal import Segment
 
+PG = PgDrivers()  # no server is started here: stop_leftover finds none, or a plain process
+
 SEG = 16 * 1024 * 1024
 
 
 def test_workspace_is_created_with_its_marker_under_its_name(tmp_path: Path) -> None:
-    ws = Workspace.create(tmp_path, "20261125T040000Z-drill-abcdef", shared=False)
+    ws = Workspace.create(tmp_path, "20261125T040000Z-drill-abcdef", shared=False, scratch=PG.scratch)
     assert ws.path == tmp_path / DRILLS_DIR / "20261125T040000Z-drill-abcdef"
     marker = json.loads((ws.path / MARKER).read_text())
     assert marker["pid"] == os.getpid() and marker["database"] is None
@@ -60,7 +63,9 @@ def test_a_shared_workspace_keeps_its_files_outside_the_state_directory(tmp_path
     state, scratch = tmp_path / "state", tmp_path / "scratch"
     state.mkdir(mode=0o700)
     scratch.mkdir()
-    ws = Workspace.create(state, "20261125T040000Z-expect-abcdef", shared=True, scratch_dir=scratch)
+    ws = Workspace.create(
+        state, "20261125T040000Z-expect-abcdef", shared=True, scratch=PG.scratch, scratch_dir=scratch
+    )
     assert ws.path.parent == scratch and ws.path.name.startswith(f"{SCRATCH_PREFIX}{ws.marker['id']}-")
     assert stat.S_IMODE(ws.path.stat().st_mode) == 0o711
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
@@ -78,7 +83,7 @@ def test_cleanup_removes_the_scratch_directory_of_a_dead_drill_and_nothing_else(
 
     state, scratch = tmp_path / "state", tmp_path / "scratch"
     scratch.mkdir()
-    ws = Workspace.create(state, "dead", shared=True, scratch_dir=scratch)
+    ws = Workspace.create(state, "dead", shared=True, scratch=PG.scratch, scratch_dir=scratch)
     (ws.path / "pgdata").mkdir()
     ws.note(pid=2**22 + 7)  # its process is gone
     precious = tmp_path / "precious"
@@ -91,7 +96,11 @@ def test_cleanup_removes_the_scratch_directory_of_a_dead_drill_and_nothing_else(
     symlinked = _left(
         tmp_path / "state", "linked", pid=2**22 + 7, host=socket.gethostname(), scratch=str(linked)
     )
-    assert sorted(cleanup_stale_drills(state)) == ["dead", "forged", "linked"]
+    assert sorted(cleanup_stale_drills(state, scratch=PG.scratch, admin=PG.admin)) == [
+        "dead",
+        "forged",
+        "linked",
+    ]
     assert not ws.path.exists() and not (state / DRILLS_DIR / "dead").exists()
     assert not forged.exists() and not symlinked.exists()
     assert precious.exists() and linked.is_symlink()  # not a drill's scratch directory: left alone
@@ -101,7 +110,9 @@ def test_what_still_cannot_work_is_a_clear_error(tmp_path: Path) -> None:
     """A scratch root that does not exist, or that the server's user cannot enter: an error that
     names the directory and the setting that fixes it."""
     with pytest.raises(UsageError) as missing:
-        Workspace.create(tmp_path / "state", "d1", shared=True, scratch_dir=tmp_path / "nope")
+        Workspace.create(
+            tmp_path / "state", "d1", shared=True, scratch=PG.scratch, scratch_dir=tmp_path / "nope"
+        )
     assert str(tmp_path / "nope") in missing.value.message
     assert "BACKUPD_DRILL__SCRATCH_DIR" in (missing.value.hint or "")
     import shutil
@@ -158,7 +169,7 @@ def test_cleanup_removes_drills_whose_process_is_gone_and_keeps_live_ones(
     reused = _left(tmp_path, "reused", pid=other_process.pid, host=host, pid_start="1")
     no_marker = _left(tmp_path, "no-marker")
     mine = _left(tmp_path, "mine", pid=os.getpid(), host=host)  # an earlier drill of this process
-    cleaned = cleanup_stale_drills(tmp_path)
+    cleaned = cleanup_stale_drills(tmp_path, scratch=PG.scratch, admin=PG.admin)
     assert sorted(cleaned) == ["gone", "mine", "no-marker", "reused"]
     assert live.exists()
     assert not gone.exists() and not reused.exists() and not no_marker.exists() and not mine.exists()
@@ -169,7 +180,9 @@ def test_cleanup_keeps_a_scratch_database_it_cannot_drop_for_later(tmp_path: Pat
 
     left = _left(tmp_path, "with-db", pid=2**22 + 7, host=socket.gethostname(), database="backupd_drill_x")
     other_host = _left(tmp_path, "other-host", pid=2**22 + 7, host="elsewhere.invalid")
-    assert cleanup_stale_drills(tmp_path) == []  # no drill server given: the database stays
+    assert (
+        cleanup_stale_drills(tmp_path, scratch=PG.scratch, admin=PG.admin) == []
+    )  # no drill server given: the database stays
     assert left.exists()
     assert other_host.exists()  # a drill of another machine sharing the state directory
 
@@ -181,12 +194,12 @@ def test_cleanup_of_half_created_directories(tmp_path: Path) -> None:
     old.mkdir()
     past = time.time() - ABANDONED_NEW_S - 60
     os.utime(old, (past, past))
-    cleanup_stale_drills(tmp_path)
+    cleanup_stale_drills(tmp_path, scratch=PG.scratch, admin=PG.admin)
     assert fresh.exists() and not old.exists()
 
 
 def test_cleanup_without_drills_and_stop_leftover_without_server(tmp_path: Path) -> None:
-    assert cleanup_stale_drills(tmp_path) == []
+    assert cleanup_stale_drills(tmp_path, scratch=PG.scratch, admin=PG.admin) == []
     (tmp_path / "pgdata").mkdir()
     assert stop_leftover(tmp_path / "pgdata", None) is False
     # A postmaster.pid naming a live process that does not serve the directory is left alone.

@@ -1,7 +1,8 @@
 """The checks a restored database must pass: used by restore drills and by ``recover``.
 
-``run_checks(conninfo, expected, user_checks_file)`` runs, in this order, against a running
-server (``expected`` is the backup's manifest ``details``, recorded when it was taken):
+``run_checks(facts, db, expected, user_checks_file)`` runs, in this order, against a running
+server (``expected`` is the backup's manifest ``details``, recorded when it was taken; ``facts``
+reads the database: ``source.base.DatabaseFacts``):
 
 ==============  ==============================================================================
 ``connect``     the server accepts queries on the database
@@ -31,9 +32,7 @@ from typing import Any, Literal
 import structlog
 
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.source import facts
-from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.facts import SchemaFingerprint, TableRead
+from contentflow_backupd.source.base import Database, DatabaseFacts, IndexCheck, SchemaFingerprint, TableRead
 from contentflow_backupd.sqltext import split_sql
 
 log = structlog.get_logger(__name__)
@@ -86,7 +85,8 @@ class CheckLog:
 
 
 def run_checks(
-    conninfo: ConnInfo,
+    facts: DatabaseFacts,
+    conninfo: Database,
     expected: Mapping[str, Any],
     user_checks_file: Path | None,
     *,
@@ -125,7 +125,7 @@ def run_checks(
         )
     except BackupdError as exc:
         results.append(CheckResult("amcheck", "failed", exc.message))
-    results.extend(user_checks(conninfo, user_checks_file))
+    results.extend(user_checks(facts, conninfo, user_checks_file))
     return results
 
 
@@ -234,7 +234,7 @@ def compare_counts(expected: Mapping[str, Any], reads: Sequence[TableRead]) -> C
     )
 
 
-def amcheck_result(check: facts.IndexCheck) -> CheckResult:
+def amcheck_result(check: IndexCheck) -> CheckResult:
     if not check.available:
         return CheckResult("amcheck", "skipped", check.reason)
     if check.failures:
@@ -248,7 +248,7 @@ def amcheck_result(check: facts.IndexCheck) -> CheckResult:
 
 
 # -- the user's checks -----------------------------------------------------------------------
-def user_checks(conninfo: ConnInfo, path: Path | None) -> list[CheckResult]:
+def user_checks(facts: DatabaseFacts, conninfo: Database, path: Path | None) -> list[CheckResult]:
     if path is None:
         return [CheckResult("user_checks", "skipped", "no checks file (BACKUPD_DRILL__CHECKS)")]
     try:
@@ -260,7 +260,7 @@ def user_checks(conninfo: ConnInfo, path: Path | None) -> list[CheckResult]:
         return [CheckResult("user_checks", "failed", f"the checks file {path} holds no query")]
     results = []
     for n, (line, query) in enumerate(statements, start=1):
-        ok, outcome = _run_user_query(conninfo, query)
+        ok, outcome = _run_user_query(facts, conninfo, query)
         snippet = " ".join(query.split())
         snippet = snippet if len(snippet) <= 160 else snippet[:157] + "..."
         results.append(
@@ -273,7 +273,7 @@ def user_checks(conninfo: ConnInfo, path: Path | None) -> list[CheckResult]:
     return results
 
 
-def _run_user_query(conninfo: ConnInfo, query: str) -> tuple[bool, str]:
+def _run_user_query(facts: DatabaseFacts, conninfo: Database, query: str) -> tuple[bool, str]:
     try:
         return facts.run_boolean_query(conninfo, query)
     except BackupdError as exc:

@@ -11,13 +11,10 @@ record after it is always archived.
 from __future__ import annotations
 
 import random
-import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contentflow_backupd.errors import SourceError
 from contentflow_backupd.model import iso
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.drill.checks import CheckLog, CheckResult, run_checks
@@ -33,9 +30,7 @@ from contentflow_backupd.ops.restore.physical import (
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.source.facts import ServerState
-from contentflow_backupd.source.scratch import ScratchServer, check_reachable, server_bin_dir, server_owner
-from contentflow_backupd.source.tools import find_tool
+from contentflow_backupd.source.base import PostgresDrivers, ServerState
 from contentflow_backupd.wal import Segment, format_lsn, parse_lsn, parse_segment
 
 if TYPE_CHECKING:
@@ -88,6 +83,7 @@ def drill_physical(
     result: DrillResult,
     t0: float,
     cancel: threading.Event | None,
+    pg: PostgresDrivers,
 ) -> None:
     """The physical drill, its results added to ``result``; the server is ``ws.server``."""
     step = CheckLog(result.checks)
@@ -96,9 +92,9 @@ def drill_physical(
     archive = WalArchive(repo, opts.cluster)
     try:
         target, result.target = _physical_target(archive, manifest, opts, random.Random(opts.seed))
-        owner = server_owner()
-        check_reachable(ws.path, owner)
-        bin_dir = server_bin_dir(major, opts.pg_bin, opts.client_bin)
+        owner = pg.scratch.owner()
+        pg.scratch.check_reachable(ws.path, owner)
+        bin_dir = pg.scratch.bin_dir(major, opts.pg_bin, opts.client_bin)
         ws.note(bin_dir=bin_dir)
         restored = restore_physical(
             repo,
@@ -115,6 +111,7 @@ def drill_physical(
                 concurrency=opts.concurrency,
                 pg_bin=opts.client_bin or bin_dir,
             ),
+            pg=pg,
         )
     except Exception as exc:  # noqa: BLE001 - a drill reports every failure as a check
         step.fail("restore", exc)
@@ -136,9 +133,10 @@ def drill_physical(
     )
     t_verify = time.monotonic()
     progress.phase("pg_verifybackup")
-    step.add(_verifybackup(ws.pgdata, bin_dir, opts.client_bin, major))
+    verdict, detail = pg.scratch.verify_backup(ws.pgdata, bin_dir, opts.client_bin, major)
+    step.add(CheckResult("pg_verifybackup", verdict, detail))
     not_rto = time.monotonic() - t_verify
-    server = ScratchServer(
+    server = pg.scratch.server(
         ws.pgdata, ws.run_dir, bin_dir, owner, superuser=str(d.get("bootstrap_superuser") or "postgres")
     )
     ws.server = server
@@ -157,7 +155,7 @@ def drill_physical(
     result.rto_seconds = time.monotonic() - t0 - not_rto
     step.add(recovery_check(target, state, result.rto_seconds))
     progress.phase("checking")
-    step.extend(run_checks(server.conninfo(dbname), d, opts.checks_file, create_extensions=True))
+    step.extend(run_checks(pg.facts, server.conninfo(dbname), d, opts.checks_file, create_extensions=True))
     if opts.on_ready is not None:
         opts.on_ready(server.conninfo(dbname))
 
@@ -183,29 +181,3 @@ def recovery_check(target: RecoveryTarget, state: ServerState, rto: float) -> Ch
             "recovery", "failed", f"recovery went past the target {target.describe()}: {where}"
         )
     return CheckResult("recovery", "passed", f"reached {target.describe()}: {where}{ready}")
-
-
-def _verifybackup(pgdata: Path, bin_dir: Path, client_bin: Path | None, major: int) -> CheckResult:
-    name = "pg_verifybackup"
-    if not (pgdata / "backup_manifest").exists():
-        return CheckResult(name, "skipped", "the backup holds no backup_manifest")
-    tool = bin_dir / name
-    try:
-        path = tool if tool.exists() else find_tool(name, major, client_bin)
-    except SourceError as exc:
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        return CheckResult(name, "not_run", f"pg_verifybackup could not run: {exc.message}{hint}")
-    # WAL is not in the backup (it comes from the archive): recovery itself checks it.
-    argv = [str(path), "--no-parse-wal", str(pgdata)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=6 * 3600, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return CheckResult(
-            name, "not_run", f"pg_verifybackup could not run: {exc}; check the tool under {path.parent}"
-        )
-    out = " ".join((proc.stderr + " " + proc.stdout).split())
-    if proc.returncode != 0:
-        return CheckResult(
-            name, "failed", f"the restored files do not match the backup's manifest: {out[-2000:]}"
-        )
-    return CheckResult(name, "passed", out[-300:] or "backup successfully verified")

@@ -47,12 +47,7 @@ from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.signals import Interrupted
-from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.facts import server_state
-from contentflow_backupd.source.logical import PgRestoreTarget
-from contentflow_backupd.source.pgdata import RecoveryConfig
-from contentflow_backupd.source.postgres import drop_database
-from contentflow_backupd.source.scratch import server_owner
+from contentflow_backupd.source.base import Database, PostgresDrivers, RecoveryConfig
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +68,7 @@ class DrillOptions:
     """Server binaries of the scratch instance (``BACKUPD_DRILL__PG_BIN``)."""
     client_bin: Path | None = None
     """Client tools (pg_restore, pg_verifybackup) (``BACKUPD_PG_BIN``)."""
-    database: ConnInfo | None = None
+    database: Database | None = None
     """Logical drills restore into a scratch database on this server when set."""
     checks_file: Path | None = None
     tool: Sequence[str] = ()
@@ -87,7 +82,7 @@ class DrillOptions:
     scratch_dir: Path | None = None
     """Where the drill's files go when the scratch server runs as another OS user
     (``BACKUPD_DRILL__SCRATCH_DIR``; ``ops/drill/workspace.py``)."""
-    on_ready: Callable[[ConnInfo], None] | None = None
+    on_ready: Callable[[Database], None] | None = None
     """Called with the restored database once the drill's checks have run, before the scratch
     instance is removed (``migrate --dry-run`` rehearses the migration there)."""
 
@@ -164,6 +159,7 @@ def run_drill(
     catalog: DrillJobCatalog,
     opts: DrillOptions,
     *,
+    pg: PostgresDrivers,
     run_id: int | None = None,
     trigger: RunTrigger = "manual",
     cancel: threading.Event | None = None,
@@ -173,7 +169,8 @@ def run_drill(
     another drill of the cluster runs here (the run is ``skipped``). ``cancel`` (set by the
     daemon at shutdown) stops waiting for the scratch server; a drill that failed because of it
     is not recorded and its run is ``interrupted``. Whatever happens, the scratch instance, its
-    files and its scratch database are removed before this returns or raises."""
+    files and its scratch database are removed before this returns or raises. ``pg``: the
+    PostgreSQL side (``source.drivers.PgDrivers``; fakes in ``tests/support/fake_pg.py``)."""
     own_run = run_id is None
     if own_run:
         reap_interrupted(catalog)
@@ -183,12 +180,12 @@ def run_drill(
     try:
         with structlog.contextvars.bound_contextvars(run_id=run_id, job=JOB):
             if opts.lock_dir is None:
-                result = _drill(repo, opts, run_id, cancel)
+                result = _drill(repo, opts, run_id, cancel, pg)
             else:
                 with exclusive(
                     opts.lock_dir, f"drill-{opts.cluster}", what=f"a restore drill of {opts.cluster!r}"
                 ):
-                    result = _drill(repo, opts, run_id, cancel)
+                    result = _drill(repo, opts, run_id, cancel, pg)
     except LockedError as exc:
         if own_run:
             _finish_run(catalog, run_id, "skipped", exc.message)
@@ -239,12 +236,14 @@ def _finish_run(catalog: RunCatalog, run_id: int, status: str, error: str | None
         log.error("catalog_update_failed", error=exc.message)
 
 
-def _drill(repo: Repository, opts: DrillOptions, run_id: int, cancel: threading.Event | None) -> DrillResult:
+def _drill(
+    repo: Repository, opts: DrillOptions, run_id: int, cancel: threading.Event | None, pg: PostgresDrivers
+) -> DrillResult:
     t0 = time.monotonic()
     started = utcnow()
     result = DrillResult(new_drill_id(started), opts.cluster, opts.mode, started, run_id=run_id)
     step = CheckLog(result.checks)
-    cleanup_stale_drills(opts.state_dir, database=opts.database)
+    cleanup_stale_drills(opts.state_dir, scratch=pg.scratch, admin=pg.admin, database=opts.database)
     log.info("drill_started", drill_id=result.id, backup=opts.backup)
     try:
         manifest = _choose_backup(repo, opts)
@@ -255,11 +254,12 @@ def _drill(repo: Repository, opts: DrillOptions, run_id: int, cancel: threading.
         return result
     result.backup_id, result.mode = manifest.id, manifest.mode
     try:
-        owner = server_owner() if manifest.mode == "physical" or opts.database is None else None
+        owner = pg.scratch.owner() if manifest.mode == "physical" or opts.database is None else None
         workspace = Workspace.create(
             opts.state_dir,
             result.id,
             shared=owner is not None and not owner.is_me,
+            scratch=pg.scratch,
             scratch_dir=opts.scratch_dir,
         )
     except (OSError, BackupdError) as exc:
@@ -269,9 +269,9 @@ def _drill(repo: Repository, opts: DrillOptions, run_id: int, cancel: threading.
     keep = False
     try:
         if manifest.mode == "physical":
-            drill_physical(repo, opts, manifest, workspace, result, t0, cancel)
+            drill_physical(repo, opts, manifest, workspace, result, t0, cancel, pg)
         else:
-            _logical(repo, opts, manifest, workspace, result, t0)
+            _logical(repo, opts, manifest, workspace, result, t0, pg)
     finally:
         if workspace.server is not None:
             try:
@@ -280,7 +280,7 @@ def _drill(repo: Repository, opts: DrillOptions, run_id: int, cancel: threading.
                 log.error("drill_server_stop_failed", error=str(exc))
         if workspace.marker.get("database") and opts.database is not None:
             try:
-                drop_database(opts.database, str(workspace.marker["database"]))
+                pg.admin.drop_database(opts.database, str(workspace.marker["database"]))
             except BackupdError as exc:
                 log.error("drill_database_drop_failed", error=exc.message)
                 keep = True  # its marker names the database: the next drill drops it
@@ -322,7 +322,13 @@ _MAJOR = re.compile(r"^\s*(\d+)")
 
 
 def _logical(
-    repo: Repository, opts: DrillOptions, manifest: Manifest, ws: Workspace, result: DrillResult, t0: float
+    repo: Repository,
+    opts: DrillOptions,
+    manifest: Manifest,
+    ws: Workspace,
+    result: DrillResult,
+    t0: float,
+    pg: PostgresDrivers,
 ) -> None:
     step = CheckLog(result.checks)
     result.target = "the backup"
@@ -346,7 +352,7 @@ def _logical(
                 client_bin=opts.client_bin,
             )
             info = server.conninfo("drill")
-        target = PgRestoreTarget(info, bin_dir=opts.client_bin, tmp_root=ws.path / "tmp")
+        target = pg.admin.restore_target(info, bin_dir=opts.client_bin, tmp_root=ws.path / "tmp")
         restored = restore_to_database(
             repo, opts.cluster, manifest.id, target, create=True, clean=False, no_owner=True,
             concurrency=opts.concurrency,
@@ -364,7 +370,7 @@ def _logical(
         )
     )
     try:
-        server_state(info)
+        pg.facts.server_state(info)
     except BackupdError as exc:
         step.fail("recovery", exc)
         return
@@ -377,6 +383,8 @@ def _logical(
         )
     )
     progress.phase("checking")
-    result.checks.extend(run_checks(info, manifest.details, opts.checks_file, create_extensions=True))
+    result.checks.extend(
+        run_checks(pg.facts, info, manifest.details, opts.checks_file, create_extensions=True)
+    )
     if opts.on_ready is not None:
         opts.on_ready(info)

@@ -18,10 +18,10 @@ and ``run`` belong to the server's user with mode 0700. The marker stays in
 ``<state_dir>/drills/<drill-id>/`` and names that directory (``scratch``), so the cleanup finds
 it. Nothing of the state directory is opened to anyone.
 
-``cleanup_stale_drills(state_dir)`` stops any scratch postmaster whose drill is gone (``pg_ctl
-stop -m immediate``), drops its scratch database when given the drill server's connection, and
-removes the directory (and its scratch directory). Every drill calls it first; the daemon calls
-it at start.
+``cleanup_stale_drills(state_dir, scratch=..., admin=...)`` stops any scratch postmaster whose
+drill is gone (``pg_ctl stop -m immediate``), drops its scratch database when given the drill
+server's connection, and removes the directory (and its scratch directory). Every drill calls
+it first; the daemon calls it at start.
 """
 
 from __future__ import annotations
@@ -44,15 +44,7 @@ import structlog
 from contentflow_backupd.errors import BackupdError, UsageError
 from contentflow_backupd.model import iso, utcnow
 from contentflow_backupd.ops.locks import pid_alive
-from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.postgres import drop_database
-from contentflow_backupd.source.scratch import (
-    ScratchServer,
-    check_reachable,
-    server_bin_dir,
-    server_owner,
-    stop_leftover,
-)
+from contentflow_backupd.source.base import Database, DatabaseAdmin, ScratchServer, ScratchServers
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +102,8 @@ class Workspace:
 
     path: Path
     marker: dict[str, Any]
+    scratch: ScratchServers
+    """Makes the scratch server and stops one left running (``source.base.ScratchServers``)."""
     server: ScratchServer | None = None
     home: Path | None = None
 
@@ -123,7 +117,13 @@ class Workspace:
 
     @classmethod
     def create(
-        cls, state_dir: Path, drill_id: str, *, shared: bool, scratch_dir: Path | None = None
+        cls,
+        state_dir: Path,
+        drill_id: str,
+        *,
+        shared: bool,
+        scratch: ScratchServers,
+        scratch_dir: Path | None = None,
     ) -> Workspace:
         """Make ``<state_dir>/drills/<drill_id>`` (0700) with its marker. ``shared``: another OS
         user (the scratch server's) must be able to reach the files: they go in a new scratch
@@ -144,11 +144,11 @@ class Workspace:
         new = root / f"{NEW_PREFIX}{drill_id}"
         new.mkdir(mode=0o700)
         os.chmod(new, 0o700)
-        workspace = cls(new, marker, home=new)
+        workspace = cls(new, marker, scratch, home=new)
         if shared:
-            scratch = make_scratch_dir(scratch_root(scratch_dir), drill_id)
-            marker["scratch"] = str(scratch)
-            workspace.path = scratch
+            private = make_scratch_dir(scratch_root(scratch_dir), drill_id)
+            marker["scratch"] = str(private)
+            workspace.path = private
         workspace._write_marker()
         final = root / drill_id
         os.rename(new, final)
@@ -172,11 +172,13 @@ class Workspace:
     ) -> ScratchServer:
         """A fresh PostgreSQL ``major`` (``initdb``) started in this workspace as the server's OS
         user, answering queries; registered as ``self.server`` before it starts."""
-        owner = server_owner()
-        check_reachable(self.path, owner)
-        bin_dir = server_bin_dir(major, pg_bin, client_bin)
+        owner = self.scratch.owner()
+        self.scratch.check_reachable(self.path, owner)
+        bin_dir = self.scratch.bin_dir(major, pg_bin, client_bin)
         self.note(bin_dir=bin_dir)
-        server = self.server = ScratchServer(self.pgdata, self.run_dir, bin_dir, owner, superuser="postgres")
+        server = self.server = self.scratch.server(
+            self.pgdata, self.run_dir, bin_dir, owner, superuser="postgres"
+        )
         server.make_run_dir()
         server.initdb()
         server.configure()
@@ -198,7 +200,7 @@ class Workspace:
         still running in it."""
         bin_dir = self.marker.get("bin_dir")
         try:
-            stop_leftover(self.pgdata, Path(bin_dir) if bin_dir else None)
+            self.scratch.stop_leftover(self.pgdata, Path(bin_dir) if bin_dir else None)
         except (OSError, BackupdError) as exc:
             log.error("drill_server_stop_failed", error=str(exc))
         shutil.rmtree(self.path, ignore_errors=True)
@@ -254,7 +256,13 @@ def _entries(root: Path) -> Iterator[Path]:
         return
 
 
-def cleanup_stale_drills(state_dir: Path, *, database: ConnInfo | None = None) -> list[str]:
+def cleanup_stale_drills(
+    state_dir: Path,
+    *,
+    scratch: ScratchServers,
+    admin: DatabaseAdmin,
+    database: Database | None = None,
+) -> list[str]:
     """Stop and remove what drills that are no longer running left under
     ``<state_dir>/drills/``: scratch postmasters (immediate shutdown), their files and, given
     ``database`` (the drill server, ``BACKUPD_DRILL__DATABASE_URL``), their scratch databases.
@@ -275,7 +283,7 @@ def cleanup_stale_drills(state_dir: Path, *, database: ConnInfo | None = None) -
         bin_dir = marker.get("bin_dir")
         work = _scratch_of(marker, entry) or entry
         try:
-            if stop_leftover(work / "pgdata", Path(bin_dir) if bin_dir else None):
+            if scratch.stop_leftover(work / "pgdata", Path(bin_dir) if bin_dir else None):
                 log.warning("drill_server_stopped", drill_id=entry.name, pgdata=str(work / "pgdata"))
         except (OSError, BackupdError) as exc:
             log.error("drill_cleanup_failed", drill_id=entry.name, error=str(exc))
@@ -286,7 +294,7 @@ def cleanup_stale_drills(state_dir: Path, *, database: ConnInfo | None = None) -
                 log.warning("drill_database_left", drill_id=entry.name, database=scratch_db)
                 continue
             try:
-                drop_database(database, str(scratch_db))
+                admin.drop_database(database, str(scratch_db))
             except BackupdError as exc:
                 log.error("drill_cleanup_failed", drill_id=entry.name, database=scratch_db, error=exc.message)
                 continue

@@ -42,20 +42,13 @@ from contentflow_backupd.repository.manifest import Manifest, StreamEntry
 from contentflow_backupd.repository.pipeline import ChunkReader
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.source.combine import combine_backups, find_combinebackup, give_tree
-from contentflow_backupd.source.pgdata import (
+from contentflow_backupd.source.base import (
+    DataDirectories,
     ExtractStats,
     NewDirectory,
     Owner,
+    PostgresDrivers,
     RecoveryConfig,
-    check_new_directory,
-    extract_tar,
-    readable_by,
-    recovery_dir_of,
-    resolve_owner,
-    restore_command,
-    write_recovery_config,
-    write_recovery_settings,
 )
 from contentflow_backupd.wal import Segment, classify, format_lsn, history_name, parse_lsn, parse_segment
 
@@ -494,25 +487,32 @@ def restore_physical(
     archive: WalArchive,
     opts: PhysicalRestoreOptions,
     *,
+    pg: PostgresDrivers,
     catalog: RestorePointCatalog | None = None,
     audit: AuditCatalog | None = None,
 ) -> PhysicalRestoreResult:
-    """``catalog``: where restore points are looked up; ``audit``: the catalog to record the
-    restore in (ops/audit.py), None records nothing."""
+    """``pg``: the PostgreSQL side (``pg.datadir`` writes the data directory, ``pg.combiner``
+    runs pg_combinebackup for a native chain); ``catalog``: where restore points are looked up;
+    ``audit``: the catalog to record the restore in (ops/audit.py), None records nothing."""
     details = {"cluster": opts.cluster, "mode": "physical", "pgdata": str(opts.pgdata)}
     details["target"] = opts.target.describe()
     with audited(audit, "restore", objects=[opts.backup], details=details, repo=repo) as recorded:
-        result = _restore_physical(repo, archive, opts, catalog)
+        result = _restore_physical(repo, archive, opts, catalog, pg)
         recorded.details.update(backup_id=result.backup_id, restored_bytes=result.restored_bytes)
         return result
 
 
 def _restore_physical(
-    repo: Repository, archive: WalArchive, opts: PhysicalRestoreOptions, catalog: RestorePointCatalog | None
+    repo: Repository,
+    archive: WalArchive,
+    opts: PhysicalRestoreOptions,
+    catalog: RestorePointCatalog | None,
+    pg: PostgresDrivers,
 ) -> PhysicalRestoreResult:
     t0 = time.monotonic()
+    files = pg.datadir
     pgdata = Path(os.path.abspath(opts.pgdata))
-    owner = resolve_owner(opts.owner)
+    owner = files.resolve_owner(opts.owner)
     point = _restore_point(catalog, Scope(repo.id, opts.cluster), opts.target)
     plan = plan_physical_restore(repo, archive, opts.cluster, opts.backup, opts.target, point)
     m = plan.manifest
@@ -521,12 +521,12 @@ def _restore_physical(
     combine_tool = None
     if len(chain) > 1:
         major = int(m.details.get("pg_version_num", 0)) // 10000
-        combine_tool = find_combinebackup(major, opts.pg_bin)
-    check_new_directory(pgdata, "--pgdata")
-    rdir = None if opts.recovery.config_file else NewDirectory(recovery_dir_of(pgdata), owner)
+        combine_tool = pg.combiner.find(major, opts.pg_bin)
+    files.check_new_directory(pgdata, "--pgdata")
+    rdir = None if opts.recovery.config_file else files.new_directory(files.recovery_dir_of(pgdata), owner)
     if rdir is not None:
-        check_new_directory(rdir.path, "the recovery settings directory")
-    warnings = plan.warnings + _access_warnings(opts.recovery, owner)
+        files.check_new_directory(rdir.path, "the recovery settings directory")
+    warnings = plan.warnings + _access_warnings(files, opts.recovery, owner)
     restored_bytes = sum(e.size for e in entries)
     log.info(
         "restore_started",
@@ -536,22 +536,22 @@ def _restore_physical(
         bytes=restored_bytes,
         chain=[link.id for link in chain] if len(chain) > 1 else None,
     )
-    data = NewDirectory(pgdata, owner)
+    data = files.new_directory(pgdata, owner)
     made: list[NewDirectory] = []
     try:
         data.make()
         made.append(data)
         if combine_tool is None:
-            stats = _extract(repo, m, entries[0], pgdata, owner, opts.concurrency)
+            stats = _extract(files, repo, m, entries[0], pgdata, owner, opts.concurrency)
         else:
-            stats = _combine_chain(repo, chain, entries, pgdata, owner, combine_tool, opts.concurrency)
+            stats = _combine_chain(pg, repo, chain, entries, pgdata, owner, combine_tool, opts.concurrency)
         config = opts.recovery.config_file
         if rdir is not None:
             rdir.make()
             made.append(rdir)
-            config = write_recovery_config(rdir.path, opts.recovery, owner)
+            config = files.write_recovery_config(rdir.path, opts.recovery, owner)
         assert config is not None
-        command = restore_command(opts.tool, config)
+        command = files.restore_command(opts.tool, config)
         settings = {"restore_command": command, **opts.target.settings()}
         if not opts.keep_archiving:
             settings["archive_mode"] = "off"
@@ -560,7 +560,7 @@ def _restore_physical(
             f"{iso(datetime.now(UTC))},\ntarget {opts.target.describe()}. "
             "PostgreSQL removes recovery.signal when recovery ends."
         )
-        write_recovery_settings(pgdata, settings, owner, header=header)
+        files.write_recovery_settings(pgdata, settings, owner, header=header)
     except BaseException:
         for directory in reversed(made):
             directory.discard()
@@ -590,10 +590,16 @@ def _restore_physical(
 
 
 def _extract(
-    repo: Repository, m: Manifest, entry: StreamEntry, dest: Path, owner: Owner, concurrency: int
+    files: DataDirectories,
+    repo: Repository,
+    m: Manifest,
+    entry: StreamEntry,
+    dest: Path,
+    owner: Owner,
+    concurrency: int,
 ) -> ExtractStats:
     reader = ChunkReader(repo, m.cluster, m.generation, concurrency=concurrency)
-    stats = extract_tar(
+    stats = files.extract_tar(
         reader.iter_stream(entry, manifest_key=layout.manifest_key(m.cluster, m.id)), dest, owner
     )
     if "backup_label" not in stats.names:
@@ -605,6 +611,7 @@ def _extract(
 
 
 def _combine_chain(
+    pg: PostgresDrivers,
     repo: Repository,
     chain: list[Manifest],
     entries: list[StreamEntry],
@@ -622,13 +629,13 @@ def _combine_chain(
             dest = work / f"{i:03d}-{link.id}"
             dest.mkdir(mode=0o700)
             log.info("restore_chain_extracting", backup_id=link.id, position=i + 1, of=len(chain))
-            _extract(repo, link, entry, dest, owner, concurrency)
+            _extract(pg.datadir, repo, link, entry, dest, owner, concurrency)
             inputs.append(dest)
         major = int(chain[-1].details.get("pg_version_num", 0)) // 10000
-        combine_backups(tool, inputs, pgdata, link=major >= 18)
+        pg.combiner.combine(tool, inputs, pgdata, link=major >= 18)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    give_tree(pgdata, owner.uid, owner.gid)
+    pg.datadir.give_tree(pgdata, owner)
     stats = ExtractStats(names=set(os.listdir(pgdata)))
     for _top, dirs, files in os.walk(pgdata):
         stats.files += len(files)
@@ -678,15 +685,15 @@ def _base_stream(
     return entry
 
 
-def _access_warnings(recovery: RecoveryConfig, owner: Owner) -> list[str]:
-    files = [recovery.config_file] if recovery.config_file else []
+def _access_warnings(files: DataDirectories, recovery: RecoveryConfig, owner: Owner) -> list[str]:
+    paths = [recovery.config_file] if recovery.config_file else []
     if recovery.secret_file is not None:
-        files.append(recovery.secret_file)
+        paths.append(recovery.secret_file)
     return [
         f"{path} is not readable by {owner.name}, who runs PostgreSQL and its restore_command: "
         "fix its permissions before starting the server"
-        for path in files
-        if not readable_by(path, owner)
+        for path in paths
+        if not files.readable_by(path, owner)
     ]
 
 

@@ -55,8 +55,7 @@ from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.source.base import LogicalTarget
-from contentflow_backupd.source.pgdata import check_new_directory, resolve_owner
+from contentflow_backupd.source.base import LogicalTarget, PostgresDrivers
 
 log = structlog.get_logger(__name__)
 
@@ -140,18 +139,20 @@ def recover_physical(
     *,
     catalog: RecoverCatalog | None,
     excluded: Mapping[str, str],
+    pg: PostgresDrivers,
     start: StartServer | None = None,
     check: RunChecks | None = None,
 ) -> RecoverResult:
     """Restore the newest good physical backup that reaches ``opts.target`` into ``opts.pgdata``
     (``opts.backup``: ``latest`` to choose, or one backup id: no fallback); with ``start``, start
     it and wait for recovery, then run ``check``. ``excluded``: backup id -> why it must not be
-    used (open corrupt objects). Raises ``UsageError`` (exit 2) for a non-empty data directory
+    used (open corrupt objects). ``pg``: the PostgreSQL side (files of the data directory,
+    ``pg_combinebackup``). Raises ``UsageError`` (exit 2) for a non-empty data directory
     or when no backup can be recovered, naming each one and why."""
     t0 = time.monotonic()
     pgdata = Path(os.path.abspath(opts.pgdata))
-    check_new_directory(pgdata, "--pgdata")
-    resolve_owner(opts.owner)
+    pg.datadir.check_new_directory(pgdata, "--pgdata")
+    pg.datadir.resolve_owner(opts.owner)
     _check_restore_point(catalog, Scope(repo.id, opts.cluster), opts.target)
     skipped: list[Skipped] = []
     result: PhysicalRestoreResult | None = None
@@ -164,7 +165,7 @@ def recover_physical(
             continue
         try:
             result = restore_physical(
-                repo, archive, _with_backup(opts, manifest.id, pgdata), catalog=catalog, audit=catalog
+                repo, archive, _with_backup(opts, manifest.id, pgdata), pg=pg, catalog=catalog, audit=catalog
             )
         except BACKUP_FAULTS as exc:
             _note_damage(damaged, exc, manifest.id)

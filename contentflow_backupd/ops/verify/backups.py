@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import blake3
 import structlog
 
 from contentflow_backupd.catalog.base import BackupAuditCatalog
@@ -23,7 +22,7 @@ from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.backup.native import is_native
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
-from contentflow_backupd.repository.pipeline import ChunkReader
+from contentflow_backupd.repository.pipeline import ChunkReader, stream_digest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, Segment, parse_segment
@@ -212,7 +211,7 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
     reader = ChunkReader(repo, m.cluster, m.generation)
     mkey = layout.manifest_key(m.cluster, m.id)
     for stream in m.streams:
-        digest = blake3.blake3()
+        digest = stream_digest()
         intact = True
         seen: set[str] = set()
         results = ordered_map(pool, reader.read_chunk, stream.chunks, conc * 2)

@@ -30,8 +30,7 @@ import structlog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.receivewal import PgReceiveWal
+from contentflow_backupd.source.base import WalReceiver
 from contentflow_backupd.wal import classify
 
 log = structlog.get_logger(__name__)
@@ -146,17 +145,17 @@ def upload_spool(archive: WalArchive, spool_dir: Path) -> int:
 
 def run_wal_stream(
     archive: WalArchive,
-    info: ConnInfo,
+    receiver: WalReceiver,
     *,
-    spool_dir: Path,
     slot: str,
     stop: threading.Event,
-    bin_dir: Path | None = None,
-    tmp_root: Path | None = None,
     poll_interval: float = 0.5,
     restart_backoff: tuple[float, float] = (1, 30),
 ) -> None:
     """Stream and archive WAL until ``stop`` is set; see the module docstring.
+
+    ``receiver``: the ``pg_receivewal`` to supervise (``source.receivewal.PgReceiveWal``, not
+    entered yet); its ``spool_dir`` is the spool. ``slot`` is its replication slot (for logs).
 
     ``restart_backoff`` (first, longest delay in seconds) paces both the restarts of
     ``pg_receivewal`` and the retries of failed uploads.
@@ -165,18 +164,18 @@ def run_wal_stream(
     raises when that final upload fails (the files stay in the spool for the next run).
     ``LockedError`` when another ``wal-stream`` uses the same spool directory.
     """
-    spool = prepare_spool(spool_dir)
+    spool = prepare_spool(receiver.spool_dir)
     uploader = SpoolUploader(archive, spool, restart_backoff)
     with exclusive(spool.parent, f"{spool.name}.wal-stream", what=f"wal-stream into {spool}"):
-        log.info("wal_stream_started", slot=slot, spool=str(spool), server=info.display())
-        with PgReceiveWal(info, spool_dir=spool, slot=slot, bin_dir=bin_dir, tmp_root=tmp_root) as receiver:
+        log.info("wal_stream_started", slot=slot, spool=str(spool), server=receiver.describe())
+        with receiver:
             _supervise(receiver, uploader, stop, poll_interval, restart_backoff)
         final = uploader.upload()
         log.info("wal_stream_stopped", archived=uploader.archived, archived_at_stop=final)
 
 
 def _supervise(
-    receiver: PgReceiveWal,
+    receiver: WalReceiver,
     uploader: SpoolUploader,
     stop: threading.Event,
     poll_interval: float,
