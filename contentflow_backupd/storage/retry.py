@@ -35,7 +35,13 @@ import structlog
 
 from contentflow_backupd.backoff import Backoff
 from contentflow_backupd.errors import ObjectExists, ObjectNotFound, StorageError
-from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures, read_up_to
+from contentflow_backupd.storage.base import (
+    ObjectInfo,
+    Storage,
+    StorageFeatures,
+    object_lock_status,
+    read_up_to,
+)
 
 T = TypeVar("T")
 _CHUNK = 1 << 20
@@ -171,6 +177,11 @@ class RetryingStorage:
 
     def delete(self, key: str) -> None:
         self._call(key, lambda: self._inner.delete(key))
+
+    def object_lock_status(self) -> tuple[bool, str | None, str]:
+        """Forwards the optional :class:`~contentflow_backupd.storage.base.ObjectLockReport`
+        (``features`` says whether the inner storage has it), retried like every call."""
+        return self._call(None, lambda: object_lock_status(self._inner))
 
     def flush(self) -> None:
         self._inner.flush()  # not retried: a failed fsync may have lost data, the caller must know
