@@ -22,10 +22,11 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import SourceError
+from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process
+from contentflow_backupd.source.tools import StderrTail, find_tool
 from contentflow_backupd.wal import format_lsn, parse_lsn
 
 log = structlog.get_logger(__name__)

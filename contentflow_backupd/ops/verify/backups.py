@@ -17,10 +17,11 @@ import blake3
 import structlog
 
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.errors import BackupdError, ObjectNotFound
+from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.backup.native import is_native
+from contentflow_backupd.ops.verify.sweep_index import describe
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader
@@ -123,14 +124,6 @@ def ordered_map(
         yield take()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ObjectNotFound):
-        return "missing"
-    if isinstance(exc, BackupdError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
-
-
 def verify_backup(
     repo: Repository,
     cluster: str,
@@ -203,7 +196,7 @@ def _quick(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolEx
         progress.advance(1)
         key = reader.key_of(ref)
         if isinstance(result, BaseException):
-            check.faults.append(Fault(m.id, key, _describe(result)))
+            check.faults.append(Fault(m.id, key, describe(result)))
         elif result.size != ref.stored:
             check.faults.append(Fault(m.id, key, f"size {result.size}, expected {ref.stored}"))
 
@@ -226,7 +219,7 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
             if isinstance(result, BaseException):
                 intact = False
                 if first:
-                    check.faults.append(Fault(m.id, reader.key_of(ref), _describe(result)))
+                    check.faults.append(Fault(m.id, reader.key_of(ref), describe(result)))
                 continue
             check.bytes_read += len(result)
             progress.advance(len(result))
@@ -260,7 +253,7 @@ def _consistency_wal(
             check.read_keys.add(archive.key(name))
         if isinstance(result, BaseException):
             check.faults.append(
-                Fault(m.id, archive.key(name), f"WAL needed for consistency: {_describe(result)}")
+                Fault(m.id, archive.key(name), f"WAL needed for consistency: {describe(result)}")
             )
         elif not quick:
             check.bytes_read += result
