@@ -154,7 +154,10 @@ class RestoredServer:
                 if has_state
                 else "select pg_is_wal_replay_paused()"
             )
-            paused = conn.execute(query).fetchone()
+            try:
+                paused = conn.execute(query).fetchone()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                return None  # recovery ended since the first query: the next look sees it promoted
         if paused is not None and paused[0]:
             return RecoveryStatus("paused", replayed, "recovery is paused at the target (read-only)")
         return None
