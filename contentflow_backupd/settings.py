@@ -1,4 +1,9 @@
-"""Settings: environment (``BACKUPD_*``, nested with ``__``) over an optional TOML file.
+"""Settings: environment (``BACKUPD_*``, nested with ``__``) over an optional TOML file over
+credential files (``$CREDENTIALS_DIRECTORY``, ``/run/secrets``) over defaults.
+
+pydantic-settings resolves the precedence and merges the nested sections: the TOML file is its
+``TomlConfigSettingsSource`` (with our error messages); credential files are our own source,
+because its ``SecretsSettingsSource`` differs where it matters here (see :class:`CredentialFiles`).
 
 Only ``wiring`` turns settings into objects; the rest of the code takes explicit arguments.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +27,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.timespec import parse_duration, parse_schedule
@@ -340,8 +352,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init kwargs carry the TOML file's values: env wins over them.
-        return (env_settings, init_settings)
+        # env, then init kwargs (tests build Settings(...) directly), then what load_settings
+        # adds for this call: the TOML file, then the credential files.
+        return (env_settings, init_settings, *_FILE_SOURCES.get())
 
     @property
     def catalog_sqlalchemy_url(self) -> str:
@@ -375,17 +388,34 @@ def env_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + "__".join(str(p).upper() for p in loc if isinstance(p, str))
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found (--config / BACKUPD_CONFIG)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    return data
+_FILE_SOURCES: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar(
+    "settings_file_sources", default=()
+)
+"""The TOML file and credential sources of the ``load_settings`` call in progress."""
+
+
+class TomlFile(TomlConfigSettingsSource):
+    """The ``--config`` / ``BACKUPD_CONFIG`` file: pydantic-settings' TOML source, except that a
+    file that was named must exist and be valid TOML (its source silently skips a missing file
+    and raises the parser's bare error): each is a ``ConfigError`` naming the file."""
+
+    def __init__(self, path: Path | None) -> None:
+        if path is not None:
+            try:
+                path.open("rb").close()
+            except FileNotFoundError:
+                raise ConfigError(f"config file {path} not found (--config / BACKUPD_CONFIG)") from None
+            except OSError as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        super().__init__(Settings, toml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file_path}: {exc.strerror}") from None
 
 
 # -- secrets from credential directories ------------------------------------------------------
@@ -464,6 +494,27 @@ def read_credentials(
     return values, sources
 
 
+class CredentialFiles(PydanticBaseSettingsSource):
+    """Secret settings from credential files (:func:`read_credentials`), the lowest source before
+    the defaults. Not pydantic-settings' ``SecretsSettingsSource``, which would change what users
+    rely on: a ``key_file`` credential is the key file itself (the setting becomes its path, not
+    its contents); an empty file is an error, not an empty secret; only trailing newlines are
+    stripped; a passphrase and a key file together are refused; nested settings are found by
+    their ``BACKUPD_SECTION__NAME`` file name; a secrets directory that does not exist or that we
+    may not search (``/run/secrets`` of another user) is skipped without a warning; and
+    ``config show`` names the file each secret came from."""
+
+    def __init__(self, file_data: dict[str, Any], dirs: list[Path] | None) -> None:
+        super().__init__(Settings)
+        self.values, self.sources = read_credentials(file_data, dirs)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.values
+
+
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
@@ -480,16 +531,6 @@ def _read_credential(path: Path) -> str:
     if not value:
         raise ConfigError(f"credential file {path} is empty", hint="write the secret into it, or remove it")
     return value
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 NOT_SETTINGS = frozenset(
@@ -567,16 +608,18 @@ def load_settings(
     ``ConfigError`` naming the setting.
     """
     path = config_path or (Path(os.environ["BACKUPD_CONFIG"]) if os.environ.get("BACKUPD_CONFIG") else None)
-    file_data = read_toml(path) if path else {}
+    toml = TomlFile(path)
+    file_data = toml.toml_data
     unknown = unknown_names(os.environ, file_data)
     if unknown:
         raise ConfigError(
             "invalid settings:\n  " + "\n  ".join(unknown),
             hint='see README.md "Settings" or `contentflow-backupd config show` for the known names',
         )
-    from_credentials, credential_sources = read_credentials(file_data, secret_dirs)
+    credentials = CredentialFiles(file_data, secret_dirs)
+    token = _FILE_SOURCES.set((toml, credentials))
     try:
-        settings = Settings(**_merge(from_credentials, file_data))
+        settings = Settings()
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -586,9 +629,11 @@ def load_settings(
                 msg = "unknown setting"
             problems.append(f"{name}: {msg}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    finally:
+        _FILE_SOURCES.reset(token)
     if path is not None:
         settings.config = path
-    settings._credentials = credential_sources
+    settings._credentials = credentials.sources
     return settings, file_data
 
 

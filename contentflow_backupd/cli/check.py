@@ -36,14 +36,15 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _object_lock(settings: Settings, mode: str) -> ObjectLockState:
-    """Does the bucket support object lock ``mode``? Asked of ``storage.s3.object_lock_status``."""
+    """Does the bucket support object lock ``mode``? Asked of the storage's optional
+    ``ObjectLockReport`` ability (``storage.base.object_lock_status``)."""
     from contentflow_backupd.errors import BackupdError
     from contentflow_backupd.ops.repo.check import ObjectLockState
 
     repository = settings.repository or ""
     if not repository.startswith("s3://"):
         return ObjectLockState(False, f"BACKUPD_S3__OBJECT_LOCK={mode} needs an s3:// repository")
-    from contentflow_backupd.storage.s3 import object_lock_status
+    from contentflow_backupd.storage.base import object_lock_status
 
     try:
         supported, _mode, detail = object_lock_status(wiring.open_storage(settings))

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from contentflow_backupd.backoff import Backoff, Pacer
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.ops.health.evaluate import WalState
@@ -172,6 +173,10 @@ class WalWatcher:
         return newest, newest_at, stored
 
 
+SUPERVISOR_BACKOFF = Backoff(first=1, cap=60)
+"""Restarts of a failed ``wal-stream``: 1 s, doubling up to 60 s; a run that returned starts over."""
+
+
 class StreamSupervisor:
     """``run_wal_stream`` on a thread, restarted with backoff until ``stop()``."""
 
@@ -209,23 +214,25 @@ class StreamSupervisor:
         self._thread.join(timeout)
 
     def _loop(self) -> None:
-        delay = 1.0
+        pacer = Pacer(SUPERVISOR_BACKOFF)
         while not self._stop.is_set():
             try:
                 archive, info = self._args
                 receiver = PgReceiveWal(info, **self._kw)  # a fresh one per run
                 run_wal_stream(archive, receiver, slot=self._kw["slot"], stop=self._stop)
-                delay = 1.0
+                pacer.succeeded()
+                delay = SUPERVISOR_BACKOFF.first
             except BackupdError as exc:
+                delay = pacer.failed()
                 log.error("wal_stream_failed", error=exc.message, restart_in=delay)
                 self.metrics.wal_archive_failures(1)
             except Exception as exc:  # noqa: BLE001 - the supervisor restarts it whatever happened
+                delay = pacer.failed()
                 log.error("wal_stream_crashed", error=f"{type(exc).__name__}: {exc}", restart_in=delay)
                 self.metrics.wal_archive_failures(1)
             if self._stop.wait(delay):
                 break
             self.restarts += 1
-            delay = min(delay * 2, 60.0)
 
 
 def _now() -> datetime:

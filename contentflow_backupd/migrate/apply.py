@@ -16,6 +16,7 @@ from typing import IO, Any
 import structlog
 
 from contentflow_backupd.errors import UsageError
+from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.schema import RoleSettings, apply_role_settings, read_role_settings
 from contentflow_backupd.source.tools import child_env
@@ -140,7 +141,7 @@ def _run(
             try:
                 rc = proc.wait()
             except BaseException:
-                _stop(proc)
+                stop_process(proc)
                 raise
     finally:
         for t in pumps:
@@ -149,16 +150,6 @@ def _run(
     log.info("migration_command_finished", returncode=rc, duration_seconds=round(duration, 3))
     summary = watcher.summary() if hasattr(watcher, "summary") else {}
     return CommandResult(rc, duration, list(tail), summary)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _redacted(command: Sequence[str], database_url: str) -> list[str]:

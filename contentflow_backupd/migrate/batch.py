@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import structlog
 
+from contentflow_backupd.backoff import Backoff
 from contentflow_backupd.catalog.base import MigrationCatalog
 from contentflow_backupd.catalog.guard_records import BatchCheckpoint
 from contentflow_backupd.errors import LockedError, SourceError, UsageError
@@ -106,6 +107,12 @@ class BatchSummary:
         out["duration_seconds"] = round(self.duration_seconds, 3)
         out["rate"] = self.rate
         return out
+
+
+def lock_retry_policy(opts: BatchOptions) -> Backoff:
+    """A batch that hits ``lock_timeout`` is tried ``lock_retries`` more times, waiting
+    ``lock_timeout`` (at least 0.1 s) before the first retry and twice as long before each next."""
+    return Backoff(first=max(0.1, opts.lock_timeout), attempts=opts.lock_retries + 1)
 
 
 class StopFlag:
@@ -240,6 +247,7 @@ class _Job:
             self.state.in_flight = InFlight(lo, hi, xid, rows, final)
             self.save()
 
+        policy = lock_retry_policy(self.opts)
         attempt = 0
         while True:
             try:
@@ -258,14 +266,14 @@ class _Job:
             except TransientBatchError as exc:
                 self.settle_after_error()
                 attempt += 1
-                if attempt > self.opts.lock_retries:
+                if not policy.may_retry(attempt):
                     raise LockedError(
                         f"the batch from {lo!r} of {self.table.display} failed {attempt} times "
                         f"({exc.reason}, lock_timeout {self.opts.lock_timeout:g}s); stopped, checkpoint kept",
                         hint="something holds locks on the table (see pg_locks and pg_stat_activity); "
                         "run the same command again to resume, or raise BACKUPD_MIGRATE__LOCK_TIMEOUT",
                     ) from None
-                delay = max(0.1, self.opts.lock_timeout) * 2 ** (attempt - 1)
+                delay = policy.delay(attempt)
                 log.warning("batch_retrying", reason=exc.reason, lo=lo, attempt=attempt, delay_seconds=delay)
                 self.wait(delay)
             except SourceError:

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from contentflow_backupd import __version__
+from contentflow_backupd.backoff import Backoff
 from contentflow_backupd.errors import ConfigError
 
 __all__ = ["Notifier", "NullNotifier", "WebhookNotifier", "safe_origin"]
@@ -125,6 +126,7 @@ class WebhookNotifier:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.policy = Backoff(first=backoff, cap=MAX_DELAY, attempts=retries + 1)
         self.cluster = cluster
         self.host = host
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
@@ -236,7 +238,8 @@ class WebhookNotifier:
     def _deliver(self, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, default=str).encode()
         event = payload["event"]
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             outcome = self._post(body)
             if outcome.ok:
                 with self._cond:
@@ -246,9 +249,10 @@ class WebhookNotifier:
             if not outcome.retryable:
                 self._give_up(event, outcome.reason, attempt + 1)
                 return
-            if attempt == self.retries:
+            attempt += 1
+            if not self.policy.may_retry(attempt):
                 break
-            delay = min(self.backoff * 2**attempt, MAX_DELAY)
+            delay = self.policy.delay(attempt)
             if outcome.retry_after is not None:
                 delay = min(max(delay, outcome.retry_after), MAX_DELAY)
             log.info(
@@ -256,12 +260,12 @@ class WebhookNotifier:
                 webhook=self.origin,
                 event_name=event,
                 reason=outcome.reason,
-                attempt=attempt + 1,
+                attempt=attempt,
                 delay=delay,
             )
             if self._stop.wait(delay):
                 break
-        self._give_up(event, outcome.reason, attempt + 1)
+        self._give_up(event, outcome.reason, attempt)
 
     def _give_up(self, event: str, reason: str, attempts: int) -> None:
         with self._cond:

@@ -31,6 +31,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from contentflow_backupd.procs import process_alive
+
 Mode = Literal["bar", "log", "off"]
 
 _lock = threading.RLock()
@@ -236,7 +238,8 @@ def read_published(path: Path) -> list[dict[str, Any]]:
         if time.time() - path.stat().st_mtime > PUBLISHED_MAX_AGE:
             return []
         data = json.loads(path.read_text())
-        os.kill(int(data["pid"]), 0)
+        if not process_alive(int(data["pid"])):
+            return []
     except (OSError, ValueError, KeyError, TypeError):
         return []
     running = data.get("running")

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from contentflow_backupd.errors import LockedError
+from contentflow_backupd.procs import process_alive
 
 
 @contextmanager
@@ -39,10 +40,4 @@ def pid_alive(pid: int | None, host: str | None, this_host: str) -> bool:
         return False
     if host is not None and host != this_host:
         return True  # another machine's process: we cannot tell, assume alive
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pid)

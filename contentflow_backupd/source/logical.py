@@ -16,10 +16,11 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import BackupdError, SourceError
+from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool, stop_process, tool_major
+from contentflow_backupd.source.tools import StderrTail, find_tool, tool_major
 
 log = structlog.get_logger(__name__)
 

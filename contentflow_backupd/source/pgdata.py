@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from contentflow_backupd.errors import BackupdError, UsageError
+from contentflow_backupd.fsutil import fsync_dir
 from contentflow_backupd.source.base import ExtractStats as ExtractStats  # records of source.base
 from contentflow_backupd.source.base import Owner as Owner
 from contentflow_backupd.source.base import RecoveryConfig as RecoveryConfig
@@ -212,7 +213,7 @@ def extract_tar(chunks: Iterable[bytes], dest: Path, owner: Owner) -> ExtractSta
             except FileExistsError:
                 raise UnsafeArchive(f"the backup holds {rel!r} twice; refusing to overwrite it") from None
     for directory in reversed(directories):
-        _fsync_dir(directory)
+        fsync_dir(directory)
     stats.directories = len(directories) - 1
     return stats
 
@@ -298,14 +299,6 @@ def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, owner
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -- recovery settings ---------------------------------------------------------------------
 # Settings this writer owns in postgresql.auto.conf: earlier lines for them are dropped, so that
 # a source that was itself restored cannot leave a second, conflicting recovery target behind.
@@ -371,7 +364,7 @@ def write_private_file(path: Path, data: bytes, owner: Owner, *, replace: bool =
         os.close(fd)
     if replace:
         os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # -- a settings file for restore_command ---------------------------------------------------

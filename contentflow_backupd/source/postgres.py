@@ -22,17 +22,31 @@ def error_reason(exc: psycopg.Error) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def scrubbed_reason(exc: psycopg.Error, info: ConnInfo) -> str:
+    """:func:`error_reason` with ``info``'s password masked (a connection error may quote it)."""
+    reason = error_reason(exc)
+    return reason.replace(info.password, "********") if info.password else reason
+
+
+def open_connection(info: ConnInfo, *, autocommit: bool = True, **params: str) -> psycopg.Connection[Any]:
+    """``psycopg.connect`` to ``info`` with ``params`` over its own, over our defaults
+    (``connect_timeout``, ``application_name``). Raises ``psycopg.Error``: callers translate it,
+    with :func:`scrubbed_reason` for the message."""
+    merged = {
+        "connect_timeout": str(CONNECT_TIMEOUT),
+        "application_name": "contentflow-backupd",
+        **info.params,
+        **params,
+    }
+    return psycopg.connect(ConnInfo(params=merged, password=info.password).full(), autocommit=autocommit)
+
+
 def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection[Any]:
     """An autocommit connection, or ``SourceError`` that names the server (never the password)."""
-    params = dict(info.params)
-    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
-    params.setdefault("application_name", "contentflow-backupd")
     try:
-        return psycopg.connect(ConnInfo(params=params, password=info.password).full(), autocommit=True)
+        return open_connection(info)
     except psycopg.Error as exc:
-        reason = error_reason(exc)
-        if info.password:
-            reason = reason.replace(info.password, "********")
+        reason = scrubbed_reason(exc, info)
         raise SourceError(
             f"cannot connect to {what} at {info.display()}: {reason}",
             hint="check BACKUPD_DATABASE_URL (or PGHOST/PGPORT/PGUSER), and that the server runs",

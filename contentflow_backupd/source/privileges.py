@@ -274,17 +274,13 @@ def _native_incremental(conn: psycopg.Connection[Any], role: _Role) -> Privilege
 
 
 def _replication_connection(info: ConnInfo, role: _Role) -> Privilege:
-    params = {**info.params, "replication": "true"}
-    params.setdefault("connect_timeout", str(postgres.CONNECT_TIMEOUT))
     try:
-        with psycopg.connect(ConnInfo(params=params, password=info.password).full()) as conn:
+        with postgres.open_connection(info, autocommit=False, replication="true") as conn:
             result = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
             if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
                 raise psycopg.OperationalError((result.error_message or b"").decode(errors="replace"))
     except psycopg.Error as exc:
-        reason = postgres.error_reason(exc)
-        if info.password:
-            reason = reason.replace(info.password, "********")
+        reason = postgres.scrubbed_reason(exc, info)
         return Privilege(
             "replication connection",
             False,

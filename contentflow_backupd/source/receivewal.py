@@ -31,6 +31,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import SourceError
+from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.base import ReceiverExit
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
@@ -195,14 +196,8 @@ class PgReceiveWal:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=self._stop_timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("pg_receivewal_killed", pid=proc.pid, timeout=self._stop_timeout)
-                proc.kill()
-                proc.wait()
+        if stop_process(proc, self._stop_timeout, sig=signal.SIGINT):
+            log.warning("pg_receivewal_killed", pid=proc.pid, timeout=self._stop_timeout)
         exited = self._reap()
         if exited is not None:
             log.info(

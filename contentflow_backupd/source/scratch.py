@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from contentflow_backupd.errors import SourceError, UsageError
+from contentflow_backupd.procs import process_alive
 from contentflow_backupd.source import facts
 from contentflow_backupd.source.base import ServerState
 from contentflow_backupd.source.conninfo import ConnInfo
@@ -303,7 +304,7 @@ class PgScratchServer:
                 raise SourceError("the restore drill was stopped (shutdown) before the server was ready")
             pid = self.postmaster_pid()
             seen_pid = seen_pid or pid is not None
-            if pid is not None and _alive(pid):
+            if pid is not None and process_alive(pid):
                 try:
                     state = facts.server_state(info)
                 except SourceError:
@@ -354,21 +355,6 @@ def postmaster_pid(pgdata: Path) -> int | None:
     return int(first) if first.strip().isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, not reaped yet by a container's init, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    return not fields or fields[0] != "Z"
-
-
 def _serves(pid: int, pgdata: Path) -> bool:
     """Whether ``pid`` is a postmaster of ``pgdata`` (its working directory; Linux ``/proc``)."""
     try:
@@ -382,7 +368,7 @@ def stop_leftover(pgdata: Path, bin_dir: Path | None, *, timeout: float = 30.0) 
     immediate`` with ``bin_dir``, else SIGQUIT to the pid in ``postmaster.pid`` once ``/proc``
     confirms it serves ``pgdata``. Returns whether one was running."""
     pid = postmaster_pid(pgdata)
-    if pid is None or not _alive(pid) or not _serves(pid, pgdata):
+    if pid is None or not process_alive(pid) or not _serves(pid, pgdata):
         return False
     if bin_dir is not None and (bin_dir / "pg_ctl").exists():
         st = pgdata.stat()
@@ -405,14 +391,14 @@ def stop_leftover(pgdata: Path, bin_dir: Path | None, *, timeout: float = 30.0) 
             check=False,
             **_as(owner),
         )
-    if _alive(pid):
+    if process_alive(pid):
         try:
             os.kill(pid, signal.SIGQUIT)
         except ProcessLookupError:
             return True
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     return True

@@ -21,8 +21,9 @@ from typing import Any, Literal
 import psycopg
 
 from contentflow_backupd.errors import SourceError, UsageError
+from contentflow_backupd.procs import process_alive
 from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.postgres import error_reason
+from contentflow_backupd.source.postgres import open_connection, scrubbed_reason
 from contentflow_backupd.source.scratch import server_bin_dir
 from contentflow_backupd.source.tools import child_env
 
@@ -96,13 +97,7 @@ class RestoredServer:
             pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return process_alive(pid)
 
     def log_tail(self, limit: int = 3000) -> str:
         try:
@@ -135,15 +130,12 @@ class RestoredServer:
 
     def _probe(self, info: ConnInfo) -> RecoveryStatus | None:
         """One look through a connection; None while recovery goes on (or the server is not up)."""
-        params = {**info.params, "connect_timeout": "5", "application_name": "contentflow-backupd"}
         try:
-            conn = psycopg.connect(ConnInfo(params=params, password=info.password).full(), autocommit=True)
+            conn = open_connection(info, connect_timeout="5", application_name="contentflow-backupd")
         except psycopg.OperationalError as exc:
             if exc.sqlstate in _RETRY_SQLSTATES:
                 return None
-            reason = error_reason(exc)
-            if info.password:
-                reason = reason.replace(info.password, "********")
+            reason = scrubbed_reason(exc, info)
             raise SourceError(
                 f"the recovered server at {info.display()} refuses the connection: {reason}",
                 hint="give the recovered server's address and credentials with --check-url",
@@ -162,7 +154,10 @@ class RestoredServer:
                 if has_state
                 else "select pg_is_wal_replay_paused()"
             )
-            paused = conn.execute(query).fetchone()
+            try:
+                paused = conn.execute(query).fetchone()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                return None  # recovery ended since the first query: the next look sees it promoted
         if paused is not None and paused[0]:
             return RecoveryStatus("paused", replayed, "recovery is paused at the target (read-only)")
         return None

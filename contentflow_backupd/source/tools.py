@@ -30,7 +30,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _major_of(binary: Path) -> int | None:
+def tool_major(binary: Path) -> int | None:
+    """The PostgreSQL major version of a client or server program (``--version``)."""
     try:
         out = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=30, env=child_env()
@@ -39,11 +40,6 @@ def _major_of(binary: Path) -> int | None:
         return None
     m = _VERSION.search(out.stdout)
     return int(m.group(1)) if m else None
-
-
-def tool_major(binary: Path) -> int | None:
-    """The PostgreSQL major version of a client or server program (``--version``)."""
-    return _major_of(binary)
 
 
 def _fits(found: int | None, wanted: int | None, exact: bool) -> bool:
@@ -83,7 +79,7 @@ def find_tool(
         if not path.exists():
             raise SourceError(f"{name} not found in BACKUPD_PG_BIN={bin_dir}")
         if server_major is not None:
-            found_major = _major_of(path)
+            found_major = tool_major(path)
             if not _fits(found_major, server_major, exact):
                 raise _refuse(
                     name, f"in BACKUPD_PG_BIN={bin_dir}", found_major, server_major, exact, "BACKUPD_PG_BIN"
@@ -108,7 +104,7 @@ def find_tool(
     on_path = shutil.which(name)
     if on_path:
         found_path = Path(on_path)
-        path_major = _major_of(found_path)
+        path_major = tool_major(found_path)
         if _fits(path_major, server_major, exact):
             return found_path
         assert server_major is not None
@@ -148,14 +144,3 @@ class StderrTail:
     def text(self) -> str:
         self._thread.join(timeout=10)
         return self._buf.decode("utf-8", errors="replace").strip()
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """Terminate a child, then kill it if it has not exited within ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -40,6 +40,13 @@ second with a non-retryable ``StorageError``. Every driver must honour:
 - ``delete(key)``: removes the object; deleting a missing key succeeds (idempotent).
 - ``features``: what the backend can do, as data. Callers branch on it, never on the class.
 
+Optional abilities are separate protocols, small and named after what they answer; a storage
+that has one says so in its ``features`` (a wrapper forwards both the flag and the call), and
+callers reach it through the helper beside the protocol, never through ``isinstance``:
+
+- :class:`ObjectLockReport` (``features.lock_report``): the bucket's Object Lock configuration
+  for ``check``; :func:`object_lock_status` asks it of any storage.
+
 Errors: only ``contentflow_backupd.errors.StorageError`` subclasses leave a driver; transient
 failures are ``StorageUnavailable`` (``retryable``), permanent ones are not retryable.
 Drivers hold no retry loops: :mod:`contentflow_backupd.storage.retry` wraps them.
@@ -51,7 +58,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 from contentflow_backupd.errors import StorageError
 
@@ -79,6 +86,8 @@ class StorageFeatures:
     """A sensible upper bound of parallel requests for this backend."""
     local_path: bool = False
     """Objects live on this machine's filesystem."""
+    lock_report: bool = False
+    """It answers :class:`ObjectLockReport` (the bucket's Object Lock configuration)."""
 
 
 @runtime_checkable
@@ -112,6 +121,24 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release connections and threads. Idempotent."""
         ...
+
+
+class ObjectLockReport(Protocol):
+    """Optional ability (``features.lock_report``): what the store says about Object Lock."""
+
+    def object_lock_status(self) -> tuple[bool, str | None, str]:
+        """``(supported, mode, detail)``: ``supported``, the store has Object Lock enabled;
+        ``mode``, the mode objects are written with (lower case), None when none is set;
+        ``detail``, one sentence for the user. Storage errors propagate."""
+        ...
+
+
+def object_lock_status(storage: Storage) -> tuple[bool, str | None, str]:
+    """:meth:`ObjectLockReport.object_lock_status` of ``storage``; a storage without the ability
+    (``features.lock_report`` False) gives ``(False, None, ...)``."""
+    if not storage.features.lock_report:
+        return False, None, f"{storage.url} is not an S3 bucket: no object lock"
+    return cast(ObjectLockReport, storage).object_lock_status()
 
 
 def validate_key(key: str) -> str:

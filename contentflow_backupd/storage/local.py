@@ -37,6 +37,7 @@ from contentflow_backupd.errors import (
     StorageAccessDenied,
     StorageError,
 )
+from contentflow_backupd.fsutil import fsync_dir
 from contentflow_backupd.storage.base import ObjectInfo, StorageFeatures, validate_key
 
 if TYPE_CHECKING:
@@ -82,14 +83,6 @@ def _fs(key: str | None, path: Path | str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise _translate(exc, key, path) from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_range(key: str, offset: int, length: int | None) -> None:
@@ -162,7 +155,7 @@ class LocalStorage:
                     f"{directory} is an object, it cannot also be a directory of keys (key {key!r})",
                     key=key,
                 ) from None
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
 
     def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         path = self._path(key)
@@ -180,7 +173,7 @@ class LocalStorage:
                 else:
                     self._replace(key, tmp, path)
                 if sync:
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
                 else:
                     with self._pending_lock:
                         self._pending_files.add(path)
@@ -331,7 +324,7 @@ class LocalStorage:
                 return
             raise _translate(exc, key, path) from exc
         with _fs(key, path.parent):
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def flush(self) -> None:
         """fsync every file and directory written with ``sync=False`` since the last flush. By
@@ -350,7 +343,7 @@ class LocalStorage:
                         os.close(fd)
             for directory in sorted(dirs):
                 with _fs(None, directory):
-                    _fsync_dir(directory)
+                    fsync_dir(directory)
         except BaseException:
             with self._pending_lock:  # not durable: a later flush must try again
                 self._pending_files |= files

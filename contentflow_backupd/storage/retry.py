@@ -2,8 +2,9 @@
 
 Only errors whose ``retryable`` is True are retried (``StorageUnavailable``, ``IncompleteWrite``);
 ``ObjectNotFound``, ``StorageAccessDenied`` and the like are raised at once. The delay before
-retry ``n`` (1-based) is ``rng() * min(max_delay, base_delay * 2 ** (n - 1))``. After
-``attempts`` tries the last error is raised. Each retry logs a ``storage_retry`` event.
+retry ``n`` (1-based) is ``rng() * min(max_delay, base_delay * 2 ** (n - 1))`` (the full-jitter
+:class:`~contentflow_backupd.backoff.Backoff` policy). After ``attempts`` tries the last error is
+raised. Each retry logs a ``storage_retry`` event.
 
 Per operation:
 
@@ -32,8 +33,15 @@ from typing import BinaryIO, TypeVar
 
 import structlog
 
+from contentflow_backupd.backoff import Backoff
 from contentflow_backupd.errors import ObjectExists, ObjectNotFound, StorageError
-from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures, read_up_to
+from contentflow_backupd.storage.base import (
+    ObjectInfo,
+    Storage,
+    StorageFeatures,
+    object_lock_status,
+    read_up_to,
+)
 
 T = TypeVar("T")
 _CHUNK = 1 << 20
@@ -53,12 +61,8 @@ class RetryingStorage:
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
         self._inner = inner
-        self._attempts = attempts
-        self._base_delay = base_delay
-        self._max_delay = max_delay
+        self.policy = Backoff(first=base_delay, cap=max_delay, jitter=True, attempts=attempts)
         self._sleep = sleep
         self._rng = rng
 
@@ -76,14 +80,14 @@ class RetryingStorage:
 
     def _backoff(self, key: str | None, attempt: int, exc: StorageError) -> None:
         """Raise ``exc`` unless it is retryable and attempts remain; else log and sleep."""
-        if not exc.retryable or attempt >= self._attempts:
+        if not exc.retryable or not self.policy.may_retry(attempt):
             raise exc
-        delay = self._rng() * min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
+        delay = self.policy.delay(attempt, self._rng)
         _log.warning(
             "storage_retry",
             key=key,
             attempt=attempt,
-            attempts=self._attempts,
+            attempts=self.policy.attempts,
             delay=round(delay, 3),
             error=str(exc),
             error_type=type(exc).__name__,
@@ -173,6 +177,11 @@ class RetryingStorage:
 
     def delete(self, key: str) -> None:
         self._call(key, lambda: self._inner.delete(key))
+
+    def object_lock_status(self) -> tuple[bool, str | None, str]:
+        """Forwards the optional :class:`~contentflow_backupd.storage.base.ObjectLockReport`
+        (``features`` says whether the inner storage has it), retried like every call."""
+        return self._call(None, lambda: object_lock_status(self._inner))
 
     def flush(self) -> None:
         self._inner.flush()  # not retried: a failed fsync may have lost data, the caller must know

@@ -84,7 +84,7 @@ from contentflow_backupd.errors import (
     StorageUnavailable,
 )
 from contentflow_backupd.storage import s3_versions
-from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures, read_up_to, validate_key
+from contentflow_backupd.storage.base import ObjectInfo, StorageFeatures, read_up_to, validate_key
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -254,6 +254,7 @@ class S3Storage:
             object_lock=object_lock is not None,
             max_concurrency=max_concurrency,
             local_path=False,
+            lock_report=True,
         )
         config = Config(
             connect_timeout=connect_timeout,
@@ -643,31 +644,17 @@ class S3Storage:
         )
         return lock.get("ObjectLockEnabled") == "Enabled", retention.get("Mode"), period
 
+    def object_lock_status(self) -> tuple[bool, str | None, str]:
+        """:class:`~contentflow_backupd.storage.base.ObjectLockReport`, for ``check``: whether
+        the bucket has Object Lock enabled (``GetObjectLockConfiguration``), the mode objects are
+        written with (``BACKUPD_S3__OBJECT_LOCK``, lower case) and one sentence. A mode set on a
+        bucket without Object Lock is a problem (``check`` fails)."""
+        mode = self.object_lock_mode.lower() if self.object_lock_mode else None
+        enabled, default_mode, period = self.object_lock_configuration()
+        return enabled, mode, s3_versions.lock_detail(self._bucket, enabled, mode, default_mode, period)
+
     def flush(self) -> None:
         """S3 objects are durable once acknowledged: nothing to do."""
 
     def close(self) -> None:
         self._client.close()
-
-
-def _s3_of(storage: Storage) -> S3Storage | None:
-    """The S3 driver under any wrappers (``inner``), if there is one."""
-    seen: Storage | None = storage
-    while seen is not None and not isinstance(seen, S3Storage):
-        seen = getattr(seen, "inner", None)
-    return seen
-
-
-def object_lock_status(storage: Storage) -> tuple[bool, str | None, str]:
-    """For ``check``: ``(supported, mode, detail)``. ``supported``: the bucket has Object Lock
-    enabled (``GetObjectLockConfiguration``); ``mode``: the mode objects are written with
-    (``BACKUPD_S3__OBJECT_LOCK``, lower case), None when not set; ``detail``: one sentence for
-    the user. A mode set on a bucket without Object Lock is a problem (``check`` fails); a
-    storage that is not S3 gives ``(False, None, ...)``. Storage errors propagate."""
-    s3 = _s3_of(storage)
-    if s3 is None:
-        return False, None, f"{storage.url} is not an S3 bucket: no object lock"
-    mode = s3.object_lock_mode.lower() if s3.object_lock_mode else None
-    enabled, default_mode, period = s3.object_lock_configuration()
-    bucket = s3.url.removeprefix("s3://").split("/", 1)[0]
-    return enabled, mode, s3_versions.lock_detail(bucket, enabled, mode, default_mode, period)

@@ -17,7 +17,13 @@ from typing import BinaryIO
 import pytest
 
 from contentflow_backupd.errors import ObjectExists, ObjectNotFound, StorageError
-from contentflow_backupd.storage.base import ObjectInfo, Storage, StorageFeatures, put_bytes
+from contentflow_backupd.storage.base import (
+    ObjectInfo,
+    Storage,
+    StorageFeatures,
+    object_lock_status,
+    put_bytes,
+)
 
 MiB = 1 << 20
 LARGE_SIZE = 6 * MiB + 17
@@ -93,6 +99,17 @@ class StorageContract:
         assert isinstance(storage.features, StorageFeatures)
         assert storage.features.max_concurrency >= 1
         assert "://" in storage.url
+
+    def test_optional_abilities_follow_features(self, storage: Storage) -> None:
+        """An optional ability is reached through ``features``, also through wrappers: a storage
+        that says ``lock_report`` answers it; one that does not gives the plain "no lock" answer."""
+        supported, mode, detail = object_lock_status(storage)
+        assert isinstance(supported, bool) and detail
+        if storage.features.lock_report:
+            assert callable(getattr(storage, "object_lock_status", None))
+            assert mode in (None, "compliance", "governance")
+        else:
+            assert (supported, mode) == (False, None)
 
     def test_round_trip(self, storage: Storage) -> None:
         data = payload(1000)

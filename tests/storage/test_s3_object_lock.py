@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from contentflow_backupd.errors import ObjectLocked, ObjectNotFound, StorageError
-from contentflow_backupd.storage.base import put_bytes
+from contentflow_backupd.storage.base import object_lock_status, put_bytes
 from contentflow_backupd.storage.local import LocalStorage
 from contentflow_backupd.storage.retry import RetryingStorage
-from contentflow_backupd.storage.s3 import MiB, S3Storage, object_lock_status
+from contentflow_backupd.storage.s3 import MiB, S3Storage
 from tests.storage.conftest import S3_PREFIX, make_s3
 
 if TYPE_CHECKING:

@@ -46,6 +46,9 @@ LAYERS: dict[str, int] = {
     "signals": 0,
     "sdnotify": 0,
     "sqltext": 0,
+    "backoff": 0,  # the retry/backoff policy of every loop (pure)
+    "fsutil": 0,  # fsync of a directory (stdlib)
+    "procs": 0,  # is a pid alive, stop a process (stdlib)
     "settings": 0,  # a leaf by its imports; who may import it is ruled below
 }
 
@@ -59,6 +62,9 @@ OPS_ALLOWED = (
     "contentflow_backupd.signals",
     "contentflow_backupd.observability",
     "contentflow_backupd.sqltext",  # pure: split a SQL file into statements
+    "contentflow_backupd.backoff",  # pure: retry/backoff policies
+    "contentflow_backupd.fsutil",  # stdlib: fsync a directory
+    "contentflow_backupd.procs",  # stdlib: is a pid alive, stop a process
     "contentflow_backupd.repository",  # the repository format: its protocols and pure helpers
     "contentflow_backupd.catalog.base",  # catalog protocols and records
     "contentflow_backupd.catalog.audit_records",  # audit records (pure)

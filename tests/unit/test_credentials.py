@@ -140,3 +140,27 @@ def test_credentials_directory_from_the_environment_is_read(
     settings, _ = load_settings()
     assert settings.catalog_sqlalchemy_url == "sqlite:////tmp/x.sqlite"
     assert settings.credential_sources == {"BACKUPD_CATALOG_URL": str(systemd / "BACKUPD_CATALOG_URL")}
+
+
+def test_one_section_merges_from_env_the_file_and_a_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydantic-settings merges the sources per setting, not per section: env > file > credential
+    files > defaults within [notify] and [s3] alike."""
+    systemd, secrets = dirs(tmp_path)
+    (secrets / "BACKUPD_NOTIFY__WEBHOOK_URL").write_text("https://hooks.example/T0K3N\n")
+    config = tmp_path / "backupd.toml"
+    config.write_text(
+        '[notify]\ntimeout = "7s"\nretries = 2\n[s3]\nregion = "file"\nforce_path_style = true\n'
+    )
+    monkeypatch.setenv("BACKUPD_NOTIFY__RETRIES", "5")
+    monkeypatch.setenv("BACKUPD_S3__REGION", "env")
+    settings, file_data = load_settings(config, secret_dirs=[systemd, secrets])
+    assert settings.notify.webhook_url is not None
+    assert settings.notify.webhook_url.get_secret_value() == "https://hooks.example/T0K3N"
+    assert (settings.notify.timeout, settings.notify.retries) == ("7s", 5)
+    assert (settings.s3.region, settings.s3.force_path_style, settings.s3.endpoint_url) == ("env", True, None)
+    assert file_data == {
+        "notify": {"timeout": "7s", "retries": 2},
+        "s3": {"region": "file", "force_path_style": True},
+    }

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contentflow_backupd.ops.drill.checks import (
+    CheckLog,
     CheckResult,
     amcheck_result,
     check_reads,
@@ -272,3 +273,29 @@ def test_checks_after_a_refused_connection_are_not_run_not_skipped() -> None:
     assert (results[0].name, results[0].status) == ("connect", "failed")
     assert {r.status for r in results[1:]} == {"not_run"}
     assert [r.name for r in results[1:]] == ["schema", "read_tables", "row_counts", "amcheck", "user_checks"]
+
+
+# -- the restore step, as both modes report it ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "detail"),
+    [
+        (
+            ("b1", "10 bytes, 2 files", 3.04),
+            {"then": "; recovery to the end of the backup on timeline 1"},
+            "backup b1 restored (10 bytes, 2 files) in 3.0s; recovery to the end of the backup on timeline 1",
+        ),
+        (
+            ("b2", "7 bytes of pg_dump archive", 0.26),
+            {"into": "db@host:5432"},
+            "backup b2 restored into db@host:5432 (7 bytes of pg_dump archive) in 0.3s",
+        ),
+    ],
+)
+def test_restore_step_reads_the_same_for_both_modes(
+    args: tuple[str, str, float], kwargs: dict[str, str], detail: str
+) -> None:
+    checks: list[CheckResult] = []
+    CheckLog(checks).restore_passed(*args, **kwargs)
+    assert checks == [CheckResult("restore", "passed", detail)]

@@ -75,6 +75,18 @@ class CheckLog:
     def extend(self, checks: Sequence[CheckResult]) -> None:
         self.checks.extend(checks)
 
+    def restore_passed(
+        self, backup_id: str, what: str, seconds: float, *, into: str = "", then: str = ""
+    ) -> None:
+        """The drill's ``restore`` check once the restore succeeded, for both modes:
+        ``backup <id> restored[ into <where>] (<what>) in <seconds>s<then>``."""
+        where = f" into {into}" if into else ""
+        self.add(
+            CheckResult(
+                "restore", "passed", f"backup {backup_id} restored{where} ({what}) in {seconds:.1f}s{then}"
+            )
+        )
+
     def fail(self, name: str, exc: BaseException) -> None:
         if isinstance(exc, BackupdError):
             detail = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")

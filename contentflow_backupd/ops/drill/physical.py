@@ -117,19 +117,16 @@ def drill_physical(
         step.fail("restore", exc)
         return
     result.restored_bytes = restored.restored_bytes
-    step.add(
-        CheckResult(
-            "restore",
-            "passed",
-            f"backup {manifest.id} restored ({restored.restored_bytes} bytes, {restored.files} files) "
-            f"in {restored.duration_seconds:.1f}s"
-            + (
-                f", combined with pg_combinebackup from its native chain {', '.join(restored.chain)}"
-                if restored.chain
-                else ""
-            )
-            + f"; recovery to {target.describe()} on timeline {restored.timeline}",
+    step.restore_passed(
+        manifest.id,
+        f"{restored.restored_bytes} bytes, {restored.files} files",
+        restored.duration_seconds,
+        then=(
+            f", combined with pg_combinebackup from its native chain {', '.join(restored.chain)}"
+            if restored.chain
+            else ""
         )
+        + f"; recovery to {target.describe()} on timeline {restored.timeline}",
     )
     t_verify = time.monotonic()
     progress.phase("pg_verifybackup")

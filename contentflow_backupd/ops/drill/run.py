@@ -361,13 +361,11 @@ def _logical(
         step.fail("restore", exc)
         return
     result.restored_bytes = restored.restored_bytes
-    step.add(
-        CheckResult(
-            "restore",
-            "passed",
-            f"backup {manifest.id} restored into {info.display()} ({restored.restored_bytes} bytes of "
-            f"pg_dump archive) in {restored.duration_seconds:.1f}s",
-        )
+    step.restore_passed(
+        manifest.id,
+        f"{restored.restored_bytes} bytes of pg_dump archive",
+        restored.duration_seconds,
+        into=info.display(),
     )
     try:
         pg.facts.server_state(info)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from contentflow_backupd.catalog.base import BackupAuditCatalog
-from contentflow_backupd.errors import BackupdError, ObjectNotFound
+from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.backup.native import is_native
+from contentflow_backupd.ops.verify.sweep_index import describe
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader, stream_digest
@@ -122,14 +123,6 @@ def ordered_map(
         yield take()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ObjectNotFound):
-        return "missing"
-    if isinstance(exc, BackupdError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
-
-
 def verify_backup(
     repo: Repository,
     cluster: str,
@@ -202,7 +195,7 @@ def _quick(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolEx
         progress.advance(1)
         key = reader.key_of(ref)
         if isinstance(result, BaseException):
-            check.faults.append(Fault(m.id, key, _describe(result)))
+            check.faults.append(Fault(m.id, key, describe(result)))
         elif result.size != ref.stored:
             check.faults.append(Fault(m.id, key, f"size {result.size}, expected {ref.stored}"))
 
@@ -225,7 +218,7 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
             if isinstance(result, BaseException):
                 intact = False
                 if first:
-                    check.faults.append(Fault(m.id, reader.key_of(ref), _describe(result)))
+                    check.faults.append(Fault(m.id, reader.key_of(ref), describe(result)))
                 continue
             check.bytes_read += len(result)
             progress.advance(len(result))
@@ -259,7 +252,7 @@ def _consistency_wal(
             check.read_keys.add(archive.key(name))
         if isinstance(result, BaseException):
             check.faults.append(
-                Fault(m.id, archive.key(name), f"WAL needed for consistency: {_describe(result)}")
+                Fault(m.id, archive.key(name), f"WAL needed for consistency: {describe(result)}")
             )
         elif not quick:
             check.bytes_read += result

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import structlog
 
+from contentflow_backupd.backoff import Backoff, Pacer
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.repository.walarchive import WalArchive
@@ -34,6 +34,10 @@ from contentflow_backupd.source.base import WalReceiver
 from contentflow_backupd.wal import classify
 
 log = structlog.get_logger(__name__)
+
+RESTART_BACKOFF = Backoff(first=1, cap=30)
+"""Paces the restarts of ``pg_receivewal`` and the retries of failed uploads: 1 s, doubling up to
+30 s; an upload's success starts over, and so does a ``pg_receivewal`` that ran for 30 s or more."""
 
 ARCHIVED_MARK = ".archived"
 """Suffix of the empty marker beside a complete segment that is archived but kept as resume point."""
@@ -59,13 +63,11 @@ class SpoolUploader:
     exponentially growing time before the next attempt.
     """
 
-    def __init__(self, archive: WalArchive, spool_dir: Path, backoff: tuple[float, float] = (1, 30)) -> None:
+    def __init__(self, archive: WalArchive, spool_dir: Path, backoff: Backoff = RESTART_BACKOFF) -> None:
         self.archive = archive
         self.spool_dir = spool_dir
         self.archived = 0
-        self._backoff = backoff
-        self._delay = backoff[0]
-        self._next_attempt = 0.0
+        self.pacer = Pacer(backoff)
         self._pushing: str | None = None
 
     def upload(self, stop: threading.Event | None = None) -> int:
@@ -109,8 +111,7 @@ class SpoolUploader:
 
     def upload_retrying(self, stop: threading.Event | None = None) -> int:
         """``upload``, but a failure is logged and retried on a later call, after a backoff."""
-        now = time.monotonic()
-        if now < self._next_attempt:
+        if not self.pacer.ready():
             return 0
         self._pushing = None
         try:
@@ -122,12 +123,10 @@ class SpoolUploader:
                 wal=self._pushing,
                 error=message,
                 error_type=type(exc).__name__,
-                retry_in=self._delay,
+                retry_in=self.pacer.failed(),
             )
-            self._next_attempt = now + self._delay
-            self._delay = min(self._delay * 2, self._backoff[1])
             return 0
-        self._delay = self._backoff[0]
+        self.pacer.succeeded()
         return pushed
 
 
@@ -150,15 +149,15 @@ def run_wal_stream(
     slot: str,
     stop: threading.Event,
     poll_interval: float = 0.5,
-    restart_backoff: tuple[float, float] = (1, 30),
+    restart_backoff: Backoff = RESTART_BACKOFF,
 ) -> None:
     """Stream and archive WAL until ``stop`` is set; see the module docstring.
 
     ``receiver``: the ``pg_receivewal`` to supervise (``source.receivewal.PgReceiveWal``, not
     entered yet); its ``spool_dir`` is the spool. ``slot`` is its replication slot (for logs).
 
-    ``restart_backoff`` (first, longest delay in seconds) paces both the restarts of
-    ``pg_receivewal`` and the retries of failed uploads.
+    ``restart_backoff`` paces both the restarts of ``pg_receivewal`` and the retries of failed
+    uploads (each with its own :class:`~contentflow_backupd.backoff.Pacer`).
 
     Returns after ``pg_receivewal`` has stopped and every file it completed is durably stored;
     raises when that final upload fails (the files stay in the spool for the next run).
@@ -179,32 +178,25 @@ def _supervise(
     uploader: SpoolUploader,
     stop: threading.Event,
     poll_interval: float,
-    backoff: tuple[float, float],
+    backoff: Backoff,
 ) -> None:
-    delay_min, delay_max = backoff
-    delay = delay_min
-    next_start = 0.0
+    restarts = Pacer(backoff)
     while not stop.is_set():
-        now = time.monotonic()
         exited = receiver.poll()
         if exited is not None and not stop.is_set():
-            if exited.ran_for >= delay_max:
-                delay = delay_min  # it ran fine for a while: this is a fresh failure
+            if exited.ran_for >= backoff.cap:
+                restarts.succeeded()  # it ran fine for a while: this is a fresh failure
             log.warning(
                 "pg_receivewal_exited",
                 returncode=exited.returncode,
                 stderr=exited.stderr,
                 ran_for=round(exited.ran_for, 1),
-                restart_in=delay,
+                restart_in=restarts.failed(),
             )
-            next_start = now + delay
-            delay = min(delay * 2, delay_max)
-        if not receiver.running and now >= next_start and not stop.is_set():
+        if not receiver.running and restarts.ready() and not stop.is_set():
             try:
                 receiver.start()
             except BackupdError as exc:
-                log.error("pg_receivewal_start_failed", error=exc.message, restart_in=delay)
-                next_start = now + delay
-                delay = min(delay * 2, delay_max)
+                log.error("pg_receivewal_start_failed", error=exc.message, restart_in=restarts.failed())
         uploader.upload_retrying(stop)
         stop.wait(poll_interval)
