@@ -78,16 +78,20 @@ def open_catalog(url: str, *, read_only: bool = False) -> SqlCatalog:
 
     ``read_only`` (the commands that only read): change nothing. A catalog whose schema is not
     the newest raises ``CatalogError`` naming ``catalog upgrade``; a SQLite catalog file that
-    does not exist yet is not created: an empty catalog in memory stands for it (nothing was
-    recorded)."""
+    does not exist yet is not created, and a catalog database without any schema yet is left
+    as it is: an empty catalog in memory stands for either (nothing was recorded). A catalog that
+    cannot be reached raises ``CatalogError`` saying so."""
     if read_only and _sqlite_file_missing(url):
         url, read_only = "sqlite://", False
     catalog = SqlCatalog(url, read_only=read_only)
     try:
-        if read_only:
-            catalog.check_schema()
-        else:
+        if not read_only:
             catalog.migrate()
+        elif catalog.is_new():
+            catalog.close()  # nothing recorded yet: an empty catalog in memory stands for it
+            return open_catalog("sqlite://")
+        else:
+            catalog.check_schema()
     except BaseException:
         catalog.close()
         raise
@@ -175,6 +179,10 @@ class SqlCatalog(
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             command.upgrade(alembic_config(connection=connection), "head")
 
+    def is_new(self) -> bool:
+        """True when the catalog database holds no schema yet (reachable, no version table)."""
+        return self._current_revision() is None
+
     def check_schema(self) -> None:
         """``CatalogError`` unless the schema is at the newest revision (read-only commands
         never upgrade it)."""
@@ -195,11 +203,13 @@ class SqlCatalog(
         )
 
     def _current_revision(self) -> str | None:
-        try:
-            with self._engine.connect() as connection:
+        """The schema's revision; None for a new catalog (no version table yet). A catalog that
+        cannot be reached raises ``CatalogError`` (it is not a new one)."""
+        with self._translate("connect"), self._engine.connect() as connection:
+            try:
                 row = connection.execute(text(f"select version_num from {VERSION_TABLE}")).first()
-        except SQLAlchemyError:
-            return None  # no version table yet: a new catalog
+            except SQLAlchemyError:
+                return None  # no version table yet: a new catalog
         return None if row is None else str(row[0])
 
 

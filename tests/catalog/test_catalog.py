@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -275,6 +276,34 @@ def test_a_read_only_open_refuses_an_older_schema_and_changes_nothing(catalog_ur
     opened = open_catalog(catalog_url)  # a writing command upgrades it
     opened.close()
     open_catalog(catalog_url, read_only=True).close()
+
+
+def test_a_read_only_open_of_a_catalog_without_schema_reads_empty_and_creates_nothing(
+    catalog_url: str, backend: str
+) -> None:
+    """A new catalog database (reachable, no tables yet: `status` before any backup) reads as
+    empty, not as an error, and stays without tables."""
+    if backend == "sqlite":
+        path = Path(catalog_url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True)
+        sqlite3.connect(path).close()  # an empty file: a database without any schema
+    catalog = open_catalog(catalog_url, read_only=True)
+    try:
+        assert catalog.list_runs(Scope(REPO_ID, "main")) == []
+        assert catalog.list_backups(Scope(REPO_ID, "main")) == []
+    finally:
+        catalog.close()
+    probe = SqlCatalog(catalog_url, read_only=True)
+    try:
+        assert probe.is_new()
+    finally:
+        probe.close()
+
+
+def test_a_read_only_open_of_an_unreachable_catalog_says_it_cannot_connect() -> None:
+    with pytest.raises(CatalogError, match="cannot connect") as raised:
+        open_catalog("postgresql://nobody@127.0.0.1:1/none?connect_timeout=5", read_only=True)
+    assert "catalog upgrade" not in str(raised.value) + (raised.value.hint or "")
 
 
 def test_finish_unknown_run_is_a_catalog_error(catalog: Catalog) -> None:
