@@ -114,7 +114,7 @@ def cmd_keys_add(args: argparse.Namespace, app: App) -> int:
 
     from contentflow_backupd.ops.repo.keys import add_kek
 
-    secret = app.kek_secret(
+    secret = app.extra_kek_secret(
         passphrase_file=Path(args.passphrase_file) if args.passphrase_file else None,
         key_file=Path(args.key_file) if args.key_file else None,
         kms_key_id=args.kms_key_id,

@@ -121,7 +121,7 @@ class App:
             self._storage = self._wal_archive.repo.storage
         return self._wal_archive
 
-    def kek_secret(
+    def extra_kek_secret(
         self, *, passphrase_file: Path | None, key_file: Path | None, kms_key_id: str | None
     ) -> KekSecret:
         """The secret of a key-encryption key to add (``keys add``): exactly one source."""
