@@ -86,12 +86,8 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
 
     objectives = app.objectives
     storage = app.storage()
-    catalog = None
-    try:
-        catalog = app.open_catalog()
-    except BackupdError as exc:
-        log.warning("catalog_unavailable", error=exc.message)
-    try:
+    # status reports an unreachable catalog instead of failing on it
+    with app.catalog_or_none("catalog_unavailable") as catalog:
         deps = probe_dependencies(app.database_probe(), storage, catalog, app.open_catalog)
         wal = None
         if objectives.wal is not None:
@@ -133,9 +129,6 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)
             inputs = collect_health_inputs(None, None, dependencies=deps, wal=wal)
-    finally:
-        if catalog is not None:
-            catalog.close()
     report = evaluate_health(inputs, objectives, utcnow())
     running = _running_jobs(app)
     if args.json:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from contentflow_backupd.cli import JSON_HELP
 from contentflow_backupd.cli.output import human_age, human_time, print_json, render_table
-from contentflow_backupd.errors import EXIT_OK, BackupdError, UsageError
+from contentflow_backupd.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
-    from contentflow_backupd.catalog.base import Catalog
     from contentflow_backupd.wiring import App
 
 Command = Callable[[argparse.Namespace, "App"], int]
@@ -52,24 +50,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands:
         metavar="DURATION",
         help="keep the previous data key at least this long, even when unused (default 15m)",
     )
-
-
-@contextlib.contextmanager
-def _catalog(app: App) -> Iterator[Catalog | None]:
-    """The catalog for the audit trail; key operations go on without it (logged)."""
-
-    try:
-        catalog = app.open_catalog()
-    except BackupdError as exc:
-        import structlog
-
-        structlog.get_logger("contentflow_backupd.cli").error("audit_catalog_unavailable", error=exc.message)
-        yield None
-        return
-    try:
-        yield catalog
-    finally:
-        catalog.close()
 
 
 def cmd_keys_list(args: argparse.Namespace, app: App) -> int:
@@ -120,7 +100,7 @@ def cmd_keys_add(args: argparse.Namespace, app: App) -> int:
         kms_key_id=args.kms_key_id,
     )
     repo = app.repository()
-    with _catalog(app) as catalog:
+    with app.catalog_or_none("audit_catalog_unavailable", level="error") as catalog:
         kek_id = add_kek(repo, secret, catalog)
     if args.json:
         print_json({"id": kek_id, "kind": secret.kind})
@@ -135,7 +115,7 @@ def cmd_keys_remove(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.repo.keys import remove_kek
 
     repo = app.repository()
-    with _catalog(app) as catalog:
+    with app.catalog_or_none("audit_catalog_unavailable", level="error") as catalog:
         remove_kek(repo, args.kek_id, catalog)
     if args.json:
         print_json({"removed": args.kek_id})
@@ -153,7 +133,7 @@ def cmd_keys_rotate(args: argparse.Namespace, app: App) -> int:
     except ValueError as exc:
         raise UsageError(f"--retire-grace: {exc}") from None
     repo = app.repository()
-    with _catalog(app) as catalog:
+    with app.catalog_or_none("audit_catalog_unavailable", level="error") as catalog:
         result = rotate_data_key(repo, catalog, retire_grace_s=grace)
     if args.json:
         print_json(result.to_json())

@@ -165,9 +165,11 @@ class App:
             opened.close()
 
     @contextlib.contextmanager
-    def audit_catalog(self) -> Iterator[Catalog | None]:
-        """The catalog for the audit trail, or None (logged as ``audit_unavailable``) when it
-        cannot be opened: a restore during a disaster must not depend on the catalog."""
+    def catalog_or_none(
+        self, event: str, *, level: str = "warning", hint: str | None = None
+    ) -> Iterator[Catalog | None]:
+        """``with app.catalog_or_none(event) as catalog:``: the catalog, or None (logged as
+        ``event`` at ``level``) when it cannot be opened, for commands that go on without it."""
         import structlog
 
         from contentflow_backupd.errors import BackupdError
@@ -175,15 +177,19 @@ class App:
         try:
             opened = self.open_catalog()
         except BackupdError as exc:
-            structlog.get_logger("contentflow_backupd.cli").warning(
-                "audit_unavailable", error=exc.message, hint="this operation is not audited"
-            )
+            fields = {"error": exc.message} | ({"hint": hint} if hint else {})
+            getattr(structlog.get_logger("contentflow_backupd.cli"), level)(event, **fields)
             yield None
             return
         try:
             yield opened
         finally:
             opened.close()
+
+    def audit_catalog(self) -> contextlib.AbstractContextManager[Catalog | None]:
+        """The catalog for the audit trail, or None (``audit_unavailable``): a restore during a
+        disaster must not depend on the catalog."""
+        return self.catalog_or_none("audit_unavailable", hint="this operation is not audited")
 
     def scope(self, catalog: Catalog) -> Scope:
         """(repository id, ``BACKUPD_CLUSTER``): what every catalog query of a command is limited to."""
