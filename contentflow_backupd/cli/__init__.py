@@ -19,9 +19,10 @@ from contentflow_backupd.model import JOB_NAMES
 from contentflow_backupd.signals import Interrupted, raise_interrupted
 
 if TYPE_CHECKING:
-    from contentflow_backupd.settings import Settings
+    from contentflow_backupd.wiring import App
 
-Command = Callable[[argparse.Namespace, "Settings"], int]
+Command = Callable[[argparse.Namespace, "App"], int]
+"""A command: its arguments and the application (``wiring.App``, built once from the settings)."""
 
 
 class LazyCommand:
@@ -39,8 +40,8 @@ class LazyCommand:
         fn: Command = getattr(importlib.import_module(f"{__name__}.{module}"), name)
         return fn
 
-    def __call__(self, args: argparse.Namespace, settings: Settings) -> int:
-        return int(self.resolve()(args, settings))
+    def __call__(self, args: argparse.Namespace, app: App) -> int:
+        return int(self.resolve()(args, app))
 
 
 cmd_init = LazyCommand("backups:cmd_init")
@@ -595,43 +596,45 @@ def _started() -> None:
     gc.enable()
 
 
-def _configure_progress(args: argparse.Namespace, settings: Settings) -> None:
+def _configure_progress(args: argparse.Namespace, app: App) -> None:
     """A live line on a terminal (stderr), else ``progress`` log events (observability/progress.py)."""
     from contentflow_backupd.observability import progress
-    from contentflow_backupd.timespec import parse_duration
 
     bar = sys.stderr.isatty() and not args.no_progress and not getattr(args, "json", False)
-    progress.configure("bar" if bar else "log", parse_duration(settings.progress_interval))
+    progress.configure("bar" if bar else "log", app.progress_interval_s)
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        from contentflow_backupd import wiring
         from contentflow_backupd.settings import load_settings
+        from contentflow_backupd.wiring import App
+        from contentflow_backupd.wiring.logs import setup_logging
 
         settings, file_data = load_settings(args.config)
-        args.file_data = file_data
         if getattr(args, "json", False) and args.func in JSON_LOGS:
             # `run --json`, `wal stream --json`: no result to print, so --json is the log format.
             settings = settings.model_copy(update={"log": settings.log.model_copy(update={"format": "json"})})
-        tracked = hasattr(args, "no_progress")
-        if tracked:
-            _configure_progress(args, settings)
-        wiring.setup_logging(settings)
-        signal.signal(signal.SIGTERM, raise_interrupted)
-        _started()
-        if not tracked:
-            return int(args.func(args, settings))
-        from contentflow_backupd.observability import progress
+        with App(settings, file_data) as app:  # built once; closes what the command opened
+            tracked = hasattr(args, "no_progress")
+            if tracked:
+                _configure_progress(args, app)
+            setup_logging(settings)
+            signal.signal(signal.SIGTERM, raise_interrupted)
+            _started()
+            if not tracked:
+                return int(args.func(args, app))
+            from contentflow_backupd.observability import progress
 
-        operation = (
-            getattr(args, "operation", None)
-            or getattr(args, "old_spelling", None)
-            or " ".join(str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p)
-        )
-        with progress.tracking(operation):
-            return int(args.func(args, settings))
+            operation = (
+                getattr(args, "operation", None)
+                or getattr(args, "old_spelling", None)
+                or " ".join(
+                    str(p) for p in (args.command, getattr(args, f"{args.command}_command", None)) if p
+                )
+            )
+            with progress.tracking(operation):
+                return int(args.func(args, app))
     except BackupdError as exc:
         print(f"contentflow-backupd: error: {exc}", file=sys.stderr)
         _print_notes(exc)

@@ -1,5 +1,4 @@
-"""``audit [--since T]`` and ``audit verify``: the audit trail (ops/audit.py); and
-``open_audit_catalog`` for commands that work without a catalog but record in it when they can."""
+"""``audit [--since T]`` and ``audit verify``: the audit trail (ops/audit.py)."""
 
 from __future__ import annotations
 
@@ -11,26 +10,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from contentflow_backupd.cli.output import print_json
-from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, UsageError
+from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, UsageError
 from contentflow_backupd.model import iso, parse_iso, utcnow
-from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
-    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
-
-
-def open_audit_catalog(settings: Settings) -> Catalog | None:
-    """The catalog, or None (logged as ``audit_unavailable``) when it cannot be opened: a
-    restore during a disaster must not depend on the catalog."""
-    from contentflow_backupd import wiring
-
-    try:
-        return wiring.open_catalog(settings)
-    except BackupdError as exc:
-        log.warning("audit_unavailable", error=exc.message, hint="this operation is not audited")
-        return None
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
@@ -52,16 +38,12 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
         ) from None
 
 
-def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_audit(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.audit import list_events
 
     since = parse_since(args.since) if args.since else None
-    catalog = wiring.open_catalog(settings, read_only=True)
-    try:
+    with app.catalog(read_only=True) as catalog:
         events = list_events(catalog, since=since)
-    finally:
-        catalog.close()
     if args.json:
         print_json([e.to_json() for e in events])
         return EXIT_OK
@@ -75,18 +57,14 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_audit_verify(args: argparse.Namespace, app: App) -> int:
     """Exit 0 when the chain holds and the repository's copy matches it; 1 naming the first
     broken record or the first difference."""
-    from contentflow_backupd import wiring
     from contentflow_backupd.ops.audit import check_audit_copy, verify_audit
 
-    catalog = wiring.open_catalog(settings, read_only=True)
-    try:
+    with app.catalog(read_only=True) as catalog:
         result = verify_audit(catalog)
-        copy = check_audit_copy(wiring.open_repository(settings), catalog)
-    finally:
-        catalog.close()
+        copy = check_audit_copy(app.repository(), catalog)
     if args.json:
         print_json({**result.to_json(), "ok": result.ok and copy.ok, "repository": copy.to_json()})
     elif result.ok and copy.ok:

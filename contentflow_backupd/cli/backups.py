@@ -20,19 +20,18 @@ from contentflow_backupd.cli.output import (
     render_table,
 )
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
-from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
     from contentflow_backupd.ops.verify.backups import VerifyReport
     from contentflow_backupd.ops.verify.sweep import SweepResult
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
 
-def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_init(args: argparse.Namespace, app: App) -> int:
 
-    repo = wiring.init_repository(settings)
+    repo = app.init_repository()
     log.info("repository_initialised", url=repo.storage.url, repository_id=repo.id)
     out = {"repository_id": repo.id, "url": repo.storage.url, "key_id": repo.kek_id}
     if args.json:
@@ -43,32 +42,28 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_backup(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.backup.run import run_backup
     from contentflow_backupd.repository.walarchive import WalArchive
 
-    mode = args.mode or settings.mode
-    logical = wiring.logical_source(settings) if mode == "logical" else None
+    mode = args.mode or app.mode
+    logical = app.logical_source() if mode == "logical" else None
     if logical is not None:
         # pg_dump reads the schema while the repository and catalog open. An error here is met
         # again, and recorded as a failed run, by run_backup.
         with contextlib.suppress(BackupdError):
             logical.start()
     try:
-        repo = wiring.open_repository(settings)
-        catalog = wiring.open_catalog(settings)
-        try:
+        repo = app.repository()
+        with app.catalog() as catalog:
             record = run_backup(
                 repo,
                 catalog,
-                wiring.backup_options(settings, args.kind, mode=mode),
+                app.backup_options(args.kind, mode=mode),
                 logical=logical,
-                physical=wiring.physical_source(settings) if mode == "physical" else None,
-                archive=WalArchive(repo, settings.cluster) if mode == "physical" else None,
+                physical=app.physical_source() if mode == "physical" else None,
+                archive=WalArchive(repo, app.cluster) if mode == "physical" else None,
             )
-        finally:
-            catalog.close()
     finally:
         if logical is not None:
             logical.close()
@@ -85,23 +80,18 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_list(args: argparse.Namespace, app: App) -> int:
     from datetime import timedelta
 
-    from contentflow_backupd import wiring
     from contentflow_backupd.model import iso
-    from contentflow_backupd.timespec import parse_duration
 
     # Read-only: no schema upgrade, no reaping, no scope remembered (``as_reaped`` shows what a
     # writing command will record).
-    catalog = wiring.open_catalog(settings, read_only=True)
-    try:
-        scope = wiring.scope(settings, catalog, read_only=True)
+    with app.catalog(read_only=True) as catalog:
+        scope = app.scope(catalog, read_only=True)
         records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
-    finally:
-        catalog.close()
-    _warn_if_catalog_stale(settings, {r.id for r in records if r.status == "succeeded"})
-    grace = timedelta(seconds=parse_duration(settings.retention.gc_grace))
+    _warn_if_catalog_stale(app, {r.id for r in records if r.status == "succeeded"})
+    grace = timedelta(seconds=app.gc_grace_s)
     leftovers = [r for r in records if r.status in ("failed", "interrupted") and r.stored_bytes > 0]
     if args.json:
         out = [r.to_json() for r in records]
@@ -112,7 +102,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json(out)
         return EXIT_OK
     if not records:
-        print(f"no backups of cluster {settings.cluster!r}")
+        print(f"no backups of cluster {app.cluster!r}")
         return EXIT_OK
     rows = [
         (
@@ -135,21 +125,20 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{total} stored by {len(leftovers)} failed or interrupted attempt(s): chunks without a "
             f"manifest, deleted by retention (`expire --confirm`, the daemon's retention job) once "
-            f"older than gc_grace ({settings.retention.gc_grace})"
+            f"older than gc_grace ({app.gc_grace})"
         )
     return EXIT_OK
 
 
-def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
-    from contentflow_backupd import wiring
+def _warn_if_catalog_stale(app: App, catalog_ids: set[str]) -> None:
     from contentflow_backupd.repository import layout
 
     try:
-        storage = wiring.open_storage(settings)
+        storage = app.storage()
         stored = {
             bid
-            for info in storage.list(layout.backups_prefix(settings.cluster))
-            if (bid := layout.backup_id_from_manifest_key(settings.cluster, info.key))
+            for info in storage.list(layout.backups_prefix(app.cluster))
+            if (bid := layout.backup_id_from_manifest_key(app.cluster, info.key))
         }
     except BackupdError as exc:
         log.warning("repository_not_checked", error=exc.message)
@@ -166,17 +155,16 @@ def _warn_if_catalog_stale(settings: Settings, catalog_ids: set[str]) -> None:
         log.warning("catalog_lists_missing_backups", count=len(gone), ids=sorted(gone)[:10])
 
 
-def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_show(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.restore.logical import resolve_backup_id
     from contentflow_backupd.repository import layout
 
     if args.backup_id != "latest":
         layout.check_backup_id(args.backup_id)  # before opening anything
-    repo = wiring.open_repository(settings)
-    backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup_id)
-    manifest = repo.read_manifest(settings.cluster, backup_id)
-    key = layout.manifest_key(settings.cluster, backup_id)
+    repo = app.repository()
+    backup_id = resolve_backup_id(repo, None, app.cluster, args.backup_id)
+    manifest = repo.read_manifest(app.cluster, backup_id)
+    key = layout.manifest_key(app.cluster, backup_id)
     out = manifest.to_record(key).to_json()
     out["manifest"] = {
         "key": key,
@@ -209,35 +197,28 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
-    from contentflow_backupd.cli.audit import open_audit_catalog
+def cmd_verify(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.restore.logical import resolve_backup_id
     from contentflow_backupd.ops.verify.backups import verify_backups
 
     if getattr(args, "since_last", False):
-        return _verify_since_last(args, settings)
-    repo = wiring.open_repository(settings)
+        return _verify_since_last(args, app)
+    repo = app.repository()
     everything = args.all or not args.backup_ids
     if not everything:
-        ids = [resolve_backup_id(repo, None, settings.cluster, b) for b in args.backup_ids]
+        ids = [resolve_backup_id(repo, None, app.cluster, b) for b in args.backup_ids]
     else:
-        ids = list(repo.iter_backup_ids(settings.cluster))
-    audit = open_audit_catalog(settings)
-    try:
-        concurrency = settings.upload_concurrency
+        ids = list(repo.iter_backup_ids(app.cluster))
+    with app.audit_catalog() as audit:
         report = verify_backups(
             repo,
-            settings.cluster,
+            app.cluster,
             ids,
             quick=args.quick,
-            concurrency=concurrency,
+            concurrency=app.concurrency,
             audit=audit,
             everything=everything,
         )
-    finally:
-        if audit is not None:
-            audit.close()
     if args.json:
         print_json(report.to_json())
     else:
@@ -247,7 +228,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         for f in (f for b in report.backups for f in b.faults):
             print(f"  fault: backup {f.backup_id}: {f.key}: {f.problem}")
         if not ids:
-            print(f"no backups of cluster {settings.cluster!r} to verify")
+            print(f"no backups of cluster {app.cluster!r} to verify")
         _print_repository_check(report)
     if not report.ok:
         where = f"{sum(1 for b in report.backups if not b.ok)} backup(s)"
@@ -273,31 +254,25 @@ def _print_repository_check(report: VerifyReport) -> None:
         print(f"  warning: {w}")
 
 
-def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def _verify_since_last(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.errors import UsageError
     from contentflow_backupd.ops.verify.sweep import open_corrupt_summary, verify_since_last
-    from contentflow_backupd.scheduling.periods import schedule_period
-    from contentflow_backupd.timespec import parse_duration, parse_schedule
 
     if args.backup_ids or args.all or args.quick:
         raise UsageError("--since-last verifies the whole cluster: not with backup ids, --all or --quick")
     # A manual run with the verify job off paces the sweep as a daily job would.
-    interval = schedule_period(parse_schedule(settings.schedule.verify), settings.schedule.timezone)
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
+    interval_s = app.verify_interval_s
+    repo = app.repository()
+    with app.catalog() as catalog:
         result = verify_since_last(
             repo,
             catalog,
-            settings.cluster,
-            full_sweep_s=parse_duration(settings.verify.full_sweep),
-            interval_s=interval or 86400.0,
-            concurrency=settings.upload_concurrency,
-            lock_dir=wiring.lock_dir(settings),
+            app.cluster,
+            full_sweep_s=app.verify_sweep_s,
+            interval_s=interval_s,
+            concurrency=app.concurrency,
+            lock_dir=app.lock_dir(),
         )
-    finally:
-        catalog.close()
     if args.json:
         print_json(result.to_json())
     else:
@@ -305,7 +280,7 @@ def _verify_since_last(args: argparse.Namespace, settings: Settings) -> int:
     if not result.ok:
         n = len(result.open_corrupt)
         raise VerificationFailed(
-            f"{n} corrupt object(s) in cluster {settings.cluster!r}: "
+            f"{n} corrupt object(s) in cluster {app.cluster!r}: "
             + "; ".join(open_corrupt_summary(result.open_corrupt)),
             hint="take a new full backup so that new backups stop needing it (then `expire` the old "
             "ones), or restore the object from a copy; see docs/verification.md",
@@ -348,20 +323,16 @@ def _print_sweep(result: SweepResult) -> None:
     )
 
 
-def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_catalog_rebuild(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.repo.rebuild import rebuild_catalog
 
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
-        result = rebuild_catalog(repo, catalog, settings.cluster)
-    finally:
-        catalog.close()
+    repo = app.repository()
+    with app.catalog() as catalog:
+        result = rebuild_catalog(repo, catalog, app.cluster)
     if args.json:
         print_json(result.to_json())
     else:
-        print(f"catalog rebuilt: {result.backups} backups of cluster {settings.cluster!r}")
+        print(f"catalog rebuilt: {result.backups} backups of cluster {app.cluster!r}")
         if result.audit is not None:
             audit = result.audit
             print(f"audit trail: {audit.found} records in the repository, {audit.imported} restored")
@@ -370,17 +341,13 @@ def cmd_catalog_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if result.unreadable else EXIT_OK
 
 
-def cmd_catalog_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_catalog_upgrade(args: argparse.Namespace, app: App) -> int:
     """What every writing command does on its way, as a command of its own: the schema brought
     to the newest revision, this repository's id remembered, old rows attributed."""
-    from contentflow_backupd import wiring
     from contentflow_backupd.catalog.sql import head_revision
 
-    catalog = wiring.open_catalog(settings)
-    try:
-        scope = wiring.scope(settings, catalog)
-    finally:
-        catalog.close()
+    with app.catalog() as catalog:
+        scope = app.scope(catalog)
     out = {"revision": head_revision(), "repository_id": scope.repository_id, "cluster": scope.cluster}
     if args.json:
         print_json(out)
@@ -392,10 +359,8 @@ def cmd_catalog_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd.configshow import describe_settings
-
-    rows = describe_settings(settings, args.file_data)
+def cmd_config_show(args: argparse.Namespace, app: App) -> int:
+    rows = app.settings_view()
     if args.json:
         print_json(rows)
     else:

@@ -5,27 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from contentflow_backupd import wiring
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from contentflow_backupd.ops.repo.check import CheckItem, CheckReport, ObjectLockState
-    from contentflow_backupd.settings import Settings
+    from contentflow_backupd.wiring import App
 
 
-def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_check(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.repo.check import run_check
     from contentflow_backupd.source.privileges import role_privileges
 
-    info = wiring.source_conninfo(settings)
-    lock_mode = getattr(settings.s3, "object_lock", None)
+    info = app.conninfo
+    lock_mode = app.object_lock
     report = run_check(
-        settings.mode,
-        lambda: role_privileges(info, settings.mode),
-        lambda: wiring.open_storage(settings),
-        endpoint_url=settings.s3.endpoint_url if (settings.repository or "").startswith("s3:") else None,
-        object_lock=(lambda: _object_lock(settings, str(lock_mode))) if lock_mode else None,
+        app.mode,
+        lambda: role_privileges(info, app.mode),
+        app.open_storage,  # opened, checked and closed by run_check
+        endpoint_url=app.s3_endpoint_url if app.repository_url.startswith("s3:") else None,
+        object_lock=(lambda: _object_lock(app, str(lock_mode))) if lock_mode else None,
         delete_required=not lock_mode,
     )
     if args.json:
@@ -35,19 +34,22 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _object_lock(settings: Settings, mode: str) -> ObjectLockState:
+def _object_lock(app: App, mode: str) -> ObjectLockState:
     """Does the bucket support object lock ``mode``? Asked of the storage's optional
     ``ObjectLockReport`` ability (``storage.base.object_lock_status``)."""
     from contentflow_backupd.errors import BackupdError
     from contentflow_backupd.ops.repo.check import ObjectLockState
 
-    repository = settings.repository or ""
-    if not repository.startswith("s3://"):
+    if not app.repository_url.startswith("s3://"):
         return ObjectLockState(False, f"BACKUPD_S3__OBJECT_LOCK={mode} needs an s3:// repository")
     from contentflow_backupd.storage.base import object_lock_status
 
     try:
-        supported, _mode, detail = object_lock_status(wiring.open_storage(settings))
+        storage = app.open_storage()
+        try:
+            supported, _mode, detail = object_lock_status(storage)
+        finally:
+            storage.close()
     except BackupdError as exc:
         return ObjectLockState(False, f"cannot read the bucket's object lock configuration: {exc.message}")
     return ObjectLockState(supported, detail)

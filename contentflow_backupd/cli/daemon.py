@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,32 +19,28 @@ from contentflow_backupd.cli.output import (
     render_table,
 )
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
-from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_run(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.daemon import run_daemon
     from contentflow_backupd.observability import progress
-    from contentflow_backupd.timespec import parse_duration
 
     # Jobs report progress as `progress` log events; the daemon publishes it for status/metrics.
-    progress.configure("log", parse_duration(settings.progress_interval))
+    progress.configure("log", app.progress_interval_s)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
-    return run_daemon(settings)
+    return run_daemon(app)
 
 
-def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
-
+def cmd_runs(args: argparse.Namespace, app: App) -> int:
     # Read-only (see cmd_list); --job filters in the query, before --limit.
-    catalog = wiring.open_catalog(settings, read_only=True)
-    try:
-        scope = wiring.scope(settings, catalog, read_only=True)
+    with app.catalog(read_only=True) as catalog:
+        scope = app.scope(catalog, read_only=True)
         runs = as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
-    finally:
-        catalog.close()
     if args.json:
         print_json([r.to_json() for r in runs])
         return EXIT_OK
@@ -74,26 +70,29 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_status(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.model import utcnow
     from contentflow_backupd.ops.health.evaluate import WalState, evaluate_health
-    from contentflow_backupd.ops.health.inputs import collect_health_inputs, recovery_state
+    from contentflow_backupd.ops.health.inputs import (
+        collect_health_inputs,
+        probe_dependencies,
+        recovery_state,
+        wal_health_state,
+    )
+    from contentflow_backupd.ops.health.objectives import recovery_objectives
     from contentflow_backupd.ops.repo.scope import resolve_scope
 
-    objectives = wiring.objectives(settings)
-    storage = wiring.open_storage(settings)
-    catalog = None
-    try:
-        catalog = wiring.open_catalog(settings, read_only=True)
-    except BackupdError as exc:
-        log.warning("catalog_unavailable", error=exc.message)
-    try:
-        deps = wiring.probe_dependencies(settings, catalog, storage)
+    objectives = app.objectives
+    storage = app.storage()
+    # status reports an unreachable catalog instead of failing on it; it reads, never writes
+    with app.catalog_or_none("catalog_unavailable", read_only=True) as catalog:
+        deps = probe_dependencies(
+            app.database_probe(), storage, catalog, lambda: app.open_catalog(read_only=True)
+        )
         wal = None
         if objectives.wal is not None:
             try:
-                wal = wiring.wal_health_state(settings)
+                wal = wal_health_state(app.wal_archive(), app.archiver_status())
             except BackupdError as exc:
                 wal = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
         try:
@@ -101,15 +100,22 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             # Only rows of this repository and cluster count; a repository never read at this URL
             # has none (the report then says the catalog state is unknown).
             scope = (
-                resolve_scope(storage, readable, settings.cluster, required=False, read_only=True)
+                resolve_scope(storage, readable, app.cluster, required=False, read_only=True)
                 if readable is not None
                 else None
             )
             recovery = None
             if readable is not None and deps["storage"].up:
                 try:
-                    repo = wiring.open_repository(settings, storage)
-                    recovery = recovery_state(wiring.recovery_objectives(settings, repo, readable))
+                    measured = recovery_objectives(
+                        app.repository(),
+                        readable,
+                        app.cluster,
+                        app.mode,
+                        rto_objective_s=app.rto_objective_s,
+                        rpo_objective_s=app.rpo_objective_s,
+                    )
+                    recovery = recovery_state(measured)
                 except BackupdError as exc:
                     log.warning("recovery_objectives_unknown", error=exc.message)
             inputs = collect_health_inputs(
@@ -117,18 +123,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 scope,
                 dependencies=deps,
                 wal=wal,
-                drills=settings.schedule.restore_test != "off",
+                drills=app.drills_scheduled,
                 recovery=recovery,
             )
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)
             inputs = collect_health_inputs(None, None, dependencies=deps, wal=wal)
-    finally:
-        if catalog is not None:
-            catalog.close()
-        storage.close()
     report = evaluate_health(inputs, objectives, utcnow())
-    running = _running_jobs(settings)
+    running = _running_jobs(app)
     if args.json:
         print_json({**report.to_json(), "running": running})
     else:
@@ -140,35 +142,31 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _running_jobs(settings: Settings) -> list[dict[str, Any]]:
+def _running_jobs(app: App) -> list[dict[str, Any]]:
     """The progress the daemon on this state directory publishes for its running jobs."""
     from contentflow_backupd.daemon.lifecycle import PROGRESS_FILE
     from contentflow_backupd.observability.progress import read_published
 
-    return read_published(settings.state_dir / PROGRESS_FILE)
+    return read_published(app.state_path / PROGRESS_FILE)
 
 
-def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_expire(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.model import utcnow
     from contentflow_backupd.ops.retention.apply import expire, expiry_report
 
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
+    repo = app.repository()
+    with app.catalog() as catalog:
         plan, result = expire(
             repo,
             catalog,
-            settings.cluster,
-            wiring.retention_policy(settings),
+            app.cluster,
+            app.retention_policy,
             utcnow(),
             apply=args.confirm,
-            lock_dir=wiring.lock_dir(settings),
+            lock_dir=app.lock_dir(),
             trigger="manual",
-            concurrency=settings.upload_concurrency,
+            concurrency=app.concurrency,
         )
-    finally:
-        catalog.close()
     report = expiry_report(plan, result)
     if args.json:
         print_json(report)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from contentflow_backupd.cli import JSON_HELP, commands_of
 from contentflow_backupd.cli.output import human_age, human_time, print_json, render_table
-from contentflow_backupd.errors import EXIT_OK, BackupdError, UsageError
-from contentflow_backupd.settings import Settings
+from contentflow_backupd.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
-    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.wiring import App
 
-Command = Callable[[argparse.Namespace, Settings], int]
+Command = Callable[[argparse.Namespace, "App"], int]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands: dict[str, Command]) -> None:
@@ -52,30 +50,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], commands:
     )
 
 
-@contextlib.contextmanager
-def _catalog(settings: Settings) -> Iterator[Catalog | None]:
-    """The catalog for the audit trail; key operations go on without it (logged)."""
-    from contentflow_backupd import wiring
-
-    try:
-        catalog = wiring.open_catalog(settings)
-    except BackupdError as exc:
-        import structlog
-
-        structlog.get_logger("contentflow_backupd.cli").error("audit_catalog_unavailable", error=exc.message)
-        yield None
-        return
-    try:
-        yield catalog
-    finally:
-        catalog.close()
-
-
-def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_keys_list(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.repo.keys import list_keys
 
-    report = list_keys(wiring.open_repository(settings)).to_json()
+    report = list_keys(app.repository()).to_json()
     if args.json:
         print_json(report)
         return EXIT_OK
@@ -109,20 +87,18 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_keys_add(args: argparse.Namespace, app: App) -> int:
     from pathlib import Path
 
-    from contentflow_backupd import wiring
     from contentflow_backupd.ops.repo.keys import add_kek
 
-    secret = wiring.extra_kek_secret(
-        settings,
+    secret = app.extra_kek_secret(
         passphrase_file=Path(args.passphrase_file) if args.passphrase_file else None,
         key_file=Path(args.key_file) if args.key_file else None,
         kms_key_id=args.kms_key_id,
     )
-    repo = wiring.open_repository(settings)
-    with _catalog(settings) as catalog:
+    repo = app.repository()
+    with app.catalog_or_none("audit_catalog_unavailable", level="error") as catalog:
         kek_id = add_kek(repo, secret, catalog)
     if args.json:
         print_json({"id": kek_id, "kind": secret.kind})
@@ -133,12 +109,11 @@ def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_keys_remove(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.repo.keys import remove_kek
 
-    repo = wiring.open_repository(settings)
-    with _catalog(settings) as catalog:
+    repo = app.repository()
+    with app.catalog_or_none("audit_catalog_unavailable", level="error") as catalog:
         remove_kek(repo, args.kek_id, catalog)
     if args.json:
         print_json({"removed": args.kek_id})
@@ -147,8 +122,7 @@ def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_keys_rotate(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.repo.keys import rotate_data_key
     from contentflow_backupd.timespec import parse_duration
 
@@ -156,8 +130,8 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
         grace = parse_duration(args.retire_grace, allow_zero=True)
     except ValueError as exc:
         raise UsageError(f"--retire-grace: {exc}") from None
-    repo = wiring.open_repository(settings)
-    with _catalog(settings) as catalog:
+    repo = app.repository()
+    with app.catalog_or_none("audit_catalog_unavailable", level="error") as catalog:
         result = rotate_data_key(repo, catalog, retire_grace_s=grace)
     if args.json:
         print_json(result.to_json())

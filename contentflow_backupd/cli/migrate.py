@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -17,7 +17,9 @@ from contentflow_backupd.cli.migrate_run import (
 )
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK
-from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
@@ -56,14 +58,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return mp
 
 
-def cmd_migrate_check(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_migrate_check(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.migrate.check import run_check
 
     report = run_check(
-        wiring.source_conninfo(settings),
+        app.conninfo,
         args.migrations_dir,
-        large_table_bytes=settings.migrate.large_table_bytes,
+        large_table_bytes=app.migrate_limits.large_table_bytes,
     )
     log.info(
         "migrate_checked",

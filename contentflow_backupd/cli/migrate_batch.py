@@ -8,13 +8,15 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contentflow_backupd.cli import PROGRESS_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_OK, UsageError
 from contentflow_backupd.observability import progress as live_progress
-from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.wiring import App
 
 EXIT_INTERRUPTED = 130
 
@@ -68,12 +70,10 @@ def _seconds(value: str, option: str) -> float:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def cmd_migrate_batch(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_migrate_batch(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.migrate.batch import BatchOptions, StopFlag, run_batch_job
     from contentflow_backupd.migrate.batch_progress import BatchProgress
     from contentflow_backupd.migrate.batch_rules import parse_bytes
-    from contentflow_backupd.timespec import parse_duration
 
     try:
         sql_text = args.sql.read_text(encoding="utf-8")
@@ -85,19 +85,19 @@ def cmd_migrate_batch(args: argparse.Namespace, settings: Settings) -> int:
             max_lag = parse_bytes(args.max_lag)
         except ValueError as exc:
             raise UsageError(f"--max-lag: {exc}") from None
-    m = settings.migrate
+    m = app.migrate_limits
     opts = BatchOptions(
         sql=sql_text,
         table=args.table,
         key=args.key,
         batch_size=args.batch_size,
-        cluster=settings.cluster,
+        cluster=app.cluster,
         sleep=_seconds(args.sleep, "--sleep"),
         max_lag=max_lag,
         restart=args.restart,
         resolve_in_flight=args.resolve_in_flight,
-        lock_timeout=parse_duration(m.lock_timeout),
-        statement_timeout=None if m.statement_timeout is None else parse_duration(m.statement_timeout),
+        lock_timeout=m.lock_timeout,
+        statement_timeout=m.statement_timeout,
     )
     stop = StopFlag()
 
@@ -112,15 +112,16 @@ def cmd_migrate_batch(args: argparse.Namespace, settings: Settings) -> int:
     # On a terminal the shared live line (observability/progress.py, fed by BatchProgress) is
     # drawn; elsewhere BatchProgress logs its batch_progress lines.
     bar = live_progress.mode() == "bar"
-    interval = float("inf") if bar else parse_duration(m.progress_interval)
+    interval = float("inf") if bar else m.progress_interval
     try:
-        summary = run_batch_job(
-            wiring.source_conninfo(settings),
-            wiring.open_catalog(settings),
-            opts,
-            stop=stop,
-            progress=lambda total: BatchProgress(total, tty=False, stream=sys.stderr, interval=interval),
-        )
+        with app.catalog() as catalog:
+            summary = run_batch_job(
+                app.conninfo,
+                catalog,
+                opts,
+                stop=stop,
+                progress=lambda total: BatchProgress(total, tty=False, stream=sys.stderr, interval=interval),
+            )
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -1,18 +1,21 @@
-"""``migrate run [--dry-run] ... -- COMMAND``, ``migrate rollback`` and ``migrate list``: wiring
-settings into the guard (``migrate/guard.py``) and printing its result."""
+"""``migrate run [--dry-run] ... -- COMMAND``, ``migrate rollback`` and ``migrate list``: the
+application's parts into the guard (``migrate/guard.py``, through ``wiring.migrate``) and
+printing its result."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from contentflow_backupd.cli import JSON_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, UsageError
-from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
@@ -88,15 +91,10 @@ def add_history_parser(msub: Any) -> None:
     sp.set_defaults(func=cmd_migrate_history)
 
 
-def cmd_migrate_history(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_migrate_history(args: argparse.Namespace, app: App) -> int:
 
-    catalog = wiring.open_catalog(settings, read_only=True)
-    try:
-        scope = wiring.scope(settings, catalog, read_only=True)
-        runs = catalog.list_migration_runs(scope, limit=args.limit)
-    finally:
-        catalog.close()
+    with app.catalog(read_only=True) as catalog:
+        runs = catalog.list_migration_runs(app.scope(catalog, read_only=True), limit=args.limit)
     if args.json:
         print_json([r.to_json() for r in runs])
         return EXIT_OK
@@ -111,9 +109,8 @@ def cmd_migrate_history(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_migrate_run(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
-    from contentflow_backupd.migrate import wire
+def cmd_migrate_run(args: argparse.Namespace, app: App) -> int:
+    from contentflow_backupd.wiring import migrate as wire
 
     command = list(getattr(args, "migrate_command_argv", None) or [])
     if not command:
@@ -128,21 +125,18 @@ def cmd_migrate_run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if not args.migrations_dir.is_dir():
         raise UsageError(f"--migrations-dir {args.migrations_dir}: not a directory")
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
-        opts = wire.guard_options(settings, args, command, repo.id)
-        deps = wire.guard_deps(settings, repo, catalog, opts)
+    repo = app.repository()
+    with app.catalog() as catalog:
+        opts = wire.guard_options(app, args, command, repo.id)
+        deps = wire.guard_deps(app, repo, catalog, opts)
         if args.dry_run:
             from contentflow_backupd.migrate.dryrun import run_dry
 
-            result = run_dry(repo, catalog, opts, deps, wire.dry_run_drill(settings))
+            result = run_dry(repo, catalog, opts, deps, wire.dry_run_drill(app))
         else:
             from contentflow_backupd.migrate.guard import run_migrate
 
             result = run_migrate(catalog, opts, deps)
-    finally:
-        catalog.close()
     if args.json:
         print_json(result.to_json())
     else:
@@ -173,27 +167,23 @@ def render(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_migrate_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_migrate_rollback(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.migrate.live_rollback import rollback_live
 
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
+    repo = app.repository()
+    with app.catalog() as catalog:
         out = rollback_live(
             repo,
             catalog,
-            cluster=settings.cluster,
+            cluster=app.cluster,
             name=args.to_restore_point,
-            info=wiring.source_conninfo(settings),
+            info=app.conninfo,
             confirm=args.confirm,
-            state_dir=wiring.state_dir(settings),
-            lock_dir=wiring.lock_dir(settings),
-            bin_dir=settings.pg_bin,
-            concurrency=settings.upload_concurrency,
+            state_dir=app.state_dir(),
+            lock_dir=app.lock_dir(),
+            bin_dir=app.pg_bin,
+            concurrency=app.concurrency,
         )
-    finally:
-        catalog.close()
     if args.json:
         print_json(out)
     elif not args.confirm:

@@ -10,11 +10,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from contentflow_backupd.cli.audit import open_audit_catalog
 from contentflow_backupd.cli.output import human_age, human_bytes, human_time, print_json, render_table
 from contentflow_backupd.errors import EXIT_OK
 from contentflow_backupd.model import Scope
-from contentflow_backupd.settings import Settings
 
 if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
@@ -22,12 +20,12 @@ if TYPE_CHECKING:
     from contentflow_backupd.ops.restore.recover_report import CheckOutcome, RecoverResult, RunChecks
     from contentflow_backupd.repository.repository import Repository
     from contentflow_backupd.source.conninfo import ConnInfo
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
 
-def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_restore(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.restore.logical import (
         resolve_backup_id,
         restore_to_database,
@@ -35,42 +33,38 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     if args.pgdata:
-        return cmd_restore_physical(args, settings)
+        return cmd_restore_physical(args, app)
     if bool(args.to_database) == bool(args.to_file) or _physical_restore_options(args):
         from contentflow_backupd.errors import UsageError
 
         if bool(args.to_database) != bool(args.to_file):
             raise UsageError(f"{', '.join(_physical_restore_options(args))}: only with --pgdata DIR")
         raise UsageError("restore needs exactly one of --to-database URL, --to-file PATH or --pgdata DIR")
-    repo = wiring.open_repository(settings)
-    backup_id = resolve_backup_id(repo, None, settings.cluster, args.backup)
-    audit = open_audit_catalog(settings)
-    try:
+    repo = app.repository()
+    backup_id = resolve_backup_id(repo, None, app.cluster, args.backup)
+    with app.audit_catalog() as audit:
         if args.to_file:
             result = restore_to_file(
                 repo,
-                settings.cluster,
+                app.cluster,
                 backup_id,
                 Path(args.to_file),
-                concurrency=settings.upload_concurrency,
+                concurrency=app.concurrency,
                 audit=audit,
             )
         else:
             result = restore_to_database(
                 repo,
-                settings.cluster,
+                app.cluster,
                 backup_id,
-                wiring.restore_target(settings, args.to_database),
+                app.restore_target(args.to_database),
                 create=args.create,
                 clean=args.clean,
                 jobs=args.jobs,
                 no_owner=args.no_owner,
-                concurrency=settings.upload_concurrency,
+                concurrency=app.concurrency,
                 audit=audit,
             )
-    finally:
-        if audit is not None:
-            audit.close()
     if args.json:
         print_json(result.to_json())
     else:
@@ -87,15 +81,13 @@ def _physical_restore_options(args: argparse.Namespace) -> list[str]:
     return [*given, "--keep-archiving"] if args.keep_archiving else given
 
 
-def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.errors import UsageError
     from contentflow_backupd.ops.restore.physical import (
         RecoveryTarget,
         restore_physical,
     )
     from contentflow_backupd.repository.walarchive import WalArchive
-    from contentflow_backupd.source.drivers import PgDrivers
 
     logical = [o for o, v in (("--to-database", args.to_database), ("--to-file", args.to_file)) if v]
     logical += [o for o, v in (("--create", args.create), ("--clean", args.clean)) if v]
@@ -110,20 +102,17 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
         action=args.target_action,
         timeline=args.target_timeline,
     )
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings) if target.kind == "name" else open_audit_catalog(settings)
-    try:
+    repo = app.repository()
+    # A recovery target by name needs the catalog (restore points); otherwise it only audits.
+    with app.catalog() if target.kind == "name" else app.audit_catalog() as catalog:
         result = restore_physical(
             repo,
-            WalArchive(repo, settings.cluster),
-            _physical_options(args, settings, target),
-            pg=PgDrivers(),
+            WalArchive(repo, app.cluster),
+            _physical_options(args, app, target),
+            pg=app.pg_drivers(),
             catalog=catalog,
             audit=catalog,
         )
-    finally:
-        if catalog is not None:
-            catalog.close()
     if args.json:
         print_json(result.to_json())
         return EXIT_OK
@@ -141,25 +130,21 @@ def cmd_restore_physical(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_restore_point(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.wal.restore_points import create_restore_point
     from contentflow_backupd.repository.walarchive import WalArchive
 
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
+    repo = app.repository()
+    with app.catalog() as catalog:
         result = create_restore_point(
             catalog,
-            WalArchive(repo, settings.cluster),
-            settings.cluster,
+            WalArchive(repo, app.cluster),
+            app.cluster,
             args.name,
-            describe=wiring.physical_source(settings).describe,
-            make=wiring.restore_point_maker(settings),
-            archive_timeout=settings.wal.archive_timeout,
+            describe=app.physical_source().describe,
+            make=app.restore_point_maker(),
+            archive_timeout=app.wal_archive_timeout,
         )
-    finally:
-        catalog.close()
     if args.json:
         print_json(result.to_json())
         return EXIT_OK
@@ -169,20 +154,16 @@ def cmd_restore_point(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_list_restore_points(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_list_restore_points(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.wal.restore_points import list_restore_points
 
-    catalog = wiring.open_catalog(settings, read_only=True)
-    try:
-        points = list_restore_points(catalog, wiring.scope(settings, catalog, read_only=True))
-    finally:
-        catalog.close()
+    with app.catalog(read_only=True) as catalog:
+        points = list_restore_points(catalog, app.scope(catalog, read_only=True))
     if args.json:
         print_json([p.to_json() for p in points])
         return EXIT_OK
     if not points:
-        print(f"no restore points of cluster {settings.cluster!r}")
+        print(f"no restore points of cluster {app.cluster!r}")
         return EXIT_OK
     rows = [
         (p.name, p.lsn, str(p.timeline), human_time(p.created_at), human_age(p.created_at)) for p in points
@@ -198,10 +179,9 @@ _RECOVER_PHYSICAL = (
 )  # fmt: skip
 
 
-def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_recover(args: argparse.Namespace, app: App) -> int:
     """The disaster-recovery procedure (docs/disaster-recovery.md): exit 0 recovered and checked,
     1 recovered but a check failed."""
-    from contentflow_backupd import wiring
     from contentflow_backupd.errors import EXIT_FAILED, UsageError
     from contentflow_backupd.ops.health.objectives import open_corrupt_backups
     from contentflow_backupd.ops.restore.recover import recover_logical
@@ -215,26 +195,23 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"{', '.join(given)}: only with --pgdata DIR")
     if args.check_url and not args.start:
         raise UsageError("--check-url: only with --start")
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
-        excluded = open_corrupt_backups(catalog, Scope(repo.id, settings.cluster))
+    repo = app.repository()
+    with app.catalog() as catalog:
+        excluded = open_corrupt_backups(catalog, Scope(repo.id, app.cluster))
         if args.pgdata:
-            result = _recover_physical(args, settings, repo, catalog, excluded)
+            result = _recover_physical(args, app, repo, catalog, excluded)
         else:
-            target = wiring.restore_target(settings, args.to_database)
+            target = app.restore_target(args.to_database)
             result = recover_logical(
                 repo,
-                settings.cluster,
+                app.cluster,
                 target,
                 backup=args.backup,
                 excluded=excluded,
-                check=_checks(settings, target.info),
-                concurrency=settings.upload_concurrency,
+                check=_checks(app, target.info),
+                concurrency=app.concurrency,
                 audit=catalog,
             )
-    finally:
-        catalog.close()
     if args.json:
         print_json(result.to_json())
     else:
@@ -243,9 +220,8 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _recover_physical(
-    args: argparse.Namespace, settings: Settings, repo: Repository, catalog: Catalog, excluded: dict[str, str]
+    args: argparse.Namespace, app: App, repo: Repository, catalog: Catalog, excluded: dict[str, str]
 ) -> RecoverResult:
-    from contentflow_backupd import wiring
     from contentflow_backupd.observability.logging import register_secret
     from contentflow_backupd.ops.restore.physical import (
         PhysicalRestoreResult,
@@ -255,7 +231,6 @@ def _recover_physical(
     from contentflow_backupd.ops.restore.recover_report import ServerState
     from contentflow_backupd.repository.walarchive import WalArchive
     from contentflow_backupd.source.conninfo import ConnInfo
-    from contentflow_backupd.source.drivers import PgDrivers
     from contentflow_backupd.source.server import RestoredServer
 
     given = any(getattr(args, f"target_{k}") for k in ("time", "lsn", "xid", "name"))
@@ -271,18 +246,18 @@ def _recover_physical(
         info = ConnInfo.parse(args.check_url, setting="--check-url")
         register_secret(info.password)
     else:
-        info = wiring.source_conninfo(settings)
+        info = app.conninfo
 
-    archive = WalArchive(repo, settings.cluster)
+    archive = WalArchive(repo, app.cluster)
     identity = archive.identity() if args.start else None
     if identity is not None and identity.pg_version_num:
         from contentflow_backupd.source.scratch import server_bin_dir
 
         # Only a server of the cluster's own major can start it: refused before anything is written.
-        server_bin_dir(identity.pg_version_num // 10000, settings.drill.pg_bin, settings.pg_bin)
+        server_bin_dir(identity.pg_version_num // 10000, app.drill_pg_bin, app.pg_bin)
 
     def start(restored: PhysicalRestoreResult) -> ServerState:
-        server = RestoredServer(restored.pgdata, pg_bin=settings.drill.pg_bin, client_bin=settings.pg_bin)
+        server = RestoredServer(restored.pgdata, pg_bin=app.drill_pg_bin, client_bin=app.pg_bin)
         server.start()
         status = server.wait_recovery(info, target.action if target.kind else "promote")
         return ServerState(status.reached, status.replayed_to, status.detail, server.logfile)
@@ -290,22 +265,22 @@ def _recover_physical(
     return recover_physical(
         repo,
         archive,
-        _physical_options(args, settings, target),
+        _physical_options(args, app, target),
         catalog=catalog,
         excluded=excluded,
-        pg=PgDrivers(),
+        pg=app.pg_drivers(),
         start=start if args.start else None,
-        check=_checks(settings, info) if args.start else None,
+        check=_checks(app, info) if args.start else None,
     )
 
 
-def _checks(settings: Settings, info: ConnInfo) -> RunChecks:
+def _checks(app: App, info: ConnInfo) -> RunChecks:
     from contentflow_backupd.ops.drill.checks import run_checks
     from contentflow_backupd.repository.manifest import Manifest
     from contentflow_backupd.source.drivers import PgDatabaseFacts
 
     def check(manifest: Manifest) -> list[CheckOutcome]:
-        return list(run_checks(PgDatabaseFacts(), info, manifest.details, settings.drill.checks))
+        return list(run_checks(PgDatabaseFacts(), info, manifest.details, app.drill_checks))
 
     return check
 
@@ -335,27 +310,20 @@ def _print_recovery(result: RecoverResult) -> None:
         print(f"  - {step}")
 
 
-def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_restore_test(args: argparse.Namespace, app: App) -> int:
     """Restore drill: exit 0 when it succeeded, 1 when it failed (the result says why)."""
-    from contentflow_backupd import wiring
     from contentflow_backupd.errors import EXIT_FAILED
     from contentflow_backupd.ops.drill.run import run_drill
-    from contentflow_backupd.source.drivers import PgDrivers
 
     target = args.target_time
     if target not in ("random", "none"):
         from contentflow_backupd.ops.restore.physical import RecoveryTarget
 
         RecoveryTarget.parse(time=target)  # a bad time is a usage error, not a failed drill
-    opts = wiring.drill_options(
-        settings, backup=args.backup, target_time=None if target == "none" else target
-    )
-    repo = wiring.open_repository(settings)
-    catalog = wiring.open_catalog(settings)
-    try:
-        result = run_drill(repo, catalog, opts, pg=PgDrivers())
-    finally:
-        catalog.close()
+    opts = app.drill_options(backup=args.backup, target_time=None if target == "none" else target)
+    repo = app.repository()
+    with app.catalog() as catalog:
+        result = run_drill(repo, catalog, opts, pg=app.pg_drivers())
     if args.json:
         print_json(result.to_json())
     else:
@@ -372,22 +340,19 @@ def cmd_restore_test(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if result.succeeded else EXIT_FAILED
 
 
-def _physical_options(
-    args: argparse.Namespace, settings: Settings, target: RecoveryTarget
-) -> PhysicalRestoreOptions:
+def _physical_options(args: argparse.Namespace, app: App, target: RecoveryTarget) -> PhysicalRestoreOptions:
     """``restore --pgdata`` and ``recover --pgdata`` take the same options."""
-    from contentflow_backupd import wiring
     from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions
 
     return PhysicalRestoreOptions(
-        cluster=settings.cluster,
+        cluster=app.cluster,
         backup=args.backup,
         pgdata=Path(args.pgdata),
         target=target,
-        tool=wiring.self_command(),
-        recovery=wiring.recovery_config(settings),
+        tool=app.self_command(),
+        recovery=app.recovery_config(),
         owner=args.owner,
         keep_archiving=args.keep_archiving,
-        concurrency=settings.upload_concurrency,
-        pg_bin=settings.pg_bin,
+        concurrency=app.concurrency,
+        pg_bin=app.pg_bin,
     )

@@ -6,33 +6,34 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
-from contentflow_backupd.settings import Settings
+
+if TYPE_CHECKING:
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
 
-def cmd_wal_push(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_wal_push(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.wal.archive import push_wal_file
 
-    status = push_wal_file(wiring.open_wal_archive(settings), Path(args.path))
+    status = push_wal_file(app.wal_archive(), Path(args.path))
     if args.json:
         print_json({"file": Path(args.path).name, "status": status})
     return EXIT_OK
 
 
-def cmd_wal_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_wal_fetch(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.errors import ObjectNotFound, RecoveryMustStop
     from contentflow_backupd.ops.wal.archive import fetch_wal_file
 
     try:
-        size = fetch_wal_file(wiring.open_wal_archive(settings), args.name, Path(args.dest))
+        size = fetch_wal_file(app.wal_archive(), args.name, Path(args.dest))
     except ObjectNotFound:
         log.info("wal_not_archived", wal=args.name)
         if args.json:
@@ -45,10 +46,9 @@ def cmd_wal_fetch(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_wal_stream(args: argparse.Namespace, app: App) -> int:
     import threading
 
-    from contentflow_backupd import wiring
     from contentflow_backupd.ops.wal.stream import run_wal_stream
     from contentflow_backupd.signals import SignalWatch
     from contentflow_backupd.source.receivewal import PgReceiveWal
@@ -65,21 +65,20 @@ def cmd_wal_stream(args: argparse.Namespace, settings: Settings) -> int:
 
     SignalWatch(on_signal, second_raises=True).install()
     receiver = PgReceiveWal(
-        wiring.source_conninfo(settings),
-        spool_dir=wiring.wal_spool_dir(settings),
-        slot=settings.wal.slot,
-        bin_dir=settings.pg_bin,
-        tmp_root=wiring.tmp_dir(settings),
+        app.conninfo,
+        spool_dir=app.wal_spool_dir(),
+        slot=app.wal_slot,
+        bin_dir=app.pg_bin,
+        tmp_root=app.tmp_dir(),
     )
-    run_wal_stream(wiring.open_wal_archive(settings), receiver, slot=settings.wal.slot, stop=stop)
+    run_wal_stream(app.wal_archive(), receiver, slot=app.wal_slot, stop=stop)
     return EXIT_OK
 
 
-def cmd_wal_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from contentflow_backupd import wiring
+def cmd_wal_verify(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.wal.archive import check_wal_chain
 
-    report = check_wal_chain(wiring.open_wal_archive(settings))
+    report = check_wal_chain(app.wal_archive())
     if args.json:
         print_json(report.to_json())
     else:

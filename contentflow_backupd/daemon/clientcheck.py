@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from contentflow_backupd.errors import ConfigError, SourceError
-from contentflow_backupd.settings import Settings
+from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.tools import find_tool, tool_major
 
 log = structlog.get_logger(__name__)
@@ -53,19 +53,19 @@ def compare_majors(
     return ClientCheck(tool=tool, client_major=client, server_major=server_major)
 
 
-def check_client_tools(settings: Settings) -> ClientCheck | None:
-    """Connect once, compare the majors; ``None`` when the server cannot be reached now."""
-    from contentflow_backupd import wiring
+def check_client_tools(info: ConnInfo, mode: str, pg_bin: Path | None) -> ClientCheck | None:
+    """Connect to ``info`` once, compare the majors of the server and of the client tool the
+    backups of ``mode`` use (in ``pg_bin``, else by server major); ``None`` when the server
+    cannot be reached now."""
     from contentflow_backupd.source.schema import server_major
 
-    info = wiring.source_conninfo(settings)
     try:
         major = server_major(info)
     except SourceError as exc:
         log.warning("pg_client_check_skipped", reason=exc.message)
         return None
-    tool_name = "pg_basebackup" if settings.mode == "physical" else "pg_dump"
-    result = compare_majors(tool_name, major, settings.pg_bin, where=f"the server at {info.display()}")
+    tool_name = "pg_basebackup" if mode == "physical" else "pg_dump"
+    result = compare_majors(tool_name, major, pg_bin, where=f"the server at {info.display()}")
     log.info(
         "pg_client_checked",
         tool=str(result.tool),

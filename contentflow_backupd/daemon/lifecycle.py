@@ -17,15 +17,15 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd import __version__, wiring
+from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.daemon.parts import DaemonApp
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
 from contentflow_backupd.model import Scope, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.sdnotify import SystemdNotifier
-from contentflow_backupd.settings import Settings
 from contentflow_backupd.signals import Interrupted, SignalWatch
 
 log = structlog.get_logger(__name__)
@@ -47,13 +47,13 @@ PROGRESS_FILE = "progress.json"
 """In the state directory: what the daemon's running jobs have done (``status`` reads it)."""
 
 
-def run_daemon(settings: Settings) -> int:
-    return Daemon(settings).run()
+def run_daemon(app: DaemonApp) -> int:
+    return Daemon(app).run()
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, app: DaemonApp) -> None:
+        self.app = app
         self.sd = SystemdNotifier.from_env()
         self.metrics = Metrics(__version__)
         self.stopping = threading.Event()
@@ -77,7 +77,7 @@ class Daemon:
         self._lock: Any = None
         self._catalog: Catalog | None = None
         self._repo: Repository | None = None
-        self._scope = Scope("", settings.cluster)
+        self._scope = Scope("", app.cluster)
         """(repository id, cluster) of every catalog row the daemon reports; set once the
         repository is open (the empty id before matches no row)."""
         self._notifier: Any = None
@@ -86,12 +86,12 @@ class Daemon:
     def run(self) -> int:
         from contentflow_backupd.scheduling.scheduler import build_trigger
 
-        s = self.settings
-        specs = wiring.job_specs(s)
-        self._objectives = wiring.objectives(s)
+        app = self.app
+        specs = app.job_specs
+        self._objectives = app.objectives
         for spec in specs:
             if spec.schedule.kind != "off":
-                build_trigger(spec, s.schedule.timezone)  # ConfigError (exit 2) names the setting
+                build_trigger(spec, app.timezone)  # ConfigError (exit 2) names the setting
         self._install_signals()
         try:
             self._start()
@@ -106,24 +106,23 @@ class Daemon:
         return code
 
     def _start(self) -> None:
-        from contentflow_backupd.catalog.leader import LeaderLock
-
-        s = self.settings
-        log.info("daemon_starting", version=__version__, cluster=s.cluster, mode=s.mode, pid=os.getpid())
+        app = self.app
+        log.info("daemon_starting", version=__version__, cluster=app.cluster, mode=app.mode, pid=os.getpid())
         from contentflow_backupd.daemon.clientcheck import check_client_tools
 
-        check_client_tools(s)  # client tools older than the server: ConfigError, exit 2
-        self._catalog = wiring.open_catalog(s)
+        # client tools older than the server: ConfigError, exit 2
+        check_client_tools(app.conninfo, app.mode, app.pg_bin)
+        self._catalog = app.open_catalog()
         self._catalog_up = True
-        self._lock = LeaderLock.for_url(s.catalog_sqlalchemy_url, s.cluster)
+        self._lock = app.leader_lock()
         if self._lock.mode == "exclusive":
             self._lock.require()  # a second daemon on one SQLite catalog is refused
         self._repo = self._open_or_init_repository()
-        self._scope = Scope(self._repo.id, s.cluster)
+        self._scope = Scope(self._repo.id, app.cluster)
         self._adopt_old_rows()
         self._audit_config()
         self._cleanup_drills()
-        self._notifier = wiring.notifier(s)
+        self._notifier = app.notifier()
         self._build_runner()
         self._start_http()
         if self._lock.mode == "exclusive":
@@ -135,29 +134,27 @@ class Daemon:
         threading.Thread(target=self._probe_loop, name="dependency-probes", daemon=True).start()
         self.sd.ready()
         self.sd.status(self._status_text())
-        log.info("daemon_ready", leader=self.leader, http=s.http.listen)
+        log.info("daemon_ready", leader=self.leader, http=app.http_listen)
 
     def _audit_config(self) -> None:
         """``config_changed`` in the audit trail when the settings differ from the last start's."""
-        from contentflow_backupd.configshow import describe_settings
         from contentflow_backupd.ops.audit import record_config
 
         assert self._catalog is not None
-        view = {row["name"]: row["value"] for row in describe_settings(self.settings, {})}
+        view = {row["name"]: row["value"] for row in self.app.settings_view({})}
         record_config(self._catalog, view, self._repo)
 
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
         from contentflow_backupd.ops.drill.workspace import cleanup_stale_drills
-        from contentflow_backupd.source.drivers import PgDrivers
 
-        pg = PgDrivers()
+        pg = self.app.pg_drivers()
         try:
             removed = cleanup_stale_drills(
-                wiring.state_dir(self.settings),
+                self.app.state_dir(),
                 scratch=pg.scratch,
                 admin=pg.admin,
-                database=wiring.drill_options(self.settings).database,
+                database=self.app.drill_options().database,
             )
         except BackupdError as exc:
             log.warning("drill_cleanup_failed", error=exc.message)
@@ -166,17 +163,16 @@ class Daemon:
             log.info("stale_drills_removed", drills=removed)
 
     def _open_or_init_repository(self) -> Repository:
-        s = self.settings
-        storage = wiring.open_storage(s)
+        storage = self.app.storage()
         try:
-            return wiring.open_repository(s, storage)
+            return self.app.repository()
         except RepositoryNotFound:
             if next(iter(storage.list("")), None) is not None:
                 raise RepositoryError(
                     f"{storage.url} holds objects but no repo.json: refusing to initialise a repository",
                     hint="point BACKUPD_REPOSITORY at an empty location or at an existing repository",
                 ) from None
-            repo = wiring.init_repository(s)
+            repo = self.app.init_repository()
             log.info(
                 "repository_initialised", url=repo.storage.url, repository_id=repo.id, key_id=repo.kek_id
             )
@@ -189,7 +185,7 @@ class Daemon:
 
         assert self._repo is not None and self._catalog is not None
         try:
-            resolve_scope(self._repo.storage, self._catalog, self.settings.cluster)
+            resolve_scope(self._repo.storage, self._catalog, self.app.cluster)
         except BackupdError as exc:
             log.warning("catalog_rows_not_attributed", error=exc.message)
 
@@ -197,53 +193,55 @@ class Daemon:
         from contentflow_backupd.daemon.runtime import JobRunner
         from contentflow_backupd.scheduling import jobs
 
-        s = self.settings
+        app = self.app
         assert self._repo is not None and self._catalog is not None
         wal_tick = None
-        if s.mode == "physical" and wiring.job_specs_by_id(s)["wal"].schedule.kind != "off":
-            self._walwatch = wiring.wal_watcher(s, self._repo, self.metrics, self._catalog)
+        wal_job = {spec.id: spec for spec in app.job_specs}["wal"]
+        if app.mode == "physical" and wal_job.schedule.kind != "off":
+            self._walwatch = app.wal_watcher(self._repo, self.metrics, self._catalog)
             wal_tick = self._walwatch.tick
             try:  # the WAL counter from the start, not only from the first WAL check
                 self._walwatch.update_archived_total()
             except BackupdError as exc:
                 log.warning("wal_archive_unreadable", error=exc.message)
         self._runner = JobRunner(
-            s, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
+            app, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
         )
         jobs.install(self._runner)
 
     def _start_http(self) -> None:
-        if self.settings.http.listen == "off":
+        if self.app.http_listen == "off":
             return
         from contentflow_backupd.http.server import HttpServer
 
-        self._http = HttpServer(self.settings.http.listen, self.metrics, self)
+        self._http = HttpServer(self.app.http_listen, self.metrics, self)
         self._http.start()
-        log.info("http_listening", listen=self.settings.http.listen, port=self._http.port)
+        log.info("http_listening", listen=self.app.http_listen, port=self._http.port)
 
     # -- leadership --------------------------------------------------------------------------
     def _become_leader(self) -> None:
+        from contentflow_backupd.daemon.walwatch import choose_wal_method
         from contentflow_backupd.scheduling.scheduler import Scheduler
 
-        s = self.settings
+        app = self.app
         assert self._catalog is not None
         self.leader = True
         self.metrics.set_leader(True)
         log.info("leader_acquired", mode=self._lock.mode)
-        sched = Scheduler(self._catalog.engine, s.schedule.timezone)
-        sched.register(wiring.job_specs(s))
-        if s.schedule.full != "off" and not self._catalog.list_backups(self._scope, ["succeeded"]):
+        sched = Scheduler(self._catalog.engine, app.timezone)
+        sched.register(app.job_specs)
+        if app.full_scheduled and not self._catalog.list_backups(self._scope, ["succeeded"]):
             sched.run_soon("full")  # no backup yet: do not wait for the first fire time
         sched.resume()
         self._scheduler = sched
         if (
             self._walwatch is not None
             and self._repo is not None
-            and wiring.wal_method(s, self._walwatch) == "stream"
+            and choose_wal_method(app.wal_method, self._walwatch) == "stream"
         ):
-            self._walwatch.stream = wiring.stream_supervisor(s, self._repo, self.metrics)
+            self._walwatch.stream = app.stream_supervisor(self._repo, self.metrics)
             self._walwatch.stream.start()
-            log.info("wal_stream_supervised", slot=s.wal.slot)
+            log.info("wal_stream_supervised", slot=app.wal_slot)
 
     def _lose_leadership(self) -> None:
         log.error("leader_lost", action="stopped scheduling; trying to get the lock back")
@@ -287,7 +285,7 @@ class Daemon:
         """The running jobs' progress for `status` (another process): ``progress.json`` in the
         state directory, removed when nothing runs (observability/progress.py)."""
         try:
-            progress.publish(wiring.state_dir(self.settings) / PROGRESS_FILE)
+            progress.publish(self.app.state_dir() / PROGRESS_FILE)
         except (OSError, BackupdError) as exc:
             log.debug("progress_not_published", error=str(exc))
 
@@ -333,19 +331,21 @@ class Daemon:
         """Dependencies, and the WAL archive's state in physical mode, for /healthz, /readyz
         and ``backupd_dependency_up`` (on this thread: a hanging server never blocks a probe)."""
         from contentflow_backupd.ops.health.evaluate import WalState
+        from contentflow_backupd.ops.health.inputs import probe_dependencies, wal_health_state
+        from contentflow_backupd.repository.walarchive import WalArchive
 
-        s = self.settings
+        app = self.app
         assert self._catalog is not None and self._repo is not None
-        deps = wiring.probe_dependencies(s, self._catalog, self._repo.storage)
+        deps = probe_dependencies(app.database_probe(), self._repo.storage, self._catalog, app.open_catalog)
         for name, state in deps.items():
             self.metrics.set_dependency(name, state.up)
         self._deps = deps
         self._catalog_up = deps["catalog"].up
         if self._catalog_up:
             self._probe_migrations()
-        if s.mode == "physical":
+        if app.mode == "physical":
             try:
-                self._wal_state = wiring.wal_health_state(s, self._repo)
+                self._wal_state = wal_health_state(WalArchive(self._repo, app.cluster), app.archiver_status())
             except BackupdError as exc:
                 self._wal_state = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
             self._count_wal(self._wal_state)
@@ -371,10 +371,19 @@ class Daemon:
         """The recovery window and the RPO if the server died now (``backupd_recovery_point_age_
         seconds``), the RTO estimate; for /healthz."""
         from contentflow_backupd.ops.health.inputs import recovery_state
+        from contentflow_backupd.ops.health.objectives import recovery_objectives
 
+        app = self.app
         assert self._catalog is not None and self._repo is not None
         try:
-            report = wiring.recovery_objectives(self.settings, self._repo, self._catalog)
+            report = recovery_objectives(
+                self._repo,
+                self._catalog,
+                app.cluster,
+                app.mode,
+                rto_objective_s=app.rto_objective_s,
+                rpo_objective_s=app.rpo_objective_s,
+            )
         except BackupdError as exc:
             log.warning("recovery_objectives_unknown", error=exc.message)
             return
@@ -409,7 +418,6 @@ class Daemon:
         from contentflow_backupd.ops.health.evaluate import evaluate_health
         from contentflow_backupd.ops.health.inputs import collect_health_inputs
 
-        s = self.settings
         try:
             inputs = collect_health_inputs(
                 self._catalog,
@@ -417,7 +425,7 @@ class Daemon:
                 dependencies=dict(self._deps),
                 wal=self._wal_state,
                 leader=self.leader,
-                drills=s.schedule.restore_test != "off",
+                drills=self.app.drills_scheduled,
                 recovery=self._recovery,
             )
         except BackupdError as exc:
@@ -442,7 +450,7 @@ class Daemon:
             self._stop_signal = signum
             self._stop_at = time.monotonic()
             grace = self._grace()
-            log.info("daemon_stopping", signal=name, grace=self.settings.shutdown_grace)
+            log.info("daemon_stopping", signal=name, grace=self.app.shutdown_grace)
             self.stopping.set()
             self.sd.stopping()
             _arm_exit(grace + EXIT_MARGIN, EXIT_FAILED_STOP, "the shutdown did not finish in time")
@@ -464,9 +472,7 @@ class Daemon:
         return max(1.0, min(cap, left))
 
     def _grace(self) -> float:
-        from contentflow_backupd.timespec import parse_duration
-
-        return parse_duration(self.settings.shutdown_grace)
+        return self.app.shutdown_grace_s
 
     def _shutdown(self) -> None:
         self.stopping.set()

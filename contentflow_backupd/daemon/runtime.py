@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd import wiring
 from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.daemon.parts import DaemonApp
 from contentflow_backupd.errors import BackupdError, LockedError, VerificationFailed
 from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, Scope, utcnow
 from contentflow_backupd.observability import progress
@@ -29,7 +29,6 @@ from contentflow_backupd.ops.backup.anomaly import check_size
 from contentflow_backupd.ops.backup.run import run_backup
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.settings import Settings
 from contentflow_backupd.signals import Interrupted
 
 log = structlog.get_logger(__name__)
@@ -55,7 +54,7 @@ class JobRunner:
 
     def __init__(
         self,
-        settings: Settings,
+        app: DaemonApp,
         repo: Repository,
         catalog: Catalog,
         metrics: Metrics,
@@ -63,9 +62,9 @@ class JobRunner:
         *,
         wal_tick: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
-        self.settings = settings
+        self.app = app
         self.repo = repo
-        self.scope = Scope(repo.id, settings.cluster)
+        self.scope = Scope(repo.id, app.cluster)
         """Every catalog row this runner reads or writes is of this repository and cluster."""
         self.catalog = catalog
         self.metrics = metrics
@@ -169,17 +168,17 @@ class JobRunner:
 
     # -- backups ---------------------------------------------------------------------------
     def backup(self, kind: str, trigger: RunTrigger) -> BackupRecord | None:
-        s = self.settings
+        app = self.app
         began = time.monotonic()
-        opts = wiring.backup_options(s, kind, trigger=trigger, cancel=self.cancel)
+        opts = app.backup_options(kind, trigger=trigger, cancel=self.cancel)
         try:
             record = run_backup(
                 self.repo,
                 self.catalog,
                 opts,
-                logical=wiring.logical_source(s) if s.mode == "logical" else None,
-                physical=wiring.physical_source(s) if s.mode == "physical" else None,
-                archive=WalArchive(self.repo, s.cluster) if s.mode == "physical" else None,
+                logical=app.logical_source() if app.mode == "logical" else None,
+                physical=app.physical_source() if app.mode == "physical" else None,
+                archive=WalArchive(self.repo, app.cluster) if app.mode == "physical" else None,
             )
         except LockedError:
             return None  # recorded as skipped by run_backup
@@ -209,9 +208,8 @@ class JobRunner:
         """Right after a backup: every object its manifest names exists with its stored size."""
         from contentflow_backupd.ops.verify.sweep import open_corrupt_count, quick_check_backup, record_faults
 
-        s = self.settings
         try:
-            faults = quick_check_backup(self.repo, s.cluster, record.id, s.upload_concurrency)
+            faults = quick_check_backup(self.repo, self.app.cluster, record.id, self.app.concurrency)
             if faults:
                 record_faults(self.catalog, self.scope, faults)
                 self._corrupt_found([f"{f.key} ({f.problem})" for f in faults], f"the new backup {record.id}")
@@ -231,7 +229,7 @@ class JobRunner:
         )
 
     def _check_anomaly(self, record: BackupRecord) -> None:
-        a = self.settings.anomaly
+        a = self.app.anomaly_limits
         history = [
             b.source_bytes
             for b in self.catalog.list_backups(self.scope, ["succeeded"])
@@ -290,19 +288,16 @@ class JobRunner:
 
     def _verify(self, run_id: int) -> str | None:
         from contentflow_backupd.ops.verify.sweep import open_corrupt_summary, verify_since_last
-        from contentflow_backupd.scheduling.periods import schedule_period
-        from contentflow_backupd.timespec import parse_duration, parse_schedule
 
-        s = self.settings
-        interval = schedule_period(parse_schedule(s.schedule.verify), s.schedule.timezone) or 86400.0
+        app = self.app
         result = verify_since_last(
             self.repo,
             self.catalog,
-            s.cluster,
-            full_sweep_s=parse_duration(s.verify.full_sweep),
-            interval_s=interval,
-            concurrency=s.upload_concurrency,
-            lock_dir=wiring.lock_dir(s),
+            app.cluster,
+            full_sweep_s=app.verify_sweep_s,
+            interval_s=app.verify_interval_s,
+            concurrency=app.concurrency,
+            lock_dir=app.lock_dir(),
         )
         self.metrics.verify_finished(result.ok, result.finished_at)
         self.metrics.set_corrupt_objects(len(result.open_corrupt))
@@ -322,13 +317,12 @@ class JobRunner:
     def _restore_test(self, run_id: int, trigger: RunTrigger) -> str | None:
         """A restore drill: restore into a scratch instance, check it, measure the RTO."""
         from contentflow_backupd.ops.drill.run import run_drill
-        from contentflow_backupd.source.drivers import PgDrivers
 
         result = run_drill(
             self.repo,
             self.catalog,
-            wiring.drill_options(self.settings),
-            pg=PgDrivers(),
+            self.app.drill_options(),
+            pg=self.app.pg_drivers(),
             run_id=run_id,
             trigger=trigger,
             cancel=self.cancel,
@@ -347,19 +341,19 @@ class JobRunner:
     def _retention(self, run_id: int) -> str | None:
         from contentflow_backupd.ops.retention.apply import expire
 
-        s = self.settings
+        app = self.app
         deadline = time.monotonic() + RETENTION_LOCK_WAIT
         while True:
             try:
                 _plan, result = expire(
                     self.repo,
                     self.catalog,
-                    s.cluster,
-                    wiring.retention_policy(s),
+                    app.cluster,
+                    app.retention_policy,
                     utcnow(),
                     apply=True,
                     run_id=run_id,
-                    lock_dir=wiring.lock_dir(s),
+                    lock_dir=app.lock_dir(),
                 )
                 break
             except LockedError:

@@ -239,3 +239,19 @@ def _now() -> datetime:
     from contentflow_backupd.model import utcnow
 
     return utcnow()
+
+
+def choose_wal_method(configured: str | None, watcher: WalWatcher) -> str:
+    """``BACKUPD_WAL__METHOD`` (``configured``), else ``stream`` when the role may replicate
+    (physical backups need that anyway), else ``archive_command``: asks the server once."""
+    if configured is not None:
+        return configured
+    from contentflow_backupd.source.postgres import wal_status
+
+    try:
+        method = "stream" if wal_status(watcher.info).can_replicate else "archive_command"
+    except BackupdError as exc:
+        log.warning("wal_method_guessed", method="stream", reason=exc.message)
+        method = "stream"
+    watcher.method = method
+    return method

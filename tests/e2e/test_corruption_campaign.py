@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 
-from contentflow_backupd import wiring
 from contentflow_backupd.cli import build_parser
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.logging import configure_logging
@@ -41,6 +40,7 @@ from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings, load_settings
 from contentflow_backupd.source.drivers import PgDrivers
 from contentflow_backupd.wal import classify
+from contentflow_backupd.wiring import App
 from tests.e2e import helpers
 from tests.e2e.physical import PhysicalSetup, physical_setup
 from tests.e2e.pitr_helpers import Restored, create_table, switch_and_wait_archived
@@ -212,11 +212,10 @@ def _build(setup: PhysicalSetup) -> None:
 # -- the operations under test, in-process -------------------------------------------------------
 def verify_all(settings: Settings, config: Path) -> tuple[int, str]:
     args = build_parser().parse_args(["--config", str(config), "verify", "--all"])
-    args.file_data = {}
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out):
-            return int(args.func(args, settings)), out.getvalue()
+        with contextlib.redirect_stdout(out), App(settings) as app:
+            return int(args.func(args, app)), out.getvalue()
     except BackupdError as exc:
         return exc.exit_code, out.getvalue() + str(exc)
     except Exception as exc:
@@ -224,7 +223,7 @@ def verify_all(settings: Settings, config: Path) -> tuple[int, str]:
 
 
 def restore_logical(settings: Settings, backup_id: str, into: Path) -> bytes:
-    repo = wiring.open_repository(settings)
+    repo = App(settings).repository()
     path = into / "dump"
     restore_to_file(repo, settings.cluster, backup_id, path, concurrency=2)
     return path.read_bytes()
@@ -235,15 +234,15 @@ def restore_physically(
 ) -> tuple[dict[str, str], dict[str, bytes]]:
     """The data directory's digests, and every WAL file the archive serves (a file it cannot
     serve is left out: PostgreSQL's restore_command then ends or stops recovery)."""
-    repo = wiring.open_repository(settings)
+    repo = App(settings).repository()
     archive = WalArchive(repo, settings.cluster)
     opts = PhysicalRestoreOptions(
         cluster=settings.cluster,
         backup=backup_id,
         pgdata=into / "pgdata",
         target=RecoveryTarget(),
-        tool=wiring.self_command(),
-        recovery=wiring.recovery_config(settings),
+        tool=App(settings).self_command(),
+        recovery=App(settings).recovery_config(),
         concurrency=2,
     )
     restore_physical(repo, archive, opts, pg=PgDrivers())
@@ -284,7 +283,7 @@ def world() -> Iterator[World]:
         )
         settings, _ = load_settings(config)
         configure_logging(None, "error")
-        repo = wiring.open_repository(settings)
+        repo = App(settings).repository()
         ids = list(repo.iter_backup_ids(settings.cluster))
         manifests = {b: repo.read_manifest(settings.cluster, b) for b in ids}
         archive = WalArchive(repo, settings.cluster)

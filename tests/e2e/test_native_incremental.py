@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from contentflow_backupd import wiring
 from contentflow_backupd.repository import layout
 from contentflow_backupd.settings import load_settings
+from contentflow_backupd.wiring import App
 from tests.e2e import helpers
 from tests.e2e.physical import PhysicalSetup, physical_setup
 from tests.e2e.pitr_helpers import (
@@ -192,7 +192,7 @@ def _chunk_only_in(chain: Chain, repo_dir: Path) -> Path:
     """A chunk file of the middle incremental's tar stream that neither its full backup nor the
     newest incremental uses."""
     settings, _ = load_settings(chain.setup.config)
-    repo = wiring.open_repository(settings)
+    repo = App(settings).repository()
     middle = repo.read_manifest("main", chain.middle["id"])
     others = {
         ref.id

@@ -34,7 +34,7 @@ from contentflow_backupd.source.pgdata import (
     restore_command,
     write_recovery_config,
 )
-from contentflow_backupd.wiring import recovery_config
+from contentflow_backupd.wiring import App
 from tests.e2e import helpers
 from tests.e2e.physical import PASSPHRASE, PhysicalSetup, physical_setup
 from tests.e2e.pitr_helpers import (
@@ -565,7 +565,7 @@ def test_the_recovery_settings_file_loads_as_settings(tmp_path: Path) -> None:
         encryption={"passphrase": 'pass "phrase" \\ \u00e9'},
         s3={"region": "eu-west-1"},
     )
-    config = recovery_config(settings)
+    config = App(settings).recovery_config()
     assert config.config_file is None and config.passphrase is not None
     directory = tmp_path / "data.recovery"
     directory.mkdir()
@@ -585,7 +585,7 @@ def test_the_recovery_settings_file_carries_a_kms_key_id(tmp_path: Path) -> None
         state_dir=tmp_path / "state",
         encryption={"kms_key_id": "arn:aws:kms:eu-west-1:123456789012:key/abc", "kms_region": "eu-west-1"},
     )
-    config = recovery_config(settings)
+    config = App(settings).recovery_config()
     assert any("kms:Decrypt" in note for note in config.notes)
     directory = tmp_path / "data.recovery"
     directory.mkdir()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from contentflow_backupd.catalog.base import HealthCatalog
-from contentflow_backupd.errors import BackupdError
+from contentflow_backupd.catalog.base import Catalog, HealthCatalog
+from contentflow_backupd.errors import BackupdError, ObjectNotFound, RepositoryNotFound
 from contentflow_backupd.model import BACKUP_KINDS, Scope, parse_iso
 from contentflow_backupd.ops.health.evaluate import (
     RUN_HISTORY,
@@ -20,7 +20,9 @@ from contentflow_backupd.ops.health.evaluate import (
     ServerWal,
     WalState,
 )
+from contentflow_backupd.repository.layout import REPO_FILE
 from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.storage.base import Storage
 from contentflow_backupd.wal import classify, parse_segment, timeline_of, written_after
 
 
@@ -169,3 +171,72 @@ def recovery_state(report: Mapping[str, Any]) -> RecoveryState:
         rto_estimate=report.get("rto_estimate_seconds"),
         last_drill_rto=drill.get("rto_seconds"),
     )
+
+
+# -- probes (run by the daemon's probe thread and by ``status``) -------------------------------
+def probe_dependencies(
+    database: Callable[[], object],
+    storage: Storage,
+    catalog: Catalog | None,
+    open_catalog: Callable[[], Catalog],
+) -> dict[str, DependencyState]:
+    """Is each dependency reachable now? ``database``: the probe of the configured server (one
+    connection); ``storage``: reading the repository's ``repo.json``; ``catalog``: one query (with
+    ``catalog`` None, on the catalog ``open_catalog`` opens, closed again). Never raises."""
+
+    def repository() -> None:
+        try:
+            storage.get(REPO_FILE)
+        except ObjectNotFound:
+            raise RepositoryNotFound(
+                f"no repository at {storage.url} (no {REPO_FILE})",
+                hint="run `contentflow-backupd init`, or check BACKUPD_REPOSITORY",
+            ) from None
+
+    def catalog_query() -> None:
+        if catalog is not None:
+            catalog.get_meta("catalog_probe")
+            return
+        opened = open_catalog()
+        try:
+            opened.get_meta("catalog_probe")
+        finally:
+            opened.close()
+
+    return check_dependencies({"database": database, "storage": repository, "catalog": catalog_query})
+
+
+class ArchiverStatus(Protocol):
+    """What the server says of its WAL and its archiver (``pg_stat_archiver``)."""
+
+    @property
+    def current_lsn(self) -> int: ...
+    @property
+    def timeline(self) -> int: ...
+    @property
+    def wal_segment_size(self) -> int: ...
+    @property
+    def last_archived_time(self) -> datetime | None: ...
+    @property
+    def last_failed_time(self) -> datetime | None: ...
+
+
+def wal_health_state(archive: WalArchive, server_status: Callable[[], ArchiverStatus]) -> WalState:
+    """The WAL archive's state for the health report (physical mode): the newest archived file's
+    time from the repository, and whether WAL is waiting from the server (``server_status``: its
+    ``pg_stat_archiver`` and current WAL position). Storage errors propagate; an unreachable
+    server or a standby leaves ``pending`` unknown."""
+    try:
+        status = server_status()
+    except BackupdError as exc:
+        return read_wal_state(archive, None, detail=f"server not asked: {exc.message}")
+    failing = status.last_failed_time is not None and (
+        status.last_archived_time is None or status.last_failed_time > status.last_archived_time
+    )
+    server = ServerWal(
+        current_lsn=status.current_lsn,
+        timeline=status.timeline,
+        segment_size=status.wal_segment_size,
+        archiver_failing=failing,
+    )
+    return read_wal_state(archive, server)

@@ -403,3 +403,21 @@ def collect_objectives(
         rto_objective_s=rto_objective_s,
         rpo_objective_s=rpo_objective_s,
     )
+
+
+def recovery_objectives(
+    repo: Repository,
+    catalog: HealthCatalog,
+    cluster: str,
+    mode: BackupMode,
+    *,
+    rto_objective_s: float = RTO_OBJECTIVE_S,
+    rpo_objective_s: float = RPO_OBJECTIVE_S,
+) -> dict[str, Any]:
+    """The recovery window, the RPO now and the RTO estimate (``collect_objectives``). The
+    database size is the newest backup's source size: the unit drills measure their throughput in."""
+    done = [b for b in catalog.list_backups(Scope(repo.id, cluster), ["succeeded"]) if b.mode == mode]
+    size = done[-1].source_bytes if done else None
+    return collect_objectives(
+        repo, catalog, cluster, mode, size, rto_objective_s=rto_objective_s, rpo_objective_s=rpo_objective_s
+    )

@@ -1,13 +1,17 @@
-"""Settings -> the migration guard's options and dependencies (the ``wiring`` of ``migrate``)."""
+"""The application -> the migration guard's options and dependencies (``migrate``): its limits
+(``BACKUPD_MIGRATE__*``), the pre-flight probes, the safety net (a restore point in physical
+mode, an incremental backup in logical mode) and the notification of the outcome."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from contentflow_backupd import wiring
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.catalog.guard_records import MigrationRunRecord
 from contentflow_backupd.errors import BackupdError, ConfigError
@@ -29,43 +33,74 @@ from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.drivers import PgDatabaseFacts
 from contentflow_backupd.timespec import parse_duration
 
+if TYPE_CHECKING:
+    from contentflow_backupd.wiring.app import App
+
 log = structlog.get_logger("contentflow_backupd.migrate")
 
 
-def guard_options(
-    settings: Settings, args: argparse.Namespace, command: Sequence[str], repository_id: str | None = None
-) -> GuardOptions:
-    if settings.database_url is None:
-        raise ConfigError("BACKUPD_DATABASE_URL is not set: the migration needs the database")
+@dataclass(frozen=True)
+class MigrateLimits:
+    """``BACKUPD_MIGRATE__*``, durations in seconds."""
+
+    database_url: str | None
+    lock_timeout: float
+    statement_timeout: float | None
+    progress_interval: float
+    large_table_bytes: int
+    min_free_bytes: int
+    max_transaction_age: float
+    checks: Path | None
+
+
+def migrate_limits(settings: Settings) -> MigrateLimits:
     m = settings.migrate
-    return GuardOptions(
-        cluster=settings.cluster,
-        migrations_dir=args.migrations_dir,
-        command=list(command),
-        database_url=settings.database_url.get_secret_value(),
-        conninfo=wiring.source_conninfo(settings),
-        mode=settings.mode,
-        lock_dir=wiring.lock_dir(settings),
-        allow_risky=args.allow_risky,
-        on_failure=args.on_failure,
+    return MigrateLimits(
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         lock_timeout=parse_duration(m.lock_timeout),
         statement_timeout=None if m.statement_timeout is None else parse_duration(m.statement_timeout),
+        progress_interval=parse_duration(m.progress_interval),
+        large_table_bytes=m.large_table_bytes,
+        min_free_bytes=m.min_free_bytes,
+        max_transaction_age=parse_duration(m.max_transaction_age),
+        checks=m.checks,
+    )
+
+
+def guard_options(
+    app: App, args: argparse.Namespace, command: Sequence[str], repository_id: str | None = None
+) -> GuardOptions:
+    m = app.migrate_limits
+    if m.database_url is None:
+        raise ConfigError("BACKUPD_DATABASE_URL is not set: the migration needs the database")
+    return GuardOptions(
+        cluster=app.cluster,
+        migrations_dir=args.migrations_dir,
+        command=list(command),
+        database_url=m.database_url,
+        conninfo=app.conninfo,
+        mode=app.mode,
+        lock_dir=app.lock_dir(),
+        allow_risky=args.allow_risky,
+        on_failure=args.on_failure,
+        lock_timeout=m.lock_timeout,
+        statement_timeout=m.statement_timeout,
         checks_file=m.checks,
         strict_checks=getattr(args, "strict_checks", False),
-        config_arg=f" --config {settings.config}" if settings.config else "",
+        config_arg=f" --config {app.config_file}" if app.config_file else "",
         dry_run=args.dry_run,
-        pg_bin=settings.pg_bin,
+        pg_bin=app.pg_bin,
         repository_id=repository_id,
     )
 
 
-def dry_run_drill(settings: Settings) -> DrillOptions:
-    return wiring.drill_options(settings, target_time=None)
+def dry_run_drill(app: App) -> DrillOptions:
+    return app.drill_options(target_time=None)
 
 
-def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: GuardOptions) -> GuardDeps:
-    m = settings.migrate
-    state = wiring.state_dir(settings)
+def guard_deps(app: App, repo: Repository, catalog: Catalog, opts: GuardOptions) -> GuardDeps:
+    m = app.migrate_limits
+    state = app.state_dir()
 
     def preflight(info: ConnInfo) -> list[CheckResult]:
         def storage() -> tuple[bool, str]:
@@ -81,15 +116,15 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
                 return True, f"{len(report.pending)} pending migration(s), directory sound{extra}"
             return False, _check_failure(report, opts.allow_risky)
 
-        wal = _wal_probe(settings, repo) if settings.mode == "physical" else None
+        wal = _wal_probe(app, repo) if app.mode == "physical" else None
         return run_preflight(
             PreflightInputs(
                 conninfo=info,
                 state_dir=state,
                 min_free_bytes=m.min_free_bytes,
-                max_transaction_age_seconds=parse_duration(m.max_transaction_age),
+                max_transaction_age_seconds=m.max_transaction_age,
                 storage=storage,
-                no_backup_running=backup_lock_probe(opts.lock_dir, settings.cluster),
+                no_backup_running=backup_lock_probe(opts.lock_dir, app.cluster),
                 migrate_check=migrate_check,
                 wal_archiving=wal,
             )
@@ -99,12 +134,12 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
         from contentflow_backupd.migrate.progress import ProgressLogger
 
         bound = log.bind(**structlog.contextvars.get_contextvars())  # its thread has none
-        return ProgressLogger(info, parse_duration(m.progress_interval), log=bound)
+        return ProgressLogger(info, m.progress_interval, log=bound)
 
     def safety_net(name: str) -> SafetyNet:
-        if settings.mode == "physical":
-            return _restore_point(settings, repo, catalog, name)
-        return _backup(settings, repo, catalog, name)
+        if app.mode == "physical":
+            return _restore_point(app, repo, catalog, name)
+        return _backup(app, repo, catalog, name)
 
     def expected(before: str, scripts: Sequence[tuple[str, str]]) -> str:
         from contentflow_backupd.migrate.expect import expected_schema
@@ -115,13 +150,13 @@ def guard_deps(settings: Settings, repo: Repository, catalog: Catalog, opts: Gua
             scripts,
             major=server_major(opts.conninfo),
             state_dir=state,
-            pg_bin=settings.drill.pg_bin,
-            client_bin=settings.pg_bin,
-            scratch_dir=settings.drill.scratch_dir,
+            pg_bin=app.drill_pg_bin,
+            client_bin=app.pg_bin,
+            scratch_dir=app.drill_scratch_dir,
         )
 
     def finished(record: MigrationRunRecord) -> None:
-        _notify(settings, record)
+        _notify(app, record)
 
     return GuardDeps(
         preflight=preflight,
@@ -149,9 +184,12 @@ def _check_failure(report: CheckReport, allow_risky: bool) -> str:
     return "migrate check found " + " | ".join(parts) + "; see `contentflow-backupd migrate check`"
 
 
-def _wal_probe(settings: Settings, repo: Repository) -> Probe:
+def _wal_probe(app: App, repo: Repository) -> Probe:
     def probe() -> tuple[bool, str]:
-        state = wiring.wal_health_state(settings, repo)
+        from contentflow_backupd.ops.health.inputs import wal_health_state
+        from contentflow_backupd.repository.walarchive import WalArchive
+
+        state = wal_health_state(WalArchive(repo, app.cluster), app.archiver_status())
         if state.archiver_failing:
             return False, "the archiver's newest attempt failed (pg_stat_archiver): WAL is not being archived"
         if state.last_archived_at is None:
@@ -164,16 +202,16 @@ def _wal_probe(settings: Settings, repo: Repository) -> Probe:
     return probe
 
 
-def _backup(settings: Settings, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
+def _backup(app: App, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
     from contentflow_backupd.ops.backup.run import run_backup
 
     at = utcnow()
-    logical = wiring.logical_source(settings)
+    logical = app.logical_source()
     try:
         record = run_backup(
             repo,
             catalog,
-            wiring.backup_options(settings, "incremental", mode="logical"),
+            app.backup_options("incremental", mode="logical"),
             logical=logical,
         )
     finally:
@@ -181,31 +219,31 @@ def _backup(settings: Settings, repo: Repository, catalog: Catalog, name: str) -
     return SafetyNet(restore_point=name, backup_id=record.id, at=at)
 
 
-def _restore_point(settings: Settings, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
+def _restore_point(app: App, repo: Repository, catalog: Catalog, name: str) -> SafetyNet:
     from contentflow_backupd.ops.wal.restore_points import create_restore_point
     from contentflow_backupd.repository.walarchive import WalArchive
 
     made = create_restore_point(
         catalog,
-        WalArchive(repo, settings.cluster),
-        settings.cluster,
+        WalArchive(repo, app.cluster),
+        app.cluster,
         name,
-        describe=wiring.physical_source(settings).describe,
-        make=wiring.restore_point_maker(settings),
-        archive_timeout=settings.wal.archive_timeout,
+        describe=app.physical_source().describe,
+        make=app.restore_point_maker(),
+        archive_timeout=app.wal_archive_timeout,
     )
     if not made.archived:
         raise BackupdError(
             f"restore point {name} was created at {made.point.lsn}, but its WAL segment {made.segment} "
-            f"was not archived within {settings.wal.archive_timeout}s: the safety net is not restorable",
+            f"was not archived within {app.wal_archive_timeout}s: the safety net is not restorable",
             hint="check archive_command (wal-push) or wal-stream and pg_stat_archiver, then run again",
         )
     return SafetyNet(restore_point=name, lsn=made.point.lsn, at=made.point.created_at)
 
 
-def _notify(settings: Settings, record: MigrationRunRecord) -> None:
+def _notify(app: App, record: MigrationRunRecord) -> None:
     try:
-        notifier = wiring.notifier(settings)
+        notifier = app.notifier()
     except BackupdError as exc:
         log.warning("notifier_unavailable", error=exc.message)
         return
