@@ -511,6 +511,10 @@ class Daemon:
             _raise_in_thread(job.thread, Interrupted)
         time.sleep(0.5)
         _terminate_children()
+        # A job blocked in a query (a drill's check, a lock wait) returns to Python only then.
+        cancelled = self.app.pg_drivers().admin.cancel_queries()
+        if cancelled:
+            log.info("queries_cancelled", connections=cancelled)
         deadline = time.monotonic() + CHILD_STOP_WAIT
         while runner.running() and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -318,6 +318,11 @@ class DatabaseAdmin(Protocol):
         passfiles under ``tmp_root``. Nothing is touched before ``prepare``."""
         ...
 
+    def cancel_queries(self) -> int:
+        """Cancel the statement running on every connection this process holds open (the
+        daemon's stop, after its grace period); how many were cancelled."""
+        ...
+
 
 # -- scratch servers -------------------------------------------------------------------------------
 class ScratchServer(Protocol):

@@ -71,6 +71,9 @@ class PgDatabaseAdmin:
     def restore_target(self, db: Database, *, bin_dir: Path | None, tmp_root: Path | None) -> LogicalTarget:
         return PgRestoreTarget(conninfo_of(db), bin_dir=bin_dir, tmp_root=tmp_root)
 
+    def cancel_queries(self) -> int:
+        return postgres.cancel_queries()
+
 
 class PgScratchServers:
     """``ScratchServers``: ``source/scratch.py`` and ``pg_verifybackup``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +16,11 @@ from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo
 
 CONNECT_TIMEOUT = 10
+CANCEL_TIMEOUT = 5.0
+"""Seconds :func:`cancel_queries` waits for the server to take one cancel request."""
+
+_open: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+_open_lock = threading.Lock()
 
 
 def error_reason(exc: psycopg.Error) -> str:
@@ -38,7 +45,27 @@ def open_connection(info: ConnInfo, *, autocommit: bool = True, **params: str) -
         **info.params,
         **params,
     }
-    return psycopg.connect(ConnInfo(params=merged, password=info.password).full(), autocommit=autocommit)
+    conn = psycopg.connect(ConnInfo(params=merged, password=info.password).full(), autocommit=autocommit)
+    with _open_lock:
+        _open.add(conn)
+    return conn
+
+
+def cancel_queries() -> int:
+    """Cancel the statement running on every connection this process opened and still holds
+    (a query blocked in libpq never returns to Python, so nothing else can stop it); returns how
+    many cancel requests were sent. For the daemon's stop after its grace period: the job then
+    fails with "canceling statement", runs its clean-up and records the run interrupted."""
+    with _open_lock:
+        live = [conn for conn in _open if not conn.closed]
+    sent = 0
+    for conn in live:
+        try:
+            conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+            sent += 1
+        except (psycopg.Error, OSError):
+            continue  # closed meanwhile, or the server is gone: nothing runs there
+    return sent
 
 
 def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection[Any]:

@@ -50,3 +50,10 @@ def test_status_and_metrics_show_the_running_job(tmp_path: Path, pg: PgCluster, 
         assert {e["job"] for e in events} == {"restore_test"}
         assert d.metric("backupd_job_progress_done", job="restore_test") is not None
         assert d.metric("backupd_job_progress_total", job="full") == 0.0  # not running
+
+    # Stopped in the drill's check (a query that blocks in libpq for 40 s, past the 1 s grace):
+    # the query is cancelled, so the drill drops its scratch database and records the run.
+    left = pg.execute("select datname from pg_database where datname like 'backupd\\_drill\\_%'")
+    assert left == []
+    drills = [r for r in cli.ok_json("runs") if r["job"] == "restore_test"]
+    assert drills and drills[0]["status"] == "interrupted", drills

@@ -220,6 +220,10 @@ class FakeDatabaseAdmin:
     ) -> FakeRestoreTarget:
         return FakeRestoreTarget(self.pg, db)
 
+    def cancel_queries(self) -> int:
+        self.pg.events.append("cancel queries")
+        return 0
+
 
 # -- scratch servers -------------------------------------------------------------------------------
 _SETTING = re.compile(r"^\s*(\w+)\s*=\s*'([^']*)'")

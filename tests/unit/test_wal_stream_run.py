@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from contentflow_backupd.backoff import Backoff
 from contentflow_backupd.errors import LockedError
 from contentflow_backupd.ops.locks import exclusive
 from contentflow_backupd.ops.wal.stream import run_wal_stream
@@ -43,7 +44,12 @@ def run_until(archive: WalArchive, receiver: FakeWalReceiver, done: Callable[[],
     def body() -> None:
         try:
             run_wal_stream(
-                archive, receiver, slot="s", stop=stop, poll_interval=0.01, restart_backoff=(0.01, 0.05)
+                archive,
+                receiver,
+                slot="s",
+                stop=stop,
+                poll_interval=0.01,
+                restart_backoff=Backoff(first=0.01, cap=0.05),
             )
         except BaseException as exc:
             errors.append(exc)
