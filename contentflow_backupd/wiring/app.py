@@ -321,7 +321,7 @@ class App:
 
     def settings_view(self, file_data: dict[str, Any] | None = None) -> list[dict[str, str]]:
         """Every resolved setting: name, value (secrets masked), source (``config show``)."""
-        from contentflow_backupd.configshow import describe_settings
+        from contentflow_backupd.wiring.configshow import describe_settings
 
         return describe_settings(self._settings, self._file_data if file_data is None else file_data)
 

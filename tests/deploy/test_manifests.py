@@ -426,7 +426,7 @@ def dockerfile_env() -> dict[str, str]:
 
 def setting_env_names() -> set[str]:
     """Every BACKUPD_* variable the daemon reads (the names `config show` lists)."""
-    from contentflow_backupd.configshow import describe_settings
+    from contentflow_backupd.wiring.configshow import describe_settings
 
     return {row["name"] for row in describe_settings(Settings(), {})}
 

@@ -31,7 +31,6 @@ LAYERS: dict[str, int] = {
     "scheduling": 4,
     "migrate": 4,
     "demo": 4,  # demo and benchmark data (bench/, tests): psycopg of its own
-    "configshow": 4,  # renders the settings for `config show` and the daemon's start-up log
     "ops": 3,
     "repository": 2,
     "source": 2,
@@ -88,15 +87,13 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "apscheduler": ("scheduling",),
     "prometheus_client": ("observability.metrics", "http"),
     "pglast": ("migrate.risk",),
-    "pydantic": ("settings", "configshow"),
+    "pydantic": ("settings", "wiring.configshow"),
     "pydantic_settings": ("settings",),
     "tqdm": ("observability.progress",),
 }
 
 # -- settings and wiring -----------------------------------------------------------------------
-# configshow renders the Settings object itself (`config show`, the daemon's start-up record):
-# it is part of the settings, called only through wiring (App.settings_view).
-SETTINGS_IMPORTERS = ("settings", "configshow", "wiring", "cli")  # cli: its __init__ (the entry point) only
+SETTINGS_IMPORTERS = ("settings", "wiring", "cli")  # cli: its __init__ (the entry point) only
 WIRING_IMPORTERS_LAYER = LAYERS["cli"]  # nothing below the command line imports wiring
 
 
@@ -222,6 +219,28 @@ def _package_imports() -> list[Import]:
     return list(imports_of(ROOT, PACKAGE))
 
 
+# wiring builds; it does no I/O of its own ("beyond opening what it builds", issue 14): outside
+# the package it imports only these pure modules (no subprocess, socket, psycopg, boto3,
+# sqlalchemy, urllib.request: the modules it calls do their I/O when a command uses what was
+# built). structlog: it configures logging (wiring/logs.py); pydantic: configshow walks the model.
+WIRING_OUTSIDE_IMPORTS = (
+    "__future__", "argparse", "collections", "contextlib", "dataclasses", "datetime", "functools",
+    "os", "pathlib", "re", "sys", "typing", "urllib.parse", "structlog", "pydantic",
+)  # fmt: skip
+
+
+def wiring_io_violations(imports: list[Import], package: str) -> list[str]:
+    return sorted(
+        {
+            f"{imp} (line {imp.line})"
+            for imp in imports
+            if unit_of(imp.source) == "wiring"
+            and imp.target.split(".")[0] != package
+            and not any(imp.target == a or imp.target.startswith(a + ".") for a in WIRING_OUTSIDE_IMPORTS)
+        }
+    )
+
+
 # -- the rules, on the package ----------------------------------------------------------------
 def test_every_unit_has_a_layer() -> None:
     units = {unit_of(module_name(p, ROOT, PACKAGE)) for p in ROOT.rglob("*.py")}
@@ -242,6 +261,27 @@ def test_each_library_in_its_place() -> None:
 
 def test_only_the_composition_root_imports_settings_and_wiring() -> None:
     assert settings_violations(_package_imports(), PACKAGE) == []
+
+
+def test_wiring_imports_no_io_library() -> None:
+    assert wiring_io_violations(_package_imports(), PACKAGE) == []
+
+
+def test_checker_finds_io_in_wiring(tmp_path: Path) -> None:
+    root = _write(
+        tmp_path,
+        {
+            "wiring/__init__.py": "",
+            "wiring/app.py": "import os\nfrom typing import Any\n\ndef f():\n    import subprocess\n",
+            "wiring/probe.py": "from psycopg import connect\nimport urllib.parse, urllib.request\n",
+        },
+    )
+    found = wiring_io_violations(list(imports_of(root, "pkg")), "pkg")
+    assert found == [
+        "pkg.wiring.app -> subprocess (line 5)",
+        "pkg.wiring.probe -> psycopg (line 1)",
+        "pkg.wiring.probe -> urllib.request (line 2)",
+    ]
 
 
 def test_library_table_names_installed_libraries() -> None:
