@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from contentflow_backupd.wiring.configshow import describe_settings
 from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.settings import credential_dirs, load_settings
+from contentflow_backupd.wiring.configshow import describe_settings
 
 
 @pytest.fixture(autouse=True)
