@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from contentflow_backupd.cli import JSON_HELP, commands_of
+from contentflow_backupd.cli.grammar import JSON_HELP, commands_of
 from contentflow_backupd.cli.output import human_age, human_time, print_json, render_table
 from contentflow_backupd.errors import EXIT_OK, UsageError
 

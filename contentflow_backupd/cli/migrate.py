@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from contentflow_backupd.cli import JSON_HELP, commands_of
+from contentflow_backupd.cli.grammar import JSON_HELP, commands_of
 from contentflow_backupd.cli.migrate_batch import register_batch
 from contentflow_backupd.cli.migrate_run import (
     add_history_parser,

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from contentflow_backupd.cli import PROGRESS_HELP
+from contentflow_backupd.cli.grammar import PROGRESS_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_OK, UsageError
 from contentflow_backupd.observability import progress as live_progress

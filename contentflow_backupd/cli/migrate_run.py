@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from contentflow_backupd.cli import JSON_HELP
+from contentflow_backupd.cli.grammar import JSON_HELP
 from contentflow_backupd.cli.output import print_json
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, UsageError
 

@@ -432,7 +432,7 @@ def setting_env_names() -> set[str]:
 
 
 def test_manifest_command_user_port_and_state_are_the_images() -> None:
-    from contentflow_backupd.cli import build_parser
+    from contentflow_backupd.cli.parser import build_parser
 
     backupd = container("backupd")
     # command: the image's entrypoint with the manifest's args, a real subcommand

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from contentflow_backupd.cli import build_parser
+from contentflow_backupd.cli.parser import build_parser
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.logging import configure_logging
 from contentflow_backupd.ops.restore.logical import restore_to_file

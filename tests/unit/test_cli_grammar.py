@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from contentflow_backupd.cli import TOP_LEVEL_ALIASES, Commands, build_parser, parse_args
+from contentflow_backupd.cli.grammar import Commands
+from contentflow_backupd.cli.parser import TOP_LEVEL_ALIASES, build_parser, parse_args
 
 # (old spelling, new spelling): each pair must parse to the same namespace.
 ALIASES: list[tuple[list[str], list[str]]] = [
@@ -191,7 +192,7 @@ def test_a_restore_point_named_like_a_subcommand_needs_the_verb() -> None:
 
 
 def test_long_running_commands_take_json_as_the_log_format() -> None:
-    from contentflow_backupd.cli import JSON_LOGS
+    from contentflow_backupd.cli.parser import JSON_LOGS
 
     for argv in (["run", "--json"], ["wal", "stream", "--json"], ["wal-stream", "--json"]):
         args = parse_args(argv)

@@ -9,7 +9,7 @@ import argparse
 
 import pytest
 
-from contentflow_backupd.cli import build_parser
+from contentflow_backupd.cli.parser import build_parser
 
 
 def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

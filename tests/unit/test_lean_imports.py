@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from contentflow_backupd.cli import LazyCommand, build_parser
+from contentflow_backupd.cli.commands import LazyCommand
+from contentflow_backupd.cli.parser import build_parser
 
 # Libraries (and our layers) that wal-push to a local repository has no use for.
 NOT_IMPORTED = (
