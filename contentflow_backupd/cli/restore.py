@@ -16,8 +16,9 @@ from contentflow_backupd.model import Scope
 
 if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
-    from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, RecoveryTarget
+    from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions
     from contentflow_backupd.ops.restore.recover_report import CheckOutcome, RecoverResult, RunChecks
+    from contentflow_backupd.ops.restore.target import RecoveryTarget
     from contentflow_backupd.repository.repository import Repository
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.wiring import App
@@ -83,10 +84,8 @@ def _physical_restore_options(args: argparse.Namespace) -> list[str]:
 
 def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.errors import UsageError
-    from contentflow_backupd.ops.restore.physical import (
-        RecoveryTarget,
-        restore_physical,
-    )
+    from contentflow_backupd.ops.restore.physical import restore_physical
+    from contentflow_backupd.ops.restore.target import RecoveryTarget
     from contentflow_backupd.repository.walarchive import WalArchive
 
     logical = [o for o, v in (("--to-database", args.to_database), ("--to-file", args.to_file)) if v]
@@ -223,12 +222,10 @@ def _recover_physical(
     args: argparse.Namespace, app: App, repo: Repository, catalog: Catalog, excluded: dict[str, str]
 ) -> RecoverResult:
     from contentflow_backupd.observability.logging import register_secret
-    from contentflow_backupd.ops.restore.physical import (
-        PhysicalRestoreResult,
-        RecoveryTarget,
-    )
+    from contentflow_backupd.ops.restore.physical import PhysicalRestoreResult
     from contentflow_backupd.ops.restore.recover import recover_physical
     from contentflow_backupd.ops.restore.recover_report import ServerState
+    from contentflow_backupd.ops.restore.target import RecoveryTarget
     from contentflow_backupd.repository.walarchive import WalArchive
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.source.server import RestoredServer
@@ -317,7 +314,7 @@ def cmd_restore_test(args: argparse.Namespace, app: App) -> int:
 
     target = args.target_time
     if target not in ("random", "none"):
-        from contentflow_backupd.ops.restore.physical import RecoveryTarget
+        from contentflow_backupd.ops.restore.target import RecoveryTarget
 
         RecoveryTarget.parse(time=target)  # a bad time is a usage error, not a failed drill
     opts = app.drill_options(backup=args.backup, target_time=None if target == "none" else target)

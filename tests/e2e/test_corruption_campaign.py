@@ -35,7 +35,8 @@ from contentflow_backupd.cli.parser import build_parser
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.logging import configure_logging
 from contentflow_backupd.ops.restore.logical import restore_to_file
-from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, RecoveryTarget, restore_physical
+from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, restore_physical
+from contentflow_backupd.ops.restore.target import RecoveryTarget
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.settings import Settings, load_settings
 from contentflow_backupd.source.drivers import PgDrivers

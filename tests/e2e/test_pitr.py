@@ -24,7 +24,8 @@ import pytest
 
 from contentflow_backupd.demo.checksums import table_checksums
 from contentflow_backupd.errors import UsageError
-from contentflow_backupd.ops.restore.physical import RecoveryTarget, Span, parse_history, timeline_at
+from contentflow_backupd.ops.restore.target import RecoveryTarget
+from contentflow_backupd.ops.restore.timeline import Span, parse_history, timeline_at
 from contentflow_backupd.settings import Settings, load_settings
 from contentflow_backupd.source.pgdata import (
     Owner,

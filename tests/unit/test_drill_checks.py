@@ -22,7 +22,7 @@ from contentflow_backupd.ops.drill.checks import (
 )
 from contentflow_backupd.ops.drill.physical import recovery_check
 from contentflow_backupd.ops.drill.run import DrillResult
-from contentflow_backupd.ops.restore.physical import RecoveryTarget
+from contentflow_backupd.ops.restore.target import RecoveryTarget
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.drivers import PgDatabaseFacts
 from contentflow_backupd.source.facts import MAX_OBJECTS, IndexCheck, ServerState, TableRead, fingerprint_of

@@ -26,7 +26,7 @@ from contentflow_backupd.ops.health.objectives import (
     rto_estimate,
     rto_objective_met,
 )
-from contentflow_backupd.ops.restore.physical import parse_history
+from contentflow_backupd.ops.restore.timeline import parse_history
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository

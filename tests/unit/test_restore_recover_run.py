@@ -18,11 +18,11 @@ from contentflow_backupd.ops.drill.checks import CheckResult
 from contentflow_backupd.ops.restore.physical import (
     PhysicalRestoreOptions,
     PhysicalRestoreResult,
-    RecoveryTarget,
     restore_physical,
 )
 from contentflow_backupd.ops.restore.recover import recover_logical, recover_physical
 from contentflow_backupd.ops.restore.recover_report import ServerState
+from contentflow_backupd.ops.restore.target import RecoveryTarget
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret

@@ -19,14 +19,10 @@ from contentflow_backupd.model import iso
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.drill.checks import CheckLog, CheckResult, run_checks
 from contentflow_backupd.ops.drill.workspace import Workspace
-from contentflow_backupd.ops.restore.physical import (
-    ArchiveView,
-    PhysicalRestoreOptions,
-    RecoveryTarget,
-    Span,
-    restore_physical,
-    timeline_at,
-)
+from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, restore_physical
+from contentflow_backupd.ops.restore.plan import ArchiveView
+from contentflow_backupd.ops.restore.target import RecoveryTarget
+from contentflow_backupd.ops.restore.timeline import Span, timeline_at
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive

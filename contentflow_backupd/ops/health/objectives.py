@@ -36,7 +36,7 @@ from typing import Any
 from contentflow_backupd.catalog.base import DrillCatalog, HealthCatalog, VerificationCatalog
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import BackupMode, BackupRecord, Scope, iso
-from contentflow_backupd.ops.restore.physical import Span, parse_history, span_of, timeline_at
+from contentflow_backupd.ops.restore.timeline import Span, parse_history, span_of, timeline_at
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.wal import (

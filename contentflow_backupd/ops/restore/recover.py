@@ -40,7 +40,6 @@ from contentflow_backupd.ops.restore.logical import dropped_unless_done, restore
 from contentflow_backupd.ops.restore.physical import (
     PhysicalRestoreOptions,
     PhysicalRestoreResult,
-    RecoveryTarget,
     restore_physical,
 )
 from contentflow_backupd.ops.restore.recover_report import (
@@ -51,6 +50,7 @@ from contentflow_backupd.ops.restore.recover_report import (
     Skipped,
     StartServer,
 )
+from contentflow_backupd.ops.restore.target import RecoveryTarget
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.repository import Repository

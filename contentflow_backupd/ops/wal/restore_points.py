@@ -20,7 +20,7 @@ import structlog
 from contentflow_backupd.catalog.base import RestorePointCatalog
 from contentflow_backupd.errors import UsageError
 from contentflow_backupd.model import RestorePoint, Scope
-from contentflow_backupd.ops.restore.physical import check_restore_point_name
+from contentflow_backupd.ops.restore.target import check_restore_point_name
 from contentflow_backupd.repository.walarchive import WalArchive, WalRefused
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.wal import Segment, parse_lsn
