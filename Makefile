@@ -122,6 +122,7 @@ bench: venv postgres pgbackrest
 	$(PY) bench/run.py
 	$(PY) bench/physical.py
 	$(PY) bench/native.py
+	$(PY) bench/chunk_sizes.py
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache
