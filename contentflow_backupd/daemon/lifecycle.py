@@ -119,6 +119,10 @@ class Daemon:
             self._lock.require()  # a second daemon on one SQLite catalog is refused
         self._repo = self._open_or_init_repository()
         self._scope = Scope(self._repo.id, app.cluster)
+        if self._lock.mode == "shared":
+            # One leader per repository and cluster: daemons of other clusters or repositories
+            # on this PostgreSQL catalog lead their own (the lock is taken in _poll_leadership).
+            self._lock = app.leader_lock(self._scope)
         self._adopt_old_rows()
         self._audit_config()
         self._cleanup_drills()
@@ -228,7 +232,8 @@ class Daemon:
         self.leader = True
         self.metrics.set_leader(True)
         log.info("leader_acquired", mode=self._lock.mode)
-        sched = Scheduler(self._catalog.engine, app.timezone)
+        assert self._scope is not None
+        sched = Scheduler(self._catalog.engine, app.timezone, scope=self._scope)
         sched.register(app.job_specs)
         if app.full_scheduled and not self._catalog.list_backups(self._scope, ["succeeded"]):
             sched.run_soon("full")  # no backup yet: do not wait for the first fire time

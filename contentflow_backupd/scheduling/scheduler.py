@@ -1,10 +1,17 @@
 """APScheduler 3.x: a ``BackgroundScheduler`` whose job store is the catalog database.
 
 Jobs have fixed ids (``full``, ``incremental``, ``wal``, ``retention``) and are registered again
-from settings on every start (``replace_existing``): settings are the truth, the table
-``apscheduler_jobs`` keeps the next fire times across restarts. When a job's trigger is unchanged
-its stored next fire time is kept, so a daily backup missed while the daemon was down runs when it
-comes back (within the misfire grace) as a ``catch-up`` run.
+from settings on every start (``replace_existing``): settings are the truth, the job table keeps
+the next fire times across restarts. When a job's trigger is unchanged its stored next fire time
+is kept, so a daily backup missed while the daemon was down runs when it comes back (within the
+misfire grace) as a ``catch-up`` run.
+
+Each daemon's scope (a repository's cluster) has its own table, ``apscheduler_jobs_<hash of the
+scope>`` (:func:`job_table`): APScheduler's job stores must never be shared between schedulers,
+and daemons of several clusters or repositories may share one PostgreSQL catalog. In one table
+they loaded, fired and rescheduled each other's jobs. A new table takes over the rows of the
+table of earlier versions, ``apscheduler_jobs``, once (``scheduler_jobs_adopted``), so that an
+upgrade keeps the stored fire times; that table is left for daemons of earlier versions.
 
 APScheduler silently deletes a job row it cannot unpickle. Before it gets the chance, every row is
 loaded here; one that fails is logged (``scheduler_job_unloadable``) and re-created from settings.
@@ -12,6 +19,7 @@ loaded here; one that fails is logged (``scheduler_job_unloadable``) and re-crea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +36,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from contentflow_backupd.errors import ConfigError
-from contentflow_backupd.model import JOB_NAMES
+from contentflow_backupd.model import JOB_NAMES, Scope
 from contentflow_backupd.scheduling import jobs
 from contentflow_backupd.scheduling.periods import cron_trigger
 from contentflow_backupd.timespec import Schedule
@@ -36,7 +44,17 @@ from contentflow_backupd.timespec import Schedule
 log = structlog.get_logger(__name__)
 
 JOB_IDS = JOB_NAMES
-TABLE = "apscheduler_jobs"
+LEGACY_TABLE = "apscheduler_jobs"
+"""The one job table of earlier versions, shared by every daemon on the catalog."""
+
+
+def job_table(scope: Scope) -> str:
+    """The job table of the daemon of ``scope``: ``apscheduler_jobs_`` and 12 hex digits of
+    BLAKE2b over the repository id and cluster (a short, valid SQL name on every database)."""
+    key = f"{scope.repository_id}/{scope.cluster}".encode()
+    return f"{LEGACY_TABLE}_{hashlib.blake2b(key, digest_size=6).hexdigest()}"
+
+
 _EPOCH = datetime(2000, 1, 3)  # a Monday: ``every`` intervals are aligned to it, restart or not
 
 
@@ -106,11 +124,12 @@ class _ToStructlog(logging.Handler):
 class Scheduler:
     """One APScheduler instance over the catalog. Created paused; ``register`` then ``resume``."""
 
-    def __init__(self, engine: Any, timezone: str, *, max_workers: int = 4) -> None:
+    def __init__(self, engine: Any, timezone: str, *, scope: Scope, max_workers: int = 4) -> None:
         """``engine``: the catalog's SQLAlchemy engine; the jobs live in its table
-        ``apscheduler_jobs``."""
+        ``job_table(scope)``."""
         self.timezone = timezone
-        self._store = SQLAlchemyJobStore(engine=engine, tablename=TABLE)
+        self.table = job_table(scope)
+        self._store = SQLAlchemyJobStore(engine=engine, tablename=self.table)
         self._sched = BackgroundScheduler(
             jobstores={"default": self._store},
             executors={"default": _TimedExecutor(max_workers=max_workers)},
@@ -129,6 +148,7 @@ class Scheduler:
     def register(self, specs: Sequence[JobSpec]) -> None:
         """Make the stored jobs match ``specs``: unloadable rows are logged and re-created,
         jobs of unknown ids and jobs whose schedule is ``off`` are removed."""
+        self._adopt_legacy_rows()
         existing = self._load_rows()
         wanted = {s.id for s in specs if s.schedule.kind != "off"}
         for job_id in existing:
@@ -162,6 +182,28 @@ class Scheduler:
                 schedule=str(spec.schedule),
                 next_run=job.next_run_time.isoformat() if job and job.next_run_time else None,
             )
+
+    def _adopt_legacy_rows(self) -> None:
+        """First start of this scope's table after an upgrade: copy the job rows of
+        ``apscheduler_jobs`` (the table of earlier versions), so that the stored fire times (a
+        run missed while the daemon was down) survive. ``register`` then checks each one as it
+        checks its own rows: a row whose trigger differs from the settings is replaced. The old
+        table is left as it is (daemons of earlier versions may still use it)."""
+        engine = self._store.engine
+        legacy = SQLAlchemyJobStore(engine=engine, tablename=LEGACY_TABLE).jobs_t  # never created here
+        table = self._store.jobs_t
+        with engine.begin() as conn:
+            if not engine.dialect.has_table(conn, LEGACY_TABLE):
+                return
+            if conn.execute(table.select().limit(1)).first() is not None:
+                return  # adopted before, or this scope's jobs were stored already
+            rows = [r for r in conn.execute(legacy.select()).fetchall() if r.id in JOB_IDS]
+            for row in rows:
+                conn.execute(
+                    table.insert().values(id=row.id, next_run_time=row.next_run_time, job_state=row.job_state)
+                )
+        if rows:
+            log.info("scheduler_jobs_adopted", jobs=sorted(r.id for r in rows), table=LEGACY_TABLE)
 
     def _load_rows(self) -> dict[str, Any]:
         """Every stored job, loaded the way APScheduler would; broken rows deleted and logged."""

@@ -202,10 +202,14 @@ class App:
         assert found is not None
         return found
 
-    def leader_lock(self) -> LeaderLock:
+    def leader_lock(self, scope: Scope | None = None) -> LeaderLock:
+        """The daemon's leader lock on the catalog. On PostgreSQL its key is one repository's
+        cluster (``scope``): daemons of other clusters or repositories sharing the catalog lead
+        their own. On SQLite (one daemon per catalog file) the scope does not matter."""
         from contentflow_backupd.catalog.leader import LeaderLock
 
-        return LeaderLock.for_url(self.catalog_url, self.cluster)
+        name = self.cluster if scope is None else f"{scope.repository_id}/{scope.cluster}"
+        return LeaderLock.for_url(self.catalog_url, name)
 
     # -- the PostgreSQL side ---------------------------------------------------------------------
     @cached_property

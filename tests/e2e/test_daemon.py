@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.daemon import Daemon, daemon_env
+from tests.support.daemon import Daemon, daemon_env, sqlite_job_table
 from tests.support.pg import PgCluster, running_cluster
 
 pytestmark = pytest.mark.pg
@@ -118,10 +118,11 @@ def test_daemon_schedules_records_fails_recovers_expires_and_stops(tmp_path: Pat
         "error",
     }
 
-    # the jobs stay in the catalog's apscheduler_jobs table, and a restart finds them there
+    # the jobs stay in the catalog's job table of this repository's cluster, and a restart finds
+    # them there
     catalog = tmp_path / "state" / "catalog.sqlite"
     with sqlite3.connect(catalog) as conn:
-        stored = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
+        stored = {row[0] for row in conn.execute(f"select id from {sqlite_job_table(conn)}")}
     assert stored == {"full", "incremental", "retention"}, stored
     with Daemon(env) as d:
         d.wait_for("READY=1 again", lambda: "READY=1" in d.notifications, timeout=60)
@@ -196,11 +197,12 @@ def test_a_run_missed_while_down_catches_up(tmp_path: Path, pg: PgCluster, pg_db
     catalog = tmp_path / "state" / "catalog.sqlite"
     missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of an hourly job
     with sqlite3.connect(catalog) as conn:
-        (state,) = conn.execute("select job_state from apscheduler_jobs where id = 'incremental'").fetchone()
+        table = sqlite_job_table(conn)
+        (state,) = conn.execute(f"select job_state from {table} where id = 'incremental'").fetchone()
         job = pickle.loads(state)
         job["next_run_time"] = missed
         conn.execute(
-            "update apscheduler_jobs set job_state = ?, next_run_time = ? where id = 'incremental'",
+            f"update {table} set job_state = ?, next_run_time = ? where id = 'incremental'",
             (pickle.dumps(job), missed.timestamp()),
         )
     with Daemon(env) as d:
@@ -223,14 +225,14 @@ def test_unloadable_job_row_is_logged_and_recreated(tmp_path: Path, pg: PgCluste
         d.wait_for("the first full backup", lambda: _runs_total(d, "full", "success") >= 1)
     catalog = tmp_path / "state" / "catalog.sqlite"
     with sqlite3.connect(catalog) as conn:
-        conn.execute("update apscheduler_jobs set job_state = x'00ff' where id = 'full'")
+        conn.execute(f"update {sqlite_job_table(conn)} set job_state = x'00ff' where id = 'full'")
     with Daemon(env) as d:
         d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
         bad = d.events("scheduler_job_unloadable")
         assert bad and bad[0]["job"] == "full", d.stderr()[-2000:]
         assert d.metric("backupd_scheduler_next_run_timestamp_seconds", job="full")
     with sqlite3.connect(catalog) as conn:
-        stored = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
+        stored = {row[0] for row in conn.execute(f"select id from {sqlite_job_table(conn)}")}
     assert stored == {"full", "retention"}
 
 
@@ -291,6 +293,109 @@ def test_standby_takes_over_when_the_leader_dies(tmp_path: Path, pg: PgCluster) 
         if second is not None:
             second.close()
         pg.drop_database(catalog_db)
+
+
+def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
+    tmp_path: Path, pg: PgCluster, pg_db: str
+) -> None:
+    """Three daemons on one PostgreSQL catalog: clusters a and b of one repository, and a cluster
+    a of another repository. Each leads its own scope and keeps its jobs in its own table, so no
+    daemon fires, reschedules or removes another's jobs (in one shared table they did; and the
+    second repository's daemon stood by for ever behind the first's lock)."""
+    _fill(pg, pg_db, rows=50)
+    catalog_db = pg.create_database()
+    base = daemon_env(
+        tmp_path, pg, pg_db, BACKUPD_CATALOG_URL=pg.url(catalog_db), BACKUPD_SCHEDULE__FULL="0 3 * * *"
+    )
+    scopes = {
+        "a": {"BACKUPD_CLUSTER": "a"},
+        "b": {"BACKUPD_CLUSTER": "b", "BACKUPD_SCHEDULE__FULL": "0 4 * * *"},
+        "other-repo": {"BACKUPD_CLUSTER": "a", "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo2'}"},
+    }
+    daemons: dict[str, Daemon] = {}
+    try:
+        for name, extra in scopes.items():
+            env = {**base, **extra, "BACKUPD_STATE_DIR": str(tmp_path / f"state-{name}")}
+            daemons[name] = Daemon(env).start()
+            daemons[name].wait_for("READY=1", lambda d=daemons[name]: "READY=1" in d.notifications)
+        for name, d in daemons.items():
+            d.wait_for(f"{name} leads", lambda d=d: d.metric("backupd_leader") == 1, timeout=120)
+            # no backup yet: each runs its own first full at once
+            d.wait_for(
+                f"{name}'s first full", lambda d=d: _runs_total(d, "full", "success") >= 1, timeout=180
+            )
+        tables = {
+            row[0]
+            for row in pg.execute(
+                "select tablename from pg_tables where tablename like 'apscheduler\\_jobs\\_%'", catalog_db
+            )
+        }
+        assert len(tables) == 3, tables
+        fire_hours = set()
+        for table in tables:
+            rows = pg.execute(f"select id, next_run_time from {table}", catalog_db)
+            assert [r[0] for r in rows] == ["full"], rows
+            fire_hours.add(datetime.fromtimestamp(float(rows[0][1]), UTC).hour)
+        assert fire_hours == {3, 4}  # b's schedule is its own; a's two daemons keep theirs
+        seen = set()
+        for name, d in daemons.items():
+            cli = Cli(env=d.env)
+            runs = cli.run("runs", "--json", check=True).json()
+            assert [(r["job"], r["status"]) for r in runs] == [("full", "succeeded")], (name, runs)
+            backups = cli.run("backup", "list", "--json", check=True).json()
+            assert [b["id"] for b in backups] == [runs[0]["backup_id"]], (name, backups)
+            seen.add(runs[0]["backup_id"])
+        assert len(seen) == 3  # each daemon's own backup, listed only in its own scope
+    finally:
+        for d in daemons.values():
+            d.close()
+        pg.drop_database(catalog_db)
+
+
+def test_an_upgrade_adopts_the_jobs_of_the_shared_table(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
+    """A catalog of an earlier version holds the jobs in ``apscheduler_jobs``: the first start
+    copies them into this scope's table, keeping a run missed while the daemon was down."""
+    import pickle
+
+    _fill(pg, pg_db, rows=10)
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL="every 1h")
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+    catalog = tmp_path / "state" / "catalog.sqlite"
+    missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of an hourly job
+    with sqlite3.connect(catalog) as conn:  # make it the catalog of an earlier version
+        table = sqlite_job_table(conn)
+        conn.execute(  # the table APScheduler made in earlier versions
+            "create table apscheduler_jobs"
+            " (id varchar(191) not null primary key, next_run_time float, job_state blob not null)"
+        )
+        conn.execute("create index ix_apscheduler_jobs_next_run_time on apscheduler_jobs (next_run_time)")
+        conn.execute(f"insert into apscheduler_jobs select id, next_run_time, job_state from {table}")
+        conn.execute(f"drop table {table}")
+        (state,) = conn.execute("select job_state from apscheduler_jobs where id = 'incremental'").fetchone()
+        job = pickle.loads(state)
+        job["next_run_time"] = missed
+        conn.execute(
+            "update apscheduler_jobs set job_state = ?, next_run_time = ? where id = 'incremental'",
+            (pickle.dumps(job), missed.timestamp()),
+        )
+    with Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        adopted = d.events("scheduler_jobs_adopted")
+        assert adopted and adopted[0]["jobs"] == ["incremental"], d.stderr()[-2000:]
+        d.wait_for(
+            "the missed run",
+            lambda: _runs_total(d, "incremental", "success") + _runs_total(d, "full", "success"),
+        )
+    runs = Cli(env=env).run("runs", "--json", check=True).json()
+    assert [(r["job"], r["trigger"]) for r in runs] == [("incremental", "catch-up")]
+    with sqlite3.connect(catalog) as conn:
+        assert {r[0] for r in conn.execute(f"select id from {sqlite_job_table(conn)}")} == {"incremental"}
+        # the old table is left for daemons of earlier versions
+        assert {r[0] for r in conn.execute("select id from apscheduler_jobs")} == {"incremental"}
+    with Daemon(env) as d:  # adopted once: a restart does not copy again
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        assert not d.events("scheduler_jobs_adopted")
 
 
 def _version() -> str:

@@ -47,6 +47,20 @@ def daemon_env(tmp_path: Path, pg: Any, db: str, **extra: str) -> dict[str, str]
     return env
 
 
+def sqlite_job_table(conn: Any) -> str:
+    """The name of the one daemon's job table in a SQLite catalog (``apscheduler_jobs_<hash>``,
+    contentflow_backupd.scheduling.scheduler.job_table)."""
+    names = [
+        row[0]
+        for row in conn.execute(
+            "select name from sqlite_master"
+            " where type = 'table' and name like 'apscheduler\\_jobs\\_%' escape '\\'"
+        )
+    ]
+    assert len(names) == 1, names
+    return str(names[0])
+
+
 class Daemon:
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()
