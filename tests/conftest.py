@@ -3,6 +3,7 @@ a command-line environment with a local repository."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,14 @@ settings.register_profile(
     "backupd", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 settings.load_profile("backupd")
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup, some CI
+# runners) inherits SIGINT ignored, as POSIX asks of asynchronous commands, and every command the
+# tests start would inherit that too: the tests that press Ctrl-C (SIGINT to the command) would
+# wait for a command that cannot see it. The tests act as a user at a terminal, whose commands
+# start with SIGINT at its default; a handler here (not SIG_IGN) gives children the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
