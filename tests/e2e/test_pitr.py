@@ -26,6 +26,9 @@ from contentflow_backupd.demo.checksums import table_checksums
 from contentflow_backupd.errors import UsageError
 from contentflow_backupd.ops.restore.target import RecoveryTarget
 from contentflow_backupd.ops.restore.timeline import Span, parse_history, timeline_at
+from contentflow_backupd.repository import layout
+from contentflow_backupd.repository.crypto import KekSecret
+from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.settings import Settings, load_settings
 from contentflow_backupd.source.pgdata import (
     Owner,
@@ -35,6 +38,7 @@ from contentflow_backupd.source.pgdata import (
     restore_command,
     write_recovery_config,
 )
+from contentflow_backupd.storage.local import LocalStorage
 from contentflow_backupd.wiring import App
 from tests.e2e import helpers
 from tests.e2e.physical import PASSPHRASE, PhysicalSetup, physical_setup
@@ -388,9 +392,15 @@ def test_a_promoted_restore_then_the_newest_timeline() -> None:
 def test_a_damaged_chunk_stops_the_restore_and_removes_what_it_wrote() -> None:
     with physical_setup() as setup:
         create_table(setup.cluster)
-        setup.cli.ok_json("backup", "--kind", "full")
-        chunks = sorted(p for p in (setup.repo / "main" / "chunks").rglob("*") if p.is_file())
-        victim = chunks[len(chunks) // 2]
+        backup = setup.cli.ok_json("backup", "--kind", "full")
+        # A chunk of the data directory's stream: the backup's second stream, PostgreSQL's
+        # backup_manifest, is not needed by a full restore (verify checks it), so a damaged
+        # chunk of it rightly leaves the restore alone.
+        repo = Repository.open(LocalStorage(setup.repo), KekSecret("passphrase", PASSPHRASE.encode(), "t"))
+        manifest = repo.read_manifest("main", backup["id"])
+        (base,) = [s for s in manifest.streams if s.name == "base.tar"]
+        ids = sorted({c.id for c in base.chunks})
+        victim = setup.repo / layout.chunk_key("main", manifest.generation, ids[len(ids) // 2])
         data = bytearray(victim.read_bytes())
         data[len(data) // 2] ^= 0xFF  # same size: only reading it back can tell
         victim.write_bytes(bytes(data))
