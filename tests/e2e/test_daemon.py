@@ -186,9 +186,21 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, pg: PgCluster, pg_db: str
     assert runs[-1]["job"] == "full" and runs[-1]["status"] == "interrupted", runs
 
 
+def _make_due(conn: sqlite3.Connection, table: str, job_id: str, when: datetime) -> None:
+    """Set the stored next fire time of ``job_id`` in APScheduler's ``table`` to ``when``."""
+    import pickle
+
+    (state,) = conn.execute(f"select job_state from {table} where id = ?", (job_id,)).fetchone()
+    job = pickle.loads(state)
+    job["next_run_time"] = when
+    conn.execute(
+        f"update {table} set job_state = ?, next_run_time = ? where id = ?",
+        (pickle.dumps(job), when.timestamp(), job_id),
+    )
+
+
 def test_a_run_missed_while_down_catches_up(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
     """A job whose fire time passed while the daemon was down runs at start, as ``catch-up``."""
-    import pickle
 
     _fill(pg, pg_db, rows=10)
     env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL="every 1h")
@@ -197,14 +209,7 @@ def test_a_run_missed_while_down_catches_up(tmp_path: Path, pg: PgCluster, pg_db
     catalog = tmp_path / "state" / "catalog.sqlite"
     missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of an hourly job
     with sqlite3.connect(catalog) as conn:
-        table = sqlite_job_table(conn)
-        (state,) = conn.execute(f"select job_state from {table} where id = 'incremental'").fetchone()
-        job = pickle.loads(state)
-        job["next_run_time"] = missed
-        conn.execute(
-            f"update {table} set job_state = ?, next_run_time = ? where id = 'incremental'",
-            (pickle.dumps(job), missed.timestamp()),
-        )
+        _make_due(conn, sqlite_job_table(conn), "incremental", missed)
     with Daemon(env) as d:
         d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
         d.wait_for(
@@ -355,7 +360,6 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
 def test_an_upgrade_adopts_the_jobs_of_the_shared_table(tmp_path: Path, pg: PgCluster, pg_db: str) -> None:
     """A catalog of an earlier version holds the jobs in ``apscheduler_jobs``: the first start
     copies them into this scope's table, keeping a run missed while the daemon was down."""
-    import pickle
 
     _fill(pg, pg_db, rows=10)
     env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL="every 1h")
@@ -372,13 +376,7 @@ def test_an_upgrade_adopts_the_jobs_of_the_shared_table(tmp_path: Path, pg: PgCl
         conn.execute("create index ix_apscheduler_jobs_next_run_time on apscheduler_jobs (next_run_time)")
         conn.execute(f"insert into apscheduler_jobs select id, next_run_time, job_state from {table}")
         conn.execute(f"drop table {table}")
-        (state,) = conn.execute("select job_state from apscheduler_jobs where id = 'incremental'").fetchone()
-        job = pickle.loads(state)
-        job["next_run_time"] = missed
-        conn.execute(
-            "update apscheduler_jobs set job_state = ?, next_run_time = ? where id = 'incremental'",
-            (pickle.dumps(job), missed.timestamp()),
-        )
+        _make_due(conn, "apscheduler_jobs", "incremental", missed)
     with Daemon(env) as d:
         d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
         adopted = d.events("scheduler_jobs_adopted")
