@@ -36,20 +36,10 @@ from pydantic_settings import (
 )
 
 from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.statedir import default_state_dir
 from contentflow_backupd.timespec import parse_duration, parse_schedule
 
 ENV_PREFIX = "BACKUPD_"
-
-
-def default_state_dir() -> Path:
-    """``$STATE_DIRECTORY`` (systemd), else ``/var/lib/contentflow-backupd`` as root, else
-    ``$XDG_STATE_HOME/contentflow-backupd`` (``~/.local/state/contentflow-backupd``)."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/contentflow-backupd")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "contentflow-backupd"
 
 
 class _Section(BaseModel):
@@ -108,6 +98,14 @@ class WalSettings(_Section):
     """Replication slot of ``wal-stream`` (created if missing)."""
     archive_timeout: int = Field(300, ge=5, le=86400)
     """Seconds a physical backup waits for the WAL it needs to reach the archive."""
+    socket: str | None = None
+    """The daemon's WAL hand-off socket (``wal push`` gives it the segment): a path, or ``off``.
+    Unset: ``<state_dir>/wal.sock``."""
+    push_concurrency: int = Field(4, ge=1, le=64)
+    """``wal push`` requests the daemon serves at once on its socket."""
+    push_ahead: int = Field(2, ge=0, le=16)
+    """Segments the daemon pushes ahead of PostgreSQL's archiver at once (files it marked ready in
+    ``pg_wal/archive_status``); 0: only what ``wal push`` hands over."""
     method: Literal["stream", "archive_command"] | None = None
     """How WAL reaches the repository in physical mode (daemon): ``stream`` runs ``wal-stream`` as
     a supervised child; ``archive_command`` leaves pushing to PostgreSQL. Unset: ``stream`` when

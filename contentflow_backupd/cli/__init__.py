@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from contentflow_backupd.wiring import App
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, wal_fallback: str | None = None) -> int:
+    """Run one command. ``wal_fallback``: why ``wal push`` did not go through the daemon's
+    socket (entry.py), logged by the direct push."""
     # Start-up (imports, pydantic's schemas, argparse) allocates tens of thousands of objects
     # that live as long as the process. Collecting during start-up, and once more at exit, only
     # scans them again: ~15% of a wal-push call, which runs once per WAL segment. So: no
@@ -29,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # usual while the command runs.
     gc.disable()
     try:
-        return _main(argv)
+        return _main(argv, wal_fallback)
     finally:
         gc.enable()
 
@@ -47,8 +49,9 @@ def _configure_progress(args: argparse.Namespace, app: App) -> None:
     progress.configure("bar" if bar else "log", app.progress_interval_s)
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, wal_fallback: str | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.wal_fallback = wal_fallback
     try:
         from contentflow_backupd.settings import load_settings
         from contentflow_backupd.wiring import App

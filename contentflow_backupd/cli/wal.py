@@ -22,6 +22,8 @@ log = structlog.get_logger("contentflow_backupd.cli")
 def cmd_wal_push(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.ops.wal.archive import push_wal_file
 
+    if getattr(args, "wal_fallback", None):
+        log.warning("wal_socket_fallback", reason=args.wal_fallback)
     status = push_wal_file(app.wal_archive(), Path(args.path))
     if args.json:
         print_json({"file": Path(args.path).name, "status": status})

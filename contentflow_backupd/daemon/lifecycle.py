@@ -74,6 +74,7 @@ class Daemon:
         self._http: Any = None
         self._runner: Any = None
         self._walwatch: Any = None
+        self._walservice: Any = None
         self._lock: Any = None
         self._catalog: Catalog | None = None
         self._repo: Repository | None = None
@@ -128,6 +129,7 @@ class Daemon:
         self._cleanup_drills()
         self._notifier = app.notifier()
         self._build_runner()
+        self._start_wal_service()
         self._start_http()
         if self._lock.mode == "exclusive":
             self._become_leader()
@@ -212,6 +214,14 @@ class Daemon:
             app, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
         )
         jobs.install(self._runner)
+
+    def _start_wal_service(self) -> None:
+        """The WAL socket ``wal push`` hands segments to: served by every daemon of the
+        repository and cluster, leader or not (a push needs only the repository)."""
+        assert self._repo is not None
+        service = self.app.wal_service(self._repo, self.metrics)
+        if service is not None and service.start():
+            self._walservice = service
 
     def _start_http(self) -> None:
         if self.app.http_listen == "off":
@@ -482,6 +492,9 @@ class Daemon:
     def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
+        if self._walservice is not None:
+            # First: new pushes go direct; the running ones get a few seconds to finish.
+            self._walservice.stop(timeout=self._left(5.0))
         if self._scheduler is not None:
             self._scheduler.shutdown()  # no new runs
         runner = self._runner

@@ -189,6 +189,13 @@ class Metrics:
         self._wal_failures = Counter(
             "backupd_wal_archive_failures", "WAL archive failures seen by this daemon", registry=reg
         )
+        self._wal_socket = Counter(
+            "backupd_wal_socket_pushes",
+            "wal push requests this daemon answered on its WAL socket, by result (stored, "
+            "duplicate, error: refused for good, refused: the client pushed itself)",
+            ["result"],
+            registry=reg,
+        )
         self._wal_last = Gauge(
             "backupd_wal_last_archived_timestamp_seconds",
             "Time the newest WAL segment was archived (0: never)",
@@ -303,6 +310,8 @@ class Metrics:
             self._ret_backups.labels(kind=kind)
         for dep in DEPENDENCIES:
             self._dependency.labels(dependency=dep).set(0)
+        for result in ("stored", "duplicate", "error", "refused"):
+            self._wal_socket.labels(result=result)
 
     # -- backups ---------------------------------------------------------------------------
     def backup_succeeded(
@@ -392,6 +401,10 @@ class Metrics:
             if total > self._wal_count:
                 self._wal_archived.inc(total - self._wal_count)
                 self._wal_count = total
+
+    def wal_socket_push(self, result: str) -> None:
+        """One ``wal push`` answered on the WAL socket (daemon/walservice.py)."""
+        self._wal_socket.labels(result=result).inc()
 
     def set_wal_last_archived(self, at: datetime | float | None) -> None:
         """When the newest WAL segment was archived (None: never, exposed as 0)."""

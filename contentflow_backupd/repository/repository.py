@@ -182,6 +182,13 @@ class Repository:
             storage, config, opened.keyset, opened.kek_id, compression_level=compression_level, opened=opened
         )
 
+    def with_compression(self, level: int) -> Repository:
+        """The same opened repository (same storage, keys and key hierarchy), encoding new objects
+        at zstd ``level``: the daemon pushes WAL for ``wal push`` at the WAL level."""
+        if self.opened_keys is None:
+            raise ValueError("a repository built from a bare keyset cannot be re-opened")
+        return Repository.from_keys(self.storage, self.config, self.opened_keys, compression_level=level)
+
     @staticmethod
     def read_config(storage: Storage) -> RepositoryConfig:
         try:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
     from contentflow_backupd.catalog.leader import LeaderLock
     from contentflow_backupd.daemon.parts import AnomalyLimits
+    from contentflow_backupd.daemon.walservice import WalService
     from contentflow_backupd.daemon.walwatch import StreamSupervisor, WalWatcher
     from contentflow_backupd.model import Scope
     from contentflow_backupd.observability.metrics import Metrics
@@ -350,6 +351,11 @@ class App:
         from contentflow_backupd.wiring.daemon import stream_supervisor
 
         return stream_supervisor(self._settings, repo, metrics)
+
+    def wal_service(self, repo: Repository, metrics: Metrics) -> WalService | None:
+        from contentflow_backupd.wiring.daemon import wal_service
+
+        return wal_service(self._settings, repo, metrics)
 
     def wal_spool_dir(self) -> Path:
         from contentflow_backupd.wiring.daemon import wal_spool_dir

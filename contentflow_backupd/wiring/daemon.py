@@ -16,6 +16,7 @@ from contentflow_backupd.wiring.storage import state_dir, tmp_dir
 
 if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.daemon.walservice import WalService
     from contentflow_backupd.daemon.walwatch import StreamSupervisor, WalWatcher
     from contentflow_backupd.observability.metrics import Metrics
     from contentflow_backupd.observability.notify import Notifier
@@ -56,6 +57,31 @@ def notifier(settings: Settings) -> Notifier:
         retries=settings.notify.retries,
         cluster=settings.cluster,
         host=this_host(),
+    )
+
+
+def wal_service(settings: Settings, repo: Repository, metrics: Metrics) -> WalService | None:
+    """The WAL socket that ``wal push`` hands segments to (``BACKUPD_WAL__SOCKET``; None: off)."""
+    from contentflow_backupd.daemon.walservice import WalService
+    from contentflow_backupd.walsocket import socket_path
+    from contentflow_backupd.wiring.storage import WAL_COMPRESSION_LEVEL
+
+    path = socket_path(settings.wal.socket, str(settings.state_dir))
+    if path is None:
+        return None
+    identity = {
+        "repository": settings.repository,
+        "cluster": settings.cluster,
+        "s3_endpoint_url": settings.s3.endpoint_url,
+    }
+    archive = WalArchive(repo.with_compression(WAL_COMPRESSION_LEVEL), settings.cluster)
+    return WalService(
+        Path(path),
+        archive,
+        identity,
+        metrics,
+        workers=settings.wal.push_concurrency,
+        ahead=settings.wal.push_ahead,
     )
 
 

@@ -62,12 +62,17 @@ def sqlite_job_table(conn: Any) -> str:
 
 
 class Daemon:
-    def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], *, port: int | None = None, user: str | None = None) -> None:
         self.port = port or free_port()
+        self.user = user if os.geteuid() == 0 else None
+        """Run as this OS user (tests run as root; a physical daemon runs as ``postgres``)."""
         self._dir = tempfile.TemporaryDirectory(prefix="backupd-daemon-")
         self.notify_path = str(Path(self._dir.name) / "notify.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.notify_path)
+        if self.user is not None:  # the daemon (another user) sends to the notify socket
+            os.chmod(self._dir.name, 0o755)
+            os.chmod(self.notify_path, 0o777)
         self._sock.settimeout(0.2)
         self.notifications: list[str] = []
         self.log_lines: list[dict[str, Any]] = []
@@ -91,6 +96,7 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            **({"user": self.user, "group": self.user} if self.user else {}),
         )
         for target in (self._read_stderr, self._read_notify):
             t = threading.Thread(target=target, daemon=True)

@@ -21,6 +21,9 @@ request while set:
 - ``"get_truncate"``: send half the body of GET answers (with the full Content-Length), then
   close the connection.
 
+:meth:`FaultProxy.hold_puts` holds every PUT with a body (read whole) until :meth:`release`:
+``held`` counts them, so a test knows a writer is mid-upload (and can kill it there).
+
 Request bodies are read whole (by Content-Length, or by decoding ``Transfer-Encoding: chunked``)
 and forwarded with a Content-Length; ``aws-chunked`` content encoding passes through unchanged.
 Headers, including ``Host``, are forwarded as the client sent them, so signatures stay valid.
@@ -79,6 +82,9 @@ class FaultProxy:
         self.forwarded = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._gate = threading.Event()
+        self._gate.set()
+        self.held = 0
         handler = type("_BoundHandler", (_Handler,), {"proxy": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -103,6 +109,20 @@ class FaultProxy:
             self.injected.clear()
             self.forwarded = 0
 
+    def hold_puts(self) -> None:
+        """From now on, hold each PUT with a body (after reading it) until :meth:`release`."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        """Forward the held PUTs, and hold no more."""
+        self._gate.set()
+
+    def _hold(self) -> None:
+        if not self._gate.is_set():
+            with self._lock:
+                self.held += 1
+            self._gate.wait(120)
+
     def fail_next(self, *faults: str) -> None:
         """Inject these faults, in order, into the next requests (before any random ones)."""
         with self._lock:
@@ -114,6 +134,7 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self._gate.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -178,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
+        if self.command == "PUT" and body:
+            self.proxy._hold()
         tamper = set(self.proxy.tamper)
         if "put_swallow" in tamper and self.command == "PUT" and body:
             self._send(200, "OK", [], b"", content_length=0)

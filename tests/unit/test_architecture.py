@@ -23,7 +23,8 @@ ROOT = Path(contentflow_backupd.__file__).parent
 # -- the layers: a unit (top-level module or subpackage) imports only units of a lower layer ---
 # Leaves (layer 0) may import each other; on every other layer, siblings do not.
 LAYERS: dict[str, int] = {
-    "__main__": 8,
+    "__main__": 9,
+    "entry": 8,  # the command: wal push's fast path (walsocket), else cli
     "cli": 7,
     "wiring": 6,
     "daemon": 5,
@@ -48,6 +49,8 @@ LAYERS: dict[str, int] = {
     "backoff": 0,  # the retry/backoff policy of every loop (pure)
     "fsutil": 0,  # fsync of a directory (stdlib)
     "procs": 0,  # is a pid alive, stop a process (stdlib)
+    "statedir": 0,  # the default state directory (stdlib)
+    "walsocket": 0,  # the WAL socket's protocol and lean client (stdlib only)
     "settings": 0,  # a leaf by its imports; who may import it is ruled below
 }
 

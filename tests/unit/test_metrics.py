@@ -27,6 +27,7 @@ SERIES = {
     "backupd_wal_archive_failures_total": "counter",
     "backupd_wal_last_archived_timestamp_seconds": "gauge",
     "backupd_wal_pending_segments": "gauge",
+    "backupd_wal_socket_pushes_total": "counter",
     "backupd_recovery_window_start_timestamp_seconds": "gauge",
     "backupd_retention_deleted_backups_total": "counter",
     "backupd_retention_deleted_bytes_total": "counter",
@@ -115,6 +116,8 @@ def test_label_sets_are_precreated_at_zero() -> None:
             assert got[key] == 0
     for dep in ("database", "storage", "catalog"):
         assert got[("backupd_dependency_up", (("dependency", dep),))] == 0
+    for result in ("stored", "duplicate", "error", "refused"):
+        assert got[("backupd_wal_socket_pushes_total", (("result", result),))] == 0
     for name in (
         "backupd_wal_archived_segments_total",
         "backupd_wal_archive_failures_total",

@@ -20,15 +20,22 @@ log = structlog.get_logger(__name__)
 
 def push_wal_file(archive: WalArchive, path: Path) -> PushStatus:
     """Archive the file at ``path`` (``%p``: relative to the data directory, PostgreSQL's cwd)."""
-    name = path.name
-    if classify(name) is None:
+    if classify(path.name) is None:
         raise UsageError(f"{path} is not a WAL file (segment, .history, .backup or .partial)")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return push_wal_bytes(archive, path.name, data)
+
+
+def push_wal_bytes(archive: WalArchive, name: str, data: bytes, *, via: str = "direct") -> PushStatus:
+    """Archive ``data`` as WAL file ``name``: stored, a duplicate, or refused (``WalArchive.push``).
+    ``via``: ``direct`` (the command pushed) or ``socket`` (the daemon pushed for it)."""
+    if classify(name) is None:
+        raise UsageError(f"{name} is not a WAL file (segment, .history, .backup or .partial)")
     status = archive.push(name, data)
-    log.info("wal_pushed" if status == "stored" else "wal_push_duplicate", wal=name, bytes=len(data))
+    log.info("wal_pushed" if status == "stored" else "wal_push_duplicate", wal=name, bytes=len(data), via=via)
     return status
 
 
