@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -168,6 +169,44 @@ class Setup:
             cwd="/",
         )
         return cfg
+
+    @contextlib.contextmanager
+    def daemon(self, cfg: Path) -> Iterator[None]:
+        """The daemon of ``cfg``'s repository (``run``, as postgres, every job off): ``wal push``
+        hands segments to it over its socket, and it pushes ahead of the archiver. Up once its
+        WAL socket is there; stopped (SIGTERM) when the block ends."""
+        sock = cfg.parent / "state" / "wal.sock"
+        env = {
+            **self.env,
+            "BACKUPD_HTTP__LISTEN": "off",
+            "BACKUPD_WAL__METHOD": "archive_command",
+            **{
+                f"BACKUPD_SCHEDULE__{j}": "off"
+                for j in ("FULL", "INCREMENTAL", "WAL", "RETENTION", "VERIFY", "RESTORE_TEST")
+            },
+        }
+        proc = subprocess.Popen(
+            as_pg([self.tool, "--config", str(cfg), "run"]),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        try:
+            deadline = time.monotonic() + 120
+            while not sock.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon of {cfg} did not start (exit {proc.poll()})")
+                time.sleep(0.1)
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(90)
+            self.procs.remove(proc)
 
     def archive_command(self, cfg: Path) -> str:
         return f"{self.tool} --config {cfg} wal-push %p"
@@ -522,31 +561,14 @@ def segment_costs(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any
     conf = pgbackrest_conf(s, "pgbackrest-push-cost") if br else None
     say(f"archive_command / restore_command per segment: {len(copies)} real segments, alternating")
     fetched = mkdir_pg(s.base / "fetched")
+    direct = s.new_repo("push-cost-direct")
+    async_conf = async_get_conf(conf) if conf is not None else None
     runs: dict[str, list[dict[str, Any]]] = {
-        k: [] for k in ("ours_push", "br_push", "ours_fetch", "br_fetch")
+        k: []
+        for k in ("ours_push", "ours_direct_push", "br_push", "ours_fetch", "br_fetch", "br_async_fetch")
     }
-    for phase in ("push", "fetch"):
-        for i, seg in enumerate(copies):
-            order = ["ours", "br"] if i % 2 == 0 else ["br", "ours"]
-            for who in order:
-                if who == "br" and conf is None:
-                    continue
-                dest = fetched / f"{who}-{seg.name}"
-                if phase == "push" and who == "ours":
-                    argv = as_pg([s.tool, "--config", str(cfg), "wal-push", str(seg)])
-                elif phase == "push":
-                    assert conf is not None
-                    argv = br_argv(conf, "archive-push", str(seg))
-                elif who == "ours":
-                    argv = as_pg([s.tool, "--config", str(cfg), "wal-fetch", seg.name, str(dest)])
-                else:
-                    assert conf is not None
-                    argv = br_argv(conf, "archive-get", seg.name, str(dest))
-                m = s.measure(argv)
-                if phase == "fetch" and dest.read_bytes() != seg.read_bytes():
-                    raise RuntimeError(f"{who} fetched {seg.name} with different content")
-                dest.unlink(missing_ok=True)
-                runs[f"{who}_{phase}"].append({**m.to_json(), "segment": seg.name})
+    with s.daemon(cfg):
+        _segment_rounds(s, copies, cfg, direct, conf, async_conf, fetched, runs)
     walls = {k: [float(r["wall_seconds"]) for r in v] for k, v in runs.items()}
     res: dict[str, Any] = {
         "segments": [p.name for p in copies],
@@ -555,12 +577,57 @@ def segment_costs(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any
         "ours_push_segments_per_s": round(len(copies) / sum(walls["ours_push"]), 3),
         "rss_wal_push_kib": max(int(r["peak_rss_kib"]) for r in runs["ours_push"]),
     }
-    for key in ("push", "fetch"):
-        line = f"  {key}: ours median {statistics.median(walls[f'ours_{key}']) * 1000:.0f} ms"
-        if walls[f"br_{key}"]:
-            line += f", pgBackRest median {statistics.median(walls[f'br_{key}']) * 1000:.0f} ms"
-        say(line)
+    for key, value in walls.items():
+        if value:
+            say(f"  {key}: median {statistics.median(value) * 1000:.0f} ms")
     return res
+
+
+def _segment_rounds(
+    s: Setup,
+    copies: list[Path],
+    cfg: Path,
+    direct: Path,
+    conf: Path | None,
+    async_conf: Path | None,
+    fetched: Path,
+    runs: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Each segment pushed by ours through the daemon, ours without one (its own repository, no
+    daemon), pgBackRest's sync archive-push; then fetched back in order by ours (``wal fetch``: its
+    helper prefetches the next ones), pgBackRest's sync archive-get and its async one (queue),
+    alternating which tool goes first."""
+
+    def push(who: str, seg: Path) -> list[str] | None:
+        if who == "ours":
+            return as_pg([s.tool, "--config", str(cfg), "wal-push", str(seg)])
+        if who == "ours_direct":
+            return as_pg([s.tool, "--config", str(direct), "wal-push", str(seg)])
+        return br_argv(conf, "archive-push", str(seg)) if conf else None
+
+    def fetch(who: str, seg: Path, dest: Path) -> list[str] | None:
+        if who == "ours":
+            return as_pg([s.tool, "--config", str(cfg), "wal-fetch", seg.name, str(dest)])
+        use = conf if who == "br" else async_conf
+        return br_argv(use, "archive-get", seg.name, str(dest)) if use else None
+
+    pushers, fetchers = ["ours", "ours_direct", "br"], ["ours", "br", "br_async"]
+    for i, seg in enumerate(copies):
+        for who in pushers if i % 2 == 0 else pushers[::-1]:
+            argv = push(who, seg)
+            if argv is not None:
+                runs[f"{who}_push"].append({**s.measure(argv).to_json(), "segment": seg.name})
+    for i, seg in enumerate(copies):
+        for who in fetchers if i % 2 == 0 else fetchers[::-1]:
+            dest = fetched / f"{who}-{seg.name}"
+            argv = fetch(who, seg, dest)
+            if argv is None:
+                continue
+            m = s.measure(argv)
+            if dest.read_bytes() != seg.read_bytes():
+                raise RuntimeError(f"{who} fetched {seg.name} with different content")
+            dest.unlink(missing_ok=True)
+            runs[f"{who}_fetch"].append({**m.to_json(), "segment": seg.name})
 
 
 # -- PITR: a recovery that replays many segments ------------------------------------------------
@@ -635,17 +702,10 @@ def timed_recovery(s: Setup, pgdata: Path) -> dict[str, Any]:
     }
 
 
-def pitr(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any]:
-    """Both tools archive every segment (``archive_command`` = ours ``&&`` pgBackRest); each takes
-    a full backup; pgbench writes ``--pitr-segments`` segments; then each recovery is timed from
-    ``pg_ctl start`` to promotion (ours: ``wal-fetch``; pgBackRest: ``archive-get`` with
-    ``archive-async=y``). Only the start is timed, not the restore of the files."""
-    cfg = s.new_repo("pitr")
-    conf = pgbackrest_conf(s, "pgbackrest-pitr") if br else None
-    command = s.archive_command(cfg)
-    if conf is not None:
-        command += f" && pgbackrest --config={conf} --stanza={STANZA} archive-push %p"
-    say(f"PITR: both tools archive ({command})")
+def _pitr_archive(
+    s: Setup, args: argparse.Namespace, cfg: Path, conf: Path | None, command: str
+) -> dict[str, Any]:
+    """The archiving phase of ``pitr``: both backups, then ``--pitr-segments`` of WAL, archived."""
     set_archive_command(s, command)
     res: dict[str, Any] = {"archive_command": command, "runs": []}
     res["ours_backup_lsn"] = lsn(s.pg)
@@ -669,6 +729,23 @@ def pitr(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any]:
     res["ours_segments_to_replay"] = wal_segments_between(s.pg, res["ours_backup_lsn"], end)
     if conf is not None:
         res["pgbackrest_segments_to_replay"] = wal_segments_between(s.pg, res["pgbackrest_backup_lsn"], end)
+    return res
+
+
+def pitr(s: Setup, args: argparse.Namespace, br: bool) -> dict[str, Any]:
+    """Both tools archive every segment (``archive_command`` = ours ``&&`` pgBackRest); each takes
+    a full backup; pgbench writes ``--pitr-segments`` segments; then each recovery is timed from
+    ``pg_ctl start`` to promotion (ours: ``wal-fetch``; pgBackRest: ``archive-get`` with
+    ``archive-async=y``). Only the start is timed, not the restore of the files."""
+    cfg = s.new_repo("pitr")
+    conf = pgbackrest_conf(s, "pgbackrest-pitr") if br else None
+    command = s.archive_command(cfg)
+    if conf is not None:
+        command += f" && pgbackrest --config={conf} --stanza={STANZA} archive-push %p"
+    say(f"PITR: both tools archive ({command}); ours with its daemon up")
+    with s.daemon(cfg):
+        res = _pitr_archive(s, args, cfg, conf, command)
+    if conf is not None:
         async_conf = async_get_conf(conf)
     parent = mkdir_pg(s.base / "pitr-restores")
     for i in range(args.pitr_repeat):
@@ -822,14 +899,26 @@ def summarize(d: dict[str, Any]) -> list[report.Row]:
 
     rows.append(
         _versus(
-            f"archive_command per 16 MiB segment (wal-push vs sync archive-push, median of {n})",
+            f"archive_command per 16 MiB segment (wal-push, daemon up, vs sync archive-push, median of {n})",
             med("ours_push"), med("br_push"), 1.0, "archive_command_per_segment", "ms",
         )
     )  # fmt: skip
     rows.append(
         _versus(
-            f"restore_command per segment (wal-fetch vs sync archive-get, median of {n})",
-            med("ours_fetch"), med("br_fetch"), 1.0, "restore_command_per_segment", "ms",
+            f"archive_command per segment without a daemon (wal-push vs sync archive-push, median of {n})",
+            med("ours_direct_push"), med("br_push"), 1.0, "archive_command_per_segment_direct", "ms",
+        )
+    )  # fmt: skip
+    rows.append(
+        _versus(
+            f"restore_command per segment (wal-fetch, prefetch, vs async archive-get, median of {n})",
+            med("ours_fetch"), med("br_async_fetch"), 1.0, "restore_command_per_segment", "ms",
+        )
+    )  # fmt: skip
+    rows.append(
+        _versus(
+            f"restore_command per segment (wal-fetch, prefetch, vs sync archive-get, median of {n})",
+            med("ours_fetch"), med("br_fetch"), 1.0, "restore_command_per_segment_vs_sync", "ms",
         )
     )  # fmt: skip
     wal = d["wal_archiving"]
@@ -956,7 +1045,8 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     say(f"restores, {args.repeat} rounds")
     restores(s, args, cfg, br_conf, runs)
     init_s = pgbench_init(s, args)
-    wal = {"ours": wal_archiving(s, args, "wal-push", init_s)}
+    with s.daemon(cfg):
+        wal = {"ours": wal_archiving(s, args, "wal-push (daemon up)", init_s)}
     if br_conf is not None:
         set_archive_command(s, f"pgbackrest --config={br_conf} --stanza={STANZA} archive-push %p")
         wal["pgbackrest"] = wal_archiving(s, args, "pgbackrest archive-push (sync)", init_s)

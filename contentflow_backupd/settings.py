@@ -103,6 +103,17 @@ class WalSettings(_Section):
     Unset: ``<state_dir>/wal.sock``."""
     push_concurrency: int = Field(4, ge=1, le=64)
     """``wal push`` requests the daemon serves at once on its socket."""
+    prefetch: int = Field(8, ge=0, le=64)
+    """Segments ``wal fetch`` (restore_command) has fetched ahead of recovery by a helper, into
+    ``<state_dir>/wal-prefetch/<cluster>``; 0: off."""
+    prefetch_idle: str = "60s"
+    """The prefetch helper ends (and empties its spool) after this long without a request."""
+
+    @field_validator("prefetch_idle")
+    @classmethod
+    def _idle(cls, value: Any) -> Any:
+        return _duration(value)
+
     push_ahead: int = Field(2, ge=0, le=16)
     """Segments the daemon pushes ahead of PostgreSQL's archiver at once (files it marked ready in
     ``pg_wal/archive_status``); 0: only what ``wal push`` hands over."""

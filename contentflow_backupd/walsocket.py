@@ -43,7 +43,10 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs a few ms of every archive_command
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "wal.sock"
 VERSION = 1
@@ -54,6 +57,8 @@ segment through a healthy daemon takes milliseconds; the bound covers a storage 
 direct push after a timeout is safe: both writers store the same bytes under one name."""
 MAX_REQUEST = 64 * 1024
 IDENTITY_KEYS = ("repository", "cluster", "s3_endpoint_url")
+DEFAULT_PREFETCH = 8
+"""``BACKUPD_WAL__PREFETCH``'s default (settings.py says the same)."""
 DEFAULT_CLUSTER = "main"
 
 
@@ -106,13 +111,29 @@ def client_config(config: str | None, environ: Mapping[str, str]) -> dict[str, A
     endpoint = pick("BACKUPD_S3__ENDPOINT_URL", "s3", "endpoint_url")
     state_dir = pick("BACKUPD_STATE_DIR", "state_dir")
     sock = pick("BACKUPD_WAL__SOCKET", "wal", "socket")
+    prefetch = pick("BACKUPD_WAL__PREFETCH", "wal", "prefetch")
     for value in (cluster, endpoint, state_dir, sock):
         if value is not None and not isinstance(value, str):
             raise Fallback("a setting of an unexpected type")
+    try:
+        depth = DEFAULT_PREFETCH if prefetch is None else int(prefetch)
+    except (TypeError, ValueError):
+        raise Fallback("BACKUPD_WAL__PREFETCH is not a number") from None
+    if state_dir is None:
+        from contentflow_backupd.statedir import default_state_dir
+
+        state_dir = str(default_state_dir())
     return {
         "identity": {"repository": repository, "cluster": cluster, "s3_endpoint_url": endpoint},
         "socket": socket_path(sock, state_dir),
+        "prefetch": depth,
+        "prefetch_dir": prefetch_dir(state_dir, cluster),
     }
+
+
+def prefetch_dir(state_dir: str, cluster: str) -> str:
+    """The WAL prefetch spool of ``cluster`` (repository/walspool.py)."""
+    return os.path.join(state_dir, "wal-prefetch", cluster)
 
 
 def socket_path(setting: str | None, state_dir: str | None) -> str | None:
@@ -194,9 +215,8 @@ def push(path: str, cfg: Mapping[str, Any], timeout: float = ANSWER_TIMEOUT_S) -
 
 
 # -- the command line's fast path --------------------------------------------------------------
-def parse_push(argv: Sequence[str]) -> tuple[str | None, str, bool] | None:
-    """``(config, path, json)`` when ``argv`` is a plain ``[--config F] wal push PATH [--json]``
-    (or ``wal-push``), else None: every other form goes to the full command line."""
+def _global_config(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
+    """``--config F`` / ``--config=F`` before the command, and the rest; None on anything else."""
     args = list(argv)
     config: str | None = None
     while args and args[0].startswith("--config"):
@@ -206,17 +226,42 @@ def parse_push(argv: Sequence[str]) -> tuple[str | None, str, bool] | None:
             config, args = args[0].split("=", 1)[1], args[1:]
         else:
             return None
-    if args[:2] == ["wal", "push"]:
-        args = args[2:]
-    elif args[:1] == ["wal-push"]:
-        args = args[1:]
-    else:
+    if config == "":
         return None
-    as_json = "--json" in args
-    rest = [a for a in args if a != "--json"]
-    if len(rest) != 1 or rest[0].startswith("-") or config == "":
+    return config, args
+
+
+def _verb(args: list[str], verb: str) -> list[str] | None:
+    """The arguments after ``wal VERB`` (or the old ``wal-VERB``), None for another command."""
+    if args[:2] == ["wal", verb]:
+        return args[2:]
+    if args[:1] == [f"wal-{verb}"]:
+        return args[1:]
+    return None
+
+
+def parse_push(argv: Sequence[str]) -> tuple[str | None, str, bool] | None:
+    """``(config, path, json)`` when ``argv`` is a plain ``[--config F] wal push PATH [--json]``
+    (or ``wal-push``), else None: every other form goes to the full command line."""
+    found = _global_config(argv)
+    rest = None if found is None else _verb(found[1], "push")
+    if found is None or rest is None:
         return None
-    return config, rest[0], as_json
+    as_json = "--json" in rest
+    rest = [a for a in rest if a != "--json"]
+    if len(rest) != 1 or rest[0].startswith("-"):
+        return None
+    return found[0], rest[0], as_json
+
+
+def parse_fetch(argv: Sequence[str]) -> tuple[str | None, str, str] | None:
+    """``(config, name, dest)`` when ``argv`` is a plain ``[--config F] wal fetch NAME DEST`` (or
+    ``wal-fetch``), else None."""
+    found = _global_config(argv)
+    rest = None if found is None else _verb(found[1], "fetch")
+    if found is None or rest is None or len(rest) != 2 or any(a.startswith("-") for a in rest):
+        return None
+    return found[0], rest[0], rest[1]
 
 
 def fast_push(argv: Sequence[str], environ: Mapping[str, str]) -> int | Fallback | None:

@@ -31,6 +31,7 @@ from contentflow_backupd.cli.commands import (
     cmd_status,
     cmd_verify,
     cmd_wal_fetch,
+    cmd_wal_prefetch,
     cmd_wal_push,
     cmd_wal_stream,
     cmd_wal_verify,
@@ -288,6 +289,13 @@ def _wal_group(sub: Sub) -> None:
     )
     sp.add_argument("name", metavar="NAME", help="the WAL file PostgreSQL asks for (%%f)")
     sp.add_argument("dest", metavar="DEST", help="where PostgreSQL wants it written (%%p)")
+    command(
+        wal,
+        "prefetch",
+        cmd_wal_prefetch,
+        "the prefetch helper `wal fetch` starts: fetch the next segments of a recovery ahead",
+        json=None,
+    )
     command(
         wal,
         "stream",

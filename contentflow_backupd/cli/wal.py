@@ -4,6 +4,7 @@ wal-push, wal-fetch, wal-stream)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,45 @@ def cmd_wal_fetch(args: argparse.Namespace, app: App) -> int:
         raise RecoveryMustStop(f"wal-fetch {args.name}: {exc.message}; stopping recovery") from None
     if args.json:
         print_json({"file": args.name, "status": "fetched", "bytes": size})
+    return EXIT_OK
+
+
+def cmd_wal_prefetch(args: argparse.Namespace, app: App) -> int:
+    """The prefetch helper ``wal fetch`` starts (ops/wal/prefetch.py): one per spool."""
+    import fcntl
+    import threading
+
+    from contentflow_backupd.ops.wal.prefetch import run_prefetch
+    from contentflow_backupd.repository.walspool import LOCK, WalSpool
+    from contentflow_backupd.signals import SignalWatch
+    from contentflow_backupd.timespec import parse_duration
+
+    if app.wal_prefetch <= 0:
+        return EXIT_OK
+    spool = WalSpool(str(app.wal_prefetch_dir()))
+    spool.create()
+    fd = os.open(os.path.join(spool.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.debug("wal_prefetch_running")  # another helper serves this spool
+            return EXIT_OK
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who serves the spool (ps, kill)
+        spool.clear(keep_want=True)  # what a helper that crashed left
+        stop = threading.Event()
+        SignalWatch(lambda signum, count: stop.set()).install()
+        run_prefetch(
+            app.wal_archive(),
+            spool,
+            depth=app.wal_prefetch,
+            idle_s=parse_duration(app.wal_prefetch_idle),
+            concurrency=min(app.wal_prefetch, 4),
+            stop=stop,
+        )
+    finally:
+        os.close(fd)
     return EXIT_OK
 
 

@@ -140,24 +140,31 @@ class RestoredServer:
                 f"the recovered server at {info.display()} refuses the connection: {reason}",
                 hint="give the recovered server's address and credentials with --check-url",
             ) from None
-        with conn:
-            row = conn.execute(
-                "select pg_is_in_recovery(), pg_last_xact_replay_timestamp(),"
-                " current_setting('server_version_num')::int >= 140000"
-            ).fetchone()
-            assert row is not None
-            in_recovery, replayed, has_state = bool(row[0]), row[1], bool(row[2])
-            if not in_recovery:
-                return RecoveryStatus("promoted", replayed, "recovery ended; the server is open for writes")
-            query = (
-                "select pg_get_wal_replay_pause_state() = 'paused'"
-                if has_state
-                else "select pg_is_wal_replay_paused()"
-            )
-            try:
-                paused = conn.execute(query).fetchone()
-            except psycopg.errors.ObjectNotInPrerequisiteState:
-                return None  # recovery ended since the first query: the next look sees it promoted
+        try:
+            with conn:
+                row = conn.execute(
+                    "select pg_is_in_recovery(), pg_last_xact_replay_timestamp(),"
+                    " current_setting('server_version_num')::int >= 140000"
+                ).fetchone()
+                assert row is not None
+                in_recovery, replayed, has_state = bool(row[0]), row[1], bool(row[2])
+                if not in_recovery:
+                    return RecoveryStatus(
+                        "promoted", replayed, "recovery ended; the server is open for writes"
+                    )
+                query = (
+                    "select pg_get_wal_replay_pause_state() = 'paused'"
+                    if has_state
+                    else "select pg_is_wal_replay_paused()"
+                )
+                try:
+                    paused = conn.execute(query).fetchone()
+                except psycopg.errors.ObjectNotInPrerequisiteState:
+                    return None  # recovery ended since the first query: the next look sees it promoted
+        except psycopg.OperationalError:
+            # The server went away while we asked (it stopped at the end of recovery, or
+            # crashed): the next look finds the postmaster gone and says so with its log.
+            return None
         if paused is not None and paused[0]:
             return RecoveryStatus("paused", replayed, "recovery is paused at the target (read-only)")
         return None

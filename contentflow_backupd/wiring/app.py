@@ -86,6 +86,8 @@ class App:
         self.wal_method = s.wal.method
         self.wal_slot = s.wal.slot
         self.wal_archive_timeout = s.wal.archive_timeout
+        self.wal_prefetch = s.wal.prefetch
+        self.wal_prefetch_idle = s.wal.prefetch_idle
         self.gc_grace = s.retention.gc_grace
         self.full_scheduled = s.schedule.full != "off"
         self.drills_scheduled = s.schedule.restore_test != "off"
@@ -356,6 +358,12 @@ class App:
         from contentflow_backupd.wiring.daemon import wal_service
 
         return wal_service(self._settings, repo, metrics)
+
+    def wal_prefetch_dir(self) -> Path:
+        """The prefetch spool of ``wal fetch`` (``<state_dir>/wal-prefetch/<cluster>``)."""
+        from contentflow_backupd.walsocket import prefetch_dir
+
+        return Path(prefetch_dir(str(self.state_dir()), self.cluster))
 
     def wal_spool_dir(self) -> Path:
         from contentflow_backupd.wiring.daemon import wal_spool_dir

@@ -69,6 +69,8 @@ def test_the_environment_wins_over_the_file_and_names_are_case_insensitive(tmp_p
             "s3_endpoint_url": "http://file",
         },
         "socket": "/state/wal.sock",
+        "prefetch": 8,
+        "prefetch_dir": "/state/wal-prefetch/envcluster",
     }
     got = client_config(None, {"BACKUPD_CONFIG": str(cfg), "BACKUPD_WAL__SOCKET": "/run/x.sock"})
     assert got["socket"] == "/run/x.sock"
@@ -86,6 +88,15 @@ def test_defaults_are_the_settings_defaults(tmp_path: Path) -> None:
         os.environ.update(os_env)
     assert got["identity"] == {"repository": "file:///r", "cluster": "main", "s3_endpoint_url": None}
     assert got["socket"] == str(tmp_path / "wal.sock")
+
+
+def test_the_lean_defaults_are_the_settings_defaults() -> None:
+    from contentflow_backupd.settings import Settings
+    from contentflow_backupd.walsocket import DEFAULT_CLUSTER, DEFAULT_PREFETCH
+
+    assert Settings.model_fields["cluster"].default == DEFAULT_CLUSTER
+    wal = Settings.model_fields["wal"].default
+    assert wal.prefetch == DEFAULT_PREFETCH and wal.socket is None
 
 
 def test_the_socket_can_be_turned_off() -> None:

@@ -1,0 +1,146 @@
+"""The prefetch helper's rules (ops/wal/prefetch.py) on a real repository in memory and a real
+spool directory: which segments it fetches, the bound, a missing segment, the end."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from contentflow_backupd.ops.wal.prefetch import next_segments, run_prefetch
+from contentflow_backupd.repository.chunker import ChunkerParams
+from contentflow_backupd.repository.crypto import KekSecret
+from contentflow_backupd.repository.repository import Repository
+from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.repository.walspool import WalSpool
+from contentflow_backupd.storage.memory import MemoryStorage
+from tests.unit.test_lean_imports import SEGMENT_SIZE, wal_segment
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("want", "expected"),
+    [
+        ("000000010000000000000001", ["000000010000000000000002", "000000010000000000000003"]),
+        ("0000000200000000000000FF", ["000000020000000100000000", "000000020000000100000001"]),
+        ("00000002.history", []),
+        ("000000010000000000000001.partial", []),
+    ],
+)
+def test_the_segments_after_a_request(want: str, expected: list[str]) -> None:
+    assert next_segments(want, 2, 16 * MIB) == expected
+
+
+def test_next_segments_follow_the_segment_size() -> None:
+    assert next_segments("000000010000000000000FFF", 1, SEGMENT_SIZE) == ["000000010000000100000000"]
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> WalArchive:
+    repo = Repository.init(
+        MemoryStorage(), KekSecret("passphrase", b"x", "t"), chunker=ChunkerParams(avg_size=64 * 1024)
+    )
+    arch = WalArchive(repo, "main")
+    base = wal_segment(tmp_path / "seg").read_bytes()
+    for n in range(1, 13):
+        data = bytearray(base)
+        data[-1] = n
+        arch.push(f"0000000100000000000000{n:02X}", bytes(data))
+    return arch
+
+
+def run_in_thread(
+    archive: WalArchive, spool: WalSpool, **kw: object
+) -> tuple[threading.Thread, dict[str, int]]:
+    out: dict[str, int] = {}
+    stop = kw.pop("stop", threading.Event())
+    assert isinstance(stop, threading.Event)
+
+    def target() -> None:
+        out.update(run_prefetch(archive, spool, stop=stop, **kw))  # type: ignore[arg-type]
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, out
+
+
+def wait_for(check: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_it_keeps_the_next_segments_only_and_never_more(tmp_path: Path, archive: WalArchive) -> None:
+    spool = WalSpool(str(tmp_path / "spool"))
+    spool.create()
+    spool.want("000000010000000000000001")
+    stop = threading.Event()
+    t, _ = run_in_thread(archive, spool, depth=3, idle_s=60, concurrency=2, stop=stop)
+    try:
+        wait_for(lambda: spool.names() == {f"0000000100000000000000{n:02X}" for n in (2, 3, 4)})
+        dest = tmp_path / "RECOVERYXLOG"
+        assert spool.serve("000000010000000000000002", str(dest))
+        assert dest.read_bytes() == archive.fetch("000000010000000000000002")  # what the archive holds
+        spool.want("00000002.history")  # a history file keeps the segments' place
+        time.sleep(0.2)
+        spool.want("000000010000000000000005")  # recovery skipped ahead: 3 and 4 go
+        wait_for(lambda: spool.names() == {f"0000000100000000000000{n:02X}" for n in (6, 7, 8)})
+        assert len([e for e in os.listdir(spool.path) if not e.startswith(".")]) <= 3 * 3 + 2
+    finally:
+        stop.set()
+        t.join(60)
+    assert sorted(os.listdir(spool.path)) == []  # emptied at the end
+
+
+def test_a_missing_segment_stops_the_prefetch_there(tmp_path: Path, archive: WalArchive) -> None:
+    spool = WalSpool(str(tmp_path / "spool"))
+    spool.create()
+    spool.want("00000001000000000000000A")
+    t, counts = run_in_thread(archive, spool, depth=5, idle_s=1.0, concurrency=2)
+    t.join(120)
+    assert not t.is_alive()  # idle: it ended by itself
+    assert counts["fetched"] == 2 and counts["missing"] >= 1  # 0B, 0C; 0D is not archived
+    assert os.listdir(spool.path) == []
+
+
+def test_a_segment_served_from_the_spool_imports_nothing_heavy(tmp_path: Path, archive: WalArchive) -> None:
+    """``wal fetch`` from the spool, in a fresh interpreter, while a helper holds the lock (this
+    test): the segment is served and no heavy module is imported."""
+    import fcntl
+    import json
+    import subprocess
+    import sys
+
+    from tests.unit.test_wal_socket import DRIVER
+
+    state = tmp_path / "state"
+    spool = WalSpool(str(state / "wal-prefetch" / "main"))
+    spool.create()
+    name = "000000010000000000000003"
+    spool.put(name, archive.fetch(name))
+    lock = os.open(os.path.join(spool.path, "helper.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPD_")}
+        env.update({"BACKUPD_REPOSITORY": f"file://{tmp_path / 'nowhere'}", "BACKUPD_STATE_DIR": str(state)})
+        dest = tmp_path / "RECOVERYXLOG"
+        proc = subprocess.run(
+            [sys.executable, "-c", DRIVER, "wal", "fetch", name, str(dest)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(lock)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0, proc.stderr
+    assert dest.read_bytes() == archive.fetch(name)
+    heavy = ("pydantic", "structlog", "cryptography", "zstandard", "argparse", "contentflow_backupd.cli")
+    assert [m for m in report["modules"] if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+    assert spool.wanted() is not None and spool.wanted()[0] == name  # type: ignore[index]
