@@ -38,7 +38,6 @@ takes the direct path, whose errors name the problem: the fast path never guesse
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -86,11 +85,15 @@ def client_config(config: str | None, environ: Mapping[str, str]) -> dict[str, A
     path = config or env.get("BACKUPD_CONFIG") or None
     data: dict[str, Any] = {}
     if path:
-        import tomllib
-
         try:
             with open(path, "rb") as f:
-                data = tomllib.load(f)
+                raw = f.read()
+            simple = plain_toml(raw.decode("utf-8"))
+            if simple is None:  # more than plain tables and pairs: the real parser reads it
+                import tomllib
+
+                simple = tomllib.loads(raw.decode("utf-8"))
+            data = simple
         except (OSError, ValueError) as exc:
             raise Fallback(f"config file {path}: {exc}") from None
 
@@ -131,6 +134,63 @@ def client_config(config: str | None, environ: Mapping[str, str]) -> dict[str, A
     }
 
 
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def plain_toml(text: str) -> dict[str, Any] | None:
+    """The content of a TOML file that uses only ``[table]`` headers of bare names and
+    ``bare_key = value`` lines whose value is a one-line string without escapes, an integer or a
+    boolean (comments and blank lines aside): what configuration files of this tool look like.
+    None for anything else (arrays, inline tables, dotted or quoted keys, multi-line strings,
+    escapes, floats, dates, duplicates): ``tomllib`` reads those. Importing ``tomllib`` costs more
+    than the rest of an ``archive_command`` call."""
+    data: dict[str, Any] = {}
+    table = data
+    for raw in text.split("\n"):
+        line = raw.strip(" \t\r")
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            end = line.find("]")
+            name = line[1:end].strip(" \t")
+            rest = line[end + 1 :].strip(" \t")
+            if end < 0 or not name or not set(name) <= _BARE or (rest and not rest.startswith("#")):
+                return None
+            if name in data:
+                return None
+            table = data[name] = {}
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip(" \t")
+        if not sep or not key or not set(key) <= _BARE or key in table:
+            return None
+        parsed = _plain_value(value.strip(" \t"))
+        if parsed is None:
+            return None
+        table[key] = parsed[0]
+    return data
+
+
+def _plain_value(text: str) -> tuple[Any] | None:
+    if text[:1] in ('"', "'"):
+        quote = text[0]
+        end = text.find(quote, 1)
+        rest = text[end + 1 :].strip(" \t") if end > 0 else "x"
+        value = text[1:end] if end > 0 else ""
+        if end < 0 or text.startswith(quote * 3) or (rest and not rest.startswith("#")):
+            return None
+        if (quote == '"' and "\\" in value) or any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
+            return None
+        return (value,)
+    word = text.split("#", 1)[0].strip(" \t")
+    if word in ("true", "false"):
+        return (word == "true",)
+    digits = word[1:] if word[:1] in "+-" else word
+    if digits.isdigit() and digits.isascii() and (digits == "0" or not digits.startswith("0")):
+        return (int(word),)
+    return None
+
+
 def prefetch_dir(state_dir: str, cluster: str) -> str:
     """The WAL prefetch spool of ``cluster`` (repository/walspool.py)."""
     return os.path.join(state_dir, "wal-prefetch", cluster)
@@ -150,10 +210,48 @@ def socket_path(setting: str | None, state_dir: str | None) -> str | None:
 
 # -- the exchange ------------------------------------------------------------------------------
 def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    """One JSON line, compact (``json``'s output with ``separators=(",", ":")``)."""
+    return _json(message).encode() + b"\n"
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json(value: Any) -> str:
+    """JSON of the request's values (objects, strings, ints, None, bools) without importing
+    ``json`` (which imports ``re``: milliseconds of every ``archive_command``)."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        out = []
+        for ch in value:
+            if ch in _ESCAPES:
+                out.append(_ESCAPES[ch])
+            elif ch < " " or "\ud800" <= ch <= "\udfff":
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_json(str(k))}:{_json(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+STORED = b'{"status":"stored"}'
+DUPLICATE = b'{"status":"duplicate"}'
 
 
 def decode(line: bytes) -> dict[str, Any]:
+    if line == STORED:  # the common answers, without importing json
+        return {"status": "stored"}
+    if line == DUPLICATE:
+        return {"status": "duplicate"}
+    import json
+
     value = json.loads(line)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
@@ -281,5 +379,8 @@ def fast_push(argv: Sequence[str], environ: Mapping[str, str]) -> int | Fallback
         code = answer.get("exit_code")
         return code if isinstance(code, int) and code > 0 else 1
     if as_json:
-        print(json.dumps({"file": os.path.basename(path), "status": answer["status"]}))
+        import json
+
+        # As the full command prints it (cli/output.py: print_json).
+        print(json.dumps({"file": os.path.basename(path), "status": answer["status"]}, indent=2))
     return 0
