@@ -120,6 +120,7 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self._root = Path(os.path.abspath(root))
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._pending_files: set[Path] = set()
         self._pending_dirs: set[Path] = set()
 
@@ -327,9 +328,18 @@ class LocalStorage:
             fsync_dir(path.parent)
 
     def flush(self) -> None:
-        """fsync every file and directory written with ``sync=False`` since the last flush. By
-        now the kernel has usually written most of the data back, so this costs far less than an
-        fsync per object."""
+        """fsync every file and directory written with ``sync=False`` before this call. By now
+        the kernel has usually written most of the data back, so this costs far less than an
+        fsync per object.
+
+        Flushes run one at a time: a flush called while another one runs (a writer flushing in
+        the background while it streams) waits for it, then fsyncs what is still pending, so it
+        never returns before the files the other one took are durable (or put back as pending
+        when that one failed)."""
+        with self._flush_lock:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
         with self._pending_lock:
             files, dirs = self._pending_files, self._pending_dirs
             self._pending_files, self._pending_dirs = set(), set()

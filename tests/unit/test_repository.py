@@ -6,6 +6,8 @@ import io
 import json
 import os
 import random
+import threading
+from typing import Any, cast
 
 import pytest
 
@@ -13,6 +15,7 @@ from contentflow_backupd.errors import (
     IntegrityError,
     RepositoryExists,
     RepositoryNotFound,
+    StorageError,
     UnsupportedFormat,
     WrongKey,
 )
@@ -23,7 +26,7 @@ from contentflow_backupd.repository.crypto import KekSecret, read_key_file
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader, ChunkWriter
 from contentflow_backupd.repository.repository import Repository
-from contentflow_backupd.storage.base import put_bytes
+from contentflow_backupd.storage.base import Storage, put_bytes
 from contentflow_backupd.storage.memory import MemoryStorage
 
 PASS = KekSecret("passphrase", b"correct horse battery staple", "test")
@@ -231,3 +234,78 @@ def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
 )
 def test_backup_id_syntax(text: str, ok: bool) -> None:
     assert layout.is_backup_id(text) is ok
+
+
+class _FlushWatch:
+    """A storage wrapper that counts ``flush`` calls (and can refuse them), delegating the rest."""
+
+    def __init__(self, inner: MemoryStorage, *, refuse: bool = False) -> None:
+        self._inner = inner
+        self.refuse = refuse
+        self.flushes = 0
+        self.flushed = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed.set()
+        if self.refuse:
+            raise StorageError("fsync failed (refused by the test)")
+        self._inner.flush()
+
+
+class _WaitsForAFlush(io.RawIOBase):
+    """A stream that hands out ``first`` bytes, then waits (bounded) for a flush before the rest:
+    the writer must flush while the stream is still being read."""
+
+    def __init__(self, first: bytes, rest: bytes, flushed: threading.Event) -> None:
+        self._parts = [first, rest]
+        self._flushed = flushed
+        self.flush_seen_mid_stream = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if len(self._parts) == 1 and not self.flush_seen_mid_stream:
+            self.flush_seen_mid_stream = self._flushed.wait(30)
+        if not self._parts:
+            return 0
+        part = self._parts[0]
+        n = min(len(b), len(part))
+        b[:n] = part[:n]
+        if n == len(part):
+            self._parts.pop(0)
+        else:
+            self._parts[0] = part[n:]
+        return n
+
+
+def test_writer_flushes_in_the_background_while_it_streams() -> None:
+    storage = _FlushWatch(MemoryStorage())
+    repo = Repository.init(cast(Storage, storage), PASS, chunker=SMALL)
+    storage.flushed.clear()  # init's own writes are synchronous; count from here
+    first, rest = os.urandom(SMALL.max_size * 2), os.urandom(SMALL.max_size * 2)
+    stream = _WaitsForAFlush(first, rest, storage.flushed)
+    w = ChunkWriter(repo, "main", "gen", {}, concurrency=2, flush_interval=0.01)
+    entry = w.write_stream("s", "t", stream)  # type: ignore[arg-type]
+    assert stream.flush_seen_mid_stream
+    reader = ChunkReader(repo, "main", "gen", concurrency=2)
+    assert b"".join(reader.iter_stream(entry)) == first + rest
+
+
+def test_a_failed_background_flush_is_left_to_the_flush_before_the_manifest() -> None:
+    # The stream completes (the failure is logged); the flush before the commit marker raises.
+    storage = _FlushWatch(MemoryStorage())
+    repo = Repository.init(cast(Storage, storage), PASS, chunker=SMALL)
+    storage.refuse = True
+    storage.flushed.clear()
+    data = os.urandom(SMALL.max_size * 2)
+    stream = _WaitsForAFlush(data, data[::-1], storage.flushed)
+    w = ChunkWriter(repo, "main", "gen", {}, concurrency=2, flush_interval=0.01)
+    w.write_stream("s", "t", stream)  # type: ignore[arg-type]
+    assert stream.flush_seen_mid_stream
+    with pytest.raises(StorageError):
+        repo.storage.flush()
