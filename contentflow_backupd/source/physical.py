@@ -4,7 +4,6 @@ picked out of the stream on the way, and a watchdog for WAL that never gets arch
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import re
 import shutil
@@ -27,24 +26,12 @@ from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool
+from contentflow_backupd.source.tools import StderrTail, find_tool, widen_pipe
 from contentflow_backupd.wal import format_lsn, parse_lsn
 
 log = structlog.get_logger(__name__)
 
 _WAITING_FOR_ARCHIVE = "waiting for wal archiving to finish"
-_PIPE_SIZE = 1024 * 1024
-"""pg_basebackup's stdout pipe (Linux default 64 KiB): a larger one lets it run ahead while we
-chunk and lets us read in larger pieces (fewer reads and wake-ups on both sides)."""
-
-
-def _widen_pipe(fd: int) -> None:
-    """Best effort: ``F_SETPIPE_SZ`` may be refused (``/proc/sys/fs/pipe-max-size``, the per-user
-    limit) or missing (not Linux); the default size only costs speed."""
-    setsz = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setsz is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, setsz, _PIPE_SIZE)
 
 
 def describe_cluster(info: ConnInfo) -> ClusterInfo:
@@ -288,7 +275,7 @@ class PgBaseBackupSource:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
             tail = StderrTail(proc)
             assert proc.stdout is not None
-            _widen_pipe(proc.stdout.fileno())
+            widen_pipe(proc.stdout.fileno())
             watchdog = threading.Thread(
                 target=self._watch_archiving,
                 args=(proc, app, archive_timeout, stop_watch, stalled),
