@@ -32,6 +32,13 @@ from contentflow_backupd.wal import format_lsn, parse_lsn
 log = structlog.get_logger(__name__)
 
 _WAITING_FOR_ARCHIVE = "waiting for wal archiving to finish"
+_WATCH_INTERVAL = 0.2
+"""How often the watchdog reads pg_basebackup's phase (one query on an open connection)."""
+_NUDGE = "select txid_current()"
+"""A commit with a transaction id: its WAL flush sets the latch of every WAL sender (up to 15)."""
+_NUDGE_INTERVAL = 0.05
+_NUDGE_BEFORE = 160000
+"""server_version_num from which a WAL flush no longer wakes a base backup's WAL sender."""
 
 
 def describe_cluster(info: ConnInfo) -> ClusterInfo:
@@ -327,19 +334,38 @@ class PgBaseBackupSource:
         stop: threading.Event,
         stalled: list[str],
     ) -> None:
-        """Stop pg_basebackup when the server waits longer than ``timeout`` for WAL archiving."""
+        """Stop pg_basebackup when the server waits longer than ``timeout`` for WAL archiving.
+
+        While the server waits, also wake it up (``_NUDGE``): PostgreSQL up to 15 checks whether
+        the last segment is archived, then sleeps a whole second unless its latch is set, and a
+        WAL flush by any session sets the latch of every WAL sender. So a commit every
+        ``_NUDGE_INTERVAL`` ends the wait that long after the archiver is done, not up to a
+        second later (~0.5 s of every physical backup on an idle server). PostgreSQL 16 wakes
+        only the WAL senders that wait for WAL, so nothing is nudged there."""
         waiting_since: float | None = None
-        while not stop.wait(1.0):
-            try:
-                with postgres.connect(self.info) as conn:
+        conn: psycopg.Connection[Any] | None = None
+        nudge = False
+        interval = _WATCH_INTERVAL
+        try:
+            while not stop.wait(interval):
+                interval = _WATCH_INTERVAL
+                try:
+                    if conn is None:
+                        conn = postgres.connect(self.info)
+                        nudge = conn.info.server_version < _NUDGE_BEFORE
                     row = conn.execute(
                         "select p.phase from pg_stat_progress_basebackup p"
                         " join pg_stat_activity a using (pid) where a.application_name = %s",
                         (app,),
                     ).fetchone()
-            except (SourceError, psycopg.Error):
-                continue
-            if row and row[0] == _WAITING_FOR_ARCHIVE:
+                except (SourceError, psycopg.Error):
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    continue
+                if not row or row[0] != _WAITING_FOR_ARCHIVE:
+                    waiting_since = None
+                    continue
                 waiting_since = waiting_since or time.monotonic()
                 if time.monotonic() - waiting_since > timeout:
                     stalled.append(
@@ -349,5 +375,12 @@ class PgBaseBackupSource:
                     log.error("backup_wal_not_archived", timeout_seconds=timeout)
                     stop_process(proc)
                     return
-            else:
-                waiting_since = None
+                if nudge:
+                    try:
+                        conn.execute(_NUDGE)
+                        interval = _NUDGE_INTERVAL
+                    except psycopg.Error:
+                        nudge = False  # a standby (no transaction ids), or not allowed: wait as before
+        finally:
+            if conn is not None:
+                conn.close()
