@@ -123,7 +123,7 @@ class Repository:
         keyset: Keyset,
         kek_id: str,
         *,
-        compression_level: int = 2,
+        compression_level: int = 1,
         opened: OpenedKeys | None = None,
     ) -> None:
         self.storage = storage
@@ -147,7 +147,7 @@ class Repository:
         secret: KekSecret,
         *,
         chunker: ChunkerParams,
-        compression_level: int = 2,
+        compression_level: int = 1,
     ) -> Repository:
         """Create a repository. Refuses storage that already holds one (or anything else)."""
         try:
@@ -176,7 +176,7 @@ class Repository:
 
     @classmethod
     def from_keys(
-        cls, storage: Storage, config: RepositoryConfig, opened: OpenedKeys, *, compression_level: int = 2
+        cls, storage: Storage, config: RepositoryConfig, opened: OpenedKeys, *, compression_level: int = 1
     ) -> Repository:
         return cls(
             storage, config, opened.keyset, opened.kek_id, compression_level=compression_level, opened=opened
@@ -194,7 +194,7 @@ class Repository:
         return RepositoryConfig.parse(data, storage.url)
 
     @classmethod
-    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 2) -> Repository:
+    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 1) -> Repository:
         """Open with the operator's secret. ``WrongKey`` names the keys that were tried."""
         config = cls.read_config(storage)
         opened = KeyStore(storage, config.repository_id).open(secret)
