@@ -90,7 +90,7 @@ class ChunkWriter:
         self._flush_interval = flush_interval
         self.stats = WriteStats()
 
-    def _store(self, data: bytes) -> str:
+    def _store(self, data: bytes | memoryview) -> str:
         """On a pool thread: the chunk's id; stores the chunk unless the generation or another
         worker of this writer already has it."""
         cid = self.repo.chunk_id(data)

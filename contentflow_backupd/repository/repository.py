@@ -231,11 +231,11 @@ class Repository:
     def id(self) -> str:
         return self.config.repository_id
 
-    def chunk_id(self, data: bytes) -> str:
+    def chunk_id(self, data: bytes | memoryview) -> str:
         """Keyed BLAKE3 of the plaintext: equal data dedups, the id leaks nothing."""
         return blake3.blake3(data, key=self._chunk_id_key).hexdigest()
 
-    def encode(self, key: str, plaintext: bytes, *, compress: bool = True) -> bytes:
+    def encode(self, key: str, plaintext: bytes | memoryview, *, compress: bool = True) -> bytes:
         self._refresh_if_due()
         if compress and plaintext:
             packed = self._codec.compressor.compress(plaintext)
@@ -264,7 +264,13 @@ class Repository:
         raise IntegrityError(f"object {key} has an unknown encoding {flag!r}", key=key)
 
     def put_object(
-        self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False, sync: bool = True
+        self,
+        key: str,
+        plaintext: bytes | memoryview,
+        *,
+        compress: bool = True,
+        if_absent: bool = False,
+        sync: bool = True,
     ) -> int:
         """Encode and store ``plaintext``. ``sync=False`` postpones durability to the next
         ``storage.flush()`` (chunks: the manifest is written after a flush)."""

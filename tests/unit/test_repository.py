@@ -10,6 +10,7 @@ import threading
 from typing import Any, cast
 
 import pytest
+from pyfastcdc import FastCDC
 
 from contentflow_backupd.errors import (
     IntegrityError,
@@ -135,8 +136,8 @@ def test_chunker_boundaries_are_content_defined() -> None:
     base = bytes(rnd.getrandbits(8) for _ in range(2_000_000))
     edited = base[:1_000_000] + b"INSERTED" + base[1_000_000:]
     chunker = Chunker(SMALL)
-    a = list(chunker.chunks(io.BytesIO(base)))
-    b = list(chunker.chunks(io.BytesIO(edited)))
+    a = [bytes(c) for c in chunker.chunks(io.BytesIO(base))]
+    b = [bytes(c) for c in chunker.chunks(io.BytesIO(edited))]
     assert b"".join(a) == base and b"".join(b) == edited
     shared = set(a) & set(b)
     assert len(shared) >= len(a) - 3  # an insert changes only the chunks around it
@@ -309,3 +310,47 @@ def test_a_failed_background_flush_is_left_to_the_flush_before_the_manifest() ->
     assert stream.flush_seen_mid_stream
     with pytest.raises(StorageError):
         repo.storage.flush()
+
+
+class _ShortReads(io.RawIOBase):
+    """A pipe-like stream: every read returns a random, often short, count."""
+
+    def __init__(self, data: bytes, rnd: random.Random) -> None:
+        self._data = data
+        self._pos = 0
+        self._rnd = rnd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._rnd.randint(1, 300_000), len(self._data) - self._pos)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunk_boundaries_are_those_of_fastcdc_over_the_whole_stream(seed: int) -> None:
+    # The chunker reads into its own buffers and cuts there; its chunks must be exactly those of
+    # pyfastcdc's stream chunker (the repository format: equal data, equal ids, dedup across
+    # versions), whatever the read sizes, at every length around the buffer and chunk sizes.
+    rnd = random.Random(seed)
+    p = SMALL
+    lengths = [0, 1, p.min_size, p.max_size, p.max_size + 1, 4 * p.max_size, 4 * p.max_size + 7]
+    lengths += [rnd.randint(0, 40 * p.avg_size) for _ in range(3)]
+    for n in lengths:
+        data = bytearray(rnd.randbytes(n))
+        for _ in range(3):  # runs of one byte: the longest chunks (max_size) come from these
+            at, run = rnd.randrange(n + 1), rnd.randint(0, n // 3 + 1)
+            data[at : at + run] = b"\x00" * len(data[at : at + run])
+        reference = [
+            bytes(c.data)
+            for c in FastCDC(
+                p.avg_size, min_size=p.min_size, max_size=p.max_size, normalized_chunking=1
+            ).cut_stream(io.BytesIO(bytes(data)))
+        ]
+        for stream in (io.BytesIO(bytes(data)), _ShortReads(bytes(data), rnd)):
+            chunks = list(Chunker(p).chunks(stream))  # type: ignore[arg-type]
+            assert [bytes(c) for c in chunks] == reference, n
+            assert all(c.readonly for c in chunks)
