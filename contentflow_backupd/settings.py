@@ -86,7 +86,7 @@ class EncryptionSettings(_Section):
 
 
 class CompressionSettings(_Section):
-    level: int = Field(2, ge=1, le=22)  # 2: a backup keeps pace with pg_dump on 2 cores
+    level: int = Field(1, ge=1, le=22)  # 1: ~30% less zstd CPU than 2 for ~2% more bytes (bench/README.md)
 
 
 class ChunkingSettings(_Section):

@@ -7,9 +7,9 @@ changing them would make every chunk new.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pyfastcdc import FastCDC
 
@@ -74,7 +74,81 @@ class Chunker:
             normalized_chunking=params.normalized_chunking,  # type: ignore[arg-type]
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
-        """Yield the chunks of ``stream`` until EOF. Each chunk is a private ``bytes`` copy."""
-        for chunk in self._cdc.cut_stream(stream):
-            yield bytes(chunk.data)
+    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
+        """Yield the chunks of ``stream`` until EOF, as read-only views.
+
+        The stream is read into buffers of ``BUFFER_CHUNKS`` x the maximum chunk size, each one
+        new and never written again once chunks are cut from it, so a view stays valid (and its
+        buffer alive) as long as someone holds it, on any thread, with no copy per chunk. Only
+        the tail shorter than a maximum chunk is copied into the next buffer. The boundaries
+        are exactly those of FastCDC over the stream (``pyfastcdc``'s ``cut_stream``): a cut is
+        made with at least a maximum chunk of data ahead, or at the end of the stream.
+        """
+        max_size = self.params.max_size
+        size = BUFFER_CHUNKS * max_size
+        readinto = _readinto(stream)
+        spare: list[bytearray] = []
+        buf = bytearray(size)
+        filled = _fill(readinto, buf, 0)
+        eof = filled < size
+        offset = 0
+        while True:
+            left = filled - offset
+            if left < max_size and not eof:
+                tail, buf = buf, _free_buffer(spare, size)
+                buf[:left] = memoryview(tail)[offset:filled]
+                spare.append(tail)
+                del tail
+                filled = _fill(readinto, buf, left)
+                eof = filled < size
+                offset = 0
+                continue
+            if left == 0:
+                return
+            view = memoryview(buf).toreadonly()
+            length = next(iter(self._cdc.cut_buf(view[offset:filled]))).length
+            yield view[offset : offset + length]
+            offset += length
+
+
+BUFFER_CHUNKS = 4
+"""A chunker's read buffer, in maximum chunk sizes (16 MiB with the default 1 MiB average)."""
+
+
+def _free_buffer(spare: list[bytearray], size: int) -> bytearray:
+    """A buffer of ``size`` bytes that no chunk refers to any more: a spare one whose views are
+    all gone (a bytearray with live views cannot be resized: that is the test), else a new one.
+    Reusing them spares zero-filling and faulting in 16 MiB for every 12 MiB or so read."""
+    for i, old in enumerate(spare):
+        try:
+            old.append(0)
+        except BufferError:
+            continue  # a chunk of it is still in flight
+        del old[-1]
+        return spare.pop(i)
+    return bytearray(size)
+
+
+def _readinto(stream: BinaryIO) -> Callable[[memoryview], int | None]:
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+        return cast(Callable[[memoryview], "int | None"], readinto)
+
+    def read_into(dest: memoryview) -> int:
+        data = stream.read(len(dest))
+        dest[: len(data)] = data
+        return len(data)
+
+    return read_into
+
+
+def _fill(readinto: Callable[[memoryview], int | None], buf: bytearray, start: int) -> int:
+    """Read into ``buf`` from ``start`` until it is full or the stream ends; the bytes held."""
+    view = memoryview(buf)
+    filled = start
+    while filled < len(buf):
+        n = readinto(view[filled:])
+        if not n:  # 0 at EOF (None only from a non-blocking stream, which we never get)
+            break
+        filled += n
+    return filled

@@ -123,7 +123,7 @@ class Repository:
         keyset: Keyset,
         kek_id: str,
         *,
-        compression_level: int = 2,
+        compression_level: int = 1,
         opened: OpenedKeys | None = None,
     ) -> None:
         self.storage = storage
@@ -147,7 +147,7 @@ class Repository:
         secret: KekSecret,
         *,
         chunker: ChunkerParams,
-        compression_level: int = 2,
+        compression_level: int = 1,
     ) -> Repository:
         """Create a repository. Refuses storage that already holds one (or anything else)."""
         try:
@@ -176,7 +176,7 @@ class Repository:
 
     @classmethod
     def from_keys(
-        cls, storage: Storage, config: RepositoryConfig, opened: OpenedKeys, *, compression_level: int = 2
+        cls, storage: Storage, config: RepositoryConfig, opened: OpenedKeys, *, compression_level: int = 1
     ) -> Repository:
         return cls(
             storage, config, opened.keyset, opened.kek_id, compression_level=compression_level, opened=opened
@@ -201,7 +201,7 @@ class Repository:
         return RepositoryConfig.parse(data, storage.url)
 
     @classmethod
-    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 2) -> Repository:
+    def open(cls, storage: Storage, secret: KekSecret, *, compression_level: int = 1) -> Repository:
         """Open with the operator's secret. ``WrongKey`` names the keys that were tried."""
         config = cls.read_config(storage)
         opened = KeyStore(storage, config.repository_id).open(secret)
@@ -238,11 +238,11 @@ class Repository:
     def id(self) -> str:
         return self.config.repository_id
 
-    def chunk_id(self, data: bytes) -> str:
+    def chunk_id(self, data: bytes | memoryview) -> str:
         """Keyed BLAKE3 of the plaintext: equal data dedups, the id leaks nothing."""
         return blake3.blake3(data, key=self._chunk_id_key).hexdigest()
 
-    def encode(self, key: str, plaintext: bytes, *, compress: bool = True) -> bytes:
+    def encode(self, key: str, plaintext: bytes | memoryview, *, compress: bool = True) -> bytes:
         self._refresh_if_due()
         if compress and plaintext:
             packed = self._codec.compressor.compress(plaintext)
@@ -271,7 +271,13 @@ class Repository:
         raise IntegrityError(f"object {key} has an unknown encoding {flag!r}", key=key)
 
     def put_object(
-        self, key: str, plaintext: bytes, *, compress: bool = True, if_absent: bool = False, sync: bool = True
+        self,
+        key: str,
+        plaintext: bytes | memoryview,
+        *,
+        compress: bool = True,
+        if_absent: bool = False,
+        sync: bool = True,
     ) -> int:
         """Encode and store ``plaintext``. ``sync=False`` postpones durability to the next
         ``storage.flush()`` (chunks: the manifest is written after a flush)."""

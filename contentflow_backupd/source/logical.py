@@ -20,7 +20,7 @@ from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.tools import StderrTail, find_tool, tool_major
+from contentflow_backupd.source.tools import StderrTail, find_tool, tool_major, widen_pipe
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +91,8 @@ class PgDumpSource:
                 argv.insert(-2, f"--snapshot={snapshot.snapshot_id}")
             env = stack.enter_context(libpq_env(self.info, self._tmp_root))
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            assert proc.stdout is not None
+            widen_pipe(proc.stdout.fileno())
             if snapshot is not None:
                 snapshot.start_counting()
                 self._snapshot = snapshot

@@ -105,7 +105,11 @@ class Storage(Protocol):
     def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int: ...
 
     def flush(self) -> None:
-        """Make every ``put(..., sync=False)`` so far durable."""
+        """Make every ``put(..., sync=False)`` that returned before this call durable.
+
+        Callable from any thread while other puts go on (a writer flushes in the background as
+        it streams, then once more before its commit marker); it returns only when those objects
+        are durable, also while another flush runs at the same time."""
         ...
 
     def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO: ...

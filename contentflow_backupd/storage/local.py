@@ -4,7 +4,8 @@ A key maps to the file ``root/key``; ``/`` in a key is a directory level. ``put`
 file (``.tmp-*``, mode 0600) next to the target, fsyncs it, renames it into place (or, for
 ``if_absent``, hard-links it, which fails atomically when the target exists) and fsyncs the
 directory, so a crash leaves the old object or the new one, never a partial one. Directories are
-created with mode 0700 and their parents fsynced.
+created with mode 0700 and their parents fsynced. With ``sync=False`` every one of those fsyncs
+(the file, its directory, the parents of new directories) waits for the next ``flush``.
 
 Filesystem limits that the contract's other drivers do not have:
 
@@ -120,6 +121,7 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self._root = Path(os.path.abspath(root))
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._pending_files: set[Path] = set()
         self._pending_dirs: set[Path] = set()
 
@@ -140,11 +142,12 @@ class LocalStorage:
 
     # -- writing --------------------------------------------------------------------------
 
-    def _ensure_dir(self, key: str, directory: Path) -> None:
-        """Create ``directory`` and missing parents (0700), fsyncing each new one's parent."""
+    def _ensure_dir(self, key: str, directory: Path, *, sync: bool = True) -> None:
+        """Create ``directory`` and missing parents (0700), fsyncing each new one's parent now,
+        or (``sync=False``) at the next ``flush``, like the object that needs it."""
         if directory.is_dir() or directory.parent == directory:
             return
-        self._ensure_dir(key, directory.parent)
+        self._ensure_dir(key, directory.parent, sync=sync)
         with _fs(key, directory):
             try:
                 os.mkdir(directory, 0o700)
@@ -155,13 +158,17 @@ class LocalStorage:
                     f"{directory} is an object, it cannot also be a directory of keys (key {key!r})",
                     key=key,
                 ) from None
-            fsync_dir(directory.parent)
+            if sync:
+                fsync_dir(directory.parent)
+            else:
+                with self._pending_lock:
+                    self._pending_dirs.add(directory.parent)
 
     def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False, sync: bool = True) -> int:
         path = self._path(key)
         if path.name.startswith(TMP_PREFIX):
             raise StorageError(f"key {key!r}: names starting with {TMP_PREFIX!r} are reserved")
-        self._ensure_dir(key, path.parent)
+        self._ensure_dir(key, path.parent, sync=sync)
         with _fs(key, path.parent):
             fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         tmp = Path(tmp_name)
@@ -327,9 +334,18 @@ class LocalStorage:
             fsync_dir(path.parent)
 
     def flush(self) -> None:
-        """fsync every file and directory written with ``sync=False`` since the last flush. By
-        now the kernel has usually written most of the data back, so this costs far less than an
-        fsync per object."""
+        """fsync every file and directory written with ``sync=False`` before this call. By now
+        the kernel has usually written most of the data back, so this costs far less than an
+        fsync per object.
+
+        Flushes run one at a time: a flush called while another one runs (a writer flushing in
+        the background while it streams) waits for it, then fsyncs what is still pending, so it
+        never returns before the files the other one took are durable (or put back as pending
+        when that one failed)."""
+        with self._flush_lock:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
         with self._pending_lock:
             files, dirs = self._pending_files, self._pending_dirs
             self._pending_files, self._pending_dirs = set(), set()

@@ -239,6 +239,25 @@ def test_backup_whose_wal_never_arrives_fails() -> None:
         assert not list((s.repo / "main").glob("backups/*"))
 
 
+def test_waking_the_archive_wait_never_waits_for_a_synchronous_standby() -> None:
+    # On PostgreSQL 15 and older the backup's watchdog commits while the server waits for the
+    # archive (to wake that wait). With a synchronous standby named but absent, a commit that
+    # waited for it would hold the watchdog (and its archive timeout) until cancelled: the
+    # watchdog's commits never wait for a standby.
+    with physical_setup(extra_conf={"synchronous_standby_names": "'nobody'"}) as s:
+        push = s.cluster.execute("show archive_command")[0][0]
+        assert "'" not in push
+        s.cluster.execute(f"alter system set archive_command = 'sleep 1 && {push}'")  # a wait to wake
+        s.cluster.execute("select pg_reload_conf()")
+        backup = s.cli.run("backup", "--kind", "full", "--json", check=True).json()
+        assert backup["mode"] == "physical" and backup["stop_lsn"]
+        stuck = s.cluster.execute("select count(*) from pg_stat_activity where wait_event = 'SyncRep'")
+        assert stuck[0][0] == 0
+        # a commit that waited for the standby ends only when cancelled (statement_timeout), and says so
+        assert "synchronous replication" not in s.cluster.logfile.read_text()
+        assert [b["id"] for b in s.cli.run("list", "--json", check=True).json()] == [backup["id"]]
+
+
 def test_verify_of_a_physical_backup_checks_its_consistency_wal(setup: PhysicalSetup) -> None:
     backup = setup.cli.run("backup", "--kind", "full", "--json", check=True).json()
     assert backup["mode"] == "physical" and backup["start_lsn"] and backup["stop_lsn"]

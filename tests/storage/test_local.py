@@ -136,3 +136,18 @@ def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
         put_bytes(storage, "k", b"v")
     assert str(blocker) in str(excinfo.value)
     assert not excinfo.value.retryable
+
+
+def test_unsynced_puts_into_new_directories_are_all_made_durable_by_flush(tmp_path: Path) -> None:
+    # sync=False defers the fsyncs of the file, of its directory and of the parents of the
+    # directories the put created; flush does them all, and leaves nothing pending.
+    storage = LocalStorage(tmp_path)
+    keys = [f"c/gen/{i:02x}/obj{i}" for i in range(20)]
+    for k in keys:
+        put_bytes(storage, k, k.encode(), sync=False)
+    pending_dirs = set(storage._pending_dirs)
+    assert {tmp_path / "c", tmp_path / "c" / "gen"} <= pending_dirs  # parents of new directories
+    assert {tmp_path / "c" / "gen" / f"{i:02x}" for i in range(20)} <= pending_dirs
+    storage.flush()
+    assert not storage._pending_files and not storage._pending_dirs
+    assert [storage.get(k) for k in keys] == [k.encode() for k in keys]

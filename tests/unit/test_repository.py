@@ -6,13 +6,17 @@ import io
 import json
 import os
 import random
+import threading
+from typing import Any, cast
 
 import pytest
+from pyfastcdc import FastCDC
 
 from contentflow_backupd.errors import (
     IntegrityError,
     RepositoryExists,
     RepositoryNotFound,
+    StorageError,
     UnsupportedFormat,
     WrongKey,
 )
@@ -23,7 +27,7 @@ from contentflow_backupd.repository.crypto import KekSecret, read_key_file
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader, ChunkWriter
 from contentflow_backupd.repository.repository import Repository
-from contentflow_backupd.storage.base import put_bytes
+from contentflow_backupd.storage.base import Storage, put_bytes
 from contentflow_backupd.storage.memory import MemoryStorage
 
 PASS = KekSecret("passphrase", b"correct horse battery staple", "test")
@@ -132,8 +136,8 @@ def test_chunker_boundaries_are_content_defined() -> None:
     base = bytes(rnd.getrandbits(8) for _ in range(2_000_000))
     edited = base[:1_000_000] + b"INSERTED" + base[1_000_000:]
     chunker = Chunker(SMALL)
-    a = list(chunker.chunks(io.BytesIO(base)))
-    b = list(chunker.chunks(io.BytesIO(edited)))
+    a = [bytes(c) for c in chunker.chunks(io.BytesIO(base))]
+    b = [bytes(c) for c in chunker.chunks(io.BytesIO(edited))]
     assert b"".join(a) == base and b"".join(b) == edited
     shared = set(a) & set(b)
     assert len(shared) >= len(a) - 3  # an insert changes only the chunks around it
@@ -231,3 +235,122 @@ def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
 )
 def test_backup_id_syntax(text: str, ok: bool) -> None:
     assert layout.is_backup_id(text) is ok
+
+
+class _FlushWatch:
+    """A storage wrapper that counts ``flush`` calls (and can refuse them), delegating the rest."""
+
+    def __init__(self, inner: MemoryStorage, *, refuse: bool = False) -> None:
+        self._inner = inner
+        self.refuse = refuse
+        self.flushes = 0
+        self.flushed = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed.set()
+        if self.refuse:
+            raise StorageError("fsync failed (refused by the test)")
+        self._inner.flush()
+
+
+class _WaitsForAFlush(io.RawIOBase):
+    """A stream that hands out ``first`` bytes, then waits (bounded) for a flush before the rest:
+    the writer must flush while the stream is still being read."""
+
+    def __init__(self, first: bytes, rest: bytes, flushed: threading.Event) -> None:
+        self._parts = [first, rest]
+        self._flushed = flushed
+        self.flush_seen_mid_stream = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if len(self._parts) == 1 and not self.flush_seen_mid_stream:
+            self.flush_seen_mid_stream = self._flushed.wait(30)
+        if not self._parts:
+            return 0
+        part = self._parts[0]
+        n = min(len(b), len(part))
+        b[:n] = part[:n]
+        if n == len(part):
+            self._parts.pop(0)
+        else:
+            self._parts[0] = part[n:]
+        return n
+
+
+def test_writer_flushes_in_the_background_while_it_streams() -> None:
+    storage = _FlushWatch(MemoryStorage())
+    repo = Repository.init(cast(Storage, storage), PASS, chunker=SMALL)
+    storage.flushed.clear()  # init's own writes are synchronous; count from here
+    first, rest = os.urandom(SMALL.max_size * 2), os.urandom(SMALL.max_size * 2)
+    stream = _WaitsForAFlush(first, rest, storage.flushed)
+    w = ChunkWriter(repo, "main", "gen", {}, concurrency=2, flush_interval=0.01)
+    entry = w.write_stream("s", "t", stream)  # type: ignore[arg-type]
+    assert stream.flush_seen_mid_stream
+    reader = ChunkReader(repo, "main", "gen", concurrency=2)
+    assert b"".join(reader.iter_stream(entry)) == first + rest
+
+
+def test_a_failed_background_flush_is_left_to_the_flush_before_the_manifest() -> None:
+    # The stream completes (the failure is logged); the flush before the commit marker raises.
+    storage = _FlushWatch(MemoryStorage())
+    repo = Repository.init(cast(Storage, storage), PASS, chunker=SMALL)
+    storage.refuse = True
+    storage.flushed.clear()
+    data = os.urandom(SMALL.max_size * 2)
+    stream = _WaitsForAFlush(data, data[::-1], storage.flushed)
+    w = ChunkWriter(repo, "main", "gen", {}, concurrency=2, flush_interval=0.01)
+    w.write_stream("s", "t", stream)  # type: ignore[arg-type]
+    assert stream.flush_seen_mid_stream
+    with pytest.raises(StorageError):
+        repo.storage.flush()
+
+
+class _ShortReads(io.RawIOBase):
+    """A pipe-like stream: every read returns a random, often short, count."""
+
+    def __init__(self, data: bytes, rnd: random.Random) -> None:
+        self._data = data
+        self._pos = 0
+        self._rnd = rnd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._rnd.randint(1, 300_000), len(self._data) - self._pos)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunk_boundaries_are_those_of_fastcdc_over_the_whole_stream(seed: int) -> None:
+    # The chunker reads into its own buffers and cuts there; its chunks must be exactly those of
+    # pyfastcdc's stream chunker (the repository format: equal data, equal ids, dedup across
+    # versions), whatever the read sizes, at every length around the buffer and chunk sizes.
+    rnd = random.Random(seed)
+    p = SMALL
+    lengths = [0, 1, p.min_size, p.max_size, p.max_size + 1, 4 * p.max_size, 4 * p.max_size + 7]
+    lengths += [rnd.randint(0, 40 * p.avg_size) for _ in range(3)]
+    for n in lengths:
+        data = bytearray(rnd.randbytes(n))
+        for _ in range(3):  # runs of one byte: the longest chunks (max_size) come from these
+            at, run = rnd.randrange(n + 1), rnd.randint(0, n // 3 + 1)
+            data[at : at + run] = b"\x00" * len(data[at : at + run])
+        reference = [
+            bytes(c.data)
+            for c in FastCDC(
+                p.avg_size, min_size=p.min_size, max_size=p.max_size, normalized_chunking=1
+            ).cut_stream(io.BytesIO(bytes(data)))
+        ]
+        for stream in (io.BytesIO(bytes(data)), _ShortReads(bytes(data), rnd)):
+            chunks = list(Chunker(p).chunks(stream))  # type: ignore[arg-type]
+            assert [bytes(c) for c in chunks] == reference, n
+            assert all(c.readonly for c in chunks)
