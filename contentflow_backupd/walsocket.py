@@ -7,7 +7,7 @@ hand-off is that an ``archive_command`` call costs a Python start and one round 
 settings, the command table and a key derivation. The server side is
 ``daemon/walservice.py``.
 
-Protocol (one request per connection, on a Unix stream socket of mode 0600):
+Protocol (one request per connection, on a Unix stream socket of mode 0660):
 
 - The client opens the WAL file and sends one JSON line with the open file descriptor attached
   (``SCM_RIGHTS``): ``{"op": "push", "v": 1, "name": <file name>, "path": <its absolute path>,

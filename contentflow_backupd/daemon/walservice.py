@@ -3,13 +3,14 @@ then costs a Python start and one round trip instead of a full start-up and a ke
 
 The protocol and the client are in ``contentflow_backupd/walsocket.py``. Here:
 
-- The socket is made at start (mode 0600) at ``BACKUPD_WAL__SOCKET`` (default
+- The socket is made at start (mode 0660: the daemon's user and group) at ``BACKUPD_WAL__SOCKET`` (default
   ``<state_dir>/wal.sock``). A file left by a daemon that was killed (nothing accepts on it) is
   replaced; a socket another live daemon serves is left alone (this daemon then serves none, and
   says so in its log).
 - Each request is served on its own thread, at most ``workers`` at once, so PostgreSQL's archiver
   is never queued behind another client.
-- A peer that is neither this daemon's user nor root is refused (``SO_PEERCRED``), as is a client
+- A peer that is neither this daemon's user, nor in its group, nor root is refused (``SO_PEERCRED``:
+  the group's members read the shared configuration and secret anyway), as is a client
   whose configuration names another repository or cluster: two configurations on one host never
   mix. A refused client pushes by itself.
 - The answer is sent only when the outcome is final: ``stored``/``duplicate`` after the object is
@@ -88,7 +89,7 @@ class WalService:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 listener.bind(str(self.path))
-                os.chmod(self.path, 0o600)
+                os.chmod(self.path, 0o660)
                 listener.listen(64)
                 listener.settimeout(ACCEPT_POLL_S)
             except BaseException:
@@ -205,9 +206,9 @@ class WalService:
             if not more or len(data) > MAX_REQUEST:
                 return {"refused": "incomplete request"}
             data += more
-        if uid not in (os.geteuid(), 0):
+        if not peer_allowed(uid, _gid):
             log.warning("wal_socket_peer_refused", pid=pid, uid=uid)
-            return {"refused": f"uid {uid} is neither this daemon's user nor root"}
+            return {"refused": f"uid {uid} is neither this daemon's user, nor in its group, nor root"}
         try:
             request = decode(data.split(b"\n", 1)[0])
         except ValueError:
@@ -248,3 +249,20 @@ class WalService:
             return {"status": status}
         finally:
             self.ahead.release(name, claim)
+
+
+def peer_allowed(uid: int, gid: int) -> bool:
+    """This daemon's user, root, or a member of this daemon's group (who can read the shared
+    configuration and secret anyway: the socket gives it nothing it could not do itself)."""
+    if uid in (os.geteuid(), 0):
+        return True
+    group = os.getegid()
+    if gid == group:
+        return True
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    return group in os.getgrouplist(name, gid)

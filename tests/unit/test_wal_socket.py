@@ -324,6 +324,6 @@ def test_a_peer_of_another_user_is_refused_and_pushes_by_itself(
         finally:
             opened.stop()
     assert json.loads(proc.stdout.strip().splitlines()[-1])["rc"] != 0  # the direct push failed
-    assert "neither this daemon's user nor root" in proc.stderr, proc.stderr
+    assert "neither this daemon's user, nor in its group, nor root" in proc.stderr, proc.stderr
     assert _count(service, "refused") == 1
     assert not WalArchive(repo, "main").exists(segment.name)
