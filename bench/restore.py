@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -88,13 +89,15 @@ def _thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
 
 
 def run_threads(argv: list[str], env: dict[str, str], workdir: Path, quiet: float) -> dict[str, Any]:
-    """Run ``argv``; wall time, peak RSS, and CPU of the main thread and of the other threads
-    (last poll of each thread, so up to 20 ms short per thread)."""
+    """Run ``argv``; wall time, peak RSS, CPU of the main thread and of the other threads (last
+    poll of each thread, so up to 20 ms short per thread), and the exact CPU of the command and
+    its reaped descendants (pgBackRest's work is in child processes)."""
     if quiet > 0:
         wait_for_quiet(quiet)
     out_path = workdir / f"restore-{time.monotonic_ns()}.out"
     ticks: dict[int, tuple[int, int]] = {}
     peak = 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out_path, "wb") as out:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env, start_new_session=True)
@@ -104,6 +107,8 @@ def run_threads(argv: list[str], env: dict[str, str], workdir: Path, quiet: floa
             time.sleep(POLL_SECONDS)
         wall = time.monotonic() - t0
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {err[-2000:]}")
     main_user, main_sys = ticks.pop(proc.pid, (0, 0))
@@ -117,6 +122,7 @@ def run_threads(argv: list[str], env: dict[str, str], workdir: Path, quiet: floa
         "cpu_other_threads_seconds": round(sum(others) / _TICKS, 2),
         "cpu_busiest_other_threads_seconds": [round(t / _TICKS, 2) for t in others[:4]],
         "threads_seen": len(others) + 1,
+        "cpu_total_seconds": round(total, 2),
         "stdout": out_path.read_text(),
     }
 
@@ -194,7 +200,7 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
             physical.say(
                 f"  {name}: {m['wall_seconds']:.2f}s, peak RSS {rss:.0f} MiB, CPU main thread {main_s:.2f}s "
                 f"(sys {main_sys:.2f}s) + others {m['cpu_other_threads_seconds']:.2f}s "
-                f"({m['threads_seen']} threads)"
+                f"({m['threads_seen']} threads); CPU with children {m['cpu_total_seconds']:.2f}s"
             )
             shutil.rmtree(target, ignore_errors=True)
             if name != "pgbackrest" and os.path.isdir(f"{target}.recovery"):
@@ -205,12 +211,15 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
 def summarize(measured: dict[str, Any]) -> list[str]:
     runs = measured["runs"]
     med = {name: statistics.median(r["wall_seconds"] for r in rs) for name, rs in runs.items() if rs}
-    lines = [f"{'variant':<14} {'median s':>9} {'peak RSS MiB':>13} {'CPU main/others s':>18}"]
+    lines = [
+        f"{'variant':<14} {'median s':>9} {'peak RSS MiB':>13} {'CPU main/others s':>18} {'CPU all s':>9}"
+    ]
     for name, rs in runs.items():
         cpu_m = statistics.median(r["cpu_main_thread_seconds"] for r in rs)
         cpu_o = statistics.median(r["cpu_other_threads_seconds"] for r in rs)
+        cpu_all = statistics.median(r["cpu_total_seconds"] for r in rs)
         rss = max(r["peak_rss_kib"] for r in rs) / 1024
-        lines.append(f"{name:<14} {med[name]:>9.2f} {rss:>13.0f} {cpu_m:>8.2f}/{cpu_o:<8.2f}")
+        lines.append(f"{name:<14} {med[name]:>9.2f} {rss:>13.0f} {cpu_m:>8.2f}/{cpu_o:<9.2f} {cpu_all:>9.2f}")
     for ref in ("pgbackrest", "baseline"):
         if ref in med:
             for name in med:
