@@ -123,6 +123,14 @@ class WalSettings(_Section):
     the role may replicate, else ``archive_command``."""
 
 
+class RestoreSettings(_Section):
+    process_max: int | None = Field(None, ge=1, le=32)
+    """Threads that write the files of a physical restore (``restore --pgdata``, ``recover``,
+    physical drills), as pgBackRest's ``process-max``. Unset: the number of CPUs this process may
+    use, at most 8. The chunks are fetched, decrypted and decompressed by ``upload_concurrency``
+    threads, as before."""
+
+
 def _schedule(value: Any) -> Any:
     if isinstance(value, str):
         parse_schedule(value)
@@ -320,6 +328,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     upload_concurrency: int = Field(8, ge=1, le=64)
     wal: WalSettings = WalSettings()
+    restore: RestoreSettings = RestoreSettings()
     log: LogSettings = LogSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     retention: RetentionSettings = RetentionSettings()

@@ -27,6 +27,23 @@ def add_recovery_target(sp: argparse.ArgumentParser, *, action_default: str, kee
     sp.add_argument("--target-timeline", metavar="TLI", help="latest (default), current or a number")
     sp.add_argument("--owner", metavar="USER[:GROUP]", help="owner of the data directory (root only)")
     sp.add_argument("--keep-archiving", action="store_true", help=keep_archiving)
+    sp.add_argument(
+        "--process-max",
+        type=_positive,
+        metavar="N",
+        help="threads that write the data directory's files (default BACKUPD_RESTORE__PROCESS_MAX: "
+        "the number of CPUs, at most 8)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 32:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 32")
+    return value
 
 
 JSON_HELP = "print the result as JSON on stdout (logs stay on stderr)"

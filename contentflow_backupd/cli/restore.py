@@ -78,7 +78,9 @@ def cmd_restore(args: argparse.Namespace, app: App) -> int:
 
 def _physical_restore_options(args: argparse.Namespace) -> list[str]:
     names = ("target_time", "target_lsn", "target_xid", "target_name", "target_action", "target_timeline")
-    given = [f"--{n.replace('_', '-')}" for n in (*names, "owner") if getattr(args, n) is not None]
+    given = [
+        f"--{n.replace('_', '-')}" for n in (*names, "owner", "process_max") if getattr(args, n) is not None
+    ]
     return [*given, "--keep-archiving"] if args.keep_archiving else given
 
 
@@ -108,7 +110,7 @@ def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
             repo,
             WalArchive(repo, app.cluster),
             _physical_options(args, app, target),
-            pg=app.pg_drivers(),
+            pg=app.pg_drivers(restore_writers=args.process_max),
             catalog=catalog,
             audit=catalog,
         )
@@ -174,7 +176,7 @@ def cmd_list_restore_points(args: argparse.Namespace, app: App) -> int:
 # -- recover ---------------------------------------------------------------------------------------
 _RECOVER_PHYSICAL = (
     "target_time", "target_lsn", "target_xid", "target_name", "target_action", "target_timeline",
-    "owner", "keep_archiving", "start", "check_url",
+    "owner", "keep_archiving", "start", "check_url", "process_max",
 )  # fmt: skip
 
 
@@ -265,7 +267,7 @@ def _recover_physical(
         _physical_options(args, app, target),
         catalog=catalog,
         excluded=excluded,
-        pg=app.pg_drivers(),
+        pg=app.pg_drivers(restore_writers=args.process_max),
         start=start if args.start else None,
         check=_checks(app, info) if args.start else None,
     )

@@ -208,6 +208,8 @@ class ExtractStats:
     bytes: int = 0
     names: set[str] = field(default_factory=set)
     """The names at the top of the directory."""
+    writers: int = 1
+    """Threads that wrote the files' contents."""
 
 
 @dataclass(frozen=True)
@@ -441,7 +443,10 @@ class DataDirectories(Protocol):
 
     def extract_tar(self, chunks: Iterable[bytes], dest: Path, owner: Owner) -> ExtractStats:
         """Extract a tar stream into the empty ``dest``, refusing any member that would leave it
-        (``BackupdError``); files 0600 and directories 0700, given to ``owner``."""
+        (``BackupdError``); files 0600 and directories 0700, given to ``owner``. Reads
+        ``chunks`` to its end; returns only when every file is written and synced, and on any
+        error only once nothing writes into ``dest`` any more. How many threads write is the
+        adapter's choice (``ExtractStats.writers``)."""
         ...
 
     def give_tree(self, root: Path, owner: Owner) -> None:

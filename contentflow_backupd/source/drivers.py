@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contentflow_backupd.errors import SourceError
-from contentflow_backupd.source import combine, facts, pgdata, postgres, scratch
+from contentflow_backupd.source import combine, extract, facts, pgdata, postgres, scratch
 from contentflow_backupd.source.base import (
     Database,
     ExtractStats,
@@ -120,7 +120,13 @@ class PgScratchServers:
 
 
 class LocalDataDirectories:
-    """``DataDirectories`` on the local file system (``source/pgdata.py``)."""
+    """``DataDirectories`` on the local file system (``source/pgdata.py``, ``source/extract.py``).
+    ``writers``: threads that write the files of a restore (``BACKUPD_RESTORE__PROCESS_MAX``)."""
+
+    writers: int = 1
+
+    def __init__(self, writers: int = 1) -> None:
+        self.writers = max(1, writers)
 
     def resolve_owner(self, spec: str | None) -> Owner:
         return pgdata.resolve_owner(spec)
@@ -132,7 +138,7 @@ class LocalDataDirectories:
         return pgdata.NewDirectory(path, owner)
 
     def extract_tar(self, chunks: Iterable[bytes], dest: Path, owner: Owner) -> ExtractStats:
-        return pgdata.extract_tar(chunks, dest, owner)
+        return extract.extract_tar(chunks, dest, owner, writers=self.writers)
 
     def give_tree(self, root: Path, owner: Owner) -> None:
         combine.give_tree(root, owner.uid, owner.gid)
@@ -168,7 +174,8 @@ class PgBackupCombiner:
 @dataclass(frozen=True)
 class PgDrivers:
     """``PostgresDrivers``: the local PostgreSQL tools and psycopg. No settings are read; every
-    adapter takes what it needs as arguments of its methods."""
+    adapter takes what it needs as arguments of its methods (and ``datadir`` its number of
+    writer threads as an argument of its constructor)."""
 
     facts: PgDatabaseFacts = field(default_factory=PgDatabaseFacts)
     admin: PgDatabaseAdmin = field(default_factory=PgDatabaseAdmin)

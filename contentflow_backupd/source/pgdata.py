@@ -1,44 +1,26 @@
-"""A new PostgreSQL data directory from a ``pg_basebackup`` tar stream, and its recovery settings.
+"""The files of a physical restore around the tar stream: the owner, the new directory, the
+recovery settings and ``restore_command``'s settings file. The tar stream itself is extracted by
+``source/extract.py``.
 
-Extraction is streaming and trusts nothing in the stream (``tarfile``'s ``filter=`` is missing on
-some 3.11 releases, so members are checked here, before anything is written for them):
-
-- names are relative: absolute names, ``..`` components and NUL bytes are refused; ``./`` is
-  dropped;
-- regular files, directories, symbolic links and hard links only: device files, FIFOs and other
-  types are refused;
-- a symbolic link must be relative and free of ``..``: every link then points into the directory
-  of the link or below, so no chain of links (nor a later member written through one) leaves the
-  data directory. A tablespace link (absolute) is refused;
-- a hard link must name a regular file extracted earlier from the same stream;
-- nothing is overwritten: every file is created with ``O_EXCL | O_NOFOLLOW`` (a repeated name
-  fails);
-- directories are created 0700 and files 0600, as PostgreSQL creates them; when running as root,
-  everything is given to the owner.
-
-Durability: every file is fsynced before it is closed and every directory at the end, as
-``pg_basebackup`` does, so a restore that reported success survives a crash even when the
-restored configuration has ``fsync = off`` (PostgreSQL would otherwise sync the directory only at
-its first start, and only with ``fsync = on``).
+Every file written here is 0600, given to the owner when running as root, and fsynced, as is its
+directory: a restore that reported success survives a crash.
 """
 
 from __future__ import annotations
 
 import grp
-import io
 import os
 import pwd
 import re
 import shlex
 import shutil
 import stat
-import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from contentflow_backupd.errors import BackupdError, UsageError
+from contentflow_backupd.errors import UsageError
 from contentflow_backupd.fsutil import fsync_dir
 from contentflow_backupd.source.base import ExtractStats as ExtractStats  # records of source.base
 from contentflow_backupd.source.base import Owner as Owner
@@ -46,12 +28,6 @@ from contentflow_backupd.source.base import RecoveryConfig as RecoveryConfig
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_COPY_BLOCK = 1024 * 1024
-_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-
-
-class UnsafeArchive(BackupdError):
-    """The tar stream holds a member that would leave the data directory or is not allowed."""
 
 
 # -- owner ---------------------------------------------------------------------------------
@@ -100,7 +76,8 @@ def readable_by(path: Path, owner: Owner) -> bool:
     return bool(st.st_mode & stat.S_IROTH)
 
 
-def _give(path: Path | str, owner: Owner, *, fd: int | None = None) -> None:
+def give_to(path: Path | str, owner: Owner, *, fd: int | None = None) -> None:
+    """Give ``path`` (or the open ``fd``) to ``owner``; a no-op unless we are root."""
     if os.geteuid() != 0 or owner.uid == 0:
         return
     if fd is not None:
@@ -141,7 +118,7 @@ class NewDirectory:
             os.mkdir(self.path, DIR_MODE)
             self.created = True
         os.chmod(self.path, DIR_MODE)
-        _give(self.path, self.owner)
+        give_to(self.path, self.owner)
 
     def discard(self) -> None:
         if self.created:
@@ -152,151 +129,6 @@ class NewDirectory:
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 os.unlink(entry.path)
-
-
-# -- extraction ----------------------------------------------------------------------------
-class _ChunkStream(io.RawIOBase):
-    """A readable stream over an iterator of byte chunks (tarfile's stream mode reads it)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._buf:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                return 0
-            self._buf = memoryview(nxt)
-        n = min(len(buffer), len(self._buf))
-        buffer[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
-def member_path(name: str) -> str | None:
-    """The safe relative form of a member name; None for the top directory itself."""
-    if "\x00" in name or name.startswith("/"):
-        raise UnsafeArchive(f"the backup holds a member with an absolute or invalid name: {name!r}")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeArchive(f"the backup holds a member whose name leaves the data directory: {name!r}")
-    return "/".join(parts) or None
-
-
-def _check_symlink(name: str, target: str) -> None:
-    parts = PurePosixPath(target).parts
-    if not target or target.startswith("/") or "\x00" in target or ".." in parts:
-        hint = " (a tablespace; tablespaces are not supported)" if name.startswith("pg_tblspc/") else ""
-        raise UnsafeArchive(
-            f"the backup holds a symbolic link {name} -> {target} that may point outside the data "
-            f"directory{hint}; refusing to restore it"
-        )
-
-
-def extract_tar(chunks: Iterable[bytes], dest: Path, owner: Owner) -> ExtractStats:
-    """Extract the tar stream ``chunks`` into the (empty, existing) directory ``dest``."""
-    stats = ExtractStats()
-    directories: list[Path] = [dest]
-    with tarfile.open(fileobj=_ChunkStream(chunks), mode="r|", bufsize=_COPY_BLOCK) as tar:
-        for member in tar:
-            rel = member_path(member.name)
-            if rel is None:
-                continue
-            _check_member(member, rel, stats)
-            _make_parents(dest, rel, owner, directories)
-            try:
-                _extract_member(tar, member, rel, dest, owner, directories, stats)
-            except FileExistsError:
-                raise UnsafeArchive(f"the backup holds {rel!r} twice; refusing to overwrite it") from None
-    for directory in reversed(directories):
-        fsync_dir(directory)
-    stats.directories = len(directories) - 1
-    return stats
-
-
-def _check_member(member: tarfile.TarInfo, rel: str, stats: ExtractStats) -> None:
-    """Refuse a member before anything is made for it."""
-    if member.type == tarfile.SYMTYPE:
-        _check_symlink(rel, member.linkname)
-    elif member.type == tarfile.LNKTYPE:
-        source = member_path(member.linkname)
-        if source is None or source not in stats.names:
-            raise UnsafeArchive(
-                f"the backup holds a hard link {rel} to {member.linkname!r}, which is not a "
-                "file extracted before it; refusing to restore it"
-            )
-    elif member.type not in (*_REGULAR, tarfile.DIRTYPE):
-        raise UnsafeArchive(
-            f"the backup holds {rel!r} of tar type {member.type!r} (a device, FIFO or other "
-            "special file); a data directory holds only files, directories and links"
-        )
-
-
-def _extract_member(
-    tar: tarfile.TarFile,
-    member: tarfile.TarInfo,
-    rel: str,
-    dest: Path,
-    owner: Owner,
-    directories: list[Path],
-    stats: ExtractStats,
-) -> None:
-    target = dest / rel
-    if member.type in _REGULAR:
-        _write_file(tar, member, target, owner)
-        stats.files += 1
-        stats.bytes += member.size
-        stats.names.add(rel)
-    elif member.type == tarfile.DIRTYPE:
-        _make_dir(target, owner, directories)
-    elif member.type == tarfile.SYMTYPE:
-        os.symlink(member.linkname, target)
-        _give(target, owner)
-        stats.links += 1
-    else:  # a hard link, checked by _check_member
-        os.link(dest / str(member_path(member.linkname)), target, follow_symlinks=False)
-        stats.links += 1
-
-
-def _make_parents(dest: Path, rel: str, owner: Owner, directories: list[Path]) -> None:
-    current = dest
-    for part in rel.split("/")[:-1]:
-        current = current / part
-        if not current.exists():
-            _make_dir(current, owner, directories)
-
-
-def _make_dir(path: Path, owner: Owner, directories: list[Path]) -> None:
-    try:
-        os.mkdir(path, DIR_MODE)
-    except FileExistsError:
-        if not path.is_dir():
-            raise UnsafeArchive(f"the backup holds {path.name} both as a file and as a directory") from None
-        return  # made earlier as a parent: its mode and owner are set already
-    os.chmod(path, DIR_MODE)  # mkdir's mode goes through the umask
-    _give(path, owner)
-    directories.append(path)
-
-
-def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, owner: Owner) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        _give(path, owner, fd=fd)
-        source = tar.extractfile(member)
-        if source is not None:
-            while block := source.read(_COPY_BLOCK):
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- recovery settings ---------------------------------------------------------------------
@@ -355,7 +187,7 @@ def write_private_file(path: Path, data: bytes, owner: Owner, *, replace: bool =
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
-        _give(tmp, owner, fd=fd)
+        give_to(tmp, owner, fd=fd)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

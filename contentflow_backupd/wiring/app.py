@@ -19,6 +19,7 @@ the daemon never imports ``wiring`` or ``settings``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import cached_property
@@ -54,6 +55,17 @@ if TYPE_CHECKING:
     from contentflow_backupd.storage.base import Storage
     from contentflow_backupd.wiring.migrate import MigrateLimits
 
+RESTORE_WRITERS_MAX_DEFAULT = 8
+
+
+def default_restore_writers() -> int:
+    """``BACKUPD_RESTORE__PROCESS_MAX`` unset: the CPUs this process may run on, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, RESTORE_WRITERS_MAX_DEFAULT))
+
 
 class App:
     """The application of one process (a command, or the daemon), built from ``settings``."""
@@ -69,6 +81,8 @@ class App:
         self.mode = s.mode
         self.concurrency = s.upload_concurrency
         """Parallel uploads and downloads of one command (``BACKUPD_UPLOAD_CONCURRENCY``)."""
+        self.restore_writers = s.restore.process_max or default_restore_writers()
+        """Threads that write a physical restore's files (``BACKUPD_RESTORE__PROCESS_MAX``)."""
         self.pg_bin = s.pg_bin
         """The PostgreSQL client tools (``BACKUPD_PG_BIN``; None: found by server major)."""
         self.drill_pg_bin = s.drill.pg_bin
@@ -232,12 +246,13 @@ class App:
 
         return physical_source(self._settings)
 
-    def pg_drivers(self) -> PostgresDrivers:
+    def pg_drivers(self, *, restore_writers: int | None = None) -> PostgresDrivers:
         """The PostgreSQL side the use cases are given (``source.base.PostgresDrivers``: scratch
-        servers, database facts and admin, data directories, pg_combinebackup)."""
-        from contentflow_backupd.source.drivers import PgDrivers
+        servers, database facts and admin, data directories, pg_combinebackup).
+        ``restore_writers``: overrides ``BACKUPD_RESTORE__PROCESS_MAX`` (``--process-max``)."""
+        from contentflow_backupd.source.drivers import LocalDataDirectories, PgDrivers
 
-        return PgDrivers()
+        return PgDrivers(datadir=LocalDataDirectories(restore_writers or self.restore_writers))
 
     def restore_target(self, url: str) -> PgRestoreTarget:
         """The database ``--to-database URL`` names."""

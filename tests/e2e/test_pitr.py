@@ -30,11 +30,10 @@ from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.settings import Settings, load_settings
+from contentflow_backupd.source.extract import UnsafeArchive, extract_tar
 from contentflow_backupd.source.pgdata import (
     Owner,
-    UnsafeArchive,
     conf_quote,
-    extract_tar,
     restore_command,
     write_recovery_config,
 )

@@ -87,6 +87,8 @@ class PhysicalRestoreResult:
     warnings: list[str]
     chain: list[str] = field(default_factory=list)
     """A native incremental's chain (full first) that pg_combinebackup combined; else empty."""
+    writers: int = 1
+    """Threads that wrote the files (``BACKUPD_RESTORE__PROCESS_MAX``, ``--process-max``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,7 @@ class PhysicalRestoreResult:
             "target": {**self.target.to_json(), "resolved_timeline": self.timeline},
             "restored_bytes": self.restored_bytes,
             "files": self.files,
+            "writers": self.writers,
             "duration_seconds": round(self.duration_seconds, 3),
             "restore_command": self.restore_command,
             "wal": self.wal,
@@ -203,12 +206,14 @@ def _restore_physical(
         next_steps=_next_steps(pgdata, owner, opts, rdir.path if rdir else None, stats.names),
         warnings=warnings,
         chain=[link.id for link in chain] if len(chain) > 1 else [],
+        writers=stats.writers,
     )
     log.info(
         "restore_completed",
         backup_id=m.id,
         pgdata=str(pgdata),
         duration_seconds=round(result.duration_seconds, 3),
+        writers=stats.writers,
     )
     return result
 
@@ -247,20 +252,21 @@ def _combine_chain(
     """Extract each backup of a native chain into a temporary directory next to ``pgdata`` (the
     same file system, so pg_combinebackup can link), combine them into ``pgdata``, remove them."""
     work = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.combine-", dir=pgdata.parent))
+    writers = 1
     try:
         inputs: list[Path] = []
         for i, (link, entry) in enumerate(zip(chain, entries, strict=True)):
             dest = work / f"{i:03d}-{link.id}"
             dest.mkdir(mode=0o700)
             log.info("restore_chain_extracting", backup_id=link.id, position=i + 1, of=len(chain))
-            _extract(pg.datadir, repo, link, entry, dest, owner, concurrency)
+            writers = _extract(pg.datadir, repo, link, entry, dest, owner, concurrency).writers
             inputs.append(dest)
         major = int(chain[-1].details.get("pg_version_num", 0)) // 10000
         pg.combiner.combine(tool, inputs, pgdata, link=major >= 18)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     pg.datadir.give_tree(pgdata, owner)
-    stats = ExtractStats(names=set(os.listdir(pgdata)))
+    stats = ExtractStats(names=set(os.listdir(pgdata)), writers=writers)
     for _top, dirs, files in os.walk(pgdata):
         stats.files += len(files)
         stats.directories += len(dirs)
