@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -319,6 +320,8 @@ def test_a_peer_of_another_user_is_refused_and_pushes_by_itself(
                 text=True,
                 env=_env(tmp_path, BACKUPD_WAL__SOCKET=str(opened.path)),
                 user="nobody",
+                group="nogroup",
+                extra_groups=[],
                 timeout=120,
             )
         finally:
@@ -327,3 +330,37 @@ def test_a_peer_of_another_user_is_refused_and_pushes_by_itself(
     assert "neither this daemon's user, nor in its group, nor root" in proc.stderr, proc.stderr
     assert _count(service, "refused") == 1
     assert not WalArchive(repo, "main").exists(segment.name)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the client as another user")
+def test_a_member_of_the_daemons_group_hands_segments_over(tmp_path: Path, repo: Repository) -> None:
+    """The systemd layout: the daemon's group (here root's, gid 0) may use the socket (0660)."""
+    import grp
+
+    with tempfile.TemporaryDirectory() as shared:
+        base = Path(shared)
+        base.chmod(0o755)
+        identity = {"repository": f"file://{tmp_path / 'repo'}", "cluster": "main", "s3_endpoint_url": None}
+        svc = WalService(base / "wal.sock", WalArchive(repo, "main"), identity, Metrics("test"))
+        assert svc.start()
+        try:
+            assert stat.S_IMODE(os.stat(svc.path).st_mode) == 0o660
+            segment = wal_segment(base / "000000010000000000000009")
+            segment.chmod(0o644)
+            data = segment.read_bytes()
+            proc = subprocess.run(
+                [sys.executable, "-c", DRIVER, "wal", "push", "--json", str(segment)],
+                capture_output=True,
+                text=True,
+                env=_env(tmp_path, BACKUPD_WAL__SOCKET=str(svc.path)),
+                user="nobody",
+                group=grp.getgrgid(os.getegid()).gr_name,
+                extra_groups=[],
+                timeout=120,
+            )
+        finally:
+            svc.stop()
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-1])["rc"] == 0, proc.stderr
+    assert json.loads("\n".join(lines[:-1]))["status"] == "stored"
+    assert WalArchive(repo, "main").fetch(segment.name) == data
