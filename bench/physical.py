@@ -1106,6 +1106,10 @@ def _on_term(signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_term)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background (`... &`), SIGINT arrives ignored, and every child inherits
+        # that: pgbench would not stop on the SIGINT that ends its WAL generation.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     started = report.now_iso()
     say(f"physical bench: {args.size_mb} MiB, {args.repeat} rounds, pgbench {args.pgbench_seconds}s")
     state: dict[str, Any] = {}

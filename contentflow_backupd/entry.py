@@ -70,8 +70,8 @@ def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     try:
         spool.create()
         spool.want(name)  # first: the helper moves on to the segments after this one
-        running = helper_running(spool)
-        served = spool.serve(name, dest, wait_s=FETCH_WAIT_S if running else 0.0)
+        running, token = helper_running(spool)
+        served = spool.serve(name, dest, token, wait_s=FETCH_WAIT_S if running else 0.0)
         if not running:
             start_helper(config)
     except OSError:
@@ -79,20 +79,22 @@ def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     return served
 
 
-def helper_running(spool: WalSpool) -> bool:
-    """Whether a prefetch helper holds the spool's lock."""
+def helper_running(spool: WalSpool) -> tuple[bool, str | None]:
+    """Whether a prefetch helper holds the spool's lock, and its token (None until it has
+    written it): only the segments it wrote are served."""
     import fcntl
 
-    from contentflow_backupd.repository.walspool import LOCK
+    from contentflow_backupd.repository.walspool import LOCK, read_token
 
     fd = os.open(os.path.join(spool.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, read_token(fd)
     finally:
         os.close(fd)
-    return False
+    return False, None
 
 
 def start_helper(config: str | None) -> None:

@@ -70,14 +70,15 @@ def cmd_wal_prefetch(args: argparse.Namespace, app: App) -> int:
         except BlockingIOError:
             log.debug("wal_prefetch_running")  # another helper serves this spool
             return EXIT_OK
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # who serves the spool (ps, kill)
-        spool.clear(keep_want=True)  # what a helper that crashed left
+        spool.clear(keep_want=True)  # what a helper that crashed left: never served
+        token = os.urandom(8).hex()
+        spool.write_token(fd, token)  # who serves the spool (pid: ps, kill), and its mark
         stop = threading.Event()
         SignalWatch(lambda signum, count: stop.set()).install()
         run_prefetch(
             app.wal_archive(),
             spool,
+            token=token,
             depth=app.wal_prefetch,
             idle_s=parse_duration(app.wal_prefetch_idle),
             concurrency=min(app.wal_prefetch, 4),

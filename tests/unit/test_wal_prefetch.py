@@ -20,6 +20,7 @@ from contentflow_backupd.storage.memory import MemoryStorage
 from tests.unit.test_lean_imports import SEGMENT_SIZE, wal_segment
 
 MIB = 1024 * 1024
+TOKEN = "0123456789abcdef"
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,7 @@ def run_in_thread(
     assert isinstance(stop, threading.Event)
 
     def target() -> None:
-        out.update(run_prefetch(archive, spool, stop=stop, **kw))  # type: ignore[arg-type]
+        out.update(run_prefetch(archive, spool, token=TOKEN, stop=stop, **kw))  # type: ignore[arg-type]
 
     t = threading.Thread(target=target)
     t.start()
@@ -84,7 +85,11 @@ def test_it_keeps_the_next_segments_only_and_never_more(tmp_path: Path, archive:
     try:
         wait_for(lambda: spool.names() == {f"0000000100000000000000{n:02X}" for n in (2, 3, 4)})
         dest = tmp_path / "RECOVERYXLOG"
-        assert spool.serve("000000010000000000000002", str(dest))
+        assert not spool.serve("000000010000000000000002", str(dest), token=None)  # no helper mark
+        assert not spool.serve("000000010000000000000002", str(dest), token="another helper")
+        assert spool.names() >= {"000000010000000000000003"}  # only the refused one was dropped
+        wait_for(lambda: "000000010000000000000002" in spool.names())  # fetched again
+        assert spool.serve("000000010000000000000002", str(dest), token=TOKEN)
         assert dest.read_bytes() == archive.fetch("000000010000000000000002")  # what the archive holds
         spool.want("00000002.history")  # a history file keeps the segments' place
         time.sleep(0.2)
@@ -122,9 +127,10 @@ def test_a_segment_served_from_the_spool_imports_nothing_heavy(tmp_path: Path, a
     spool = WalSpool(str(state / "wal-prefetch" / "main"))
     spool.create()
     name = "000000010000000000000003"
-    spool.put(name, archive.fetch(name))
+    spool.put(name, archive.fetch(name), TOKEN)
     lock = os.open(os.path.join(spool.path, "helper.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
+    spool.write_token(lock, TOKEN)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPD_")}
         env.update({"BACKUPD_REPOSITORY": f"file://{tmp_path / 'nowhere'}", "BACKUPD_STATE_DIR": str(state)})
@@ -144,3 +150,25 @@ def test_a_segment_served_from_the_spool_imports_nothing_heavy(tmp_path: Path, a
     heavy = ("pydantic", "structlog", "cryptography", "zstandard", "argparse", "contentflow_backupd.cli")
     assert [m for m in report["modules"] if m.split(".")[0] in heavy or m.startswith(heavy)] == []
     assert spool.wanted() is not None and spool.wanted()[0] == name  # type: ignore[index]
+
+
+def test_only_the_very_file_the_running_helper_wrote_is_served(tmp_path: Path) -> None:
+    spool = WalSpool(str(tmp_path / "spool"))
+    spool.create()
+    name = "000000010000000000000007"
+    dest = tmp_path / "RECOVERYXLOG"
+    spool.put(name, b"x" * 1000, TOKEN)
+    path = Path(spool.path) / name
+    path.write_bytes(b"y" * 1000)  # changed in the spool: another time (and here inode kept)
+    os.utime(path, ns=(1, 1))
+    assert not spool.serve(name, str(dest), TOKEN) and not path.exists()  # dropped
+    spool.put(name, b"x" * 1000, TOKEN)
+    replaced = Path(spool.path) / "other"
+    replaced.write_bytes(b"x" * 1000)
+    os.replace(replaced, path)  # same bytes, another file
+    assert not spool.serve(name, str(dest), TOKEN)
+    spool.put(name, b"x" * 1000, "an earlier helper")  # left by a crash: its data may be torn
+    assert not spool.serve(name, str(dest), TOKEN)
+    spool.put(name, b"x" * 1000, TOKEN)
+    assert spool.serve(name, str(dest), TOKEN) and dest.read_bytes() == b"x" * 1000
+    assert sorted(os.listdir(spool.path)) == []  # served: nothing of it left

@@ -5,7 +5,8 @@ One helper per spool (a lock file), started by ``wal fetch`` when none runs. It:
 
 - fetches, after the last segment named in ``want``, the next ``depth`` segments of the same timeline
   that are not in the spool, ``concurrency`` at once. Each is authenticated by
-  ``WalArchive.fetch`` (AES-GCM of every chunk), then written with its digest. A segment that is
+  ``WalArchive.fetch`` (AES-GCM of every chunk), then written with its identity and the
+  helper's ``token``. A segment that is
   not in the archive stops the prefetch there (recovery is about to end or switch timelines); it is
   asked again after ``MISSING_RETRY_S`` (a standby's archive grows);
 - keeps the spool bounded: only those ``depth`` segments (each one segment size) are kept, every
@@ -47,6 +48,7 @@ def run_prefetch(
     archive: WalArchive,
     spool: WalSpool,
     *,
+    token: str,
     depth: int,
     idle_s: float,
     concurrency: int = 4,
@@ -75,7 +77,7 @@ def run_prefetch(
                     targets = next_segments(want[0], depth, segment_size) or targets
                 if now - last_request > idle_s:
                     break
-                _reap(spool, running, missing, counts, now)
+                _reap(spool, token, running, missing, counts, now)
                 keep = set(targets) | set(running)
                 for name in spool.names() - keep:
                     spool.drop(name)
@@ -99,6 +101,7 @@ def run_prefetch(
 
 def _reap(
     spool: WalSpool,
+    token: str,
     running: dict[str, Future[bytes]],
     missing: dict[str, float],
     counts: dict[str, int],
@@ -119,7 +122,7 @@ def _reap(
             log.warning("wal_prefetch_failed", wal=name, error=exc.message)
         else:
             try:
-                spool.put(name, data)
+                spool.put(name, data, token)
             except OSError as exc:  # the spool is gone or full: wal fetch fetches it itself
                 counts["failed"] += 1
                 log.warning("wal_prefetch_spool_failed", wal=name, error=str(exc))
