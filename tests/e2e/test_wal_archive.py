@@ -184,31 +184,45 @@ def test_kill_9_of_wal_push_never_loses_a_done_segment(setup: PhysicalSetup, wor
     that blocks or corrupts a later push.
 
     PostgreSQL itself is not the one retrying here: a real archiver restarts up to 60 s after
-    its archive_command is killed, which would make the suite slow.
+    its archive_command is killed, which would make the suite slow."""
+    _name, data = _archived_segment(setup)
+    kills, done, leftovers = kill_9_trials(setup, data, work, seed=7, trials=25, log=1)
+    print(f"\nKILL-9: {kills} kills over {done} segments; {leftovers} temp files left")
+    assert kills >= 10
+    assert not [n for n in _archive(setup).names(1) if n.startswith(".tmp")]
+
+
+def kill_9_trials(
+    setup: PhysicalSetup, data: bytes, work: Path, *, seed: int, trials: int, log: int, window: float = 1.2
+) -> tuple[int, int, int]:
+    """Up to ``trials`` segments (variants of ``data``, named ``00000001<log>000000NN``, ``log``
+    in 8 hex digits), each pushed with ``wal-push`` killed at a random moment and retried until
+    it exits 0, as the archiver does; stops early once there are 12 kills over 10 done segments.
+    Every done segment must then be archived with its exact bytes. Returns (kills, done
+    segments, temp files left).
 
     Whatever the machine's speed: the kill moment is drawn from a window scaled by how long one
-    whole push takes here (measured first), and the window grows with every retry of a segment,
-    so each segment is eventually pushed, however loaded the machine is."""
-    _name, data = _archived_segment(setup)
-    rng = random.Random(7)
+    whole push takes here (measured first; ``window`` times it), and the window grows with every
+    retry of a segment, so each segment is eventually pushed, however loaded the machine is."""
+    rng = random.Random(seed)
     archive = _archive(setup)
     probe = bytearray(data)
     probe[-100] ^= 0x5A  # a segment of its own, outside the trials
-    probe_path = _put(work / "000000010000000100000080", bytes(probe))
+    probe_path = _put(work / f"00000001{log:08X}00000080", bytes(probe))
     started = time.monotonic()
     setup.cli.run("wal-push", str(probe_path), check=True)
     whole = time.monotonic() - started  # not asserted: it scales the kill window below
     done: dict[str, bytes] = {}
     kills = 0
-    for trial in range(25):
+    for trial in range(trials):
         seg = bytearray(data)
         seg[-1 - trial] ^= 0x5A  # a different segment each trial (same header: same cluster)
-        name = f"0000000100000001000000{trial:02X}"
+        name = f"00000001{log:08X}000000{trial:02X}"
         path = _put(work / name, bytes(seg))
         attempt = 0
         while True:
             proc = setup.cli.popen("wal-push", str(path))
-            time.sleep(rng.random() * 1.2 * whole * 1.5**attempt)
+            time.sleep(rng.random() * window * whole * 1.5**attempt)
             attempt += 1
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
@@ -221,10 +235,7 @@ def test_kill_9_of_wal_push_never_loses_a_done_segment(setup: PhysicalSetup, wor
             break  # enough evidence; on a loaded machine the remaining trials would only add minutes
     for name, expected in done.items():
         assert archive.fetch(name) == expected, name
-    leftovers = list(setup.repo.rglob(".tmp-*"))
-    print(f"\nKILL-9: {kills} kills over {len(done)} segments; {len(leftovers)} temp files left")
-    assert kills >= 10
-    assert not [n for n in archive.names(1) if n.startswith(".tmp")]
+    return kills, len(done), len(list(setup.repo.rglob(".tmp-*")))
 
 
 def test_backup_whose_wal_never_arrives_fails() -> None:

@@ -9,9 +9,6 @@ behind a proxy that holds the upload, so that the kill lands inside it, whatever
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import subprocess
 import time
 import uuid
@@ -21,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.physical import PhysicalSetup, physical_setup
-from tests.e2e.test_wal_archive import _archive, _give, _put, _wait_archived
+from tests.e2e.test_wal_archive import _archive, _give, _put, _wait_archived, kill_9_trials
 from tests.support.cli import Cli, command_path
 from tests.support.daemon import Daemon, daemon_env
 from tests.support.faultproxy import FaultProxy
@@ -142,37 +139,8 @@ def test_kill_9_of_wal_push_through_the_daemon_never_loses_a_done_segment(
     work = setup.base / f"kill-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     _give(work)
-    rng = random.Random(11)
-    probe = bytearray(data)
-    probe[-200] ^= 0x5A
-    started = time.monotonic()
-    setup.cli.run("wal-push", str(_put(work / "000000010000000200000080", bytes(probe))), check=True)
-    whole = time.monotonic() - started  # not asserted: it scales the kill window below
-    done: dict[str, bytes] = {}
-    kills = 0
-    for trial in range(48):
-        seg = bytearray(data)
-        seg[-1 - trial] ^= 0x5A
-        seg_name = f"0000000100000002000000{trial:02X}"
-        path = _put(work / seg_name, bytes(seg))
-        attempt = 0
-        while True:
-            proc = setup.cli.popen("wal-push", str(path))
-            time.sleep(rng.random() * 0.8 * whole * 1.5**attempt)
-            attempt += 1
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-            proc.communicate()
-            if proc.returncode == 0:
-                done[seg_name] = bytes(seg)
-                break
-        if kills >= 8 and len(done) >= 8:
-            break
-    archive = _archive(setup)
-    for seg_name, expected in done.items():
-        assert archive.fetch(seg_name) == expected, seg_name
-    print(f"\nKILL-9 through the daemon: {kills} kills over {len(done)} segments")
+    kills, done, _ = kill_9_trials(setup, data, work, seed=11, trials=48, log=2, window=0.8)
+    print(f"\nKILL-9 through the daemon: {kills} kills over {done} segments")
     assert kills >= 6
     assert [e for e in daemon.events("wal_socket_request_failed")] == []
 
