@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 from bench import dataset, report  # noqa: E402
 from bench.load import wait_for_quiet  # noqa: E402
 from bench.procs import Measured, run_measured  # noqa: E402
-from bench.steps import postmaster_pid, tool_command  # noqa: E402
+from bench.steps import installed_tool, postmaster_pid  # noqa: E402
 from contentflow_backupd.demo.cluster import PgCluster, free_port  # noqa: E402
 
 SEG = 16 * 1024 * 1024
@@ -1006,7 +1006,8 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     state["base"] = base
     base.chmod(0o755)  # the postgres user works here
     chown_pg(base)
-    tool = tool_command()
+    say("installing this checkout as users install it (not editable)")
+    tool = installed_tool(base)
     passphrase = write_pg(base / "passphrase", base64.b64encode(os.urandom(32)) + b"\n")
     pg = PgCluster(base / "cluster")
     state["pg"] = pg

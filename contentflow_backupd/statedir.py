@@ -1,19 +1,30 @@
 """Where the state directory is by default. Standard library only: the settings use it, and so
-does the lean ``wal push`` client (``walsocket.py``), which must find the daemon's socket without
-importing pydantic."""
+do the lean ``wal push`` and ``wal fetch`` clients (``walsocket.py``, ``entry.py``), which must find
+the daemon's socket and the prefetch spool without importing pydantic (or even ``pathlib``, whose
+import costs a few milliseconds of every ``archive_command``)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
-def default_state_dir() -> Path:
+def default_state_path() -> str:
     """``$STATE_DIRECTORY`` (systemd), else ``/var/lib/contentflow-backupd`` as root, else
     ``$XDG_STATE_HOME/contentflow-backupd`` (``~/.local/state/contentflow-backupd``)."""
     if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
     if os.geteuid() == 0:
-        return Path("/var/lib/contentflow-backupd")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "contentflow-backupd"
+        return "/var/lib/contentflow-backupd"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "contentflow-backupd")
+
+
+def default_state_dir() -> Path:
+    """``default_state_path()`` as a ``Path`` (the settings' type)."""
+    from pathlib import Path
+
+    return Path(default_state_path())

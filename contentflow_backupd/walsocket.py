@@ -2,7 +2,8 @@
 the running daemon, which pushes it with its open repository and its key, derived once.
 
 This module is the protocol and the client side. It imports only light standard-library modules
-(``os``, ``socket``, ``json``; ``tomllib`` when a config file is named): the point of the
+(``os``, ``_socket``; ``json`` for an answer it does not recognise, ``tomllib`` for a config file
+beyond plain tables and pairs): the point of the
 hand-off is that an ``archive_command`` call costs a Python start and one round trip, not the
 settings, the command table and a key derivation. The server side is
 ``daemon/walservice.py``.
@@ -38,13 +39,13 @@ takes the direct path, whose errors name the problem: the fast path never guesse
 
 from __future__ import annotations
 
+import _socket  # not socket's wrapper: importing socket (enum, selectors) costs ~8 ms a call
 import os
-import socket
 import sys
-from collections.abc import Mapping, Sequence
 
 TYPE_CHECKING = False  # not typing's: importing typing costs a few ms of every archive_command
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 SOCKET_NAME = "wal.sock"
@@ -123,9 +124,9 @@ def client_config(config: str | None, environ: Mapping[str, str]) -> dict[str, A
     except (TypeError, ValueError):
         raise Fallback("BACKUPD_WAL__PREFETCH is not a number") from None
     if state_dir is None:
-        from contentflow_backupd.statedir import default_state_dir
+        from contentflow_backupd.statedir import default_state_path
 
-        state_dir = str(default_state_dir())
+        state_dir = default_state_path()
     return {
         "identity": {"repository": repository, "cluster": cluster, "s3_endpoint_url": endpoint},
         "socket": socket_path(sock, state_dir),
@@ -202,9 +203,9 @@ def socket_path(setting: str | None, state_dir: str | None) -> str | None:
     if setting is not None:
         return None if setting.strip().lower() == "off" else setting
     if state_dir is None:
-        from contentflow_backupd.statedir import default_state_dir
+        from contentflow_backupd.statedir import default_state_path
 
-        state_dir = str(default_state_dir())
+        state_dir = default_state_path()
     return os.path.join(state_dir, SOCKET_NAME)
 
 
@@ -236,7 +237,7 @@ def _json(value: Any) -> str:
             else:
                 out.append(ch)
         return '"' + "".join(out) + '"'
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):  # not Mapping: importing collections.abc costs ~2 ms a call
         return "{" + ",".join(f"{_json(str(k))}:{_json(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot encode {type(value).__name__}")
 
@@ -258,7 +259,7 @@ def decode(line: bytes) -> dict[str, Any]:
     return value
 
 
-def read_line(sock: socket.socket, limit: int = MAX_REQUEST) -> bytes:
+def read_line(sock: _socket.socket, limit: int = MAX_REQUEST) -> bytes:
     """Bytes up to the first newline; ``ConnectionError`` when the peer closes before one."""
     buf = b""
     while b"\n" not in buf:
@@ -281,29 +282,32 @@ def push(path: str, cfg: Mapping[str, Any], timeout: float = ANSWER_TIMEOUT_S) -
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise Fallback(f"cannot open {path}: {exc.strerror}", quiet=True) from None  # the direct path says it
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            try:
-                sock.connect(where)
-            except FileNotFoundError:
-                raise Fallback(f"no daemon: {where} does not exist", quiet=True) from None
-            except (OSError, ValueError) as exc:  # stale (refused), not ours, path too long
-                raise Fallback(f"no daemon answers at {where}: {exc}") from None
-            sock.settimeout(timeout)
-            request = {
-                "op": "push",
-                "v": VERSION,
-                "name": os.path.basename(path),
-                "path": os.path.abspath(path),
-                "identity": cfg["identity"],
-            }
-            try:
-                socket.send_fds(sock, [encode(request)], [fd])
-                answer = decode(read_line(sock))
-            except (OSError, ValueError) as exc:  # includes a timeout and a daemon killed mid-push
-                raise Fallback(f"the daemon at {where} gave no answer: {exc}") from None
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(where)
+        except FileNotFoundError:
+            raise Fallback(f"no daemon: {where} does not exist", quiet=True) from None
+        except (OSError, ValueError) as exc:  # stale (refused), not ours, path too long
+            raise Fallback(f"no daemon answers at {where}: {exc}") from None
+        sock.settimeout(timeout)
+        request = {
+            "op": "push",
+            "v": VERSION,
+            "name": os.path.basename(path),
+            "path": os.path.abspath(path),
+            "identity": cfg["identity"],
+        }
+        try:
+            # socket.send_fds without socket.py: one C int per descriptor, in native order.
+            rights = fd.to_bytes(4, sys.byteorder, signed=True)
+            sock.sendmsg([encode(request)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            answer = decode(read_line(sock))
+        except (OSError, ValueError) as exc:  # includes a timeout and a daemon killed mid-push
+            raise Fallback(f"the daemon at {where} gave no answer: {exc}") from None
     finally:
+        sock.close()
         os.close(fd)
     if "refused" in answer:
         raise Fallback(f"the daemon at {where} refused: {answer['refused']}")

@@ -24,7 +24,6 @@ Layout of ``<state dir>/wal-prefetch/<cluster>/`` (mode 0700):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
@@ -83,8 +82,7 @@ class WalSpool:
             with open(marker, "w"):
                 pass
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(marker)
+            _unlink(marker)
 
     def names(self) -> set[str]:
         """Segments waiting in the spool (whole, with their identity)."""
@@ -101,8 +99,7 @@ class WalSpool:
 
     def drop(self, name: str) -> None:
         for suffix in ("", IDENTITY, FETCHING):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._p(name + suffix))
+            _unlink(self._p(name + suffix))
 
     def clear(self, *, keep_want: bool = False) -> None:
         """Remove every file but the lock: the helper's last act, and its first (then keeping
@@ -113,8 +110,10 @@ class WalSpool:
             return
         for e in entries:
             if e != LOCK and not (keep_want and e == WANT):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                try:
                     os.unlink(self._p(e))
+                except (FileNotFoundError, IsADirectoryError):
+                    continue
 
     def wanted(self) -> tuple[str, float] | None:
         """The name PostgreSQL asked for last, and when."""
@@ -181,5 +180,13 @@ def _copy(fd: int, dest: str) -> None:
                 offset += len(block)
         os.replace(tmp, dest)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _unlink(tmp)
+
+
+def _unlink(path: str) -> None:
+    """Remove ``path`` if it exists (not ``contextlib.suppress``: importing contextlib costs a few
+    milliseconds of every ``restore_command``)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return

@@ -121,7 +121,7 @@ def test_a_segment_served_from_the_spool_imports_nothing_heavy(tmp_path: Path, a
     import subprocess
     import sys
 
-    from tests.unit.test_wal_socket import DRIVER
+    from tests.unit.test_wal_socket import DRIVER, STARTUP_COSTLY
 
     state = tmp_path / "state"
     spool = WalSpool(str(state / "wal-prefetch" / "main"))
@@ -149,6 +149,7 @@ def test_a_segment_served_from_the_spool_imports_nothing_heavy(tmp_path: Path, a
     assert dest.read_bytes() == archive.fetch(name)
     heavy = ("pydantic", "structlog", "cryptography", "zstandard", "argparse", "contentflow_backupd.cli")
     assert [m for m in report["modules"] if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+    assert [m for m in report["added"] if m.split(".")[0] in STARTUP_COSTLY] == []
     assert spool.wanted() is not None and spool.wanted()[0] == name  # type: ignore[index]
 
 

@@ -129,11 +129,17 @@ def test_what_the_lean_reader_does_not_handle_goes_direct(
 
 # -- the real client against a real service --------------------------------------------------
 DRIVER = """
-import json, sys
+import sys
+before = set(sys.modules)
 from contentflow_backupd.entry import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}))
+added = sorted(set(sys.modules) - before)
+import json
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules), "added": added}))
 """
+STARTUP_COSTLY = ("socket", "selectors", "enum", "re", "pathlib", "contextlib", "typing", "collections")
+"""Standard-library modules that each add milliseconds to a Python start: a served ``wal push`` or
+``wal fetch`` (a call per WAL segment) imports none of them (``_socket``, not ``socket``)."""
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -209,6 +215,8 @@ def test_a_push_through_the_daemon_imports_nothing_heavy_and_stores_the_segment(
     heavy = [n for n in lean_not if any(m == n or m.startswith(n + ".") for m in modules)]
     assert heavy == [], f"the fast path imported {heavy}"
     assert "contentflow_backupd.cli" not in modules
+    costly = [m for m in report["added"] if m.split(".")[0] in STARTUP_COSTLY]
+    assert costly == [], f"the fast path imported {costly}"
     # The same file again: a duplicate, stored nothing new.
     rc, _, out, err = push(tmp_path, segment)
     assert rc == 0, err
