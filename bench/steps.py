@@ -54,9 +54,9 @@ def installed_tool(base: Path) -> str:
     (site / "bench-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     build = base / "installed-build"
     build.mkdir(exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
-        + ["--no-deps", "--no-cache-dir", str(root)],
+        [*pip, "install", "-q", "--no-deps", "--no-cache-dir", str(root)],
         check=True,
         env={**os.environ, "TMPDIR": str(build)},
     )
