@@ -388,8 +388,9 @@ class ObjectCipher:
                 key=object_key,
             )
         nonce = blob[header_len : header_len + NONCE_LEN]
+        sealed = memoryview(blob)[header_len + NONCE_LEN :]  # not a copy of the whole object
         try:
-            return aead.decrypt(nonce, blob[header_len + NONCE_LEN :], self._aad(object_key, header))
+            return aead.decrypt(nonce, sealed, self._aad(object_key, header))
         except InvalidTag:
             raise IntegrityError(
                 f"object {object_key} failed authentication (altered, truncated, swapped or renamed)",

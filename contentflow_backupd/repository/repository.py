@@ -260,12 +260,12 @@ class Repository:
         body = self._cipher.open(key, blob)
         if not body:
             raise IntegrityError(f"object {key} is empty inside its envelope", key=key)
-        flag, payload = body[:1], body[1:]
+        flag = body[:1]
         if flag == _RAW:
-            return payload
+            return body[1:]
         if flag == _ZSTD:
-            try:
-                return bytes(self._codec.decompressor.decompress(payload))
+            try:  # from a view: copying the compressed body first costs as much as AES-GCM
+                return bytes(self._codec.decompressor.decompress(memoryview(body)[1:]))
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"object {key} failed to decompress: {exc}", key=key) from None
         raise IntegrityError(f"object {key} has an unknown encoding {flag!r}", key=key)
