@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -186,6 +187,52 @@ def test_reader_names_a_swapped_chunk(repo: Repository) -> None:
     with pytest.raises(IntegrityError) as exc:
         b"".join(ChunkReader(repo, "main", "g").iter_stream(entry))
     assert exc.value.key == k0
+
+
+def test_reader_stops_at_a_damaged_chunk_before_the_stream_ends(repo: Repository) -> None:
+    w = ChunkWriter(repo, "main", "g", {}, concurrency=2)
+    entry = w.write_stream("dump", "t", io.BytesIO(os.urandom(400_000)))
+    assert len(entry.chunks) > 3
+    k1 = layout.chunk_key("main", "g", entry.chunks[1].id)
+    blob = bytearray(repo.storage.get(k1))
+    blob[len(blob) // 2] ^= 0x01
+    put_bytes(repo.storage, k1, bytes(blob))
+    got: list[bytes] = []
+    with pytest.raises(IntegrityError, match="failed authentication") as exc:
+        for data in ChunkReader(repo, "main", "g", concurrency=3).iter_stream(entry):
+            got.append(data)
+    assert exc.value.key == k1 and len(got) == 1  # AES-GCM: at the chunk, not at the end
+
+
+def test_reader_fails_a_sealed_chunk_holding_other_data_and_verify_names_it(repo: Repository) -> None:
+    # Validly sealed under the chunk's own key name, the same length, other bytes: only a writer's
+    # bug could store one. The reader does not hash chunks again (AES-GCM plus the stream
+    # digest prove every byte), so the stream fails at its end; read_chunk (verify) names it.
+    w = ChunkWriter(repo, "main", "g", {}, concurrency=2)
+    entry = w.write_stream("dump", "t", io.BytesIO(os.urandom(400_000)))
+    ref = entry.chunks[1]
+    k1 = layout.chunk_key("main", "g", ref.id)
+    repo.put_object(k1, os.urandom(ref.size))
+    with pytest.raises(IntegrityError, match="does not match its digest") as exc:
+        b"".join(ChunkReader(repo, "main", "g").iter_stream(entry, manifest_key="m.json"))
+    assert exc.value.key == "m.json"
+    with pytest.raises(IntegrityError, match="does not hold the data its id names") as named:
+        ChunkReader(repo, "main", "g").read_chunk(ref)
+    assert named.value.key == k1
+
+
+def test_reader_checks_the_digest_in_stream_order(repo: Repository) -> None:
+    # Two chunks swapped in the manifest (each one intact): every chunk opens, the bytes come out
+    # in the wrong order, and the digest (updated on its own thread) says so.
+    stream = os.urandom(600_000)
+    entry = ChunkWriter(repo, "main", "g", {}, concurrency=2).write_stream("d", "t", io.BytesIO(stream))
+    chunks = list(entry.chunks)
+    chunks[0], chunks[2] = chunks[2], chunks[0]
+    swapped = dataclasses.replace(entry, chunks=chunks)
+    reader = ChunkReader(repo, "main", "g", concurrency=4)
+    assert b"".join(reader.iter_stream(entry)) == stream
+    with pytest.raises(IntegrityError, match="does not match its digest"):
+        b"".join(reader.iter_stream(swapped))
 
 
 def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
