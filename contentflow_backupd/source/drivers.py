@@ -4,7 +4,9 @@ Built from explicit arguments by whoever calls a use case (cli, daemon, migrate)
 in ``ops`` see only the protocols. Each adapter is a thin shell over the module that does the
 work: ``facts`` (queries), ``postgres`` (drop database), ``logical`` (``pg_restore``),
 ``scratch`` (throwaway servers), ``pgdata`` (files of a restore), ``combine``
-(``pg_combinebackup``); ``pg_verifybackup`` runs here.
+(``pg_combinebackup``); ``pg_verifybackup`` runs here. The modules that import psycopg
+(``facts``, ``postgres``, ``logical``, ``scratch``) are imported by the methods that use them: a
+physical restore, which needs only ``pgdata`` and ``extract``, does not pay for psycopg's import.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contentflow_backupd.errors import SourceError
-from contentflow_backupd.source import combine, extract, facts, pgdata, postgres, scratch
+from contentflow_backupd.source import combine, extract, pgdata
 from contentflow_backupd.source.base import (
     Database,
     ExtractStats,
@@ -29,15 +32,19 @@ from contentflow_backupd.source.base import (
     TableRead,
     ToolVerdict,
 )
-from contentflow_backupd.source.conninfo import ConnInfo
-from contentflow_backupd.source.logical import PgRestoreTarget
 from contentflow_backupd.source.tools import find_tool
+
+if TYPE_CHECKING:
+    from contentflow_backupd.source.conninfo import ConnInfo
+    from contentflow_backupd.source.scratch import PgScratchServer
 
 VERIFY_TIMEOUT_S = 6 * 3600
 
 
 def conninfo_of(db: Database) -> ConnInfo:
     """The ``ConnInfo`` a PostgreSQL adapter needs: these adapters accept only their own kind."""
+    from contentflow_backupd.source.conninfo import ConnInfo
+
     if not isinstance(db, ConnInfo):
         raise TypeError(f"a PostgreSQL adapter was given {type(db).__name__}, not a ConnInfo")
     return db
@@ -47,18 +54,28 @@ class PgDatabaseFacts:
     """``DatabaseFacts`` over psycopg (``source/facts.py``)."""
 
     def server_state(self, db: Database) -> ServerState:
+        from contentflow_backupd.source import facts
+
         return facts.server_state(conninfo_of(db))
 
     def schema_fingerprint(self, db: Database) -> SchemaFingerprint:
+        from contentflow_backupd.source import facts
+
         return facts.schema_fingerprint(conninfo_of(db))
 
     def read_tables(self, db: Database) -> list[TableRead]:
+        from contentflow_backupd.source import facts
+
         return facts.read_tables(conninfo_of(db))
 
     def check_btree_indexes(self, db: Database, *, create_extension: bool) -> IndexCheck:
+        from contentflow_backupd.source import facts
+
         return facts.check_btree_indexes(conninfo_of(db), create_extension=create_extension)
 
     def run_boolean_query(self, db: Database, query: str) -> tuple[bool, str]:
+        from contentflow_backupd.source import facts
+
         return facts.run_boolean_query(conninfo_of(db), query)
 
 
@@ -66,12 +83,18 @@ class PgDatabaseAdmin:
     """``DatabaseAdmin``: psycopg for ``DROP DATABASE``, ``pg_restore`` for restores."""
 
     def drop_database(self, server: Database, name: str) -> None:
+        from contentflow_backupd.source import postgres
+
         postgres.drop_database(conninfo_of(server), name)
 
     def restore_target(self, db: Database, *, bin_dir: Path | None, tmp_root: Path | None) -> LogicalTarget:
+        from contentflow_backupd.source.logical import PgRestoreTarget
+
         return PgRestoreTarget(conninfo_of(db), bin_dir=bin_dir, tmp_root=tmp_root)
 
     def cancel_queries(self) -> int:
+        from contentflow_backupd.source import postgres
+
         return postgres.cancel_queries()
 
 
@@ -79,20 +102,30 @@ class PgScratchServers:
     """``ScratchServers``: ``source/scratch.py`` and ``pg_verifybackup``."""
 
     def owner(self) -> Owner:
+        from contentflow_backupd.source import scratch
+
         return scratch.server_owner()
 
     def check_reachable(self, path: Path, owner: Owner) -> None:
+        from contentflow_backupd.source import scratch
+
         scratch.check_reachable(path, owner)
 
     def bin_dir(self, major: int, pg_bin: Path | None, client_bin: Path | None) -> Path:
+        from contentflow_backupd.source import scratch
+
         return scratch.server_bin_dir(major, pg_bin, client_bin)
 
     def server(
         self, pgdata: Path, run_dir: Path, bin_dir: Path, owner: Owner, *, superuser: str
-    ) -> scratch.PgScratchServer:
+    ) -> PgScratchServer:
+        from contentflow_backupd.source import scratch
+
         return scratch.PgScratchServer(pgdata, run_dir, bin_dir, owner, superuser=superuser)
 
     def stop_leftover(self, pgdata: Path, bin_dir: Path | None) -> bool:
+        from contentflow_backupd.source import scratch
+
         return scratch.stop_leftover(pgdata, bin_dir)
 
     def verify_backup(
