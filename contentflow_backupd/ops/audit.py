@@ -21,7 +21,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,9 +96,15 @@ class AuditScope:
     outcome: str = "succeeded"
 
 
+AuditTo = AuditCatalog | Callable[[], AuditCatalog | None] | None
+"""Where ``audited`` records: a catalog; a function that gives the catalog (or None) when the
+record is written, so that a command can open its catalog while the operation runs (``restore
+--pgdata``, ``cli/restore.py``); or None, nothing is recorded."""
+
+
 @contextmanager
 def audited(
-    catalog: AuditCatalog | None,
+    catalog: AuditTo,
     action: str,
     *,
     objects: Sequence[str] = (),
@@ -107,7 +113,8 @@ def audited(
 ) -> Iterator[AuditScope]:
     """Record ``action`` when the block ends: ``scope.outcome`` (default ``succeeded``), or
     ``failed`` (``interrupted`` for a signal) with the error, which propagates. With ``catalog``
-    None nothing is recorded (a command that could not open its catalog)."""
+    None (or a function that gives None) nothing is recorded (a command that could not open its
+    catalog)."""
     scope = AuditScope(dict(details or {}))
     if catalog is None:
         yield scope
@@ -117,13 +124,17 @@ def audited(
     except BaseException as exc:
         outcome = "failed" if isinstance(exc, Exception) else "interrupted"
         scope.details["error"] = _message(exc)
-        record_event(
-            catalog, action=action, outcome=outcome, objects=objects, details=scope.details, repo=repo
-        )
+        opened = catalog() if callable(catalog) else catalog
+        if opened is not None:
+            record_event(
+                opened, action=action, outcome=outcome, objects=objects, details=scope.details, repo=repo
+            )
         raise
-    record_event(
-        catalog, action=action, outcome=scope.outcome, objects=objects, details=scope.details, repo=repo
-    )
+    opened = catalog() if callable(catalog) else catalog
+    if opened is not None:
+        record_event(
+            opened, action=action, outcome=scope.outcome, objects=objects, details=scope.details, repo=repo
+        )
 
 
 def flush_audit(catalog: AuditCatalog, repo: Repository) -> int:

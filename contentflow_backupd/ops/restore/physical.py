@@ -25,13 +25,13 @@ from typing import Any
 
 import structlog
 
-from contentflow_backupd.catalog.base import AuditCatalog, RestorePointCatalog
+from contentflow_backupd.catalog.base import RestorePointCatalog
 from contentflow_backupd.errors import (
     IntegrityError,
     UsageError,
 )
 from contentflow_backupd.model import RestorePoint, Scope, iso
-from contentflow_backupd.ops.audit import audited
+from contentflow_backupd.ops.audit import AuditTo, audited
 from contentflow_backupd.ops.backup.native import native_chain
 from contentflow_backupd.ops.restore.plan import plan_physical_restore
 from contentflow_backupd.ops.restore.target import RecoveryTarget
@@ -116,11 +116,12 @@ def restore_physical(
     *,
     pg: PostgresDrivers,
     catalog: RestorePointCatalog | None = None,
-    audit: AuditCatalog | None = None,
+    audit: AuditTo = None,
 ) -> PhysicalRestoreResult:
     """``pg``: the PostgreSQL side (``pg.datadir`` writes the data directory, ``pg.combiner``
     runs pg_combinebackup for a native chain); ``catalog``: where restore points are looked up;
-    ``audit``: the catalog to record the restore in (ops/audit.py), None records nothing."""
+    ``audit``: the catalog to record the restore in, or a function that gives it when the
+    record is written (``ops/audit.py``); None records nothing."""
     details = {"cluster": opts.cluster, "mode": "physical", "pgdata": str(opts.pgdata)}
     details["target"] = opts.target.describe()
     with audited(audit, "restore", objects=[opts.backup], details=details, repo=repo) as recorded:
