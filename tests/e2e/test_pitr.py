@@ -415,6 +415,60 @@ def test_a_damaged_chunk_stops_the_restore_and_removes_what_it_wrote() -> None:
         assert empty.is_dir() and not any(empty.iterdir())
 
 
+def test_a_sealed_chunk_with_other_data_fails_the_restore_and_every_restore_is_audited() -> None:
+    # A restore proves its bytes with AES-GCM (each chunk) and the stream digest (the whole
+    # stream); it no longer hashes each chunk again. So a chunk sealed with the repository's key
+    # but holding other bytes (only a writer's bug could store one) must still fail the restore,
+    # at the digest, and remove what it wrote. The audit catalog opens while the restore runs:
+    # success and failure are both recorded, and a catalog that cannot be opened only warns.
+    with physical_setup() as setup:
+        create_table(setup.cluster)
+        backup = setup.cli.ok_json("backup", "--kind", "full")
+        good = setup.cli.ok_json("restore", "latest", "--pgdata", str(setup.base / "good"))
+        assert good["backup_id"] == backup["id"] and (setup.base / "good" / "backup_label").is_file()
+        unreachable = {"BACKUPD_CATALOG_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"}
+        blind = setup.cli.run("restore", "latest", "--pgdata", str(setup.base / "blind"), env=unreachable)
+        assert blind.returncode == 0 and "audit_unavailable" in blind.stderr, str(blind)
+
+        repo = Repository.open(LocalStorage(setup.repo), KekSecret("passphrase", PASSPHRASE.encode(), "t"))
+        manifest = repo.read_manifest("main", backup["id"])
+        (base,) = [s for s in manifest.streams if s.name == "base.tar"]
+        key, altered = _altered_chunk(repo, manifest.generation, [c.id for c in base.chunks])
+        victim = setup.repo / key
+        victim.write_bytes(repo.encode(key, altered))  # validly sealed, same sizes, same owner
+        assert repo.get_object(key) == altered
+        pgdata = setup.base / "altered"
+        result = setup.cli.run("restore", "latest", "--pgdata", str(pgdata))
+        assert result.returncode == 1 and "does not match its digest" in result.stderr, str(result)
+        assert not pgdata.exists() and not (setup.base / "altered.recovery").exists()
+        named = setup.cli.run("verify", backup["id"])
+        assert named.returncode == 1 and victim.name in named.stdout + named.stderr, str(named)
+
+        restores = [e for e in setup.cli.ok_json("audit") if e["action"] == "restore"]
+        assert [e["outcome"] for e in restores] == ["succeeded", "failed"]
+        assert restores[0]["details"]["backup_id"] == backup["id"]
+        assert restores[1]["details"]["pgdata"] == str(pgdata)
+        assert "does not match its digest" in restores[1]["details"]["error"]
+
+
+def _altered_chunk(repo: Repository, generation: str, ids: list[str]) -> tuple[str, bytes]:
+    """A chunk of the tar stream and its plaintext with one byte changed: a byte of a file's
+    contents, far from any tar header (a header holds ``ustar`` at byte 257), so the tar stays
+    readable; and one whose sealed object keeps its stored size, so the check of sizes before a
+    restore cannot tell (only the bytes can)."""
+    for cid in ids[len(ids) // 2 :] + ids[: len(ids) // 2]:
+        key = layout.chunk_key("main", generation, cid)
+        stored = len(repo.storage.get(key))
+        plain = repo.get_object(key)
+        for at in range(len(plain) // 2, len(plain) // 2 + 4000, 13):
+            if len(plain) < 8192 or b"ustar" in plain[at - 1024 : at + 1024]:
+                break
+            altered = plain[:at] + bytes([plain[at] ^ 0x01]) + plain[at + 1 :]
+            if len(repo.encode(key, altered)) == stored:
+                return key, altered
+    raise AssertionError("no chunk of the base backup could be altered in place")
+
+
 # -- the extractor refuses unsafe streams --------------------------------------------------
 
 
