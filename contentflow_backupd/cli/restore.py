@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,8 @@ from contentflow_backupd.errors import EXIT_OK
 from contentflow_backupd.model import Scope
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from contentflow_backupd.catalog.base import Catalog
     from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions
     from contentflow_backupd.ops.restore.recover_report import CheckOutcome, RecoverResult, RunChecks
@@ -120,7 +121,7 @@ def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
                 audit=catalog,
             )
     else:
-        with _audit_catalog_later(app) as audit:
+        with contextlib.closing(_CatalogLater(app)) as audit:
             repo = app.repository()
             result = restore_physical(
                 repo,
@@ -146,37 +147,44 @@ def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _audit_catalog_later(app: App) -> Iterator[Callable[[], Catalog | None]]:
-    """``app.audit_catalog()``, opened on a thread of its own while the block runs: the block
-    gets a function that waits for it and gives it (None, logged once as ``audit_unavailable``,
-    when it cannot be opened; any other error of the opening is raised there). A physical
-    restore needs the catalog only to record its outcome: SQLAlchemy's import and the schema
-    check (about 0.3 s) then overlap the restore instead of coming before its first byte. The
-    catalog is closed when the block ends."""
-    from concurrent.futures import ThreadPoolExecutor
+class _CatalogLater:
+    """``app.audit_catalog()`` as an ``AuditLater`` (ops/audit.py): opened on a thread of its
+    own once the restore starts writing (``start``), so that SQLAlchemy's import and the schema
+    check (about 0.3 s) overlap the restore instead of coming before its first byte, and do not
+    compete with the checks before it. Called, it waits for the catalog: None, logged once as
+    ``audit_unavailable``, when it cannot be opened; any other error of the opening is raised
+    there. ``close()`` waits for the opening and closes the catalog."""
 
-    from contentflow_backupd.errors import BackupdError
+    def __init__(self, app: App) -> None:
+        from concurrent.futures import ThreadPoolExecutor
 
-    unavailable: list[BackupdError] = []
+        self._app = app
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-catalog")
+        self._opening: Future[Catalog] | None = None
+        self._unavailable = False
 
-    def opened() -> Catalog | None:
-        if unavailable:
+    def start(self) -> None:
+        if self._opening is None:
+            self._opening = self._pool.submit(self._app.open_catalog)
+
+    def __call__(self) -> Catalog | None:
+        from contentflow_backupd.errors import BackupdError
+
+        self.start()
+        assert self._opening is not None
+        if self._unavailable:
             return None
         try:
-            return opening.result()
+            return self._opening.result()
         except BackupdError as exc:
-            unavailable.append(exc)
+            self._unavailable = True
             log.warning("audit_unavailable", error=exc.message, hint="this operation is not audited")
             return None
 
-    with ThreadPoolExecutor(1, thread_name_prefix="audit-catalog") as pool:
-        opening = pool.submit(app.open_catalog)
-        try:
-            yield opened
-        finally:
-            if opening.exception() is None:  # else: reported by opened(), or never needed
-                opening.result().close()
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._opening is not None and self._opening.exception() is None:
+            self._opening.result().close()  # else: reported when called, or never needed
 
 
 def cmd_restore_point(args: argparse.Namespace, app: App) -> int:

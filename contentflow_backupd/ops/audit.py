@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -87,19 +87,36 @@ def record_event(
             log.error("audit_flush_failed", repository=repo.id, error=_message(exc))
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass
 class AuditScope:
     """What ``audited`` will record: the block may add ``details`` and set ``outcome`` (e.g.
-    ``failed`` for a verification that found faults without raising)."""
+    ``failed`` for a verification that found faults without raising). ``begin()``: the
+    operation's long part starts now (an ``AuditLater`` starts to open its catalog)."""
 
     details: dict[str, Any]
     outcome: str = "succeeded"
+    begin: Callable[[], None] = _nothing
 
 
-AuditTo = AuditCatalog | Callable[[], AuditCatalog | None] | None
-"""Where ``audited`` records: a catalog; a function that gives the catalog (or None) when the
-record is written, so that a command can open its catalog while the operation runs (``restore
---pgdata``, ``cli/restore.py``); or None, nothing is recorded."""
+@runtime_checkable
+class AuditLater(Protocol):
+    """An audit catalog that opens while the operation runs (``restore --pgdata``,
+    ``cli/restore.py``): ``start()`` starts opening it (``AuditScope.begin``), which takes a
+    while (SQLAlchemy's import), and must not delay the operation; called, it waits for it (and
+    starts it first if need be) and gives it, or None when it could not be opened (then nothing
+    is recorded)."""
+
+    def start(self) -> None: ...
+
+    def __call__(self) -> AuditCatalog | None: ...
+
+
+AuditTo = AuditCatalog | AuditLater | None
+"""Where ``audited`` records: a catalog, one that opens while the operation runs, or None."""
 
 
 @contextmanager
@@ -113,9 +130,14 @@ def audited(
 ) -> Iterator[AuditScope]:
     """Record ``action`` when the block ends: ``scope.outcome`` (default ``succeeded``), or
     ``failed`` (``interrupted`` for a signal) with the error, which propagates. With ``catalog``
-    None (or a function that gives None) nothing is recorded (a command that could not open its
-    catalog)."""
-    scope = AuditScope(dict(details or {}))
+    None (or an ``AuditLater`` that gives None) nothing is recorded (a command that could not
+    open its catalog)."""
+    opened: Callable[[], AuditCatalog | None]
+    if isinstance(catalog, AuditLater):
+        opened, scope = catalog, AuditScope(dict(details or {}), begin=catalog.start)
+    else:
+        plain = catalog
+        opened, scope = (lambda: plain), AuditScope(dict(details or {}))
     if catalog is None:
         yield scope
         return
@@ -124,16 +146,16 @@ def audited(
     except BaseException as exc:
         outcome = "failed" if isinstance(exc, Exception) else "interrupted"
         scope.details["error"] = _message(exc)
-        opened = catalog() if callable(catalog) else catalog
-        if opened is not None:
+        target = opened()
+        if target is not None:
             record_event(
-                opened, action=action, outcome=outcome, objects=objects, details=scope.details, repo=repo
+                target, action=action, outcome=outcome, objects=objects, details=scope.details, repo=repo
             )
         raise
-    opened = catalog() if callable(catalog) else catalog
-    if opened is not None:
+    target = opened()
+    if target is not None:
         record_event(
-            opened, action=action, outcome=scope.outcome, objects=objects, details=scope.details, repo=repo
+            target, action=action, outcome=scope.outcome, objects=objects, details=scope.details, repo=repo
         )
 
 

@@ -117,6 +117,47 @@ def test_audited_records_success_failure_and_a_set_outcome(catalog: SqlCatalog) 
     assert events[0].details == {"bytes": 5} and "boom" in events[1].details["error"]
 
 
+class _Later:
+    """An ``AuditLater`` as the restore command makes one (cli/restore.py), minus the thread:
+    what was asked of it, and when."""
+
+    def __init__(self, catalog: SqlCatalog | None) -> None:
+        self.catalog = catalog
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def __call__(self) -> SqlCatalog | None:
+        self.calls.append("get")
+        return self.catalog
+
+
+def test_audited_opens_a_later_catalog_when_the_block_begins_and_records_in_it(catalog: SqlCatalog) -> None:
+    later = _Later(catalog)
+    with audited(later, "restore", objects=["b1"]) as scope:
+        assert later.calls == []  # nothing is opened before the operation's long part
+        scope.begin()
+        assert later.calls == ["start"]
+    failing = _Later(catalog)
+    with pytest.raises(RuntimeError), audited(failing, "restore", objects=["b2"]):
+        raise RuntimeError("refused before it began")  # the record is still written
+    unavailable = _Later(None)
+    with audited(unavailable, "restore") as scope:
+        scope.begin()
+    with audited(catalog, "verify") as scope:
+        scope.begin()  # a plain catalog: nothing to start
+    assert (
+        later.calls == ["start", "get"] and failing.calls == ["get"] and unavailable.calls == ["start", "get"]
+    )
+    events = catalog.list_audit_events()
+    assert [(e.action, e.outcome, e.objects) for e in events] == [
+        ("restore", "succeeded", ("b1",)),
+        ("restore", "failed", ("b2",)),
+        ("verify", "succeeded", ()),
+    ]
+
+
 def test_a_failure_to_audit_never_raises(catalog: SqlCatalog, capsys: pytest.CaptureFixture[str]) -> None:
     with catalog.engine.begin() as conn:
         conn.execute(text("drop table audit_events"))

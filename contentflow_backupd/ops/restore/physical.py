@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,12 +120,12 @@ def restore_physical(
 ) -> PhysicalRestoreResult:
     """``pg``: the PostgreSQL side (``pg.datadir`` writes the data directory, ``pg.combiner``
     runs pg_combinebackup for a native chain); ``catalog``: where restore points are looked up;
-    ``audit``: the catalog to record the restore in, or a function that gives it when the
-    record is written (``ops/audit.py``); None records nothing."""
+    ``audit``: the catalog to record the restore in, or one that opens while the restore writes
+    (``ops/audit.py``, ``AuditLater``); None records nothing."""
     details = {"cluster": opts.cluster, "mode": "physical", "pgdata": str(opts.pgdata)}
     details["target"] = opts.target.describe()
     with audited(audit, "restore", objects=[opts.backup], details=details, repo=repo) as recorded:
-        result = _restore_physical(repo, archive, opts, catalog, pg)
+        result = _restore_physical(repo, archive, opts, catalog, pg, recorded.begin)
         recorded.details.update(backup_id=result.backup_id, restored_bytes=result.restored_bytes)
         return result
 
@@ -136,7 +136,9 @@ def _restore_physical(
     opts: PhysicalRestoreOptions,
     catalog: RestorePointCatalog | None,
     pg: PostgresDrivers,
+    begin: Callable[[], None],
 ) -> PhysicalRestoreResult:
+    """``begin``: called once every check passed, when the writing starts (``AuditScope``)."""
     t0 = time.monotonic()
     files = pg.datadir
     pgdata = Path(os.path.abspath(opts.pgdata))
@@ -164,6 +166,7 @@ def _restore_physical(
         bytes=restored_bytes,
         chain=[link.id for link in chain] if len(chain) > 1 else None,
     )
+    begin()
     data = files.new_directory(pgdata, owner)
     made: list[NewDirectory] = []
     try:
