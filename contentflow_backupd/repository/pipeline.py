@@ -1,7 +1,9 @@
 """Streaming pipelines between byte streams and repository chunks, with bounded memory.
 
 Backup: source stream -> chunker -> [thread pool: keyed hash -> (dedup) -> compress -> encrypt -> upload].
-Restore: manifest chunk list -> parallel prefetch -> decrypt -> decompress -> verify -> ordered bytes.
+Restore: manifest chunk list -> parallel prefetch -> authenticate+decrypt -> decompress -> ordered
+bytes, with the stream digest checked over them (on its own thread); ``verify`` also checks each
+chunk's keyed hash (``ChunkReader.read_chunk``).
 
 Memory is bounded by ``window`` chunks in flight (each at most the chunker's max size), whatever
 the size of the stream; nothing is written to local disk.
