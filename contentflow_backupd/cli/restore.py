@@ -98,6 +98,9 @@ def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
     logical += [o for o, v in (("--no-owner", args.no_owner), ("--jobs", args.jobs != 1)) if v]
     if logical:
         raise UsageError(f"--pgdata restores a physical backup; not with {', '.join(logical)}")
+    from contentflow_backupd.memtune import keep_freed_memory
+
+    keep_freed_memory()  # this process streams the whole backup through memory, then ends
     target = RecoveryTarget.parse(
         time=args.target_time,
         lsn=args.target_lsn,

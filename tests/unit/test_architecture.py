@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "sqltext": 0,
     "backoff": 0,  # the retry/backoff policy of every loop (pure)
     "fsutil": 0,  # fsync of a directory (stdlib)
+    "memtune": 0,  # glibc's allocator thresholds for a streaming command (stdlib ctypes)
     "procs": 0,  # is a pid alive, stop a process (stdlib)
     "statedir": 0,  # the default state directory (stdlib)
     "walsocket": 0,  # the WAL socket's protocol and lean client (stdlib only)
