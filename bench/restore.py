@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import resource
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,7 @@ def run_threads(argv: list[str], env: dict[str, str], workdir: Path, quiet: floa
     peak = 0
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out_path, "wb") as out:
+        started_at = time.time()
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env, start_new_session=True)
         while proc.poll() is None:
@@ -111,6 +114,7 @@ def run_threads(argv: list[str], env: dict[str, str], workdir: Path, quiet: floa
     total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {err[-2000:]}")
+    startup = _startup_seconds(err, started_at)
     main_user, main_sys = ticks.pop(proc.pid, (0, 0))
     main = main_user + main_sys
     others = sorted((u + s for u, s in ticks.values()), reverse=True)
@@ -123,8 +127,21 @@ def run_threads(argv: list[str], env: dict[str, str], workdir: Path, quiet: floa
         "cpu_busiest_other_threads_seconds": [round(t / _TICKS, 2) for t in others[:4]],
         "threads_seen": len(others) + 1,
         "cpu_total_seconds": round(total, 2),
+        "startup_seconds": startup,
         "stdout": out_path.read_text(),
     }
+
+
+def _startup_seconds(stderr: str, started_at: float) -> float | None:
+    """Seconds from the command's start to our ``restore_started`` log event (JSON logs: the
+    settings, imports, key derivation, the choice of the backup and every check before the first
+    byte is written); None for pgBackRest."""
+    for line in stderr.splitlines():
+        if line.startswith("{") and '"restore_started"' in line:
+            stamp = json.loads(line).get("timestamp", "")
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            return round(when - started_at, 3)
+    return None
 
 
 def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
@@ -197,9 +214,11 @@ def measure(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
             runs[name].append(m)
             rss = m["peak_rss_kib"] / 1024
             main_s, main_sys = m["cpu_main_thread_seconds"], m["cpu_main_thread_system_seconds"]
+            startup = "" if m["startup_seconds"] is None else f" (start-up {m['startup_seconds']:.2f}s)"
             physical.say(
-                f"  {name}: {m['wall_seconds']:.2f}s, peak RSS {rss:.0f} MiB, CPU main thread {main_s:.2f}s "
-                f"(sys {main_sys:.2f}s) + others {m['cpu_other_threads_seconds']:.2f}s "
+                f"  {name}: {m['wall_seconds']:.2f}s{startup}, peak RSS {rss:.0f} MiB, "
+                f"CPU main thread {main_s:.2f}s (sys {main_sys:.2f}s) + "
+                f"others {m['cpu_other_threads_seconds']:.2f}s "
                 f"({m['threads_seen']} threads); CPU with children {m['cpu_total_seconds']:.2f}s"
             )
             shutil.rmtree(target, ignore_errors=True)
@@ -212,14 +231,19 @@ def summarize(measured: dict[str, Any]) -> list[str]:
     runs = measured["runs"]
     med = {name: statistics.median(r["wall_seconds"] for r in rs) for name, rs in runs.items() if rs}
     lines = [
-        f"{'variant':<14} {'median s':>9} {'peak RSS MiB':>13} {'CPU main/others s':>18} {'CPU all s':>9}"
+        f"{'variant':<14} {'median s':>9} {'start-up s':>10} {'peak RSS MiB':>13} {'CPU main/others s':>18} "
+        f"{'CPU all s':>9}"
     ]
     for name, rs in runs.items():
         cpu_m = statistics.median(r["cpu_main_thread_seconds"] for r in rs)
         cpu_o = statistics.median(r["cpu_other_threads_seconds"] for r in rs)
         cpu_all = statistics.median(r["cpu_total_seconds"] for r in rs)
         rss = max(r["peak_rss_kib"] for r in rs) / 1024
-        lines.append(f"{name:<14} {med[name]:>9.2f} {rss:>13.0f} {cpu_m:>8.2f}/{cpu_o:<9.2f} {cpu_all:>9.2f}")
+        starts = [r["startup_seconds"] for r in rs if r.get("startup_seconds") is not None]
+        start = f"{statistics.median(starts):>10.2f}" if starts else f"{'-':>10}"
+        lines.append(
+            f"{name:<14} {med[name]:>9.2f} {start} {rss:>13.0f} {cpu_m:>8.2f}/{cpu_o:<9.2f} {cpu_all:>9.2f}"
+        )
     for ref in ("pgbackrest", "baseline"):
         if ref in med:
             for name in med:
