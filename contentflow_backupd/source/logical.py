@@ -20,7 +20,7 @@ from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
-from contentflow_backupd.source.pipe import PipeReader
+from contentflow_backupd.source.pipe import PREFETCH_LIMIT, PipeReader
 from contentflow_backupd.source.tools import StderrTail, find_tool, tool_major, widen_pipe
 
 log = structlog.get_logger(__name__)
@@ -29,10 +29,18 @@ log = structlog.get_logger(__name__)
 class PgDumpSource:
     """A database dumped with ``pg_dump``; passwords reach it only through a private passfile."""
 
-    def __init__(self, info: ConnInfo, *, bin_dir: Path | None = None, tmp_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        info: ConnInfo,
+        *,
+        bin_dir: Path | None = None,
+        tmp_root: Path | None = None,
+        prefetch_limit: int = PREFETCH_LIMIT,
+    ) -> None:
         self.info = info
         self._bin_dir = bin_dir
         self._tmp_root = tmp_root
+        self._prefetch_limit = prefetch_limit
         self._described: DatabaseInfo | None = None
         self._started: tuple[ExitStack, subprocess.Popen[bytes], StderrTail, PipeReader] | None = None
         self._facts: dict[str, Any] = {}
@@ -47,11 +55,11 @@ class PgDumpSource:
     def start(self) -> None:
         """Start ``pg_dump`` now, ahead of ``dump()``: the command line opens the repository and
         the catalog while pg_dump connects, reads the schema and dumps, its output read ahead
-        into memory (at most ``pipe.PREFETCH_LIMIT`` bytes) so that it does not stop at a full
+        into memory (at most ``prefetch_limit`` bytes) so that it does not stop at a full
         pipe meanwhile. ``close()`` stops it when ``dump()`` never comes."""
         if self._started is None:
             self._started = self._spawn()
-            self._started[3].prefetch()
+            self._started[3].prefetch(self._prefetch_limit)
 
     def close(self) -> None:
         if self._started is not None:
