@@ -5,7 +5,9 @@ up for nearly every one of them: ~40,000 reads for a 570 MB archive, each a syst
 context switch on both sides, which on a 2-core machine is CPU taken from the server's COPY and
 from our pipeline. ``PipeReader`` reads the same bytes in the same order, but after a short read
 it lets the pipe fill for a moment (``BATCH_WAIT``) before reading again: ~2,000 reads instead,
-and the writer never blocks as long as the pipe holds more than it writes in that moment.
+and the writer never blocks as long as the pipe holds more than it writes in that moment. That
+needs a large pipe: when the pipe could not be widened to ``READ_SIZE`` (``tools.widen_pipe`` is
+best effort), every read is taken at once, as before.
 
 ``prefetch`` also starts a thread that drains the pipe into memory (at most ``limit`` bytes)
 until the first ``readinto``, so that the child does not stop at a full pipe while the
@@ -15,6 +17,7 @@ our start-up then overlap instead of following each other.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -36,6 +39,18 @@ PREFETCH_LIMIT = 64 * 1024 * 1024
 """Bytes read ahead while the command starts up (peak memory grows by at most this much)."""
 
 
+def pipe_size(fd: int) -> int | None:
+    """The capacity of the pipe ``fd`` (``F_GETPIPE_SZ``); None where that cannot be asked."""
+    import fcntl
+
+    getsz = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if getsz is None:
+        return None
+    with contextlib.suppress(OSError):
+        return int(fcntl.fcntl(fd, getsz))
+    return None
+
+
 class PipeReader(io.RawIOBase):
     """A readable binary stream over the pipe ``fd`` (not closed by this object: its owner
     closes the pipe, after ``stop``). Not thread-safe: one consumer reads."""
@@ -43,7 +58,9 @@ class PipeReader(io.RawIOBase):
     def __init__(self, fd: int, *, batch_wait: float = BATCH_WAIT) -> None:
         super().__init__()
         self._fd = fd
-        self._batch_wait = batch_wait
+        self.batched = (pipe_size(fd) or 0) >= READ_SIZE
+        """Whether short reads are followed by ``batch_wait`` (only with a pipe of ``READ_SIZE``)."""
+        self._batch_wait = batch_wait if self.batched else 0.0
         self._wait_next = False
         self._eof = False
         self._ahead: deque[bytes] = deque()
@@ -101,7 +118,7 @@ class PipeReader(io.RawIOBase):
             time.sleep(self._batch_wait)
         data = os.read(self._fd, size)
         self.reads += 1
-        self._wait_next = 0 < len(data) < SHORT_READ
+        self._wait_next = self.batched and 0 < len(data) < SHORT_READ
         return data
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
@@ -119,7 +136,7 @@ class PipeReader(io.RawIOBase):
             time.sleep(self._batch_wait)
         n = os.readv(self._fd, [view[:READ_SIZE]])
         self.reads += 1
-        self._wait_next = 0 < n < SHORT_READ
+        self._wait_next = self.batched and 0 < n < SHORT_READ
         self._eof = n == 0
         return n
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from contentflow_backupd.repository.chunker import Chunker, ChunkerParams
-from contentflow_backupd.source.pipe import PipeReader
+from contentflow_backupd.source.pipe import READ_SIZE, PipeReader, pipe_size
 from contentflow_backupd.source.tools import widen_pipe
 
 # A child that writes ``size`` pseudo-random bytes in pieces of ``piece`` bytes (as pg_dump does,
@@ -172,3 +172,30 @@ def test_a_read_error_of_the_read_ahead_reaches_the_consumer() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_pipe_that_could_not_be_widened_is_read_at_once() -> None:
+    """Waiting after a short read needs room in the pipe: a 64 KiB pipe (F_SETPIPE_SZ refused)
+    fills in a fraction of the wait, so there the reader never waits (and still reads it all)."""
+    r, w = os.pipe()
+    try:
+        assert (pipe_size(r) or 0) < READ_SIZE  # Linux's default is 64 KiB
+        reader = PipeReader(r)
+        assert not reader.batched
+        widen_pipe(r)
+        assert PipeReader(r).batched == ((pipe_size(r) or 0) >= READ_SIZE)
+        os.write(w, b"x" * 1000)
+        os.close(w)
+        w = -1
+        assert read_all(reader) == b"x" * 1000
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_a_widened_pipe_is_read_in_batches() -> None:
+    with writer(2_000_000, 4096) as (proc, reader):
+        assert proc.stdout is not None
+        assert reader.batched == ((pipe_size(proc.stdout.fileno()) or 0) >= READ_SIZE)
+        assert read_all(reader) == expected(2_000_000, 4096, 7)
