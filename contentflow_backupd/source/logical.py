@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import psycopg
 import structlog
@@ -20,6 +20,7 @@ from contentflow_backupd.procs import stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
+from contentflow_backupd.source.pipe import PREFETCH_LIMIT, PipeReader
 from contentflow_backupd.source.tools import StderrTail, find_tool, tool_major, widen_pipe
 
 log = structlog.get_logger(__name__)
@@ -28,12 +29,20 @@ log = structlog.get_logger(__name__)
 class PgDumpSource:
     """A database dumped with ``pg_dump``; passwords reach it only through a private passfile."""
 
-    def __init__(self, info: ConnInfo, *, bin_dir: Path | None = None, tmp_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        info: ConnInfo,
+        *,
+        bin_dir: Path | None = None,
+        tmp_root: Path | None = None,
+        prefetch_limit: int = PREFETCH_LIMIT,
+    ) -> None:
         self.info = info
         self._bin_dir = bin_dir
         self._tmp_root = tmp_root
+        self._prefetch_limit = prefetch_limit
         self._described: DatabaseInfo | None = None
-        self._started: tuple[ExitStack, subprocess.Popen[bytes], StderrTail] | None = None
+        self._started: tuple[ExitStack, subprocess.Popen[bytes], StderrTail, PipeReader] | None = None
         self._facts: dict[str, Any] = {}
         self._snapshot: DumpSnapshot | None = None
         self._dump_major: int | None = None
@@ -45,22 +54,25 @@ class PgDumpSource:
 
     def start(self) -> None:
         """Start ``pg_dump`` now, ahead of ``dump()``: the command line opens the repository and
-        the catalog while pg_dump connects and reads the schema (its output waits in the pipe).
-        ``close()`` stops it when ``dump()`` never comes."""
+        the catalog while pg_dump connects, reads the schema and dumps, its output read ahead
+        into memory (at most ``prefetch_limit`` bytes) so that it does not stop at a full
+        pipe meanwhile. ``close()`` stops it when ``dump()`` never comes."""
         if self._started is None:
             self._started = self._spawn()
+            self._started[3].prefetch(self._prefetch_limit)
 
     def close(self) -> None:
         if self._started is not None:
-            stack, proc, _tail = self._started
+            stack, proc, _tail, reader = self._started
             self._started = None
             self._snapshot = None
             stop_process(proc)
+            reader.stop()  # the pipe is at EOF now: the read ahead ends at once
             if proc.stdout is not None:
                 proc.stdout.close()
             stack.close()
 
-    def _spawn(self) -> tuple[ExitStack, subprocess.Popen[bytes], StderrTail]:
+    def _spawn(self) -> tuple[ExitStack, subprocess.Popen[bytes], StderrTail, PipeReader]:
         server = self.describe()
         pg_dump = find_tool("pg_dump", server.major, self._bin_dir)
         self._dump_major = tool_major(pg_dump)
@@ -99,7 +111,7 @@ class PgDumpSource:
         except BaseException:
             stack.close()
             raise
-        return stack, proc, StderrTail(proc)
+        return stack, proc, StderrTail(proc), PipeReader(proc.stdout.fileno())
 
     def dump_facts(self) -> dict[str, Any]:
         """What the last completed ``dump()`` recorded in its own snapshot (see ``DumpSnapshot``)."""
@@ -109,18 +121,20 @@ class PgDumpSource:
     def dump(self) -> Iterator[BinaryIO]:
         started, self._started = self._started, None
         self._facts = {}
-        stack, proc, tail = started or self._spawn()
+        stack, proc, tail, reader = started or self._spawn()
         snapshot, self._snapshot = self._snapshot, None
         with stack:
             assert proc.stdout is not None
             try:
-                yield proc.stdout  # type: ignore[misc]
+                yield cast(BinaryIO, reader)
             except BaseException:
                 stop_process(proc)
                 raise
             finally:
+                reader.stop()
                 proc.stdout.close()
             rc = proc.wait()
+            log.debug("dump_read", reads=reader.reads, read_ahead_bytes=reader.read_ahead)
             if rc != 0:
                 raise SourceError(f"pg_dump of {self.info.display()} failed (exit {rc}): {tail.text()}")
             if snapshot is not None:
