@@ -17,6 +17,9 @@ from contentflow_backupd.errors import ConfigError
 
 MIN_AVG = 64 * 1024
 MAX_AVG = 4 * 1024 * 1024
+MIN_CHOSEN_AVG = 1024
+"""The smallest average a generation may choose for itself (packed: ``pipeline.PACK_BELOW``);
+the setting's smallest stays ``MIN_AVG``."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,10 @@ class ChunkerParams:
         params.check()
         return params
 
-    def check(self) -> None:
+    def check(self, *, minimum: int = MIN_AVG) -> None:
         if self.algorithm != "fastcdc-2020":
             raise ConfigError(f"unknown chunking algorithm {self.algorithm!r}")
-        if not MIN_AVG <= self.avg_size <= MAX_AVG:
+        if not minimum <= self.avg_size <= MAX_AVG:
             raise ConfigError(
                 f"BACKUPD_CHUNKING__AVG_SIZE: {self.avg_size} is outside {MIN_AVG}..{MAX_AVG} bytes"
             )
@@ -65,7 +68,7 @@ class Chunker:
     """Cuts a byte stream into content-defined chunks."""
 
     def __init__(self, params: ChunkerParams) -> None:
-        params.check()
+        params.check(minimum=MIN_CHOSEN_AVG)
         self.params = params
         self._cdc = FastCDC(
             params.avg_size,
@@ -85,7 +88,7 @@ class Chunker:
         made with at least a maximum chunk of data ahead, or at the end of the stream.
         """
         max_size = self.params.max_size
-        size = BUFFER_CHUNKS * max_size
+        size = max(BUFFER_CHUNKS * max_size, MIN_BUFFER)
         readinto = _readinto(stream)
         spare: list[bytearray] = []
         buf = bytearray(size)
@@ -113,6 +116,8 @@ class Chunker:
 
 BUFFER_CHUNKS = 4
 """A chunker's read buffer, in maximum chunk sizes (16 MiB with the default 1 MiB average)."""
+MIN_BUFFER = 1024 * 1024
+"""...and at least this much (small chunks: reads of a useful size)."""
 
 
 def _free_buffer(spare: list[bytearray], size: int) -> bytearray:

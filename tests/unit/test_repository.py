@@ -151,7 +151,7 @@ def test_writer_dedups_within_and_across_backups(repo: Repository) -> None:
     w = ChunkWriter(repo, "main", "gen1", {}, concurrency=3)
     entry = w.write_stream("dump", "t", io.BytesIO(stream))
     assert w.stats.chunks_new < w.stats.chunks_total
-    known = {c.id: c.stored for c in entry.chunks}
+    known = {c.id: c for c in entry.chunks}
     w2 = ChunkWriter(repo, "main", "gen1", known, concurrency=3)
     entry2 = w2.write_stream("dump", "t", io.BytesIO(stream + b"tail"))
     assert w2.stats.chunks_new <= 2
