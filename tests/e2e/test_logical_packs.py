@@ -60,7 +60,10 @@ def test_a_one_percent_change_of_a_29_mb_database_stores_under_a_tenth(
     )
     assert share <= 0.10
 
-    cli.run("verify", "--all", check=True)
+    verified = cli.ok_json("verify", "--all")
+    assert verified["faults"] == [] and verified["repository"]["warnings"] == [], verified
+    indexes = list((repo / "main" / "chunks").rglob("*.index"))
+    assert verified["repository"]["objects_by_kind"]["pack index"] == len(indexes) > 0
     cli.run("verify", "--quick", incr["id"], check=True)
     target = "restored_" + pg_db
     cli.run("restore", "latest", "--to-database", pg.url(target), "--create", check=True)
@@ -78,3 +81,23 @@ def test_a_one_percent_change_of_a_29_mb_database_stores_under_a_tenth(
     res = cli.run("restore", incr["id"], "--to-database", pg.url(target), "--create")
     assert res.returncode != 0
     assert victim.name in res.stdout + res.stderr
+
+
+def test_packs_off_cuts_a_small_database_at_the_repository_chunk_size(
+    cli: Cli, pg: PgCluster, pg_db: str, tmp_path: Path
+) -> None:
+    with pg.connect(pg_db) as conn:
+        conn.autocommit = True
+        dataset.build(conn, 4)
+    cli.run("init", check=True)
+    packed = cli.ok_json("backup", "--kind", "full")
+    cli.env["BACKUPD_CHUNKING__PACKS"] = "false"
+    plain = cli.ok_json("backup", "--kind", "full")
+    chunks = tmp_path / "repo" / "main" / "chunks"
+    assert (chunks / packed["id"] / "packs").is_dir()
+    assert not (chunks / plain["id"] / "packs").exists()
+    assert cli.ok_json("show", plain["id"])["manifest"]["streams"][0]["chunk_size"] is None
+    cli.run("verify", "--all", check=True)
+    cli.run("restore", plain["id"], "--to-database", pg.url("plain_" + pg_db), "--create", check=True)
+    assert checksums(pg, "plain_" + pg_db) == checksums(pg, pg_db)
+    pg.drop_database("plain_" + pg_db)

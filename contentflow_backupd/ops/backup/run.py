@@ -48,6 +48,8 @@ class BackupOptions:
     lock_dir: Path | None = None
     trigger: RunTrigger = "manual"
     archive_timeout: float = 300.0
+    packs: bool = True
+    """``BACKUPD_CHUNKING__PACKS``: a logical full may choose small chunks, in packs."""
     cancel: threading.Event | None = None
     """Set by the daemon when it stops a run at shutdown: a failure then counts as
     ``interrupted`` (stopping the children is what made it fail)."""
@@ -167,8 +169,10 @@ def _dispatch(
         def dump(writer: ChunkWriter, plan: GenerationPlan) -> _Streams:
             if plan.kind == "incremental":
                 size = plan.chunk_size  # the full's: to dedup against it
-            else:
+            elif opts.packs:
                 size = generation_chunk_size(db.size, repo.config.chunker.avg_size)
+            else:
+                size = None
             with logical.dump() as stream:
                 entry = writer.write_stream("dump", "pg_dump-custom", stream, chunk_size=size)
             method = "chunks" if plan.kind == "incremental" else None

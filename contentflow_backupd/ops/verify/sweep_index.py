@@ -224,12 +224,12 @@ def check_object(repo: Repository, index: ClusterIndex, key: str) -> int:
 
 def _check_chunk(repo: Repository, index: ClusterIndex, key: str) -> None:
     parts = key.split("/")
-    packed = len(parts) == 6 and parts[3] == layout.PACKS_DIR
-    if packed and parts[5].endswith(layout.PACK_INDEX):
-        _check_pack_index(repo, index, parts[2], parts[5].removesuffix(layout.PACK_INDEX))
+    packed = len(parts) == 5 and parts[3] == layout.PACKS_DIR  # <cluster>/chunks/<gen>/packs/<id>
+    if packed and parts[4].endswith(layout.PACK_INDEX):
+        _check_pack_index(repo, index, parts[2], parts[4].removesuffix(layout.PACK_INDEX))
         return
     refs = index.chunk_refs.get(key)
-    if refs and (len(parts) == 5 or packed):
+    if refs and len(parts) == 5:
         reader = ChunkReader(repo, index.cluster, parts[2], concurrency=1)
         for ref in refs.values():  # a pack: fetched once, every chunk a manifest names in it checked
             reader.read_chunk(ref)
