@@ -44,7 +44,9 @@ class _OpenPack:
 
     def __init__(self) -> None:
         self.id = secrets.token_hex(16)
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
+        """The chunks' bytes: views of the chunker's buffers (kept alive, never written again),
+        copied once, when the pack is sealed."""
         self.size = 0
         self.index: list[list[Any]] = []
         """``[chunk id, offset, size]`` of each chunk in the pack."""
@@ -157,7 +159,7 @@ class ChunkWriter:
         assert pack is not None
         ref = self._known[cid] = ChunkRef(cid, len(data), 0, pack.id, pack.size)
         pack.index.append([cid, pack.size, len(data)])
-        pack.parts.append(bytes(data))
+        pack.parts.append(data)
         pack.size += len(data)
         with self._lock:
             self.stats.chunks_new += 1
