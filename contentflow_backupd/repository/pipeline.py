@@ -37,6 +37,8 @@ PACK_BELOW = 256 * 1024
 """Streams cut into chunks smaller than this on average are packed (many chunks to an object)."""
 PACK_TARGET = 4 * 1024 * 1024
 """A pack is sealed once it holds this many plaintext bytes."""
+BATCH_BYTES = 1024 * 1024
+"""A packed stream's chunks are hashed by the pool in batches of about this many bytes."""
 
 
 class _OpenPack:
@@ -147,6 +149,10 @@ class ChunkWriter:
             self.stats.stored_bytes += stored
         return cid
 
+    def _ids(self, batch: list[bytes | memoryview]) -> list[str]:
+        """On a pool thread: the ids of a batch of chunks of a packed stream."""
+        return [self.repo.chunk_id(data) for data in batch]
+
     def _place(self, cid: str, data: bytes | memoryview) -> tuple[ChunkRef, _OpenPack | None]:
         """On the calling thread, in stream order: the reference of a chunk of a packed stream,
         appended to the open pack unless the generation holds it; and the pack to seal, when this
@@ -210,8 +216,13 @@ class ChunkWriter:
         ids: list[Future[str]] = []  # unpacked: each chunk's id, to come
         placed: list[ChunkRef] = []  # packed: each chunk's reference, in order
         size = 0
-        in_flight: deque[tuple[Future[str], bytes | memoryview]] = deque()
-        seals: list[Future[None]] = []
+        # Unpacked: one chunk per entry, stored by the pool. Packed: a batch of chunks per entry
+        # (small chunks: a future each would cost more than hashing one), hashed by the pool and
+        # placed in order on this thread (``settle``).
+        in_flight: deque[tuple[Future[Any], list[bytes | memoryview]]] = deque()
+        batch: list[bytes | memoryview] = []
+        batch_bytes = 0
+        seals: deque[Future[None]] = deque()  # packs being sealed: at most ``concurrency`` (memory)
         stop_flushing = threading.Event()
         flusher = threading.Thread(target=self._flush_until, args=(stop_flushing,), name="flush", daemon=True)
         flusher.start()
@@ -219,39 +230,51 @@ class ChunkWriter:
             with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
 
                 def settle() -> None:
-                    """The oldest chunk in flight is done: for a packed stream, place it."""
-                    fut, data = in_flight.popleft()
-                    cid = fut.result()
+                    """The oldest entry in flight is done: for a packed stream, place its chunks."""
+                    fut, chunks = in_flight.popleft()
+                    result = fut.result()
                     if packed:
-                        ref, full = self._place(cid, data)
-                        placed.append(ref)
-                        if full is not None:
-                            seals.append(pool.submit(self._seal, full))
+                        for cid, data in zip(result, chunks, strict=True):
+                            ref, full = self._place(cid, data)
+                            placed.append(ref)
+                            if full is not None:
+                                seals.append(pool.submit(self._seal, full))
+                                while len(seals) > self._concurrency or (seals and seals[0].done()):
+                                    seals.popleft().result()
+
+                def drain(limit: int) -> None:
+                    while len(in_flight) > limit or (in_flight and in_flight[0][0].done()):
+                        settle()
 
                 try:
                     for data in chunker.chunks(stream):
-                        # Packed: the pool only hashes; the chunk is placed in order (settle).
-                        fut = pool.submit(self.repo.chunk_id if packed else self._store, data)
-                        if not packed:
-                            ids.append(fut)
-                        in_flight.append((fut, data))
                         digest.update(data)  # meanwhile, on this thread
                         size += len(data)
                         progress_advance(len(data))
                         self.stats.chunks_total += 1
-                        while len(in_flight) >= self._window or (in_flight and in_flight[0][0].done()):
-                            settle()
+                        if packed:
+                            batch.append(data)
+                            batch_bytes += len(data)
+                            if batch_bytes >= BATCH_BYTES:
+                                in_flight.append((pool.submit(self._ids, batch), batch))
+                                batch, batch_bytes = [], 0
+                        else:
+                            fut = pool.submit(self._store, data)
+                            ids.append(fut)
+                            in_flight.append((fut, []))
+                        drain(self._window - 1)
                         if progress is not None:
                             progress(size)
-                    while in_flight:
-                        settle()
+                    if batch:
+                        in_flight.append((pool.submit(self._ids, batch), batch))
+                    drain(0)
                     last, self._pack = self._pack, None
                     if last is not None and last.parts:
                         seals.append(pool.submit(self._seal, last))
                     for seal in seals:
                         seal.result()
                 except BaseException:
-                    for fut, _data in in_flight:
+                    for fut, _chunks in in_flight:
                         fut.cancel()
                     for seal in seals:
                         seal.cancel()
