@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from pyfastcdc import FastCDC
 
@@ -77,8 +77,11 @@ class Chunker:
             normalized_chunking=params.normalized_chunking,  # type: ignore[arg-type]
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
-        """Yield the chunks of ``stream`` until EOF, as read-only views.
+    def chunks(self, stream: BinaryIO, digest: _Hasher | None = None) -> Iterator[memoryview]:
+        """Yield the chunks of ``stream`` until EOF, as read-only views; ``digest``, when given,
+        is updated with the stream's bytes in order, a buffer's worth per call (per chunk, the
+        calls cost more than the hashing with small chunks), all of them by the time the last
+        chunk has been taken.
 
         The stream is read into buffers of ``BUFFER_CHUNKS`` x the maximum chunk size, each one
         new and never written again once chunks are cut from it, so a view stays valid (and its
@@ -95,9 +98,14 @@ class Chunker:
         filled = _fill(readinto, buf, 0)
         eof = filled < size
         offset = 0
+        hashed = 0  # bytes of ``buf`` given to ``digest``: those of the chunks taken from it
         while True:
             left = filled - offset
+            if digest is not None and (left == 0 or (left < max_size and not eof)):
+                digest.update(memoryview(buf)[hashed:offset])
+                hashed = offset
             if left < max_size and not eof:
+                hashed = 0
                 tail, buf = buf, _free_buffer(spare, size)
                 buf[:left] = memoryview(tail)[offset:filled]
                 spare.append(tail)
@@ -109,9 +117,19 @@ class Chunker:
             if left == 0:
                 return
             view = memoryview(buf).toreadonly()
-            length = next(iter(self._cdc.cut_buf(view[offset:filled]))).length
-            yield view[offset : offset + length]
-            offset += length
+            # Every cut FastCDC makes in the buffer, in one pass (one call per chunk cost more
+            # than the cut with small chunks), as long as a maximum chunk of data lies ahead of
+            # the chunk's start (or the stream ended): each cut depends only on the bytes from
+            # its chunk's start, so these are the cuts of the whole stream.
+            for cut in self._cdc.cut_buf(view[offset:filled]):
+                if filled - offset < max_size and not eof:
+                    break  # read more first
+                yield view[offset : offset + cut.length]
+                offset += cut.length
+
+
+class _Hasher(Protocol):
+    def update(self, data: memoryview, /) -> object: ...
 
 
 BUFFER_CHUNKS = 4

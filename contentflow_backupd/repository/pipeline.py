@@ -247,8 +247,7 @@ class ChunkWriter:
                         settle()
 
                 try:
-                    for data in chunker.chunks(stream):
-                        digest.update(data)  # meanwhile, on this thread
+                    for data in chunker.chunks(stream, digest):  # the digest on this thread
                         size += len(data)
                         progress_advance(len(data))
                         self.stats.chunks_total += 1

@@ -195,8 +195,9 @@ def test_a_generation_chooses_small_chunks_for_a_small_database_only() -> None:
     assert generation_chunk_size(0, mib) is None
     assert generation_chunk_size(1000, mib) == 1024  # never below 1 KiB
     assert generation_chunk_size(29 * 10**6, mib) == 1024
-    assert generation_chunk_size(1250 * 10**6, mib) == 64 * 1024
-    assert generation_chunk_size(100 * 10**9, mib) is None  # the repository's own: large ones unchanged
+    assert generation_chunk_size(571 * 10**6, mib) == 4096
+    assert generation_chunk_size(2**30, mib) == 8192
+    assert generation_chunk_size(200 * 10**9, mib) is None  # the repository's own: as before
 
 
 @settings(deadline=None, max_examples=200)
