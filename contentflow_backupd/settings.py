@@ -91,6 +91,11 @@ class CompressionSettings(_Section):
 
 class ChunkingSettings(_Section):
     avg_size: int = Field(1024 * 1024, ge=64 * 1024, le=4 * 1024 * 1024)
+    packs: bool = True
+    """A logical full backup of a small database chooses smaller chunks for its generation and
+    stores them in packs (``repository/pipeline.py``); false: every generation is cut at
+    ``avg_size``, one object per chunk. Read at each full backup (an incremental follows its
+    full), so it can change on a repository at any time."""
 
 
 class WalSettings(_Section):

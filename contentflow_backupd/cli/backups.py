@@ -176,7 +176,9 @@ def cmd_show(args: argparse.Namespace, app: App) -> int:
                 "type": s.type,
                 "size": s.size,
                 "digest": s.digest,
-                "chunks": len(s.chunks),
+                "chunks": s.chunk_count,
+                "chunk_size": s.chunk_size,
+                "packs": len(s.packs),
             }
             for s in manifest.streams
         ],
@@ -190,9 +192,12 @@ def cmd_show(args: argparse.Namespace, app: App) -> int:
                 print(f"{k:<17} {v}")
         print(f"{'manifest':<17} {key}")
         for s in out["manifest"]["streams"]:
+            packed = (
+                f" of {human_bytes(s['chunk_size'])} average, in {s['packs']} packs" if s["packs"] else ""
+            )
             print(
-                f"  stream {s['name']} ({s['type']}): {human_bytes(s['size'])} in {s['chunks']} chunks, "
-                f"blake3 {s['digest']}"
+                f"  stream {s['name']} ({s['type']}): {human_bytes(s['size'])} in {s['chunks']} chunks"
+                f"{packed}, blake3 {s['digest']}"
             )
     return EXIT_OK
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from pyfastcdc import FastCDC
 
@@ -17,6 +17,9 @@ from contentflow_backupd.errors import ConfigError
 
 MIN_AVG = 64 * 1024
 MAX_AVG = 4 * 1024 * 1024
+MIN_CHOSEN_AVG = 1024
+"""The smallest average a generation may choose for itself (packed: ``pipeline.PACK_BELOW``);
+the setting's smallest stays ``MIN_AVG``."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,10 @@ class ChunkerParams:
         params.check()
         return params
 
-    def check(self) -> None:
+    def check(self, *, minimum: int = MIN_AVG) -> None:
         if self.algorithm != "fastcdc-2020":
             raise ConfigError(f"unknown chunking algorithm {self.algorithm!r}")
-        if not MIN_AVG <= self.avg_size <= MAX_AVG:
+        if not minimum <= self.avg_size <= MAX_AVG:
             raise ConfigError(
                 f"BACKUPD_CHUNKING__AVG_SIZE: {self.avg_size} is outside {MIN_AVG}..{MAX_AVG} bytes"
             )
@@ -65,7 +68,7 @@ class Chunker:
     """Cuts a byte stream into content-defined chunks."""
 
     def __init__(self, params: ChunkerParams) -> None:
-        params.check()
+        params.check(minimum=MIN_CHOSEN_AVG)
         self.params = params
         self._cdc = FastCDC(
             params.avg_size,
@@ -74,8 +77,11 @@ class Chunker:
             normalized_chunking=params.normalized_chunking,  # type: ignore[arg-type]
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
-        """Yield the chunks of ``stream`` until EOF, as read-only views.
+    def chunks(self, stream: BinaryIO, digest: _Hasher | None = None) -> Iterator[memoryview]:
+        """Yield the chunks of ``stream`` until EOF, as read-only views; ``digest``, when given,
+        is updated with the stream's bytes in order, a buffer's worth per call (per chunk, the
+        calls cost more than the hashing with small chunks), all of them by the time the last
+        chunk has been taken.
 
         The stream is read into buffers of ``BUFFER_CHUNKS`` x the maximum chunk size, each one
         new and never written again once chunks are cut from it, so a view stays valid (and its
@@ -85,16 +91,21 @@ class Chunker:
         made with at least a maximum chunk of data ahead, or at the end of the stream.
         """
         max_size = self.params.max_size
-        size = BUFFER_CHUNKS * max_size
+        size = max(BUFFER_CHUNKS * max_size, MIN_BUFFER)
         readinto = _readinto(stream)
         spare: list[bytearray] = []
         buf = bytearray(size)
         filled = _fill(readinto, buf, 0)
         eof = filled < size
         offset = 0
+        hashed = 0  # bytes of ``buf`` given to ``digest``: those of the chunks taken from it
         while True:
             left = filled - offset
+            if digest is not None and (left == 0 or (left < max_size and not eof)):
+                digest.update(memoryview(buf)[hashed:offset])
+                hashed = offset
             if left < max_size and not eof:
+                hashed = 0
                 tail, buf = buf, _free_buffer(spare, size)
                 buf[:left] = memoryview(tail)[offset:filled]
                 spare.append(tail)
@@ -106,13 +117,25 @@ class Chunker:
             if left == 0:
                 return
             view = memoryview(buf).toreadonly()
-            length = next(iter(self._cdc.cut_buf(view[offset:filled]))).length
-            yield view[offset : offset + length]
-            offset += length
+            # Every cut FastCDC makes in the buffer, in one pass (one call per chunk cost more
+            # than the cut with small chunks), as long as a maximum chunk of data lies ahead of
+            # the chunk's start (or the stream ended): each cut depends only on the bytes from
+            # its chunk's start, so these are the cuts of the whole stream.
+            for cut in self._cdc.cut_buf(view[offset:filled]):
+                if filled - offset < max_size and not eof:
+                    break  # read more first
+                yield view[offset : offset + cut.length]
+                offset += cut.length
+
+
+class _Hasher(Protocol):
+    def update(self, data: memoryview, /) -> object: ...
 
 
 BUFFER_CHUNKS = 4
 """A chunker's read buffer, in maximum chunk sizes (16 MiB with the default 1 MiB average)."""
+MIN_BUFFER = 1024 * 1024
+"""...and at least this much (small chunks: reads of a useful size)."""
 
 
 def _free_buffer(spare: list[bytearray], size: int) -> bytearray:

@@ -6,13 +6,19 @@
     keys/<kek-id>.json                          the keyset wrapped by one key-encryption key
     <cluster>/backups/<backup-id>.json          encrypted manifest: the commit marker of a backup
     <cluster>/chunks/<generation>/<xx>/<id>     encrypted, compressed data chunks
+    <cluster>/chunks/<generation>/packs/<id>    encrypted, compressed packs of small chunks
+    <cluster>/chunks/<generation>/packs/<id>.index   each pack's chunk ids (for dedup)
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from contentflow_backupd.errors import BackupNotFound, ConfigError
+
+if TYPE_CHECKING:
+    from contentflow_backupd.repository.manifest import ChunkRef
 
 REPO_FILE = "repo.json"
 KEYS_PREFIX = "keys/"
@@ -67,6 +73,30 @@ def chunk_key(cluster: str, generation: str, chunk_id: str) -> str:
     if not _CHUNK_ID.match(chunk_id):
         raise ValueError(f"invalid chunk id {chunk_id!r}")
     return f"{cluster}/chunks/{generation}/{chunk_id[:2]}/{chunk_id}"
+
+
+_PACK_ID = re.compile(r"^[0-9a-f]{32}$")
+PACKS_DIR = "packs"
+
+
+def pack_key(cluster: str, generation: str, pack_id: str) -> str:
+    if not _PACK_ID.match(pack_id):
+        raise ValueError(f"invalid pack id {pack_id!r}")
+    return f"{cluster}/chunks/{generation}/{PACKS_DIR}/{pack_id}"
+
+
+PACK_INDEX = ".index"
+
+
+def pack_index_key(cluster: str, generation: str, pack_id: str) -> str:
+    return pack_key(cluster, generation, pack_id) + PACK_INDEX
+
+
+def object_key(cluster: str, generation: str, ref: ChunkRef) -> str:
+    """The object holding ``ref``'s chunk: its own, or its pack."""
+    if ref.pack is not None:
+        return pack_key(cluster, generation, ref.pack)
+    return chunk_key(cluster, generation, ref.id)
 
 
 def chunks_prefix(cluster: str, generation: str | None = None) -> str:

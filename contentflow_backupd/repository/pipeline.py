@@ -11,12 +11,14 @@ the size of the stream; nothing is written to local disk.
 
 from __future__ import annotations
 
+import json
+import secrets
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import blake3
 import structlog
@@ -25,7 +27,7 @@ from contentflow_backupd.errors import IntegrityError
 from contentflow_backupd.observability.progress import advance as progress_advance
 from contentflow_backupd.observability.progress import phase as progress_phase
 from contentflow_backupd.repository import layout
-from contentflow_backupd.repository.chunker import Chunker
+from contentflow_backupd.repository.chunker import Chunker, ChunkerParams
 from contentflow_backupd.repository.manifest import ChunkRef, StreamEntry
 from contentflow_backupd.repository.repository import Repository
 
@@ -33,6 +35,36 @@ log = structlog.get_logger(__name__)
 
 FLUSH_INTERVAL = 0.25
 """Seconds between two background flushes of a writer (see ``ChunkWriter``)."""
+PACK_BELOW = 256 * 1024
+"""Streams cut into chunks smaller than this on average are packed (many chunks to an object)."""
+PACK_TARGET = 4 * 1024 * 1024
+"""A pack is sealed once it holds this many plaintext bytes."""
+BATCH_BYTES = 1024 * 1024
+"""A packed stream's chunks are hashed by the pool in batches of about this many bytes."""
+
+
+class _OpenPack:
+    """The pack being filled: chunks appended in the order their workers reach it."""
+
+    def __init__(self) -> None:
+        self.id = secrets.token_hex(16)
+        self.parts: list[bytes | memoryview] = []
+        """The chunks' bytes: views of the chunker's buffers (kept alive, never written again),
+        copied once, when the pack is sealed."""
+        self.size = 0
+        self.index: list[list[Any]] = []
+        """``[chunk id, offset, size]`` of each chunk in the pack."""
+
+
+def read_pack_index(repo: Repository, cluster: str, generation: str, pack_id: str) -> list[ChunkRef]:
+    """The chunks a pack holds, from its index (authenticated like every object):
+    ``IntegrityError`` when it is malformed."""
+    key = layout.pack_index_key(cluster, generation, pack_id)
+    try:
+        rows = json.loads(repo.get_object(key))
+        return [ChunkRef(str(c), int(n), 0, pack_id, int(o)) for c, o, n in rows]
+    except (ValueError, TypeError) as exc:
+        raise IntegrityError(f"pack index {key} is malformed: {exc}", key=key) from None
 
 
 def stream_digest() -> blake3.blake3:
@@ -54,7 +86,14 @@ class ChunkWriter:
     """Writes streams of one backup into a generation, uploading only chunks it lacks.
 
     ``known`` maps chunk ids the generation already holds (from committed manifests) to their
-    stored size. Chunks repeated within this backup are uploaded once.
+    references, and ``known_packs`` the packs those refer to to their stored size. Chunks
+    repeated within this backup are uploaded once.
+
+    A stream whose generation chose a chunk size below ``PACK_BELOW`` (``write_stream``'s
+    ``chunk_size``: a small database's logical generation) is packed: the pool only hashes; each
+    chunk is placed on the calling thread in stream order (``_place``), a new one appended to the
+    open pack, and a pack is compressed and sealed as one object, with its index, when it reaches
+    ``PACK_TARGET`` bytes and at the end of the stream, before ``write_stream`` returns.
 
     Only the boundaries are found on the calling thread (they depend on everything before them),
     with the stream digest; each chunk's keyed hash, the dedup decision, compression, encryption
@@ -74,8 +113,9 @@ class ChunkWriter:
         repo: Repository,
         cluster: str,
         generation: str,
-        known: Mapping[str, int],
+        known: Mapping[str, ChunkRef],
         *,
+        known_packs: Mapping[str, int] | None = None,
         concurrency: int = 8,
         window: int | None = None,
         flush_interval: float = FLUSH_INTERVAL,
@@ -83,7 +123,10 @@ class ChunkWriter:
         self.repo = repo
         self.cluster = cluster
         self.generation = generation
-        self._known: dict[str, int] = dict(known)
+        self._known: dict[str, ChunkRef] = dict(known)
+        self._pack_sizes: dict[str, int] = dict(known_packs or {})
+        self._pack: _OpenPack | None = None
+        """The open pack of the stream being written, when it is packed."""
         self._claimed: set[str] = set()
         """Ids a worker of this writer is storing now (guarded by ``_lock``)."""
         self._lock = threading.Lock()
@@ -103,10 +146,48 @@ class ChunkWriter:
         key = layout.chunk_key(self.cluster, self.generation, cid)
         stored = self.repo.put_object(key, data, sync=False)  # made durable before the manifest
         with self._lock:
-            self._known[cid] = stored
+            self._known[cid] = ChunkRef(cid, len(data), stored)
             self.stats.chunks_new += 1
             self.stats.stored_bytes += stored
         return cid
+
+    def _ids(self, batch: list[bytes | memoryview]) -> list[str]:
+        """On a pool thread: the ids of a batch of chunks of a packed stream."""
+        return [self.repo.chunk_id(data) for data in batch]
+
+    def _place(self, cid: str, data: bytes | memoryview) -> tuple[ChunkRef, _OpenPack | None]:
+        """On the calling thread, in stream order: the reference of a chunk of a packed stream,
+        appended to the open pack unless the generation holds it; and the pack to seal, when this
+        chunk filled it. In stream order, so that a stream's chunks lie in its packs as in the
+        stream (the manifest stores runs, not chunks; a restore reads packs in order)."""
+        known = self._known.get(cid)
+        if known is not None:
+            return known, None
+        pack = self._pack
+        assert pack is not None
+        ref = self._known[cid] = ChunkRef(cid, len(data), 0, pack.id, pack.size)
+        pack.index.append([cid, pack.size, len(data)])
+        pack.parts.append(data)
+        pack.size += len(data)
+        with self._lock:
+            self.stats.chunks_new += 1
+        if pack.size < PACK_TARGET:
+            return ref, None
+        self._pack = _OpenPack()
+        return ref, pack
+
+    def _seal(self, pack: _OpenPack) -> None:
+        """Compress, seal and store a pack and its index (made durable before the manifest, as
+        chunks are). The index lists ``[chunk id, offset, size]`` of each chunk in the pack: what a
+        later backup of the generation dedups against (``read_pack_index``)."""
+        key = layout.pack_key(self.cluster, self.generation, pack.id)
+        stored = self.repo.put_object(key, b"".join(pack.parts), sync=False)
+        index = json.dumps(pack.index, separators=(",", ":")).encode()
+        index_key = layout.pack_index_key(self.cluster, self.generation, pack.id)
+        index_stored = self.repo.put_object(index_key, index, sync=False)
+        with self._lock:
+            self._pack_sizes[pack.id] = stored
+            self.stats.stored_bytes += stored + index_stored
 
     def _flush_until(self, stop: threading.Event) -> None:
         """On the flush thread, until ``stop``. A failure here is not the backup's: what could not
@@ -125,42 +206,102 @@ class ChunkWriter:
         stream: BinaryIO,
         *,
         progress: Callable[[int], None] | None = None,
+        chunk_size: int | None = None,
     ) -> StreamEntry:
-        chunker = Chunker(self.repo.config.chunker)
+        """Store ``stream``; ``chunk_size``: its average chunk size, when its generation chose one
+        (else the repository's); a chosen size below ``PACK_BELOW`` packs the stream."""
+        params = self.repo.config.chunker if chunk_size is None else ChunkerParams(avg_size=chunk_size)
+        chunker = Chunker(params)
+        packed = chunk_size is not None and chunk_size < PACK_BELOW  # the setting's sizes: as before
+        self._pack = _OpenPack() if packed else None
         digest = blake3.blake3()
-        refs: list[tuple[Future[str], int]] = []  # each chunk's id (to come) and length
+        ids: list[Future[str]] = []  # unpacked: each chunk's id, to come
+        placed: list[ChunkRef] = []  # packed: each chunk's reference, in order
         size = 0
-        in_flight: deque[Future[str]] = deque()
+        # Unpacked: one chunk per entry, stored by the pool. Packed: a batch of chunks per entry
+        # (small chunks: a future each would cost more than hashing one), hashed by the pool and
+        # placed in order on this thread (``settle``).
+        in_flight: deque[tuple[Future[Any], list[bytes | memoryview]]] = deque()
+        batch: list[bytes | memoryview] = []
+        batch_bytes = 0
+        seals: deque[Future[None]] = deque()  # packs being sealed: at most ``concurrency`` (memory)
         stop_flushing = threading.Event()
         flusher = threading.Thread(target=self._flush_until, args=(stop_flushing,), name="flush", daemon=True)
         flusher.start()
         try:
             with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
+
+                def settle() -> None:
+                    """The oldest entry in flight is done: for a packed stream, place its chunks."""
+                    fut, chunks = in_flight.popleft()
+                    result = fut.result()
+                    if packed:
+                        for cid, data in zip(result, chunks, strict=True):
+                            ref, full = self._place(cid, data)
+                            placed.append(ref)
+                            if full is not None:
+                                seals.append(pool.submit(self._seal, full))
+                                while len(seals) > self._concurrency or (seals and seals[0].done()):
+                                    seals.popleft().result()
+
+                def drain(limit: int) -> None:
+                    while len(in_flight) > limit or (in_flight and in_flight[0][0].done()):
+                        settle()
+
                 try:
-                    for data in chunker.chunks(stream):
-                        fut = pool.submit(self._store, data)
-                        refs.append((fut, len(data)))
-                        in_flight.append(fut)
-                        digest.update(data)  # meanwhile, on this thread
+                    for data in chunker.chunks(stream, digest):  # the digest on this thread
                         size += len(data)
                         progress_advance(len(data))
                         self.stats.chunks_total += 1
-                        while len(in_flight) >= self._window or (in_flight and in_flight[0].done()):
-                            in_flight.popleft().result()
+                        if packed:
+                            batch.append(data)
+                            batch_bytes += len(data)
+                            if batch_bytes >= BATCH_BYTES:
+                                in_flight.append((pool.submit(self._ids, batch), batch))
+                                batch, batch_bytes = [], 0
+                        else:
+                            fut = pool.submit(self._store, data)
+                            ids.append(fut)
+                            in_flight.append((fut, []))
+                        drain(self._window - 1)
                         if progress is not None:
                             progress(size)
-                    while in_flight:
-                        in_flight.popleft().result()
+                    if batch:
+                        in_flight.append((pool.submit(self._ids, batch), batch))
+                    drain(0)
+                    last, self._pack = self._pack, None
+                    if last is not None and last.parts:
+                        seals.append(pool.submit(self._seal, last))
+                    for seal in seals:
+                        seal.result()
                 except BaseException:
-                    for fut in in_flight:
+                    for fut, _chunks in in_flight:
                         fut.cancel()
+                    for seal in seals:
+                        seal.cancel()
                     raise
         finally:
             self._claimed.clear()  # the pool is done: what was stored is in _known
+            self._pack = None
             stop_flushing.set()
             flusher.join()
-        chunks = [ChunkRef(fut.result(), n, self._known[fut.result()]) for fut, n in refs]
-        return StreamEntry(name=name, type=type_, size=size, digest=digest.hexdigest(), chunks=chunks)
+        chunks = placed if packed else [self._known[fut.result()] for fut in ids]
+        packs = {c.pack: self._pack_sizes[c.pack] for c in chunks if c.pack is not None}
+        return StreamEntry(
+            name=name,
+            type=type_,
+            size=size,
+            digest=digest.hexdigest(),
+            chunks=chunks,
+            chunk_size=chunk_size,
+            packs=packs,
+        )
+
+
+class _PackSlot:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.data: memoryview | None = None
 
 
 class ChunkReader:
@@ -171,9 +312,13 @@ class ChunkReader:
         self.cluster = cluster
         self.generation = generation
         self._concurrency = max(1, concurrency)
+        self._packs: OrderedDict[str, _PackSlot] = OrderedDict()
+        self._packs_lock = threading.Lock()
+        self._packs_held = self._concurrency + 2
 
     def key_of(self, ref: ChunkRef) -> str:
-        return layout.chunk_key(self.cluster, self.generation, ref.id)
+        """The object holding ``ref``: the chunk's own, or its pack."""
+        return layout.object_key(self.cluster, self.generation, ref)
 
     def read_chunk(self, ref: ChunkRef) -> bytes:
         """Fetch, open and check one chunk: ``IntegrityError`` names the object on any fault,
@@ -189,10 +334,35 @@ class ChunkReader:
         """Fetch and open one chunk (AES-GCM authenticates it under its own key name, so an
         altered, truncated, swapped or renamed object fails here) and check its length."""
         key = self.key_of(ref)
+        if ref.pack is not None:
+            # The pack is authenticated whole; a reference read from a manifest has no id (the
+            # stream's digest checks the order), one from this process or an index does.
+            piece = self._pack_plaintext(ref.pack, key)[ref.offset : ref.offset + ref.size]
+            if len(piece) != ref.size or (ref.id and self.repo.chunk_id(piece) != ref.id):
+                raise IntegrityError(
+                    f"pack {key} does not hold chunk {ref.id or ref.size} at offset {ref.offset}", key=key
+                )
+            return bytes(piece)
         data = self.repo.get_object(key)
         if len(data) != ref.size:
             raise IntegrityError(f"object {key} does not hold the data its id names", key=key)
         return data
+
+    def _pack_plaintext(self, pack: str, key: str) -> memoryview:
+        """A pack's plaintext, fetched once by the first reader that needs it (the others wait),
+        and kept while it is one of the last ``concurrency + 2`` packs used."""
+        with self._packs_lock:
+            slot = self._packs.get(pack)
+            if slot is None:
+                slot = self._packs[pack] = _PackSlot()
+                while len(self._packs) > self._packs_held:
+                    self._packs.popitem(last=False)
+            else:
+                self._packs.move_to_end(pack)
+        with slot.lock:
+            if slot.data is None:
+                slot.data = memoryview(self.repo.get_object(key))
+            return slot.data
 
     def iter_stream(self, entry: StreamEntry, *, manifest_key: str = "") -> Iterator[bytes]:
         """The stream's bytes, chunk by chunk, in order; checks the stream digest at the end.

@@ -307,7 +307,7 @@ class Repository:
             ) from None
         try:
             manifest = Manifest.from_dict(json.loads(data))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise IntegrityError(f"manifest {key} is malformed: {exc}", key=key) from None
         if manifest.id != backup_id or manifest.cluster != cluster:
             raise IntegrityError(f"manifest {key} describes another backup ({manifest.id})", key=key)

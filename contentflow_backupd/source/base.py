@@ -42,6 +42,8 @@ class DatabaseInfo:
     server_version_num: int
     server_version: str
     is_superuser: bool
+    size: int | None = None
+    """``pg_database_size``: bytes on disk (None when not known)."""
 
     @property
     def major(self) -> int:

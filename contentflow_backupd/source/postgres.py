@@ -85,7 +85,8 @@ def describe(info: ConnInfo) -> DatabaseInfo:
         row = conn.execute(
             "select current_database(), current_user, current_setting('server_version_num')::int,"
             " current_setting('server_version'),"
-            " (select rolsuper from pg_roles where rolname = current_user)"
+            " (select rolsuper from pg_roles where rolname = current_user),"
+            " pg_database_size(current_database())"
         ).fetchone()
     assert row is not None
     return DatabaseInfo(
@@ -94,6 +95,7 @@ def describe(info: ConnInfo) -> DatabaseInfo:
         server_version_num=row[2],
         server_version=row[3],
         is_superuser=bool(row[4]),
+        size=int(row[5]) if row[5] is not None else None,
     )
 
 

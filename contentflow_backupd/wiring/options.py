@@ -27,6 +27,7 @@ def backup_options(settings: Settings, kind: str, *, mode: str | None = None, **
         concurrency=settings.upload_concurrency,
         lock_dir=lock_dir(settings),
         archive_timeout=settings.wal.archive_timeout,
+        packs=settings.chunking.packs,
         **extra,
     )
 

@@ -42,7 +42,7 @@ def test_full_and_incremental_round_trip(cli: Cli, pg: PgCluster, pg_db: str) ->
     assert full["parent_id"] is None and full["generation"] == full["id"]
     assert full["database"] == pg_db
     assert ISO.match(full["started_at"]) and ISO.match(full["finished_at"])
-    assert full["chunks_new"] == full["chunks_total"] > 0
+    assert 0 < full["chunks_new"] <= full["chunks_total"]  # small chunks repeat within a dump
     before = checksums(pg, pg_db)
 
     change(pg, pg_db)

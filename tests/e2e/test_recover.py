@@ -121,7 +121,9 @@ def flipped_byte(path: Path) -> Iterator[None]:
 
 
 def chunk_of(repo: Path, generation: str) -> Path:
-    files = sorted(p for p in (repo / "main" / "chunks" / generation).rglob("*") if p.is_file())
+    # Chunks, or packs (not their indexes, which only the dedup of a later backup reads).
+    found = (repo / "main" / "chunks" / generation).rglob("*")
+    files = sorted(p for p in found if p.is_file() and not p.name.endswith(".index"))
     assert files, f"no chunks in generation {generation}"
     return files[len(files) // 2]
 
@@ -353,12 +355,14 @@ def test_a_damaged_chunk_rules_out_every_backup_of_its_generation_that_needs_it(
     repo = Repository.open(
         LocalStorage(tmp_path / "repo"), KekSecret("passphrase", PASSPHRASE.encode(), "test")
     )
-    shared = {c.id for c in repo.read_manifest("main", full["id"]).chunk_refs()} & {
-        c.id for c in repo.read_manifest("main", incremental["id"]).chunk_refs()
-    }
+
+    def objects(backup_id: str) -> set[str]:  # chunks, or the packs holding them
+        m = repo.read_manifest("main", backup_id)
+        return {layout.object_key("main", m.generation, ref) for ref in m.chunk_refs()}
+
+    shared = objects(full["id"]) & objects(incremental["id"])
     assert shared
-    chunk_id = sorted(shared)[0]
-    key = layout.chunk_key("main", full["generation"], chunk_id)
+    key = sorted(shared)[0]
     target = pg_db + "_generation"
     try:
         with flipped_byte(tmp_path / "repo" / key):

@@ -10,6 +10,7 @@ import random
 import threading
 from typing import Any, cast
 
+import blake3
 import pytest
 from pyfastcdc import FastCDC
 
@@ -23,7 +24,7 @@ from contentflow_backupd.errors import (
 )
 from contentflow_backupd.model import utcnow
 from contentflow_backupd.repository import layout
-from contentflow_backupd.repository.chunker import Chunker, ChunkerParams
+from contentflow_backupd.repository.chunker import MIN_BUFFER, Chunker, ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret, read_key_file
 from contentflow_backupd.repository.manifest import Manifest
 from contentflow_backupd.repository.pipeline import ChunkReader, ChunkWriter
@@ -152,7 +153,7 @@ def test_writer_dedups_within_and_across_backups(repo: Repository) -> None:
     w = ChunkWriter(repo, "main", "gen1", {}, concurrency=3)
     entry = w.write_stream("dump", "t", io.BytesIO(stream))
     assert w.stats.chunks_new < w.stats.chunks_total
-    known = {c.id: c.stored for c in entry.chunks}
+    known = {c.id: c for c in entry.chunks}
     w2 = ChunkWriter(repo, "main", "gen1", known, concurrency=3)
     entry2 = w2.write_stream("dump", "t", io.BytesIO(stream + b"tail"))
     assert w2.stats.chunks_new <= 2
@@ -378,14 +379,17 @@ class _ShortReads(io.RawIOBase):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_chunk_boundaries_are_those_of_fastcdc_over_the_whole_stream(seed: int) -> None:
+@pytest.mark.parametrize("avg", [SMALL.avg_size, 1024])
+def test_chunk_boundaries_are_those_of_fastcdc_over_the_whole_stream(seed: int, avg: int) -> None:
     # The chunker reads into its own buffers and cuts there; its chunks must be exactly those of
     # pyfastcdc's stream chunker (the repository format: equal data, equal ids, dedup across
     # versions), whatever the read sizes, at every length around the buffer and chunk sizes.
+    # 1 KiB: a small database's packed generation (many cuts per buffer).
     rnd = random.Random(seed)
-    p = SMALL
+    p = ChunkerParams(avg_size=avg)
     lengths = [0, 1, p.min_size, p.max_size, p.max_size + 1, 4 * p.max_size, 4 * p.max_size + 7]
     lengths += [rnd.randint(0, 40 * p.avg_size) for _ in range(3)]
+    lengths += [MIN_BUFFER - 1, MIN_BUFFER + p.max_size, 3 * MIN_BUFFER + 7]  # across read buffers
     for n in lengths:
         data = bytearray(rnd.randbytes(n))
         for _ in range(3):  # runs of one byte: the longest chunks (max_size) come from these
@@ -398,6 +402,8 @@ def test_chunk_boundaries_are_those_of_fastcdc_over_the_whole_stream(seed: int) 
             ).cut_stream(io.BytesIO(bytes(data)))
         ]
         for stream in (io.BytesIO(bytes(data)), _ShortReads(bytes(data), rnd)):
-            chunks = list(Chunker(p).chunks(stream))  # type: ignore[arg-type]
+            digest = blake3.blake3()
+            chunks = list(Chunker(p).chunks(stream, digest))  # type: ignore[arg-type]
             assert [bytes(c) for c in chunks] == reference, n
+            assert digest.hexdigest() == blake3.blake3(bytes(data)).hexdigest(), n  # each byte once
             assert all(c.readonly for c in chunks)

@@ -25,7 +25,7 @@ from contentflow_backupd.errors import BackupdError, LockedError, SourceError, U
 from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, Scope, new_backup_id, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
-from contentflow_backupd.ops.backup.generations import GenerationPlan, plan_generation
+from contentflow_backupd.ops.backup.generations import GenerationPlan, generation_chunk_size, plan_generation
 from contentflow_backupd.ops.backup.native import IncrementalMethod, native_base, store_backup_manifest
 from contentflow_backupd.ops.locks import exclusive, pid_alive
 from contentflow_backupd.repository.manifest import Manifest, StreamEntry
@@ -48,6 +48,8 @@ class BackupOptions:
     lock_dir: Path | None = None
     trigger: RunTrigger = "manual"
     archive_timeout: float = 300.0
+    packs: bool = True
+    """``BACKUPD_CHUNKING__PACKS``: a logical full may choose small chunks, in packs."""
     cancel: threading.Event | None = None
     """Set by the daemon when it stops a run at shutdown: a failure then counts as
     ``interrupted`` (stopping the children is what made it fail)."""
@@ -165,8 +167,14 @@ def _dispatch(
         details: dict[str, Any] = {"pg_version": db.server_version, "requested_kind": opts.kind}
 
         def dump(writer: ChunkWriter, plan: GenerationPlan) -> _Streams:
+            if plan.kind == "incremental":
+                size = plan.chunk_size  # the full's: to dedup against it
+            elif opts.packs:
+                size = generation_chunk_size(db.size, repo.config.chunker.avg_size)
+            else:
+                size = None
             with logical.dump() as stream:
-                entry = writer.write_stream("dump", "pg_dump-custom", stream)
+                entry = writer.write_stream("dump", "pg_dump-custom", stream, chunk_size=size)
             method = "chunks" if plan.kind == "incremental" else None
             return _Streams([entry], {**logical.dump_facts(), "incremental_method": method})
 
@@ -306,7 +314,14 @@ def _execute(
     structlog.contextvars.bind_contextvars(backup_id=backup_id, kind=plan.kind)
     log.info("backup_started", mode=opts.mode, generation=generation, known_chunks=len(plan.known_chunks))
     try:
-        writer = ChunkWriter(repo, opts.cluster, generation, plan.known_chunks, concurrency=opts.concurrency)
+        writer = ChunkWriter(
+            repo,
+            opts.cluster,
+            generation,
+            plan.known_chunks,
+            known_packs=plan.known_packs,
+            concurrency=opts.concurrency,
+        )
         progress.phase(
             "dumping" if opts.mode == "logical" else "copying",
             total=_expected_size(catalog, Scope(repo.id, opts.cluster), opts.mode),

@@ -105,7 +105,7 @@ def _needs_damaged(manifest: Manifest, damaged: Mapping[str, str]) -> str | None
     if not damaged:
         return None
     for ref in manifest.chunk_refs():
-        key = layout.chunk_key(manifest.cluster, manifest.generation, ref.id)
+        key = layout.object_key(manifest.cluster, manifest.generation, ref)
         if key in damaged:
             return f"it needs object {key}, found damaged while restoring backup {damaged[key]}"
     return None

@@ -189,15 +189,17 @@ def _chain(
 
 def _quick(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExecutor, conc: int) -> None:
     reader = ChunkReader(repo, m.cluster, m.generation)
-    refs = list({r.id: r for r in m.chunk_refs()}.values())
-    for ref, result in ordered_map(pool, lambda r: repo.storage.stat(reader.key_of(r)), refs, conc * 4):
+    packs = m.pack_sizes()
+    expected: dict[str, int] = {}  # object key (a chunk's or a pack's) -> stored size
+    for ref in m.chunk_refs():
+        expected[reader.key_of(ref)] = ref.stored if ref.pack is None else packs.get(ref.pack, -1)
+    for key, result in ordered_map(pool, repo.storage.stat, list(expected), conc * 4):
         check.objects_checked += 1
         progress.advance(1)
-        key = reader.key_of(ref)
         if isinstance(result, BaseException):
             check.faults.append(Fault(m.id, key, describe(result)))
-        elif result.size != ref.stored:
-            check.faults.append(Fault(m.id, key, f"size {result.size}, expected {ref.stored}"))
+        elif result.size != expected[key]:
+            check.faults.append(Fault(m.id, key, f"size {result.size}, expected {expected[key]}"))
 
 
 def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExecutor, conc: int) -> None:
@@ -206,19 +208,19 @@ def _deep(repo: Repository, m: Manifest, check: BackupCheck, pool: ThreadPoolExe
     for stream in m.streams:
         digest = stream_digest()
         intact = True
-        seen: set[str] = set()
+        seen: set[str] = set()  # object keys (a pack holds many chunks)
         results = ordered_map(pool, reader.read_chunk, stream.chunks, conc * 2)
         for ref, result in results:
-            first = ref.id not in seen
-            seen.add(ref.id)
+            key = reader.key_of(ref)
+            first = key not in seen
+            seen.add(key)
             if first:
                 check.objects_checked += 1
-            if first:
-                check.read_keys.add(reader.key_of(ref))
+                check.read_keys.add(key)
             if isinstance(result, BaseException):
                 intact = False
-                if first:
-                    check.faults.append(Fault(m.id, reader.key_of(ref), describe(result)))
+                if not any(f.key == key for f in check.faults):
+                    check.faults.append(Fault(m.id, key, describe(result)))
                 continue
             check.bytes_read += len(result)
             progress.advance(len(result))

@@ -234,7 +234,7 @@ def _check_keyset_version(repo: Repository, key: str, check: RepositoryCheck) ->
 def _kind_of(cluster: str, key: str) -> str:
     rest = key[len(cluster) + 1 :]
     if rest.startswith("chunks/"):
-        return "chunk"
+        return "pack index" if key.endswith(layout.PACK_INDEX) else "chunk"
     if rest.startswith("wal/"):
         return {"history": ".history", "backup": "WAL .backup"}.get(
             str(classify(key.rsplit("/", 1)[-1])), "WAL"

@@ -9,7 +9,8 @@ Which backups need an object:
 
 - a manifest: its own backup;
 - a chunk: every backup whose manifest names it (retention keeps whole generations, so a chunk
-  that only expired backups used may remain; no kept backup needs it);
+  that only expired backups used may remain; no kept backup needs it); a pack: every backup that
+  names a chunk in it;
 - a WAL file: every physical backup whose ``wal_first`` sorts at or before it (the WAL a backup
   needs to become consistent and to roll forward); a ``.history`` file: every physical backup.
   A WAL file that is gone from the repository is needed only when it lies inside a backup's
@@ -38,7 +39,7 @@ from contentflow_backupd.errors import (
 )
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.manifest import ChunkRef, Manifest
-from contentflow_backupd.repository.pipeline import ChunkReader
+from contentflow_backupd.repository.pipeline import ChunkReader, read_pack_index
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive, read_segment_header
 from contentflow_backupd.storage.base import ObjectInfo
@@ -77,7 +78,10 @@ class ClusterIndex:
     unreadable: dict[str, str] = field(default_factory=dict)
     """Backup id -> why its manifest could not be read."""
     chunk_users: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    chunk_refs: dict[str, ChunkRef] = field(default_factory=dict)
+    chunk_refs: dict[str, dict[str, ChunkRef]] = field(default_factory=lambda: defaultdict(dict))
+    """Object key (a chunk's, or a pack's) -> the chunks manifests name in it, by id."""
+    object_stored: dict[str, int] = field(default_factory=dict)
+    """Object key -> its stored size, as the manifests say."""
     consistency: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     """WAL key -> backups that need it to become consistent."""
     wal_starts: list[tuple[str, str]] = field(default_factory=list)
@@ -127,7 +131,7 @@ class ClusterIndex:
     def backup_keys(self, backup_id: str) -> list[str]:
         """The chunk and consistency-WAL keys of a readable backup, each once, in key order."""
         m = self.manifests[backup_id]
-        keys = {layout.chunk_key(self.cluster, m.generation, r.id) for r in m.chunk_refs()}
+        keys = {layout.object_key(self.cluster, m.generation, r) for r in m.chunk_refs()}
         keys |= {k for k, users in self.consistency.items() if backup_id in users}
         return sorted(keys)
 
@@ -135,12 +139,12 @@ class ClusterIndex:
         """Problems seen from the listing alone: unreadable manifests, and objects a manifest
         names that are missing or have another stored size than the manifest says."""
         problems = dict(self.manifest_problems)
-        for key, ref in self.chunk_refs.items():
+        for key, stored in self.object_stored.items():
             info = self.listing.get(key)
             if info is None:
                 problems.setdefault(key, "missing")
-            elif info.size != ref.stored:
-                problems.setdefault(key, f"size {info.size}, expected {ref.stored}")
+            elif info.size != stored:
+                problems.setdefault(key, f"size {info.size}, expected {stored}")
         for key in self.consistency:
             if key not in self.listing:
                 problems.setdefault(key, f"{CONSISTENCY}: missing")
@@ -167,10 +171,12 @@ def build_index(repo: Repository, cluster: str) -> ClusterIndex:
             log.error("manifest_unreadable", backup_id=bid, key=key, error=exc.message)
             continue
         index.manifests[bid] = m
+        packs = m.pack_sizes()
         for ref in m.chunk_refs():
-            ckey = layout.chunk_key(cluster, m.generation, ref.id)
+            ckey = layout.object_key(cluster, m.generation, ref)
             index.chunk_users[ckey].add(bid)
-            index.chunk_refs[ckey] = ref
+            index.chunk_refs[ckey][ref.id or f"{ref.offset}+{ref.size}"] = ref
+            index.object_stored[ckey] = ref.stored if ref.pack is None else packs.get(ref.pack, -1)
         if m.mode == "physical":
             _add_wal_needs(index, repo, m, key)
     if f"{prefix}{IDENTITY}" in index.listing:
@@ -218,13 +224,34 @@ def check_object(repo: Repository, index: ClusterIndex, key: str) -> int:
 
 def _check_chunk(repo: Repository, index: ClusterIndex, key: str) -> None:
     parts = key.split("/")
-    ref = index.chunk_refs.get(key)
-    if ref is not None and len(parts) == 5:
-        ChunkReader(repo, index.cluster, parts[2]).read_chunk(ref)
+    packed = len(parts) == 5 and parts[3] == layout.PACKS_DIR  # <cluster>/chunks/<gen>/packs/<id>
+    if packed and parts[4].endswith(layout.PACK_INDEX):
+        _check_pack_index(repo, index, parts[2], parts[4].removesuffix(layout.PACK_INDEX))
+        return
+    refs = index.chunk_refs.get(key)
+    if refs and len(parts) == 5:
+        reader = ChunkReader(repo, index.cluster, parts[2], concurrency=1)
+        for ref in refs.values():  # a pack: fetched once, every chunk a manifest names in it checked
+            reader.read_chunk(ref)
         return
     data = repo.get_object(key)
+    if packed:
+        return  # a pack no manifest names (a backup that failed): authenticated is all we know
     if repo.chunk_id(data) != parts[-1]:
         raise IntegrityError(f"object {key} does not hold the data its id names", key=key)
+
+
+def _check_pack_index(repo: Repository, index: ClusterIndex, generation: str, pack: str) -> None:
+    """A pack's index: authenticated, well formed, and every chunk it lists is in the pack with
+    that id (what later backups dedup against must be true)."""
+    reader = ChunkReader(repo, index.cluster, generation, concurrency=1)
+    for ref in read_pack_index(repo, index.cluster, generation, pack):
+        try:
+            reader.read_chunk(ref)
+        except IntegrityError as exc:
+            key = layout.pack_index_key(index.cluster, generation, pack)
+            problem = f"pack index {key} does not match its pack: {exc.message}"
+            raise IntegrityError(problem, key=key) from None
 
 
 def _check_wal(repo: Repository, index: ClusterIndex, key: str, data: bytes) -> None:
