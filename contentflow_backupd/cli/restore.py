@@ -18,8 +18,9 @@ from contentflow_backupd.model import Scope
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from contentflow_backupd.catalog.base import Catalog
-    from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions
+    from contentflow_backupd.catalog.base import Catalog, RestorePointCatalog
+    from contentflow_backupd.ops.audit import AuditTo
+    from contentflow_backupd.ops.restore.physical import PhysicalRestoreOptions, PhysicalRestoreResult
     from contentflow_backupd.ops.restore.recover_report import CheckOutcome, RecoverResult, RunChecks
     from contentflow_backupd.ops.restore.target import RecoveryTarget
     from contentflow_backupd.repository.repository import Repository
@@ -109,30 +110,27 @@ def cmd_restore_physical(args: argparse.Namespace, app: App) -> int:
         action=args.target_action,
         timeline=args.target_timeline,
     )
+
     # A recovery target by name needs the catalog first (restore points). Otherwise it only
     # records the outcome: it opens while the restore runs (before the repository's key is
     # derived), so that the restore does not wait for it.
+    def restore(catalog: RestorePointCatalog | None, audit: AuditTo) -> PhysicalRestoreResult:
+        repo = app.repository()
+        return restore_physical(
+            repo,
+            WalArchive(repo, app.cluster),
+            _physical_options(args, app, target),
+            pg=app.pg_drivers(restore_writers=args.process_max),
+            catalog=catalog,
+            audit=audit,
+        )
+
     if target.kind == "name":
         with app.catalog() as catalog:
-            repo = app.repository()
-            result = restore_physical(
-                repo,
-                WalArchive(repo, app.cluster),
-                _physical_options(args, app, target),
-                pg=app.pg_drivers(restore_writers=args.process_max),
-                catalog=catalog,
-                audit=catalog,
-            )
+            result = restore(catalog, catalog)
     else:
         with contextlib.closing(_CatalogLater(app)) as audit:
-            repo = app.repository()
-            result = restore_physical(
-                repo,
-                WalArchive(repo, app.cluster),
-                _physical_options(args, app, target),
-                pg=app.pg_drivers(restore_writers=args.process_max),
-                audit=audit,
-            )
+            result = restore(None, audit)
     if args.json:
         print_json(result.to_json())
         return EXIT_OK
@@ -283,7 +281,6 @@ def _recover_physical(
     args: argparse.Namespace, app: App, repo: Repository, catalog: Catalog, excluded: dict[str, str]
 ) -> RecoverResult:
     from contentflow_backupd.observability.logging import register_secret
-    from contentflow_backupd.ops.restore.physical import PhysicalRestoreResult
     from contentflow_backupd.ops.restore.recover import recover_physical
     from contentflow_backupd.ops.restore.recover_report import ServerState
     from contentflow_backupd.ops.restore.target import RecoveryTarget

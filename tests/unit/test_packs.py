@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contentflow_backupd.errors import IntegrityError, UnsupportedFormat
-from contentflow_backupd.model import utcnow
 from contentflow_backupd.ops.backup.generations import CHUNKS_PER_STREAM, generation_chunk_size
 from contentflow_backupd.repository import layout
 from contentflow_backupd.repository.chunker import ChunkerParams
@@ -26,6 +25,7 @@ from contentflow_backupd.repository.manifest import ChunkRef, Manifest, StreamEn
 from contentflow_backupd.repository.pipeline import PACK_TARGET, ChunkReader, ChunkWriter
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.storage.local import LocalStorage
+from tests.support.manifests import logical_full
 
 PASS = KekSecret("passphrase", b"packs test passphrase", "test")
 SMALL = 2048
@@ -146,23 +146,7 @@ def test_a_repository_sized_stream_is_not_packed(repo: Repository) -> None:
 
 
 def _manifest(streams: list[StreamEntry]) -> Manifest:
-    now = utcnow()
-    return Manifest(
-        id="20261207T120000Z-full-abcdef",
-        cluster="main",
-        kind="full",
-        mode="logical",
-        generation="20261207T120000Z-full-abcdef",
-        parent_id=None,
-        database="app",
-        started_at=now,
-        finished_at=now,
-        source_bytes=1,
-        stored_bytes=1,
-        chunks_total=1,
-        chunks_new=1,
-        streams=streams,
-    )
+    return logical_full("20261207T120000Z-full-abcdef", streams)
 
 
 def test_manifests_with_packs_are_format_2_and_without_stay_format_1() -> None:

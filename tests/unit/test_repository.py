@@ -31,6 +31,7 @@ from contentflow_backupd.repository.pipeline import ChunkReader, ChunkWriter
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.storage.base import Storage, put_bytes
 from contentflow_backupd.storage.memory import MemoryStorage
+from tests.support.manifests import logical_full
 
 PASS = KekSecret("passphrase", b"correct horse battery staple", "test")
 SMALL = ChunkerParams(avg_size=64 * 1024)
@@ -240,22 +241,7 @@ def test_manifest_round_trip_and_swap_detection(repo: Repository) -> None:
     now = utcnow()
 
     def manifest(bid: str) -> Manifest:
-        return Manifest(
-            id=bid,
-            cluster="main",
-            kind="full",
-            mode="logical",
-            generation=bid,
-            parent_id=None,
-            database="db",
-            started_at=now,
-            finished_at=now,
-            source_bytes=1,
-            stored_bytes=2,
-            chunks_total=0,
-            chunks_new=0,
-            streams=[],
-        )
+        return logical_full(bid, at=now)
 
     a, b = "20261124T000000Z-full-aaaaaa", "20261124T010000Z-full-bbbbbb"
     repo.write_manifest(manifest(a))
