@@ -41,6 +41,15 @@ PACK_TARGET = 4 * 1024 * 1024
 """A pack is sealed once it holds this many plaintext bytes."""
 BATCH_BYTES = 1024 * 1024
 """A packed stream's chunks are hashed by the pool in batches of about this many bytes."""
+SEALS_IN_FLIGHT = 4
+"""Packs being compressed, sealed and stored at once: each holds about three times its 4 MiB
+(its chunks, the joined plaintext, the sealed object) until it is stored."""
+READ_AHEAD_BYTES = 32 * 1024 * 1024
+"""A reader prefetches at most this many bytes of a stream (a packed stream's runs reach 4 MiB
+each), and at most ``2 x concurrency`` chunks or runs."""
+PACKS_HELD = 6
+"""Pack plaintexts a reader keeps for the runs that follow (an incremental's runs alternate
+between its own packs and its full's)."""
 
 
 class _OpenPack:
@@ -224,7 +233,7 @@ class ChunkWriter:
         in_flight: deque[tuple[Future[Any], list[bytes | memoryview]]] = deque()
         batch: list[bytes | memoryview] = []
         batch_bytes = 0
-        seals: deque[Future[None]] = deque()  # packs being sealed: at most ``concurrency`` (memory)
+        seals: deque[Future[None]] = deque()  # packs being sealed: at most SEALS_IN_FLIGHT (memory)
         stop_flushing = threading.Event()
         flusher = threading.Thread(target=self._flush_until, args=(stop_flushing,), name="flush", daemon=True)
         flusher.start()
@@ -241,7 +250,7 @@ class ChunkWriter:
                             placed.append(ref)
                             if full is not None:
                                 seals.append(pool.submit(self._seal, full))
-                                while len(seals) > self._concurrency or (seals and seals[0].done()):
+                                while len(seals) > SEALS_IN_FLIGHT or (seals and seals[0].done()):
                                     seals.popleft().result()
 
                 def drain(limit: int) -> None:
@@ -314,7 +323,7 @@ class ChunkReader:
         self._concurrency = max(1, concurrency)
         self._packs: OrderedDict[str, _PackSlot] = OrderedDict()
         self._packs_lock = threading.Lock()
-        self._packs_held = self._concurrency + 2
+        self._packs_held = PACKS_HELD
 
     def key_of(self, ref: ChunkRef) -> str:
         """The object holding ``ref``: the chunk's own, or its pack."""
@@ -352,7 +361,7 @@ class ChunkReader:
 
     def _pack_plaintext(self, pack: str, key: str) -> memoryview:
         """A pack's plaintext, fetched once by the first reader that needs it (the others wait),
-        and kept while it is one of the last ``concurrency + 2`` packs used."""
+        and kept while it is one of the last ``PACKS_HELD`` packs used."""
         with self._packs_lock:
             slot = self._packs.get(pack)
             if slot is None:
@@ -386,19 +395,24 @@ class ChunkReader:
             ThreadPoolExecutor(self._concurrency, thread_name_prefix="fetch") as pool,
             ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher,
         ):
-            pending: deque[Future[bytes]] = deque()
+            pending: deque[tuple[Future[bytes], int]] = deque()
+            ahead = 0  # bytes pending
             hashing: deque[Future[object]] = deque()
             refs = iter(entry.chunks)
+            nxt = next(refs, None)
             try:
-                for ref in refs:
-                    pending.append(pool.submit(self._open_chunk, ref))
-                    if len(pending) >= window:
+                while True:
+                    while nxt is not None and (
+                        not pending or (len(pending) < window and ahead + nxt.size <= READ_AHEAD_BYTES)
+                    ):
+                        pending.append((pool.submit(self._open_chunk, nxt), nxt.size))
+                        ahead += nxt.size
+                        nxt = next(refs, None)
+                    if not pending:
                         break
-                while pending:
-                    data = pending.popleft().result()
-                    nxt = next(refs, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(self._open_chunk, nxt))
+                    fut, n = pending.popleft()
+                    data = fut.result()
+                    ahead -= n
                     hashing.append(hasher.submit(digest.update, data))  # one thread: in order
                     while len(hashing) > window or (hashing and hashing[0].done()):
                         hashing.popleft().result()
@@ -407,7 +421,7 @@ class ChunkReader:
                 while hashing:
                     hashing.popleft().result()
             finally:
-                for fut in pending:
+                for fut, _n in pending:
                     fut.cancel()
                 for done in hashing:
                     done.cancel()
