@@ -75,7 +75,7 @@ def kind_of(key: str) -> str:
     if rest.startswith("backups/"):
         return "manifest"
     if rest.startswith("chunks/"):
-        return "chunk"
+        return "pack index" if key.endswith(".index") else "chunk"
     if rest == "identity.json":
         return "identity.json"
     if rest.startswith("wal/"):
@@ -350,6 +350,10 @@ def _needed(w: World, kind: str, key: str, op: str) -> bool:
     (so that its mutation must be detected)."""
     if kind == "key use mark":
         return False  # a key's last-use time: descriptive, nothing reads it
+    if kind == "pack index":
+        # Only the dedup of a later backup reads it (a bad one: that backup stores the pack's
+        # chunks again); verify warns about it (docs/verification.md). No restore reads it.
+        return False
     if kind == "repo.seal" and op == "deletion":
         return False  # re-made from the current files, with a warning (docs/verification.md)
     if kind in ("WAL .backup", "WAL .partial") and op == "deletion":
