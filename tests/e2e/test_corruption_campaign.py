@@ -12,7 +12,9 @@ Required: no restore exits 0 with data that differs from the original (a logical
 archive byte for byte, a physical data directory file by file, every WAL file the archive served),
 and every mutation of an object that a kept backup, the WAL chain, a key or the audit trail needs
 is detected by ``verify --all`` (exit non-zero). The counts per kind are printed (run pytest with
-``-s``); ``BACKUPD_CAMPAIGN_SEED`` and ``BACKUPD_CAMPAIGN_MUTATIONS`` reproduce or widen a run.
+``-s``); ``CAMPAIGN_SEED`` and ``CAMPAIGN_MUTATIONS`` reproduce or widen a run.
+(Not ``BACKUPD_*`` names: the PostgreSQL server the test starts inherits the environment, and
+its ``archive_command`` refuses an unknown ``BACKUPD_*`` setting.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from tests.support.cli import Cli
 
 pytestmark = pytest.mark.pg
 
-MUTATIONS = int(os.environ.get("BACKUPD_CAMPAIGN_MUTATIONS", "520"))
+MUTATIONS = int(os.environ.get("CAMPAIGN_MUTATIONS", "520"))
 CLI_SAMPLE_EVERY = 50
 PHYSICAL_RESTORE_EVERY = 10
 INTERNAL_ERROR = -1
@@ -371,9 +373,9 @@ def _needed(w: World, kind: str, key: str, op: str) -> bool:
 
 
 def test_corruption_campaign(world: World) -> None:
-    seed = int(os.environ.get("BACKUPD_CAMPAIGN_SEED", str(random.SystemRandom().randrange(2**32))))
+    seed = int(os.environ.get("CAMPAIGN_SEED", str(random.SystemRandom().randrange(2**32))))
     rng = random.Random(seed)
-    print(f"\ncorruption campaign: seed {seed} (BACKUPD_CAMPAIGN_SEED={seed} reproduces it)")
+    print(f"\ncorruption campaign: seed {seed} (CAMPAIGN_SEED={seed} reproduces it)")
     w = world
     config = w.config
     keys = sorted(w.repo_snap)
