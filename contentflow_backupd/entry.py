@@ -6,13 +6,11 @@ heavy is imported:
 - ``wal push`` (``archive_command``) offers the segment to the running daemon over its socket
   (``walsocket.py``);
 - ``wal fetch`` (``restore_command``) serves the segment from the prefetch spool when the helper
-  fetched it already (``repository/walspool.py``), and starts that helper when none runs
+  fetched it already (``walspool.py``), and starts that helper when none runs
   (``wal prefetch``, ``ops/wal/prefetch.py``).
 
 When the fast path does not apply, and for every other command, the full command line runs
 (``cli``)."""
-
-from __future__ import annotations
 
 import os
 import sys
@@ -21,13 +19,13 @@ TYPE_CHECKING = False  # not typing's: importing typing costs a few ms of every 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from contentflow_backupd.repository.walspool import WalSpool
+    from contentflow_backupd.walspool import WalSpool
 
 FETCH_WAIT_S = 30.0
 """How long ``wal fetch`` waits for a segment the prefetch helper is fetching right now."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     fallback: str | None = None
     try:
@@ -63,11 +61,11 @@ def _done(code: int, *, as_program: bool) -> int:
     return code
 
 
-def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+def fast_fetch(argv: "Sequence[str]", environ: "Mapping[str, str]") -> bool:
     """True when ``wal fetch NAME DEST`` was served from the prefetch spool. Otherwise (not a
     plain ``wal fetch``, prefetch off, not in the spool) the full command fetches it; either way
     the helper is told what PostgreSQL asked for, and started when none runs."""
-    from contentflow_backupd.walsocket import Fallback, client_config, parse_fetch
+    from contentflow_backupd.walconf import Fallback, client_config, parse_fetch
 
     parsed = parse_fetch(argv)
     if parsed is None:
@@ -79,7 +77,7 @@ def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
         return False
     if cfg["prefetch"] <= 0:
         return False
-    from contentflow_backupd.repository.walspool import WalSpool
+    from contentflow_backupd.walspool import WalSpool
 
     spool = WalSpool(cfg["prefetch_dir"])
     try:
@@ -94,12 +92,12 @@ def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     return served
 
 
-def helper_running(spool: WalSpool) -> tuple[bool, str | None]:
+def helper_running(spool: "WalSpool") -> tuple[bool, str | None]:
     """Whether a prefetch helper holds the spool's lock, and its token (None until it has
     written it): only the segments it wrote are served."""
     import fcntl
 
-    from contentflow_backupd.repository.walspool import LOCK, read_token
+    from contentflow_backupd.walspool import LOCK, read_token
 
     fd = os.open(os.path.join(spool.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -30,11 +30,8 @@ Protocol (one request per connection, on a Unix stream socket of mode 0660):
   Both paths are idempotent, so a push the daemon completed is a ``duplicate`` for the direct one,
   and one it did not complete was never visible.
 
-The client's configuration is resolved like the settings do, for the few names it needs:
-``BACKUPD_*`` variables (case-insensitive) over the TOML file (``--config`` or
-``BACKUPD_CONFIG``) over defaults. When that resolution meets something it does not handle (a
-section given as JSON in one variable, an unreadable or invalid TOML file, no repository) it
-takes the direct path, whose errors name the problem: the fast path never guesses.
+The client's configuration and command line are read by ``walconf.py`` (shared with the
+``wal fetch`` fast path); whatever that reader does not handle exactly takes the direct path.
 """
 
 from __future__ import annotations
@@ -43,12 +40,13 @@ import _socket  # not socket's wrapper: importing socket (enum, selectors) costs
 import os
 import sys
 
+from contentflow_backupd.walconf import Fallback, client_config, parse_push
+
 TYPE_CHECKING = False  # not typing's: importing typing costs a few ms of every archive_command
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-SOCKET_NAME = "wal.sock"
 VERSION = 1
 CONNECT_TIMEOUT_S = 2.0
 ANSWER_TIMEOUT_S = 600.0
@@ -57,156 +55,6 @@ segment through a healthy daemon takes milliseconds; the bound covers a storage 
 direct push after a timeout is safe: both writers store the same bytes under one name."""
 MAX_REQUEST = 64 * 1024
 IDENTITY_KEYS = ("repository", "cluster", "s3_endpoint_url")
-DEFAULT_PREFETCH = 8
-"""``BACKUPD_WAL__PREFETCH``'s default (settings.py says the same)."""
-DEFAULT_CLUSTER = "main"
-
-
-class Fallback(Exception):
-    """Take the direct path; the message says why. ``quiet``: an expected reason (no daemon
-    runs, the socket is off), which the direct path does not log as a warning."""
-
-    def __init__(self, reason: str, *, quiet: bool = False) -> None:
-        super().__init__(reason)
-        self.quiet = quiet
-
-
-# -- the client's view of its configuration --------------------------------------------------
-def _env(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k.upper(): v for k, v in environ.items() if k.upper().startswith("BACKUPD_")}
-
-
-def client_config(config: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
-    """The names the client needs, resolved as the settings resolve them. ``Fallback`` when the
-    resolution is not one this lean reader handles exactly."""
-    env = _env(environ)
-    for section in ("BACKUPD_WAL", "BACKUPD_S3"):
-        if section in env:
-            raise Fallback(f"{section} is set as one value (JSON)")
-    path = config or env.get("BACKUPD_CONFIG") or None
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-            simple = plain_toml(raw.decode("utf-8"))
-            if simple is None:  # more than plain tables and pairs: the real parser reads it
-                import tomllib
-
-                simple = tomllib.loads(raw.decode("utf-8"))
-            data = simple
-        except (OSError, ValueError) as exc:
-            raise Fallback(f"config file {path}: {exc}") from None
-
-    def pick(env_name: str, *loc: str) -> Any:
-        if env_name in env:
-            return env[env_name]
-        part: Any = data
-        for name in loc:
-            if not isinstance(part, dict) or name not in part:
-                return None
-            part = part[name]
-        return part
-
-    repository = pick("BACKUPD_REPOSITORY", "repository")
-    if not isinstance(repository, str) or not repository:
-        raise Fallback("no repository configured", quiet=True)
-    cluster = pick("BACKUPD_CLUSTER", "cluster") or DEFAULT_CLUSTER
-    endpoint = pick("BACKUPD_S3__ENDPOINT_URL", "s3", "endpoint_url")
-    state_dir = pick("BACKUPD_STATE_DIR", "state_dir")
-    sock = pick("BACKUPD_WAL__SOCKET", "wal", "socket")
-    prefetch = pick("BACKUPD_WAL__PREFETCH", "wal", "prefetch")
-    for value in (cluster, endpoint, state_dir, sock):
-        if value is not None and not isinstance(value, str):
-            raise Fallback("a setting of an unexpected type")
-    try:
-        depth = DEFAULT_PREFETCH if prefetch is None else int(prefetch)
-    except (TypeError, ValueError):
-        raise Fallback("BACKUPD_WAL__PREFETCH is not a number") from None
-    if state_dir is None:
-        from contentflow_backupd.statedir import default_state_path
-
-        state_dir = default_state_path()
-    return {
-        "identity": {"repository": repository, "cluster": cluster, "s3_endpoint_url": endpoint},
-        "socket": socket_path(sock, state_dir),
-        "prefetch": depth,
-        "prefetch_dir": prefetch_dir(state_dir, cluster),
-    }
-
-
-_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def plain_toml(text: str) -> dict[str, Any] | None:
-    """The content of a TOML file that uses only ``[table]`` headers of bare names and
-    ``bare_key = value`` lines whose value is a one-line string without escapes, an integer or a
-    boolean (comments and blank lines aside): what configuration files of this tool look like.
-    None for anything else (arrays, inline tables, dotted or quoted keys, multi-line strings,
-    escapes, floats, dates, duplicates): ``tomllib`` reads those. Importing ``tomllib`` costs more
-    than the rest of an ``archive_command`` call."""
-    data: dict[str, Any] = {}
-    table = data
-    for raw in text.split("\n"):
-        line = raw.strip(" \t\r")
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            end = line.find("]")
-            name = line[1:end].strip(" \t")
-            rest = line[end + 1 :].strip(" \t")
-            if end < 0 or not name or not set(name) <= _BARE or (rest and not rest.startswith("#")):
-                return None
-            if name in data:
-                return None
-            table = data[name] = {}
-            continue
-        key, sep, value = line.partition("=")
-        key = key.strip(" \t")
-        if not sep or not key or not set(key) <= _BARE or key in table:
-            return None
-        parsed = _plain_value(value.strip(" \t"))
-        if parsed is None:
-            return None
-        table[key] = parsed[0]
-    return data
-
-
-def _plain_value(text: str) -> tuple[Any] | None:
-    if text[:1] in ('"', "'"):
-        quote = text[0]
-        end = text.find(quote, 1)
-        rest = text[end + 1 :].strip(" \t") if end > 0 else "x"
-        value = text[1:end] if end > 0 else ""
-        if end < 0 or text.startswith(quote * 3) or (rest and not rest.startswith("#")):
-            return None
-        if (quote == '"' and "\\" in value) or any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
-            return None
-        return (value,)
-    word = text.split("#", 1)[0].strip(" \t")
-    if word in ("true", "false"):
-        return (word == "true",)
-    digits = word[1:] if word[:1] in "+-" else word
-    if digits.isdigit() and digits.isascii() and (digits == "0" or not digits.startswith("0")):
-        return (int(word),)
-    return None
-
-
-def prefetch_dir(state_dir: str, cluster: str) -> str:
-    """The WAL prefetch spool of ``cluster`` (repository/walspool.py)."""
-    return os.path.join(state_dir, "wal-prefetch", cluster)
-
-
-def socket_path(setting: str | None, state_dir: str | None) -> str | None:
-    """The socket's path: the ``wal.socket`` setting, else ``<state_dir>/wal.sock``; None when the
-    setting is ``off``."""
-    if setting is not None:
-        return None if setting.strip().lower() == "off" else setting
-    if state_dir is None:
-        from contentflow_backupd.statedir import default_state_path
-
-        state_dir = default_state_path()
-    return os.path.join(state_dir, SOCKET_NAME)
 
 
 # -- the exchange ------------------------------------------------------------------------------
@@ -317,55 +165,6 @@ def push(path: str, cfg: Mapping[str, Any], timeout: float = ANSWER_TIMEOUT_S) -
 
 
 # -- the command line's fast path --------------------------------------------------------------
-def _global_config(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
-    """``--config F`` / ``--config=F`` before the command, and the rest; None on anything else."""
-    args = list(argv)
-    config: str | None = None
-    while args and args[0].startswith("--config"):
-        if args[0] == "--config" and len(args) > 1:
-            config, args = args[1], args[2:]
-        elif args[0].startswith("--config="):
-            config, args = args[0].split("=", 1)[1], args[1:]
-        else:
-            return None
-    if config == "":
-        return None
-    return config, args
-
-
-def _verb(args: list[str], verb: str) -> list[str] | None:
-    """The arguments after ``wal VERB`` (or the old ``wal-VERB``), None for another command."""
-    if args[:2] == ["wal", verb]:
-        return args[2:]
-    if args[:1] == [f"wal-{verb}"]:
-        return args[1:]
-    return None
-
-
-def parse_push(argv: Sequence[str]) -> tuple[str | None, str, bool] | None:
-    """``(config, path, json)`` when ``argv`` is a plain ``[--config F] wal push PATH [--json]``
-    (or ``wal-push``), else None: every other form goes to the full command line."""
-    found = _global_config(argv)
-    rest = None if found is None else _verb(found[1], "push")
-    if found is None or rest is None:
-        return None
-    as_json = "--json" in rest
-    rest = [a for a in rest if a != "--json"]
-    if len(rest) != 1 or rest[0].startswith("-"):
-        return None
-    return found[0], rest[0], as_json
-
-
-def parse_fetch(argv: Sequence[str]) -> tuple[str | None, str, str] | None:
-    """``(config, name, dest)`` when ``argv`` is a plain ``[--config F] wal fetch NAME DEST`` (or
-    ``wal-fetch``), else None."""
-    found = _global_config(argv)
-    rest = None if found is None else _verb(found[1], "fetch")
-    if found is None or rest is None or len(rest) != 2 or any(a.startswith("-") for a in rest):
-        return None
-    return found[0], rest[0], rest[1]
-
-
 def fast_push(argv: Sequence[str], environ: Mapping[str, str]) -> int | Fallback | None:
     """Run ``wal push`` through the daemon: its exit code; or the ``Fallback`` that says why the
     full command must push directly; or None when ``argv`` is not a plain ``wal push``. Prints

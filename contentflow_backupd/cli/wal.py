@@ -55,9 +55,9 @@ def cmd_wal_prefetch(args: argparse.Namespace, app: App) -> int:
     import threading
 
     from contentflow_backupd.ops.wal.prefetch import run_prefetch
-    from contentflow_backupd.repository.walspool import LOCK, WalSpool
     from contentflow_backupd.signals import SignalWatch
     from contentflow_backupd.timespec import parse_duration
+    from contentflow_backupd.walspool import LOCK, WalSpool
 
     if app.wal_prefetch <= 0:
         return EXIT_OK

@@ -376,7 +376,7 @@ class App:
 
     def wal_prefetch_dir(self) -> Path:
         """The prefetch spool of ``wal fetch`` (``<state_dir>/wal-prefetch/<cluster>``)."""
-        from contentflow_backupd.walsocket import prefetch_dir
+        from contentflow_backupd.walconf import prefetch_dir
 
         return Path(prefetch_dir(str(self.state_dir()), self.cluster))
 

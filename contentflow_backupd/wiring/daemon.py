@@ -63,7 +63,7 @@ def notifier(settings: Settings) -> Notifier:
 def wal_service(settings: Settings, repo: Repository, metrics: Metrics) -> WalService | None:
     """The WAL socket that ``wal push`` hands segments to (``BACKUPD_WAL__SOCKET``; None: off)."""
     from contentflow_backupd.daemon.walservice import WalService
-    from contentflow_backupd.walsocket import socket_path
+    from contentflow_backupd.walconf import socket_path
     from contentflow_backupd.wiring.storage import WAL_COMPRESSION_LEVEL
 
     path = socket_path(settings.wal.socket, str(settings.state_dir))

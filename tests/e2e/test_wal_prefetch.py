@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from contentflow_backupd.repository.walspool import LOCK, WalSpool
+from contentflow_backupd.walspool import LOCK, WalSpool
 from tests.e2e.physical import PhysicalSetup, _chown, physical_setup
 from tests.e2e.pitr_helpers import Restored, create_table, rows, switch_and_wait_archived
 from tests.support.cli import command_path

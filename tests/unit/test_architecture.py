@@ -24,7 +24,7 @@ ROOT = Path(contentflow_backupd.__file__).parent
 # Leaves (layer 0) may import each other; on every other layer, siblings do not.
 LAYERS: dict[str, int] = {
     "__main__": 9,
-    "entry": 8,  # the command: wal push's fast path (walsocket), else cli
+    "entry": 8,  # the command: the WAL fast paths (walconf, walsocket, walspool), else cli
     "cli": 7,
     "wiring": 6,
     "daemon": 5,
@@ -52,6 +52,8 @@ LAYERS: dict[str, int] = {
     "procs": 0,  # is a pid alive, stop a process (stdlib)
     "statedir": 0,  # the default state directory (stdlib)
     "walsocket": 0,  # the WAL socket's protocol and lean client (stdlib only)
+    "walconf": 0,  # the lean WAL clients' configuration and command line (stdlib only)
+    "walspool": 0,  # the WAL prefetch spool (stdlib only)
     "settings": 0,  # a leaf by its imports; who may import it is ruled below
 }
 
@@ -69,6 +71,7 @@ OPS_ALLOWED = (
     "contentflow_backupd.fsutil",  # stdlib: fsync a directory
     "contentflow_backupd.procs",  # stdlib: is a pid alive, stop a process
     "contentflow_backupd.repository",  # the repository format: its protocols and pure helpers
+    "contentflow_backupd.walspool",  # the WAL prefetch spool the prefetch helper fills (stdlib)
     "contentflow_backupd.catalog.base",  # catalog protocols and records
     "contentflow_backupd.catalog.audit_records",  # audit records (pure)
     "contentflow_backupd.source.base",  # PostgreSQL-side protocols and records

@@ -27,7 +27,7 @@ from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.storage.local import LocalStorage
-from contentflow_backupd.walsocket import Fallback, client_config, parse_push, socket_path
+from contentflow_backupd.walconf import Fallback, client_config, parse_push, socket_path
 from tests.unit.test_lean_imports import NOT_IMPORTED, wal_segment
 
 SECRET = "socket test passphrase"
@@ -93,7 +93,7 @@ def test_defaults_are_the_settings_defaults(tmp_path: Path) -> None:
 
 def test_the_lean_defaults_are_the_settings_defaults() -> None:
     from contentflow_backupd.settings import Settings
-    from contentflow_backupd.walsocket import DEFAULT_CLUSTER, DEFAULT_PREFETCH
+    from contentflow_backupd.walconf import DEFAULT_CLUSTER, DEFAULT_PREFETCH
 
     assert Settings.model_fields["cluster"].default == DEFAULT_CLUSTER
     wal = Settings.model_fields["wal"].default

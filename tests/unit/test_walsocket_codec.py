@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contentflow_backupd.walsocket import decode, encode, plain_toml
+from contentflow_backupd.walconf import plain_toml
+from contentflow_backupd.walsocket import decode, encode
 
 SETTINGS = settings(deadline=None, max_examples=400)
 

@@ -1,5 +1,5 @@
 """Prefetch for ``restore_command``: fetch the segments after the one PostgreSQL asked for last, in
-parallel, into the spool (``repository/walspool.py``), so that ``wal fetch`` finds them there.
+parallel, into the spool (``walspool.py``), so that ``wal fetch`` finds them there.
 
 One helper per spool (a lock file), started by ``wal fetch`` when none runs. It:
 
@@ -27,8 +27,8 @@ import structlog
 
 from contentflow_backupd.errors import BackupdError, ObjectNotFound
 from contentflow_backupd.repository.walarchive import WalArchive
-from contentflow_backupd.repository.walspool import WalSpool
 from contentflow_backupd.wal import DEFAULT_SEGMENT_SIZE, Segment, classify, parse_segment
+from contentflow_backupd.walspool import WalSpool
 
 log = structlog.get_logger(__name__)
 

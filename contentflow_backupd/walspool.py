@@ -1,8 +1,9 @@
 """The WAL prefetch spool: segments fetched (and authenticated) ahead of PostgreSQL's recovery,
 waiting in a local directory until its ``restore_command`` asks for them.
 
-Standard library only: ``wal fetch`` serves from here before it loads anything heavy
-(``entry.py``). The prefetch helper fills it (``ops/wal/prefetch.py``).
+Standard library only, outside any subpackage and without ``from __future__`` (each import is
+a fraction of a millisecond of every ``restore_command``): ``wal fetch`` serves from here before it
+loads anything heavy (``entry.py``). The prefetch helper fills it (``ops/wal/prefetch.py``).
 
 Layout of ``<state dir>/wal-prefetch/<cluster>/`` (mode 0700):
 
@@ -21,8 +22,6 @@ Layout of ``<state dir>/wal-prefetch/<cluster>/`` (mode 0700):
 - ``want``: the name PostgreSQL asked for last (the helper prefetches the segments after it),
   overwritten in place (padded), so that asking costs no rename.
 """
-
-from __future__ import annotations
 
 import os
 import time
