@@ -37,8 +37,10 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                 return _done(result, as_program=argv is None)
             if result is not None and not result.quiet:
                 fallback = str(result)
-        elif ("wal-fetch" in args or "fetch" in args) and fast_fetch(args, os.environ):
-            return _done(0, as_program=argv is None)
+        elif "wal-fetch" in args or "fetch" in args:
+            code = fast_fetch(args, os.environ)
+            if code is not None:
+                return _done(code, as_program=argv is None)
     except KeyboardInterrupt:
         print("contentflow-backupd: interrupted", file=sys.stderr)
         return 130
@@ -61,40 +63,53 @@ def _done(code: int, *, as_program: bool) -> int:
     return code
 
 
-def fast_fetch(argv: "Sequence[str]", environ: "Mapping[str, str]") -> bool:
-    """True when ``wal fetch NAME DEST`` was served from the prefetch spool. Otherwise (not a
-    plain ``wal fetch``, prefetch off, not in the spool) the full command fetches it; either way
-    the helper is told what PostgreSQL asked for, and started when none runs."""
+def fast_fetch(argv: "Sequence[str]", environ: "Mapping[str, str]") -> int | None:
+    """The exit code of ``wal fetch NAME DEST`` when the prefetch helper answered it: 0 when the
+    file was served from the spool, 1 when the helper checked, after this request, that it is not
+    in the archive (what the full command would answer). None otherwise (not a plain ``wal
+    fetch``, prefetch off, no helper yet, a failure): the full command fetches it. Either way the
+    helper is told what PostgreSQL asked for, and started when none runs."""
     from contentflow_backupd.walconf import Fallback, client_config, parse_fetch
 
     parsed = parse_fetch(argv)
     if parsed is None:
-        return False
+        return None
     config, name, dest = parsed
     try:
         cfg = client_config(config, environ)
     except Fallback:
-        return False
+        return None
     if cfg["prefetch"] <= 0:
-        return False
-    from contentflow_backupd.walspool import WalSpool
+        return None
+    from contentflow_backupd.walspool import NOT_ARCHIVED, SERVED, WalSpool
 
     spool = WalSpool(cfg["prefetch_dir"])
     try:
-        spool.create()
+        if not os.path.isdir(spool.path):
+            spool.create()
         spool.want(name)  # first: the helper moves on to the segments after this one
-        running, token = helper_running(spool)
-        served = spool.serve(name, dest, token, wait_s=FETCH_WAIT_S if running else 0.0)
-        if not running:
-            start_helper(config)
+        running, helper = helper_running(spool)
+        if helper is None:
+            if not running:
+                start_helper(config)
+            return None
+        token, answers = helper
+        if spool.serve(name, dest, token, wait_s=FETCH_WAIT_S):
+            return 0
+        if not answers:
+            return None
+        # Not in the spool: ask the helper, which checks the archive with its repository open.
+        nonce = os.urandom(8).hex()
+        spool.want(name, nonce)
+        found = spool.await_answer(name, dest, token, nonce, FETCH_WAIT_S, lambda: helper_running(spool)[0])
     except OSError:
-        return False
-    return served
+        return None
+    return 0 if found == SERVED else 1 if found == NOT_ARCHIVED else None
 
 
-def helper_running(spool: "WalSpool") -> tuple[bool, str | None]:
-    """Whether a prefetch helper holds the spool's lock, and its token (None until it has
-    written it): only the segments it wrote are served."""
+def helper_running(spool: "WalSpool") -> "tuple[bool, tuple[str, bool] | None]":
+    """Whether a prefetch helper holds the spool's lock, and its token and whether it answers
+    requests (None until it has written them): only the files it wrote are served."""
     import fcntl
 
     from contentflow_backupd.walspool import LOCK, read_token

@@ -184,3 +184,106 @@ def test_only_the_very_file_the_running_helper_wrote_is_served(tmp_path: Path) -
     spool.put(name, b"x" * 1000, TOKEN)
     assert spool.serve(name, str(dest), TOKEN) and dest.read_bytes() == b"x" * 1000
     assert sorted(os.listdir(spool.path)) == []  # served: nothing of it left
+
+
+# -- requests: wal fetch asks the helper instead of running the full command ------------------
+def ask(spool: WalSpool, name: str, dest: Path, nonce: str) -> str:
+    spool.want(name, nonce)
+    return spool.await_answer(name, str(dest), TOKEN, nonce, 60, alive=lambda: True)
+
+
+def test_a_request_is_answered_from_the_archive_served_or_not_archived(
+    tmp_path: Path, archive: WalArchive
+) -> None:
+    from contentflow_backupd.walspool import NOT_ARCHIVED, SERVED
+
+    archive.push("00000002.history", b"1\t0/3000000\tno recovery target specified\n")
+    spool = WalSpool(str(tmp_path / "spool"))
+    spool.create()
+    spool.want("000000010000000000000001")
+    stop = threading.Event()
+    t, counts = run_in_thread(archive, spool, depth=2, idle_s=60, concurrency=2, stop=stop)
+    dest = tmp_path / "RECOVERYXLOG"
+    try:
+        # Not prefetched (a history file; a segment behind the others): fetched for the request.
+        assert ask(spool, "00000002.history", dest, "n1") == SERVED
+        assert dest.read_bytes() == archive.fetch("00000002.history")
+        assert ask(spool, "000000010000000000000001", dest, "n2") == SERVED
+        assert dest.read_bytes() == archive.fetch("000000010000000000000001")
+        # Not archived: answered for this request only, and the answer is consumed.
+        assert ask(spool, "00000003.history", dest, "n3") == NOT_ARCHIVED
+        assert ask(spool, "00000001000000000000000D", dest, "n4") == NOT_ARCHIVED
+        assert not (Path(spool.path) / "00000001000000000000000D.missing").exists()
+        # Archived since: the next request is served at once (the retry delay of a missing
+        # segment does not apply to a request: each is checked after it was made).
+        archive.push("00000001000000000000000D", archive.fetch("00000001000000000000000C")[:-1] + b"\x0d")
+        assert ask(spool, "00000001000000000000000D", dest, "n5") == SERVED
+        assert dest.read_bytes() == archive.fetch("00000001000000000000000D")
+    finally:
+        stop.set()
+        t.join(60)
+    assert counts["missing"] >= 2
+    assert sorted(os.listdir(spool.path)) == []
+
+
+def test_only_the_answer_to_this_request_counts(tmp_path: Path, archive: WalArchive) -> None:
+    """An answer left for another nonce (an earlier request, another helper's token) is never
+    taken for this one: without a helper answering, the caller falls back to the full command."""
+    from contentflow_backupd.walspool import FALLBACK
+
+    spool = WalSpool(str(tmp_path / "spool"))
+    spool.create()
+    name = "00000001000000000000000D"
+    spool.answer(name, TOKEN, "earlier", "missing")
+    spool.want(name, "now")
+    assert spool.await_answer(name, str(tmp_path / "d"), TOKEN, "now", 0.3, alive=lambda: True) == FALLBACK
+    spool.answer(name, "another helper", "now", "missing")
+    assert spool.await_answer(name, str(tmp_path / "d"), TOKEN, "now", 0.3, alive=lambda: True) == FALLBACK
+    spool.answer(name, TOKEN, "now", "failed")  # the full command fetches it and reports
+    assert spool.await_answer(name, str(tmp_path / "d"), TOKEN, "now", 30, alive=lambda: True) == FALLBACK
+    assert spool.await_answer(name, str(tmp_path / "d"), TOKEN, "later", 30, alive=lambda: False) == FALLBACK
+
+
+def test_a_miss_answered_by_the_helper_imports_nothing_heavy(tmp_path: Path, archive: WalArchive) -> None:
+    """``wal fetch`` of a file that is not archived (every end of recovery asks for one), in a
+    fresh interpreter, with a helper running: exit 1 from the helper's answer, with the same
+    few modules as a served segment, not the full command."""
+    import fcntl
+    import json
+    import subprocess
+    import sys
+
+    from tests.unit.test_wal_socket import DRIVER
+
+    state = tmp_path / "state"
+    spool = WalSpool(str(state / "wal-prefetch" / "main"))
+    spool.create()
+    spool.want("00000001000000000000000C")
+    lock = os.open(os.path.join(spool.path, "helper.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    spool.write_token(lock, TOKEN)
+    stop = threading.Event()
+    t, _ = run_in_thread(archive, spool, depth=2, idle_s=60, concurrency=2, stop=stop)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPD_")}
+        env.update({"BACKUPD_REPOSITORY": f"file://{tmp_path / 'nowhere'}", "BACKUPD_STATE_DIR": str(state)})
+        env["PYTHONPATH"] = str(Path(contentflow_backupd.__file__).parent.parent)
+        dest = tmp_path / "RECOVERYXLOG"
+        proc = subprocess.run(
+            [sys.executable, "-S", "-c", DRIVER, "wal", "fetch", "00000001000000000000000D", str(dest)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        stop.set()
+        t.join(60)
+        os.close(lock)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 1, proc.stderr
+    assert not dest.exists()
+    fast_path = {"contentflow_backupd", "contentflow_backupd.entry", "contentflow_backupd.walconf"}
+    fast_path |= {"contentflow_backupd.walspool", "fcntl"}
+    fast_path |= {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc"}  # site's
+    assert set(report["added"]) <= fast_path, sorted(set(report["added"]) - fast_path)
