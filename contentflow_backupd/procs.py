@@ -1,5 +1,5 @@
-"""Processes: is a pid alive, stop a child, whose child it is (stdlib only; Linux ``/proc`` where
-it helps).
+"""Processes: is a pid alive, stop a child, whose child it is (stdlib, and structlog for one
+warning; Linux ``/proc`` where it helps).
 
 **Owned children.** Every long-running child (``pg_dump``, ``pg_basebackup``, ``pg_receivewal``,
 ``pg_restore``, ``psql``) is started by :func:`spawn`, which records it under the current
