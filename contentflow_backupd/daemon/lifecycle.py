@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,6 +23,7 @@ from contentflow_backupd.errors import BackupdError, RepositoryError, Repository
 from contentflow_backupd.model import Scope, utcnow
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.procs import terminate_children
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.sdnotify import SystemdNotifier
 from contentflow_backupd.signals import Interrupted, SignalWatch
@@ -524,13 +524,14 @@ class Daemon:
         as interrupted."""
         names = [r.job for r in runner.running()]
         log.warning("stopping_running_jobs", jobs=names)
-        runner.cancel.set()
+        runner.cancel_all()
         for job in runner.running():
             _raise_in_thread(job.thread, Interrupted)
         time.sleep(0.5)
-        _terminate_children()
+        for pid in terminate_children(None):  # every child, not only the jobs' (owner None)
+            log.info("child_stopped", pid=pid)
         # A job blocked in a query (a drill's check, a lock wait) returns to Python only then.
-        cancelled = self.app.pg_drivers().admin.cancel_queries()
+        cancelled = self.app.pg_drivers().admin.cancel_queries(None)
         if cancelled:
             log.info("queries_cancelled", connections=cancelled)
         deadline = time.monotonic() + CHILD_STOP_WAIT
@@ -574,29 +575,10 @@ def _exit_now(code: int) -> None:
 
 def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
     """Raise ``exc_type`` in ``thread`` at its next Python instruction (a blocked system call
-    returns first: ``_terminate_children`` ends the pipes it waits on)."""
+    returns first: ``terminate_children`` ends the pipes it waits on)."""
     if thread.ident is None:
         return
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
-
-
-def _terminate_children() -> None:
-    """SIGTERM every direct child process (pg_dump, pg_basebackup, pg_receivewal)."""
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(me):
-            try:
-                os.kill(int(entry.name), signal.SIGTERM)
-                log.info("child_stopped", pid=int(entry.name))
-            except ProcessLookupError:
-                pass
 
 
 def _fmt(when: datetime | None) -> str | None:

@@ -27,6 +27,7 @@ from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.observability.notify import Notifier
 from contentflow_backupd.ops.backup.anomaly import check_size
 from contentflow_backupd.ops.backup.run import run_backup
+from contentflow_backupd.procs import owned_by, terminate_children
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.signals import Interrupted
@@ -46,6 +47,11 @@ RETENTION_LOCK_WAIT = 30 * 60.0
 class RunningJob:
     job: str
     thread: threading.Thread
+    owner: str
+    """``"<cluster>:<job>"``: the ``procs.owner`` of this job's children and connections."""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set to stop this job (``BackupOptions.cancel``, ``run_drill(cancel=...)``): its run is then
+    recorded ``interrupted``, not ``failed``."""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -69,7 +75,8 @@ class JobRunner:
         self.catalog = catalog
         self.metrics = metrics
         self.notifier = notifier
-        self.cancel = threading.Event()
+        self._stopping = False
+        """Set by ``cancel_all()`` (the daemon's stop): a job starting after it starts cancelled."""
         self._wal_tick = wal_tick
         self._running: dict[int, RunningJob] = {}
         self._lock = threading.Lock()
@@ -81,6 +88,34 @@ class JobRunner:
     def running(self) -> list[RunningJob]:
         with self._lock:
             return list(self._running.values())
+
+    def owner_of(self, job_id: str) -> str:
+        """The ``procs.owner`` of ``job_id``'s children and connections."""
+        return f"{self.app.cluster}:{job_id}"
+
+    def cancel_all(self) -> list[RunningJob]:
+        """Cancel every running job and every job that starts from now on (the daemon's stop);
+        the jobs cancelled. Their children and queries are the caller's to stop."""
+        with self._lock:
+            self._stopping = True
+            jobs = list(self._running.values())
+        for job in jobs:
+            job.cancel.set()
+        return jobs
+
+    def cancel_job(self, job_id: str) -> RunningJob | None:
+        """Cancel the running ``job_id`` alone: its cancel event, then SIGTERM to its children
+        and a cancel request to its queries (the other jobs' are untouched); None when it does
+        not run. The job records its run ``interrupted``."""
+        with self._lock:
+            job = next((j for j in self._running.values() if j.job == job_id), None)
+        if job is None:
+            return None
+        job.cancel.set()
+        stopped = terminate_children(job.owner)
+        cancelled = self.app.pg_drivers().admin.cancel_queries(job.owner)
+        log.warning("job_cancelled", job=job_id, owner=job.owner, children=stopped, queries=cancelled)
+        return job
 
     def _seed_from_catalog(self) -> None:
         """Metrics and failure state as the catalog left them, so a restart does not forget that
@@ -136,25 +171,35 @@ class JobRunner:
 
     def __call__(self, job_id: str, trigger: RunTrigger) -> None:
         """Run one job (called on a scheduler worker thread, or by the daemon itself)."""
+        job = RunningJob(job_id, threading.current_thread(), self.owner_of(job_id))
         with self._lock:
-            self._running[threading.get_ident()] = RunningJob(job_id, threading.current_thread())
+            if self._stopping:
+                job.cancel.set()
+            self._running[threading.get_ident()] = job
+        cancel = job.cancel
         try:
             with (
                 structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger),
-                progress.tracking(job_id),
+                progress.tracking(job_id, cluster=self.app.cluster),
+                owned_by(job.owner),
             ):
                 log.info("job_started")
                 if job_id in ("full", "incremental"):
-                    self.backup(job_id, trigger)
+                    self.backup(job_id, trigger, cancel)
                 elif job_id == "wal":
-                    self._simple_run("wal", trigger, self._wal)
+                    self._simple_run("wal", trigger, cancel, self._wal)
                 elif job_id == "retention":
-                    self._simple_run("retention", trigger, self._retention)
+                    self._simple_run(
+                        "retention", trigger, cancel, lambda run_id: self._retention(run_id, cancel)
+                    )
                 elif job_id == "verify":
-                    self._simple_run("verify", trigger, self._verify)
+                    self._simple_run("verify", trigger, cancel, self._verify)
                 elif job_id == "restore_test":
                     self._simple_run(
-                        "restore_test", trigger, lambda run_id: self._restore_test(run_id, trigger)
+                        "restore_test",
+                        trigger,
+                        cancel,
+                        lambda run_id: self._restore_test(run_id, trigger, cancel),
                     )
                 else:
                     log.error("unknown_job", job=job_id)
@@ -167,10 +212,10 @@ class JobRunner:
                 self._running.pop(threading.get_ident(), None)
 
     # -- backups ---------------------------------------------------------------------------
-    def backup(self, kind: str, trigger: RunTrigger) -> BackupRecord | None:
+    def backup(self, kind: str, trigger: RunTrigger, cancel: threading.Event) -> BackupRecord | None:
         app = self.app
         began = time.monotonic()
-        opts = app.backup_options(kind, trigger=trigger, cancel=self.cancel)
+        opts = app.backup_options(kind, trigger=trigger, cancel=cancel)
         try:
             record = run_backup(
                 self.repo,
@@ -185,7 +230,7 @@ class JobRunner:
         except (Interrupted, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded by run_backup; counted and notified here
-            if self.cancel.is_set():
+            if cancel.is_set():
                 return None  # recorded as interrupted
             error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
             self.metrics.backup_failed(kind, utcnow())
@@ -257,7 +302,9 @@ class JobRunner:
             )
 
     # -- other jobs ------------------------------------------------------------------------
-    def _simple_run(self, job: str, trigger: RunTrigger, body: Callable[[int], str | None]) -> None:
+    def _simple_run(
+        self, job: str, trigger: RunTrigger, cancel: threading.Event, body: Callable[[int], str | None]
+    ) -> None:
         run = self.catalog.start_run(self.scope, job, trigger, pid=_pid(), host=self.host)
         with structlog.contextvars.bound_contextvars(run_id=run.id):
             try:
@@ -271,7 +318,7 @@ class JobRunner:
                 return
             except BaseException as exc:  # noqa: BLE001 - every failure is a recorded run
                 error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
-                status: RunStatus = "interrupted" if self.cancel.is_set() else "failed"
+                status: RunStatus = "interrupted" if cancel.is_set() else "failed"
                 log.error(f"{job}_run_failed", error=error)
                 self.catalog.finish_run(run.id, status, error=error)
                 if status == "failed":
@@ -314,7 +361,7 @@ class JobRunner:
             )
         return summary
 
-    def _restore_test(self, run_id: int, trigger: RunTrigger) -> str | None:
+    def _restore_test(self, run_id: int, trigger: RunTrigger, cancel: threading.Event) -> str | None:
         """A restore drill: restore into a scratch instance, check it, measure the RTO."""
         from contentflow_backupd.ops.drill.run import run_drill
 
@@ -325,7 +372,7 @@ class JobRunner:
             pg=self.app.pg_drivers(),
             run_id=run_id,
             trigger=trigger,
-            cancel=self.cancel,
+            cancel=cancel,
         )
         self.metrics.restore_test_finished(
             result.succeeded, result.finished_at or utcnow(), result.rto_seconds, result.restored_bytes
@@ -338,7 +385,7 @@ class JobRunner:
             )
         return f"restore drill of {result.backup_id} to {result.target} succeeded: RTO {rto}"
 
-    def _retention(self, run_id: int) -> str | None:
+    def _retention(self, run_id: int, cancel: threading.Event) -> str | None:
         from contentflow_backupd.ops.retention.apply import expire
 
         app = self.app
@@ -358,7 +405,7 @@ class JobRunner:
                 break
             except LockedError:
                 # A backup is running (schedules often coincide): wait for it rather than skip.
-                if time.monotonic() > deadline or self.cancel.wait(5.0):
+                if time.monotonic() > deadline or cancel.wait(5.0):
                     raise
         if result is None:
             return "nothing to delete"

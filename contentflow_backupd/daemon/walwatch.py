@@ -30,6 +30,7 @@ from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.ops.health.evaluate import WalState
 from contentflow_backupd.ops.wal.stream import run_wal_stream, upload_spool
+from contentflow_backupd.procs import owned_by
 from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.source.conninfo import ConnInfo
 from contentflow_backupd.source.receivewal import PgReceiveWal
@@ -177,6 +178,10 @@ SUPERVISOR_BACKOFF = Backoff(first=1, cap=60)
 """Restarts of a failed ``wal-stream``: 1 s, doubling up to 60 s; a run that returned starts over."""
 
 
+STREAM_OWNER = "wal-stream"
+"""The job part of the ``procs.owner`` of the supervised ``pg_receivewal``."""
+
+
 class StreamSupervisor:
     """``run_wal_stream`` on a thread, restarted with backoff until ``stop()``."""
 
@@ -219,7 +224,10 @@ class StreamSupervisor:
             try:
                 archive, info = self._args
                 receiver = PgReceiveWal(info, **self._kw)  # a fresh one per run
-                run_wal_stream(archive, receiver, slot=self._kw["slot"], stop=self._stop)
+                # pg_receivewal is started and stopped on this thread (its parent-death signal
+                # follows this thread), owned by "<cluster>:wal-stream".
+                with owned_by(f"{archive.cluster}:{STREAM_OWNER}"):
+                    run_wal_stream(archive, receiver, slot=self._kw["slot"], stop=self._stop)
                 pacer.succeeded()
                 delay = SUPERVISOR_BACKOFF.first
             except BackupdError as exc:

@@ -45,10 +45,12 @@ _active: dict[int, Tracker] = {}
 
 
 class Tracker:
-    """One operation (``backup``, ``restore``, a daemon job): its phase and counters."""
+    """One operation (``backup``, ``restore``, a daemon job): its phase and counters.
+    ``cluster``: the cluster a daemon job works on (None: a command's own operation)."""
 
-    def __init__(self, operation: str) -> None:
+    def __init__(self, operation: str, cluster: str | None = None) -> None:
         self.operation = operation
+        self.cluster = cluster
         self.started = time.monotonic()
         self.phase = "starting"
         self.unit = "B"
@@ -88,7 +90,8 @@ class Tracker:
     def snapshot(self) -> dict[str, Any]:
         """``operation``, ``phase``, ``done``, ``total`` (None: unknown), ``unit``, ``percent``,
         ``rate`` (units per second in this phase), ``elapsed_seconds`` (whole operation) and
-        ``eta_seconds`` (None: unknown)."""
+        ``eta_seconds`` (None: unknown); ``cluster`` for a daemon job's, and ``note`` when
+        there is one."""
         with _lock:
             now = time.monotonic()
             in_phase = max(now - self.phase_started, 1e-6)
@@ -101,6 +104,7 @@ class Tracker:
                 percent = round(min(100.0, 100.0 * self.done / self.total), 1)
             return {
                 "operation": self.operation,
+                **({"cluster": self.cluster} if self.cluster is not None else {}),
                 "phase": self.phase,
                 "done": self.done,
                 "total": self.total,
@@ -166,14 +170,14 @@ def mode() -> Mode:
 
 
 @contextlib.contextmanager
-def tracking(operation: str) -> Iterator[Tracker]:
-    """Track ``operation`` on this thread while the block runs (a nested call reuses the outer
-    tracker: a drill's restore is part of the drill)."""
+def tracking(operation: str, *, cluster: str | None = None) -> Iterator[Tracker]:
+    """Track ``operation`` (of ``cluster``, for a daemon job) on this thread while the block
+    runs (a nested call reuses the outer tracker: a drill's restore is part of the drill)."""
     outer = _current.get()
     if outer is not None:
         yield outer
         return
-    tracker = Tracker(operation)
+    tracker = Tracker(operation, cluster)
     token = _current.set(tracker)
     with _lock:
         _active[id(tracker)] = tracker

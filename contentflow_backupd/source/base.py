@@ -322,9 +322,10 @@ class DatabaseAdmin(Protocol):
         passfiles under ``tmp_root``. Nothing is touched before ``prepare``."""
         ...
 
-    def cancel_queries(self) -> int:
-        """Cancel the statement running on every connection this process holds open (the
-        daemon's stop, after its grace period); how many were cancelled."""
+    def cancel_queries(self, owner: str | None = None) -> int:
+        """Cancel the statement running on every connection this process holds open for
+        ``owner`` (``procs.owner`` when it was opened; None: all of them, the daemon's stop
+        after its grace period); how many were cancelled."""
         ...
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
+from contentflow_backupd import procs
 from contentflow_backupd.errors import SourceError
 from contentflow_backupd.source.tools import tool_major
 
@@ -56,9 +56,7 @@ def combine_backups(tool: Path, inputs: Sequence[Path], output: Path, *, link: b
     if link:
         argv.insert(1, "--link")
     log.info("combine_started", backups=len(inputs), output=str(output))
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C"}
-    )
+    proc = procs.run(argv, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
     if proc.returncode != 0:
         out = " ".join((proc.stderr + " " + proc.stdout).split())
         raise SourceError(f"pg_combinebackup failed (exit {proc.returncode}): {out[-2000:]}")

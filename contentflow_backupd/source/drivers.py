@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contentflow_backupd import procs
 from contentflow_backupd.errors import SourceError
 from contentflow_backupd.source import combine, extract, pgdata
 from contentflow_backupd.source.base import (
@@ -92,10 +93,10 @@ class PgDatabaseAdmin:
 
         return PgRestoreTarget(conninfo_of(db), bin_dir=bin_dir, tmp_root=tmp_root)
 
-    def cancel_queries(self) -> int:
+    def cancel_queries(self, owner: str | None = None) -> int:
         from contentflow_backupd.source import postgres
 
-        return postgres.cancel_queries()
+        return postgres.cancel_queries(owner)
 
 
 class PgScratchServers:
@@ -143,7 +144,7 @@ class PgScratchServers:
         # WAL is not in the backup (it comes from the archive): recovery itself checks it.
         argv = [str(path), "--no-parse-wal", str(pgdata)]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S, check=False)
+            proc = procs.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return "not_run", f"pg_verifybackup could not run: {exc}; check the tool under {path.parent}"
         out = " ".join((proc.stderr + " " + proc.stdout).split())

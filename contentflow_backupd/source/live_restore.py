@@ -17,6 +17,7 @@ from pathlib import Path
 from psycopg import sql
 
 from contentflow_backupd.errors import SourceError
+from contentflow_backupd.procs import spawn
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
 from contentflow_backupd.source.postgres import connect
 from contentflow_backupd.source.tools import StderrTail, find_tool
@@ -68,14 +69,14 @@ def replace_contents(info: ConnInfo, archive: Path, *, bin_dir: Path | None, tmp
     pg_restore = find_tool("pg_restore", major, bin_dir)
     psql = find_tool("psql", major, bin_dir)
     with libpq_env(info, tmp_root) as env:
-        producer = subprocess.Popen(
+        producer = spawn(
             [str(pg_restore), "-f", "-", str(archive)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
         producer_err = StderrTail(producer)
-        consumer = subprocess.Popen(
+        consumer = spawn(
             [
                 str(psql),
                 "-X",

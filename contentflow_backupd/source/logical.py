@@ -16,7 +16,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import BackupdError, SourceError
-from contentflow_backupd.procs import stop_process
+from contentflow_backupd.procs import spawn, stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
@@ -102,7 +102,7 @@ class PgDumpSource:
                 stack.callback(snapshot.close)
                 argv.insert(-2, f"--snapshot={snapshot.snapshot_id}")
             env = stack.enter_context(libpq_env(self.info, self._tmp_root))
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
             assert proc.stdout is not None
             widen_pipe(proc.stdout.fileno())
             if snapshot is not None:
@@ -337,7 +337,7 @@ class PgRestoreTarget:
 
     def _restore_streaming(self, argv: list[str], archive: Iterable[bytes]) -> None:
         with libpq_env(self.info, self._tmp_root) as env:
-            proc = subprocess.Popen(
+            proc = spawn(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
@@ -377,11 +377,21 @@ class PgRestoreTarget:
                 for data in archive:
                     f.write(data)
             with libpq_env(self.info, self._tmp_root) as env:
-                proc = subprocess.run(
-                    [*argv, f"--jobs={jobs}", path], capture_output=True, env=env, check=False
+                proc = spawn(
+                    [*argv, f"--jobs={jobs}", path],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=env,
                 )
+                try:
+                    _out, stderr = proc.communicate()
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
             if proc.returncode != 0:
-                err = proc.stderr.decode("utf-8", errors="replace").strip()[-4000:]
+                err = stderr.decode("utf-8", errors="replace").strip()[-4000:]
                 raise SourceError(
                     f"pg_restore --jobs={jobs} into {self.info.display()} failed (exit "
                     f"{proc.returncode}); a parallel restore is not one transaction, so the target "

@@ -22,7 +22,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import SourceError
-from contentflow_backupd.procs import stop_process
+from contentflow_backupd.procs import spawn, stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import ClusterInfo
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
@@ -282,7 +282,7 @@ class PgBaseBackupSource:
         stop_watch = threading.Event()
         stalled: list[str] = []
         with libpq_env(self.info, self._tmp_root) as env:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
             tail = StderrTail(proc)
             assert proc.stdout is not None
             widen_pipe(proc.stdout.fileno())

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from contentflow_backupd import procs
 from contentflow_backupd.errors import SourceError
 from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo
@@ -19,7 +20,9 @@ CONNECT_TIMEOUT = 10
 CANCEL_TIMEOUT = 5.0
 """Seconds :func:`cancel_queries` waits for the server to take one cancel request."""
 
-_open: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+_open: weakref.WeakKeyDictionary[psycopg.Connection[Any], str | None] = weakref.WeakKeyDictionary()
+"""Every connection this process opened and still holds, with its owner (``procs.owner`` when it
+was opened: ``"<cluster>:<job>"`` in the daemon's jobs)."""
 _open_lock = threading.Lock()
 
 
@@ -47,17 +50,18 @@ def open_connection(info: ConnInfo, *, autocommit: bool = True, **params: str) -
     }
     conn = psycopg.connect(ConnInfo(params=merged, password=info.password).full(), autocommit=autocommit)
     with _open_lock:
-        _open.add(conn)
+        _open[conn] = procs.owner.get()
     return conn
 
 
-def cancel_queries() -> int:
-    """Cancel the statement running on every connection this process opened and still holds
-    (a query blocked in libpq never returns to Python, so nothing else can stop it); returns how
-    many cancel requests were sent. For the daemon's stop after its grace period: the job then
-    fails with "canceling statement", runs its clean-up and records the run interrupted."""
+def cancel_queries(owner: str | None = None) -> int:
+    """Cancel the statement running on every connection of ``owner`` (None: every connection)
+    this process opened and still holds (a query blocked in libpq never returns to Python, so
+    nothing else can stop it); returns how many cancel requests were sent. For the daemon's stop
+    after its grace period, or one job's cancel: the job then fails with "canceling statement",
+    runs its clean-up and records the run interrupted."""
     with _open_lock:
-        live = [conn for conn in _open if not conn.closed]
+        live = [conn for conn, who in _open.items() if not conn.closed and (owner is None or who == owner)]
     sent = 0
     for conn in live:
         try:

@@ -31,7 +31,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import SourceError
-from contentflow_backupd.procs import stop_process
+from contentflow_backupd.procs import spawn, stop_process
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.base import ReceiverExit
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
@@ -159,7 +159,7 @@ class PgReceiveWal:
         major = self.ensure_slot()
         binary = find_tool("pg_receivewal", major, self._bin_dir)
         try:
-            proc = subprocess.Popen(
+            proc = spawn(
                 self.argv(binary),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -82,6 +82,16 @@ def test_final_stage_has_no_build_tools_and_pinned_dependencies(image: str) -> N
     assert {normalise(k): v for k, v in installed.items()} == {normalise(k): v for k, v in pins.items()}
 
 
+def test_children_can_get_a_parent_death_signal(image: str) -> None:
+    """The daemon starts pg_receivewal and the other long-running children through ``setpriv
+    --pdeathsig TERM`` (util-linux, Essential in Debian): it must work in the image, as its
+    unprivileged user, or a killed daemon leaves them running (contentflow_backupd/procs.py)."""
+    script = "import ctypes as c; v = c.c_int(); c.CDLL(None).prctl(2, c.byref(v)); print(v.value)"
+    python = "/opt/contentflow-backupd/bin/python"
+    out = run_program(image, "setpriv", "--pdeathsig", "TERM", "--", python, "-c", script)
+    assert out.strip() == "15"  # PR_GET_PDEATHSIG: SIGTERM
+
+
 def test_image_size_is_recorded(image: str) -> None:
     """The size docs/deployment.md states, within 10% (a dependency that grows the image
     noticeably should be a decision, with the figure in the docs updated)."""

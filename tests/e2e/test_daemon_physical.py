@@ -1,12 +1,18 @@
 """The daemon in physical mode: a scheduled physical backup, WAL streamed by the supervised
-``wal-stream``, the WAL job forcing a switch on a quiet database, WAL metrics, a clean stop."""
+``wal-stream``, the WAL job forcing a switch on a quiet database, WAL metrics, a clean stop; its
+``pg_receivewal`` does not outlive a ``kill -9`` of the daemon."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
+from contentflow_backupd.procs import process_alive
 from tests.e2e.physical import physical_setup
 from tests.support.cli import Cli
 from tests.support.daemon import Daemon
@@ -60,3 +66,55 @@ def test_physical_daemon_streams_wal_and_keeps_the_rpo() -> None:
         assert not [r for r in runs if r["status"] == "running"], runs  # stopped with the WAL job on
         assert any(r["job"] == "full" and r["status"] == "succeeded" for r in runs)
         assert cli.run("wal", "verify", "--json").returncode == 0
+
+
+CHILD_ENDS = 30.0  # seconds: the orphaned pg_receivewal must be gone by then; not a speed claim
+
+
+def _program(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("user", ["root", "postgres"])
+def test_pg_receivewal_does_not_outlive_a_daemon_killed_with_sigkill(user: str) -> None:
+    """``kill -9`` runs no clean-up: only the parent-death signal (``setpriv --pdeathsig``) ends
+    the streaming child, which would otherwise hold the slot's walsender with nobody reading."""
+    if os.geteuid() != 0:
+        pytest.skip("runs the daemon as root and as postgres")
+    with physical_setup(archive=False) as setup:
+        env = {
+            "BACKUPD_CONFIG": str(setup.config),
+            "BACKUPD_SCHEDULE__FULL": "off",
+            "BACKUPD_SCHEDULE__INCREMENTAL": "off",
+            "BACKUPD_SCHEDULE__WAL": "every 1h",  # the WAL watcher, hence the stream, is on
+            "BACKUPD_SCHEDULE__RETENTION": "off",
+            "BACKUPD_SCHEDULE__VERIFY": "off",
+            "BACKUPD_SCHEDULE__RESTORE_TEST": "off",
+            "BACKUPD_WAL__METHOD": "stream",
+        }
+        receiver: int | None = None
+        with Daemon(env, user=None if user == "root" else user) as d:
+            try:
+                started = d.wait_for("pg_receivewal started", lambda: d.events("pg_receivewal_started"))
+                receiver = int(started[0]["pid"])
+                assert d.proc is not None
+                assert _parent_of(receiver) == d.proc.pid
+                # setpriv has set the signal once it has exec'd pg_receivewal (same pid)
+                d.wait_for("pg_receivewal exec'd", lambda: _program(receiver).endswith(b"pg_receivewal"))
+                assert not d.events("child_pdeathsig_unavailable"), d.stderr()[-2000:]
+
+                os.kill(d.proc.pid, signal.SIGKILL)
+                assert d.wait(60) == -signal.SIGKILL
+
+                deadline = time.monotonic() + CHILD_ENDS
+                while process_alive(receiver) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert not process_alive(receiver), "pg_receivewal outlived the daemon killed with -9"
+            finally:
+                if receiver is not None and process_alive(receiver):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(receiver, signal.SIGKILL)

@@ -61,6 +61,20 @@ def sqlite_job_table(conn: Any) -> str:
     return str(names[0])
 
 
+def pick_sample(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, labels: dict[str, str]
+) -> float | None:
+    """``Daemon.metric()`` over ``samples`` (as ``Daemon.metrics()`` returns them)."""
+    exact = samples.get((name, tuple(sorted(labels.items()))))
+    if exact is not None:
+        return exact
+    wanted = set(labels.items())
+    found = [(key, value) for key, value in samples.items() if key[0] == name and wanted <= set(key[1])]
+    if len(found) > 1:
+        raise AssertionError(f"{name}{labels} matches several samples: {[key for key, _ in found]}")
+    return found[0][1] if found else None
+
+
 class Daemon:
     def __init__(self, env: dict[str, str], *, port: int | None = None, user: str | None = None) -> None:
         self.port = port or free_port()
@@ -198,7 +212,10 @@ class Daemon:
         return out
 
     def metric(self, name: str, **labels: str) -> float | None:
-        return self.metrics().get((name, tuple(sorted(labels.items()))))
+        """The sample ``name`` whose labels include ``labels``: the one with exactly these labels
+        when there is one, else the only one that has them and more (a ``cluster`` label, say);
+        None when none has them. Several candidates fail the test: the question is ambiguous."""
+        return pick_sample(self.metrics(), name, labels)
 
     def wait_for(
         self, what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.5

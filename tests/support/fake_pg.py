@@ -220,8 +220,8 @@ class FakeDatabaseAdmin:
     ) -> FakeRestoreTarget:
         return FakeRestoreTarget(self.pg, db)
 
-    def cancel_queries(self) -> int:
-        self.pg.events.append("cancel queries")
+    def cancel_queries(self, owner: str | None = None) -> int:
+        self.pg.events.append("cancel queries" if owner is None else f"cancel queries of {owner}")
         return 0
 
 

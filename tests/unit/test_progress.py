@@ -181,3 +181,13 @@ def test_log_lines_go_above_a_live_line() -> None:
     assert out.getvalue() == "first half second half\n"
     assert bar.calls == ["clear", "refresh"]
     structlog.reset_defaults()
+
+
+def test_a_daemon_job_names_its_cluster_in_snapshots_and_progress_json(tmp_path: Path) -> None:
+    with progress.tracking("full", cluster="orders"):
+        progress.phase("dumping", total=10)
+        progress.publish(tmp_path / "progress.json")
+        published = json.loads((tmp_path / "progress.json").read_text())["running"]
+    assert [(s["operation"], s["cluster"]) for s in published] == [("full", "orders")]
+    with progress.tracking("backup") as tracker:  # a command's own operation: no cluster
+        assert "cluster" not in tracker.snapshot()
