@@ -64,22 +64,36 @@ class JobSpec:
     schedule: Schedule
     setting: str
     """The setting it came from, for error messages (``BACKUPD_SCHEDULE__FULL``)."""
+    cluster: str = ""
+    """The cluster whose jobs these are: the key of its spread offset."""
+    spread_s: float = 0.0
+    """``schedule.spread`` in seconds (0: fire at the schedule's own times)."""
 
 
 def build_trigger(spec: JobSpec, timezone: str) -> BaseTrigger:
-    """The APScheduler trigger of a schedule; ``ConfigError`` naming the setting when APScheduler
-    rejects a crontab field (``61 * * * *``)."""
+    """The APScheduler trigger of a schedule, moved by the cluster's spread offset when it has one
+    (:class:`~contentflow_backupd.scheduling.spread.SpreadTrigger`); ``ConfigError`` naming the
+    setting when APScheduler rejects a crontab field (``61 * * * *``)."""
+    from contentflow_backupd.scheduling.periods import schedule_period
+    from contentflow_backupd.scheduling.spread import SpreadTrigger, spread_offset
+
     sched = spec.schedule
     try:
+        base: BaseTrigger
         if sched.kind == "cron":
             assert sched.cron is not None
-            return cron_trigger(sched.cron, timezone)
-        if sched.kind == "every":
+            base = cron_trigger(sched.cron, timezone)
+        elif sched.kind == "every":
             assert sched.seconds is not None
-            return IntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
+            base = IntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
+        else:
+            raise ConfigError(f"{spec.setting}: 'off' has no trigger")
+        offset = 0
+        if spec.spread_s > 0:
+            offset = spread_offset(spec.cluster, spec.spread_s, schedule_period(sched, timezone))
     except ValueError as exc:
         raise ConfigError(f"{spec.setting}: {sched} is not a valid schedule: {exc}") from None
-    raise ConfigError(f"{spec.setting}: 'off' has no trigger")
+    return SpreadTrigger(base, offset) if offset else base
 
 
 def misfire_grace(spec: JobSpec, timezone: str) -> int:
