@@ -6,16 +6,19 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
 
 from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.model import Scope
 from contentflow_backupd.scheduling.periods import cron_trigger
-from contentflow_backupd.scheduling.scheduler import JobSpec, build_trigger
+from contentflow_backupd.scheduling.scheduler import JobSpec, Scheduler, build_trigger
 from contentflow_backupd.scheduling.spread import (
     SpreadTrigger,
     cluster_hash,
@@ -219,3 +222,30 @@ def test_the_environment_sets_the_spread_and_the_pool(monkeypatch: pytest.Monkey
         monkeypatch.setenv("BACKUPD_MAX_CONCURRENT_JOBS", bad)
         with pytest.raises(ValueError, match="max_concurrent_jobs"):
             Settings()
+
+
+def _stored_next_run(tmp_path: Path, spread_s: float) -> tuple[datetime, str]:
+    """Start a scheduler on the job table in ``tmp_path`` (as a daemon start does), register the
+    daily full of cluster ``orders`` with ``spread_s``, and stop it: (next fire, trigger)."""
+    engine = create_engine(f"sqlite:///{tmp_path}/catalog.db")
+    sched = Scheduler(engine, "Europe/Berlin", scope=Scope("repo", "orders"), max_workers=2)
+    try:
+        sched.register([_spec("orders:full", "0 2 * * *", spread_s)])
+        job = sched._sched.get_job("orders:full")
+        return job.next_run_time, str(job.trigger)
+    finally:
+        sched.shutdown()
+        sched.executor.shutdown(wait=True)
+        engine.dispose()
+
+
+def test_the_stored_job_keeps_its_spread_time_across_restarts(tmp_path: Path) -> None:
+    first, trigger = _stored_next_run(tmp_path, 1800.0)
+    offset = spread_offset("orders", 1800, 86400.0)
+    assert trigger.endswith(f"spread +{offset}s")
+    assert first.astimezone(BERLIN).time() == (datetime(2026, 1, 1, 2) + timedelta(seconds=offset)).time()
+    again, _ = _stored_next_run(tmp_path, 1800.0)  # the row was unpickled and kept as it was
+    assert again == first
+    plain, plain_trigger = _stored_next_run(tmp_path, 0.0)  # a changed window plans again
+    assert "spread" not in plain_trigger
+    assert plain.astimezone(BERLIN).time() == datetime(2026, 1, 1, 2).time()
