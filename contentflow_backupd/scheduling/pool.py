@@ -153,6 +153,13 @@ class FairExecutor(BaseExecutor):  # type: ignore[misc]
             self._queue.sort()
             self._cond.notify_all()
 
+    def alive(self) -> bool:
+        """Started, not stopped, and every worker thread running."""
+        with self._cond:
+            if self._stopping or not self._threads:
+                return False
+        return all(thread.is_alive() for thread in self._threads)
+
     # -- the queue ---------------------------------------------------------------------------
     def queued(self) -> list[str]:
         """Ids of the queued items, in the order they would start if all were eligible."""

@@ -259,8 +259,11 @@ class Scheduler:
             self._sched.shutdown(wait=False)
 
     def alive(self) -> bool:
+        """The scheduler thread and every pool worker are running (a dead worker would leave
+        fired jobs queued for ever)."""
         thread = getattr(self._sched, "_thread", None)
-        return bool(self._sched.running and thread is not None and thread.is_alive())
+        running = bool(self._sched.running and thread is not None and thread.is_alive())
+        return running and self.executor.alive()
 
     def next_runs(self) -> dict[str, datetime | None]:
         """Next fire time of every job id (None when off or paused out)."""

@@ -306,6 +306,13 @@ def test_bare_ids_run_as_the_implicit_cluster(
     assert sched.next_runs()["full"] is not None
 
 
+def test_the_scheduler_is_alive_only_with_its_workers(make_scheduler: Callable[..., Scheduler]) -> None:
+    sched = make_scheduler(max_workers=3)
+    assert sched.alive()
+    sched.executor.shutdown(wait=True)  # the workers are gone, the scheduler thread is not
+    assert not sched.alive()
+
+
 def test_stopping_drops_what_is_queued(make_scheduler: Callable[..., Scheduler], handlers: Jobs) -> None:
     sched = make_scheduler(max_workers=2)
     handlers.gate("a:full")
