@@ -160,8 +160,19 @@ class ScheduleSettings(_Section):
     restore_test: str = "0 4 * * 0"
     """Restore drill (crontab weekdays: 0 = Sunday)."""
     timezone: str = "UTC"
+    spread: str | None = None
+    """Window over which a cluster's fire times are moved later, by a fixed offset per cluster
+    (``scheduling/spread.py``). Unset: ``0s`` without named clusters (fire times do not move),
+    ``30m`` with them (``spread.default_spread``)."""
 
     _check = field_validator("full", "incremental", "wal", "retention", "verify", "restore_test")(_schedule)
+
+    @field_validator("spread")
+    @classmethod
+    def _check_spread(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v, allow_zero=True)  # 0s: no spread
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -332,6 +343,9 @@ class Settings(BaseSettings):
     compression: CompressionSettings = CompressionSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     upload_concurrency: int = Field(8, ge=1, le=64)
+    max_concurrent_jobs: int = Field(4, ge=2, le=256)
+    """Scheduler workers shared by every job (``scheduling/pool.py``); a quarter of them, at
+    least one, is kept for WAL jobs."""
     wal: WalSettings = WalSettings()
     restore: RestoreSettings = RestoreSettings()
     log: LogSettings = LogSettings()

@@ -243,7 +243,13 @@ class Daemon:
         self.metrics.set_leader(True)
         log.info("leader_acquired", mode=self._lock.mode)
         assert self._scope is not None
-        sched = Scheduler(self._catalog.engine, app.timezone, scope=self._scope)
+        sched = Scheduler(
+            self._catalog.engine,
+            app.timezone,
+            scope=self._scope,
+            max_workers=app.max_concurrent_jobs,
+            on_queue_wait=self.metrics.scheduler_queue_wait,
+        )
         sched.register(app.job_specs)
         if app.full_scheduled and not self._catalog.list_backups(self._scope, ["succeeded"]):
             sched.run_soon("full")  # no backup yet: do not wait for the first fire time
@@ -315,14 +321,15 @@ class Daemon:
     def _record_skipped(self) -> None:
         if self._scheduler is None or self._catalog is None:
             return
-        for job in self._scheduler.take_skipped():
+        from contentflow_backupd.scheduling.jobs import parse_job_id
+
+        for job_id, reason in self._scheduler.take_skipped():
             try:
+                job = parse_job_id(job_id)[1]
                 run = self._catalog.start_run(
                     self._scope, job, "scheduled", pid=os.getpid(), host=socket.gethostname()
                 )
-                self._catalog.finish_run(
-                    run.id, "skipped", error="the previous run of this job was still going"
-                )
+                self._catalog.finish_run(run.id, "skipped", error=reason)
             except BackupdError as exc:
                 log.error("catalog_update_failed", error=exc.message)
 

@@ -22,6 +22,9 @@ daemons in one process never collide. The series, exactly (README "Metrics" and 
     backupd_repository_stored_bytes
     backupd_scheduler_next_run_timestamp_seconds{job}             absent while the job is off
     backupd_leader                                                0 or 1
+    backupd_scheduler_queue_wait_seconds{class}                   histogram, 0.1 s .. 4 h: a fired
+                                                                  job's wait for a pool worker;
+                                                                  class: wal | backup | maintenance
     backupd_dependency_up{dependency}                             database | storage | catalog
     backupd_verify_runs_total{result}                             deep verification runs
     backupd_verify_last_success_timestamp_seconds                 0 = never
@@ -68,6 +71,9 @@ from prometheus_client.metrics_core import Metric
 from contentflow_backupd import __version__
 from contentflow_backupd.model import BACKUP_KINDS, JOB_NAMES, BackupKind
 
+QUEUE_CLASSES = ("wal", "backup", "maintenance")
+"""The scheduler pool's priority classes (``scheduling/pool.py: CLASS_NAMES``)."""
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (0.1, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600)
 DURATION_BUCKETS: tuple[float, ...] = (
     10,
     30,
@@ -227,6 +233,15 @@ class Metrics:
         self._leader = Gauge(
             "backupd_leader", "1 when this daemon is the leader that runs jobs, 0 on standby", registry=reg
         )
+        self._queue_wait = Histogram(
+            "backupd_scheduler_queue_wait_seconds",
+            "Time a scheduled job waited in the scheduler's queue for a worker, by priority class",
+            ["class"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=reg,
+        )
+        for job_class in QUEUE_CLASSES:
+            self._queue_wait.labels(job_class)
         self._dependency = Gauge(
             "backupd_dependency_up",
             "1 when the dependency answered its last check",
@@ -504,6 +519,13 @@ class Metrics:
                 self._next_run.remove(job)
             return
         self._next_run.labels(job=job).set(_ts(at))
+
+    def scheduler_queue_wait(self, job_class: str, seconds: float) -> None:
+        """A scheduled job started after ``seconds`` in the queue (``job_class``: ``wal``,
+        ``backup`` or ``maintenance``). Daemon-level: no cluster label."""
+        if job_class not in QUEUE_CLASSES:
+            raise ValueError(f"{job_class!r} is not one of {', '.join(QUEUE_CLASSES)}")
+        self._queue_wait.labels(job_class).observe(seconds)
 
     def set_leader(self, leader: bool) -> None:
         self._leader.set(1 if leader else 0)

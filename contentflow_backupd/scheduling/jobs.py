@@ -1,9 +1,11 @@
 """The job functions APScheduler stores by importable name, with primitive arguments only.
 
 A stored job names ``contentflow_backupd.scheduling.jobs:run_scheduled`` and one argument, the
-job id (``full``, ``incremental``, ``wal``, ``retention``). The daemon installs the handler that
-does the work; a job that fires with no handler installed (a job store shared with a process that
-is not a daemon) does nothing and says so.
+job id: ``<cluster>:<job>`` for a named cluster (``orders:full``; cluster names have no ``:``), or
+the bare job (``full``, ``incremental``, ``wal``, ``retention``...) for the implicit cluster of a
+configuration without named clusters, as stored by earlier versions (:func:`parse_job_id`). The
+daemon installs the handler of each cluster it runs; a job that fires with no handler installed
+for its cluster (a job store shared with a process that is not a daemon) does nothing and says so.
 """
 
 from __future__ import annotations
@@ -24,15 +26,39 @@ CATCH_UP_AFTER = 60.0
 missed while the daemon was down or busy)."""
 
 Handler = Callable[[str, RunTrigger], None]
+"""``handler(job, trigger)``: ``job`` is the bare job name (``full``), the cluster is the one the
+handler was installed for."""
 
-_handler: Handler | None = None
+_handlers: dict[str | None, Handler] = {}
 _local = threading.local()
 
 
-def install(handler: Handler | None) -> None:
-    """Route job runs to ``handler(job_id, trigger)`` (``None`` uninstalls)."""
-    global _handler
-    _handler = handler
+def parse_job_id(job_id: str) -> tuple[str | None, str]:
+    """``"orders:full"`` -> ``("orders", "full")``; a bare ``"full"`` -> ``(None, "full")``, the
+    implicit cluster. ``ValueError`` for an empty cluster or job (``":full"``, ``"orders:"``)."""
+    cluster, sep, job = job_id.partition(":")
+    if not sep:
+        cluster, job = "", job_id
+    if (sep and not cluster) or not job:
+        raise ValueError(f"{job_id!r} is not a job id (<cluster>:<job> or <job>)")
+    return (cluster if sep else None), job
+
+
+def job_id_for(cluster: str | None, job: str) -> str:
+    """The stored id of ``job`` of ``cluster`` (None: the implicit cluster, a bare id)."""
+    return job if cluster is None else f"{cluster}:{job}"
+
+
+def install(handler: Handler | None, cluster: str | None = None) -> None:
+    """Route the runs of ``cluster``'s jobs (None: the implicit cluster's bare ids) to
+    ``handler(job, trigger)``; ``handler`` None uninstalls that cluster's handler, and with
+    ``cluster`` None every handler."""
+    if handler is not None:
+        _handlers[cluster] = handler
+    elif cluster is None:
+        _handlers.clear()
+    else:
+        _handlers.pop(cluster, None)
 
 
 def set_scheduled_time(when: datetime | None) -> None:
@@ -48,10 +74,15 @@ def trigger_for(scheduled: datetime | None, now: datetime | None = None) -> RunT
 
 
 def run_scheduled(job_id: str) -> None:
-    """The stored job function."""
+    """The stored job function: the handler of the job's cluster runs it."""
     trigger = trigger_for(getattr(_local, "scheduled", None))
-    handler = _handler
+    try:
+        cluster, job = parse_job_id(job_id)
+    except ValueError as exc:
+        log.error("job_id_invalid", job=job_id, error=str(exc))
+        return
+    handler = _handlers.get(cluster)
     if handler is None:
         log.error("job_without_handler", job=job_id)
         return
-    handler(job_id, trigger)
+    handler(job, trigger)

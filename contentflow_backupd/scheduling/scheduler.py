@@ -13,6 +13,12 @@ they loaded, fired and rescheduled each other's jobs. A new table takes over the
 table of earlier versions, ``apscheduler_jobs``, once (``scheduler_jobs_adopted``), so that an
 upgrade keeps the stored fire times; that table is left for daemons of earlier versions.
 
+Fired jobs run in :class:`~contentflow_backupd.scheduling.pool.FairExecutor` (priority classes,
+one job of a class per cluster, workers kept for WAL, a queue wait bounded by the misfire grace);
+their triggers carry the cluster's spread offset when ``schedule.spread`` gives one
+(``scheduling/spread.py``). Ids are bare for the implicit cluster, ``<cluster>:<job>`` otherwise
+(``jobs.parse_job_id``).
+
 APScheduler silently deletes a job row it cannot unpickle. Before it gets the chance, every row is
 loaded here; one that fails is logged (``scheduler_job_unloadable``) and re-created from settings.
 """
@@ -21,15 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
-from apscheduler.executors.base import run_job
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -39,11 +44,13 @@ from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.model import JOB_NAMES, Scope
 from contentflow_backupd.scheduling import jobs
 from contentflow_backupd.scheduling.periods import cron_trigger
+from contentflow_backupd.scheduling.pool import FairExecutor
 from contentflow_backupd.timespec import Schedule
 
 log = structlog.get_logger(__name__)
 
 JOB_IDS = JOB_NAMES
+PREVIOUS_RUN_GOING = "the previous run of this job was still running or queued"
 LEGACY_TABLE = "apscheduler_jobs"
 """The one job table of earlier versions, shared by every daemon on the catalog."""
 
@@ -64,22 +71,36 @@ class JobSpec:
     schedule: Schedule
     setting: str
     """The setting it came from, for error messages (``BACKUPD_SCHEDULE__FULL``)."""
+    cluster: str = ""
+    """The cluster whose jobs these are: the key of its spread offset."""
+    spread_s: float = 0.0
+    """``schedule.spread`` in seconds (0: fire at the schedule's own times)."""
 
 
 def build_trigger(spec: JobSpec, timezone: str) -> BaseTrigger:
-    """The APScheduler trigger of a schedule; ``ConfigError`` naming the setting when APScheduler
-    rejects a crontab field (``61 * * * *``)."""
+    """The APScheduler trigger of a schedule, moved by the cluster's spread offset when it has one
+    (:class:`~contentflow_backupd.scheduling.spread.SpreadTrigger`); ``ConfigError`` naming the
+    setting when APScheduler rejects a crontab field (``61 * * * *``)."""
+    from contentflow_backupd.scheduling.periods import schedule_period
+    from contentflow_backupd.scheduling.spread import SpreadTrigger, spread_offset
+
     sched = spec.schedule
     try:
+        base: BaseTrigger
         if sched.kind == "cron":
             assert sched.cron is not None
-            return cron_trigger(sched.cron, timezone)
-        if sched.kind == "every":
+            base = cron_trigger(sched.cron, timezone)
+        elif sched.kind == "every":
             assert sched.seconds is not None
-            return IntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
+            base = IntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
+        else:
+            raise ConfigError(f"{spec.setting}: 'off' has no trigger")
+        offset = 0
+        if spec.spread_s > 0:
+            offset = spread_offset(spec.cluster, spec.spread_s, schedule_period(sched, timezone))
     except ValueError as exc:
         raise ConfigError(f"{spec.setting}: {sched} is not a valid schedule: {exc}") from None
-    raise ConfigError(f"{spec.setting}: 'off' has no trigger")
+    return SpreadTrigger(base, offset) if offset else base
 
 
 def misfire_grace(spec: JobSpec, timezone: str) -> int:
@@ -89,28 +110,6 @@ def misfire_grace(spec: JobSpec, timezone: str) -> int:
 
     period = schedule_period(spec.schedule, timezone) or 3600.0
     return int(min(max(period / 2, 30.0), 6 * 3600.0))
-
-
-class _TimedExecutor(ThreadPoolExecutor):  # type: ignore[misc]
-    """A thread pool that tells the job function its planned fire time (for ``catch-up``)."""
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        def callback(f: Any) -> None:
-            exc = f.exception()
-            if exc:
-                self._run_job_error(job.id, exc, getattr(exc, "__traceback__", None))
-            else:
-                self._run_job_success(job.id, f.result())
-
-        def call() -> Any:
-            jobs.set_scheduled_time(run_times[-1] if run_times else None)
-            try:
-                return run_job(job, job._jobstore_alias, run_times, self._logger.name)
-            finally:
-                jobs.set_scheduled_time(None)
-
-        future = self._pool.submit(call)
-        future.add_done_callback(callback)
 
 
 class _ToStructlog(logging.Handler):
@@ -124,19 +123,35 @@ class _ToStructlog(logging.Handler):
 class Scheduler:
     """One APScheduler instance over the catalog. Created paused; ``register`` then ``resume``."""
 
-    def __init__(self, engine: Any, timezone: str, *, scope: Scope, max_workers: int = 4) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        timezone: str,
+        *,
+        scope: Scope,
+        max_workers: int = 4,
+        on_queue_wait: Callable[[str, float], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         """``engine``: the catalog's SQLAlchemy engine; the jobs live in its table
-        ``job_table(scope)``."""
+        ``job_table(scope)``. ``max_workers``: the fair pool's size (``BACKUPD_MAX_CONCURRENT_JOBS``);
+        ``on_queue_wait(class, seconds)``: each started job's time in the queue; ``clock``: the
+        pool's "now" (tests)."""
         self.timezone = timezone
         self.table = job_table(scope)
         self._store = SQLAlchemyJobStore(engine=engine, tablename=self.table)
+        self._skipped: list[tuple[str, str]] = []
+        self._skipped_lock = threading.Lock()
+        pool_args: dict[str, Any] = {"on_skipped": self._add_skipped, "on_wait": on_queue_wait}
+        if clock is not None:
+            pool_args["clock"] = clock
+        self.executor = FairExecutor(max_workers, **pool_args)
         self._sched = BackgroundScheduler(
             jobstores={"default": self._store},
-            executors={"default": _TimedExecutor(max_workers=max_workers)},
+            executors={"default": self.executor},
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=timezone,
         )
-        self._skipped: list[str] = []
         self._sched.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         aps = logging.getLogger("apscheduler")
         if not any(isinstance(h, _ToStructlog) for h in aps.handlers):
@@ -224,12 +239,12 @@ class Scheduler:
                     conn.execute(table.delete().where(table.c.id == row.id))
         return loaded
 
-    def run_soon(self, job_id: str) -> None:
+    def run_soon(self, job_id: str, *, reason: str = "no successful full backup yet") -> None:
         """Fire ``job_id`` now instead of at its next fire time (once; then its schedule)."""
         from datetime import UTC
 
         self._sched.modify_job(job_id, next_run_time=datetime.now(UTC))
-        log.info("scheduler_job_due_now", job=job_id, reason="no successful full backup yet")
+        log.info("scheduler_job_due_now", job=job_id, reason=reason)
 
     # -- running ---------------------------------------------------------------------------
     def resume(self) -> None:
@@ -244,8 +259,11 @@ class Scheduler:
             self._sched.shutdown(wait=False)
 
     def alive(self) -> bool:
+        """The scheduler thread and every pool worker are running (a dead worker would leave
+        fired jobs queued for ever)."""
         thread = getattr(self._sched, "_thread", None)
-        return bool(self._sched.running and thread is not None and thread.is_alive())
+        running = bool(self._sched.running and thread is not None and thread.is_alive())
+        return running and self.executor.alive()
 
     def next_runs(self) -> dict[str, datetime | None]:
         """Next fire time of every job id (None when off or paused out)."""
@@ -254,12 +272,19 @@ class Scheduler:
             out[job.id] = job.next_run_time
         return out
 
-    def take_skipped(self) -> list[str]:
-        """Job ids whose fire time came while their previous run was still going (since the
-        last call)."""
-        taken, self._skipped = self._skipped, []
+    def take_skipped(self) -> list[tuple[str, str]]:
+        """(job id, reason) of every fire that did not run since the last call: its previous run
+        was still running or queued (``max_instances``), or it waited in the pool's queue past its
+        misfire grace (checked here too, so it is noticed while every worker is busy)."""
+        self.executor.expire()
+        with self._skipped_lock:
+            taken, self._skipped = self._skipped, []
         return taken
 
+    def _add_skipped(self, job_id: str, reason: str) -> None:
+        with self._skipped_lock:
+            self._skipped.append((job_id, reason))
+
     def _on_max_instances(self, event: JobSubmissionEvent) -> None:
-        log.warning("job_skipped", job=event.job_id, reason="the previous run is still going")
-        self._skipped.append(event.job_id)
+        log.warning("job_skipped", job=event.job_id, reason=PREVIOUS_RUN_GOING)
+        self._add_skipped(event.job_id, PREVIOUS_RUN_GOING)

@@ -354,6 +354,10 @@ class App:
 
         return job_specs(self._settings)
 
+    @property
+    def max_concurrent_jobs(self) -> int:
+        return self._settings.max_concurrent_jobs
+
     def notifier(self) -> Notifier:
         from contentflow_backupd.wiring.daemon import notifier
 

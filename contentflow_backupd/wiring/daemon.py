@@ -23,12 +23,20 @@ if TYPE_CHECKING:
     from contentflow_backupd.scheduling.scheduler import JobSpec
 
 
-def job_specs(settings: Settings) -> list[JobSpec]:
+def job_specs(settings: Settings, *, named_clusters: bool = False) -> list[JobSpec]:
     """The daemon's jobs from ``BACKUPD_SCHEDULE__*``. In logical mode there is no ``wal`` job
-    (the recovery point is the last incremental)."""
-    from contentflow_backupd.scheduling.scheduler import JOB_IDS, JobSpec
-    from contentflow_backupd.timespec import parse_schedule
+    (the recovery point is the last incremental).
 
+    ``named_clusters``: whether the configuration has named clusters, which makes the default
+    ``schedule.spread`` 30 minutes instead of 0 (``scheduling/spread.py: default_spread``). Only
+    the implicit cluster exists today; the fleet wiring passes True for its named clusters (their
+    ``Settings.for_cluster`` copies have no ``clusters`` to tell)."""
+    from contentflow_backupd.scheduling.scheduler import JOB_IDS, JobSpec
+    from contentflow_backupd.scheduling.spread import default_spread
+    from contentflow_backupd.timespec import parse_duration, parse_schedule
+
+    spread = settings.schedule.spread or default_spread(named_clusters=named_clusters)
+    spread_s = parse_duration(spread, allow_zero=True)
     specs = []
     for job in JOB_IDS:
         value = getattr(settings.schedule, job)
@@ -39,7 +47,7 @@ def job_specs(settings: Settings) -> list[JobSpec]:
             raise ConfigError(f"{setting}: {exc}") from None
         if job == "wal" and settings.mode == "logical":
             schedule = parse_schedule("off")
-        specs.append(JobSpec(job, schedule, setting))
+        specs.append(JobSpec(job, schedule, setting, cluster=settings.cluster, spread_s=spread_s))
     return specs
 
 

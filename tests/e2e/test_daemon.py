@@ -63,6 +63,8 @@ def test_daemon_schedules_records_fails_recovers_expires_and_stops(tmp_path: Pat
         assert (d.metric("backupd_backup_last_success_timestamp_seconds", kind="full") or 0) > 0
         assert d.metric("backupd_build_info", version=_version()) == 1
         assert d.metric("backupd_leader") == 1
+        # both started through the job pool's queue: their waits are observed, as backups
+        assert (d.metric("backupd_scheduler_queue_wait_seconds_count", **{"class": "backup"}) or 0) >= 2
 
         # the database goes away: failed runs are counted, liveness holds, health does not
         failures_before = _runs_total(d, "full", "failure") + _runs_total(d, "incremental", "failure")

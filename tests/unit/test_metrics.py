@@ -34,6 +34,7 @@ SERIES = {
     "backupd_repository_stored_bytes": "gauge",
     "backupd_scheduler_next_run_timestamp_seconds": "gauge",
     "backupd_leader": "gauge",
+    "backupd_scheduler_queue_wait_seconds": "histogram",
     "backupd_dependency_up": "gauge",
     "backupd_verify_runs_total": "counter",
     "backupd_verify_last_success_timestamp_seconds": "gauge",
@@ -217,6 +218,20 @@ def test_wal_retention_repository_leader_dependencies() -> None:
     assert value(m, "backupd_recovery_window_start_timestamp_seconds") == 0
     assert value(m, "backupd_leader") == 0
     assert value(m, "backupd_backup_size_anomaly", kind="incremental") == 0
+
+
+def test_queue_wait_is_observed_per_class_without_a_cluster_label() -> None:
+    m = Metrics()
+    for job_class in ("wal", "backup", "maintenance"):  # every class exists from the start
+        assert value(m, "backupd_scheduler_queue_wait_seconds_count", **{"class": job_class}) == 0
+    m.scheduler_queue_wait("backup", 42.0)
+    m.scheduler_queue_wait("backup", 3.0)
+    assert value(m, "backupd_scheduler_queue_wait_seconds_count", **{"class": "backup"}) == 2
+    assert value(m, "backupd_scheduler_queue_wait_seconds_sum", **{"class": "backup"}) == 45.0
+    assert value(m, "backupd_scheduler_queue_wait_seconds_bucket", **{"class": "backup", "le": "5.0"}) == 1
+    assert value(m, "backupd_scheduler_queue_wait_seconds_count", **{"class": "wal"}) == 0
+    with pytest.raises(ValueError, match="not one of"):
+        m.scheduler_queue_wait("full", 1.0)
 
 
 def test_next_run_is_set_and_removed() -> None:
