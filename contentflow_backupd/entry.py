@@ -72,9 +72,9 @@ def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     parsed = parse_fetch(argv)
     if parsed is None:
         return False
-    config, name, dest = parsed
+    config, cluster, name, dest = parsed
     try:
-        cfg = client_config(config, environ)
+        cfg = client_config(config, environ, cluster)
     except Fallback:
         return False
     if cfg["prefetch"] <= 0:
@@ -88,7 +88,7 @@ def fast_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
         running, token = helper_running(spool)
         served = spool.serve(name, dest, token, wait_s=FETCH_WAIT_S if running else 0.0)
         if not running:
-            start_helper(config)
+            start_helper(config, cluster)
     except OSError:
         return False
     return served
@@ -112,7 +112,7 @@ def helper_running(spool: WalSpool) -> tuple[bool, str | None]:
     return False, None
 
 
-def start_helper(config: str | None) -> None:
+def start_helper(config: str | None, cluster: str | None = None) -> None:
     """``wal prefetch`` in its own session, outliving this ``restore_command``. A second helper
     started meanwhile exits at once.
 
@@ -125,6 +125,8 @@ def start_helper(config: str | None) -> None:
     argv = [sys.executable, "-m", "contentflow_backupd"]
     if config is not None:
         argv += ["--config", config]
+    if cluster is not None:
+        argv += ["--cluster", cluster]
     try:
         piped = stat.S_ISFIFO(os.fstat(2).st_mode)
     except OSError:
