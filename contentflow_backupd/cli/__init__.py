@@ -112,6 +112,8 @@ def _cluster_of(args: argparse.Namespace, fleet: Fleet) -> str:
     when several are configured and none was chosen."""
     from contentflow_backupd.cli.commands import cmd_run
 
+    if args.func is cmd_run:
+        fleet.check_streams()
     chosen = fleet.choose(args.cluster)
     if chosen is not None:
         return chosen

@@ -73,6 +73,29 @@ class Fleet:
         """The ``App`` of every configured cluster, in name order."""
         return [self.app(name) for name in self.names]
 
+    def check_streams(self) -> None:
+        """``ConfigError`` when two named clusters in physical mode could stream WAL from one
+        server (``host:port``) through one replication slot (``wal.slot``): each stream would
+        move the slot past WAL the other still needs. Checked when the daemon starts (it parses
+        connection strings with psycopg, which ``wal push`` must not import)."""
+        from contentflow_backupd.source.conninfo import ConnInfo
+
+        seen: dict[tuple[str, str, str], str] = {}
+        for name in self.names if not self.implicit else []:
+            view = self._settings.for_cluster(name)
+            if view.mode != "physical" or view.wal.method == "archive_command":
+                continue
+            url = view.database_url.get_secret_value() if view.database_url else None
+            params = ConnInfo.parse(url, setting=f"BACKUPD_CLUSTERS__{name.upper()}__DATABASE_URL").params
+            key = (params.get("host", ""), params.get("port", "5432"), view.wal.slot)
+            if key in seen:
+                raise ConfigError(
+                    f"clusters {seen[key]} and {name} would both stream WAL from "
+                    f"{key[0] or '(default host)'}:{key[1]} through the replication slot {key[2]!r}",
+                    hint=f'give one of them its own slot: [clusters.{name}.wal] slot = "..."',
+                )
+            seen[key] = name
+
     def settings_view(self, cluster: str | None = None) -> list[dict[str, str]]:
         """``config show``: every setting (of one cluster, with ``cluster``) and its source."""
         from contentflow_backupd.wiring.configshow import describe_settings

@@ -282,3 +282,21 @@ def test_the_fleet_chooses_a_configured_cluster(tmp_path: Path, monkeypatch: pyt
 def test_one_named_cluster_needs_no_choice(tmp_path: Path) -> None:
     fleet = Fleet(load(tmp_path, '[clusters.only]\nrepository = "file:///r"\n'))
     assert fleet.default == "only" and fleet.require(None) == "only"
+
+
+def test_two_physical_clusters_streaming_through_one_slot_of_one_server_are_refused(tmp_path: Path) -> None:
+    text = """
+mode = "physical"
+[clusters.a]
+database_url = "postgresql://backup@db1:5433/a"
+[clusters.b]
+database_url = "postgresql://backup@db1:5433/b"
+[clusters.c]
+database_url = "postgresql://backup@db2:5433/c"
+"""
+    with pytest.raises(ConfigError, match="clusters a and b would both stream WAL from db1:5433") as info:
+        Fleet(load(tmp_path, text)).check_streams()
+    assert info.value.exit_code == 2
+    Fleet(load(tmp_path, text + '[clusters.b.wal]\nslot = "b_slot"\n')).check_streams()
+    Fleet(load(tmp_path, text + '[clusters.b.wal]\nmethod = "archive_command"\n')).check_streams()
+    Fleet(load(tmp_path, text.replace('mode = "physical"', 'mode = "logical"'))).check_streams()
