@@ -429,6 +429,13 @@ class Settings(BaseSettings):
 
     _toml: dict[str, Any] = {}
     _credentials: dict[str, str] = {}
+    _named: bool = False
+
+    @property
+    def named_cluster(self) -> bool:
+        """These are the settings of one of several named clusters (``for_cluster``): another
+        process given the same configuration must be told which one (``--cluster``)."""
+        return self._named
 
     @property
     def credential_sources(self) -> dict[str, str]:

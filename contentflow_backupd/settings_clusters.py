@@ -69,7 +69,9 @@ def cluster_view(settings: Settings, name: str) -> Settings:
                 ]
                 raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
         update[field] = value
-    return settings.model_copy(update=update)
+    view = settings.model_copy(update=update)
+    view._named = True
+    return view
 
 
 def check_clusters(settings: Settings) -> None:

@@ -121,10 +121,7 @@ def _cluster_of(args: argparse.Namespace, fleet: Fleet) -> str:
     if getattr(args, "all_clusters", False) or target in FLEET_WIDE:
         return fleet.names[0]
     if args.func is cmd_run:
-        return fleet.require(
-            None,
-            what="one daemon serves one cluster for now (a daemon for several is planned): `run`",
-        )
+        return fleet.require(None, what="`run` (one daemon serves one cluster for now)")
     return fleet.require(None, what=f"`{_command_name(args)}`")
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from tests.e2e.helpers import checksums, seed
 from tests.e2e.physical import PASSPHRASE, _check_postgres_can_run_the_tool, _chown
-from tests.e2e.pitr_helpers import switch_and_wait_archived
+from tests.e2e.pitr_helpers import Restored, switch_and_wait_archived
 from tests.support.cli import Cli, command_path
+from tests.support.daemon import Daemon
 from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.pg
@@ -125,8 +126,62 @@ def test_two_named_clusters_share_one_repository(
     finally:
         pg.drop_database(target)
 
+    # Restore cluster b (physical) to its latest point: its restore_command (`wal fetch`) gets a
+    # configuration of b alone, as the file names two clusters.
+    b.execute("create table after_backup(x int); insert into after_backup values (42)")
+    switch_and_wait_archived(b)
+    pgdata = base / "restored-b"
+    res = cli.ok_json("restore", "latest", "--cluster", "b", "--pgdata", str(pgdata))
+    assert res["backup_id"] == b_full["id"]
+    server = Restored(pgdata, b).start()
+    try:
+        server.wait_promoted()
+        assert server.execute("select x from after_backup") == [(42,)]
+    finally:
+        server.stop()
+
     # config show --cluster: the cluster's own keys and what it inherits.
     rows = {r["name"]: r for r in cli.ok_json("config", "show", "--cluster", "b")}
     assert rows["BACKUPD_CLUSTERS__B__MODE"]["value"] == "physical"
     assert rows["BACKUPD_CLUSTERS__B__ENCRYPTION__PASSPHRASE_FILE"]["source"] == "inherited"
     assert not any(name.startswith("BACKUPD_CLUSTERS__A__") for name in rows)
+
+
+SCHEDULES_OFF = {
+    f"BACKUPD_SCHEDULE__{job}": "off"
+    for job in ("FULL", "INCREMENTAL", "WAL", "RETENTION", "VERIFY", "RESTORE_TEST")
+}
+
+
+def test_the_daemon_runs_the_chosen_cluster_and_takes_its_wal_over_the_socket(
+    fleet: tuple[Cli, PgCluster, Path],
+) -> None:
+    cli, b, _base = fleet
+    env = {
+        **cli.full_env(),
+        **SCHEDULES_OFF,
+        "BACKUPD_CLUSTER": "b",  # the daemon's cluster; archive_command names it with --cluster
+        "BACKUPD_CLUSTERS__B__WAL__METHOD": "archive_command",
+        "BACKUPD_SHUTDOWN_GRACE": "5s",
+        "BACKUPD_HTTP__LISTEN": "off",
+    }
+    daemon = Daemon(env, user="postgres").start()
+    try:
+        started = daemon.wait_for(
+            "the WAL socket", lambda: daemon.events("wal_socket_listening"), timeout=120
+        )
+        assert started
+        b.execute("create table w(x int); insert into w values (1)")
+        name = str(b.execute("select pg_walfile_name(pg_switch_wal())")[0][0])
+        pushed = daemon.wait_for(
+            "the pushed segment",
+            lambda: [e.get("via") for e in daemon.events("wal_pushed") if e.get("wal") == name],
+            timeout=120,
+        )
+        # `wal push --cluster b` resolved cluster b's identity, which is this daemon's
+        assert pushed == ["socket"]
+        status = cli.run("status", "--all-clusters", "--json")
+        assert status.returncode in (0, 1), str(status)  # 1: no backup yet, which is unhealthy
+        assert [c["cluster"] for c in status.json()["clusters"]] == ["a", "b"]
+    finally:
+        daemon.close()

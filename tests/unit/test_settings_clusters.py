@@ -300,3 +300,21 @@ database_url = "postgresql://backup@db2:5433/c"
     Fleet(load(tmp_path, text + '[clusters.b.wal]\nslot = "b_slot"\n')).check_streams()
     Fleet(load(tmp_path, text + '[clusters.b.wal]\nmethod = "archive_command"\n')).check_streams()
     Fleet(load(tmp_path, text.replace('mode = "physical"', 'mode = "logical"'))).check_streams()
+
+
+def test_a_named_clusters_restore_command_gets_a_one_cluster_configuration(tmp_path: Path) -> None:
+    from contentflow_backupd.wiring.sources import recovery_config
+
+    s = load(tmp_path, TWO + '[encryption]\npassphrase_file = "/etc/backupd/passphrase"\n')
+    assert s.config is not None and not s.named_cluster
+    orders = s.for_cluster("orders")
+    assert orders.named_cluster and orders.config == s.config
+    # The file names two clusters: `wal fetch --config FILE` would not know which one.
+    recovery = recovery_config(orders)
+    assert recovery.config_file is None
+    doc = recovery.document
+    assert (doc["cluster"], doc["mode"], doc["repository"]) == ("orders", "physical", "file:///srv/backups")
+    assert doc["schedule"]["incremental"] == "off" and "clusters" not in doc
+    assert recovery.secret_file == Path("/etc/backupd/passphrase")
+    implicit = load(tmp_path, 'repository = "file:///r"\n[encryption]\npassphrase_file = "/p"\n')
+    assert recovery_config(implicit).config_file == implicit.config  # unchanged: the file as it is
