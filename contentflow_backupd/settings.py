@@ -741,7 +741,7 @@ def unknown_names(environ: dict[str, str] | os._Environ[str], file_data: dict[st
                 continue
             if isinstance(value, dict) and (path in sections or (in_cluster and path[2:] in c_sections)):
                 walk(value, path)
-            elif not known(path) or (in_cluster and len(path) == 2):
+            elif not known(path):
                 dotted = ".".join(path)
                 names = {".".join((*path[:2], *p)) for p in c_leaves} if in_cluster else file_names
                 problems.append(f"config file key {dotted}: unknown setting{_did_you_mean(dotted, names)}")

@@ -87,12 +87,20 @@ def cmd_list(args: argparse.Namespace, app: App) -> int:
 
     every = bool(getattr(args, "all_clusters", False))
     listed = []
+    failed = False
     for one in args.fleet.apps() if every else [app]:
         # Read-only: no schema upgrade, no reaping, no scope remembered (``as_reaped`` shows what
         # a writing command will record).
-        with one.catalog(read_only=True) as catalog:
-            scope = one.scope(catalog, read_only=True)
-            records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
+        try:
+            with one.catalog(read_only=True) as catalog:
+                scope = one.scope(catalog, read_only=True)
+                records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
+        except BackupdError as exc:
+            if not every:
+                raise
+            failed = True  # the other clusters are still listed; the exit code says it
+            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
+            continue
         _warn_if_catalog_stale(one, {r.id for r in records if r.status == "succeeded"})
         grace = timedelta(seconds=one.gc_grace_s)
         listed += [(one, r, grace) for r in records]
@@ -108,10 +116,10 @@ def cmd_list(args: argparse.Namespace, app: App) -> int:
                 item["collectable_after"] = iso((r.finished_at or r.started_at) + grace)
             out.append(item)
         print_json(out)
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
     if not listed:
         print("no backups in any cluster" if every else f"no backups of cluster {app.cluster!r}")
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
     rows = [
         (
             *((one.cluster,) if every else ()),
@@ -149,7 +157,7 @@ def cmd_list(args: argparse.Namespace, app: App) -> int:
             f"manifest, deleted by retention (`expire --confirm`, the daemon's retention job) once "
             f"older than gc_grace ({leftovers[0][0].gc_grace})"
         )
-    return EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _warn_if_catalog_stale(app: App, catalog_ids: set[str]) -> None:

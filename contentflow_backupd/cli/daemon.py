@@ -40,21 +40,28 @@ def cmd_run(args: argparse.Namespace, app: App) -> int:
 def cmd_runs(args: argparse.Namespace, app: App) -> int:
     every = bool(getattr(args, "all_clusters", False))
     listed = []
+    failed = False
     for one in args.fleet.apps() if every else [app]:
         # Read-only (see cmd_list); --job filters in the query, before --limit (per cluster).
-        with one.catalog(read_only=True) as catalog:
-            scope = one.scope(catalog, read_only=True)
-            listed += [
-                (one.cluster, r) for r in as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
-            ]
+        try:
+            with one.catalog(read_only=True) as catalog:
+                scope = one.scope(catalog, read_only=True)
+                runs = as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
+        except BackupdError as exc:
+            if not every:
+                raise
+            failed = True  # the other clusters are still listed; the exit code says it
+            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
+            continue
+        listed += [(one.cluster, r) for r in runs]
     if every:
         listed.sort(key=lambda item: (item[1].started_at, item[0], item[1].id))
     if args.json:
         print_json([{"cluster": c, **r.to_json()} if every else r.to_json() for c, r in listed])
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
     if not listed:
         print("no runs recorded")
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
     rows = []
     for cluster, r in listed:
         took = human_duration((r.finished_at - r.started_at).total_seconds() if r.finished_at else None)
@@ -88,7 +95,7 @@ def cmd_runs(args: argparse.Namespace, app: App) -> int:
     if every:
         headers, right = ("CLUSTER", *headers), {i + 1 for i in right}
     sys.stdout.write(render_table(headers, rows, right=right))
-    return EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, app: App) -> int:

@@ -318,3 +318,38 @@ def test_a_named_clusters_restore_command_gets_a_one_cluster_configuration(tmp_p
     assert recovery.secret_file == Path("/etc/backupd/passphrase")
     implicit = load(tmp_path, 'repository = "file:///r"\n[encryption]\npassphrase_file = "/p"\n')
     assert recovery_config(implicit).config_file == implicit.config  # unchanged: the file as it is
+
+
+def test_listings_over_every_cluster_report_a_cluster_they_cannot_read(tmp_path: Path) -> None:
+    """The installed command, no server: `backup list` and `runs list --all-clusters` list what
+    they can and exit 1 naming the cluster whose repository is missing."""
+    import subprocess
+
+    from tests.support.cli import command_path
+
+    cfg = tmp_path / "backupd.toml"
+    cfg.write_text(
+        f'repository = "file://{tmp_path / "repo"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[encryption]\npassphrase = "unit test passphrase"\n'
+        f'[clusters.a]\n[clusters.b]\nrepository = "file://{tmp_path / "repo-b"}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BACKUPD_")}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [command_path(), "--config", str(cfg), *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    assert run("init", "--cluster", "a").returncode == 0
+    for listing in (["backup", "list"], ["runs", "list"]):
+        res = run(*listing, "--all-clusters", "--json")
+        assert (res.returncode, res.stdout.strip()) == (1, "[]"), res
+        assert "error: cluster b: no repository at file://" in res.stderr
+        assert "cluster a" not in res.stderr
+        assert run(*listing, "--cluster", "a", "--json").returncode == 0
+        res = run(*listing)
+        assert res.returncode == 2 and "2 are configured (a, b): choose one" in res.stderr, res
