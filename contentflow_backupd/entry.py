@@ -74,9 +74,9 @@ def fast_fetch(argv: "Sequence[str]", environ: "Mapping[str, str]") -> int | Non
     parsed = parse_fetch(argv)
     if parsed is None:
         return None
-    config, name, dest = parsed
+    config, cluster, name, dest = parsed
     try:
-        cfg = client_config(config, environ)
+        cfg = client_config(config, environ, cluster)
     except Fallback:
         return None
     if cfg["prefetch"] <= 0:
@@ -91,7 +91,7 @@ def fast_fetch(argv: "Sequence[str]", environ: "Mapping[str, str]") -> int | Non
         running, helper = helper_running(spool)
         if helper is None:
             if not running:
-                start_helper(config)
+                start_helper(config, cluster)
             return None
         token, answers = helper
         if spool.serve(name, dest, token, wait_s=FETCH_WAIT_S):
@@ -125,7 +125,7 @@ def helper_running(spool: "WalSpool") -> "tuple[bool, tuple[str, bool] | None]":
     return False, None
 
 
-def start_helper(config: str | None) -> None:
+def start_helper(config: str | None, cluster: str | None = None) -> None:
     """``wal prefetch`` in its own session, outliving this ``restore_command``. A second helper
     started meanwhile exits at once.
 
@@ -138,6 +138,8 @@ def start_helper(config: str | None) -> None:
     argv = [sys.executable, "-m", "contentflow_backupd"]
     if config is not None:
         argv += ["--config", config]
+    if cluster is not None:
+        argv += ["--cluster", cluster]
     try:
         piped = stat.S_ISFIFO(os.fstat(2).st_mode)
     except OSError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
@@ -320,6 +321,46 @@ class LogSettings(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
+CLUSTER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+"""A named cluster (``[clusters.<name>]``): the lowercase subset of the repository's cluster
+names (``repository/layout.py``), since ``BACKUPD_CLUSTERS__<NAME>__*`` keys are lowercased."""
+
+
+class ClusterSettings(_Section):
+    """One named cluster (``[clusters.<name>]``, ``BACKUPD_CLUSTERS__<NAME>__<SETTING>``): the
+    settings that make sense per cluster, each unset by default, which inherits the top level's
+    (``Settings.for_cluster``). A section inherits key by key; the encryption secret
+    (``passphrase``, ``passphrase_file``, ``key_file``, ``kms_key_id``) is inherited whole."""
+
+    database_url: SecretStr | None = None
+    repository: str | None = None
+    mode: Literal["logical", "physical"] | None = None
+    pg_bin: Path | None = None
+    upload_concurrency: int | None = Field(None, ge=1, le=64)
+    s3: S3Settings | None = None
+    encryption: EncryptionSettings | None = None
+    compression: CompressionSettings | None = None
+    chunking: ChunkingSettings | None = None
+    wal: WalSettings | None = None
+    schedule: ScheduleSettings | None = None
+    retention: RetentionSettings | None = None
+    verify: VerifySettings | None = None
+    drill: DrillSettings | None = None
+    health: HealthSettings | None = None
+    anomaly: AnomalySettings | None = None
+    notify: NotifySettings | None = None
+    migrate: MigrateSettings | None = None
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, v: str | None) -> str | None:
+        return None if v is None else check_repository_url(v)
+
+
+ENCRYPTION_SECRET = ("passphrase", "passphrase_file", "key_file", "kms_key_id")
+"""The exclusive group of ``[encryption]``: a cluster that sets one of them replaces them all."""
+
+
 class Settings(BaseSettings):
     """Every setting of contentflow-backupd. See README "Settings"."""
 
@@ -358,6 +399,8 @@ class Settings(BaseSettings):
     verify: VerifySettings = VerifySettings()
     drill: DrillSettings = DrillSettings()
     migrate: MigrateSettings = MigrateSettings()
+    clusters: dict[str, ClusterSettings] = {}
+    """Named clusters; empty: one implicit cluster named by ``cluster``."""
     shutdown_grace: str = "60s"
     """How long a running job may finish after the first SIGTERM before its children are stopped."""
 
@@ -372,8 +415,41 @@ class Settings(BaseSettings):
     def _repository(cls, v: str | None) -> str | None:
         return None if v is None else check_repository_url(v)
 
+    @field_validator("clusters")
+    @classmethod
+    def _cluster_names(cls, v: dict[str, ClusterSettings]) -> dict[str, ClusterSettings]:
+        import re
+
+        for name in v:
+            if not re.match(CLUSTER_NAME, name) or "__" in name:
+                raise ValueError(
+                    f"{name!r} is not a valid cluster name (1-64 characters: lower-case letters, "
+                    "digits, '_', '.', '-', starting with a letter or digit, no '__')"
+                )
+        return v
+
+    @property
+    def cluster_names(self) -> list[str]:
+        """The configured clusters, sorted; the implicit one (``cluster``) when none is named."""
+        return sorted(self.clusters) if self.clusters else [self.cluster]
+
+    def for_cluster(self, name: str) -> Settings:
+        """The settings of one cluster, as every builder in ``wiring`` takes them: the top level
+        overlaid with the cluster's own keys, section by section (``settings_clusters.py``). The
+        implicit configuration (no ``clusters``) is returned unchanged for its one cluster."""
+        from contentflow_backupd.settings_clusters import cluster_view
+
+        return cluster_view(self, name)
+
     _toml: dict[str, Any] = {}
     _credentials: dict[str, str] = {}
+    _named: bool = False
+
+    @property
+    def named_cluster(self) -> bool:
+        """These are the settings of one of several named clusters (``for_cluster``): another
+        process given the same configuration must be told which one (``--cluster``)."""
+        return self._named
 
     @property
     def credential_sources(self) -> dict[str, str]:
@@ -475,7 +551,26 @@ _EXCLUSIVE: dict[tuple[str, ...], tuple[str, ...]] = {
     ("encryption",): ("passphrase", "passphrase_file", "key_file")
 }
 """Settings of which only one may be given: one set by env or file hides every credential of
-the group."""
+the group (of the top level, or of one cluster: ``clusters.<name>.encryption``)."""
+
+
+TOP_LEVEL_ONLY = frozenset({("catalog_url",)})
+"""Credential settings that no cluster has (one catalog per daemon)."""
+
+
+def cluster_names_given(environ: Mapping[str, str], file_data: dict[str, Any]) -> list[str]:
+    """The cluster names the environment (``BACKUPD_CLUSTERS__<NAME>__...``, lowercased as the
+    settings lowercase them) and the TOML file (``[clusters.<name>]``) give."""
+    names = set()
+    prefix = ENV_PREFIX + "CLUSTERS__"
+    for key in environ:
+        upper = key.upper()
+        if upper.startswith(prefix) and "__" in upper[len(prefix) :]:
+            names.add(upper[len(prefix) :].split("__", 1)[0].lower())
+    clusters = file_data.get("clusters")
+    if isinstance(clusters, dict):
+        names.update(str(name) for name in clusters)
+    return sorted(n for n in names if n)
 
 
 def credential_dirs() -> list[Path]:
@@ -506,8 +601,11 @@ def read_credentials(
     env_upper = {k.upper() for k in os.environ}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for loc in CREDENTIAL_SETTINGS:
-        group = _EXCLUSIVE.get(loc[:-1], (loc[-1],))
+    locs = list(CREDENTIAL_SETTINGS)
+    for name in cluster_names_given(os.environ, file_data):
+        locs += [("clusters", name, *loc) for loc in CREDENTIAL_SETTINGS if loc not in TOP_LEVEL_ONLY]
+    for loc in locs:
+        group = _EXCLUSIVE.get(loc[-2:-1], (loc[-1],))
         if any(_is_set((*loc[:-1], member), file_data, env_upper) for member in group):
             continue
         for directory in credential_dirs() if dirs is None else dirs:
@@ -576,23 +674,35 @@ NOT_SETTINGS = frozenset(
 """``BACKUPD_*`` variables that are not settings: read by ``make run``/``make demo`` and the tests."""
 
 
-def setting_paths() -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
-    """Every setting as a path of field names: (sections such as ``("s3",)``, leaves such as
-    ``("s3", "bucket")``). The one list the unknown-name check compares against."""
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section class of a field typed ``Section`` or ``Section | None``; None for a leaf."""
+    import typing
+
+    for ann in (annotation, *typing.get_args(annotation)):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann
+    return None
+
+
+def setting_paths(model: type[BaseModel] | None = None) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+    """Every setting of ``model`` (default: ``Settings``) as a path of field names: (sections such
+    as ``("s3",)``, leaves such as ``("s3", "bucket")``). The one list the unknown-name check
+    compares against; ``clusters`` is a leaf here (its names are free, their keys are those of
+    ``ClusterSettings``: see ``unknown_names``)."""
     sections: set[tuple[str, ...]] = set()
     leaves: set[tuple[str, ...]] = set()
 
     def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
         for name, field in model.model_fields.items():
             path = (*prefix, name)
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
+            section = _section_type(field.annotation)
+            if section is not None:
                 sections.add(path)
-                walk(ann, path)
+                walk(section, path)
             else:
                 leaves.add(path)
 
-    walk(Settings, ())
+    walk(Settings if model is None else model, ())
     return sections, leaves
 
 
@@ -606,29 +716,49 @@ def _did_you_mean(name: str, known: set[str]) -> str:
 def unknown_names(environ: dict[str, str] | os._Environ[str], file_data: dict[str, Any]) -> list[str]:
     """One problem line per unknown ``BACKUPD_*`` variable or config-file key, each suggesting
     the closest known name. The rule is the same wherever a name appears: unknown is an error
-    (a misspelt secret or retention setting must not fall back to its default unnoticed)."""
+    (a misspelt secret or retention setting must not fall back to its default unnoticed). Under
+    ``clusters.<name>`` (``BACKUPD_CLUSTERS__<NAME>__...``) the known names are those of
+    ``ClusterSettings``."""
     sections, leaves = setting_paths()
+    c_sections, c_leaves = setting_paths(ClusterSettings)
     problems = []
     env_names = {env_name(p) for p in leaves}
+
+    def known(path: tuple[str, ...]) -> bool:
+        if len(path) >= 2 and path[0] == "clusters":  # a cluster (JSON), or one of its settings
+            rest = path[2:]
+            return not rest or rest in c_leaves or rest in c_sections
+        return path in leaves or path in sections
+
+    def env_suggestion(path: tuple[str, ...]) -> set[str]:
+        if len(path) >= 3 and path[0] == "clusters":
+            return {env_name((*path[:2], *p)) for p in c_leaves}
+        return env_names
+
     for raw in sorted(environ):
         name = raw.upper()
         if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         path = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
-        if path not in leaves and path not in sections:
-            problems.append(f"{raw}: unknown setting{_did_you_mean(name, env_names)}")
+        if not known(path):
+            problems.append(f"{raw}: unknown setting{_did_you_mean(name, env_suggestion(path))}")
     file_names = {".".join(p) for p in leaves}
 
     def walk(data: dict[str, Any], prefix: tuple[str, ...]) -> None:
         for key, value in data.items():
             path = (*prefix, str(key))
-            if path in sections and isinstance(value, dict):
+            in_cluster = len(path) >= 2 and path[0] == "clusters"
+            if path == ("clusters",) and isinstance(value, dict):
+                for cluster, keys in value.items():
+                    if isinstance(keys, dict):
+                        walk(keys, ("clusters", str(cluster)))
+                continue
+            if isinstance(value, dict) and (path in sections or (in_cluster and path[2:] in c_sections)):
                 walk(value, path)
-            elif path not in leaves and path not in sections:
+            elif not known(path):
                 dotted = ".".join(path)
-                problems.append(
-                    f"config file key {dotted}: unknown setting{_did_you_mean(dotted, file_names)}"
-                )
+                names = {".".join((*path[:2], *p)) for p in c_leaves} if in_cluster else file_names
+                problems.append(f"config file key {dotted}: unknown setting{_did_you_mean(dotted, names)}")
 
     walk(file_data, ())
     return problems
@@ -671,6 +801,10 @@ def load_settings(
     if path is not None:
         settings.config = path
     settings._credentials = credentials.sources
+    if settings.clusters:
+        from contentflow_backupd.settings_clusters import check_clusters
+
+        check_clusters(settings)
     return settings, file_data
 
 

@@ -42,11 +42,16 @@ def _env(environ: "Mapping[str, str]") -> dict[str, str]:
     return {k.upper(): v for k, v in environ.items() if k.upper().startswith("BACKUPD_")}
 
 
-def client_config(config: str | None, environ: "Mapping[str, str]") -> "dict[str, Any]":
-    """The names the client needs, resolved as the settings resolve them. ``Fallback`` when the
-    resolution is not one this lean reader handles exactly."""
+def client_config(
+    config: str | None, environ: "Mapping[str, str]", cluster: str | None = None
+) -> "dict[str, Any]":
+    """The names the client needs, resolved as the settings resolve them, for ``cluster``
+    (``--cluster``; None: ``BACKUPD_CLUSTER``, else the only one). With named clusters
+    (``[clusters.<name>]``, ``BACKUPD_CLUSTERS__<NAME>__*``) a cluster's own key beats the top
+    level's, whatever their sources. ``Fallback`` when the resolution is not one this lean reader
+    handles exactly, or needs an error message (an unknown or missing choice of cluster)."""
     env = _env(environ)
-    for section in ("BACKUPD_WAL", "BACKUPD_S3"):
+    for section in ("BACKUPD_WAL", "BACKUPD_S3", "BACKUPD_CLUSTERS"):
         if section in env:
             raise Fallback(f"{section} is set as one value (JSON)")
     path = config or env.get("BACKUPD_CONFIG") or None
@@ -64,22 +69,52 @@ def client_config(config: str | None, environ: "Mapping[str, str]") -> "dict[str
         except (OSError, ValueError) as exc:
             raise Fallback(f"config file {path}: {exc}") from None
 
-    def pick(env_name: str, *loc: str) -> "Any":
-        if env_name in env:
-            return env[env_name]
-        part: Any = data
-        for name in loc:
-            if not isinstance(part, dict) or name not in part:
-                return None
-            part = part[name]
-        return part
+    own: dict[str, Any] | None = None  # the chosen named cluster's table, and its variables' prefix
+    prefix = ""
 
+    def pick(env_name: str, *loc: str) -> "Any":
+        """The cluster's own key if it has one (env over file), else the top level's."""
+        levels = (
+            ((prefix + env_name[len("BACKUPD_") :], own), (env_name, data))
+            if own is not None
+            else ((env_name, data),)
+        )
+        for variable, table in levels:
+            if variable in env:
+                return env[variable]
+            part: Any = table
+            for name in loc:
+                if not isinstance(part, dict) or name not in part:
+                    part = None
+                    break
+                part = part[name]
+            if part is not None:
+                return part
+        return None
+
+    configured = pick("BACKUPD_CLUSTER", "cluster")  # the implicit cluster, or the default choice
+    chosen = cluster or configured
+    names = _cluster_names(env, data)
+    if names:
+        if chosen is None and len(names) == 1:
+            chosen = next(iter(names))
+        if not isinstance(chosen, str) or chosen not in names:
+            raise Fallback("no configured cluster chosen")  # the full command names the choices
+        own = (data.get("clusters") or {}).get(chosen, {})
+        if not isinstance(own, dict):
+            raise Fallback(f"clusters.{chosen} is not a table")
+        prefix = f"BACKUPD_CLUSTERS__{chosen.upper()}__"
+        for section in ("", "WAL", "S3"):
+            if (prefix + section).rstrip("_") in env:
+                raise Fallback(f"{(prefix + section).rstrip('_')} is set as one value (JSON)")
+    elif cluster is not None and cluster != (configured or DEFAULT_CLUSTER):
+        raise Fallback(f"no cluster {cluster!r} configured")
     repository = pick("BACKUPD_REPOSITORY", "repository")
     if not isinstance(repository, str) or not repository:
         raise Fallback("no repository configured", quiet=True)
-    cluster = pick("BACKUPD_CLUSTER", "cluster") or DEFAULT_CLUSTER
+    cluster = chosen or DEFAULT_CLUSTER
     endpoint = pick("BACKUPD_S3__ENDPOINT_URL", "s3", "endpoint_url")
-    state_dir = pick("BACKUPD_STATE_DIR", "state_dir")
+    state_dir = env["BACKUPD_STATE_DIR"] if "BACKUPD_STATE_DIR" in env else data.get("state_dir")
     sock = pick("BACKUPD_WAL__SOCKET", "wal", "socket")
     prefetch = pick("BACKUPD_WAL__PREFETCH", "wal", "prefetch")
     for value in (cluster, endpoint, state_dir, sock):
@@ -99,6 +134,18 @@ def client_config(config: str | None, environ: "Mapping[str, str]") -> "dict[str
         "prefetch": depth,
         "prefetch_dir": prefetch_dir(state_dir, cluster),
     }
+
+
+def _cluster_names(env: dict[str, str], data: "dict[str, Any]") -> set[str]:
+    """The named clusters of the file and the environment (lowercased, as the settings do)."""
+    clusters = data.get("clusters")
+    if clusters is not None and not isinstance(clusters, dict):
+        raise Fallback("clusters is not a table")
+    names = set(clusters or ())
+    for key in env:
+        if key.startswith("BACKUPD_CLUSTERS__"):
+            names.add(key[len("BACKUPD_CLUSTERS__") :].split("__", 1)[0].lower())
+    return names
 
 
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -176,20 +223,24 @@ def socket_path(setting: str | None, state_dir: str | None) -> str | None:
 
 
 # -- the command line ------------------------------------------------------------------------------
-def _global_config(argv: "Sequence[str]") -> tuple[str | None, list[str]] | None:
-    """``--config F`` / ``--config=F`` before the command, and the rest; None on anything else."""
+def _global_options(argv: "Sequence[str]") -> tuple[str | None, str | None, list[str]] | None:
+    """``--config F`` / ``--config=F`` and ``--cluster N`` / ``--cluster=N`` before the command
+    (each once at most), and the rest; None on anything else."""
     args = list(argv)
-    config: str | None = None
-    while args and args[0].startswith("--config"):
-        if args[0] == "--config" and len(args) > 1:
-            config, args = args[1], args[2:]
-        elif args[0].startswith("--config="):
-            config, args = args[0].split("=", 1)[1], args[1:]
+    found: dict[str, str] = {}
+    while args and args[0].startswith("--"):
+        option, eq, value = args[0].partition("=")
+        if option not in ("--config", "--cluster") or option in found:
+            return None
+        if eq:
+            found[option], args = value, args[1:]
+        elif len(args) > 1:
+            found[option], args = args[1], args[2:]
         else:
             return None
-    if config == "":
-        return None
-    return config, args
+        if found[option] == "":
+            return None
+    return found.get("--config"), found.get("--cluster"), args
 
 
 def _verb(args: list[str], verb: str) -> list[str] | None:
@@ -201,25 +252,47 @@ def _verb(args: list[str], verb: str) -> list[str] | None:
     return None
 
 
-def parse_push(argv: "Sequence[str]") -> tuple[str | None, str, bool] | None:
-    """``(config, path, json)`` when ``argv`` is a plain ``[--config F] wal push PATH [--json]``
-    (or ``wal-push``), else None: every other form goes to the full command line."""
-    found = _global_config(argv)
-    rest = None if found is None else _verb(found[1], "push")
+def _command(argv: "Sequence[str]", verb: str) -> tuple[str | None, str | None, list[str]] | None:
+    """``(config, cluster, operands)`` of a plain ``[--config F] [--cluster N] wal VERB ...``,
+    ``--cluster N`` also accepted after the verb (the one given last wins, as argparse does)."""
+    found = _global_options(argv)
+    rest = None if found is None else _verb(found[2], verb)
     if found is None or rest is None:
         return None
+    config, cluster, operands = found[0], found[1], []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--cluster" and rest:
+            cluster = rest.pop(0)
+        elif arg.startswith("--cluster="):
+            cluster = arg.partition("=")[2]
+        else:
+            operands.append(arg)
+            continue
+        if not cluster or cluster.startswith("-"):
+            return None
+    return config, cluster, operands
+
+
+def parse_push(argv: "Sequence[str]") -> tuple[str | None, str | None, str, bool] | None:
+    """``(config, cluster, path, json)`` when ``argv`` is a plain ``[--config F] [--cluster N]
+    wal push PATH [--json]`` (or ``wal-push``), else None: every other form goes to the full
+    command line."""
+    found = _command(argv, "push")
+    if found is None:
+        return None
+    config, cluster, rest = found
     as_json = "--json" in rest
     rest = [a for a in rest if a != "--json"]
     if len(rest) != 1 or rest[0].startswith("-"):
         return None
-    return found[0], rest[0], as_json
+    return config, cluster, rest[0], as_json
 
 
-def parse_fetch(argv: "Sequence[str]") -> tuple[str | None, str, str] | None:
-    """``(config, name, dest)`` when ``argv`` is a plain ``[--config F] wal fetch NAME DEST`` (or
-    ``wal-fetch``), else None."""
-    found = _global_config(argv)
-    rest = None if found is None else _verb(found[1], "fetch")
-    if found is None or rest is None or len(rest) != 2 or any(a.startswith("-") for a in rest):
+def parse_fetch(argv: "Sequence[str]") -> tuple[str | None, str | None, str, str] | None:
+    """``(config, cluster, name, dest)`` when ``argv`` is a plain ``[--config F] [--cluster N]
+    wal fetch NAME DEST`` (or ``wal-fetch``), else None."""
+    found = _command(argv, "fetch")
+    if found is None or len(found[2]) != 2 or any(a.startswith("-") for a in found[2]):
         return None
-    return found[0], rest[0], rest[1]
+    return found[0], found[1], found[2][0], found[2][1]

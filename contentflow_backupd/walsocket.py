@@ -172,9 +172,9 @@ def fast_push(argv: Sequence[str], environ: Mapping[str, str]) -> int | Fallback
     parsed = parse_push(argv)
     if parsed is None:
         return None
-    config, path, as_json = parsed
+    config, cluster, path, as_json = parsed
     try:
-        answer = push(path, client_config(config, environ))
+        answer = push(path, client_config(config, environ, cluster))
     except Fallback as exc:
         return exc
     if "error" in answer:

@@ -19,6 +19,7 @@ from contentflow_backupd.signals import Interrupted, raise_interrupted
 
 if TYPE_CHECKING:
     from contentflow_backupd.wiring import App
+    from contentflow_backupd.wiring.fleet import Fleet
 
 
 def main(argv: Sequence[str] | None = None, *, wal_fallback: str | None = None) -> int:
@@ -54,14 +55,16 @@ def _main(argv: Sequence[str] | None, wal_fallback: str | None = None) -> int:
     args.wal_fallback = wal_fallback
     try:
         from contentflow_backupd.settings import load_settings
-        from contentflow_backupd.wiring import App
+        from contentflow_backupd.wiring.fleet import Fleet
         from contentflow_backupd.wiring.logs import setup_logging
 
         settings, file_data = load_settings(args.config)
         if getattr(args, "json", False) and args.func in JSON_LOGS:
             # `run --json`, `wal stream --json`: no result to print, so --json is the log format.
             settings = settings.model_copy(update={"log": settings.log.model_copy(update={"format": "json"})})
-        with App(settings, file_data) as app:  # built once; closes what the command opened
+        with Fleet(settings, file_data) as fleet:  # built once; closes what the command opened
+            args.fleet = fleet
+            app = fleet.app(_cluster_of(args, fleet))
             tracked = hasattr(args, "no_progress")
             if tracked:
                 _configure_progress(args, app)
@@ -97,6 +100,34 @@ def _main(argv: Sequence[str] | None, wal_fallback: str | None = None) -> int:
         structlog.get_logger("contentflow_backupd.cli").exception("internal_error")
         print(f"contentflow-backupd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+FLEET_WIDE = frozenset({"backups:cmd_config_show", "backups:cmd_catalog_upgrade"})
+"""Commands that need no cluster chosen (``config show`` shows them all without ``--cluster``)."""
+
+
+def _cluster_of(args: argparse.Namespace, fleet: Fleet) -> str:
+    """The cluster a command works on (``--cluster``, ``BACKUPD_CLUSTER``, the only one); the
+    first one for a command over every cluster. ``ConfigError`` (exit 2) naming the choices
+    when several are configured and none was chosen."""
+    from contentflow_backupd.cli.commands import cmd_run
+
+    if args.func is cmd_run:
+        fleet.check_streams()
+    chosen = fleet.choose(args.cluster)
+    if chosen is not None:
+        return chosen
+    target = getattr(args.func, "target", None)
+    if getattr(args, "all_clusters", False) or target in FLEET_WIDE:
+        return fleet.names[0]
+    if args.func is cmd_run:
+        return fleet.require(None, what="`run` (one daemon serves one cluster for now)")
+    return fleet.require(None, what=f"`{_command_name(args)}`")
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, f"{args.command}_command", None)
+    return " ".join(str(p) for p in (args.command, sub) if p)
 
 
 def _print_notes(exc: BaseException) -> None:

@@ -85,27 +85,44 @@ def cmd_list(args: argparse.Namespace, app: App) -> int:
 
     from contentflow_backupd.model import iso
 
-    # Read-only: no schema upgrade, no reaping, no scope remembered (``as_reaped`` shows what a
-    # writing command will record).
-    with app.catalog(read_only=True) as catalog:
-        scope = app.scope(catalog, read_only=True)
-        records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
-    _warn_if_catalog_stale(app, {r.id for r in records if r.status == "succeeded"})
-    grace = timedelta(seconds=app.gc_grace_s)
-    leftovers = [r for r in records if r.status in ("failed", "interrupted") and r.stored_bytes > 0]
+    every = bool(getattr(args, "all_clusters", False))
+    listed = []
+    failed = False
+    for one in args.fleet.apps() if every else [app]:
+        # Read-only: no schema upgrade, no reaping, no scope remembered (``as_reaped`` shows what
+        # a writing command will record).
+        try:
+            with one.catalog(read_only=True) as catalog:
+                scope = one.scope(catalog, read_only=True)
+                records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
+        except BackupdError as exc:
+            if not every:
+                raise
+            failed = True  # the other clusters are still listed; the exit code says it
+            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
+            continue
+        _warn_if_catalog_stale(one, {r.id for r in records if r.status == "succeeded"})
+        grace = timedelta(seconds=one.gc_grace_s)
+        listed += [(one, r, grace) for r in records]
+    leftovers = [
+        (one, r) for one, r, _ in listed if r.status in ("failed", "interrupted") and r.stored_bytes > 0
+    ]
     if args.json:
-        out = [r.to_json() for r in records]
-        for item, r in zip(out, records, strict=True):
-            if r.id in {x.id for x in leftovers}:
+        out = []
+        for one, r, grace in listed:
+            item = {"cluster": one.cluster, **r.to_json()} if every else r.to_json()
+            if r.status in ("failed", "interrupted") and r.stored_bytes > 0:
                 # Chunks without a manifest: retention deletes them once older than gc_grace.
                 item["collectable_after"] = iso((r.finished_at or r.started_at) + grace)
+            out.append(item)
         print_json(out)
-        return EXIT_OK
-    if not records:
-        print(f"no backups of cluster {app.cluster!r}")
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
+    if not listed:
+        print("no backups in any cluster" if every else f"no backups of cluster {app.cluster!r}")
+        return EXIT_FAILED if failed else EXIT_OK
     rows = [
         (
+            *((one.cluster,) if every else ()),
             r.id,
             r.kind,
             r.mode,
@@ -116,18 +133,31 @@ def cmd_list(args: argparse.Namespace, app: App) -> int:
             human_bytes(r.source_bytes),
             human_bytes(r.stored_bytes),
         )
-        for r in records
+        for one, r, _ in listed
     ]
-    headers = ("ID", "KIND", "MODE", "STATUS", "FINISHED (UTC)", "AGE", "TOOK", "SOURCE", "STORED")
-    sys.stdout.write(render_table(headers, rows, right={6, 7, 8}))
+    headers: tuple[str, ...] = (
+        "ID",
+        "KIND",
+        "MODE",
+        "STATUS",
+        "FINISHED (UTC)",
+        "AGE",
+        "TOOK",
+        "SOURCE",
+        "STORED",
+    )
+    right = {6, 7, 8}
+    if every:
+        headers, right = ("CLUSTER", *headers), {i + 1 for i in right}
+    sys.stdout.write(render_table(headers, rows, right=right))
     if leftovers:
-        total = human_bytes(sum(r.stored_bytes for r in leftovers))
+        total = human_bytes(sum(r.stored_bytes for _, r in leftovers))
         print(
             f"{total} stored by {len(leftovers)} failed or interrupted attempt(s): chunks without a "
             f"manifest, deleted by retention (`expire --confirm`, the daemon's retention job) once "
-            f"older than gc_grace ({app.gc_grace})"
+            f"older than gc_grace ({leftovers[0][0].gc_grace})"
         )
-    return EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _warn_if_catalog_stale(app: App, catalog_ids: set[str]) -> None:
@@ -365,7 +395,7 @@ def cmd_catalog_upgrade(args: argparse.Namespace, app: App) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace, app: App) -> int:
-    rows = app.settings_view()
+    rows = args.fleet.settings_view(args.cluster)
     if args.json:
         print_json(rows)
     else:

@@ -21,6 +21,7 @@ from contentflow_backupd.cli.output import (
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
 
 if TYPE_CHECKING:
+    from contentflow_backupd.ops.health.evaluate import HealthReport
     from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
@@ -37,24 +38,39 @@ def cmd_run(args: argparse.Namespace, app: App) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, app: App) -> int:
-    # Read-only (see cmd_list); --job filters in the query, before --limit.
-    with app.catalog(read_only=True) as catalog:
-        scope = app.scope(catalog, read_only=True)
-        runs = as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
+    every = bool(getattr(args, "all_clusters", False))
+    listed = []
+    failed = False
+    for one in args.fleet.apps() if every else [app]:
+        # Read-only (see cmd_list); --job filters in the query, before --limit (per cluster).
+        try:
+            with one.catalog(read_only=True) as catalog:
+                scope = one.scope(catalog, read_only=True)
+                runs = as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
+        except BackupdError as exc:
+            if not every:
+                raise
+            failed = True  # the other clusters are still listed; the exit code says it
+            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
+            continue
+        listed += [(one.cluster, r) for r in runs]
+    if every:
+        listed.sort(key=lambda item: (item[1].started_at, item[0], item[1].id))
     if args.json:
-        print_json([r.to_json() for r in runs])
-        return EXIT_OK
-    if not runs:
+        print_json([{"cluster": c, **r.to_json()} if every else r.to_json() for c, r in listed])
+        return EXIT_FAILED if failed else EXIT_OK
+    if not listed:
         print("no runs recorded")
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
     rows = []
-    for r in runs:
+    for cluster, r in listed:
         took = human_duration((r.finished_at - r.started_at).total_seconds() if r.finished_at else None)
         detail = r.backup_id or ""
         if r.error:
             detail = f"{detail} {r.error}".strip()
         rows.append(
             (
+                *((cluster,) if every else ()),
                 str(r.id),
                 r.job,
                 r.trigger,
@@ -65,12 +81,54 @@ def cmd_runs(args: argparse.Namespace, app: App) -> int:
                 " ".join(detail.split())[:100],
             )
         )
-    headers = ("ID", "JOB", "TRIGGER", "STATUS", "STARTED (UTC)", "AGE", "TOOK", "BACKUP / ERROR")
-    sys.stdout.write(render_table(headers, rows, right={0, 6}))
-    return EXIT_OK
+    headers: tuple[str, ...] = (
+        "ID",
+        "JOB",
+        "TRIGGER",
+        "STATUS",
+        "STARTED (UTC)",
+        "AGE",
+        "TOOK",
+        "BACKUP / ERROR",
+    )
+    right = {0, 6}
+    if every:
+        headers, right = ("CLUSTER", *headers), {i + 1 for i in right}
+    sys.stdout.write(render_table(headers, rows, right=right))
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, app: App) -> int:
+    if not getattr(args, "all_clusters", False):
+        report = _health_report(app)
+        running = _running_jobs(app)
+        if args.json:
+            print_json({**report.to_json(), "running": running})
+        else:
+            sys.stdout.write(report.to_text())
+            _print_running(running)
+        return EXIT_OK if report.ok else EXIT_FAILED
+    reports = [(one.cluster, _health_report(one)) for one in args.fleet.apps()]
+    running = _running_jobs(app)  # the daemon of this state directory (one for every cluster)
+    if args.json:
+        print_json({"clusters": [{"cluster": c, **r.to_json()} for c, r in reports], "running": running})
+    else:
+        for cluster, report in reports:
+            print(f"== cluster {cluster}: {'healthy' if report.ok else 'UNHEALTHY'}")
+            sys.stdout.write(report.to_text())
+        _print_running(running)
+    return EXIT_OK if all(r.ok for _, r in reports) else EXIT_FAILED
+
+
+def _print_running(running: list[dict[str, Any]]) -> None:
+    from contentflow_backupd.observability.progress import describe
+
+    for snap in running:
+        print(f"running: {describe(snap)}")
+
+
+def _health_report(app: App) -> HealthReport:
+    """The health report of ``app``'s cluster (never raises for an unreachable dependency)."""
     from contentflow_backupd.model import utcnow
     from contentflow_backupd.ops.health.evaluate import WalState, evaluate_health
     from contentflow_backupd.ops.health.inputs import (
@@ -129,17 +187,7 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
         except BackupdError as exc:
             log.warning("catalog_unavailable", error=exc.message)
             inputs = collect_health_inputs(None, None, dependencies=deps, wal=wal)
-    report = evaluate_health(inputs, objectives, utcnow())
-    running = _running_jobs(app)
-    if args.json:
-        print_json({**report.to_json(), "running": running})
-    else:
-        sys.stdout.write(report.to_text())
-        from contentflow_backupd.observability.progress import describe
-
-        for snap in running:
-            print(f"running: {describe(snap)}")
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return evaluate_health(inputs, objectives, utcnow())
 
 
 def _running_jobs(app: App) -> list[dict[str, Any]]:

@@ -86,6 +86,10 @@ Run `contentflow-backupd COMMAND --help` for a command's options. README.md has 
 """
 
 
+CLUSTER_HELP = (
+    "the configured cluster ([clusters.NAME]) to work on; default: $BACKUPD_CLUSTER, else the only one"
+)
+
 PROGRESS_HELP = (
     "no live progress line on the terminal; `progress` log events every BACKUPD_PROGRESS_INTERVAL "
     "instead (as off a terminal and with --json)"
@@ -186,8 +190,20 @@ def command(
     text = description or help_[:1].upper() + help_[1:].replace("%%", "%") + "."
     sp = sub.add_parser(name, help=help_, description=text)
     sp.set_defaults(func=fn)
+    # Also after the command; SUPPRESS: unless given here, the one before the command stays.
+    sp.add_argument("--cluster", metavar="NAME", default=argparse.SUPPRESS, help=CLUSTER_HELP)
     if json is not None:
         sp.add_argument("--json", action="store_true", help=json)
+    return sp
+
+
+def add_all_clusters(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--all-clusters`` on a listing (``backup list``, ``runs list``, ``status``)."""
+    sp.add_argument(
+        "--all-clusters",
+        action="store_true",
+        help="every configured cluster, with a CLUSTER column (a `cluster` key with --json)",
+    )
     return sp
 
 

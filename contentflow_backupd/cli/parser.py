@@ -42,6 +42,7 @@ from contentflow_backupd.cli.grammar import (
     Commands,
     Parser,
     Sub,
+    add_all_clusters,
     add_backup_choice,
     add_progress,
     add_recovery_target,
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, metavar="PATH", help="TOML settings file (default: $BACKUPD_CONFIG, else none)"
     )
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="the configured cluster to work on (default: $BACKUPD_CLUSTER, else the only one); "
+        "also accepted after the command",
+    )
     sub = p.add_subparsers(
         dest="command",
         required=True,
@@ -106,11 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run the daemon: scheduled backups, WAL, retention, metrics and health",
         json=JSON_LOGS_HELP,
     )
-    command(
-        sub,
-        "status",
-        cmd_status,
-        "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy",
+    add_all_clusters(
+        command(
+            sub,
+            "status",
+            cmd_status,
+            "health report: backup ages, last runs, WAL, dependencies; exit 1 if unhealthy",
+        )
     )
     command(
         sub, "check", cmd_check, "what the database role and storage may do; exit 1 naming what is missing"
@@ -126,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=100, help="the newest N runs (of --job, if given; default 100)"
     )
     sp.add_argument("--job", choices=list(JOB_NAMES), help="only this job")
+    add_all_clusters(sp)
     _catalog_group(sub)
     _audit_group(sub)
     cfg = commands_of(group(sub, "config", "settings (config show)"), "config_command", "what to do")
@@ -176,6 +186,7 @@ def _backup_group(sub: Sub) -> None:
         help="also the attempts that did not commit (failed, interrupted, running)",
     )
     sp.add_argument("--all", dest="attempts", action="store_true", help=argparse.SUPPRESS)
+    add_all_clusters(sp)
     sp = command(backup, "show", cmd_show, "show one backup and its manifest summary")
     sp.add_argument("backup_id", metavar="BACKUP", help="a backup id (see backup list) or 'latest'")
     sp = add_progress(

@@ -78,6 +78,8 @@ class App:
         self._repository: Repository | None = None
         self._wal_archive: WalArchive | None = None
         self.cluster = s.cluster
+        self.named_cluster = s.named_cluster
+        """One of several named clusters: a command printed for the user needs ``--cluster``."""
         self.mode = s.mode
         self.concurrency = s.upload_concurrency
         """Parallel uploads and downloads of one command (``BACKUPD_UPLOAD_CONCURRENCY``)."""
@@ -352,7 +354,7 @@ class App:
     def job_specs(self) -> list[JobSpec]:
         from contentflow_backupd.wiring.daemon import job_specs
 
-        return job_specs(self._settings)
+        return job_specs(self._settings, named_clusters=self._settings.named_cluster)
 
     @property
     def max_concurrent_jobs(self) -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
 from contentflow_backupd.errors import ConfigError
-from contentflow_backupd.settings import ENV_PREFIX, Settings
+from contentflow_backupd.settings import ENV_PREFIX, ClusterSettings, Settings
 from contentflow_backupd.source.conninfo import ConnInfo
 
 MASK = "********"
@@ -38,19 +39,35 @@ def _render(name: str, value: Any) -> str:
     return str(value)
 
 
-def describe_settings(settings: Settings, file_data: dict[str, Any]) -> list[dict[str, str]]:
+def describe_settings(
+    settings: Settings, file_data: dict[str, Any], cluster: str | None = None
+) -> list[dict[str, str]]:
+    """One row per setting: its environment name, its value (secrets masked) and its source
+    (``env``, ``file PATH``, ``credential PATH``, ``default``). With named clusters, each
+    cluster's settings follow the top level's as ``BACKUPD_CLUSTERS__<NAME>__...`` rows, the
+    ones it does not set being ``inherited``. ``cluster``: only that cluster's rows and the
+    settings that no cluster has (``catalog_url``, ``state_dir``, ``http``...)."""
     env_upper = {k.upper() for k in os.environ}
     credentials = settings.credential_sources
     rows: list[dict[str, str]] = []
+    per_cluster = set(ClusterSettings.model_fields)
 
-    def walk(model: BaseModel, path: list[str], file_part: dict[str, Any]) -> None:
-        for field_name in type(model).model_fields:
+    def walk(
+        model: BaseModel,
+        path: list[str],
+        file_part: dict[str, Any],
+        fields: Iterable[str],
+        own: BaseModel | None = None,
+        inherit: bool = False,
+    ) -> None:
+        for field_name in fields:
             value = getattr(model, field_name)
             here = [*path, field_name]
             env = ENV_PREFIX + "__".join(p.upper() for p in here)
+            own_value = getattr(own, field_name, None) if own is not None else None
             if isinstance(value, BaseModel):
                 sub = file_part.get(field_name, {}) if isinstance(file_part.get(field_name), dict) else {}
-                walk(value, here, sub)
+                walk(value, here, sub, type(value).model_fields, own_value, inherit)
                 continue
             if env in env_upper:
                 source = "env"
@@ -58,9 +75,32 @@ def describe_settings(settings: Settings, file_data: dict[str, Any]) -> list[dic
                 source = f"credential {credentials[env]}"
             elif field_name in file_part:
                 source = f"file {settings.config}"
+            elif inherit and not (own is not None and field_name in own.model_fields_set):
+                source = "inherited"
             else:
                 source = "default"
             rows.append({"name": env, "value": _render(field_name, value), "source": source})
 
-    walk(settings, [], file_data)
+    if cluster is None:
+        walk(settings, [], file_data, [f for f in type(settings).model_fields if f != "clusters"])
+    else:
+        walk(
+            settings,
+            [],
+            file_data,
+            [f for f in type(settings).model_fields if f not in per_cluster | {"clusters", "cluster"}],
+        )
+    found = file_data.get("clusters")
+    file_clusters: dict[str, Any] = found if isinstance(found, dict) else {}
+    names = sorted(settings.clusters) if cluster is None else [cluster]
+    for name in names:
+        view = settings.for_cluster(name)
+        own = settings.clusters.get(name)
+        found = file_clusters.get(name)
+        part: dict[str, Any] = found if isinstance(found, dict) else {}
+        fields = sorted(per_cluster, key=list(type(settings).model_fields).index)
+        if own is None:  # the implicit cluster: the top level's values
+            walk(view, [], file_data, fields)
+        else:
+            walk(view, ["clusters", name], part, fields, own, inherit=True)
     return rows

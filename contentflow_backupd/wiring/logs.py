@@ -13,13 +13,20 @@ from contentflow_backupd.settings import Settings
 
 def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log.format, settings.log.level)
-    secrets = (
+    secrets = [
         settings.database_url,
         settings.encryption.passphrase,
         settings.catalog_url,
         settings.notify.webhook_url,
         settings.drill.database_url,
-    )
+    ]
+    for own in settings.clusters.values():  # every named cluster's, whichever one runs
+        secrets += [
+            own.database_url,
+            own.encryption.passphrase if own.encryption is not None else None,
+            own.notify.webhook_url if own.notify is not None else None,
+            own.drill.database_url if own.drill is not None else None,
+        ]
     for secret in secrets:
         if secret is not None:
             value = secret.get_secret_value()

@@ -87,7 +87,8 @@ def guard_options(
         statement_timeout=m.statement_timeout,
         checks_file=m.checks,
         strict_checks=getattr(args, "strict_checks", False),
-        config_arg=f" --config {app.config_file}" if app.config_file else "",
+        config_arg=(f" --config {app.config_file}" if app.config_file else "")
+        + (f" --cluster {app.cluster}" if app.named_cluster else ""),
         dry_run=args.dry_run,
         pg_bin=app.pg_bin,
         repository_id=repository_id,

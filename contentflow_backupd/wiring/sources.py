@@ -105,12 +105,14 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
         and not name.upper().startswith("BACKUPD_LOG__")
     ]
     paths = (enc.passphrase_file, enc.key_file, settings.s3.ca_bundle, settings.pg_bin, settings.state_dir)
-    if settings.config is not None and not overrides and all(p is None or p.is_absolute() for p in paths):
+    # A named cluster's restore_command gets its own one-cluster document: the file names several.
+    as_is = not overrides and not settings.named_cluster
+    if settings.config is not None and as_is and all(p is None or p.is_absolute() for p in paths):
         return RecoveryConfig(
             config_file=Path(os.path.abspath(settings.config)), secret_file=secret_file, notes=notes
         )
     secrets = {"config", "database_url", "catalog_url", "encryption"}
-    document = settings.model_dump(mode="json", exclude=secrets)
+    document = settings.model_dump(mode="json", exclude={*secrets, "clusters"})  # one cluster
     document["state_dir"] = os.path.abspath(settings.state_dir)
     if settings.pg_bin is not None:
         document["pg_bin"] = os.path.abspath(settings.pg_bin)

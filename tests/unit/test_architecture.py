@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "walconf": 0,  # the lean WAL clients' configuration and command line (stdlib only)
     "walspool": 0,  # the WAL prefetch spool (stdlib only)
     "settings": 0,  # a leaf by its imports; who may import it is ruled below
+    "settings_clusters": 0,  # named clusters' inheritance (settings' own helper, same rules)
 }
 
 # -- what ops may import from the rest of the package (prefixes of module names) -------------
@@ -94,13 +95,14 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "apscheduler": ("scheduling",),
     "prometheus_client": ("observability.metrics", "http"),
     "pglast": ("migrate.risk",),
-    "pydantic": ("settings", "wiring.configshow"),
+    "pydantic": ("settings", "settings_clusters", "wiring.configshow"),
     "pydantic_settings": ("settings",),
     "tqdm": ("observability.progress",),
 }
 
 # -- settings and wiring -----------------------------------------------------------------------
-SETTINGS_IMPORTERS = ("settings", "wiring", "cli")  # cli: its __init__ (the entry point) only
+# cli: its __init__ (the entry point) only
+SETTINGS_IMPORTERS = ("settings", "settings_clusters", "wiring", "cli")
 WIRING_IMPORTERS_LAYER = LAYERS["cli"]  # nothing below the command line imports wiring
 
 
@@ -213,7 +215,7 @@ def settings_violations(imports: list[Import], package: str) -> list[str]:
     for imp in imports:
         rel = imp.source[len(package) + 1 :]
         wiring_or_root = rel in SETTINGS_IMPORTERS or rel.startswith("wiring.")
-        if imp.target == f"{package}.settings" and not wiring_or_root:
+        if imp.target in (f"{package}.settings", f"{package}.settings_clusters") and not wiring_or_root:
             out.add(str(imp))
         if imp.target == f"{package}.wiring" or imp.target.startswith(f"{package}.wiring."):
             unit = unit_of(imp.source)

@@ -5,6 +5,7 @@ showing in ``--help``."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 import pytest
@@ -136,7 +137,9 @@ def test_old_spellings_are_hidden_from_help() -> None:
     migrate = _subcommands(parser).choices["migrate"]
     assert "history" not in migrate.format_help()
     backup_list = _subcommands(_subcommands(parser).choices["backup"]).choices["list"]
-    assert "--all" not in backup_list.format_help() and "--attempts" in backup_list.format_help()
+    # --all (hidden alias of --attempts) is not shown; --all-clusters is another option
+    assert re.search(r"--all(?![-\w])", backup_list.format_help()) is None
+    assert "--attempts" in backup_list.format_help()
     drill = _subcommands(parser).choices["drill"]
     assert "--backup" not in drill.format_help() and "BACKUP" in drill.format_help()
 
@@ -214,3 +217,35 @@ def test_docs_cli_md_has_every_old_spelling() -> None:
 def test_an_old_spelling_is_noted_for_the_progress_line_only() -> None:
     assert parse_args(["restore-test"]).old_spelling == "restore-test"
     assert "old_spelling" not in parse_args(["drill"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "cluster"),
+    [
+        (["backup", "list"], None),
+        (["--cluster", "a", "backup", "list"], "a"),
+        (["backup", "list", "--cluster", "b"], "b"),
+        (["--cluster", "a", "backup", "list", "--cluster", "b"], "b"),  # the one after the command wins
+        (["--cluster", "a", "backup", "--kind", "full"], "a"),  # the default verb (create)
+        (["backup", "--cluster", "a", "--kind", "full"], "a"),
+        (["wal-push", "--cluster", "b", "X"], "b"),  # old spellings too
+        (["--cluster=a", "runs"], "a"),
+    ],
+)
+def test_cluster_before_or_after_the_command(argv: list[str], cluster: str | None) -> None:
+    assert parse_args(argv).cluster == cluster
+
+
+@pytest.mark.parametrize(
+    "argv", [["backup", "list"], ["runs", "list"], ["status"], ["list"], ["runs"]], ids=" ".join
+)
+def test_listings_take_all_clusters(argv: list[str]) -> None:
+    assert parse_args([*argv, "--all-clusters"]).all_clusters is True
+    assert parse_args(argv).all_clusters is False
+
+
+def test_only_the_listings_take_all_clusters(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(["backup", "create", "--kind", "full", "--all-clusters"])
+    assert info.value.code == 2
+    assert "--all-clusters" in capsys.readouterr().err

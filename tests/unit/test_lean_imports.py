@@ -137,3 +137,20 @@ def test_every_lazy_command_resolves_to_a_function() -> None:
     assert len(lazy) >= 20
     for command in lazy:
         assert callable(command.resolve()), command.target
+
+
+def test_wal_push_of_a_named_cluster_imports_no_heavy_library(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    cfg = tmp_path / "backupd.toml"
+    cfg.write_text(
+        f'repository = "file://{tmp_path / "repo"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[encryption]\nkey_file = "{key}"\n[clusters.a]\n[clusters.b]\nmode = "physical"\n'
+    )
+    run_cli("--config", str(cfg), "--cluster", "b", "init")
+    segment = wal_segment(tmp_path / "000000010000000000000003")
+    report, out = run_cli("--config", str(cfg), "wal", "push", "--cluster", "b", "--json", str(segment))
+    assert json.loads(out) == {"file": segment.name, "status": "stored"}
+    assert (tmp_path / "repo" / "b" / "wal").is_dir()
+    heavy = [name for name in NOT_IMPORTED if imported(report, name)]
+    assert heavy == [], f"wal push --cluster imported {heavy}"

@@ -34,11 +34,18 @@ SECRET = "socket test passphrase"
 
 # -- argv: which command lines take the fast path ------------------------------------------------
 PUSH_FORMS = [
-    (["wal", "push", "pg_wal/X"], (None, "pg_wal/X", False)),
-    (["wal-push", "X"], (None, "X", False)),
-    (["--config", "/c.toml", "wal", "push", "X"], ("/c.toml", "X", False)),
-    (["--config=/c.toml", "wal-push", "--json", "X"], ("/c.toml", "X", True)),
-    (["wal", "push", "X", "--json"], (None, "X", True)),
+    (["wal", "push", "pg_wal/X"], (None, None, "pg_wal/X", False)),
+    (["wal-push", "X"], (None, None, "X", False)),
+    (["--config", "/c.toml", "wal", "push", "X"], ("/c.toml", None, "X", False)),
+    (["--config=/c.toml", "wal-push", "--json", "X"], ("/c.toml", None, "X", True)),
+    (["wal", "push", "X", "--json"], (None, None, "X", True)),
+    (["--cluster", "a", "wal", "push", "X"], (None, "a", "X", False)),
+    (["--cluster=a", "--config", "/c.toml", "wal-push", "X"], ("/c.toml", "a", "X", False)),
+    (["wal", "push", "--cluster", "b", "X"], (None, "b", "X", False)),
+    (["--cluster", "a", "wal", "push", "X", "--cluster=b"], (None, "b", "X", False)),  # last wins
+    (["wal", "push", "X", "--cluster"], None),
+    (["wal", "push", "--cluster", "--json", "X"], None),
+    (["--cluster", "a", "--cluster", "b", "wal", "push", "X"], None),
     (["wal", "fetch", "X", "Y"], None),
     (["wal", "push"], None),
     (["wal", "push", "X", "Y"], None),
@@ -372,3 +379,67 @@ def test_a_member_of_the_daemons_group_hands_segments_over(tmp_path: Path, repo:
     assert json.loads(lines[-1])["rc"] == 0, proc.stderr
     assert json.loads("\n".join(lines[:-1]))["status"] == "stored"
     assert WalArchive(repo, "main").fetch(segment.name) == data
+
+
+# -- named clusters: the lean reader resolves the chosen cluster as the settings do ----------
+CLUSTERS_TOML = """
+repository = "file:///shared"
+state_dir = "/state"
+[clusters.a]
+[clusters.b]
+repository = "file:///b-own"
+[clusters.b.wal]
+prefetch = 0
+"""
+
+
+def test_the_lean_reader_takes_the_chosen_clusters_own_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CLUSTERS_TOML)
+    a = client_config(str(cfg), {}, "a")
+    assert a["identity"] == {"repository": "file:///shared", "cluster": "a", "s3_endpoint_url": None}
+    assert (a["prefetch"], a["prefetch_dir"], a["socket"]) == (8, "/state/wal-prefetch/a", "/state/wal.sock")
+    b = client_config(str(cfg), {"BACKUPD_CLUSTER": "b"})
+    assert b["identity"]["repository"] == "file:///b-own" and b["prefetch"] == 0
+    # the cluster's own variable beats its file key and the top level's variable
+    env = {"BACKUPD_CLUSTERS__A__REPOSITORY": "file:///a-env", "BACKUPD_WAL__PREFETCH": "3"}
+    a = client_config(str(cfg), env, "a")
+    assert (a["identity"]["repository"], a["prefetch"]) == ("file:///a-env", 3)
+    b = client_config(str(cfg), {**env, "BACKUPD_CLUSTERS__B__WAL__PREFETCH": "5"}, "b")
+    assert (b["identity"]["repository"], b["prefetch"]) == ("file:///b-own", 5)
+    # a cluster named only in the environment
+    c = client_config(str(cfg), {"BACKUPD_CLUSTERS__C__MODE": "physical"}, "c")
+    assert c["identity"] == {"repository": "file:///shared", "cluster": "c", "s3_endpoint_url": None}
+
+
+@pytest.mark.parametrize(
+    ("env", "cluster"),
+    [
+        ({}, None),  # several clusters, none chosen: the full command names the choices
+        ({}, "nope"),  # not configured: the full command says so
+        ({"BACKUPD_CLUSTER": "nope"}, None),
+        ({"BACKUPD_CLUSTERS__A__WAL": '{"prefetch": 0}'}, "a"),  # a section as JSON
+    ],
+)
+def test_the_lean_reader_leaves_cluster_errors_to_the_full_command(
+    tmp_path: Path, env: dict[str, str], cluster: str | None
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CLUSTERS_TOML)
+    with pytest.raises(Fallback) as info:
+        client_config(str(cfg), env, cluster)
+    assert not info.value.quiet
+
+
+def test_without_named_clusters_only_the_implicit_one_is_taken(tmp_path: Path) -> None:
+    env = {"BACKUPD_REPOSITORY": "file:///r", "BACKUPD_STATE_DIR": "/s"}
+    assert client_config(None, env, "main")["identity"]["cluster"] == "main"
+    assert client_config(None, {**env, "BACKUPD_CLUSTER": "x"}, "x")["identity"]["cluster"] == "x"
+    with pytest.raises(Fallback):
+        client_config(None, env, "other")
+
+
+def test_one_named_cluster_needs_no_choice(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('repository = "file:///r"\n[clusters.only]\n')
+    assert client_config(str(cfg), {})["identity"]["cluster"] == "only"
