@@ -12,7 +12,8 @@ Rules every role shares:
   library error escapes. A missing row is *not* an error unless a method says so: ``get_*``
   returns None, ``delete_*`` does nothing.
 - **Time.** Timestamps go in and come out as timezone-aware UTC ``datetime`` values (naive ones
-  going in are taken as UTC); "now" is the catalog process's clock.
+  going in are taken as UTC); "now" is the catalog process's clock, except in ``FleetCatalog``,
+  whose leases expire on the catalog server's clock (PostgreSQL's ``now()``).
 - **Scope.** Every query that reports rows takes the ``Scope`` (repository id, cluster) they
   belong to and returns only rows of that scope; records written carry their repository id. Rows
   from before revision 0008 without one are attributed by ``ScopeCatalog.adopt_unscoped`` or
@@ -28,11 +29,12 @@ The daemon's leader lock is not a catalog role but its own protocol (``catalog/l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from contentflow_backupd.catalog.audit_records import AuditEvent
+from contentflow_backupd.catalog.fleet_records import DaemonRecord, LeaseRecord, ReapedRuns
 from contentflow_backupd.catalog.guard_records import BatchCheckpoint, MigrationRunRecord, MigrationStatus
 from contentflow_backupd.catalog.records import (
     CorruptObject,
@@ -69,6 +71,7 @@ __all__ = [
     "DrillRecord",
     "DrillStatus",
     "DryRunCatalog",
+    "FleetCatalog",
     "HealthCatalog",
     "MigrationCatalog",
     "MigrationGuardCatalog",
@@ -372,6 +375,92 @@ class CatalogDatabase(Protocol):
         ...
 
 
+class FleetCatalog(Protocol):
+    """The fleet: daemons sharing one catalog (``fleet_daemons``) and one lease per cluster
+    (``fleet_leases``), through which each cluster's jobs run on one daemon at a time.
+
+    **Clock.** Every expiry is decided on one clock: PostgreSQL's ``now()`` (the start of the
+    method's transaction); on SQLite, which serves one daemon, the catalog process's clock. A
+    daemon never compares these times with its own. ``ttl_s`` is in seconds, > 0.
+
+    **Atomicity.** Every method is one transaction. Claims take the free rows with ``FOR UPDATE
+    SKIP LOCKED`` (PostgreSQL) or under the write lock (SQLite, ``BEGIN IMMEDIATE``): daemons
+    claiming at once get each cluster once. A lease's epoch rises by one on every claim and never
+    falls, so (cluster, epoch) names one holding.
+
+    **Fencing.** ``start_run_fenced`` inserts a run only while the caller's lease of that epoch
+    is held, checked in the insert's own transaction (the lease row locked against a concurrent
+    claim): a daemon that lost its lease cannot start a run, even before it notices."""
+
+    def announce(
+        self,
+        daemon_id: str,
+        *,
+        member: str,
+        host: str,
+        pid: int,
+        version: str,
+        clusters: Mapping[str, str],
+        ttl_s: float,
+    ) -> DaemonRecord:
+        """Insert or replace the row of ``daemon_id`` (``started_at``, ``heartbeat_at`` now,
+        ``expires_at`` now + ``ttl_s``, ``clusters`` name -> digest), and add a free lease row for
+        each of ``clusters`` that has none. Returns the row."""
+        ...
+
+    def heartbeat_and_renew(self, daemon_id: str, ttl_s: float) -> dict[str, int]:
+        """Move the daemon's ``heartbeat_at`` to now and ``expires_at`` to now + ``ttl_s``, then
+        renew every lease it owns that has not expired (an expired lease is not renewed: it is
+        lost, and a claim can win it). Returns the renewed leases, cluster -> epoch.
+        ``CatalogError`` when the daemon was never announced."""
+        ...
+
+    def claim(self, daemon_id: str, clusters: Collection[str], ttl_s: float) -> dict[str, int]:
+        """Take the leases of ``clusters`` that nobody holds (free, or expired whoever owned them,
+        this daemon included), adding lease rows for clusters that have none: owner
+        ``daemon_id``, epoch + 1, ``acquired_at`` now, expiry now + ``ttl_s``. Leases held (by
+        anyone, this daemon too) are left alone, and a daemon not alive (never announced, or
+        expired) claims nothing. Returns the leases won, cluster -> new epoch."""
+        ...
+
+    def release(self, daemon_id: str, clusters: Collection[str] | None = None) -> list[str]:
+        """Free the leases of ``clusters`` (None: all) that ``daemon_id`` owns, expired or not
+        (owner NULL; the epoch stays). Returns the clusters released, sorted."""
+        ...
+
+    def leases(self) -> list[LeaseRecord]:
+        """Every lease row, by cluster, with ``held`` decided on the catalog's clock."""
+        ...
+
+    def live_daemons(self) -> list[DaemonRecord]:
+        """The daemons whose ``expires_at`` is not past, by id."""
+        ...
+
+    def reap_runs_of(self, daemon_ids: Collection[str], clusters: Collection[str]) -> ReapedRuns:
+        """Runs and backups of ``clusters`` still ``running`` that one of ``daemon_ids`` started
+        become ``interrupted`` (``finished_at`` now, error "process ended without finishing"),
+        unless that daemon is alive (a live daemon's rows are never reaped). A backup row without
+        a ``daemon_id`` counts as the dead daemon's when its host and pid are the daemon's and it
+        started after the daemon did (``ops`` writes backups without the id). Idempotent."""
+        ...
+
+    def start_run_fenced(
+        self,
+        daemon_id: str,
+        epoch: int,
+        scope: Scope,
+        job: str,
+        trigger: RunTrigger,
+        *,
+        pid: int | None = None,
+        host: str | None = None,
+    ) -> RunRecord | None:
+        """``RunCatalog.start_run`` with ``daemon_id`` and ``lease_epoch`` recorded, only while
+        ``daemon_id`` holds the lease of ``scope.cluster`` at ``epoch`` (owner, same epoch, not
+        expired). None, inserting nothing, otherwise."""
+        ...
+
+
 # -- what one use case needs, when that is more than one role ---------------------------------
 # Python has no intersection type: a use case that needs several roles names one of these. Each
 # only combines roles (tests/catalog/test_roles.py checks that none adds a method).
@@ -429,6 +518,7 @@ class Catalog(
     MigrationCatalog,
     AuditCatalog,
     ScopeCatalog,
+    FleetCatalog,
     CatalogDatabase,
     Protocol,
 ):
@@ -446,6 +536,7 @@ ROLES: tuple[type[Any], ...] = (
     MigrationCatalog,
     AuditCatalog,
     ScopeCatalog,
+    FleetCatalog,
     CatalogDatabase,
 )
 """The roles ``Catalog`` unites, for the conformance test."""

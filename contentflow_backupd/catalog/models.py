@@ -96,6 +96,8 @@ class BackupRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     repository_id: Mapped[str | None] = mapped_column(String(64))
     """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
+    daemon_id: Mapped[str | None] = mapped_column(String(255))
+    """The fleet daemon that started the backup (revision 0009); None: a command, or older."""
 
 
 class RunRow(Base):
@@ -120,6 +122,11 @@ class RunRow(Base):
     repository_id: Mapped[str | None] = mapped_column(String(64))
     """The repository (its ``repo.json`` id); None: a row from before revision 0008 not attributed."""
     cluster: Mapped[str | None] = mapped_column(String(255))
+    daemon_id: Mapped[str | None] = mapped_column(String(255))
+    """The fleet daemon that started the run (``start_run_fenced``, revision 0009); None: a
+    command, or older."""
+    lease_epoch: Mapped[int | None] = mapped_column(BigInteger)
+    """The epoch of the cluster's lease the daemon held when it started the run."""
 
 
 class CatalogMetaRow(Base):
@@ -304,3 +311,37 @@ class AuditEventRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class FleetDaemonRow(Base):
+    """One ``DaemonRecord``: a daemon incarnation of the fleet, alive while ``expires_at`` is
+    not past (on the catalog server's clock)."""
+
+    __tablename__ = "fleet_daemons"
+    __table_args__ = (Index("ix_fleet_daemons_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    member: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    clusters: Mapped[dict[str, str]] = mapped_column(JsonDocument, default=dict)
+    """Cluster name -> digest of its resolved settings."""
+
+
+class FleetLeaseRow(Base):
+    """One ``LeaseRecord``: the lease of a cluster, held by ``owner`` (a daemon id) until
+    ``expires_at``; free when ``owner`` is NULL."""
+
+    __tablename__ = "fleet_leases"
+    __table_args__ = (Index("ix_fleet_leases_owner", "owner"),)
+
+    cluster: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    acquired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    renewed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -30,6 +30,7 @@ from contentflow_backupd.catalog.audit import SqlAudit
 from contentflow_backupd.catalog.backups import SqlBackups
 from contentflow_backupd.catalog.deletions import SqlDeletions
 from contentflow_backupd.catalog.drills import SqlDrills
+from contentflow_backupd.catalog.fleet import SqlFleet
 from contentflow_backupd.catalog.guard import SqlMigrationGuard
 from contentflow_backupd.catalog.models import VERSION_TABLE
 from contentflow_backupd.catalog.restore_points import SqlRestorePoints
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         CatalogDatabase,
         DeletionCatalog,
         DrillCatalog,
+        FleetCatalog,
         MigrationCatalog,
         RestorePointCatalog,
         RunCatalog,
@@ -142,6 +144,7 @@ class SqlCatalog(
     SqlMigrationGuard,
     SqlAudit,
     SqlScope,
+    SqlFleet,
 ):
     """The Catalog on SQLAlchemy: every role. Construct with ``open_catalog`` (which also
     migrates)."""
@@ -224,4 +227,5 @@ if TYPE_CHECKING:  # mypy checks that SqlCatalog fills every role (tests/catalog
     _guard: type[MigrationCatalog] = SqlMigrationGuard
     _audit: type[AuditCatalog] = SqlAudit
     _scope: type[ScopeCatalog] = SqlScope
+    _fleet: type[FleetCatalog] = SqlFleet
     _database: type[CatalogDatabase] = SqlCatalog

@@ -71,3 +71,18 @@ def test_the_named_combinations_are_made_of_roles_only() -> None:
     for protocol in combinations:
         assert members(protocol) == set(), protocol.__name__
         assert every_member(protocol) <= every_member(Catalog), protocol.__name__
+
+
+def test_the_fleet_role_is_a_role_with_the_methods_of_step_8() -> None:
+    """docs/design/fleet.md, step 8: the daemon's wiring is built against exactly these."""
+    assert base.FleetCatalog in ROLES
+    assert members(base.FleetCatalog) == {
+        "announce",
+        "heartbeat_and_renew",
+        "claim",
+        "release",
+        "leases",
+        "live_daemons",
+        "reap_runs_of",
+        "start_run_fenced",
+    }
