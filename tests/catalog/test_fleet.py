@@ -370,3 +370,19 @@ def test_revision_0009_goes_up_and_down(catalog_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_a_version_that_does_not_know_the_catalogs_revision_refuses_to_open_it(catalog_url: str) -> None:
+    """Mixed versions (design, step 8): a daemon older than 0009 cannot open a catalog at 0009.
+    Seen from this version: a catalog at a revision newer than its head is refused, unchanged."""
+    open_catalog(catalog_url).close()
+    engine = create_engine(sqla_url(catalog_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"update {VERSION_TABLE} set version_num = '9999'"))
+        with pytest.raises(CatalogError, match="9999"):
+            open_catalog(catalog_url)
+        with engine.connect() as conn:
+            assert conn.execute(text(f"select version_num from {VERSION_TABLE}")).scalar() == "9999"
+    finally:
+        engine.dispose()
