@@ -39,6 +39,9 @@ PACK_BELOW = 256 * 1024
 """Streams cut into chunks smaller than this on average are packed (many chunks to an object)."""
 PACK_TARGET = 4 * 1024 * 1024
 """A pack is sealed once it holds this many plaintext bytes."""
+JOIN_BUFFER = PACK_TARGET + 1024 * 1024
+"""A pack's plaintext is joined in a buffer this large (a pack ends with the chunk that reaches
+``PACK_TARGET``: at most a maximum chunk, 1 MiB below ``PACK_BELOW``, more), reused by later packs."""
 PROGRESS_STEP = 1024 * 1024
 """A packed stream reports its progress every this many bytes (not every chunk)."""
 SEALS_IN_FLIGHT = 4
@@ -141,6 +144,8 @@ class ChunkWriter:
         self._claimed: set[str] = set()
         """Ids a worker of this writer is storing now (guarded by ``_lock``)."""
         self._lock = threading.Lock()
+        self._spare_joins: list[bytearray] = []
+        """Buffers of sealed packs, for the next ones (``_join``; guarded by ``_lock``)."""
         self._concurrency = max(1, concurrency)
         self._window = window or self._concurrency * 2
         self._flush_interval = flush_interval
@@ -162,12 +167,36 @@ class ChunkWriter:
             self.stats.stored_bytes += stored
         return cid
 
+    def _join(self, pack: _OpenPack) -> bytearray:
+        """A pack's chunks copied one after the other into a buffer of a previous seal when one
+        is free (``_seal`` gives it back), else a new one. Why not ``b"".join``: a new 4 MiB
+        object per pack is memory the process returns to the system and faults in again, page
+        by page (about 90,000 page faults per 437 MB at 4 KiB chunks)."""
+        with self._lock:
+            joined = self._spare_joins.pop() if self._spare_joins else None
+        if joined is None or len(joined) < pack.size:
+            joined = bytearray(max(pack.size, JOIN_BUFFER))
+        with memoryview(joined) as view:
+            at = 0
+            for part in pack.parts:
+                end = at + len(part)
+                view[at:end] = part
+                at = end
+        return joined
+
     def _seal(self, pack: _OpenPack) -> None:
         """Compress, seal and store a pack and its index (made durable before the manifest, as
         chunks are). The index lists ``[chunk id, offset, size]`` of each chunk in the pack: what a
         later backup of the generation dedups against (``read_pack_index``)."""
         key = layout.pack_key(self.cluster, self.generation, pack.id)
-        stored = self.repo.put_object(key, b"".join(pack.parts), sync=False)
+        joined = self._join(pack)
+        try:
+            with memoryview(joined) as view, view[: pack.size] as plaintext:
+                stored = self.repo.put_object(key, plaintext, sync=False)
+        finally:
+            with self._lock:
+                if len(self._spare_joins) < SEALS_IN_FLIGHT:
+                    self._spare_joins.append(joined)
         index = json.dumps(pack.index, separators=(",", ":")).encode()
         index_key = layout.pack_index_key(self.cluster, self.generation, pack.id)
         index_stored = self.repo.put_object(index_key, index, sync=False)
