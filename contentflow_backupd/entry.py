@@ -46,7 +46,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         return 130
     from contentflow_backupd.cli import main as cli_main
 
-    return cli_main(args, wal_fallback=fallback)
+    return cli_main(args, wal_fallback=fallback, as_program=argv is None)
 
 
 def _done(code: int, *, as_program: bool) -> int:

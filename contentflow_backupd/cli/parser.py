@@ -168,6 +168,7 @@ def _backup_group(sub: Sub) -> None:
     )
     sp = add_progress(command(backup, "create", cmd_backup, "take a backup"))
     sp.set_defaults(operation="backup")  # the name of its progress line and events
+    sp.set_defaults(exit_at_once=True)  # no interpreter teardown after it (cli.main)
     sp.add_argument(
         "--kind",
         choices=["full", "incremental"],

@@ -38,7 +38,7 @@ MANIFEST_FORMAT = 2
 """The newest format this version reads and writes (1: no packs; 2: packs)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a packed 1 GiB database has ~370,000 of them
 class ChunkRef:
     id: str
     size: int

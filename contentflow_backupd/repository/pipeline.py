@@ -39,8 +39,11 @@ PACK_BELOW = 256 * 1024
 """Streams cut into chunks smaller than this on average are packed (many chunks to an object)."""
 PACK_TARGET = 4 * 1024 * 1024
 """A pack is sealed once it holds this many plaintext bytes."""
-BATCH_BYTES = 1024 * 1024
-"""A packed stream's chunks are hashed by the pool in batches of about this many bytes."""
+JOIN_BUFFER = PACK_TARGET + 1024 * 1024
+"""A pack's plaintext is joined in a buffer this large (a pack ends with the chunk that reaches
+``PACK_TARGET``: at most a maximum chunk, 1 MiB below ``PACK_BELOW``, more), reused by later packs."""
+PROGRESS_STEP = 1024 * 1024
+"""A packed stream reports its progress every this many bytes (not every chunk)."""
 SEALS_IN_FLIGHT = 4
 """Packs being compressed, sealed and stored at once: each holds about three times its 4 MiB
 (its chunks, the joined plaintext, the sealed object) until it is stored."""
@@ -99,15 +102,17 @@ class ChunkWriter:
     repeated within this backup are uploaded once.
 
     A stream whose generation chose a chunk size below ``PACK_BELOW`` (``write_stream``'s
-    ``chunk_size``: a small database's logical generation) is packed: the pool only hashes; each
-    chunk is placed on the calling thread in stream order (``_place``), a new one appended to the
-    open pack, and a pack is compressed and sealed as one object, with its index, when it reaches
-    ``PACK_TARGET`` bytes and at the end of the stream, before ``write_stream`` returns.
+    ``chunk_size``: a small database's logical generation) is packed: each chunk is hashed and
+    placed on the calling thread in stream order (``_write_packed``), a new one appended to the
+    open pack, and a pack is compressed and sealed as one object, with its index, by the pool,
+    when it reaches ``PACK_TARGET`` bytes and at the end of the stream, before ``write_stream``
+    returns.
 
-    Only the boundaries are found on the calling thread (they depend on everything before them),
-    with the stream digest; each chunk's keyed hash, the dedup decision, compression, encryption
-    and upload run on a pool of ``concurrency`` threads (hashing and compression release the GIL,
-    so they use every core). At most ``window`` chunks are in flight.
+    Otherwise only the boundaries are found on the calling thread (they depend on everything
+    before them), with the stream digest; each chunk's keyed hash, the dedup decision,
+    compression, encryption and upload run on a pool of ``concurrency`` threads (hashing and
+    compression of chunks this large release the GIL, so they use every core). At most
+    ``window`` chunks are in flight.
 
     Chunks are stored with ``sync=False``; while a stream is written, a background thread calls
     ``storage.flush()`` every ``flush_interval`` seconds, so that the fsyncs overlap the
@@ -139,6 +144,8 @@ class ChunkWriter:
         self._claimed: set[str] = set()
         """Ids a worker of this writer is storing now (guarded by ``_lock``)."""
         self._lock = threading.Lock()
+        self._spare_joins: list[bytearray] = []
+        """Buffers of sealed packs, for the next ones (``_join``; guarded by ``_lock``)."""
         self._concurrency = max(1, concurrency)
         self._window = window or self._concurrency * 2
         self._flush_interval = flush_interval
@@ -160,37 +167,36 @@ class ChunkWriter:
             self.stats.stored_bytes += stored
         return cid
 
-    def _ids(self, batch: list[bytes | memoryview]) -> list[str]:
-        """On a pool thread: the ids of a batch of chunks of a packed stream."""
-        return [self.repo.chunk_id(data) for data in batch]
-
-    def _place(self, cid: str, data: bytes | memoryview) -> tuple[ChunkRef, _OpenPack | None]:
-        """On the calling thread, in stream order: the reference of a chunk of a packed stream,
-        appended to the open pack unless the generation holds it; and the pack to seal, when this
-        chunk filled it. In stream order, so that a stream's chunks lie in its packs as in the
-        stream (the manifest stores runs, not chunks; a restore reads packs in order)."""
-        known = self._known.get(cid)
-        if known is not None:
-            return known, None
-        pack = self._pack
-        assert pack is not None
-        ref = self._known[cid] = ChunkRef(cid, len(data), 0, pack.id, pack.size)
-        pack.index.append([cid, pack.size, len(data)])
-        pack.parts.append(data)
-        pack.size += len(data)
+    def _join(self, pack: _OpenPack) -> bytearray:
+        """A pack's chunks copied one after the other into a buffer of a previous seal when one
+        is free (``_seal`` gives it back), else a new one. Why not ``b"".join``: a new 4 MiB
+        object per pack is memory the process returns to the system and faults in again, page
+        by page (about 90,000 page faults per 437 MB at 4 KiB chunks)."""
         with self._lock:
-            self.stats.chunks_new += 1
-        if pack.size < PACK_TARGET:
-            return ref, None
-        self._pack = _OpenPack()
-        return ref, pack
+            joined = self._spare_joins.pop() if self._spare_joins else None
+        if joined is None or len(joined) < pack.size:
+            joined = bytearray(max(pack.size, JOIN_BUFFER))
+        with memoryview(joined) as view:
+            at = 0
+            for part in pack.parts:
+                end = at + len(part)
+                view[at:end] = part
+                at = end
+        return joined
 
     def _seal(self, pack: _OpenPack) -> None:
         """Compress, seal and store a pack and its index (made durable before the manifest, as
         chunks are). The index lists ``[chunk id, offset, size]`` of each chunk in the pack: what a
         later backup of the generation dedups against (``read_pack_index``)."""
         key = layout.pack_key(self.cluster, self.generation, pack.id)
-        stored = self.repo.put_object(key, b"".join(pack.parts), sync=False)
+        joined = self._join(pack)
+        try:
+            with memoryview(joined) as view, view[: pack.size] as plaintext:
+                stored = self.repo.put_object(key, plaintext, sync=False)
+        finally:
+            with self._lock:
+                if len(self._spare_joins) < SEALS_IN_FLIGHT:
+                    self._spare_joins.append(joined)
         index = json.dumps(pack.index, separators=(",", ":")).encode()
         index_key = layout.pack_index_key(self.cluster, self.generation, pack.id)
         index_stored = self.repo.put_object(index_key, index, sync=False)
@@ -208,6 +214,108 @@ class ChunkWriter:
                 log.warning("background_flush_failed", error=str(exc))
                 return
 
+    def _write_unpacked(
+        self,
+        chunker: Chunker,
+        stream: BinaryIO,
+        digest: blake3.blake3,
+        pool: ThreadPoolExecutor,
+        progress: Callable[[int], None] | None,
+    ) -> tuple[list[ChunkRef], int]:
+        """Each chunk stored by the pool (``_store``), at most ``window`` in flight: the
+        references in stream order, and the stream's size."""
+        ids: list[Future[str]] = []
+        in_flight: deque[Future[str]] = deque()
+        size = 0
+        try:
+            for data in chunker.chunks(stream, digest):  # the digest on this thread
+                size += len(data)
+                progress_advance(len(data))
+                self.stats.chunks_total += 1
+                fut = pool.submit(self._store, data)
+                ids.append(fut)
+                in_flight.append(fut)
+                while len(in_flight) >= self._window or (in_flight and in_flight[0].done()):
+                    in_flight.popleft().result()
+                if progress is not None:
+                    progress(size)
+            while in_flight:
+                in_flight.popleft().result()
+        except BaseException:
+            for fut in in_flight:
+                fut.cancel()
+            raise
+        return [self._known[fut.result()] for fut in ids], size
+
+    def _write_packed(
+        self,
+        chunker: Chunker,
+        stream: BinaryIO,
+        digest: blake3.blake3,
+        pool: ThreadPoolExecutor,
+        progress: Callable[[int], None] | None,
+    ) -> tuple[list[ChunkRef], int]:
+        """A packed stream: each chunk's keyed hash and place (appended to the open pack unless
+        the generation holds it already) on the calling thread, in stream order, so that a
+        stream's chunks lie in its packs as in the stream (the manifest stores runs, not chunks;
+        a restore reads packs in order). The pool only compresses and seals full packs, at most
+        ``SEALS_IN_FLIGHT`` at once. The references in stream order, and the stream's size.
+
+        Why the hash is not on the pool: a chunk this small is hashed in about 2 us, and BLAKE3
+        holds the GIL for most of that, so pool threads added no parallelism, only a future per
+        batch, a hand-over of every chunk and the threads' fight for the GIL (futex wake-ups):
+        about 1.2 CPU-s per GB at 4 KiB chunks (bench/README.md). Per chunk, this loop does
+        only what it must."""
+        chunk_id = self.repo.chunk_id
+        known = self._known
+        placed: list[ChunkRef] = []
+        seals: deque[Future[None]] = deque()  # packs being sealed: at most SEALS_IN_FLIGHT (memory)
+        pack = self._pack = _OpenPack()
+        size = count = new = unreported = 0
+        try:
+            for data in chunker.chunks(stream, digest):  # the digest on this thread
+                n = len(data)
+                cid = chunk_id(data)
+                ref = known.get(cid)
+                if ref is None:
+                    ref = known[cid] = ChunkRef(cid, n, 0, pack.id, pack.size)
+                    pack.index.append([cid, pack.size, n])
+                    pack.parts.append(data)
+                    pack.size += n
+                    new += 1
+                    if pack.size >= PACK_TARGET:
+                        seals.append(pool.submit(self._seal, pack))
+                        pack = self._pack = _OpenPack()
+                        while len(seals) > SEALS_IN_FLIGHT or (seals and seals[0].done()):
+                            seals.popleft().result()
+                placed.append(ref)
+                count += 1
+                size += n
+                unreported += n
+                if unreported >= PROGRESS_STEP:
+                    progress_advance(unreported)
+                    unreported = 0
+                    if progress is not None:
+                        progress(size)
+            if unreported:
+                progress_advance(unreported)
+                if progress is not None:
+                    progress(size)
+            if pack.parts:
+                seals.append(pool.submit(self._seal, pack))
+            self._pack = None
+            while seals:
+                seals.popleft().result()
+        except BaseException:
+            for seal in seals:
+                seal.cancel()
+            raise
+        finally:
+            with self._lock:
+                self.stats.chunks_total += count
+                self.stats.chunks_new += new
+        return placed, size
+
     def write_stream(
         self,
         name: str,
@@ -222,79 +330,21 @@ class ChunkWriter:
         params = self.repo.config.chunker if chunk_size is None else ChunkerParams(avg_size=chunk_size)
         chunker = Chunker(params)
         packed = chunk_size is not None and chunk_size < PACK_BELOW  # the setting's sizes: as before
-        self._pack = _OpenPack() if packed else None
         digest = blake3.blake3()
-        ids: list[Future[str]] = []  # unpacked: each chunk's id, to come
-        placed: list[ChunkRef] = []  # packed: each chunk's reference, in order
-        size = 0
-        # Unpacked: one chunk per entry, stored by the pool. Packed: a batch of chunks per entry
-        # (small chunks: a future each would cost more than hashing one), hashed by the pool and
-        # placed in order on this thread (``settle``).
-        in_flight: deque[tuple[Future[Any], list[bytes | memoryview]]] = deque()
-        batch: list[bytes | memoryview] = []
-        batch_bytes = 0
-        seals: deque[Future[None]] = deque()  # packs being sealed: at most SEALS_IN_FLIGHT (memory)
         stop_flushing = threading.Event()
         flusher = threading.Thread(target=self._flush_until, args=(stop_flushing,), name="flush", daemon=True)
         flusher.start()
         try:
             with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
-
-                def settle() -> None:
-                    """The oldest entry in flight is done: for a packed stream, place its chunks."""
-                    fut, chunks = in_flight.popleft()
-                    result = fut.result()
-                    if packed:
-                        for cid, data in zip(result, chunks, strict=True):
-                            ref, full = self._place(cid, data)
-                            placed.append(ref)
-                            if full is not None:
-                                seals.append(pool.submit(self._seal, full))
-                                while len(seals) > SEALS_IN_FLIGHT or (seals and seals[0].done()):
-                                    seals.popleft().result()
-
-                def drain(limit: int) -> None:
-                    while len(in_flight) > limit or (in_flight and in_flight[0][0].done()):
-                        settle()
-
-                try:
-                    for data in chunker.chunks(stream, digest):  # the digest on this thread
-                        size += len(data)
-                        progress_advance(len(data))
-                        self.stats.chunks_total += 1
-                        if packed:
-                            batch.append(data)
-                            batch_bytes += len(data)
-                            if batch_bytes >= BATCH_BYTES:
-                                in_flight.append((pool.submit(self._ids, batch), batch))
-                                batch, batch_bytes = [], 0
-                        else:
-                            fut = pool.submit(self._store, data)
-                            ids.append(fut)
-                            in_flight.append((fut, []))
-                        drain(self._window - 1)
-                        if progress is not None:
-                            progress(size)
-                    if batch:
-                        in_flight.append((pool.submit(self._ids, batch), batch))
-                    drain(0)
-                    last, self._pack = self._pack, None
-                    if last is not None and last.parts:
-                        seals.append(pool.submit(self._seal, last))
-                    for seal in seals:
-                        seal.result()
-                except BaseException:
-                    for fut, _chunks in in_flight:
-                        fut.cancel()
-                    for seal in seals:
-                        seal.cancel()
-                    raise
+                if packed:
+                    chunks, size = self._write_packed(chunker, stream, digest, pool, progress)
+                else:
+                    chunks, size = self._write_unpacked(chunker, stream, digest, pool, progress)
         finally:
             self._claimed.clear()  # the pool is done: what was stored is in _known
             self._pack = None
             stop_flushing.set()
             flusher.join()
-        chunks = placed if packed else [self._known[fut.result()] for fut in ids]
         packs = {c.pack: self._pack_sizes[c.pack] for c in chunks if c.pack is not None}
         return StreamEntry(
             name=name,

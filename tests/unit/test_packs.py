@@ -179,9 +179,10 @@ def test_a_generation_chooses_small_chunks_for_a_small_database_only() -> None:
     assert generation_chunk_size(0, mib) is None
     assert generation_chunk_size(1000, mib) == 1024  # never below 1 KiB
     assert generation_chunk_size(29 * 10**6, mib) == 1024
-    assert generation_chunk_size(571 * 10**6, mib) == 4096
-    assert generation_chunk_size(2**30, mib) == 8192
-    assert generation_chunk_size(200 * 10**9, mib) is None  # the repository's own: as before
+    assert generation_chunk_size(571 * 10**6, mib) == 2048
+    assert generation_chunk_size(1145 * 10**6, mib) == 4096  # bench/run.py's 1 GiB database
+    assert generation_chunk_size(200 * 10**9, mib) == 512 * 1024  # unpacked: above PACK_BELOW
+    assert generation_chunk_size(300 * 10**9, mib) is None  # the repository's own: as before
 
 
 @settings(deadline=None, max_examples=200)
