@@ -55,7 +55,10 @@ class Daemon:
     def __init__(self, app: DaemonApp) -> None:
         self.app = app
         self.sd = SystemdNotifier.from_env()
-        self.metrics = Metrics(__version__)
+        self.all_metrics = Metrics(__version__)
+        """The registry /metrics exposes: the daemon-level series and each cluster's."""
+        self.metrics = self.all_metrics.add_cluster(app.cluster)
+        """This daemon's one cluster's series (``cluster="<BACKUPD_CLUSTER>"``)."""
         self.stopping = threading.Event()
         self.started = False
         self.leader = False
@@ -228,7 +231,7 @@ class Daemon:
             return
         from contentflow_backupd.http.server import HttpServer
 
-        self._http = HttpServer(self.app.http_listen, self.metrics, self)
+        self._http = HttpServer(self.app.http_listen, self.all_metrics, self)
         self._http.start()
         log.info("http_listening", listen=self.app.http_listen, port=self._http.port)
 
@@ -248,7 +251,7 @@ class Daemon:
             app.timezone,
             scope=self._scope,
             max_workers=app.max_concurrent_jobs,
-            on_queue_wait=self.metrics.scheduler_queue_wait,
+            on_queue_wait=self.all_metrics.scheduler_queue_wait,
         )
         sched.register(app.job_specs)
         if app.full_scheduled and not self._catalog.list_backups(self._scope, ["succeeded"]):

@@ -23,7 +23,7 @@ from contentflow_backupd.daemon.parts import DaemonApp
 from contentflow_backupd.errors import BackupdError, LockedError, VerificationFailed
 from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, Scope, utcnow
 from contentflow_backupd.observability import progress
-from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.metrics import ClusterMetrics
 from contentflow_backupd.observability.notify import Notifier
 from contentflow_backupd.ops.backup.anomaly import check_size
 from contentflow_backupd.ops.backup.run import run_backup
@@ -63,7 +63,7 @@ class JobRunner:
         app: DaemonApp,
         repo: Repository,
         catalog: Catalog,
-        metrics: Metrics,
+        metrics: ClusterMetrics,
         notifier: Notifier,
         *,
         wal_tick: Callable[[int], dict[str, Any]] | None = None,

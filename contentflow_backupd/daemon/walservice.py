@@ -38,7 +38,7 @@ import structlog
 
 from contentflow_backupd.daemon.walahead import FileId, PushAhead, read_all
 from contentflow_backupd.errors import BackupdError, UsageError
-from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.metrics import ClusterMetrics
 from contentflow_backupd.ops.wal.archive import push_wal_bytes
 from contentflow_backupd.repository.walarchive import WalArchive, WalConflict, WalRefused
 from contentflow_backupd.walsocket import IDENTITY_KEYS, MAX_REQUEST, VERSION, decode, encode
@@ -61,7 +61,7 @@ class WalService:
         path: Path,
         archive: WalArchive,
         identity: Mapping[str, str | None],
-        metrics: Metrics,
+        metrics: ClusterMetrics,
         *,
         workers: int = 4,
         ahead: int = 2,

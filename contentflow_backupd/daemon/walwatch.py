@@ -27,7 +27,7 @@ import structlog
 
 from contentflow_backupd.backoff import Backoff, Pacer
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.metrics import ClusterMetrics
 from contentflow_backupd.ops.health.evaluate import WalState
 from contentflow_backupd.ops.wal.stream import run_wal_stream, upload_spool
 from contentflow_backupd.procs import owned_by
@@ -58,7 +58,7 @@ class WalWatcher:
         self,
         archive: WalArchive,
         info: ConnInfo,
-        metrics: Metrics,
+        metrics: ClusterMetrics,
         *,
         spool_dir: Path,
         period_s: float,
@@ -189,7 +189,7 @@ class StreamSupervisor:
         self,
         archive: WalArchive,
         info: ConnInfo,
-        metrics: Metrics,
+        metrics: ClusterMetrics,
         *,
         spool_dir: Path,
         slot: str,

@@ -1,53 +1,60 @@
 """Prometheus metrics of the daemon (prometheus_client lives here and in ``http/`` only).
 
 Every :class:`Metrics` owns its registry: nothing is registered globally, so tests and several
-daemons in one process never collide. The series, exactly (README "Metrics" and issue 4)::
+daemons in one process never collide. Every per-cluster series carries ``cluster``, the name of
+a cluster added with ``Metrics.add_cluster`` (the implicit one too: ``cluster="main"`` by
+default); ``Metrics.for_cluster(name)`` is that cluster's :class:`ClusterMetrics`, the view the
+jobs write to. The series, exactly (README "Metrics", docs/observability.md, issues 4 and 18)::
 
-    backupd_build_info{version}                                   1
-    backupd_backup_runs_total{kind,result}                        result: success | failure
-    backupd_backup_last_success_timestamp_seconds{kind}           0 = never
-    backupd_backup_last_failure_timestamp_seconds{kind}           0 = never
-    backupd_backup_duration_seconds{kind}                         histogram, 10 s .. 8 h
-    backupd_backup_last_source_bytes{kind}
-    backupd_backup_last_stored_bytes{kind}
-    backupd_backup_size_anomaly{kind}                             0 or 1
-    backupd_wal_archived_segments_total                           segments of the cluster that reached
+    backupd_build_info{version}                                   1 (daemon-level: no cluster)
+    backupd_backup_runs_total{cluster,kind,result}                result: success | failure
+    backupd_backup_last_success_timestamp_seconds{cluster,kind}   0 = never
+    backupd_backup_last_failure_timestamp_seconds{cluster,kind}   0 = never
+    backupd_backup_duration_seconds{cluster,kind}                 histogram, 10 s .. 8 h
+    backupd_backup_last_source_bytes{cluster,kind}
+    backupd_backup_last_stored_bytes{cluster,kind}
+    backupd_backup_size_anomaly{cluster,kind}                     0 or 1
+    backupd_wal_archived_segments_total{cluster}                  segments of the cluster that reached
                                                                   the repository (read, not counted)
-    backupd_wal_archive_failures_total
-    backupd_wal_last_archived_timestamp_seconds                   0 = never
-    backupd_wal_pending_segments
-    backupd_recovery_window_start_timestamp_seconds               0 = no recovery window
-    backupd_retention_deleted_backups_total{kind}
-    backupd_retention_deleted_bytes_total
-    backupd_repository_stored_bytes
-    backupd_scheduler_next_run_timestamp_seconds{job}             absent while the job is off
-    backupd_leader                                                0 or 1
+    backupd_wal_archive_failures_total{cluster}
+    backupd_wal_socket_pushes_total{cluster,result}               stored | duplicate | error | refused
+    backupd_wal_last_archived_timestamp_seconds{cluster}          0 = never
+    backupd_wal_pending_segments{cluster}
+    backupd_recovery_window_start_timestamp_seconds{cluster}      0 = no recovery window
+    backupd_retention_deleted_backups_total{cluster,kind}
+    backupd_retention_deleted_bytes_total{cluster}
+    backupd_repository_stored_bytes{cluster}
+    backupd_scheduler_next_run_timestamp_seconds{cluster,job}     absent while the job is off
+    backupd_leader{cluster}                                       0 or 1
     backupd_scheduler_queue_wait_seconds{class}                   histogram, 0.1 s .. 4 h: a fired
                                                                   job's wait for a pool worker;
                                                                   class: wal | backup | maintenance
-    backupd_dependency_up{dependency}                             database | storage | catalog
-    backupd_verify_runs_total{result}                             deep verification runs
-    backupd_verify_last_success_timestamp_seconds                 0 = never
-    backupd_verify_corrupt_objects                                objects known bad, not resolved
-    backupd_restore_test_runs_total{result}                       restore drills
-    backupd_restore_test_last_success_timestamp_seconds           0 = never
-    backupd_restore_test_duration_seconds                         the last drill's measured RTO
-    backupd_restore_test_restored_bytes                           what the last drill restored
-    backupd_recovery_point_age_seconds                            now - newest restorable moment
-    backupd_migration_runs_total{result}                          guarded migrations (not dry runs):
+                                                                  (daemon-level: no cluster)
+    backupd_dependency_up{cluster,dependency}                     database | storage | catalog
+    backupd_verify_runs_total{cluster,result}                     deep verification runs
+    backupd_verify_last_success_timestamp_seconds{cluster}        0 = never
+    backupd_verify_corrupt_objects{cluster}                       objects known bad, not resolved
+    backupd_restore_test_runs_total{cluster,result}               restore drills
+    backupd_restore_test_last_success_timestamp_seconds{cluster}  0 = never
+    backupd_restore_test_duration_seconds{cluster}                the last drill's measured RTO
+    backupd_restore_test_restored_bytes{cluster}                  what the last drill restored
+    backupd_recovery_point_age_seconds{cluster}                   now - newest restorable moment
+    backupd_migration_runs_total{cluster,result}                  guarded migrations (not dry runs):
                                                                   applied | noop | refused | failed |
                                                                   rolled_back; from the catalog
-    backupd_migration_last_duration_seconds                       the newest of them (0: none yet)
-    backupd_job_progress_done{job}                                the running job's current phase:
-    backupd_job_progress_total{job}                               units done, units in all (0: idle
+    backupd_migration_last_duration_seconds{cluster}              the newest of them (0: none yet)
+    backupd_job_progress_done{cluster,job}                        the running job's current phase:
+    backupd_job_progress_total{cluster,job}                       units done, units in all (0: idle
                                                                   or unknown); observability/progress.py
 
-plus prometheus_client's standard ``process_*`` series (start time, CPU, memory, open files).
+plus prometheus_client's standard ``process_*`` series (start time, CPU, memory, open files),
+daemon-level like ``backupd_build_info`` and ``backupd_scheduler_queue_wait_seconds``.
 
-Every ``{kind}`` series (``full``, ``incremental``), every kind x result pair and every
-dependency exist from the start at 0, so alerts and ``rate()`` see them before the first event.
-Label values come from these fixed sets (``job``: a short lowercase name): never backup ids,
-LSNs or file names. ``_created`` samples are left out of the exposition.
+For every added cluster, every ``{kind}`` series (``full``, ``incremental``), every kind x result
+pair and every dependency exist from the start at 0, so alerts and ``rate()`` see them before the
+first event; ``remove_cluster`` drops them all. Label values come from these fixed sets and the
+configured cluster names (``job``: a short lowercase name): never backup ids, LSNs or file names.
+``_created`` samples are left out of the exposition.
 
 Setters (``set_*``) are idempotent and safe for seeding from the catalog at start; the event
 methods (``backup_succeeded``, ``wal_archived``, ...) also advance counters, so call them once per
@@ -58,15 +65,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from contentflow_backupd import __version__
 from contentflow_backupd.model import BACKUP_KINDS, JOB_NAMES, BackupKind
@@ -91,7 +99,11 @@ DURATION_BUCKETS: tuple[float, ...] = (
 """Backup durations: 10 s to 8 h (and +Inf)."""
 DEPENDENCIES: tuple[str, ...] = ("database", "storage", "catalog")
 RESULTS: tuple[str, ...] = ("success", "failure")
+WAL_SOCKET_RESULTS: tuple[str, ...] = ("stored", "duplicate", "error", "refused")
 _JOB = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""What ``cluster`` may hold: a cluster name (repository/layout.py: check_cluster)."""
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 def _ts(when: datetime | float | None) -> float:
@@ -118,24 +130,12 @@ class _WithoutCreated:
 MIGRATION_RESULTS = ("applied", "unverified", "noop", "refused", "failed", "rolled_back")
 
 
-def _progress_of(job: str, field: str) -> float:
-    """``done`` or ``total`` of the running ``job`` (observability/progress.py); 0 when idle."""
-    from contentflow_backupd.observability import progress
-
-    for snap in progress.snapshots():
-        if snap["operation"] == job:
-            return float(snap[field] or 0)
-    return 0.0
-
-
 class Metrics:
-    """The daemon's metrics in their own registry. See the module docstring for the series."""
+    """The daemon's metrics in their own registry: the daemon-level series, and those of each
+    cluster added (see the module docstring). No cluster exists until ``add_cluster``."""
 
     def __init__(self, version: str = __version__) -> None:
-        self._lock = threading.Lock()
-        self._wal_count = 0
-        """What ``backupd_wal_archived_segments_total`` shows (prometheus_client hides it)."""
-        self._seeded_failures: dict[str, float] = {}
+        self._lock = threading.RLock()
         self._source = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry()
         """What ``render`` exposes (the metrics below, without ``_created`` samples)."""
@@ -147,91 +147,112 @@ class Metrics:
         )
         self._build_info.labels(version=version).set(1)
         self._runs = Counter(
-            "backupd_backup_runs", "Finished backup runs by kind and result", ["kind", "result"], registry=reg
+            "backupd_backup_runs",
+            "Finished backup runs by kind and result",
+            ["cluster", "kind", "result"],
+            registry=reg,
         )
         self._last_success = Gauge(
             "backupd_backup_last_success_timestamp_seconds",
             "End of the newest successful backup of each kind (0: never)",
-            ["kind"],
+            ["cluster", "kind"],
             registry=reg,
         )
         self._last_failure = Gauge(
             "backupd_backup_last_failure_timestamp_seconds",
             "Time of the newest failed backup run of each kind (0: never)",
-            ["kind"],
+            ["cluster", "kind"],
             registry=reg,
         )
         self._duration = Histogram(
             "backupd_backup_duration_seconds",
             "Duration of successful backups",
-            ["kind"],
+            ["cluster", "kind"],
             buckets=DURATION_BUCKETS,
             registry=reg,
         )
         self._source_bytes = Gauge(
             "backupd_backup_last_source_bytes",
             "Bytes read from the database by the newest successful backup",
-            ["kind"],
+            ["cluster", "kind"],
             registry=reg,
         )
         self._stored_bytes = Gauge(
             "backupd_backup_last_stored_bytes",
             "Bytes newly stored in the repository by the newest successful backup",
-            ["kind"],
+            ["cluster", "kind"],
             registry=reg,
         )
         self._anomaly = Gauge(
             "backupd_backup_size_anomaly",
             "1 when the newest backup's size is outside the expected band of its kind",
-            ["kind"],
+            ["cluster", "kind"],
             registry=reg,
         )
         self._wal_archived = Counter(
             "backupd_wal_archived_segments",
             "WAL segments of the cluster that reached the repository, by any process (stored now "
             "plus deleted by retention)",
+            ["cluster"],
             registry=reg,
         )
         self._wal_failures = Counter(
-            "backupd_wal_archive_failures", "WAL archive failures seen by this daemon", registry=reg
+            "backupd_wal_archive_failures",
+            "WAL archive failures seen by this daemon",
+            ["cluster"],
+            registry=reg,
         )
         self._wal_socket = Counter(
             "backupd_wal_socket_pushes",
             "wal push requests this daemon answered on its WAL socket, by result (stored, "
             "duplicate, error: refused for good, refused: the client pushed itself)",
-            ["result"],
+            ["cluster", "result"],
             registry=reg,
         )
         self._wal_last = Gauge(
             "backupd_wal_last_archived_timestamp_seconds",
             "Time the newest WAL segment was archived (0: never)",
+            ["cluster"],
             registry=reg,
         )
         self._wal_pending = Gauge(
-            "backupd_wal_pending_segments", "Completed WAL segments not archived yet", registry=reg
+            "backupd_wal_pending_segments",
+            "Completed WAL segments not archived yet",
+            ["cluster"],
+            registry=reg,
         )
         self._window_start = Gauge(
             "backupd_recovery_window_start_timestamp_seconds",
             "The earliest point in time that can be restored (0: none)",
+            ["cluster"],
             registry=reg,
         )
         self._ret_backups = Counter(
-            "backupd_retention_deleted_backups", "Backups deleted by retention", ["kind"], registry=reg
+            "backupd_retention_deleted_backups",
+            "Backups deleted by retention",
+            ["cluster", "kind"],
+            registry=reg,
         )
         self._ret_bytes = Counter(
-            "backupd_retention_deleted_bytes", "Bytes deleted from the repository by retention", registry=reg
+            "backupd_retention_deleted_bytes",
+            "Bytes deleted from the repository by retention",
+            ["cluster"],
+            registry=reg,
         )
         self._repo_bytes = Gauge(
-            "backupd_repository_stored_bytes", "Bytes stored in the repository", registry=reg
+            "backupd_repository_stored_bytes", "Bytes stored in the repository", ["cluster"], registry=reg
         )
         self._next_run = Gauge(
             "backupd_scheduler_next_run_timestamp_seconds",
             "Next planned run of each scheduled job",
-            ["job"],
+            ["cluster", "job"],
             registry=reg,
         )
         self._leader = Gauge(
-            "backupd_leader", "1 when this daemon is the leader that runs jobs, 0 on standby", registry=reg
+            "backupd_leader",
+            "1 when this daemon leads the cluster (runs its jobs), 0 on standby",
+            ["cluster"],
+            registry=reg,
         )
         self._queue_wait = Histogram(
             "backupd_scheduler_queue_wait_seconds",
@@ -245,88 +266,245 @@ class Metrics:
         self._dependency = Gauge(
             "backupd_dependency_up",
             "1 when the dependency answered its last check",
-            ["dependency"],
+            ["cluster", "dependency"],
             registry=reg,
         )
         self._verify_runs = Counter(
-            "backupd_verify_runs", "Deep verification runs by result", ["result"], registry=reg
+            "backupd_verify_runs", "Deep verification runs by result", ["cluster", "result"], registry=reg
         )
         self._verify_last = Gauge(
             "backupd_verify_last_success_timestamp_seconds",
             "End of the newest successful deep verification (0: never)",
+            ["cluster"],
             registry=reg,
         )
         self._corrupt = Gauge(
             "backupd_verify_corrupt_objects",
             "Repository objects known to be damaged or missing that a kept backup still needs",
+            ["cluster"],
             registry=reg,
         )
         self._drill_runs = Counter(
-            "backupd_restore_test_runs", "Restore drills by result", ["result"], registry=reg
+            "backupd_restore_test_runs", "Restore drills by result", ["cluster", "result"], registry=reg
         )
         self._drill_last = Gauge(
             "backupd_restore_test_last_success_timestamp_seconds",
             "End of the newest successful restore drill (0: never)",
+            ["cluster"],
             registry=reg,
         )
         self._drill_rto = Gauge(
             "backupd_restore_test_duration_seconds",
             "Measured recovery time of the newest restore drill: from its start to a server that answers",
+            ["cluster"],
             registry=reg,
         )
         self._drill_bytes = Gauge(
-            "backupd_restore_test_restored_bytes", "Bytes restored by the newest restore drill", registry=reg
+            "backupd_restore_test_restored_bytes",
+            "Bytes restored by the newest restore drill",
+            ["cluster"],
+            registry=reg,
         )
         self._rpo_age = Gauge(
             "backupd_recovery_point_age_seconds",
             "Now minus the newest moment the repository can restore to (the RPO if the server died now)",
+            ["cluster"],
             registry=reg,
         )
         self._migration_runs = Counter(
             "backupd_migration_runs",
             "Guarded schema migrations (`migrate`, not dry runs) by result, as recorded in the catalog",
-            ["result"],
+            ["cluster", "result"],
             registry=reg,
         )
         self._migration_duration = Gauge(
             "backupd_migration_last_duration_seconds",
             "Duration of the newest guarded migration (0: none yet)",
+            ["cluster"],
             registry=reg,
         )
-        self._progress_done = Gauge(
+        self._clusters: dict[str, ClusterMetrics] = {}
+        self._progress = _JobProgress(self)
+        reg.register(self._progress)
+
+    # -- clusters ----------------------------------------------------------------------------
+    def add_cluster(self, name: str) -> ClusterMetrics:
+        """Start exporting the series of cluster ``name``, every fixed label set at 0 (each
+        kind, kind x result, dependency...), and return its view. Idempotent: adding a cluster
+        again returns the view it has, values untouched."""
+        if not CLUSTER_NAME.match(name):
+            raise ValueError(f"{name!r} is not a cluster name")
+        with self._lock:
+            view = self._clusters.get(name)
+            if view is None:
+                view = ClusterMetrics(self, name)
+                self._clusters[name] = view
+                view._precreate()
+            return view
+
+    def for_cluster(self, name: str) -> ClusterMetrics:
+        """The view of cluster ``name``, added before (KeyError otherwise: the label's values are
+        the configured clusters, never a name met at run time)."""
+        with self._lock:
+            return self._clusters[name]
+
+    def remove_cluster(self, name: str) -> None:
+        """Stop exporting every series of cluster ``name`` (idempotent). Its view stays usable
+        but records nothing: a job that finishes after the removal brings no series back."""
+        with self._lock:
+            view = self._clusters.pop(name, None)
+            if view is None:
+                return
+            for metric in self._per_cluster():
+                metric.remove_by_labels({"cluster": name})
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """The clusters exported, in the order they were added."""
+        with self._lock:
+            return tuple(self._clusters)
+
+    def _per_cluster(self) -> list[MetricWrapperBase]:
+        return [
+            value
+            for value in vars(self).values()
+            if isinstance(value, MetricWrapperBase) and value._labelnames[:1] == ("cluster",)
+        ]
+
+    # -- daemon-level --------------------------------------------------------------------------
+    def scheduler_queue_wait(self, job_class: str, seconds: float) -> None:
+        """A scheduled job started after ``seconds`` in the queue (``job_class``: ``wal``,
+        ``backup`` or ``maintenance``). Daemon-level: no cluster label."""
+        if job_class not in QUEUE_CLASSES:
+            raise ValueError(f"{job_class!r} is not one of {', '.join(QUEUE_CLASSES)}")
+        self._queue_wait.labels(job_class).observe(seconds)
+
+    # -- exposition --------------------------------------------------------------------------
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type (``text/plain; version=0.0.4``,
+        which every Prometheus server parses)."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def running_jobs(
+    snapshots: Iterable[Mapping[str, Any]], clusters: Sequence[str]
+) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """(cluster, job) -> the progress snapshot of that running job (observability/progress.py),
+    for the ``clusters`` exported. A snapshot names its cluster in ``cluster`` when it has one
+    (one outside ``clusters`` is left out); one without belongs to the first cluster (the
+    daemon's own). Of two snapshots of one (cluster, job), the first (the oldest) wins."""
+    out: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for snap in snapshots:
+        cluster = snap.get("cluster")
+        if cluster is None and clusters:
+            cluster = clusters[0]
+        if cluster in clusters:
+            out.setdefault((str(cluster), str(snap["operation"])), snap)
+    return out
+
+
+class _JobProgress:
+    """``backupd_job_progress_done`` and ``_total`` ``{cluster,job}``: one collector reading
+    ``progress.snapshots()`` at each scrape, for every exported cluster and job name (0: idle)."""
+
+    NAMES: tuple[tuple[str, str, str], ...] = (
+        (
             "backupd_job_progress_done",
+            "done",
             "Units (bytes, objects, segments, rows) the running job has done in its current phase "
             "(0 while it does not run)",
-            ["job"],
-            registry=reg,
-        )
-        self._progress_total = Gauge(
+        ),
+        (
             "backupd_job_progress_total",
+            "total",
             "Units the running job's current phase has in all (0: not running, or not known)",
-            ["job"],
-            registry=reg,
-        )
-        for job in JOB_NAMES:
-            self._progress_done.labels(job=job).set_function(functools.partial(_progress_of, job, "done"))
-            self._progress_total.labels(job=job).set_function(functools.partial(_progress_of, job, "total"))
+        ),
+    )
+    LABELS: tuple[str, ...] = ("cluster", "job")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        for name, _, doc in self.NAMES:
+            yield GaugeMetricFamily(name, doc, labels=self.LABELS)
+
+    def collect(self) -> Iterable[Metric]:
+        from contentflow_backupd.observability import progress
+
+        clusters = self._metrics.clusters
+        values = running_jobs(progress.snapshots(), clusters)
+        for name, field, doc in self.NAMES:
+            family = GaugeMetricFamily(name, doc, labels=self.LABELS)
+            for cluster in clusters:
+                for job in JOB_NAMES:
+                    running = values.get((cluster, job), {})
+                    family.add_metric([cluster, job], float(running.get(field) or 0))
+            yield family
+
+
+class ClusterMetrics:
+    """One cluster's series in a :class:`Metrics` registry, with the methods the daemon's jobs
+    call (``Metrics.add_cluster``/``for_cluster`` make it). Every value it sets carries
+    ``cluster=<name>``; after ``Metrics.remove_cluster`` it records nothing."""
+
+    def __init__(self, parent: Metrics, name: str) -> None:
+        self.parent = parent
+        """The registry it writes to (``render()`` is there)."""
+        self.name = name
+        self._wal_count = 0
+        """What ``backupd_wal_archived_segments_total`` shows (prometheus_client hides it)."""
+        self._seeded_failures: dict[str, float] = {}
         self._migration_seen: dict[str, int] = {}
+
+    def _precreate(self) -> None:
+        m, c = self.parent, self.name
         for status in MIGRATION_RESULTS:
-            self._migration_runs.labels(result=status)
+            m._migration_runs.labels(c, status)
         for result in RESULTS:
-            self._verify_runs.labels(result=result)
-            self._drill_runs.labels(result=result)
+            m._verify_runs.labels(c, result)
+            m._drill_runs.labels(c, result)
         for kind in BACKUP_KINDS:
             for result in RESULTS:
-                self._runs.labels(kind=kind, result=result)
-            for gauge in (self._last_success, self._last_failure, self._source_bytes, self._stored_bytes):
-                gauge.labels(kind=kind).set(0)
-            self._anomaly.labels(kind=kind).set(0)
-            self._duration.labels(kind=kind)
-            self._ret_backups.labels(kind=kind)
+                m._runs.labels(c, kind, result)
+            for gauge in (m._last_success, m._last_failure, m._source_bytes, m._stored_bytes):
+                gauge.labels(c, kind).set(0)
+            m._anomaly.labels(c, kind).set(0)
+            m._duration.labels(c, kind)
+            m._ret_backups.labels(c, kind)
         for dep in DEPENDENCIES:
-            self._dependency.labels(dependency=dep).set(0)
-        for result in ("stored", "duplicate", "error", "refused"):
-            self._wal_socket.labels(result=result)
+            m._dependency.labels(c, dep).set(0)
+        for result in WAL_SOCKET_RESULTS:
+            m._wal_socket.labels(c, result)
+        for metric in (
+            m._wal_archived,
+            m._wal_failures,
+            m._ret_bytes,
+        ):
+            metric.labels(c)
+        for gauge in (
+            m._wal_last,
+            m._wal_pending,
+            m._window_start,
+            m._repo_bytes,
+            m._leader,
+            m._verify_last,
+            m._corrupt,
+            m._drill_last,
+            m._drill_rto,
+            m._drill_bytes,
+            m._rpo_age,
+            m._migration_duration,
+        ):
+            gauge.labels(c).set(0)
+
+    def _child(self, metric: _M, *labels: str) -> _M | None:
+        """``metric``'s child for this cluster and ``labels``; None once the cluster is removed
+        (taken under the registry's lock, so a removal never races a re-creation)."""
+        with self.parent._lock:
+            if self.parent._clusters.get(self.name) is not self:
+                return None
+            return metric.labels(self.name, *labels)
 
     # -- backups ---------------------------------------------------------------------------
     def backup_succeeded(
@@ -340,8 +518,10 @@ class Metrics:
         """One successful backup run: counts it, observes its duration, sets the last-success
         time and sizes."""
         kind = _kind(kind)
-        self._runs.labels(kind=kind, result="success").inc()
-        self._duration.labels(kind=kind).observe(max(float(duration_s), 0.0))
+        if (runs := self._child(self.parent._runs, kind, "success")) is not None:
+            runs.inc()
+        if (duration := self._child(self.parent._duration, kind)) is not None:
+            duration.observe(max(float(duration_s), 0.0))
         self.set_last_backup(
             kind, succeeded_at=finished_at, source_bytes=source_bytes, stored_bytes=stored_bytes
         )
@@ -349,7 +529,8 @@ class Metrics:
     def backup_failed(self, kind: str, at: datetime | float) -> None:
         """One failed backup run: counts it and sets the last-failure time."""
         kind = _kind(kind)
-        self._runs.labels(kind=kind, result="failure").inc()
+        if (runs := self._child(self.parent._runs, kind, "failure")) is not None:
+            runs.inc()
         self.set_last_backup(kind, failed_at=at)
 
     def set_last_backup(
@@ -364,14 +545,15 @@ class Metrics:
         """Set (never count) what is known of the newest backups of ``kind``, e.g. from the
         catalog at start. None leaves a value as it is."""
         kind = _kind(kind)
+        m = self.parent
         if succeeded_at is not None:
-            self._last_success.labels(kind=kind).set(_ts(succeeded_at))
+            self._set(m._last_success, _ts(succeeded_at), kind)
         if failed_at is not None:
-            self._last_failure.labels(kind=kind).set(_ts(failed_at))
+            self._set(m._last_failure, _ts(failed_at), kind)
         if source_bytes is not None:
-            self._source_bytes.labels(kind=kind).set(source_bytes)
+            self._set(m._source_bytes, source_bytes, kind)
         if stored_bytes is not None:
-            self._stored_bytes.labels(kind=kind).set(stored_bytes)
+            self._set(m._stored_bytes, stored_bytes, kind)
 
     def seed_backup(
         self,
@@ -391,72 +573,76 @@ class Metrics:
         """A failed run of ``kind`` from the catalog (no counting); an older one than the time
         already set is ignored, so seeding in any order ends at the newest failure."""
         kind = _kind(kind)
-        with self._lock:
+        with self.parent._lock:
             newest = max(self._seeded_failures.get(kind, 0.0), _ts(at))
             self._seeded_failures[kind] = newest
-            self._last_failure.labels(kind=kind).set(newest)
+            self._set(self.parent._last_failure, newest, kind)
 
     def set_size_anomaly(self, kind: str, anomaly: bool) -> None:
-        self._anomaly.labels(kind=_kind(kind)).set(1 if anomaly else 0)
+        self._set(self.parent._anomaly, 1 if anomaly else 0, _kind(kind))
 
     # -- WAL -------------------------------------------------------------------------------
     def wal_archived(self, count: int, last_at: datetime | float | None = None) -> None:
         """``count`` more segments archived; ``last_at`` is when the newest of them was."""
         if count > 0:
-            with self._lock:
-                self._wal_archived.inc(count)
-                self._wal_count += count
+            with self.parent._lock:
+                if (archived := self._child(self.parent._wal_archived)) is not None:
+                    archived.inc(count)
+                    self._wal_count += count
         if last_at is not None:
             self.set_wal_last_archived(last_at)
 
     def set_wal_archived_total(self, total: int) -> None:
         """The counter read from the sources of truth (segments stored plus deleted): raised to
         ``total``, never lowered (a counter; a segment deleted by hand is not un-archived)."""
-        with self._lock:
-            if total > self._wal_count:
-                self._wal_archived.inc(total - self._wal_count)
+        with self.parent._lock:
+            if total > self._wal_count and (archived := self._child(self.parent._wal_archived)) is not None:
+                archived.inc(total - self._wal_count)
                 self._wal_count = total
 
     def wal_socket_push(self, result: str) -> None:
         """One ``wal push`` answered on the WAL socket (daemon/walservice.py)."""
-        self._wal_socket.labels(result=result).inc()
+        if (pushes := self._child(self.parent._wal_socket, result)) is not None:
+            pushes.inc()
 
     def set_wal_last_archived(self, at: datetime | float | None) -> None:
         """When the newest WAL segment was archived (None: never, exposed as 0)."""
-        self._wal_last.set(_ts(at))
+        self._set(self.parent._wal_last, _ts(at))
 
     def wal_archive_failures(self, count: int) -> None:
         """``count`` more failed archive attempts."""
-        if count > 0:
-            self._wal_failures.inc(count)
+        if count > 0 and (failures := self._child(self.parent._wal_failures)) is not None:
+            failures.inc(count)
 
     def set_wal_pending(self, segments: int) -> None:
-        self._wal_pending.set(max(int(segments), 0))
+        self._set(self.parent._wal_pending, max(int(segments), 0))
 
     def set_recovery_window_start(self, at: datetime | float | None) -> None:
         """The earliest restorable point in time (None: nothing restorable, exposed as 0)."""
-        self._window_start.set(_ts(at))
+        self._set(self.parent._window_start, _ts(at))
 
     # -- verification, drills, recovery objectives --------------------------------------------
     def verify_finished(self, ok: bool, at: datetime | float) -> None:
         """One deep verification run: ``ok`` when it found nothing wrong."""
-        self._verify_runs.labels(result="success" if ok else "failure").inc()
+        if (runs := self._child(self.parent._verify_runs, "success" if ok else "failure")) is not None:
+            runs.inc()
         if ok:
-            self._verify_last.set(_ts(at))
+            self._set(self.parent._verify_last, _ts(at))
 
     def set_verify_last_success(self, at: datetime | float | None) -> None:
-        self._verify_last.set(_ts(at))
+        self._set(self.parent._verify_last, _ts(at))
 
     def set_corrupt_objects(self, n: int) -> None:
-        self._corrupt.set(max(int(n), 0))
+        self._set(self.parent._corrupt, max(int(n), 0))
 
     def restore_test_finished(
         self, ok: bool, at: datetime | float, rto_s: float | None, restored_bytes: int | None
     ) -> None:
         """One restore drill; its measured RTO and size when it got that far."""
-        self._drill_runs.labels(result="success" if ok else "failure").inc()
+        if (runs := self._child(self.parent._drill_runs, "success" if ok else "failure")) is not None:
+            runs.inc()
         if ok:
-            self._drill_last.set(_ts(at))
+            self._set(self.parent._drill_last, _ts(at))
         self.set_last_drill(rto_s=rto_s, restored_bytes=restored_bytes)
 
     def set_last_drill(
@@ -468,32 +654,32 @@ class Metrics:
     ) -> None:
         """Seed or set what the newest drill measured (None leaves a value as it is)."""
         if succeeded_at is not None:
-            self._drill_last.set(_ts(succeeded_at))
+            self._set(self.parent._drill_last, _ts(succeeded_at))
         if rto_s is not None:
-            self._drill_rto.set(max(float(rto_s), 0.0))
+            self._set(self.parent._drill_rto, max(float(rto_s), 0.0))
         if restored_bytes is not None:
-            self._drill_bytes.set(max(int(restored_bytes), 0))
+            self._set(self.parent._drill_bytes, max(int(restored_bytes), 0))
 
     def set_recovery_point_age(self, seconds: float | None) -> None:
         """None (nothing restorable): the series is NaN, so `>` alerts do not fire on it and an
         absent()-style alert can."""
-        self._rpo_age.set(float("nan") if seconds is None else max(float(seconds), 0.0))
+        self._set(self.parent._rpo_age, float("nan") if seconds is None else max(float(seconds), 0.0))
 
     # -- migrations ------------------------------------------------------------------------
     def set_migration_runs(self, counts: Mapping[str, int], last_duration_s: float | None) -> None:
         """Bring the migration series up to the catalog's counts (migrations run as separate
         ``migrate`` commands, so the daemon reads them from the catalog): each counter advances
         by what was added since the last call; it never goes back."""
-        with self._lock:
+        with self.parent._lock:
             for status, count in counts.items():
                 if status not in MIGRATION_RESULTS:
                     continue
                 added = count - self._migration_seen.get(status, 0)
-                if added > 0:
-                    self._migration_runs.labels(result=status).inc(added)
+                if added > 0 and (runs := self._child(self.parent._migration_runs, status)) is not None:
+                    runs.inc(added)
                     self._migration_seen[status] = count
         if last_duration_s is not None:
-            self._migration_duration.set(max(float(last_duration_s), 0.0))
+            self._set(self.parent._migration_duration, max(float(last_duration_s), 0.0))
 
     # -- retention and repository ------------------------------------------------------------
     def retention_deleted(
@@ -501,13 +687,13 @@ class Metrics:
     ) -> None:
         """One retention pass deleted ``per_kind[kind]`` backups and ``deleted_bytes`` bytes."""
         for kind, count in per_kind.items():
-            if count > 0:
-                self._ret_backups.labels(kind=_kind(kind)).inc(count)
-        if deleted_bytes > 0:
-            self._ret_bytes.inc(deleted_bytes)
+            if count > 0 and (deleted := self._child(self.parent._ret_backups, _kind(kind))) is not None:
+                deleted.inc(count)
+        if deleted_bytes > 0 and (freed := self._child(self.parent._ret_bytes)) is not None:
+            freed.inc(deleted_bytes)
 
     def set_repository_stored_bytes(self, n: int) -> None:
-        self._repo_bytes.set(max(int(n), 0))
+        self._set(self.parent._repo_bytes, max(int(n), 0))
 
     # -- daemon ------------------------------------------------------------------------------
     def set_next_run(self, job: str, at: datetime | float | None) -> None:
@@ -515,31 +701,23 @@ class Metrics:
         if not _JOB.match(job):
             raise ValueError(f"{job!r} is not a job name")
         if at is None:
-            with contextlib.suppress(KeyError):
-                self._next_run.remove(job)
+            with self.parent._lock, contextlib.suppress(KeyError):
+                self.parent._next_run.remove(self.name, job)
             return
-        self._next_run.labels(job=job).set(_ts(at))
-
-    def scheduler_queue_wait(self, job_class: str, seconds: float) -> None:
-        """A scheduled job started after ``seconds`` in the queue (``job_class``: ``wal``,
-        ``backup`` or ``maintenance``). Daemon-level: no cluster label."""
-        if job_class not in QUEUE_CLASSES:
-            raise ValueError(f"{job_class!r} is not one of {', '.join(QUEUE_CLASSES)}")
-        self._queue_wait.labels(job_class).observe(seconds)
+        self._set(self.parent._next_run, _ts(at), job)
 
     def set_leader(self, leader: bool) -> None:
-        self._leader.set(1 if leader else 0)
+        """Whether this daemon owns (leads) the cluster: 1 runs its jobs, 0 on standby."""
+        self._set(self.parent._leader, 1 if leader else 0)
 
     def set_dependency(self, name: str, up: bool) -> None:
         if name not in DEPENDENCIES:
             raise ValueError(f"{name!r} is not one of {', '.join(DEPENDENCIES)}")
-        self._dependency.labels(dependency=name).set(1 if up else 0)
+        self._set(self.parent._dependency, 1 if up else 0, name)
 
-    # -- exposition --------------------------------------------------------------------------
-    def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type (``text/plain; version=0.0.4``,
-        which every Prometheus server parses)."""
-        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+    def _set(self, gauge: Gauge, value: float, *labels: str) -> None:
+        if (child := self._child(gauge, *labels)) is not None:
+            child.set(value)
 
 
 def _kind(kind: str) -> str:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from contentflow_backupd.daemon.walservice import WalService
     from contentflow_backupd.daemon.walwatch import StreamSupervisor, WalWatcher
     from contentflow_backupd.model import Scope
-    from contentflow_backupd.observability.metrics import Metrics
+    from contentflow_backupd.observability.metrics import ClusterMetrics
     from contentflow_backupd.observability.notify import Notifier
     from contentflow_backupd.ops.backup.run import BackupOptions
     from contentflow_backupd.ops.drill.run import DrillOptions
@@ -365,17 +365,19 @@ class App:
 
         return notifier(self._settings)
 
-    def wal_watcher(self, repo: Repository, metrics: Metrics, catalog: Catalog | None = None) -> WalWatcher:
+    def wal_watcher(
+        self, repo: Repository, metrics: ClusterMetrics, catalog: Catalog | None = None
+    ) -> WalWatcher:
         from contentflow_backupd.wiring.daemon import wal_watcher
 
         return wal_watcher(self._settings, repo, metrics, catalog)
 
-    def stream_supervisor(self, repo: Repository, metrics: Metrics) -> StreamSupervisor:
+    def stream_supervisor(self, repo: Repository, metrics: ClusterMetrics) -> StreamSupervisor:
         from contentflow_backupd.wiring.daemon import stream_supervisor
 
         return stream_supervisor(self._settings, repo, metrics)
 
-    def wal_service(self, repo: Repository, metrics: Metrics) -> WalService | None:
+    def wal_service(self, repo: Repository, metrics: ClusterMetrics) -> WalService | None:
         from contentflow_backupd.wiring.daemon import wal_service
 
         return wal_service(self._settings, repo, metrics)

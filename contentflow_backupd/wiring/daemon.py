@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from contentflow_backupd.catalog.base import Catalog
     from contentflow_backupd.daemon.walservice import WalService
     from contentflow_backupd.daemon.walwatch import StreamSupervisor, WalWatcher
-    from contentflow_backupd.observability.metrics import Metrics
+    from contentflow_backupd.observability.metrics import ClusterMetrics
     from contentflow_backupd.observability.notify import Notifier
     from contentflow_backupd.scheduling.scheduler import JobSpec
 
@@ -68,7 +68,7 @@ def notifier(settings: Settings) -> Notifier:
     )
 
 
-def wal_service(settings: Settings, repo: Repository, metrics: Metrics) -> WalService | None:
+def wal_service(settings: Settings, repo: Repository, metrics: ClusterMetrics) -> WalService | None:
     """The WAL socket that ``wal push`` hands segments to (``BACKUPD_WAL__SOCKET``; None: off)."""
     from contentflow_backupd.daemon.walservice import WalService
     from contentflow_backupd.walconf import socket_path
@@ -98,7 +98,7 @@ def wal_spool_dir(settings: Settings) -> Path:
 
 
 def wal_watcher(
-    settings: Settings, repo: Repository, metrics: Metrics, catalog: Catalog | None = None
+    settings: Settings, repo: Repository, metrics: ClusterMetrics, catalog: Catalog | None = None
 ) -> WalWatcher:
     """The WAL job's watcher; ``method``: ``BACKUPD_WAL__METHOD``, else ``auto`` until the daemon
     asks the server (``daemon.walwatch.choose_wal_method``)."""
@@ -121,7 +121,7 @@ def wal_watcher(
     )
 
 
-def stream_supervisor(settings: Settings, repo: Repository, metrics: Metrics) -> StreamSupervisor:
+def stream_supervisor(settings: Settings, repo: Repository, metrics: ClusterMetrics) -> StreamSupervisor:
     from contentflow_backupd.daemon.walwatch import StreamSupervisor
 
     return StreamSupervisor(

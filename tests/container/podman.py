@@ -156,12 +156,16 @@ class Container:
     def metric(self, name: str, **labels: str) -> float | None:
         status, body = self.get("/metrics")
         assert status == 200, body
-        wanted = tuple(sorted(labels.items()))
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                if sample.name == name and tuple(sorted(sample.labels.items())) == wanted:
-                    return float(sample.value)
-        return None
+        wanted = set(labels.items())  # a subset: the series carry `cluster` too
+        found = [
+            float(sample.value)
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+            if sample.name == name and wanted <= set(sample.labels.items())
+        ]
+        if len(found) > 1:
+            raise ValueError(f"{name}{labels} matches {len(found)} samples: name more labels")
+        return found[0] if found else None
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
         def guarded() -> Any:

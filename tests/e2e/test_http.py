@@ -96,13 +96,15 @@ def served() -> Iterator[tuple[HttpServer, Metrics, StubProbes]]:
 
 def test_metrics_endpoint(served: tuple[HttpServer, Metrics, StubProbes]) -> None:
     server, metrics, _ = served
-    metrics.backup_succeeded("full", NOW, 42.0, 1000, 400)
-    metrics.set_dependency("database", True)
+    main = metrics.add_cluster("main")
+    main.backup_succeeded("full", NOW, 42.0, 1000, 400)
+    main.set_dependency("database", True)
     status, headers, body = fetch(server.port, "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert "backupd_backup_runs" in families and "backupd_dependency_up" in families
+    assert {s.labels["cluster"] for s in families["backupd_backup_runs"].samples} == {"main"}
     runs = {(s.labels["kind"], s.labels["result"]): s.value for s in families["backupd_backup_runs"].samples}
     assert runs == {
         ("full", "success"): 1,

@@ -39,6 +39,9 @@ def registry_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
         if isinstance(value, MetricWrapperBase):
             name = value._name + ("_total" if value._type == "counter" else "")
             found[name] = (value._type, tuple(value._labelnames))
+        elif hasattr(value, "describe"):  # a custom collector (the job progress gauges)
+            for family in value.describe():
+                found[family.name] = (family.type, tuple(value.LABELS))
     return found
 
 

@@ -1,4 +1,5 @@
-"""Metrics: exactly the documented series, pre-created at 0, in a registry of their own."""
+"""Metrics: exactly the documented series, pre-created at 0 for each cluster added, in a registry of
+their own; every per-cluster series carries ``cluster``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from contentflow_backupd.observability.metrics import DURATION_BUCKETS, Metrics
+from contentflow_backupd.observability.metrics import DURATION_BUCKETS, ClusterMetrics, Metrics
 
 # name -> type, as the issue lists them (counters keep their _total sample name).
 SERIES = {
@@ -50,10 +51,17 @@ SERIES = {
     "backupd_job_progress_total": "gauge",
 }
 KINDS = ("full", "incremental")
+DAEMON_LEVEL = {"backupd_build_info", "backupd_scheduler_queue_wait_seconds"}
+"""The series without a ``cluster`` label (and prometheus_client's ``process_*``)."""
 
 
-def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    body, _ = m.render()
+def new(version: str = "9.9.9", cluster: str = "main") -> ClusterMetrics:
+    """A registry with one cluster, as the daemon of today has: the view its jobs write to."""
+    return Metrics(version).add_cluster(cluster)
+
+
+def samples(m: Metrics | ClusterMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = (m.parent if isinstance(m, ClusterMetrics) else m).render()
     out = {}
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
@@ -61,8 +69,12 @@ def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def value(m: Metrics, name: str, **labels: str) -> float:
-    return samples(m)[(name, tuple(sorted(labels.items())))]
+def key(name: str, cluster: str = "main", **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted({"cluster": cluster, **labels}.items()))
+
+
+def value(m: ClusterMetrics, name: str, **labels: str) -> float:
+    return samples(m)[key(name, m.name, **labels)]
 
 
 def type_lines(m: Metrics) -> dict[str, str]:
@@ -92,16 +104,16 @@ def test_exactly_the_documented_series() -> None:
 
 
 def test_content_type_is_prometheus_text() -> None:
-    _, ctype = Metrics().render()
+    _, ctype = new().parent.render()
     assert ctype.startswith("text/plain; version=0.0.4")
 
 
 def test_label_sets_are_precreated_at_zero() -> None:
-    got = samples(Metrics(version="9.9.9"))
+    got = samples(new(version="9.9.9"))
     assert got[("backupd_build_info", (("version", "9.9.9"),))] == 1
     for kind in KINDS:
         for result in ("success", "failure"):
-            assert got[("backupd_backup_runs_total", (("kind", kind), ("result", result)))] == 0
+            assert got[key("backupd_backup_runs_total", kind=kind, result=result)] == 0
         for name in (
             "backupd_backup_last_success_timestamp_seconds",
             "backupd_backup_last_failure_timestamp_seconds",
@@ -111,14 +123,13 @@ def test_label_sets_are_precreated_at_zero() -> None:
             "backupd_retention_deleted_backups_total",
             "backupd_backup_duration_seconds_count",
         ):
-            assert got[(name, (("kind", kind),))] == 0, name
+            assert got[key(name, kind=kind)] == 0, name
         for le in [*DURATION_BUCKETS, float("inf")]:
-            key = ("backupd_backup_duration_seconds_bucket", (("kind", kind), ("le", _le(le))))
-            assert got[key] == 0
+            assert got[key("backupd_backup_duration_seconds_bucket", kind=kind, le=_le(le))] == 0
     for dep in ("database", "storage", "catalog"):
-        assert got[("backupd_dependency_up", (("dependency", dep),))] == 0
+        assert got[key("backupd_dependency_up", dependency=dep)] == 0
     for result in ("stored", "duplicate", "error", "refused"):
-        assert got[("backupd_wal_socket_pushes_total", (("result", result),))] == 0
+        assert got[key("backupd_wal_socket_pushes_total", result=result)] == 0
     for name in (
         "backupd_wal_archived_segments_total",
         "backupd_wal_archive_failures_total",
@@ -129,7 +140,7 @@ def test_label_sets_are_precreated_at_zero() -> None:
         "backupd_repository_stored_bytes",
         "backupd_leader",
     ):
-        assert got[(name, ())] == 0, name
+        assert got[key(name)] == 0, name
     assert not any(name.endswith("_created") for name, _ in got)
     assert not any(name == "backupd_scheduler_next_run_timestamp_seconds" for name, _ in got)
 
@@ -144,7 +155,7 @@ def test_buckets_span_10s_to_8h() -> None:
 
 
 def test_backup_succeeded() -> None:
-    m = Metrics()
+    m = new()
     finished = datetime(2026, 11, 24, 2, 0, 42, tzinfo=UTC)
     m.backup_succeeded("full", finished_at=finished, duration_s=42, source_bytes=1000, stored_bytes=300)
     assert value(m, "backupd_backup_runs_total", kind="full", result="success") == 1
@@ -159,7 +170,7 @@ def test_backup_succeeded() -> None:
 
 
 def test_backup_failed() -> None:
-    m = Metrics()
+    m = new()
     m.backup_failed("incremental", 1_800_000_000.0)
     m.backup_failed("incremental", 1_800_000_100.0)
     assert value(m, "backupd_backup_runs_total", kind="incremental", result="failure") == 2
@@ -168,7 +179,7 @@ def test_backup_failed() -> None:
 
 
 def test_seeding_is_idempotent_and_counts_nothing() -> None:
-    m = Metrics()
+    m = new()
     for _ in range(3):
         m.seed_backup("full", finished_at=1_700_000_000.0, source_bytes=10, stored_bytes=5)
         m.seed_backup("incremental", finished_at=None, source_bytes=7, stored_bytes=1)
@@ -184,7 +195,7 @@ def test_seeding_is_idempotent_and_counts_nothing() -> None:
 
 
 def test_wal_retention_repository_leader_dependencies() -> None:
-    m = Metrics()
+    m = new()
     m.wal_archived(3, datetime(2026, 1, 1, tzinfo=UTC))
     m.wal_archived(0, None)
     m.wal_archive_failures(2)
@@ -222,6 +233,10 @@ def test_wal_retention_repository_leader_dependencies() -> None:
 
 def test_queue_wait_is_observed_per_class_without_a_cluster_label() -> None:
     m = Metrics()
+
+    def value(m: Metrics, name: str, **labels: str) -> float:  # daemon-level: no cluster
+        return samples(m)[(name, tuple(sorted(labels.items())))]
+
     for job_class in ("wal", "backup", "maintenance"):  # every class exists from the start
         assert value(m, "backupd_scheduler_queue_wait_seconds_count", **{"class": job_class}) == 0
     m.scheduler_queue_wait("backup", 42.0)
@@ -235,15 +250,15 @@ def test_queue_wait_is_observed_per_class_without_a_cluster_label() -> None:
 
 
 def test_next_run_is_set_and_removed() -> None:
-    m = Metrics()
+    m = new()
     m.set_next_run("full", datetime(2026, 11, 25, 2, 0, tzinfo=UTC))
     m.set_next_run("wal", 1_800_000_000.0)
     assert value(m, "backupd_scheduler_next_run_timestamp_seconds", job="wal") == 1_800_000_000
     m.set_next_run("wal", None)
     m.set_next_run("wal", None)  # idempotent
     got = samples(m)
-    assert ("backupd_scheduler_next_run_timestamp_seconds", (("job", "wal"),)) not in got
-    assert ("backupd_scheduler_next_run_timestamp_seconds", (("job", "full"),)) in got
+    assert key("backupd_scheduler_next_run_timestamp_seconds", job="wal") not in got
+    assert key("backupd_scheduler_next_run_timestamp_seconds", job="full") in got
 
 
 @pytest.mark.parametrize(
@@ -258,11 +273,11 @@ def test_next_run_is_set_and_removed() -> None:
         lambda m: m.set_dependency("redis", True),
     ],
 )
-def test_labels_come_from_fixed_sets(call: Callable[[Metrics], object]) -> None:
-    m = Metrics()
+def test_labels_come_from_fixed_sets(call: Callable[[ClusterMetrics], object]) -> None:
+    m = new()
 
     def ours() -> list[bytes]:  # process_* series (CPU time) move on their own
-        return [line for line in m.render()[0].splitlines() if b"backupd_" in line]
+        return [line for line in m.parent.render()[0].splitlines() if b"backupd_" in line]
 
     before = ours()
     with pytest.raises(ValueError):
@@ -271,7 +286,7 @@ def test_labels_come_from_fixed_sets(call: Callable[[Metrics], object]) -> None:
 
 
 def test_each_instance_has_its_own_registry() -> None:
-    a, b = Metrics(), Metrics()
+    a, b = new(), new()
     a.backup_failed("full", 1.0)
     assert value(a, "backupd_backup_runs_total", kind="full", result="failure") == 1
     assert value(b, "backupd_backup_runs_total", kind="full", result="failure") == 0
@@ -284,7 +299,7 @@ def test_each_instance_has_its_own_registry() -> None:
     )
 )
 def test_counters_count_every_event(events: list[tuple[str, bool, float]]) -> None:
-    m = Metrics()
+    m = new()
     for kind, ok, duration in events:
         if ok:
             m.backup_succeeded(kind, 1.0, duration, 1, 1)
@@ -300,13 +315,13 @@ def test_counters_count_every_event(events: list[tuple[str, bool, float]]) -> No
 
 
 def test_verification_drill_and_recovery_point_series() -> None:
-    m = Metrics("9.9.9")
+    m = new("9.9.9")
 
     def value(name: str, **labels: str) -> float:
-        body = m.render()[0].decode()
+        body = m.parent.render()[0].decode()
         for family in text_string_to_metric_families(body):
             for s in family.samples:
-                if s.name == name and s.labels == labels:
+                if s.name == name and s.labels == {"cluster": "main", **labels}:
                     return float(s.value)
         raise AssertionError(f"{name}{labels} missing")
 
@@ -332,23 +347,23 @@ def test_verification_drill_and_recovery_point_series() -> None:
 
 
 def test_migration_runs_follow_the_catalog_counts_and_never_go_back() -> None:
-    m = Metrics()
-    text = m.render()[0].decode()
+    m = new()
+    text = m.parent.render()[0].decode()
     for result in ("applied", "noop", "refused", "failed", "rolled_back"):
-        assert f'backupd_migration_runs_total{{result="{result}"}} 0.0' in text
-    assert "backupd_migration_last_duration_seconds 0.0" in text
+        assert f'backupd_migration_runs_total{{cluster="main",result="{result}"}} 0.0' in text
+    assert 'backupd_migration_last_duration_seconds{cluster="main"} 0.0' in text
     m.set_migration_runs({"applied": 2, "failed": 1}, 12.5)
     m.set_migration_runs({"applied": 3, "failed": 1, "running": 1}, 4.0)
     m.set_migration_runs({"applied": 1}, None)  # rows deleted from the catalog: counters keep their value
-    text = m.render()[0].decode()
-    assert 'backupd_migration_runs_total{result="applied"} 3.0' in text
-    assert 'backupd_migration_runs_total{result="failed"} 1.0' in text
+    text = m.parent.render()[0].decode()
+    assert 'backupd_migration_runs_total{cluster="main",result="applied"} 3.0' in text
+    assert 'backupd_migration_runs_total{cluster="main",result="failed"} 1.0' in text
     assert 'result="running"' not in text
-    assert "backupd_migration_last_duration_seconds 4.0" in text
+    assert 'backupd_migration_last_duration_seconds{cluster="main"} 4.0' in text
 
 
 def test_the_wal_counter_is_set_from_the_sources_of_truth_and_never_goes_down() -> None:
-    m = Metrics()
+    m = new()
     m.set_wal_archived_total(9)  # what the repository and the catalog hold at start
     assert value(m, "backupd_wal_archived_segments_total") == 9
     m.set_wal_archived_total(7)  # a segment deleted by hand: a counter never goes down
@@ -356,3 +371,107 @@ def test_the_wal_counter_is_set_from_the_sources_of_truth_and_never_goes_down() 
     m.wal_archived(2)
     m.set_wal_archived_total(11)  # the two are already counted
     assert value(m, "backupd_wal_archived_segments_total") == 11
+
+
+# -- the cluster label (issue 18, docs/design/fleet.md step 3) -----------------------------------
+def test_every_per_cluster_series_carries_the_cluster_label() -> None:
+    m = new(cluster="orders")
+    m.set_next_run("full", 1.0)
+    got = samples(m)
+    ours = {(name, labels) for name, labels in got if name.startswith("backupd_")}
+    without = {name for name, labels in ours if "cluster" not in dict(labels)}
+    assert {_family(name) for name in without} == DAEMON_LEVEL
+    assert {dict(labels)["cluster"] for name, labels in ours if _family(name) not in DAEMON_LEVEL} == {
+        "orders"
+    }
+    assert not any("cluster" in dict(labels) for name, labels in got if name.startswith("process_"))
+    # every family (the progress collector's too) is there for the cluster
+    per_cluster = {name for name, _ in ours if _family(name) not in DAEMON_LEVEL}
+    assert {n.removesuffix("_total") for n in SERIES if n not in DAEMON_LEVEL} <= {
+        n.removesuffix("_total").removesuffix("_count") for n in per_cluster
+    }
+
+
+def _family(sample: str) -> str:
+    for suffix in ("_bucket", "_count", "_sum"):
+        if sample.startswith("backupd_scheduler_queue_wait_seconds") and sample.endswith(suffix):
+            return sample.removesuffix(suffix)
+    return sample
+
+
+def test_no_cluster_no_per_cluster_series() -> None:
+    got = samples(Metrics("9.9.9"))
+    assert {_family(name) for name, _ in got if name.startswith("backupd_")} == DAEMON_LEVEL
+
+
+def test_two_clusters_are_separate_series() -> None:
+    metrics = Metrics()
+    orders, billing = metrics.add_cluster("orders"), metrics.add_cluster("billing")
+    assert metrics.clusters == ("orders", "billing")
+    assert metrics.for_cluster("orders") is orders
+    orders.backup_failed("full", 5.0)
+    orders.set_leader(True)
+    orders.wal_archived(3)
+    billing.set_wal_archived_total(2)
+    billing.set_dependency("catalog", True)
+    assert value(orders, "backupd_backup_runs_total", kind="full", result="failure") == 1
+    assert value(billing, "backupd_backup_runs_total", kind="full", result="failure") == 0
+    assert value(orders, "backupd_leader") == 1
+    assert value(billing, "backupd_leader") == 0
+    assert value(orders, "backupd_wal_archived_segments_total") == 3
+    assert value(billing, "backupd_wal_archived_segments_total") == 2
+    assert value(orders, "backupd_dependency_up", dependency="catalog") == 0
+    assert value(billing, "backupd_dependency_up", dependency="catalog") == 1
+
+
+def test_adding_again_keeps_the_values_and_unknown_names_are_refused() -> None:
+    metrics = Metrics()
+    view = metrics.add_cluster("main")
+    view.backup_failed("full", 1.0)
+    assert metrics.add_cluster("main") is view
+    assert value(view, "backupd_backup_runs_total", kind="full", result="failure") == 1
+    with pytest.raises(KeyError):
+        metrics.for_cluster("other")  # never added: no series appear for a name met at run time
+    for bad in ("", "a b", "x" * 65, 'a"b', "-lead"):
+        with pytest.raises(ValueError):
+            metrics.add_cluster(bad)
+    assert metrics.clusters == ("main",)
+
+
+def test_removing_a_cluster_drops_its_series_and_its_view_records_nothing() -> None:
+    metrics = Metrics()
+    gone, kept = metrics.add_cluster("gone"), metrics.add_cluster("kept")
+    for view in (gone, kept):
+        view.backup_succeeded("full", 1.0, 5.0, 1, 1)
+        view.set_next_run("wal", 2.0)
+        view.set_migration_runs({"applied": 1}, 1.0)
+    before = {k: v for k, v in samples(metrics).items() if ("cluster", "kept") in k[1]}
+    metrics.remove_cluster("gone")
+    metrics.remove_cluster("gone")  # idempotent
+    assert metrics.clusters == ("kept",)
+
+    def of_gone() -> set[str]:
+        return {name for name, labels in samples(metrics) if ("cluster", "gone") in labels}
+
+    assert of_gone() == set()
+    # a job of the removed cluster that finishes late brings nothing back
+    gone.backup_failed("full", 3.0)
+    gone.wal_archived(4, 3.0)
+    gone.set_wal_archived_total(10)
+    gone.set_leader(True)
+    gone.set_next_run("full", 3.0)
+    gone.set_next_run("wal", None)
+    gone.retention_deleted({"full": 1}, 10)
+    gone.set_migration_runs({"applied": 2}, 2.0)
+    gone.verify_finished(True, 3.0)
+    gone.restore_test_finished(True, 3.0, 1.0, 1)
+    gone.wal_socket_push("stored")
+    assert of_gone() == set()
+    assert {k: v for k, v in samples(metrics).items() if ("cluster", "kept") in k[1]} == before
+    with pytest.raises(KeyError):
+        metrics.for_cluster("gone")
+    # added again: a new view from zero
+    back = metrics.add_cluster("gone")
+    assert back is not gone
+    assert value(back, "backupd_backup_runs_total", kind="full", result="success") == 0
+    assert value(back, "backupd_leader") == 0

@@ -17,7 +17,7 @@ import structlog
 
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.logging import configure_logging, reset_logging
-from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.metrics import Metrics, running_jobs
 
 
 @pytest.fixture(autouse=True)
@@ -149,13 +149,53 @@ def test_a_stale_or_orphaned_publication_is_ignored(tmp_path: Path) -> None:
 
 def test_the_running_job_is_a_metric() -> None:
     metrics = Metrics()
+    metrics.add_cluster("main")  # the daemon's own cluster: its trackers name no cluster
+    metrics.add_cluster("other")
     with progress.tracking("full"):
         progress.phase("dumping", total=5000)
         progress.advance(1200)
         text = metrics.render()[0].decode()
-    assert 'backupd_job_progress_done{job="full"} 1200.0' in text
-    assert 'backupd_job_progress_total{job="full"} 5000.0' in text
-    assert 'backupd_job_progress_done{job="verify"} 0.0' in text
+    assert 'backupd_job_progress_done{cluster="main",job="full"} 1200.0' in text
+    assert 'backupd_job_progress_total{cluster="main",job="full"} 5000.0' in text
+    assert 'backupd_job_progress_done{cluster="main",job="verify"} 0.0' in text
+    assert 'backupd_job_progress_done{cluster="other",job="full"} 0.0' in text
+    metrics.remove_cluster("main")
+    assert 'cluster="main"' not in metrics.render()[0].decode()
+
+
+@pytest.mark.parametrize(
+    ("snapshots", "clusters", "expected"),
+    [
+        ([], ["main"], {}),
+        ([{"operation": "full", "done": 1}], [], {}),
+        # no cluster field: the daemon's own cluster (the first added)
+        ([{"operation": "full", "done": 1}], ["main", "b"], {("main", "full"): 1}),
+        # a cluster field is matched, whatever the order of the clusters
+        ([{"operation": "full", "done": 2, "cluster": "b"}], ["main", "b"], {("b", "full"): 2}),
+        # a cluster not exported (removed, or another daemon's): left out, not given to another
+        ([{"operation": "full", "done": 3, "cluster": "x"}], ["main"], {}),
+        # two clusters running the same job: one series each
+        (
+            [
+                {"operation": "wal", "done": 4, "cluster": "a"},
+                {"operation": "wal", "done": 5, "cluster": "b"},
+            ],
+            ["a", "b"],
+            {("a", "wal"): 4, ("b", "wal"): 5},
+        ),
+        # two snapshots of one (cluster, job): the oldest (first) wins, as before the label
+        (
+            [{"operation": "verify", "done": 6}, {"operation": "verify", "done": 7, "cluster": "main"}],
+            ["main"],
+            {("main", "verify"): 6},
+        ),
+    ],
+)
+def test_running_jobs_are_matched_to_their_cluster(
+    snapshots: list[dict[str, object]], clusters: list[str], expected: dict[tuple[str, str], int]
+) -> None:
+    got = running_jobs(snapshots, clusters)
+    assert {k: v["done"] for k, v in got.items()} == expected
 
 
 def test_log_lines_go_above_a_live_line() -> None:

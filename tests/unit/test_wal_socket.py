@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from contentflow_backupd.daemon.walservice import WalService
-from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.metrics import ClusterMetrics, Metrics
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository
@@ -185,17 +185,23 @@ def repo(tmp_path: Path) -> Repository:
     )
 
 
+def _metrics() -> ClusterMetrics:
+    return Metrics("test").add_cluster("main")
+
+
 @pytest.fixture
 def service(tmp_path: Path, repo: Repository) -> Iterator[WalService]:
     identity = {"repository": f"file://{tmp_path / 'repo'}", "cluster": "main", "s3_endpoint_url": None}
-    svc = WalService(tmp_path / "state" / "wal.sock", WalArchive(repo, "main"), identity, Metrics("test"))
+    svc = WalService(tmp_path / "state" / "wal.sock", WalArchive(repo, "main"), identity, _metrics())
     assert svc.start()
     yield svc
     svc.stop()
 
 
 def _count(service: WalService, result: str) -> float:
-    value = service.metrics.registry.get_sample_value("backupd_wal_socket_pushes_total", {"result": result})
+    value = service.metrics.parent.registry.get_sample_value(
+        "backupd_wal_socket_pushes_total", {"cluster": "main", "result": result}
+    )
     return value or 0.0
 
 
@@ -284,7 +290,7 @@ def test_no_daemon_and_a_stale_socket_go_direct(tmp_path: Path, repo: Repository
     assert "wal_socket_fallback" in err and "no daemon answers" in err
     # The next daemon replaces it and serves.
     identity = {"repository": f"file://{tmp_path / 'repo'}", "cluster": "main", "s3_endpoint_url": None}
-    svc = WalService(stale, WalArchive(repo, "main"), identity, Metrics("test"))
+    svc = WalService(stale, WalArchive(repo, "main"), identity, _metrics())
     assert svc.start()
     try:
         segment3 = wal_segment(tmp_path / "000000010000000000000006")
@@ -299,7 +305,7 @@ def test_no_daemon_and_a_stale_socket_go_direct(tmp_path: Path, repo: Repository
 def test_a_socket_another_daemon_serves_and_a_file_in_the_way_are_left_alone(
     tmp_path: Path, service: WalService, repo: Repository
 ) -> None:
-    second = WalService(service.path, WalArchive(repo, "main"), service.identity, Metrics("test"))
+    second = WalService(service.path, WalArchive(repo, "main"), service.identity, _metrics())
     assert not second.start()
     second.stop()
     assert service.path.exists()  # the first daemon's socket stays
@@ -308,7 +314,7 @@ def test_a_socket_another_daemon_serves_and_a_file_in_the_way_are_left_alone(
     assert rc == 0 and "contentflow_backupd.cli" not in report["modules"], err
     in_the_way = tmp_path / "state" / "not-a-socket"
     in_the_way.write_text("keep me")
-    third = WalService(in_the_way, WalArchive(repo, "main"), service.identity, Metrics("test"))
+    third = WalService(in_the_way, WalArchive(repo, "main"), service.identity, _metrics())
     assert not third.start()
     assert in_the_way.read_text() == "keep me"
 
@@ -356,7 +362,7 @@ def test_a_member_of_the_daemons_group_hands_segments_over(tmp_path: Path, repo:
         base = Path(shared)
         base.chmod(0o755)
         identity = {"repository": f"file://{tmp_path / 'repo'}", "cluster": "main", "s3_endpoint_url": None}
-        svc = WalService(base / "wal.sock", WalArchive(repo, "main"), identity, Metrics("test"))
+        svc = WalService(base / "wal.sock", WalArchive(repo, "main"), identity, _metrics())
         assert svc.start()
         try:
             assert stat.S_IMODE(os.stat(svc.path).st_mode) == 0o660
