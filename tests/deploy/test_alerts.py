@@ -58,7 +58,7 @@ def alert_rules() -> dict[str, dict[str, Any]]:
 def our_metric_names() -> set[str]:
     """Every series name the daemon exposes (histogram and counter suffixes included)."""
     metrics = Metrics()
-    metrics.set_next_run("full", 1.0)  # absent while no job is scheduled
+    metrics.add_cluster("main").set_next_run("full", 1.0)  # absent while no job is scheduled
     body, _ = metrics.render()
     return {s.name for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
 
@@ -139,6 +139,17 @@ def test_promtool_test_rules() -> None:
         ("BackupdFullBackupTooOld", "26 * 3600", "30 * 3600"),
         ("BackupdWalArchiveStale", "backupd_wal_pending_segments > 0", "backupd_wal_pending_segments >= 0"),
         ("BackupdSchedulerStuck", "backupd_leader == 1", "backupd_leader >= 0"),
+        # the fleet cases: each join names `cluster`, or one cluster's series answer for another's
+        ("BackupdSchedulerStuck", "on (job, instance, cluster)", "on (job, instance)"),
+        ("BackupdFullBackupNeverSucceeded", "on (job, instance, cluster)", "on (job, instance)"),
+        ("BackupdIncrementalBackupTooOld", "on (job, cluster)", "on (job)"),
+        (
+            "BackupdIncrementalBackupNeverSucceeded",
+            "unless on (job, instance, cluster)",
+            "unless on (job, instance)",
+        ),
+        ("BackupdNoLeader", "without (instance, pod)", "without (instance, pod, cluster)"),
+        ("BackupdCatalogDown", "max without (cluster) ", ""),
     ],
 )
 def test_promtool_tests_catch_a_changed_rule(tmp_path: Path, alert: str, old: str, new: str) -> None:
