@@ -200,7 +200,7 @@ def dashboard_queries() -> list[str]:
 
 
 def _grafana_to_promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "5m").replace("$instance", ".*")
+    return expr.replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$cluster", ".*")
 
 
 def test_dashboard_is_valid_with_unique_ids_and_titles() -> None:
@@ -247,3 +247,33 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yml"
     broken.write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": [{"record": "x", "expr": "sum("}]}]}))
     assert run_promtool("check", "rules", str(broken)).returncode != 0
+
+
+def test_dashboard_works_per_cluster() -> None:
+    """A `cluster` variable (every cluster by default), every selector filtered by it, and no
+    aggregation that merges clusters (issue 18)."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    cluster = variables["cluster"]
+    assert cluster["type"] == "query" and cluster["multi"] and cluster["includeAll"]
+    assert cluster["query"]["query"] == "label_values(backupd_leader, cluster)"
+    assert cluster["allValue"] == ".*"
+    exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
+    assert exprs
+    for expr in exprs:
+        assert "cluster" in expr, expr
+        selectors = re.findall(r"\b(backupd_\w+)(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for name, labels in selectors:
+            assert 'cluster=~"$cluster"' in labels, (name, expr)
+        for op, grouping in re.findall(r"\b(sum|max|min|avg|count)\s*(by\s*\([^)]*\))?\s*\(", expr):
+            assert grouping and re.search(r"\bcluster\b", grouping), (op, expr)
+
+
+def test_the_per_cluster_check_sees_a_merging_aggregation() -> None:
+    """Control for the test above: its patterns find a missing filter and a merging `by`."""
+    selectors = re.findall(r"\b(backupd_\w+)(\{[^}]*\})?", 'max by (kind) (backupd_x{instance=~"$instance"})')
+    assert selectors == [("backupd_x", '{instance=~"$instance"}')]
+    groups = re.findall(
+        r"\b(sum|max|min|avg|count)\s*(by\s*\([^)]*\))?\s*\(", "time() - max(x) + sum by (kind) (y)"
+    )
+    assert groups == [("max", ""), ("sum", "by (kind)")]
