@@ -1,11 +1,14 @@
 """A real Prometheus server (Debian package ``prometheus``) scrapes a running daemon: our series
-arrive through its HTTP API, and every rule of deploy/prometheus/alerts.yml evaluates on them
-without error and stays quiet while the daemon is healthy."""
+arrive through its HTTP API, each per-cluster one with its ``cluster`` label, and every rule of
+deploy/prometheus/alerts.yml evaluates on them without error and stays quiet while the daemon is
+healthy. A target label ``cluster`` (Kubernetes) renames ours, and the relabeling that
+docs/observability.md gives puts it back."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +21,7 @@ from tests.support.prometheus import JOB, prometheus_binary, prometheus_server, 
 pytestmark = pytest.mark.pg
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 
 
 def _require_prometheus() -> None:
@@ -30,6 +34,14 @@ def _require_prometheus() -> None:
 def _alert_rules() -> dict[str, str]:
     doc = yaml.safe_load(ALERTS.read_text())
     return {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def _documented_relabeling() -> list[dict[str, Any]]:
+    """The ``metric_relabel_configs`` of docs/observability.md, "The cluster label"."""
+    section = OBSERVABILITY.read_text().split("### The cluster label", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    configs: list[dict[str, Any]] = yaml.safe_load(block)["metric_relabel_configs"]
+    return configs
 
 
 def test_prometheus_scrapes_the_daemon(cli: Cli) -> None:
@@ -70,6 +82,13 @@ def test_prometheus_scrapes_the_daemon(cli: Cli) -> None:
             assert {s["metric"]["exported_job"] for s in next_runs} == {"full"}
             assert {s["metric"]["job"] for s in next_runs} == {JOB}
             assert query(url, "backupd_leader") and query(url, "backupd_leader")[0]["value"][1] == "1"
+            # every per-cluster series carries the daemon's cluster; only the daemon's own do not
+            ours = query(url, '{__name__=~"backupd_.+"}')
+            assert len(ours) > 50
+            assert {
+                s["metric"].get("cluster") for s in ours if s["metric"]["__name__"] != "backupd_build_info"
+            } == {"main"}
+            assert "cluster" not in info[0]["metric"]
 
             # every alert expression evaluates on the real series, and none holds for a healthy
             # daemon with a recent full backup (the promtool tests show each one can fire)
@@ -85,4 +104,27 @@ def test_prometheus_scrapes_the_daemon(cli: Cli) -> None:
             )
             wait_for(url, 'min(backupd_dependency_up{dependency=~"database|storage|catalog"}) == 1')
             firing = {name: query(url, expr) for name, expr in rules.items()}
+            assert {name: result for name, result in firing.items() if result} == {}
+
+        # a target label `cluster` (as Kubernetes setups add): ours becomes exported_cluster ...
+        target = {"cluster": "k8s-prod"}
+        with prometheus_server([f"127.0.0.1:{daemon.port}"], target_labels=target) as url:
+            leader = wait_for(url, "backupd_leader")
+            assert (leader[0]["metric"]["cluster"], leader[0]["metric"]["exported_cluster"]) == (
+                "k8s-prod",
+                "main",
+            )
+        # ... and the documented relabeling puts it back, keeping the Kubernetes name as k8s_cluster
+        relabel = _documented_relabeling()
+        with prometheus_server(
+            [f"127.0.0.1:{daemon.port}"], target_labels=target, metric_relabel_configs=relabel
+        ) as url:
+            leader = wait_for(url, "backupd_leader")
+            assert leader[0]["metric"]["cluster"] == "main"
+            assert leader[0]["metric"]["k8s_cluster"] == "k8s-prod"
+            assert not query(url, '{exported_cluster!=""}')
+            info = wait_for(url, "backupd_build_info")
+            assert "cluster" not in info[0]["metric"] and info[0]["metric"]["k8s_cluster"] == "k8s-prod"
+            wait_for(url, 'backupd_backup_last_success_timestamp_seconds{cluster="main", kind="full"} > 0')
+            firing = {name: query(url, expr) for name, expr in _alert_rules().items()}
             assert {name: result for name, result in firing.items() if result} == {}

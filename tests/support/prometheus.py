@@ -37,8 +37,21 @@ def prometheus_binary() -> str | None:
     )
 
 
-def write_config(path: Path, targets: list[str], *, job: str = JOB, scrape_interval: str = "1s") -> None:
-    """A Prometheus configuration scraping ``targets`` (``host:port``) as one job. JSON is YAML."""
+def write_config(
+    path: Path,
+    targets: list[str],
+    *,
+    job: str = JOB,
+    scrape_interval: str = "1s",
+    target_labels: dict[str, str] | None = None,
+    metric_relabel_configs: list[dict[str, Any]] | None = None,
+) -> None:
+    """A Prometheus configuration scraping ``targets`` (``host:port``) as one job, with
+    ``target_labels`` on its targets (as service discovery would add) and its
+    ``metric_relabel_configs``. JSON is YAML."""
+    static: dict[str, Any] = {"targets": list(targets)}
+    if target_labels:
+        static["labels"] = dict(target_labels)
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [
@@ -47,7 +60,8 @@ def write_config(path: Path, targets: list[str], *, job: str = JOB, scrape_inter
                 "scrape_interval": scrape_interval,
                 "scrape_timeout": scrape_interval,
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": list(targets)}],
+                "static_configs": [static],
+                **({"metric_relabel_configs": metric_relabel_configs} if metric_relabel_configs else {}),
             }
         ],
     }
@@ -61,6 +75,8 @@ def prometheus_server(
     job: str = JOB,
     scrape_interval: str = "1s",
     timeout: float = 60.0,
+    target_labels: dict[str, str] | None = None,
+    metric_relabel_configs: list[dict[str, Any]] | None = None,
 ) -> Iterator[str]:
     """Run ``prometheus`` scraping ``targets``; yield its base URL (``http://127.0.0.1:<port>``).
 
@@ -74,7 +90,14 @@ def prometheus_server(
     with tempfile.TemporaryDirectory(prefix="backupd-prometheus-") as tmp:
         workdir = Path(tmp)
         config = workdir / "prometheus.yml"
-        write_config(config, targets, job=job, scrape_interval=scrape_interval)
+        write_config(
+            config,
+            targets,
+            job=job,
+            scrape_interval=scrape_interval,
+            target_labels=target_labels,
+            metric_relabel_configs=metric_relabel_configs,
+        )
         log_path = workdir / "prometheus.log"
         last_error: PrometheusError | None = None
         for _attempt in range(3):  # a free port can be taken before prometheus binds it
