@@ -48,8 +48,8 @@ def test_status_and_metrics_show_the_running_job(tmp_path: Path, pg: PgCluster, 
             lambda: [e for e in d.events("progress") if e["operation"] == "restore_test"],
         )
         assert {e["job"] for e in events} == {"restore_test"}
-        assert d.metric("backupd_job_progress_done", job="restore_test") is not None
-        assert d.metric("backupd_job_progress_total", job="full") == 0.0  # not running
+        assert d.metric("backupd_job_progress_done", cluster="main", job="restore_test") is not None
+        assert d.metric("backupd_job_progress_total", cluster="main", job="full") == 0.0  # not running
 
     # Stopped in the drill's check (a query that blocks in libpq for 40 s, past the 1 s grace):
     # the query is cancelled, so the drill drops its scratch database and records the run.

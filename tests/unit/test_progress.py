@@ -159,6 +159,12 @@ def test_the_running_job_is_a_metric() -> None:
     assert 'backupd_job_progress_total{cluster="main",job="full"} 5000.0' in text
     assert 'backupd_job_progress_done{cluster="main",job="verify"} 0.0' in text
     assert 'backupd_job_progress_done{cluster="other",job="full"} 0.0' in text
+    with progress.tracking("wal", cluster="other"):  # a daemon job names its cluster
+        progress.phase("uploading", total=16)
+        progress.advance(3)
+        text = metrics.render()[0].decode()
+    assert 'backupd_job_progress_done{cluster="other",job="wal"} 3.0' in text
+    assert 'backupd_job_progress_done{cluster="main",job="wal"} 0.0' in text
     metrics.remove_cluster("main")
     assert 'cluster="main"' not in metrics.render()[0].decode()
 
