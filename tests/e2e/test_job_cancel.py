@@ -119,7 +119,7 @@ def test_cancel_job_stops_that_job_alone(tmp_path: Path, pg: PgCluster, pg_db: s
     app = App(settings)
     repo = app.init_repository()
     catalog = app.open_catalog()
-    runner = JobRunner(app, repo, catalog, Metrics(__version__), app.notifier())
+    runner = JobRunner(app, repo, catalog, Metrics(__version__).add_cluster(app.cluster), app.notifier())
     other: subprocess.Popen[bytes] | None = None
     try:
         with procs.owned_by(runner.owner_of("verify")):  # another job's child, running meanwhile
