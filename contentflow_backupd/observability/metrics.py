@@ -355,21 +355,16 @@ class Metrics:
             view = self._clusters.pop(name, None)
             if view is None:
                 return
-            for metric in self._per_cluster():
-                metric.remove_by_labels({"cluster": name})
+            for metric, labels in view._series:
+                with contextlib.suppress(KeyError):
+                    metric.remove(name, *labels)
+            view._series.clear()
 
     @property
     def clusters(self) -> tuple[str, ...]:
         """The clusters exported, in the order they were added."""
         with self._lock:
             return tuple(self._clusters)
-
-    def _per_cluster(self) -> list[MetricWrapperBase]:
-        return [
-            value
-            for value in vars(self).values()
-            if isinstance(value, MetricWrapperBase) and value._labelnames[:1] == ("cluster",)
-        ]
 
     # -- daemon-level --------------------------------------------------------------------------
     def scheduler_queue_wait(self, job_class: str, seconds: float) -> None:
@@ -456,32 +451,30 @@ class ClusterMetrics:
         """What ``backupd_wal_archived_segments_total`` shows (prometheus_client hides it)."""
         self._seeded_failures: dict[str, float] = {}
         self._migration_seen: dict[str, int] = {}
+        self._series: set[tuple[MetricWrapperBase, tuple[str, ...]]] = set()
+        """Every (metric, other label values) this view created: what ``remove_cluster`` removes
+        (``remove_by_labels`` needs prometheus_client 0.24)."""
 
     def _precreate(self) -> None:
-        m, c = self.parent, self.name
+        m = self.parent
         for status in MIGRATION_RESULTS:
-            m._migration_runs.labels(c, status)
+            self._child(m._migration_runs, status)
         for result in RESULTS:
-            m._verify_runs.labels(c, result)
-            m._drill_runs.labels(c, result)
+            self._child(m._verify_runs, result)
+            self._child(m._drill_runs, result)
         for kind in BACKUP_KINDS:
             for result in RESULTS:
-                m._runs.labels(c, kind, result)
-            for gauge in (m._last_success, m._last_failure, m._source_bytes, m._stored_bytes):
-                gauge.labels(c, kind).set(0)
-            m._anomaly.labels(c, kind).set(0)
-            m._duration.labels(c, kind)
-            m._ret_backups.labels(c, kind)
+                self._child(m._runs, kind, result)
+            for gauge in (m._last_success, m._last_failure, m._source_bytes, m._stored_bytes, m._anomaly):
+                self._set(gauge, 0, kind)
+            self._child(m._duration, kind)
+            self._child(m._ret_backups, kind)
         for dep in DEPENDENCIES:
-            m._dependency.labels(c, dep).set(0)
+            self._set(m._dependency, 0, dep)
         for result in WAL_SOCKET_RESULTS:
-            m._wal_socket.labels(c, result)
-        for metric in (
-            m._wal_archived,
-            m._wal_failures,
-            m._ret_bytes,
-        ):
-            metric.labels(c)
+            self._child(m._wal_socket, result)
+        for counter in (m._wal_archived, m._wal_failures, m._ret_bytes):
+            self._child(counter)
         for gauge in (
             m._wal_last,
             m._wal_pending,
@@ -496,7 +489,7 @@ class ClusterMetrics:
             m._rpo_age,
             m._migration_duration,
         ):
-            gauge.labels(c).set(0)
+            self._set(gauge, 0)
 
     def _child(self, metric: _M, *labels: str) -> _M | None:
         """``metric``'s child for this cluster and ``labels``; None once the cluster is removed
@@ -504,6 +497,7 @@ class ClusterMetrics:
         with self.parent._lock:
             if self.parent._clusters.get(self.name) is not self:
                 return None
+            self._series.add((metric, labels))
             return metric.labels(self.name, *labels)
 
     # -- backups ---------------------------------------------------------------------------
@@ -702,6 +696,7 @@ class ClusterMetrics:
             raise ValueError(f"{job!r} is not a job name")
         if at is None:
             with self.parent._lock, contextlib.suppress(KeyError):
+                self._series.discard((self.parent._next_run, (job,)))
                 self.parent._next_run.remove(self.name, job)
             return
         self._set(self.parent._next_run, _ts(at), job)
