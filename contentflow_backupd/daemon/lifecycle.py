@@ -1,30 +1,33 @@
 """The daemon process: start-up, the supervising main loop, leadership and two-signal shutdown.
-See the package docstring for the order of events."""
+See the package docstring for the order of events.
+
+``Daemon`` is the process: signals, the main loop, HTTP, the scheduler, the watchdog, the
+shutdown, the catalog and the leader lock. What belongs to one cluster (its repository and scope,
+its jobs, its WAL, its probes and health) is a ``daemon/cluster.py: ClusterRuntime``, one per
+cluster served in ``Daemon.runtimes`` (one today); a fired job is routed to its cluster's runtime
+(``cluster.runtime_for``)."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import functools
 import os
 import signal
-import socket
-import sys
 import threading
 import time
-from datetime import datetime
 from typing import Any
 
 import structlog
 
 from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
+from contentflow_backupd.daemon.cluster import ClusterRuntime, runtime_for
+from contentflow_backupd.daemon.exits import EXIT_FAILED_STOP, arm_exit, exit_now, raise_in_thread
 from contentflow_backupd.daemon.parts import DaemonApp
-from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
-from contentflow_backupd.model import Scope, utcnow
+from contentflow_backupd.errors import BackupdError
+from contentflow_backupd.model import RunTrigger, Scope
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.procs import terminate_children
-from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.sdnotify import SystemdNotifier
 from contentflow_backupd.signals import Interrupted, SignalWatch
 
@@ -33,9 +36,6 @@ log = structlog.get_logger(__name__)
 LOOP_INTERVAL = 1.0
 LEADER_POLL = 5.0
 PROBE_INTERVAL = 15.0
-OBJECTIVES_INTERVAL = 60.0
-"""The recovery window needs a LIST of the WAL archive: once a minute is enough for a metric
-whose alert waits 5 minutes."""
 CHILD_STOP_WAIT = 10.0
 """After the grace period: how long the stopped jobs get to record their runs ``interrupted``."""
 EXIT_MARGIN = 25.0
@@ -68,23 +68,13 @@ class Daemon:
         self._abort_signal: int | None = None
         self._abort = threading.Event()
         self._heartbeat = time.monotonic()
-        self._deps: dict[str, Any] = {}
         self._catalog_up = False
-        self._wal_state: Any = None
-        self._recovery: Any = None
-        self._next_objectives = 0.0
         self._scheduler: Any = None
         self._http: Any = None
-        self._runner: Any = None
-        self._walwatch: Any = None
-        self._walservice: Any = None
         self._lock: Any = None
         self._catalog: Catalog | None = None
-        self._repo: Repository | None = None
-        self._scope = Scope("", app.cluster)
-        """(repository id, cluster) of every catalog row the daemon reports; set once the
-        repository is open (the empty id before matches no row)."""
-        self._notifier: Any = None
+        self.runtimes: dict[str, ClusterRuntime] = {}
+        """The clusters this daemon serves, by name: one today, ``app.cluster``'s."""
 
     # -- start-up ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -103,10 +93,10 @@ class Daemon:
         finally:
             self._shutdown()
         code = 0 if self._abort_signal is None else 128 + self._abort_signal
-        if self._runner is not None and self._runner.running():
+        if self._running_jobs():
             # A job thread that did not stop would keep the interpreter from exiting (it joins
             # the scheduler's worker threads): leave now, its run is reaped as interrupted.
-            _exit_now(code)
+            exit_now(code)
         return code
 
     def _start(self) -> None:
@@ -121,18 +111,18 @@ class Daemon:
         self._lock = app.leader_lock()
         if self._lock.mode == "exclusive":
             self._lock.require()  # a second daemon on one SQLite catalog is refused
-        self._repo = self._open_or_init_repository()
-        self._scope = Scope(self._repo.id, app.cluster)
+        runtime = ClusterRuntime(app, self._catalog, self.metrics)
+        self.runtimes[runtime.name] = runtime
+        runtime.open_repository()
         if self._lock.mode == "shared":
             # One leader per repository and cluster: daemons of other clusters or repositories
             # on this PostgreSQL catalog lead their own (the lock is taken in _poll_leadership).
             self._lock = app.leader_lock(self._scope)
-        self._adopt_old_rows()
+        runtime.adopt_old_rows()
         self._audit_config()
         self._cleanup_drills()
-        self._notifier = app.notifier()
-        self._build_runner()
-        self._start_wal_service()
+        runtime.start()
+        self._install_job_handlers()
         self._start_http()
         if self._lock.mode == "exclusive":
             self._become_leader()
@@ -151,7 +141,7 @@ class Daemon:
 
         assert self._catalog is not None
         view = {row["name"]: row["value"] for row in self.app.settings_view({})}
-        record_config(self._catalog, view, self._repo)
+        record_config(self._catalog, view, self._runtime().repo)
 
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
@@ -171,60 +161,36 @@ class Daemon:
         if removed:
             log.info("stale_drills_removed", drills=removed)
 
-    def _open_or_init_repository(self) -> Repository:
-        storage = self.app.storage()
-        try:
-            return self.app.repository()
-        except RepositoryNotFound:
-            if next(iter(storage.list("")), None) is not None:
-                raise RepositoryError(
-                    f"{storage.url} holds objects but no repo.json: refusing to initialise a repository",
-                    hint="point BACKUPD_REPOSITORY at an empty location or at an existing repository",
-                ) from None
-            repo = self.app.init_repository()
-            log.info(
-                "repository_initialised", url=repo.storage.url, repository_id=repo.id, key_id=repo.kek_id
-            )
-            return repo
+    @property
+    def _scope(self) -> Scope:
+        """The scope of the daemon's leader lock and job table: its one runtime's."""
+        return self._runtime().scope
 
-    def _adopt_old_rows(self) -> None:
-        """Catalog rows from before revision 0008 whose backups are in this repository become
-        this repository's (``ops.repo.scope``); the repository id is remembered for this URL."""
-        from contentflow_backupd.ops.repo.scope import resolve_scope
+    def _runtime(self) -> ClusterRuntime:
+        """The one cluster this daemon serves (step 5 of docs/design/fleet.md: several)."""
+        return next(iter(self.runtimes.values()))
 
-        assert self._repo is not None and self._catalog is not None
-        try:
-            resolve_scope(self._repo.storage, self._catalog, self.app.cluster)
-        except BackupdError as exc:
-            log.warning("catalog_rows_not_attributed", error=exc.message)
-
-    def _build_runner(self) -> None:
-        from contentflow_backupd.daemon.runtime import JobRunner
+    def _install_job_handlers(self) -> None:
+        """Fired jobs go to their cluster's runtime (``_run_job``): bare ids (the job table of
+        this daemon's scope) and ``<cluster>:<job>`` ids of each runtime's cluster."""
         from contentflow_backupd.scheduling import jobs
 
-        app = self.app
-        assert self._repo is not None and self._catalog is not None
-        wal_tick = None
-        wal_job = {spec.id: spec for spec in app.job_specs}["wal"]
-        if app.mode == "physical" and wal_job.schedule.kind != "off":
-            self._walwatch = app.wal_watcher(self._repo, self.metrics, self._catalog)
-            wal_tick = self._walwatch.tick
-            try:  # the WAL counter from the start, not only from the first WAL check
-                self._walwatch.update_archived_total()
-            except BackupdError as exc:
-                log.warning("wal_archive_unreadable", error=exc.message)
-        self._runner = JobRunner(
-            app, self._repo, self._catalog, self.metrics, self._notifier, wal_tick=wal_tick
-        )
-        jobs.install(self._runner)
+        for cluster in [None, *self.runtimes]:
+            jobs.install(functools.partial(self._run_job, cluster), cluster)
 
-    def _start_wal_service(self) -> None:
-        """The WAL socket ``wal push`` hands segments to: served by every daemon of the
-        repository and cluster, leader or not (a push needs only the repository)."""
-        assert self._repo is not None
-        service = self.app.wal_service(self._repo, self.metrics)
-        if service is not None and service.start():
-            self._walservice = service
+    def _run_job(self, cluster: str | None, job: str, trigger: RunTrigger) -> None:
+        """On a scheduler worker thread: run ``job`` of ``cluster`` (None: a bare id) on its
+        runtime; a job of no runtime of this daemon is logged and not run."""
+        runtime = runtime_for(self.runtimes, cluster)
+        if runtime is None:
+            from contentflow_backupd.scheduling.jobs import job_id_for
+
+            log.error("job_cluster_unknown", job=job_id_for(cluster, job), clusters=sorted(self.runtimes))
+            return
+        runtime.run_job(job, trigger)
+
+    def _running_jobs(self) -> list[Any]:
+        return [job for runtime in self.runtimes.values() for job in runtime.running()]
 
     def _start_http(self) -> None:
         if self.app.http_listen == "off":
@@ -237,7 +203,6 @@ class Daemon:
 
     # -- leadership --------------------------------------------------------------------------
     def _become_leader(self) -> None:
-        from contentflow_backupd.daemon.walwatch import choose_wal_method
         from contentflow_backupd.scheduling.scheduler import Scheduler
 
         app = self.app
@@ -245,7 +210,6 @@ class Daemon:
         self.leader = True
         self.metrics.set_leader(True)
         log.info("leader_acquired", mode=self._lock.mode)
-        assert self._scope is not None
         sched = Scheduler(
             self._catalog.engine,
             app.timezone,
@@ -253,19 +217,12 @@ class Daemon:
             max_workers=app.max_concurrent_jobs,
             on_queue_wait=self.all_metrics.scheduler_queue_wait,
         )
-        sched.register(app.job_specs)
-        if app.full_scheduled and not self._catalog.list_backups(self._scope, ["succeeded"]):
-            sched.run_soon("full")  # no backup yet: do not wait for the first fire time
+        for runtime in self.runtimes.values():
+            runtime.schedule(sched)
         sched.resume()
         self._scheduler = sched
-        if (
-            self._walwatch is not None
-            and self._repo is not None
-            and choose_wal_method(app.wal_method, self._walwatch) == "stream"
-        ):
-            self._walwatch.stream = app.stream_supervisor(self._repo, self.metrics)
-            self._walwatch.stream.start()
-            log.info("wal_stream_supervised", slot=app.wal_slot)
+        for runtime in self.runtimes.values():
+            runtime.start_stream()
 
     def _lose_leadership(self) -> None:
         log.error("leader_lost", action="stopped scheduling; trying to get the lock back")
@@ -274,9 +231,8 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown()
             self._scheduler = None
-        if self._walwatch is not None and self._walwatch.stream is not None:
-            self._walwatch.stream.stop()
-            self._walwatch.stream = None
+        for runtime in self.runtimes.values():
+            runtime.stop_stream(forget=True)
 
     def _poll_leadership(self) -> None:
         if self.stopping.is_set():
@@ -322,19 +278,24 @@ class Daemon:
             self.metrics.set_next_run(job, when.timestamp() if when else None)
 
     def _record_skipped(self) -> None:
+        """The fires the scheduler skipped, recorded by their cluster's runtime."""
         if self._scheduler is None or self._catalog is None:
             return
         from contentflow_backupd.scheduling.jobs import parse_job_id
 
         for job_id, reason in self._scheduler.take_skipped():
             try:
-                job = parse_job_id(job_id)[1]
-                run = self._catalog.start_run(
-                    self._scope, job, "scheduled", pid=os.getpid(), host=socket.gethostname()
+                cluster, job = parse_job_id(job_id)
+            except ValueError as exc:
+                log.error("job_id_invalid", job=job_id, error=str(exc))
+                continue
+            runtime = runtime_for(self.runtimes, cluster)
+            if runtime is None:
+                log.error(
+                    "skipped_job_cluster_unknown", job=job_id, reason=reason, clusters=sorted(self.runtimes)
                 )
-                self._catalog.finish_run(run.id, "skipped", error=reason)
-            except BackupdError as exc:
-                log.error("catalog_update_failed", error=exc.message)
+                continue
+            runtime.record_skipped(job, reason)
 
     def _status_text(self) -> str:
         if not self.leader:
@@ -353,82 +314,13 @@ class Daemon:
                 last_status = text
 
     def _probe_dependencies(self) -> None:
-        """Dependencies, and the WAL archive's state in physical mode, for /healthz, /readyz
-        and ``backupd_dependency_up`` (on this thread: a hanging server never blocks a probe)."""
-        from contentflow_backupd.ops.health.evaluate import WalState
-        from contentflow_backupd.ops.health.inputs import probe_dependencies, wal_health_state
-        from contentflow_backupd.repository.walarchive import WalArchive
-
-        app = self.app
-        assert self._catalog is not None and self._repo is not None
-        deps = probe_dependencies(app.database_probe(), self._repo.storage, self._catalog, app.open_catalog)
-        for name, state in deps.items():
-            self.metrics.set_dependency(name, state.up)
-        self._deps = deps
-        self._catalog_up = deps["catalog"].up
-        if self._catalog_up:
-            self._probe_migrations()
-        if app.mode == "physical":
-            try:
-                self._wal_state = wal_health_state(WalArchive(self._repo, app.cluster), app.archiver_status())
-            except BackupdError as exc:
-                self._wal_state = WalState(None, None, False, f"cannot read the WAL archive: {exc.message}")
-            self._count_wal(self._wal_state)
-            if self.leader and self._walwatch is not None:
-                self._walwatch.guard(self._wal_state)
-        if time.monotonic() >= self._next_objectives:
-            self._next_objectives = time.monotonic() + OBJECTIVES_INTERVAL
-            self._probe_objectives()
-
-    def _count_wal(self, state: Any) -> None:
-        """``backupd_wal_archived_segments_total`` from the listing the probe just made: the
-        segments stored plus those retention deleted (the catalog), whoever pushed them."""
-        if state is None or state.segments is None or self._catalog is None:
-            return
-        try:
-            deleted = self._catalog.count_deleted_wal_segments(self._scope)
-        except BackupdError as exc:
-            log.warning("wal_deletions_unreadable", error=exc.message)
-            return
-        self.metrics.set_wal_archived_total(state.segments + deleted)
-
-    def _probe_objectives(self) -> None:
-        """The recovery window and the RPO if the server died now (``backupd_recovery_point_age_
-        seconds``), the RTO estimate; for /healthz."""
-        from contentflow_backupd.ops.health.inputs import recovery_state
-        from contentflow_backupd.ops.health.objectives import recovery_objectives
-
-        app = self.app
-        assert self._catalog is not None and self._repo is not None
-        try:
-            report = recovery_objectives(
-                self._repo,
-                self._catalog,
-                app.cluster,
-                app.mode,
-                rto_objective_s=app.rto_objective_s,
-                rpo_objective_s=app.rpo_objective_s,
-            )
-        except BackupdError as exc:
-            log.warning("recovery_objectives_unknown", error=exc.message)
-            return
-        self.metrics.set_recovery_point_age(report.get("recovery_point_age_seconds"))
-        self._recovery = recovery_state(report)
-
-    def _probe_migrations(self) -> None:
-        """``backupd_migration_*`` from the catalog (``migrate`` runs as its own command)."""
-        assert self._catalog is not None
-        try:
-            runs = [r for r in self._catalog.list_migration_runs(self._scope) if not r.dry_run]
-        except BackupdError as exc:
-            log.warning("migration_runs_unreadable", error=exc.message)
-            return
-        counts: dict[str, int] = {}
-        for run in runs:
-            counts[run.status] = counts.get(run.status, 0) + 1
-        done = [r for r in runs if r.finished_at is not None]
-        last = done[-1].details.get("duration_seconds") if done else None
-        self.metrics.set_migration_runs(counts, None if last is None else float(last))
+        """Each runtime's dependencies, and the WAL archive's state in physical mode, for
+        /healthz, /readyz and ``backupd_dependency_up`` (on this thread: a hanging server never
+        blocks a probe)."""
+        for runtime in self.runtimes.values():
+            deps = runtime.probe_dependencies()
+            self._catalog_up = deps["catalog"].up
+            runtime.probe_state(leader=self.leader)
 
     # -- probes for the HTTP endpoints -----------------------------------------------------
     def live(self) -> bool:
@@ -440,25 +332,8 @@ class Daemon:
         return self.started and not self.stopping.is_set() and self._catalog_up
 
     def health(self) -> Any:
-        from contentflow_backupd.ops.health.evaluate import evaluate_health
-        from contentflow_backupd.ops.health.inputs import collect_health_inputs
-
-        try:
-            inputs = collect_health_inputs(
-                self._catalog,
-                self._scope,
-                dependencies=dict(self._deps),
-                wal=self._wal_state,
-                leader=self.leader,
-                drills=self.app.drills_scheduled,
-                recovery=self._recovery,
-            )
-        except BackupdError as exc:
-            log.warning("catalog_unavailable", error=exc.message)
-            inputs = collect_health_inputs(
-                None, self._scope, dependencies=dict(self._deps), wal=self._wal_state, leader=self.leader
-            )
-        return evaluate_health(inputs, self._objectives, utcnow())
+        """The health of the one cluster served (``ClusterRuntime.health``)."""
+        return self._runtime().health(leader=self.leader, objectives=self._objectives)
 
     # -- signals and shutdown --------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -478,13 +353,13 @@ class Daemon:
             log.info("daemon_stopping", signal=name, grace=self.app.shutdown_grace)
             self.stopping.set()
             self.sd.stopping()
-            _arm_exit(grace + EXIT_MARGIN, EXIT_FAILED_STOP, "the shutdown did not finish in time")
+            arm_exit(grace + EXIT_MARGIN, EXIT_FAILED_STOP, "the shutdown did not finish in time")
         elif count == 2:
             log.warning("daemon_stopping_now", signal=name)
             self._abort_signal = signum
             self._abort.set()
             self.stopping.set()
-            _arm_exit(STOP_NOW_WAIT, 128 + signum, "a second signal: stop now")
+            arm_exit(STOP_NOW_WAIT, 128 + signum, "a second signal: stop now")
 
     def _left(self, cap: float) -> float:
         """How long a step of the shutdown may take: at most ``cap``, 2 s after a second signal,
@@ -502,24 +377,24 @@ class Daemon:
     def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
-        if self._walservice is not None:
+        for runtime in self.runtimes.values():
             # First: new pushes go direct; the running ones get a few seconds to finish.
-            self._walservice.stop(timeout=self._left(5.0))
+            runtime.stop_wal_service(self._left(5.0))
         if self._scheduler is not None:
             self._scheduler.shutdown()  # no new runs
-        runner = self._runner
-        if runner is not None:
+        runners = [r.runner for r in self.runtimes.values() if r.runner is not None]
+        if runners:
             deadline = (self._stop_at or time.monotonic()) + self._grace()
-            while runner.running() and time.monotonic() < deadline and not self._abort.is_set():
+            while self._running_jobs() and time.monotonic() < deadline and not self._abort.is_set():
                 self._abort.wait(0.2)
-            if runner.running():
-                self._stop_running_jobs(runner)
-        if self._walwatch is not None and self._walwatch.stream is not None:
-            self._walwatch.stream.stop(timeout=self._left(10.0))
+            if self._running_jobs():
+                self._stop_running_jobs(runners)
+        for runtime in self.runtimes.values():
+            runtime.stop_stream(self._left(10.0))
         if self._http is not None:
             self._http.stop()
-        if self._notifier is not None:
-            self._notifier.close(self._left(10.0))
+        for runtime in self.runtimes.values():
+            runtime.close_notifier(self._left(10.0))
         if self._lock is not None:
             self._lock.release()
         if self._catalog is not None:
@@ -529,14 +404,15 @@ class Daemon:
         jobs.install(None)
         log.info("daemon_stopped")
 
-    def _stop_running_jobs(self, runner: Any) -> None:
+    def _stop_running_jobs(self, runners: list[Any]) -> None:
         """The grace period is over: stop the running jobs' children and let them record the run
         as interrupted."""
-        names = [r.job for r in runner.running()]
+        names = [r.job for r in self._running_jobs()]
         log.warning("stopping_running_jobs", jobs=names)
-        runner.cancel_all()
-        for job in runner.running():
-            _raise_in_thread(job.thread, Interrupted)
+        for runner in runners:
+            runner.cancel_all()
+        for job in self._running_jobs():
+            raise_in_thread(job.thread, Interrupted)
         time.sleep(0.5)
         for pid in terminate_children(None):  # every child, not only the jobs' (owner None)
             log.info("child_stopped", pid=pid)
@@ -545,51 +421,7 @@ class Daemon:
         if cancelled:
             log.info("queries_cancelled", connections=cancelled)
         deadline = time.monotonic() + CHILD_STOP_WAIT
-        while runner.running() and time.monotonic() < deadline:
+        while self._running_jobs() and time.monotonic() < deadline:
             time.sleep(0.2)
-        if runner.running():
-            log.error("jobs_did_not_stop", jobs=[r.job for r in runner.running()])
-
-
-EXIT_FAILED_STOP = 1
-
-
-def _arm_exit(delay: float, code: int, reason: str) -> None:
-    """End the process with ``code`` in ``delay`` seconds unless it ended before."""
-    timer = threading.Timer(delay, _forced_exit, args=(code, reason))
-    timer.name = "shutdown-deadline"
-    timer.daemon = True
-    timer.start()
-
-
-def _forced_exit(code: int, reason: str) -> None:
-    # Logging is tried on its own thread: a stuck stderr or a log lock held by a stuck thread
-    # must not keep us from leaving.
-    names = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread())
-    message = threading.Thread(
-        target=lambda: log.error("daemon_exit_forced", reason=reason, exit_code=code, threads=names),
-        daemon=True,
-    )
-    message.start()
-    message.join(1.0)
-    os._exit(code)  # no flush: the main thread may hold a stream's lock, blocked in a write
-
-
-def _exit_now(code: int) -> None:
-    """Leave without waiting for threads (a stuck job thread would keep ``sys.exit`` waiting)."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
-
-
-def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
-    """Raise ``exc_type`` in ``thread`` at its next Python instruction (a blocked system call
-    returns first: ``terminate_children`` ends the pipes it waits on)."""
-    if thread.ident is None:
-        return
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
-
-
-def _fmt(when: datetime | None) -> str | None:
-    return when.isoformat() if when else None
+        if self._running_jobs():
+            log.error("jobs_did_not_stop", jobs=[r.job for r in self._running_jobs()])
