@@ -32,7 +32,7 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.daemon.parts import DaemonApp
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
 from contentflow_backupd.model import RunTrigger, Scope, utcnow
-from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.observability.metrics import ClusterMetrics
 from contentflow_backupd.repository.repository import Repository
 
 log = structlog.get_logger(__name__)
@@ -55,7 +55,7 @@ def runtime_for(runtimes: Mapping[str, ClusterRuntime], cluster: str | None) -> 
 class ClusterRuntime:
     """The daemon's part for one cluster (module docstring). Building it does no I/O."""
 
-    def __init__(self, app: DaemonApp, catalog: Catalog, metrics: Metrics) -> None:
+    def __init__(self, app: DaemonApp, catalog: Catalog, metrics: ClusterMetrics) -> None:
         self.app = app
         self.name = app.cluster
         self.catalog = catalog
