@@ -287,3 +287,22 @@ def test_a_miss_answered_by_the_helper_imports_nothing_heavy(tmp_path: Path, arc
     fast_path |= {"contentflow_backupd.walspool", "fcntl"}
     fast_path |= {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc"}  # site's
     assert set(report["added"]) <= fast_path, sorted(set(report["added"]) - fast_path)
+
+
+def test_a_helper_of_an_older_version_is_asked_nothing(tmp_path: Path) -> None:
+    """An older helper writes ``<pid> <token>`` (no ``answers``): ``wal fetch`` still serves what
+    it wrote, but does not wait for answers it would never give."""
+    from contentflow_backupd.walspool import read_token
+
+    spool = WalSpool(str(tmp_path / "spool"))
+    spool.create()
+    fd = os.open(os.path.join(spool.path, "helper.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, f"{os.getpid()} {TOKEN}\n".encode(), 0)
+        assert read_token(fd) == (TOKEN, False)
+        spool.write_token(fd, TOKEN)
+        assert read_token(fd) == (TOKEN, True)
+        os.ftruncate(fd, 0)
+        assert read_token(fd) is None  # not written yet
+    finally:
+        os.close(fd)
