@@ -17,6 +17,7 @@ from contentflow_backupd.cli.output import (
     human_duration,
     human_time,
     print_json,
+    read_clusters,
     render_table,
 )
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError, VerificationFailed
@@ -86,21 +87,16 @@ def cmd_list(args: argparse.Namespace, app: App) -> int:
     from contentflow_backupd.model import iso
 
     every = bool(getattr(args, "all_clusters", False))
+    # ``as_reaped`` shows what a writing command will record.
+    read, failed = read_clusters(
+        args,
+        app,
+        lambda catalog, scope: as_reaped(
+            catalog.list_backups(scope, None if args.attempts else ["succeeded"])
+        ),
+    )
     listed = []
-    failed = False
-    for one in args.fleet.apps() if every else [app]:
-        # Read-only: no schema upgrade, no reaping, no scope remembered (``as_reaped`` shows what
-        # a writing command will record).
-        try:
-            with one.catalog(read_only=True) as catalog:
-                scope = one.scope(catalog, read_only=True)
-                records = as_reaped(catalog.list_backups(scope, None if args.attempts else ["succeeded"]))
-        except BackupdError as exc:
-            if not every:
-                raise
-            failed = True  # the other clusters are still listed; the exit code says it
-            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
-            continue
+    for one, records in read:
         _warn_if_catalog_stale(one, {r.id for r in records if r.status == "succeeded"})
         grace = timedelta(seconds=one.gc_grace_s)
         listed += [(one, r, grace) for r in records]

@@ -16,6 +16,7 @@ from contentflow_backupd.cli.output import (
     human_duration,
     human_time,
     print_json,
+    read_clusters,
     render_table,
 )
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
@@ -39,21 +40,11 @@ def cmd_run(args: argparse.Namespace, app: App) -> int:
 
 def cmd_runs(args: argparse.Namespace, app: App) -> int:
     every = bool(getattr(args, "all_clusters", False))
-    listed = []
-    failed = False
-    for one in args.fleet.apps() if every else [app]:
-        # Read-only (see cmd_list); --job filters in the query, before --limit (per cluster).
-        try:
-            with one.catalog(read_only=True) as catalog:
-                scope = one.scope(catalog, read_only=True)
-                runs = as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
-        except BackupdError as exc:
-            if not every:
-                raise
-            failed = True  # the other clusters are still listed; the exit code says it
-            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
-            continue
-        listed += [(one.cluster, r) for r in runs]
+    # --job filters in the query, before --limit (per cluster).
+    read, failed = read_clusters(
+        args, app, lambda catalog, scope: as_reaped(catalog.list_runs(scope, limit=args.limit, job=args.job))
+    )
+    listed = [(one.cluster, r) for one, runs in read for r in runs]
     if every:
         listed.sort(key=lambda item: (item[1].started_at, item[0], item[1].id))
     if args.json:

@@ -4,18 +4,48 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 if TYPE_CHECKING:
-    from contentflow_backupd.model import BackupRecord, RunRecord
+    import argparse
+
+    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.model import BackupRecord, RunRecord, Scope
+    from contentflow_backupd.wiring import App
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
 Record = TypeVar("Record", "BackupRecord", "RunRecord")
+T = TypeVar("T")
+
+
+def read_clusters(
+    args: argparse.Namespace, app: App, read: Callable[[Catalog, Scope], T]
+) -> tuple[list[tuple[App, T]], bool]:
+    """``read`` of the chosen cluster, or of every configured cluster with ``--all-clusters``,
+    each on its catalog opened read-only (no schema upgrade, no reaping, no scope remembered).
+    Returns what was read and whether a cluster failed: with ``--all-clusters`` a failing
+    cluster is named on stderr and the others are still read (the exit code says it); for one
+    cluster the error is raised."""
+    from contentflow_backupd.errors import BackupdError
+
+    every = bool(getattr(args, "all_clusters", False))
+    read_out: list[tuple[App, T]] = []
+    failed = False
+    for one in args.fleet.apps() if every else [app]:
+        try:
+            with one.catalog(read_only=True) as catalog:
+                read_out.append((one, read(catalog, one.scope(catalog, read_only=True))))
+        except BackupdError as exc:
+            if not every:
+                raise
+            failed = True
+            print(f"contentflow-backupd: error: cluster {one.cluster}: {exc}", file=sys.stderr)
+    return read_out, failed
 
 
 def as_reaped(records: list[Record]) -> list[Record]:
