@@ -144,10 +144,8 @@ def _cluster_of(args: argparse.Namespace, fleet: Fleet) -> str:
     if chosen is not None:
         return chosen
     target = getattr(args.func, "target", None)
-    if getattr(args, "all_clusters", False) or target in FLEET_WIDE:
-        return fleet.names[0]
-    if args.func is cmd_run:
-        return fleet.require(None, what="`run` (one daemon serves one cluster for now)")
+    if getattr(args, "all_clusters", False) or target in FLEET_WIDE or args.func is cmd_run:
+        return fleet.names[0]  # `run` serves every cluster (cli/daemon.py: cmd_run)
     return fleet.require(None, what=f"`{_command_name(args)}`")
 
 

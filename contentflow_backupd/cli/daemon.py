@@ -24,18 +24,22 @@ from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
 if TYPE_CHECKING:
     from contentflow_backupd.ops.health.evaluate import HealthReport
     from contentflow_backupd.wiring import App
+    from contentflow_backupd.wiring.fleet import Fleet
 
 log = structlog.get_logger("contentflow_backupd.cli")
 
 
 def cmd_run(args: argparse.Namespace, app: App) -> int:
+    """One daemon for every configured cluster, or only for ``--cluster NAME`` when given."""
     from contentflow_backupd.daemon import run_daemon
     from contentflow_backupd.observability import progress
 
     # Jobs report progress as `progress` log events; the daemon publishes it for status/metrics.
     progress.configure("log", app.progress_interval_s)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
-    return run_daemon(app)
+    fleet: Fleet = args.fleet
+    only = [fleet.require(args.cluster)] if getattr(args, "cluster", None) else None
+    return run_daemon(fleet, only)
 
 
 def cmd_runs(args: argparse.Namespace, app: App) -> int:

@@ -1,19 +1,20 @@
 """One cluster served by the daemon: its repository and scope, its jobs, its WAL, its probes.
 
 ``ClusterRuntime`` is the per-cluster half of the daemon (``lifecycle.Daemon`` is the process
-half: signals, main loop, HTTP, scheduler, watchdog, shutdown, catalog, leader lock). The daemon
-holds one runtime per cluster it serves in ``Daemon.runtimes`` (one today, several from step 5 of
-docs/design/fleet.md) and calls each at the same points of its start-up, leadership, main loop
-and shutdown as it did before the split:
+half: signals, main loop, HTTP, scheduler, watchdog, shutdown, catalog). The daemon holds one
+runtime per cluster it serves in ``Daemon.runtimes`` and starts each on a thread of its own
+(``daemon/control.py``); ``state`` is ``starting`` until that start succeeded (``running``), or
+``failed`` after a configuration error. The start calls, in order:
 
 - ``open_repository()`` (initialised when the location is empty), then ``adopt_old_rows()``;
 - ``start()``: the notifier, the ``JobRunner`` (and in physical mode the WAL watcher), the WAL
   socket;
-- as leader: ``schedule(scheduler)`` registers its jobs, ``start_stream()`` the WAL stream,
+- as leader of its cluster (``leader``, through ``lock``): ``schedule(scheduler)`` adds its job
+  store and registers its jobs, ``start_stream()`` the WAL stream,
   ``stop_stream()`` when the leadership is lost or the daemon stops;
 - ``run_job(job, trigger)`` runs a fired job (the daemon routes it here, ``runtime_for``),
   ``record_skipped(job, reason)`` a fire the scheduler skipped;
-- ``probe_dependencies()`` then ``probe_state(leader)`` on the probe thread; ``health(...)``.
+- ``probe_dependencies()`` then ``probe_state(leader)`` on a probe thread; ``health(...)``.
 
 Nothing here reads settings: everything comes from the cluster's ``DaemonApp``.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +35,7 @@ from contentflow_backupd.daemon.parts import DaemonApp
 from contentflow_backupd.errors import BackupdError, RepositoryError, RepositoryNotFound
 from contentflow_backupd.model import RunTrigger, Scope, utcnow
 from contentflow_backupd.observability.metrics import ClusterMetrics
+from contentflow_backupd.ops.health.evaluate import DependencyState
 from contentflow_backupd.repository.repository import Repository
 
 log = structlog.get_logger(__name__)
@@ -73,6 +76,21 @@ class ClusterRuntime:
         self.wal_state: Any = None
         self.recovery: Any = None
         self._next_objectives = 0.0
+        self.state = "starting"
+        """``starting`` (its start runs or is retried), ``running``, ``failed`` (a configuration
+        error: not retried) or ``stopped``."""
+        self.start_error: str | None = None
+        """Why the last start attempt failed (None: none failed)."""
+        self.leader = False
+        """Whether this daemon runs the cluster's jobs (holds its leader lock)."""
+        self.lock: Any = None
+        """The cluster's leader lock (``catalog/leader.py``), once its scope is known."""
+        self.first_attempt = threading.Event()
+        """Set once its first start attempt succeeded or failed."""
+        self.stop_event = threading.Event()
+        """Set by ``Daemon.stop_cluster``: ends a start being retried."""
+        self.probing: Any = None
+        """The probe task running for this cluster (a ``Future``), if any."""
 
     # -- start-up ----------------------------------------------------------------------------
     def open_repository(self) -> Repository:
@@ -140,11 +158,15 @@ class ClusterRuntime:
             self.walservice = service
 
     # -- leadership --------------------------------------------------------------------------
-    def schedule(self, scheduler: Any) -> None:
-        """Register this cluster's jobs; without any good backup yet, a full one runs soon."""
-        scheduler.register(self.app.job_specs)
+    def schedule(self, scheduler: Any, *, bare: bool = False) -> None:
+        """Add this cluster's job store to ``scheduler`` and register its jobs (``bare``: the
+        implicit cluster's bare ids); without any good backup yet, a full one runs soon."""
+        scheduler.add_cluster(
+            self.name, self.scope, self.app.job_specs, bare=bare, timezone=self.app.timezone
+        )
         if self.app.full_scheduled and not self.catalog.list_backups(self.scope, ["succeeded"]):
-            scheduler.run_soon("full")  # no backup yet: do not wait for the first fire time
+            # no backup yet: do not wait for the first fire time
+            scheduler.run_soon(scheduler.job_id("full", self.name), store=self.name)
 
     def start_stream(self) -> None:
         """The supervised ``pg_receivewal`` when the WAL method is (or resolves to) stream."""
@@ -190,14 +212,18 @@ class ClusterRuntime:
             log.error("catalog_update_failed", error=exc.message)
 
     # -- probes ------------------------------------------------------------------------------
-    def probe_dependencies(self) -> dict[str, Any]:
-        """The database, the storage and the catalog, for /healthz, /readyz and
-        ``backupd_dependency_up``."""
+    def probe_dependencies(self, catalog_state: DependencyState | None = None) -> dict[str, Any]:
+        """The database, the storage and the catalog (``catalog_state`` when the daemon probed
+        it already), for /healthz, /readyz and ``backupd_dependency_up``."""
         from contentflow_backupd.ops.health.inputs import probe_dependencies
 
         assert self.repo is not None
         deps = probe_dependencies(
-            self.app.database_probe(), self.repo.storage, self.catalog, self.app.open_catalog
+            self.app.database_probe(),
+            self.repo.storage,
+            self.catalog,
+            self.app.open_catalog,
+            catalog_state=catalog_state,
         )
         for name, state in deps.items():
             self.metrics.set_dependency(name, state.up)
@@ -277,9 +303,16 @@ class ClusterRuntime:
         self.metrics.set_migration_runs(counts, None if last is None else float(last))
 
     def health(self, *, leader: bool, objectives: Any) -> Any:
-        """This cluster's ``HealthReport`` from the last probes and the catalog."""
+        """This cluster's ``HealthReport`` from the last probes and the catalog; while it has
+        not started, one failing ``cluster_start`` check (``ops/health/fleet.py``)."""
         from contentflow_backupd.ops.health.evaluate import evaluate_health
+        from contentflow_backupd.ops.health.fleet import starting_report
         from contentflow_backupd.ops.health.inputs import collect_health_inputs
+
+        if self.state != "running" or not self.deps:
+            if self.state == "running":  # started, not probed yet
+                return starting_report("starting", "the first probe has not run yet", utcnow())
+            return starting_report(self.state, self.start_error, utcnow())
 
         try:
             inputs = collect_health_inputs(

@@ -1,32 +1,36 @@
-"""The daemon process: start-up, the supervising main loop, leadership and two-signal shutdown.
+"""The daemon process: start-up, the supervising main loop, the probes and two-signal shutdown.
 See the package docstring for the order of events.
 
 ``Daemon`` is the process: signals, the main loop, HTTP, the scheduler, the watchdog, the
-shutdown, the catalog and the leader lock. What belongs to one cluster (its repository and scope,
+shutdown and the catalog. What belongs to one cluster (its repository and scope, its leader lock,
 its jobs, its WAL, its probes and health) is a ``daemon/cluster.py: ClusterRuntime``, one per
-cluster served in ``Daemon.runtimes`` (one today); a fired job is routed to its cluster's runtime
-(``cluster.runtime_for``)."""
+cluster served in ``Daemon.runtimes``, each started on a thread of its own and stopped or
+rescheduled one at a time (``daemon/control.py: ClusterControl``); a fired job is routed to its
+cluster's runtime (``cluster.runtime_for``). ``READY=1`` waits for the catalog, the scheduler, the
+HTTP listener and each cluster's first start attempt (``FIRST_ATTEMPT_WAIT`` at most), never for
+a cluster to start."""
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
 
 from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import Catalog
-from contentflow_backupd.daemon.cluster import ClusterRuntime, runtime_for
+from contentflow_backupd.daemon.cluster import ClusterRuntime
+from contentflow_backupd.daemon.control import ClusterControl
 from contentflow_backupd.daemon.exits import EXIT_FAILED_STOP, arm_exit, exit_now, raise_in_thread
-from contentflow_backupd.daemon.parts import DaemonApp
+from contentflow_backupd.daemon.parts import FleetApp
 from contentflow_backupd.errors import BackupdError
-from contentflow_backupd.model import RunTrigger, Scope
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.ops.health.evaluate import DependencyState
 from contentflow_backupd.procs import terminate_children
 from contentflow_backupd.sdnotify import SystemdNotifier
 from contentflow_backupd.signals import Interrupted, SignalWatch
@@ -36,6 +40,11 @@ log = structlog.get_logger(__name__)
 LOOP_INTERVAL = 1.0
 LEADER_POLL = 5.0
 PROBE_INTERVAL = 15.0
+FIRST_ATTEMPT_WAIT = 30.0
+"""``READY=1`` waits at most this long for each cluster's first start attempt (done or failed),
+never for a cluster to start."""
+PROBE_WORKERS = 8
+"""Threads probing clusters at once; a cluster whose last probe still runs is skipped."""
 CHILD_STOP_WAIT = 10.0
 """After the grace period: how long the stopped jobs get to record their runs ``interrupted``."""
 EXIT_MARGIN = 25.0
@@ -47,21 +56,21 @@ PROGRESS_FILE = "progress.json"
 """In the state directory: what the daemon's running jobs have done (``status`` reads it)."""
 
 
-def run_daemon(app: DaemonApp) -> int:
-    return Daemon(app).run()
+def run_daemon(fleet: FleetApp, clusters: list[str] | None = None) -> int:
+    """Serve ``clusters`` (default: every configured cluster) until a signal stops the daemon."""
+    return Daemon(fleet, clusters).run()
 
 
-class Daemon:
-    def __init__(self, app: DaemonApp) -> None:
-        self.app = app
+class Daemon(ClusterControl):
+    def __init__(self, fleet: FleetApp, clusters: list[str] | None = None) -> None:
+        self.fleet = fleet
+        self.clusters = list(fleet.cluster_names if clusters is None else clusters)
+        """The clusters served from the start."""
         self.sd = SystemdNotifier.from_env()
         self.all_metrics = Metrics(__version__)
         """The registry /metrics exposes: the daemon-level series and each cluster's."""
-        self.metrics = self.all_metrics.add_cluster(app.cluster)
-        """This daemon's one cluster's series (``cluster="<BACKUPD_CLUSTER>"``)."""
         self.stopping = threading.Event()
         self.started = False
-        self.leader = False
         self._watch: SignalWatch | None = None
         self._stop_signal: int | None = None
         self._stop_at = 0.0
@@ -69,29 +78,39 @@ class Daemon:
         self._abort = threading.Event()
         self._heartbeat = time.monotonic()
         self._catalog_up = False
+        self._catalog_dep: DependencyState | None = None
         self._scheduler: Any = None
         self._http: Any = None
         self._lock: Any = None
         self._catalog: Catalog | None = None
+        self._fatal: BaseException | None = None
+        self._clusters_lock = threading.Lock()
+        self._probes: ThreadPoolExecutor | None = None
         self.runtimes: dict[str, ClusterRuntime] = {}
-        """The clusters this daemon serves, by name: one today, ``app.cluster``'s."""
+        """The clusters this daemon serves, by name."""
+
+    @property
+    def leader(self) -> bool:
+        """Whether this daemon runs the jobs of at least one cluster."""
+        return any(r.leader for r in list(self.runtimes.values()))
 
     # -- start-up ----------------------------------------------------------------------------
     def run(self) -> int:
         from contentflow_backupd.scheduling.scheduler import build_trigger
 
-        app = self.app
-        specs = app.job_specs
-        self._objectives = app.objectives
-        for spec in specs:
-            if spec.schedule.kind != "off":
-                build_trigger(spec, app.timezone)  # ConfigError (exit 2) names the setting
+        for name in self.clusters:
+            app = self.fleet.cluster(name)
+            for spec in app.job_specs:
+                if spec.schedule.kind != "off":
+                    build_trigger(spec, app.timezone)  # ConfigError (exit 2) names the setting
         self._install_signals()
         try:
             self._start()
             self._main_loop()
         finally:
             self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal  # a cluster's configuration error at start-up: exit 2
         code = 0 if self._abort_signal is None else 128 + self._abort_signal
         if self._running_jobs():
             # A job thread that did not stop would keep the interpreter from exiting (it joins
@@ -100,60 +119,60 @@ class Daemon:
         return code
 
     def _start(self) -> None:
-        app = self.app
-        log.info("daemon_starting", version=__version__, cluster=app.cluster, mode=app.mode, pid=os.getpid())
-        from contentflow_backupd.daemon.clientcheck import check_client_tools
+        from contentflow_backupd.scheduling.scheduler import Scheduler
 
-        # client tools older than the server: ConfigError, exit 2
-        check_client_tools(app.conninfo, app.mode, app.pg_bin)
-        self._catalog = app.open_catalog()
+        fleet = self.fleet
+        log.info("daemon_starting", version=__version__, clusters=self.clusters, pid=os.getpid())
+        self._catalog = fleet.open_catalog()
         self._catalog_up = True
-        self._lock = app.leader_lock()
+        self._lock = fleet.leader_lock()
         if self._lock.mode == "exclusive":
             self._lock.require()  # a second daemon on one SQLite catalog is refused
-        runtime = ClusterRuntime(app, self._catalog, self.metrics)
-        self.runtimes[runtime.name] = runtime
-        runtime.open_repository()
-        if self._lock.mode == "shared":
-            # One leader per repository and cluster: daemons of other clusters or repositories
-            # on this PostgreSQL catalog lead their own (the lock is taken in _poll_leadership).
-            self._lock = app.leader_lock(self._scope)
-        runtime.adopt_old_rows()
         self._audit_config()
         self._cleanup_drills()
-        runtime.start()
-        self._install_job_handlers()
+        self._scheduler = Scheduler(
+            self._catalog.engine,
+            fleet.timezone,
+            max_workers=fleet.max_concurrent_jobs,
+            on_queue_wait=self.all_metrics.scheduler_queue_wait,
+        )
+        self._scheduler.resume()
         self._start_http()
-        if self._lock.mode == "exclusive":
-            self._become_leader()
-        else:
-            self._poll_leadership()
+        self._probe_catalog()
+        for name in self.clusters:
+            self._add_runtime(name, fleet.cluster(name), at_startup=True)
+        deadline = time.monotonic() + FIRST_ATTEMPT_WAIT
+        for runtime in list(self.runtimes.values()):
+            while not runtime.first_attempt.wait(0.2) and time.monotonic() < deadline:
+                if self.stopping.is_set():
+                    return
+        if self.stopping.is_set():
+            return  # a signal, or a configuration error (``_fatal``) in a first attempt
         self.started = True
-        self._probe_dependencies()
+        self._probes = ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix="probe")
         threading.Thread(target=self._probe_loop, name="dependency-probes", daemon=True).start()
         self.sd.ready()
         self.sd.status(self._status_text())
-        log.info("daemon_ready", leader=self.leader, http=app.http_listen)
+        log.info("daemon_ready", clusters=len(self.clusters), http=fleet.http_listen)
 
     def _audit_config(self) -> None:
         """``config_changed`` in the audit trail when the settings differ from the last start's."""
         from contentflow_backupd.ops.audit import record_config
 
         assert self._catalog is not None
-        view = {row["name"]: row["value"] for row in self.app.settings_view({})}
-        record_config(self._catalog, view, self._runtime().repo)
+        record_config(self._catalog, self.fleet.config_view())
 
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
         from contentflow_backupd.ops.drill.workspace import cleanup_stale_drills
 
-        pg = self.app.pg_drivers()
+        pg = self.fleet.pg_drivers()
         try:
             removed = cleanup_stale_drills(
-                self.app.state_dir(),
+                self.fleet.state_dir(),
                 scratch=pg.scratch,
                 admin=pg.admin,
-                database=self.app.drill_options().database,
+                database=self.fleet.drill_database(),
             )
         except BackupdError as exc:
             log.warning("drill_cleanup_failed", error=exc.message)
@@ -161,90 +180,17 @@ class Daemon:
         if removed:
             log.info("stale_drills_removed", drills=removed)
 
-    @property
-    def _scope(self) -> Scope:
-        """The scope of the daemon's leader lock and job table: its one runtime's."""
-        return self._runtime().scope
-
-    def _runtime(self) -> ClusterRuntime:
-        """The one cluster this daemon serves (step 5 of docs/design/fleet.md: several)."""
-        return next(iter(self.runtimes.values()))
-
-    def _install_job_handlers(self) -> None:
-        """Fired jobs go to their cluster's runtime (``_run_job``): bare ids (the job table of
-        this daemon's scope) and ``<cluster>:<job>`` ids of each runtime's cluster."""
-        from contentflow_backupd.scheduling import jobs
-
-        for cluster in [None, *self.runtimes]:
-            jobs.install(functools.partial(self._run_job, cluster), cluster)
-
-    def _run_job(self, cluster: str | None, job: str, trigger: RunTrigger) -> None:
-        """On a scheduler worker thread: run ``job`` of ``cluster`` (None: a bare id) on its
-        runtime; a job of no runtime of this daemon is logged and not run."""
-        runtime = runtime_for(self.runtimes, cluster)
-        if runtime is None:
-            from contentflow_backupd.scheduling.jobs import job_id_for
-
-            log.error("job_cluster_unknown", job=job_id_for(cluster, job), clusters=sorted(self.runtimes))
-            return
-        runtime.run_job(job, trigger)
-
     def _running_jobs(self) -> list[Any]:
-        return [job for runtime in self.runtimes.values() for job in runtime.running()]
+        return [job for runtime in list(self.runtimes.values()) for job in runtime.running()]
 
     def _start_http(self) -> None:
-        if self.app.http_listen == "off":
+        if self.fleet.http_listen == "off":
             return
         from contentflow_backupd.http.server import HttpServer
 
-        self._http = HttpServer(self.app.http_listen, self.all_metrics, self)
+        self._http = HttpServer(self.fleet.http_listen, self.all_metrics, self)
         self._http.start()
-        log.info("http_listening", listen=self.app.http_listen, port=self._http.port)
-
-    # -- leadership --------------------------------------------------------------------------
-    def _become_leader(self) -> None:
-        from contentflow_backupd.scheduling.scheduler import Scheduler
-
-        app = self.app
-        assert self._catalog is not None
-        self.leader = True
-        self.metrics.set_leader(True)
-        log.info("leader_acquired", mode=self._lock.mode)
-        sched = Scheduler(
-            self._catalog.engine,
-            app.timezone,
-            scope=self._scope,
-            max_workers=app.max_concurrent_jobs,
-            on_queue_wait=self.all_metrics.scheduler_queue_wait,
-        )
-        for runtime in self.runtimes.values():
-            runtime.schedule(sched)
-        sched.resume()
-        self._scheduler = sched
-        for runtime in self.runtimes.values():
-            runtime.start_stream()
-
-    def _lose_leadership(self) -> None:
-        log.error("leader_lost", action="stopped scheduling; trying to get the lock back")
-        self.leader = False
-        self.metrics.set_leader(False)
-        if self._scheduler is not None:
-            self._scheduler.shutdown()
-            self._scheduler = None
-        for runtime in self.runtimes.values():
-            runtime.stop_stream(forget=True)
-
-    def _poll_leadership(self) -> None:
-        if self.stopping.is_set():
-            return
-        if self.leader:
-            if not self._lock.check():
-                self._lose_leadership()
-            return
-        if self._lock.try_acquire():
-            self._become_leader()
-        else:
-            self.metrics.set_leader(False)
+        log.info("http_listening", listen=self.fleet.http_listen, port=self._http.port)
 
     # -- main loop -----------------------------------------------------------------------------
     def _main_loop(self) -> None:
@@ -265,22 +211,24 @@ class Daemon:
         """The running jobs' progress for `status` (another process): ``progress.json`` in the
         state directory, removed when nothing runs (observability/progress.py)."""
         try:
-            progress.publish(self.app.state_dir() / PROGRESS_FILE)
+            progress.publish(self.fleet.state_dir() / PROGRESS_FILE)
         except (OSError, BackupdError) as exc:
             log.debug("progress_not_published", error=str(exc))
 
     def _update_next_runs(self) -> None:
-        runs = self._scheduler.next_runs() if self._scheduler is not None else {}
         from contentflow_backupd.scheduling.scheduler import JOB_IDS
 
-        for job in JOB_IDS:
-            when = runs.get(job)
-            self.metrics.set_next_run(job, when.timestamp() if when else None)
+        for runtime in list(self.runtimes.values()):
+            runs = self._scheduler.next_runs(runtime.name) if self._scheduler is not None else {}
+            for job in JOB_IDS:
+                when = runs.get(job)
+                runtime.metrics.set_next_run(job, when.timestamp() if when else None)
 
     def _record_skipped(self) -> None:
         """The fires the scheduler skipped, recorded by their cluster's runtime."""
         if self._scheduler is None or self._catalog is None:
             return
+        from contentflow_backupd.daemon.cluster import runtime_for
         from contentflow_backupd.scheduling.jobs import parse_job_id
 
         for job_id, reason in self._scheduler.take_skipped():
@@ -298,42 +246,103 @@ class Daemon:
             runtime.record_skipped(job, reason)
 
     def _status_text(self) -> str:
-        if not self.leader:
-            return "standby: another daemon is the leader"
-        runs = self._scheduler.next_runs() if self._scheduler is not None else {}
-        parts = [f"{job} {when:%Y-%m-%d %H:%M:%S}" for job, when in runs.items() if when is not None]
-        return "next: " + (", ".join(parts) if parts else "nothing scheduled")
+        """systemd's ``STATUS=``: the next fires and how many clusters are served."""
+        from contentflow_backupd.scheduling.jobs import job_id_for
 
+        runtimes = list(self.runtimes.values())
+        served = f"serving {len(runtimes)} cluster{'s' if len(runtimes) != 1 else ''}"
+        starting = sum(1 for r in runtimes if r.state != "running")
+        standby = sum(1 for r in runtimes if r.state == "running" and not r.leader)
+        extra = [f"{n} {what}" for n, what in ((starting, "not started"), (standby, "standby")) if n]
+        if extra:
+            served += f" ({', '.join(extra)})"
+        fires = []
+        for runtime in runtimes:
+            runs = self._scheduler.next_runs(runtime.name) if self._scheduler is not None else {}
+            key = None if self.fleet.implicit else runtime.name
+            fires += [(when, job_id_for(key, job)) for job, when in runs.items() if when is not None]
+        if not self.fleet.implicit:  # many clusters: the soonest fire only
+            fires = sorted(fires)[:1]
+        parts = [f"{job} {when:%Y-%m-%d %H:%M:%S}" for when, job in fires]
+        return "next: " + (", ".join(parts) if parts else "nothing scheduled") + "; " + served
+
+    # -- probes --------------------------------------------------------------------------------
     def _probe_loop(self) -> None:
         last_status = ""
+        self._probe_clusters()
         while not self.stopping.wait(PROBE_INTERVAL):
-            self._probe_dependencies()
+            self._probe_catalog()
+            self._probe_clusters()
             text = self._status_text()
             if text != last_status:
                 self.sd.status(text)
                 last_status = text
 
-    def _probe_dependencies(self) -> None:
-        """Each runtime's dependencies, and the WAL archive's state in physical mode, for
-        /healthz, /readyz and ``backupd_dependency_up`` (on this thread: a hanging server never
-        blocks a probe)."""
-        for runtime in self.runtimes.values():
-            deps = runtime.probe_dependencies()
-            self._catalog_up = deps["catalog"].up
-            runtime.probe_state(leader=self.leader)
+    def _probe_catalog(self) -> None:
+        """The catalog, once for every cluster (``backupd_dependency_up{dependency="catalog"}``
+        of each is set by its own probe)."""
+        from contentflow_backupd.ops.health.inputs import check_dependencies
+
+        catalog = self._catalog
+        if catalog is None:
+            return
+        state = check_dependencies({"catalog": lambda: catalog.get_meta("catalog_probe")})["catalog"]
+        self._catalog_dep = state
+        self._catalog_up = state.up
+
+    def _probe_clusters(self) -> None:
+        """One probe task per started cluster in the probe pool; a cluster whose last probe
+        still runs (a hanging server) is skipped this time."""
+        if self._probes is None:
+            return
+        for runtime in list(self.runtimes.values()):
+            if runtime.state != "running":
+                continue
+            if runtime.probing is not None and not runtime.probing.done():
+                log.warning("probe_skipped", cluster=runtime.name, reason="its last probe still runs")
+                continue
+            try:
+                runtime.probing = self._probes.submit(self._probe_cluster, runtime)
+            except RuntimeError:  # the pool is shut down: the daemon stops
+                return
+
+    def _probe_cluster(self, runtime: ClusterRuntime) -> None:
+        """On a probe thread: one cluster's dependencies, WAL archive state and objectives."""
+        try:
+            runtime.probe_dependencies(self._catalog_dep)
+            runtime.probe_state(leader=runtime.leader)
+        except Exception as exc:  # noqa: BLE001 - a probe never kills its thread
+            log.error("probe_failed", cluster=runtime.name, error=f"{type(exc).__name__}: {exc}")
 
     # -- probes for the HTTP endpoints -----------------------------------------------------
     def live(self) -> bool:
         if time.monotonic() - self._heartbeat > 10 * LOOP_INTERVAL + 5:
             return False
-        return not self.leader or self._scheduler is None or self._scheduler.alive()
+        return self._scheduler is None or self._scheduler.alive()
 
     def ready(self) -> bool:
         return self.started and not self.stopping.is_set() and self._catalog_up
 
-    def health(self) -> Any:
-        """The health of the one cluster served (``ClusterRuntime.health``)."""
-        return self._runtime().health(leader=self.leader, objectives=self._objectives)
+    def cluster_names(self) -> list[str]:
+        """The clusters served (``/healthz?cluster=`` knows these)."""
+        return sorted(self.runtimes)
+
+    def health(self, cluster: str | None = None) -> Any:
+        """The whole's ``FleetHealth``, or one cluster's ``ClusterHealth`` (``KeyError`` for a
+        cluster not served)."""
+        from contentflow_backupd.model import utcnow
+        from contentflow_backupd.ops.health.fleet import ClusterHealth, fleet_health
+
+        if cluster is not None:
+            runtime = self.runtimes[cluster]
+            return ClusterHealth(
+                cluster, runtime.health(leader=runtime.leader, objectives=runtime.app.objectives)
+            )
+        reports = {
+            r.name: r.health(leader=r.leader, objectives=r.app.objectives)
+            for r in list(self.runtimes.values())
+        }
+        return fleet_health(reports, implicit=self.fleet.implicit, catalog=self._catalog_dep, now=utcnow())
 
     # -- signals and shutdown --------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -350,7 +359,7 @@ class Daemon:
             self._stop_signal = signum
             self._stop_at = time.monotonic()
             grace = self._grace()
-            log.info("daemon_stopping", signal=name, grace=self.app.shutdown_grace)
+            log.info("daemon_stopping", signal=name, grace=self.fleet.shutdown_grace)
             self.stopping.set()
             self.sd.stopping()
             arm_exit(grace + EXIT_MARGIN, EXIT_FAILED_STOP, "the shutdown did not finish in time")
@@ -372,29 +381,34 @@ class Daemon:
         return max(1.0, min(cap, left))
 
     def _grace(self) -> float:
-        return self.app.shutdown_grace_s
+        return self.fleet.shutdown_grace_s
 
     def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
-        for runtime in self.runtimes.values():
+        for runtime in list(self.runtimes.values()):
+            runtime.stop_event.set()  # a start being retried ends
             # First: new pushes go direct; the running ones get a few seconds to finish.
             runtime.stop_wal_service(self._left(5.0))
         if self._scheduler is not None:
             self._scheduler.shutdown()  # no new runs
-        runners = [r.runner for r in self.runtimes.values() if r.runner is not None]
+        runners = [r.runner for r in list(self.runtimes.values()) if r.runner is not None]
         if runners:
             deadline = (self._stop_at or time.monotonic()) + self._grace()
             while self._running_jobs() and time.monotonic() < deadline and not self._abort.is_set():
                 self._abort.wait(0.2)
             if self._running_jobs():
                 self._stop_running_jobs(runners)
-        for runtime in self.runtimes.values():
+        for runtime in list(self.runtimes.values()):
             runtime.stop_stream(self._left(10.0))
         if self._http is not None:
             self._http.stop()
-        for runtime in self.runtimes.values():
+        if self._probes is not None:
+            self._probes.shutdown(wait=False, cancel_futures=True)
+        for runtime in list(self.runtimes.values()):
             runtime.close_notifier(self._left(10.0))
+            if runtime.lock is not None and runtime.lock is not self._lock:
+                runtime.lock.release()
         if self._lock is not None:
             self._lock.release()
         if self._catalog is not None:
@@ -417,7 +431,7 @@ class Daemon:
         for pid in terminate_children(None):  # every child, not only the jobs' (owner None)
             log.info("child_stopped", pid=pid)
         # A job blocked in a query (a drill's check, a lock wait) returns to Python only then.
-        cancelled = self.app.pg_drivers().admin.cancel_queries(None)
+        cancelled = self.fleet.pg_drivers().admin.cancel_queries(None)
         if cancelled:
             log.info("queries_cancelled", connections=cancelled)
         deadline = time.monotonic() + CHILD_STOP_WAIT

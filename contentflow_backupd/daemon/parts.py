@@ -1,9 +1,11 @@
-"""What the daemon needs from the application: ``DaemonApp``, a protocol of the daemon's own.
+"""What the daemon needs from the application: protocols of the daemon's own.
 
-``wiring.App`` fills it (built once from the settings by the ``run`` command); the daemon and its
-job runner use only these members, so they never import ``wiring`` or ``settings`` (imports point
-down). Members that open something are methods, called when the daemon starts; the others are
-values read once.
+``FleetApp`` is the daemon-level part (the catalog, the HTTP listener, the pool's size, the
+shutdown grace, the clusters configured) and hands out each cluster's ``DaemonApp``
+(``cluster(name)``). ``wiring.Fleet`` fills the first and ``wiring.App`` the second (built once
+from the settings by the ``run`` command); the daemon and its job runner use only these members,
+so they never import ``wiring`` or ``settings`` (imports point down). Members that open something
+are methods, called when the daemon starts; the others are values read once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from contentflow_backupd.ops.retention.plan import RetentionPolicy
     from contentflow_backupd.repository.repository import Repository
     from contentflow_backupd.scheduling.scheduler import JobSpec
-    from contentflow_backupd.source.base import PostgresDrivers
+    from contentflow_backupd.source.base import Database, PostgresDrivers
     from contentflow_backupd.source.conninfo import ConnInfo
     from contentflow_backupd.source.logical import PgDumpSource
     from contentflow_backupd.source.physical import PgBaseBackupSource
@@ -117,3 +119,40 @@ class DaemonApp(Protocol):
     def wal_service(self, repo: Repository, metrics: ClusterMetrics) -> WalService | None: ...
     def database_probe(self) -> Callable[[], object]: ...
     def archiver_status(self) -> Callable[[], ArchiverStatus]: ...
+
+
+class FleetApp(Protocol):
+    """The daemon-level parts of the application, and one ``DaemonApp`` per configured cluster.
+
+    ``cluster_names`` is sorted and fixed for this object's life (a reload builds a new one);
+    ``cluster(name)`` returns the same object for a name each time and raises ``ConfigError`` for
+    a name not configured. ``implicit``: the configuration names no cluster; its one cluster's
+    jobs keep bare ids. Daemon-level values are the same whichever cluster is asked."""
+
+    @property
+    def cluster_names(self) -> list[str]: ...
+    @property
+    def implicit(self) -> bool: ...
+    @property
+    def http_listen(self) -> str: ...
+    @property
+    def shutdown_grace(self) -> str: ...
+    @property
+    def shutdown_grace_s(self) -> float: ...
+    @property
+    def max_concurrent_jobs(self) -> int: ...
+    @property
+    def timezone(self) -> str: ...
+
+    def cluster(self, name: str) -> DaemonApp: ...
+    def state_dir(self) -> Path: ...
+    def open_catalog(self) -> Catalog: ...
+    def leader_lock(self, scope: Scope | None = None) -> LeaderLock: ...
+    def config_view(self) -> dict[str, str]:
+        """Every resolved setting, name -> value (secrets masked), for the audit trail."""
+        ...
+
+    def pg_drivers(self) -> PostgresDrivers: ...
+    def drill_database(self) -> Database | None:
+        """The drill server (``BACKUPD_DRILL__DATABASE_URL``) for the stale-drill clean-up."""
+        ...

@@ -7,11 +7,15 @@ Endpoints (GET and HEAD; other methods get 501 from the stdlib, unknown paths 40
   storage: a restart would not fix them.
 - ``/readyz``: 200 ``ready`` while ``probes.ready()``, else 503 (starting, catalog unreachable,
   shutting down).
-- ``/healthz``: the JSON of ``probes.health()`` (``HealthReport.to_json()``), 200 when it is ok,
-  else 503.
+- ``/healthz``: the JSON of ``probes.health()`` (``ops/health/fleet.py: FleetHealth``: ``ok``,
+  ``status``, ``checked_at``, ``checks`` and ``clusters``), 200 when it is ok, else 503.
+  ``/healthz?cluster=NAME``: one cluster's (``ClusterHealth``), 404 with
+  ``{"ok": false, "error": ..., "clusters": [...]}`` naming the clusters served when ``NAME`` is
+  not one of them.
 
 A probe that raises gives 503 with the error (JSON ``{"ok": false, "error": ...}`` on
-``/healthz``) and is logged; the server keeps serving. Query strings are ignored. Each request is
+``/healthz``) and is logged; the server keeps serving. Query strings are ignored but for
+``cluster`` on ``/healthz``. Each request is
 served on its own thread with a socket timeout, so a slow client holds no other request up.
 Access logs go to structlog at debug level.
 """
@@ -23,13 +27,13 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
 from contentflow_backupd.errors import BackupdError, ConfigError
 from contentflow_backupd.observability.logging import redact
 from contentflow_backupd.observability.metrics import Metrics
-from contentflow_backupd.ops.health.evaluate import HealthReport
 
 log = structlog.get_logger(__name__)
 
@@ -37,15 +41,27 @@ REQUEST_TIMEOUT = 10.0
 """Seconds a client may take to send its request."""
 
 
+class HealthDoc(Protocol):
+    """A health report as ``/healthz`` serves it."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 class Probes(Protocol):
     """What the endpoints ask. Called on request threads: implementations must be thread-safe
-    and quick (``health`` may read the catalog)."""
+    and quick (``health`` may read the catalog). ``health(None)`` is the whole daemon's,
+    ``health(name)`` one cluster's, for a name ``cluster_names()`` lists."""
 
     def live(self) -> bool: ...
 
     def ready(self) -> bool: ...
 
-    def health(self) -> HealthReport: ...
+    def cluster_names(self) -> list[str]: ...
+
+    def health(self, cluster: str | None = None) -> HealthDoc: ...
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -145,6 +161,9 @@ def _handler_class(metrics: Metrics, probes: Probes) -> type[BaseHTTPRequestHand
         def _path(self) -> str:
             return self.path.split("?", 1)[0].split("#", 1)[0]
 
+        def _query(self) -> dict[str, list[str]]:
+            return parse_qs(urlsplit(self.path).query)
+
         def _serve(self, *, head: bool) -> None:
             path = self._path()
             if path == "/metrics":
@@ -170,8 +189,20 @@ def _handler_class(metrics: Metrics, probes: Probes) -> type[BaseHTTPRequestHand
             self._send(200 if ok else 503, f"{text}\n".encode(), "text/plain; charset=utf-8", head=head)
 
         def _health(self, head: bool) -> None:
+            values = self._query().get("cluster")
+            cluster = values[-1] if values else None
             try:
-                report = probes.health()
+                if cluster is not None and cluster not in (names := probes.cluster_names()):
+                    served = ", ".join(names)
+                    doc: dict[str, Any] = {
+                        "ok": False,
+                        "error": f"no cluster {cluster!r} is served here (served: {served})",
+                        "clusters": names,
+                    }
+                    body = (json.dumps(doc, indent=2) + "\n").encode()
+                    self._send(404, body, "application/json", head=head)
+                    return
+                report = probes.health(cluster)
                 doc, status = report.to_json(), (200 if report.ok else 503)
             except Exception as exc:  # noqa: BLE001 - a failing probe is a 503, never a dead server
                 log.warning("probe_failed", endpoint="/healthz", error=_error_text(exc))

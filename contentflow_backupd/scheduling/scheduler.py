@@ -37,6 +37,7 @@ import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -121,14 +122,19 @@ class _ToStructlog(logging.Handler):
 
 
 class Scheduler:
-    """One APScheduler instance over the catalog. Created paused; ``register`` then ``resume``."""
+    """One APScheduler instance over the catalog. Created paused; ``register`` then ``resume``.
+
+    With ``scope`` its ``default`` job store is that scope's table (one cluster, bare ids, as
+    before). Without, a daemon serving several clusters adds one job store per cluster
+    (:meth:`add_cluster`, alias = the cluster's name, table ``job_table(scope)``) and removes it
+    (:meth:`remove_cluster`) when it stops serving that cluster: its rows stay in the catalog."""
 
     def __init__(
         self,
         engine: Any,
         timezone: str,
         *,
-        scope: Scope,
+        scope: Scope | None = None,
         max_workers: int = 4,
         on_queue_wait: Callable[[str, float], None] | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -138,8 +144,18 @@ class Scheduler:
         ``on_queue_wait(class, seconds)``: each started job's time in the queue; ``clock``: the
         pool's "now" (tests)."""
         self.timezone = timezone
-        self.table = job_table(scope)
-        self._store = SQLAlchemyJobStore(engine=engine, tablename=self.table)
+        self.engine = engine
+        self.table = job_table(scope) if scope is not None else ""
+        self._stores: dict[str, tuple[SQLAlchemyJobStore, str | None]] = {}
+        """Job store alias -> (store, the cluster of its ids: None for bare ids)."""
+        self._timezones: dict[str, str] = {"default": timezone}
+        self._changing = threading.RLock()
+        """Held while a cluster's job store is added or removed."""
+        stores: dict[str, Any] = {}
+        if scope is not None:
+            self._store = SQLAlchemyJobStore(engine=engine, tablename=self.table)
+            self._stores["default"] = (self._store, None)
+            stores["default"] = self._store
         self._skipped: list[tuple[str, str]] = []
         self._skipped_lock = threading.Lock()
         pool_args: dict[str, Any] = {"on_skipped": self._add_skipped, "on_wait": on_queue_wait}
@@ -147,7 +163,7 @@ class Scheduler:
             pool_args["clock"] = clock
         self.executor = FairExecutor(max_workers, **pool_args)
         self._sched = BackgroundScheduler(
-            jobstores={"default": self._store},
+            jobstores=stores,
             executors={"default": self.executor},
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=timezone,
@@ -160,53 +176,110 @@ class Scheduler:
         self._sched.start(paused=True)
 
     # -- registration ----------------------------------------------------------------------
-    def register(self, specs: Sequence[JobSpec]) -> None:
-        """Make the stored jobs match ``specs``: unloadable rows are logged and re-created,
-        jobs of unknown ids and jobs whose schedule is ``off`` are removed."""
-        self._adopt_legacy_rows()
-        existing = self._load_rows()
-        wanted = {s.id for s in specs if s.schedule.kind != "off"}
+    def add_cluster(
+        self,
+        name: str,
+        scope: Scope,
+        specs: Sequence[JobSpec],
+        *,
+        bare: bool = False,
+        timezone: str | None = None,
+    ) -> None:
+        """Serve cluster ``name``'s jobs: a job store of its own (``job_table(scope)``, alias
+        ``name``), then ``register(specs)`` in it. ``bare``: the implicit cluster, whose ids stay
+        bare (``full``) so that an upgrade keeps its rows; else ``<name>:<job>``. ``timezone``: the
+        cluster's (default: the scheduler's). Adding a cluster served already only registers its
+        specs again."""
+        with self._changing:
+            # Paused meanwhile: a running scheduler would fire a due stored job as soon as its
+            # store is added, and again once ``register`` re-adds it (then "skipped").
+            running = self._sched.state == STATE_RUNNING
+            if running:
+                self._sched.pause()
+            try:
+                if name not in self._stores:
+                    store = SQLAlchemyJobStore(engine=self.engine, tablename=job_table(scope))
+                    self._sched.add_jobstore(store, alias=name)
+                    self._stores[name] = (store, None if bare else name)
+                self._timezones[name] = timezone or self.timezone
+                self.register(specs, store=name)
+            finally:
+                if running:
+                    self._sched.resume()
+
+    def remove_cluster(self, name: str) -> bool:
+        """Stop firing cluster ``name``'s jobs: its job store leaves the scheduler, its rows stay
+        in the catalog (a later ``add_cluster`` finds their fire times). False when not served."""
+        with self._changing:
+            if name not in self._stores or name == "default":
+                return False
+            del self._stores[name]
+            self._timezones.pop(name, None)
+            self._sched.remove_jobstore(name, shutdown=True)
+        log.info("scheduler_cluster_removed", cluster=name)
+        return True
+
+    def clusters(self) -> list[str]:
+        """The job stores added by :meth:`add_cluster`, by cluster name."""
+        return [alias for alias in self._stores if alias != "default"]
+
+    def job_id(self, job: str, store: str = "default") -> str:
+        """The stored id of ``job`` in job store ``store`` (bare or ``<cluster>:<job>``)."""
+        return jobs.job_id_for(self._stores[store][1], job)
+
+    def register(self, specs: Sequence[JobSpec], *, store: str = "default") -> None:
+        """Make the jobs stored in ``store`` match ``specs``: unloadable rows are logged and
+        re-created, jobs of unknown ids and jobs whose schedule is ``off`` are removed. A job whose
+        trigger is unchanged keeps its stored next fire time."""
+        js, cluster = self._stores[store]
+        tz = self._timezones.get(store, self.timezone)
+        if cluster is None:
+            self._adopt_legacy_rows(js)  # bare ids: the rows of earlier versions
+        existing = self._load_rows(js)
+        wanted = {jobs.job_id_for(cluster, s.id) for s in specs if s.schedule.kind != "off"}
         for job_id in existing:
             if job_id not in wanted:
-                self._sched.remove_job(job_id)
+                self._sched.remove_job(job_id, jobstore=store)
                 log.info("scheduler_job_removed", job=job_id, reason="schedule off or unknown job")
         for spec in specs:
             if spec.schedule.kind == "off":
                 continue
-            trigger = build_trigger(spec, self.timezone)
+            job_id = jobs.job_id_for(cluster, spec.id)
+            trigger = build_trigger(spec, tz)
             kwargs: dict[str, Any] = {}
-            old = existing.get(spec.id)
+            old = existing.get(job_id)
             if old is not None and str(old.trigger) == str(trigger) and old.next_run_time is not None:
                 kwargs["next_run_time"] = old.next_run_time  # keep a due run due
             self._sched.add_job(
                 jobs.JOB_FUNCTION,
                 trigger,
-                args=[spec.id],
-                id=spec.id,
-                name=spec.id,
+                args=[job_id],
+                id=job_id,
+                name=job_id,
+                jobstore=store,
                 replace_existing=True,
                 coalesce=True,
                 max_instances=1,
-                misfire_grace_time=misfire_grace(spec, self.timezone),
+                misfire_grace_time=misfire_grace(spec, tz),
                 **kwargs,
             )
-            job = self._sched.get_job(spec.id)
+            job = self._sched.get_job(job_id, jobstore=store)
             log.info(
                 "scheduler_job_registered",
-                job=spec.id,
+                job=job_id,
                 schedule=str(spec.schedule),
                 next_run=job.next_run_time.isoformat() if job and job.next_run_time else None,
             )
 
-    def _adopt_legacy_rows(self) -> None:
+    def _adopt_legacy_rows(self, store: SQLAlchemyJobStore) -> None:
         """First start of this scope's table after an upgrade: copy the job rows of
         ``apscheduler_jobs`` (the table of earlier versions), so that the stored fire times (a
         run missed while the daemon was down) survive. ``register`` then checks each one as it
         checks its own rows: a row whose trigger differs from the settings is replaced. The old
         table is left as it is (daemons of earlier versions may still use it)."""
-        engine = self._store.engine
+        engine = store.engine
         legacy = SQLAlchemyJobStore(engine=engine, tablename=LEGACY_TABLE).jobs_t  # never created here
-        table = self._store.jobs_t
+        table = store.jobs_t
         with engine.begin() as conn:
             if not engine.dialect.has_table(conn, LEGACY_TABLE):
                 return
@@ -220,30 +293,36 @@ class Scheduler:
         if rows:
             log.info("scheduler_jobs_adopted", jobs=sorted(r.id for r in rows), table=LEGACY_TABLE)
 
-    def _load_rows(self) -> dict[str, Any]:
-        """Every stored job, loaded the way APScheduler would; broken rows deleted and logged."""
+    def _load_rows(self, store: SQLAlchemyJobStore) -> dict[str, Any]:
+        """Every job of ``store``, loaded the way APScheduler would; broken rows deleted and
+        logged."""
         loaded: dict[str, Any] = {}
-        table = self._store.jobs_t
-        with self._store.engine.begin() as conn:
+        table = store.jobs_t
+        with store.engine.begin() as conn:
             rows = conn.execute(table.select()).fetchall()
             for row in rows:
                 try:
-                    loaded[row.id] = self._store._reconstitute_job(row.job_state)
+                    loaded[row.id] = store._reconstitute_job(row.job_state)
                 except Exception as exc:  # noqa: BLE001 - whatever breaks unpickling, log it
                     log.error(
                         "scheduler_job_unloadable",
                         job=row.id,
                         error=f"{type(exc).__name__}: {exc}",
-                        action="re-created from settings" if row.id in JOB_IDS else "removed",
+                        action="re-created from settings"
+                        if jobs.parse_job_id(row.id)[1] in JOB_IDS
+                        else "removed",
                     )
                     conn.execute(table.delete().where(table.c.id == row.id))
         return loaded
 
-    def run_soon(self, job_id: str, *, reason: str = "no successful full backup yet") -> None:
-        """Fire ``job_id`` now instead of at its next fire time (once; then its schedule)."""
+    def run_soon(
+        self, job_id: str, *, reason: str = "no successful full backup yet", store: str = "default"
+    ) -> None:
+        """Fire ``job_id`` (its stored id) now instead of at its next fire time (once; then its
+        schedule)."""
         from datetime import UTC
 
-        self._sched.modify_job(job_id, next_run_time=datetime.now(UTC))
+        self._sched.modify_job(job_id, jobstore=store, next_run_time=datetime.now(UTC))
         log.info("scheduler_job_due_now", job=job_id, reason=reason)
 
     # -- running ---------------------------------------------------------------------------
@@ -265,11 +344,14 @@ class Scheduler:
         running = bool(self._sched.running and thread is not None and thread.is_alive())
         return running and self.executor.alive()
 
-    def next_runs(self) -> dict[str, datetime | None]:
-        """Next fire time of every job id (None when off or paused out)."""
+    def next_runs(self, store: str = "default") -> dict[str, datetime | None]:
+        """Next fire time of every job of ``store``, by bare job name (None when off or paused
+        out); an empty mapping for a store not served."""
+        if store not in self._stores:
+            return {}
         out: dict[str, datetime | None] = dict.fromkeys(JOB_IDS)
-        for job in self._sched.get_jobs():
-            out[job.id] = job.next_run_time
+        for job in self._sched.get_jobs(jobstore=store):
+            out[jobs.parse_job_id(job.id)[1]] = job.next_run_time
         return out
 
     def take_skipped(self) -> list[tuple[str, str]]:

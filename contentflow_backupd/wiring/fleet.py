@@ -5,15 +5,27 @@ An ``App`` stays one cluster. ``Fleet(settings, file_data)`` knows the clusters'
 picks the one a command works on (``choose``: ``--cluster``, else ``BACKUPD_CLUSTER``, else the
 only one) and builds each cluster's ``App`` from ``settings.for_cluster(name)`` when first asked,
 cached. ``close()`` closes what the apps opened.
+
+It is also the daemon's ``daemon.parts.FleetApp``: the daemon-level parts (catalog, HTTP
+listener, pool size, shutdown grace, audit view) and ``cluster(name)``, each cluster's ``App`` as
+its ``DaemonApp``. The daemon-level settings are top level only, so every cluster's ``App`` gives
+the same values; they are read from the first cluster's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.settings import Settings
 from contentflow_backupd.wiring.app import App
+
+if TYPE_CHECKING:
+    from contentflow_backupd.catalog.base import Catalog
+    from contentflow_backupd.catalog.leader import LeaderLock
+    from contentflow_backupd.model import Scope
+    from contentflow_backupd.source.base import Database, PostgresDrivers
 
 
 class Fleet:
@@ -95,6 +107,61 @@ class Fleet:
                     hint=f'give one of them its own slot: [clusters.{name}.wal] slot = "..."',
                 )
             seen[key] = name
+
+    # -- the daemon's FleetApp ------------------------------------------------------------------
+    @property
+    def cluster_names(self) -> list[str]:
+        return list(self.names)
+
+    def cluster(self, name: str) -> App:
+        return self.app(name)
+
+    @property
+    def _first(self) -> App:
+        return self.app(self.names[0])
+
+    @property
+    def http_listen(self) -> str:
+        return self._first.http_listen
+
+    @property
+    def shutdown_grace(self) -> str:
+        return self._first.shutdown_grace
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self._first.shutdown_grace_s
+
+    @property
+    def max_concurrent_jobs(self) -> int:
+        return self._first.max_concurrent_jobs
+
+    @property
+    def timezone(self) -> str:
+        return self._first.timezone
+
+    def state_dir(self) -> Path:
+        return self._first.state_dir()
+
+    def open_catalog(self) -> Catalog:
+        return self._first.open_catalog()
+
+    def leader_lock(self, scope: Scope | None = None) -> LeaderLock:
+        return self._first.leader_lock(scope)
+
+    def pg_drivers(self) -> PostgresDrivers:
+        return self._first.pg_drivers()
+
+    def drill_database(self) -> Database | None:
+        return self._first.drill_options().database
+
+    def config_view(self) -> dict[str, str]:
+        """The audit trail's view of the settings: the implicit cluster's as before (an upgrade
+        records no change), else the whole configuration, every cluster's keys included."""
+        from contentflow_backupd.wiring.configshow import describe_settings
+
+        rows = self._first.settings_view({}) if self.implicit else describe_settings(self._settings, {}, None)
+        return {row["name"]: row["value"] for row in rows}
 
     def settings_view(self, cluster: str | None = None) -> list[dict[str, str]]:
         """``config show``: every setting (of one cluster, with ``cluster``) and its source."""

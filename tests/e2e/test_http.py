@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contentflow_backupd.errors import ConfigError
-from contentflow_backupd.http.server import HttpServer, parse_listen
+from contentflow_backupd.http.server import HealthDoc, HttpServer, parse_listen
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.ops.health.evaluate import (
     DependencyState,
@@ -26,6 +26,7 @@ from contentflow_backupd.ops.health.evaluate import (
     KindState,
     evaluate_health,
 )
+from contentflow_backupd.ops.health.fleet import ClusterHealth, fleet_health
 from tests.e2e.physical import physical_setup
 from tests.support.cli import Cli, Result
 from tests.support.pg import PgCluster, free_port
@@ -50,6 +51,8 @@ class StubProbes:
         self.is_live = True
         self.is_ready = True
         self.report = report()
+        self.others: dict[str, HealthReport] = {}
+        """Named clusters besides the report's (empty: the implicit cluster ``main`` alone)."""
         self.error: Exception | None = None
         self.calls = 0
 
@@ -66,9 +69,16 @@ class StubProbes:
         self._maybe_fail()
         return self.is_ready
 
-    def health(self) -> HealthReport:
+    def cluster_names(self) -> list[str]:
+        return sorted(["main", *self.others])
+
+    def health(self, cluster: str | None = None) -> HealthDoc:
         self._maybe_fail()
-        return self.report
+        reports = {"main": self.report, **self.others}
+        if cluster is not None:
+            return ClusterHealth(cluster, reports[cluster])
+        catalog = DependencyState(True)
+        return fleet_health(reports, implicit=not self.others, catalog=catalog, now=NOW)
 
 
 def fetch(
@@ -141,6 +151,38 @@ def test_healthz(served: tuple[HttpServer, Metrics, StubProbes]) -> None:
     doc = json.loads(body)
     assert status == 503 and doc["ok"] is False
     assert [c["name"] for c in doc["checks"] if not c["ok"]] == ["full_last_run"]
+    # The implicit cluster: `checks` is its own list, and `clusters` names it.
+    assert [(c["cluster"], c["ok"]) for c in doc["clusters"]] == [("main", False)]
+    assert doc["clusters"][0]["checks"] == doc["checks"]
+
+
+def test_healthz_per_cluster(served: tuple[HttpServer, Metrics, StubProbes]) -> None:
+    server, _, probes = served
+    probes.others = {"orders": report(last_full_failed=True)}
+    status, _, body = fetch(server.port, "/healthz")
+    doc = json.loads(body)
+    assert status == 503 and doc["ok"] is False and doc["status"] == "unhealthy"
+    assert set(doc) == {"ok", "status", "checked_at", "checks", "clusters"}
+    # named clusters: the whole's own checks are the daemon's (its catalog)
+    assert [c["name"] for c in doc["checks"]] == ["dependency_catalog"]
+    assert [(c["cluster"], c["ok"], c["status"]) for c in doc["clusters"]] == [
+        ("main", True, "healthy"),
+        ("orders", False, "unhealthy"),
+    ]
+    status, _, body = fetch(server.port, "/healthz?cluster=main")
+    doc = json.loads(body)
+    assert status == 200 and doc["cluster"] == "main" and doc["ok"] is True
+    status, _, body = fetch(server.port, "/healthz?cluster=orders")
+    doc = json.loads(body)
+    assert status == 503 and doc["cluster"] == "orders"
+    assert [c["name"] for c in doc["checks"] if not c["ok"]] == ["full_last_run"]
+    status, headers, body = fetch(server.port, "/healthz?cluster=billing")
+    doc = json.loads(body)
+    assert status == 404 and headers["Content-Type"] == "application/json"
+    assert doc["ok"] is False and doc["clusters"] == ["main", "orders"]
+    assert "billing" in doc["error"] and "main, orders" in doc["error"]
+    # other query strings are still ignored
+    assert fetch(server.port, "/readyz?cluster=billing")[0] == 200
 
 
 def test_a_failing_probe_is_a_503_and_the_server_keeps_serving(

@@ -68,11 +68,17 @@ def runtime(name: str, catalog: SqlCatalog) -> tuple[ClusterRuntime, RecordingRu
     return rt, rt.runner
 
 
-def daemon_of(catalog: SqlCatalog, *runtimes: ClusterRuntime) -> Daemon:
-    daemon = Daemon(SimpleNamespace(cluster=runtimes[0].name))  # type: ignore[arg-type]
+def daemon_of(catalog: SqlCatalog, *runtimes: ClusterRuntime, implicit: bool = False) -> Daemon:
+    fleet = SimpleNamespace(cluster_names=[rt.name for rt in runtimes], implicit=implicit)
+    daemon = Daemon(fleet)  # type: ignore[arg-type]
     daemon._catalog = catalog
     daemon.runtimes = {rt.name: rt for rt in runtimes}
     return daemon
+
+
+def install_handlers(daemon: Daemon) -> None:
+    for name in daemon.runtimes:
+        daemon._install_handler(name)
 
 
 def test_runtime_for_routes_a_bare_id_to_the_only_runtime_and_a_named_one_to_its_own(
@@ -92,16 +98,28 @@ def test_runtime_for_routes_a_bare_id_to_the_only_runtime_and_a_named_one_to_its
 
 def test_a_fired_job_runs_on_its_clusters_runtime(catalog: SqlCatalog) -> None:
     orders, runner = runtime("orders", catalog)
-    daemon_of(catalog, orders)._install_job_handlers()
-    jobs.run_scheduled("full")  # bare: the job table of this daemon's scope
+    billing, billing_runner = runtime("billing", catalog)
+    install_handlers(daemon_of(catalog, orders, billing))
     jobs.run_scheduled("orders:wal")
-    assert runner.ran == [("full", "scheduled"), ("wal", "scheduled")]
+    jobs.run_scheduled("billing:full")
+    with capture_logs() as logs:
+        jobs.run_scheduled("full")  # bare: no implicit cluster here
+    assert runner.ran == [("wal", "scheduled")]
+    assert billing_runner.ran == [("full", "scheduled")]
+    assert [e["event"] for e in logs] == ["job_without_handler"]
+
+
+def test_the_implicit_clusters_bare_ids_run_on_its_runtime(catalog: SqlCatalog) -> None:
+    main, runner = runtime("main", catalog)
+    install_handlers(daemon_of(catalog, main, implicit=True))
+    jobs.run_scheduled("full")  # bare: the job table of the implicit cluster, as stored before
+    assert runner.ran == [("full", "scheduled")]
 
 
 def test_a_job_of_a_cluster_no_runtime_serves_is_logged_and_not_run(catalog: SqlCatalog) -> None:
     orders, runner = runtime("orders", catalog)
     daemon = daemon_of(catalog, orders)
-    daemon._install_job_handlers()
+    install_handlers(daemon)
     with capture_logs() as logs:
         jobs.run_scheduled("billing:full")  # no handler for billing: jobs.py says so
         daemon._run_job("billing", "full", "scheduled")  # the daemon's own routing

@@ -179,10 +179,13 @@ def probe_dependencies(
     storage: Storage,
     catalog: Catalog | None,
     open_catalog: Callable[[], Catalog],
+    *,
+    catalog_state: DependencyState | None = None,
 ) -> dict[str, DependencyState]:
     """Is each dependency reachable now? ``database``: the probe of the configured server (one
     connection); ``storage``: reading the repository's ``repo.json``; ``catalog``: one query (with
-    ``catalog`` None, on the catalog ``open_catalog`` opens, closed again). Never raises."""
+    ``catalog`` None, on the catalog ``open_catalog`` opens, closed again), or ``catalog_state``
+    when given (a daemon probes its catalog once for all its clusters). Never raises."""
 
     def repository() -> None:
         try:
@@ -203,6 +206,8 @@ def probe_dependencies(
         finally:
             opened.close()
 
+    if catalog_state is not None:
+        return {**check_dependencies({"database": database, "storage": repository}), "catalog": catalog_state}
     return check_dependencies({"database": database, "storage": repository, "catalog": catalog_query})
 
 
