@@ -63,7 +63,7 @@ def config(tmp_path: Path, *, b_full: str = "every 2s", clusters: bool = True) -
         f'state_dir = "{tmp_path / "state"}"\n'
         'http = { listen = "off" }\n'
         'encryption = { passphrase = "correct horse battery staple" }\n'
-        "[wal]\nsocket = \"off\"\n"
+        '[wal]\nsocket = "off"\n'
         '[schedule]\nfull = "every 2s"\nincremental = "off"\nretention = "off"\n'
         'verify = "every 1h"\nrestore_test = "off"\nspread = "0s"\n'
     )
