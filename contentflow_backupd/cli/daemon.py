@@ -108,9 +108,11 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
     if args.json:
         print_json({"clusters": [{"cluster": c, **r.to_json()} for c, r in reports], "running": running})
     else:
-        for cluster, report in reports:
-            print(f"== cluster {cluster}: {'healthy' if report.ok else 'UNHEALTHY'}")
-            sys.stdout.write(report.to_text())
+        rows = [
+            (cluster, "healthy" if r.ok else "UNHEALTHY", ",".join(c.name for c in r.failed) or "-")
+            for cluster, r in reports
+        ]
+        sys.stdout.write(render_table(("CLUSTER", "STATE", "FAILED-CHECKS"), rows))
         _print_running(running)
     return EXIT_OK if all(r.ok for _, r in reports) else EXIT_FAILED
 

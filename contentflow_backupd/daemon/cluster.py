@@ -40,6 +40,9 @@ from contentflow_backupd.repository.repository import Repository
 
 log = structlog.get_logger(__name__)
 
+_INIT_LOCK = threading.Lock()
+"""Held while a runtime initialises an empty repository location."""
+
 OBJECTIVES_INTERVAL = 60.0
 """The recovery window needs a LIST of the WAL archive: once a minute is enough for a metric
 whose alert waits 5 minutes."""
@@ -105,6 +108,12 @@ class ClusterRuntime:
         try:
             return self.app.repository()
         except RepositoryNotFound:
+            pass
+        with _INIT_LOCK:  # clusters sharing a repository start at once: one initialises it
+            try:
+                return self.app.repository()
+            except RepositoryNotFound:
+                pass
             if next(iter(storage.list("")), None) is not None:
                 raise RepositoryError(
                     f"{storage.url} holds objects but no repo.json: refusing to initialise a repository",
