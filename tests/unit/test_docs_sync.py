@@ -22,6 +22,7 @@ from contentflow_backupd.ops.health.evaluate import (
     WalState,
     evaluate_health,
 )
+from contentflow_backupd.ops.health.fleet import starting_report
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 
@@ -62,7 +63,8 @@ def test_the_metric_table_is_the_registry() -> None:
 
 
 def every_check_name() -> set[str]:
-    """Every check ``evaluate_health`` produces when every input is known and every objective set."""
+    """Every check ``evaluate_health`` produces when every input is known and every objective set,
+    and the one of a cluster that has not started (``ops/health/fleet.py: starting_report``)."""
     inputs = HealthInputs(
         kinds={},
         wal=WalState(None),
@@ -73,8 +75,10 @@ def every_check_name() -> set[str]:
         recovery=RecoveryState(),
     )
     objectives = HealthObjectives(full=3600, incremental=3600, wal=600)
-    report = evaluate_health(inputs, objectives, datetime(2026, 1, 1, tzinfo=UTC))
-    return {c.name for c in report.checks}
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    report = evaluate_health(inputs, objectives, now)
+    starting = starting_report("starting", None, now)
+    return {c.name for c in (*report.checks, *starting.checks)}
 
 
 def documented_checks() -> set[str]:
