@@ -50,9 +50,9 @@ whose alert waits 5 minutes."""
 
 def runtime_for(runtimes: Mapping[str, ClusterRuntime], cluster: str | None) -> ClusterRuntime | None:
     """The runtime that runs a job of ``cluster`` as ``scheduling.jobs.parse_job_id`` gives it:
-    a named cluster's own runtime; for a bare job id (None) the daemon's only runtime, since every
-    daemon stores its jobs with bare ids in the job table of its own scope today, named cluster
-    or not. None when no runtime runs that cluster's jobs (the caller logs it)."""
+    a named cluster's own runtime; for a bare job id (None) the daemon's only runtime (the
+    implicit cluster's jobs keep bare ids; with several runtimes a bare id is ambiguous). None
+    when no runtime runs that cluster's jobs (the caller logs it)."""
     if cluster is None:
         return next(iter(runtimes.values())) if len(runtimes) == 1 else None
     return runtimes.get(cluster)

@@ -181,7 +181,7 @@ class ClusterControl:
     # -- leadership ----------------------------------------------------------------------------
     def _lead(self, runtime: ClusterRuntime) -> None:
         """This daemon now runs ``runtime``'s jobs: its job store, its jobs, its WAL stream."""
-        if self._scheduler is None or runtime.leader or self.stopping.is_set():
+        if self._scheduler is None or runtime.leader or self.stopping.is_set() or runtime.stop_event.is_set():
             return
         runtime.schedule(self._scheduler, bare=self.fleet.implicit)
         runtime.leader = True

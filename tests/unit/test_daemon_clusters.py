@@ -11,6 +11,8 @@ scheduled full backup fails at once and is recorded ``failed``, which is what th
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,7 +54,9 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def config(tmp_path: Path, *, b_full: str = "every 2s", clusters: bool = True) -> Fleet:
+def config(
+    tmp_path: Path, *, b_full: str = "every 2s", clusters: bool = True, a_url: str | None = None
+) -> Fleet:
     """Clusters a and b in one repository, c in a location that holds a stray file and no
     repository (its start fails until the file goes). Full backups every 2 s (each fails at
     once: nobody listens on port 1), verify hourly, everything else off."""
@@ -69,7 +73,7 @@ def config(tmp_path: Path, *, b_full: str = "every 2s", clusters: bool = True) -
     )
     if clusters:
         text += (
-            f'[clusters.a]\ndatabase_url = "{nowhere.format("a")}"\n'
+            f'[clusters.a]\ndatabase_url = "{a_url or nowhere.format("a")}"\n'
             f'[clusters.b]\ndatabase_url = "{nowhere.format("b")}"\n'
             f'[clusters.b.schedule]\nfull = "{b_full}"\n'
             f'[clusters.c]\ndatabase_url = "{nowhere.format("c")}"\n'
@@ -202,6 +206,60 @@ def test_the_implicit_cluster_keeps_bare_job_ids(tmp_path: Path) -> None:
         assert [x["cluster"] for x in doc["clusters"]] == ["main"]
         assert doc["checks"] == doc["clusters"][0]["checks"]  # today's list, as it was
         assert daemon._status_text().startswith("next: ")
+    finally:
+        daemon._shutdown()
+        fleet.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers: a connection attempt to it waits
+    for its ``connect_timeout``, so a job there is still running when the test stops it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_stop_cluster_lets_the_running_job_finish_within_the_grace(
+    tmp_path: Path, silent_server: int
+) -> None:
+    (tmp_path / "c-repo").mkdir()
+    fleet = config(tmp_path, a_url=f"postgresql://app@127.0.0.1:{silent_server}/a?connect_timeout=3")
+    daemon = Daemon(fleet)
+    try:
+        daemon._start()
+        a = wait_until(
+            "a running", lambda: daemon.runtimes.get("a") if daemon.runtimes["a"].state == "running" else None
+        )
+        wait_until("a job of a running", a.running)
+        daemon.stop_cluster("a", grace_s=60)
+        assert a.running() == [] and a.state == "stopped"
+        assert daemon._catalog is not None
+        statuses = {r.status for r in daemon._catalog.list_runs(a.scope)}
+        assert statuses and "running" not in statuses  # its run was finished, and recorded
+        before_b = len(runs_of(daemon, "b"))
+        wait_until("b runs on", lambda: len(runs_of(daemon, "b")) > before_b)
     finally:
         daemon._shutdown()
         fleet.close()
