@@ -130,7 +130,7 @@ def client_config(
         state_dir = default_state_path()
     return {
         "identity": {"repository": repository, "cluster": cluster, "s3_endpoint_url": endpoint},
-        "socket": socket_path(sock, state_dir),
+        "socket": socket_path(sock, state_dir, cluster if names else None),
         "prefetch": depth,
         "prefetch_dir": prefetch_dir(state_dir, cluster),
     }
@@ -218,16 +218,17 @@ def prefetch_dir(state_dir: str, cluster: str) -> str:
     return os.path.join(state_dir, "wal-prefetch", cluster)
 
 
-def socket_path(setting: str | None, state_dir: str | None) -> str | None:
-    """The socket's path: the ``wal.socket`` setting, else ``<state_dir>/wal.sock``; None when the
-    setting is ``off``."""
+def socket_path(setting: str | None, state_dir: str | None, cluster: str | None = None) -> str | None:
+    """The socket's path: the ``wal.socket`` setting, else ``<state_dir>/wal.sock``, or for a
+    named cluster (``cluster``) ``<state_dir>/wal-<cluster>.sock`` (one daemon serves every
+    named cluster: a socket each); None when the setting is ``off``."""
     if setting is not None:
         return None if setting.strip().lower() == "off" else setting
     if state_dir is None:
         from contentflow_backupd.statedir import default_state_path
 
         state_dir = default_state_path()
-    return os.path.join(state_dir, SOCKET_NAME)
+    return os.path.join(state_dir, SOCKET_NAME if cluster is None else f"wal-{cluster}.sock")
 
 
 # -- the command line ------------------------------------------------------------------------------

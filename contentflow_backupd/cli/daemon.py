@@ -30,7 +30,8 @@ log = structlog.get_logger("contentflow_backupd.cli")
 
 
 def cmd_run(args: argparse.Namespace, app: App) -> int:
-    """One daemon for every configured cluster, or only for ``--cluster NAME`` when given."""
+    """One daemon for every configured cluster, or only for the chosen one (``--cluster NAME``,
+    else ``BACKUPD_CLUSTER`` with named clusters)."""
     from contentflow_backupd.daemon import run_daemon
     from contentflow_backupd.observability import progress
 
@@ -38,7 +39,8 @@ def cmd_run(args: argparse.Namespace, app: App) -> int:
     progress.configure("log", app.progress_interval_s)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
     fleet: Fleet = args.fleet
-    only = [fleet.require(args.cluster)] if getattr(args, "cluster", None) else None
+    chosen = fleet.choose(getattr(args, "cluster", None))
+    only = None if chosen is None or fleet.implicit else [chosen]
     return run_daemon(fleet, only)
 
 

@@ -74,7 +74,9 @@ def wal_service(settings: Settings, repo: Repository, metrics: ClusterMetrics) -
     from contentflow_backupd.walconf import socket_path
     from contentflow_backupd.wiring.storage import WAL_COMPRESSION_LEVEL
 
-    path = socket_path(settings.wal.socket, str(settings.state_dir))
+    path = socket_path(
+        settings.wal.socket, str(settings.state_dir), settings.cluster if settings.named_cluster else None
+    )
     if path is None:
         return None
     identity = {

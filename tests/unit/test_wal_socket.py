@@ -404,7 +404,12 @@ def test_the_lean_reader_takes_the_chosen_clusters_own_keys(tmp_path: Path) -> N
     cfg.write_text(CLUSTERS_TOML)
     a = client_config(str(cfg), {}, "a")
     assert a["identity"] == {"repository": "file:///shared", "cluster": "a", "s3_endpoint_url": None}
-    assert (a["prefetch"], a["prefetch_dir"], a["socket"]) == (8, "/state/wal-prefetch/a", "/state/wal.sock")
+    # a named cluster's socket is its own: one daemon serves every named cluster
+    assert (a["prefetch"], a["prefetch_dir"], a["socket"]) == (
+        8,
+        "/state/wal-prefetch/a",
+        "/state/wal-a.sock",
+    )
     b = client_config(str(cfg), {"BACKUPD_CLUSTER": "b"})
     assert b["identity"]["repository"] == "file:///b-own" and b["prefetch"] == 0
     # the cluster's own variable beats its file key and the top level's variable
