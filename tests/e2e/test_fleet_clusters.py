@@ -1,8 +1,9 @@
 """One daemon, three real PostgreSQL clusters (docs/design/fleet.md, step 5): ``run`` with three
 ``[clusters.<name>]`` serves them all. Cluster ``gamma``'s server is stopped before the daemon
-starts: ``alpha`` and ``beta`` take their scheduled backups all the same and are healthy in
-``/healthz?cluster=``; ``gamma``'s health fails naming its server; ``/healthz`` as a whole is not
-ok; every cluster's series carries its ``cluster`` label; ``status --all-clusters`` says which.
+starts: ``alpha`` (logical) takes its scheduled backups and ``beta`` (physical) its backup and
+its streamed WAL all the same, and both are healthy in ``/healthz?cluster=``; ``gamma``'s health
+fails naming its server; ``/healthz`` as a whole is not ok; every cluster's series carries its
+``cluster`` label; ``status --all-clusters`` says which.
 
 Waits poll with generous limits (the machine is shared); nothing asserts on timing."""
 
@@ -30,7 +31,9 @@ WAIT = 300.0
 def three() -> Iterator[tuple[PgCluster, PgCluster, PgCluster]]:
     with (
         running_cluster(prefix="backupd-fleet-a-") as alpha,
-        running_cluster(prefix="backupd-fleet-b-") as beta,
+        running_cluster(
+            prefix="backupd-fleet-b-", conf={"wal_level": "replica", "max_wal_senders": "10"}
+        ) as beta,
         running_cluster(prefix="backupd-fleet-c-") as gamma,
     ):
         for pg in (alpha, beta):
@@ -62,15 +65,27 @@ def test_one_daemon_serves_three_clusters_and_one_down_harms_no_other(
             '[schedule]\nfull = "every 20s"\nincremental = "off"\nretention = "off"\n'
             'verify = "off"\nrestore_test = "off"\nspread = "10s"\n'
             f'[clusters.alpha]\ndatabase_url = "{alpha.url("postgres")}"\n'
-            f'[clusters.beta]\ndatabase_url = "{beta.url("postgres")}"\n'
+            f'[clusters.beta]\ndatabase_url = "{beta.url("postgres")}"\nmode = "physical"\n'
+            '[clusters.beta.schedule]\nfull = "every 1h"\nwal = "every 5s"\n'
             f'[clusters.gamma]\ndatabase_url = "{gamma.url("postgres")}?connect_timeout=5"\n'
         )
         env = {"BACKUPD_CONFIG": str(config)}
         with Daemon(env) as d:
             d.wait_for("READY=1", lambda: "READY=1" in d.notifications, timeout=WAIT)
-            # the two healthy clusters: a first full at once, then scheduled ones
+            # the two healthy clusters: a first full at once, then (alpha) scheduled ones, and
+            # (beta) its WAL streamed and archived
+            d.wait_for("two backups of alpha", lambda: runs(d, "alpha", "success") >= 2, timeout=WAIT)
+            d.wait_for("a physical backup of beta", lambda: runs(d, "beta", "success") >= 1, timeout=WAIT)
+            archived = d.metric("backupd_wal_archived_segments_total", cluster="beta") or 0
+            beta.execute("create table w (x int); insert into w select generate_series(1, 100)")
+            beta.execute("select pg_switch_wal()")
+            d.wait_for(
+                "beta's WAL archived",
+                lambda: (d.metric("backupd_wal_archived_segments_total", cluster="beta") or 0) > archived,
+                timeout=WAIT,
+            )
+            assert d.events("wal_stream_supervised")
             for name in ("alpha", "beta"):
-                d.wait_for(f"two backups of {name}", lambda n=name: runs(d, n, "success") >= 2, timeout=WAIT)
                 d.wait_for(
                     f"{name} healthy",
                     lambda n=name: d.get(f"/healthz?cluster={n}")[0] == 200,
