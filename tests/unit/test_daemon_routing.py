@@ -157,3 +157,27 @@ def test_skipped_fires_are_recorded_in_their_clusters_scope(catalog: SqlCatalog)
     ]
     assert catalog.list_runs(Scope("repo-1", "billing")) == []
     assert [e["event"] for e in logs] == ["skipped_job_cluster_unknown", "job_id_invalid"]
+
+
+def test_a_cluster_whose_last_probe_still_runs_is_skipped(catalog: SqlCatalog) -> None:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    hung, _ = runtime("hung", catalog)
+    other, _ = runtime("other", catalog)
+    starting, _ = runtime("starting", catalog)
+    daemon = daemon_of(catalog, hung, other, starting)
+    hung.state = other.state = "running"  # ``starting`` is not probed: it has not started
+    still: Future[None] = Future()  # the last probe of ``hung`` never returned
+    hung.probing = still
+    probed: list[str] = []
+    daemon._probe_cluster = lambda rt: probed.append(rt.name)  # type: ignore[method-assign]
+    daemon._probes = ThreadPoolExecutor(max_workers=2)
+    try:
+        with capture_logs() as logs:
+            daemon._probe_clusters()
+        daemon._probes.shutdown(wait=True)
+    finally:
+        daemon._probes.shutdown(wait=True)
+    assert probed == ["other"]
+    assert hung.probing is still and starting.probing is None
+    assert [(e["event"], e["cluster"]) for e in logs] == [("probe_skipped", "hung")]
