@@ -263,6 +263,29 @@ class MigrateSettings(_Section):
         return None if v is None else _duration(v)
 
 
+class JobsSettings(_Section):
+    """Bounds on one daemon job of a cluster, so that its trouble does not hold a worker forever."""
+
+    lock_wait_timeout: str = "10m"
+    """A logical backup fails when ``pg_dump`` waits longer than this for a table lock
+    (``pg_dump --lock-wait-timeout``; an ``ACCESS EXCLUSIVE`` lock blocks it). Physical backups
+    take no table locks."""
+    stall_timeout: str = "30m"
+    """A daemon job whose progress has not moved for this long is cancelled and recorded failed
+    ("stalled"); ``0`` or ``off``: never."""
+
+    _check = field_validator("lock_wait_timeout")(_duration)
+
+    @field_validator("stall_timeout")
+    @classmethod
+    def _check_stall(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "off":
+            return "off"
+        if isinstance(v, str | int | float):
+            parse_duration(v, allow_zero=True)
+        return v
+
+
 class NotifySettings(_Section):
     webhook_url: SecretStr | None = None
     """Receives a JSON POST (with a Slack-compatible ``text``) on failures, recoveries, size
@@ -350,6 +373,7 @@ class ClusterSettings(_Section):
     anomaly: AnomalySettings | None = None
     notify: NotifySettings | None = None
     migrate: MigrateSettings | None = None
+    jobs: JobsSettings | None = None
 
     @field_validator("repository")
     @classmethod
@@ -399,6 +423,7 @@ class Settings(BaseSettings):
     verify: VerifySettings = VerifySettings()
     drill: DrillSettings = DrillSettings()
     migrate: MigrateSettings = MigrateSettings()
+    jobs: JobsSettings = JobsSettings()
     clusters: dict[str, ClusterSettings] = {}
     """Named clusters; empty: one implicit cluster named by ``cluster``."""
     shutdown_grace: str = "60s"
