@@ -1,7 +1,8 @@
 """One cluster's trouble stays its own (docs/daemon.md "Isolation"): a logical backup behind a
-table lock fails after ``jobs.lock_wait_timeout`` instead of waiting forever.
+table lock fails after ``jobs.lock_wait_timeout`` instead of waiting forever, and the WAL job's
+sessions have a ``statement_timeout``.
 
-Real PostgreSQL, real ``pg_dump``, the installed command; a session holding
+Real PostgreSQL, real ``pg_dump``, the installed command and a real daemon; a session holding
 ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction is the hang. No timing is
 asserted: the waits' timeouts are the failure condition of something that does not end.
 """
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import psycopg
 import pytest
 
+from contentflow_backupd.source import postgres
+from contentflow_backupd.source.conninfo import ConnInfo
 from tests.support.cli import Cli
 from tests.support.pg import PgCluster
 
@@ -54,3 +59,31 @@ def test_a_logical_backup_behind_a_lock_fails_after_the_lock_wait_timeout(
     assert [b["id"] for b in cli.ok_json("backup", "list")] == [first["id"]]  # no half backup counts
     attempts = cli.ok_json("backup", "list", "--attempts")
     assert [b["status"] for b in attempts] == ["succeeded", "failed"], attempts
+
+
+def test_the_wal_jobs_sessions_have_a_statement_timeout(
+    pg: PgCluster, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that accepts connections but hangs cannot hold the WAL job's worker: its
+    sessions (``wal_status``, ``switch_wal``) run with ``statement_timeout``, next to the URL's
+    own ``options``; a statement past it is cancelled."""
+    info = ConnInfo.parse(pg.url(pg_db) + "?options=-c%20search_path%3Dpg_catalog")
+    seen: list[tuple[str, str]] = []
+    real_connect = postgres.connect
+
+    def observed(*args: Any, **kwargs: Any) -> psycopg.Connection[Any]:
+        conn = real_connect(*args, **kwargs)
+        row = conn.execute("select current_setting('statement_timeout'), current_setting('search_path')")
+        seen.append(tuple(row.fetchone() or ()))
+        return conn
+
+    monkeypatch.setattr(postgres, "connect", observed)
+    postgres.wal_status(info)
+    postgres.switch_wal(info)
+    assert seen == [("30s", "pg_catalog"), ("30s", "pg_catalog")]
+    monkeypatch.undo()
+    with (
+        postgres.connect(info, statement_timeout_ms=100) as conn,
+        pytest.raises(psycopg.errors.QueryCanceled),
+    ):
+        conn.execute("select pg_sleep(600)")
