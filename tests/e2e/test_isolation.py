@@ -1,6 +1,7 @@
 """One cluster's trouble stays its own (docs/daemon.md "Isolation"): a logical backup behind a
-table lock fails after ``jobs.lock_wait_timeout`` instead of waiting forever, and the WAL job's
-sessions have a ``statement_timeout``.
+table lock fails after ``jobs.lock_wait_timeout`` instead of waiting forever, and a daemon job
+that stops moving is stopped by the stall watchdog (``jobs.stall_timeout``) and recorded failed,
+while the daemon goes on; the WAL job's sessions have a ``statement_timeout``.
 
 Real PostgreSQL, real ``pg_dump``, the installed command and a real daemon; a session holding
 ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction is the hang. No timing is
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ import pytest
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.conninfo import ConnInfo
 from tests.support.cli import Cli
+from tests.support.daemon import Daemon, daemon_env
 from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.pg
@@ -59,6 +62,34 @@ def test_a_logical_backup_behind_a_lock_fails_after_the_lock_wait_timeout(
     assert [b["id"] for b in cli.ok_json("backup", "list")] == [first["id"]]  # no half backup counts
     attempts = cli.ok_json("backup", "list", "--attempts")
     assert [b["status"] for b in attempts] == ["succeeded", "failed"], attempts
+
+
+def test_the_stall_watchdog_fails_a_hung_daemon_job_and_the_daemon_goes_on(
+    tmp_path: Path, pg: PgCluster, pg_db: str
+) -> None:
+    _table(pg, pg_db)
+    env = daemon_env(
+        tmp_path,
+        pg,
+        pg_db,
+        BACKUPD_SCHEDULE__FULL="every 1h",
+        BACKUPD_JOBS__LOCK_WAIT_TIMEOUT="1h",  # pg_dump would wait for the lock ...
+        BACKUPD_JOBS__STALL_TIMEOUT="5s",  # ... but the job is stopped once it stopped moving
+    )
+    with _locked(pg, pg_db), Daemon(env) as d:
+        d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
+        stalled = d.wait_for("job_stalled", lambda: d.events("job_stalled"), timeout=120)
+        assert stalled[0]["job"] == "full" and stalled[0]["children"], stalled
+        assert "stalled" in stalled[0]["reason"] and stalled[0]["phase"] == "dumping", stalled
+        d.wait_for("the run recorded", lambda: d.events("backup_failed"), timeout=120)
+        assert d.get("/livez")[0] == 200 and d.get("/readyz")[0] == 200
+        assert d.proc is not None and d.proc.poll() is None  # the daemon goes on
+        assert d.metric("backupd_backup_runs_total", kind="full", result="failure") == 1
+    runs = Cli(env=env).ok_json("runs", "list")
+    full = [r for r in runs if r["job"] == "full"]
+    assert [(r["trigger"], r["status"]) for r in full] == [("scheduled", "failed")], runs
+    assert full[0]["error"].startswith("stalled: no progress for "), full
+    assert Cli(env=env).ok_json("backup", "list") == []
 
 
 def test_the_wal_jobs_sessions_have_a_statement_timeout(
