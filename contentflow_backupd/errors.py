@@ -26,6 +26,7 @@ SQLAlchemy) are translated at the boundary of the module that owns the library, 
     ├── CatalogError                  the catalog database
     ├── BackupNotFound                an unknown backup id
     ├── LockedError                   another process holds the lock (e.g. a running backup)
+    ├── SpaceReserved                 a local file system is below its free-space reserve
     ├── VerificationFailed            verify found faults (the faults are listed on it)
     └── RecoveryMustStop              exit 126: wal-fetch found a damaged object or could not
                                       reach storage; PostgreSQL stops recovery (exit > 125)
@@ -136,6 +137,11 @@ class SourceError(BackupdError):
 
 class CatalogError(BackupdError):
     pass
+
+
+class SpaceReserved(BackupdError):
+    """A drill or a large temporary file refused to start: the local file system it would write
+    to has less free space than its reserve (``fsutil.require_free_space``)."""
 
 
 class BackupNotFound(BackupdError):

@@ -16,6 +16,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import BackupdError, SourceError
+from contentflow_backupd.fsutil import require_free_space
 from contentflow_backupd.procs import spawn, stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
@@ -387,6 +388,9 @@ class PgRestoreTarget:
     def _restore_parallel(self, argv: list[str], archive: Iterable[bytes], jobs: int) -> None:
         # pg_restore --jobs needs a seekable archive: it is written to a private 0600 file in
         # the state directory, removed afterwards. Parallel restores are not one transaction.
+        require_free_space(
+            self._tmp_root or Path(tempfile.gettempdir()), "pg_restore --jobs (its archive copy)"
+        )
         if self._tmp_root is not None:
             self._tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, path = tempfile.mkstemp(prefix="restore-", suffix=".dump", dir=self._tmp_root)

@@ -1,7 +1,8 @@
 """One cluster's trouble stays its own (docs/daemon.md "Isolation"): a logical backup behind a
 table lock fails after ``jobs.lock_wait_timeout`` instead of waiting forever, and a daemon job
 that stops moving is stopped by the stall watchdog (``jobs.stall_timeout``) and recorded failed,
-while the daemon goes on; the WAL job's sessions have a ``statement_timeout``.
+while the daemon goes on; the WAL job's sessions have a ``statement_timeout``; a drill refuses
+to start below the state directory's free-space reserve.
 
 Real PostgreSQL, real ``pg_dump``, the installed command and a real daemon; a session holding
 ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction is the hang. No timing is
@@ -10,6 +11,8 @@ asserted: the waits' timeouts are the failure condition of something that does n
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from contentflow_backupd.fsutil import free_space_reserve
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.conninfo import ConnInfo
 from tests.support.cli import Cli
@@ -118,3 +122,53 @@ def test_the_wal_jobs_sessions_have_a_statement_timeout(
         pytest.raises(psycopg.errors.QueryCanceled),
     ):
         conn.execute("select pg_sleep(600)")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 MiB file system (tmpfs) at a fresh path; skipped where this process may not
+    mount one (not root, or a container without the capability)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def _fill(path: Path, leave: int) -> None:
+    """Write a file that leaves ``leave`` bytes free on ``path``'s file system."""
+    st = os.statvfs(path)
+    with open(path / "filler", "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - leave))
+
+
+def test_a_drill_refuses_to_start_below_the_free_space_reserve(
+    cli: Cli, pg: PgCluster, pg_db: str, small_fs: Path
+) -> None:
+    """The state directory on a nearly full file system: backups go on (they write to the
+    repository), a drill refuses before it writes anything, naming the path, the free bytes and
+    the reserve (5% of this 64 MiB file system), so the WAL spools keep their room."""
+    _table(pg, pg_db)
+    cli.env["BACKUPD_STATE_DIR"] = str(small_fs / "state")
+    cli.run("init", check=True)
+    cli.ok_json("backup", "--kind", "full")
+    reserve = free_space_reserve(64 * 1024 * 1024)
+    _fill(small_fs, reserve // 2)
+    res = cli.run("restore-test", "--json")
+    assert res.returncode == 1, res
+    out = res.json()
+    restore = {c["name"]: c for c in out["checks"]}["restore"]
+    assert out["status"] == "failed" and restore["status"] == "failed", out
+    error = restore["detail"]
+    assert f"{small_fs / 'state'} has " in error and f"below the reserve of {reserve} bytes" in error, error
+    assert not (small_fs / "state" / "drills").exists() or not list((small_fs / "state" / "drills").iterdir())
+    runs = cli.ok_json("runs", "list")
+    assert [(r["job"], r["status"]) for r in runs] == [("full", "succeeded"), ("restore_test", "failed")]
+    (small_fs / "filler").unlink()
+    assert cli.run("restore-test", "--json").returncode == 0  # with room again, the drill runs
