@@ -1,7 +1,8 @@
 """The stall watchdog (``daemon/stall.py``): the decision as a table on a fake clock, the watch
 thread calling its verdict once, the ``jobs`` settings it reads, how a job's cancel event tells
-a stall (failed) from a stop (interrupted), and that the backup pipeline moves the progress
-tracker every few MiB (no false stall of a long, healthy dump). No server; a local repository."""
+a stall (failed) from a stop (interrupted) and how the job runner records each, and that the
+backup pipeline moves the progress tracker every few MiB (no false stall of a long, healthy
+dump). No server; a local repository and SQLite catalog."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from contentflow_backupd import __version__
+from contentflow_backupd.daemon.runtime import JobRunner
 from contentflow_backupd.daemon.stall import Position, Stalled, StallRule, check_interval, watching
-from contentflow_backupd.errors import ConfigError
+from contentflow_backupd.errors import ConfigError, SourceError
 from contentflow_backupd.model import JobCancel, cancel_failure
 from contentflow_backupd.observability import progress
+from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.repository.chunker import ChunkerParams
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.pipeline import PROGRESS_STEP, ChunkWriter
@@ -25,6 +29,7 @@ from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.settings import Settings, load_settings
 from contentflow_backupd.storage.local import LocalStorage
 from contentflow_backupd.wiring import App
+from tests.conftest import PASSPHRASE
 
 T = 60.0
 
@@ -198,3 +203,42 @@ def test_a_long_stream_advances_the_tracker_every_few_mib(
     assert sum(steps) == len(data)
     assert max(steps) <= bound, max(steps)
     assert len(steps) >= len(data) // bound
+
+
+# -- how the job runner records a stalled job --------------------------------------------------
+@pytest.mark.usefixtures("clean_env")
+def test_a_stalled_job_is_recorded_failed_with_the_reason_and_a_stopped_one_interrupted(
+    tmp_path: Path,
+) -> None:
+    """``JobRunner._simple_run`` (verify, retention, drills, the WAL job): the job's failure
+    after ``JobCancel.fail`` is a ``failed`` run whose error starts with the stall's reason;
+    after a plain stop it is ``interrupted``. A real local repository and SQLite catalog."""
+    settings = Settings(
+        repository=f"file://{tmp_path / 'repo'}",
+        state_dir=tmp_path / "state",
+        encryption={"passphrase": PASSPHRASE},
+    )
+    app = App(settings)
+    repo = app.init_repository()
+    catalog = app.open_catalog()
+    try:
+        runner = JobRunner(app, repo, catalog, Metrics(__version__).add_cluster(app.cluster), app.notifier())
+        for how in ("stall", "stop"):
+            cancel = JobCancel()
+
+            def body(run_id: int, how: str = how, cancel: JobCancel = cancel) -> str:
+                if how == "stall":
+                    cancel.fail("stalled: no progress for 5s in phase 'reading objects'")
+                else:
+                    cancel.set()
+                raise SourceError("pg_dump was stopped")
+
+            runner._simple_run("verify", "manual", cancel, body)
+        runs = catalog.list_runs(runner.scope, limit=10)
+        assert sorted((r.status, r.error) for r in runs) == [
+            ("failed", "stalled: no progress for 5s in phase 'reading objects': pg_dump was stopped"),
+            ("interrupted", "pg_dump was stopped"),
+        ]
+    finally:
+        catalog.close()
+        app.close()
