@@ -25,7 +25,7 @@ from contentflow_backupd.fsutil import free_space_reserve
 from contentflow_backupd.source import postgres
 from contentflow_backupd.source.conninfo import ConnInfo
 from tests.support.cli import Cli
-from tests.support.daemon import Daemon, daemon_env
+from tests.support.daemon import Daemon, daemon_env, far_schedule
 from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.pg
@@ -76,7 +76,7 @@ def test_the_stall_watchdog_fails_a_hung_daemon_job_and_the_daemon_goes_on(
         tmp_path,
         pg,
         pg_db,
-        BACKUPD_SCHEDULE__FULL="every 1h",
+        BACKUPD_SCHEDULE__FULL=far_schedule(),  # the first full runs at start; no second one
         BACKUPD_JOBS__LOCK_WAIT_TIMEOUT="1h",  # pg_dump would wait for the lock ...
         BACKUPD_JOBS__STALL_TIMEOUT="5s",  # ... but the job is stopped once it stopped moving
     )
