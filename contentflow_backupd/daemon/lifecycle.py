@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -140,7 +141,7 @@ class Daemon:
         self.sd.status(self._status_text())
         log.info("daemon_ready", leader=self.leader, http=app.http_listen)
 
-    def _audit_config(self, view: Any = None) -> None:
+    def _audit_config(self, view: Mapping[str, str] | None = None) -> None:
         """``config_changed`` in the audit trail when the settings (``view``: this start's, or a
         reload's) differ from the last recorded ones."""
         from contentflow_backupd.ops.audit import record_config
@@ -346,7 +347,8 @@ class Daemon:
     def _install_signals(self) -> None:
         """SIGTERM and SIGINT are only recorded in their handler; ``_on_signal`` runs on the
         signal-watch thread (see ``contentflow_backupd.signals``), so a main thread blocked
-        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping."""
+        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping.
+        SIGHUP too, when the daemon has a reload source: it asks for a reload (``_reloader``)."""
         self._watch = SignalWatch(self._on_signal, on_reload=self._reloader.on_reload).install()
 
     def _on_signal(self, signum: int, count: int) -> None:
@@ -384,6 +386,7 @@ class Daemon:
     def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
+        self._reloader.join(self._left(10.0))  # a reload in progress ends (refused) or finishes
         for runtime in self.runtimes.values():
             # First: new pushes go direct; the running ones get a few seconds to finish.
             runtime.stop_wal_service(self._left(5.0))

@@ -251,19 +251,22 @@ class Reloader:
                 new,
             )
         failed = self._apply(plan, old, new)
-        clusters = dict(new.clusters)
-        for name in failed:  # planned again at the next reload
-            if name in old.clusters:
-                clusters[name] = old.clusters[name]
-            else:
-                clusters.pop(name, None)
-        self.current = Configuration(
-            clusters=clusters,
-            daemon_keys=new.daemon_keys,
-            app=new.app,
-            audit_view=new.audit_view,
-            close=new.close,
-        )
+        if plan.empty:
+            new.close()  # nothing of it serves a cluster: the running configuration stays
+        else:
+            clusters = dict(new.clusters)
+            for name in failed:  # planned again at the next reload
+                if name in old.clusters:
+                    clusters[name] = old.clusters[name]
+                else:
+                    clusters.pop(name, None)
+            self.current = Configuration(
+                clusters=clusters,
+                daemon_keys=new.daemon_keys,
+                app=new.app,
+                audit_view=new.audit_view,
+                close=new.close,
+            )
         result = "failed" if failed else "applied"
         self._metrics.config_reloaded(result)
         log.info(

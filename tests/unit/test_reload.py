@@ -211,8 +211,10 @@ def test_a_reload_applies_each_clusters_change_logs_counts_and_audits(
     assert SECRET not in repr(logs) and SECRET not in repr(changes[0].details)
 
     s.target.calls.clear()
+    applied = s.reloader.current
     assert s.reloader.reload().plan.empty  # the same file again: nothing to do, nothing audited
     assert s.target.calls == []
+    assert s.reloader.current is applied  # the running configuration stays
     assert len(catalog.list_audit_events(action="config_changed", limit=5)) == 2
     assert s.reloads()["applied"] == 2
 
