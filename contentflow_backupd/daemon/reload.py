@@ -252,7 +252,7 @@ class Reloader:
             )
         failed = self._apply(plan, old, new)
         if plan.empty:
-            new.close()  # nothing of it serves a cluster: the running configuration stays
+            _quietly("config_close_failed", new.close)  # unused: the running configuration stays
         else:
             clusters = dict(new.clusters)
             for name in failed:  # planned again at the next reload
@@ -269,7 +269,7 @@ class Reloader:
             )
         result = "failed" if failed else "applied"
         self._metrics.config_reloaded(result)
-        log.info(
+        (log.warning if failed else log.info)(
             "config_reloaded",
             result=result,
             added=list(plan.added),
@@ -282,7 +282,8 @@ class Reloader:
             - len(plan.restarted),
         )
         if self._audit is not None:
-            self._audit(new.audit_view)
+            audit, view = self._audit, new.audit_view
+            _quietly("config_audit_failed", lambda: audit(view))
         self.last = ReloadResult(result, plan, tuple(failed))
         return self.last
 
@@ -319,9 +320,14 @@ class Reloader:
             "config_reload_refused", error=reason, hint=hint, action="the old configuration keeps running"
         )
         if new is not None:
-            try:
-                new.close()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("config_close_failed", error=f"{type(exc).__name__}: {exc}")
+            _quietly("config_close_failed", new.close)
         self.last = ReloadResult("refused", reason=reason)
         return self.last
+
+
+def _quietly(event: str, call: Callable[[], object]) -> None:
+    """``call()``; an exception is logged as ``event`` (a reload never raises)."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001
+        log.warning(event, error=f"{type(exc).__name__}: {exc}")

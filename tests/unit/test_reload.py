@@ -357,3 +357,17 @@ def test_a_reloader_without_a_source_does_not_watch_sighup() -> None:
     assert reloader.on_reload is None
     reloader.request()
     assert not reloader.poll()
+
+
+def test_an_unexpected_error_while_loading_is_a_refusal_not_a_crash(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+
+    def load() -> Configuration:
+        raise RuntimeError("disk on fire")
+
+    s.reloader._source = ReloadSource(s.source.current, load)
+    with capture_logs() as logs:
+        result = s.reloader.reload()
+    assert (result.result, result.reason) == ("refused", "RuntimeError: disk on fire")
+    assert [e["event"] for e in logs] == ["config_reload_started", "config_reload_refused"]
+    assert s.reloads()["refused"] == 1
