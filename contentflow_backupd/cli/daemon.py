@@ -48,7 +48,10 @@ def _reload_source(args: argparse.Namespace, app: App) -> ReloadSource | None:
     if fleet is None:
         return None
     adjust = json_logs if getattr(args, "json", False) else None
-    return reload_source(fleet, getattr(args, "config", None), cluster=app.cluster, adjust=adjust)
+    # The daemon serves one cluster (design/fleet.md step 5: every configured one, or --cluster's).
+    return reload_source(
+        fleet, getattr(args, "config", None), cluster=app.cluster, only=[app.cluster], adjust=adjust
+    )
 
 
 def cmd_runs(args: argparse.Namespace, app: App) -> int:

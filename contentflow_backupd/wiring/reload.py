@@ -9,7 +9,7 @@ through one slot (``Fleet.check_streams``), and every cluster's schedules (``bui
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from contentflow_backupd.daemon.reload import ClusterConfig, Configuration, ReloadSource
@@ -17,11 +17,16 @@ from contentflow_backupd.settings import Settings, load_settings
 from contentflow_backupd.wiring.fleet import Fleet
 
 
-def configuration(fleet: Fleet, cluster: str | None = None) -> Configuration:
-    """``fleet`` as the reloader compares it. ``cluster``: whose settings view the audit trail
+def configuration(
+    fleet: Fleet, cluster: str | None = None, *, only: Sequence[str] | None = None
+) -> Configuration:
+    """``fleet`` as the reloader compares it. ``only``: the clusters the daemon serves (None:
+    every configured one); the others are not compared, so a reload never starts a cluster
+    that the daemon was not asked to serve. ``cluster``: whose settings view the audit trail
     records (as the daemon does at start-up for the cluster it serves); None, or a cluster the
     fleet no longer has: every cluster's (``config show``'s rows)."""
-    clusters = {name: ClusterConfig(*fleet.digests(name)) for name in fleet.names}
+    served = [name for name in fleet.names if only is None or name in only]
+    clusters = {name: ClusterConfig(*fleet.digests(name)) for name in served}
     if cluster is not None and cluster in fleet.names:
         rows = fleet.app(cluster).settings_view({})
     else:
@@ -45,13 +50,15 @@ def reload_source(
     config: Path | None,
     *,
     cluster: str | None = None,
+    only: Sequence[str] | None = None,
     adjust: Callable[[Settings], Settings] | None = None,
     secret_dirs: list[Path] | None = None,
 ) -> ReloadSource:
     """The daemon's ``ReloadSource``: ``fleet`` (what it starts with) and a ``load()`` that
     reads ``config`` (None: ``BACKUPD_CONFIG``, as at start) and the credential files again.
-    ``adjust``: what the command changed in the settings it started with (``json_logs``), done
-    to every reloaded configuration too, so that it is not taken for a change."""
+    ``cluster`` and ``only``: as ``configuration``'s. ``adjust``: what the command changed in
+    the settings it started with (``json_logs``), done to every reloaded configuration too, so
+    that it is not taken for a change."""
 
     def load() -> Configuration:
         from contentflow_backupd.scheduling.scheduler import build_trigger
@@ -66,9 +73,9 @@ def reload_source(
                 for spec in app.job_specs:
                     if spec.schedule.kind != "off":
                         build_trigger(spec, app.timezone)  # ConfigError naming the setting
-            return configuration(fleet, cluster)
+            return configuration(fleet, cluster, only=only)
         except BaseException:
             fleet.close()
             raise
 
-    return ReloadSource(current=configuration(fleet, cluster), load=load)
+    return ReloadSource(current=configuration(fleet, cluster, only=only), load=load)

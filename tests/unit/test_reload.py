@@ -371,3 +371,22 @@ def test_an_unexpected_error_while_loading_is_a_refusal_not_a_crash(tmp_path: Pa
     assert (result.result, result.reason) == ("refused", "RuntimeError: disk on fire")
     assert [e["event"] for e in logs] == ["config_reload_started", "config_reload_refused"]
     assert s.reloads()["refused"] == 1
+
+
+def test_a_daemon_serving_some_clusters_compares_only_those(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    path, secrets = s.path, s.secrets
+    source = reload_source(s.fleet, path, cluster="orders", only=["orders"], secret_dirs=secrets)
+    assert list(source.current.clusters) == ["orders"]
+    reloader = Reloader(source, metrics=s.metrics, stopping=s.stopping, target=s.target)
+    s.write(
+        BASE.replace("billing-db", "billing-db2") + '[clusters.eu]\ndatabase_url = "postgresql://e@eu/eu"\n'
+    )
+    assert reloader.reload().plan.empty  # another cluster changed, one was added: not served here
+    s.write(
+        BASE.replace(
+            '[clusters.orders]\ndatabase_url = "postgresql://backup:' + SECRET + '@orders-db/orders"\n', ""
+        )
+    )
+    assert reloader.reload().plan.removed == ("orders",)
+    assert s.target.calls == [("stop", "orders", None)]
