@@ -206,7 +206,8 @@ def test_a_reload_applies_each_clusters_change_logs_counts_and_audits(
     }
     assert s.reloads() == {"applied": 1, "refused": 0, "failed": 0}
     changes = catalog.list_audit_events(action="config_changed", limit=5, newest_first=True)
-    assert len(changes) == 2 and "BACKUPD_SCHEDULE__FULL" in changes[0].details["changed"]
+    assert len(changes) == 2
+    assert any(key.endswith("SCHEDULE__FULL") for key in changes[0].details["changed"])
     assert sorted(s.reloader.current.clusters) == ["billing", "eu", "orders"]  # type: ignore[union-attr]
     assert SECRET not in repr(logs) and SECRET not in repr(changes[0].details)
 
