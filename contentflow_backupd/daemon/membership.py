@@ -64,6 +64,8 @@ DEADLINE_MARGIN = 2.0
 CATCH_UP_JOBS = ("full", "incremental", "retention", "verify", "restore_test")
 """Jobs whose interrupted run the new owner runs again at once (the WAL job runs every few
 minutes anyway), in this order."""
+WATCH_EVERY = 1.0
+"""``run``'s deadline watcher looks at least this often (and at each deadline)."""
 RETIRED_TTL = 0.001
 """The TTL of the last heartbeat at shutdown: the daemon's row expires at once."""
 
@@ -238,17 +240,17 @@ class Membership:
             return
         self._renewed(renewed, sent)
         self._release_given_up(renewed)
+        assignment: dict[str, str] | None = None
         try:
             leases = self.catalog.leases()
-            daemons = self.catalog.live_daemons()
+            assignment = assign(_members(self.catalog.live_daemons()), _owners(leases))
         except BackupdError as exc:
             log.error("fleet_read_failed", daemon_id=self.daemon_id, error=exc.message)
-            leases, daemons = None, None
-        if leases is not None and daemons is not None:
-            assignment = assign(_members(daemons), _owners(leases))
+        if assignment is not None:
             self._claim(assignment, {lease.cluster: lease for lease in leases})
-            self._give_up(assignment)
         self._gain_pending()
+        if assignment is not None:
+            self._give_up(assignment)
 
     def _renewed(self, renewed: Mapping[str, int], sent: float) -> None:
         lost: list[str] = []
@@ -373,8 +375,8 @@ class Membership:
         with self._lock:
             deadlines = [h.deadline for h in self._held.values()]
         if not deadlines:
-            return self.poll
-        return min(max(min(deadlines) - self._clock(), 0.05), self.poll)
+            return WATCH_EVERY
+        return min(max(min(deadlines) - self._clock(), 0.05), WATCH_EVERY)
 
 
 def _members(daemons: list[DaemonRecord]) -> dict[str, dict[str, str]]:

@@ -323,3 +323,25 @@ def test_the_fenced_catalog_is_the_whole_catalog(catalog: SqlCatalog) -> None:
     with pytest.raises(LeaseLost, match="does not hold"):
         wrapped.start_run(Scope(REPO, "db00"), "full", "scheduled")
     assert catalog.list_runs(Scope(REPO, "db00")) == []
+
+
+def test_run_ticks_and_watches_the_deadlines_until_stopped(catalog: SqlCatalog, clock: Clock) -> None:
+    """``run`` on a thread, as the daemon starts it: it claims, and its deadline watcher notices a
+    local deadline passing between ticks (the clock moves; the poll is long)."""
+    import threading
+
+    a = Member(catalog, "alpha", clock, CLUSTERS[:2])
+    a.m.poll = 3600.0  # one tick only: what follows is the watcher's doing
+    stop = threading.Event()
+    runner = threading.Thread(target=a.m.run, args=(stop,))
+    runner.start()
+    try:
+        wait_until(lambda: sorted(a.gained) == CLUSTERS[:2], "claimed")
+        assert a.lost == []
+        clock.now += LONG
+        wait_until(lambda: len(a.lost) == 2, "the deadline noticed")
+        assert sorted(a.lost) == [(k, "lease_expired") for k in CLUSTERS[:2]]
+    finally:
+        stop.set()
+        runner.join(60)
+    assert not runner.is_alive()
