@@ -237,6 +237,7 @@ class Membership:
             renewed = self.catalog.heartbeat_and_renew(self.daemon_id, self.ttl)
         except BackupdError as exc:
             log.error("fleet_renew_failed", daemon_id=self.daemon_id, error=exc.message)
+            self._announce_again_if_gone()
             return
         self._renewed(renewed, sent)
         self._release_given_up(renewed)
@@ -251,6 +252,16 @@ class Membership:
         self._gain_pending()
         if assignment is not None:
             self._give_up(assignment)
+
+    def _announce_again_if_gone(self) -> None:
+        """After a failed renewal: when the catalog answers and has no live row of this daemon
+        (removed: a renewal revives an expired row), announce again at the next tick."""
+        try:
+            alive = {daemon.id for daemon in self.catalog.live_daemons()}
+        except BackupdError:
+            return  # the catalog is down: keep trying to renew
+        if self.daemon_id not in alive:
+            self._announced = None
 
     def _renewed(self, renewed: Mapping[str, int], sent: float) -> None:
         lost: list[str] = []

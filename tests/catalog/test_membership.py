@@ -345,3 +345,20 @@ def test_run_ticks_and_watches_the_deadlines_until_stopped(catalog: SqlCatalog, 
         stop.set()
         runner.join(60)
     assert not runner.is_alive()
+
+
+def test_a_daemon_whose_row_vanished_announces_again_and_keeps_its_leases(
+    catalog: SqlCatalog, clock: Clock
+) -> None:
+    from sqlalchemy import text
+
+    a = Member(catalog, "alpha", clock, CLUSTERS[:2])
+    a.m.tick()
+    held = a.m.held()
+    with catalog.engine.begin() as conn:  # as if the catalog had lost the row
+        conn.execute(text("DELETE FROM fleet_daemons"))
+    a.m.tick()  # the renewal fails: the row is gone
+    assert catalog.live_daemons() == [] and a.m.held() == held
+    a.m.tick()  # announced again, then renewed
+    assert [d.id for d in catalog.live_daemons()] == [a.id]
+    assert a.m.held() == held and a.lost == [] and load(catalog) == {a.id: 2}
