@@ -141,6 +141,9 @@ def test_three_members_share_twelve_clusters_and_survivors_take_over_a_dead_ones
     (new_owner,) = [x for x in (a, b) if victim in x.m.held()]
     epoch, catch_up = new_owner.gained[victim]
     assert catch_up == ["full"]  # verify succeeded later; wal is never caught up
+    for x in (a, b):  # charlie's other clusters, reaped in the same call, had no run
+        caught_up = {k: jobs for k, (_epoch, jobs) in x.gained.items() if jobs}
+        assert caught_up == ({victim: ["full"]} if x is new_owner else {})
     runs = {r.id: r for r in catalog.list_runs(scope)}
     assert [runs[r.id].status for r in interrupted] == ["interrupted"] * 3
     assert epoch > 1 and a.lost == [] and b.lost == []
