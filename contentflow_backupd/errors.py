@@ -27,6 +27,8 @@ SQLAlchemy) are translated at the boundary of the module that owns the library, 
     ├── BackupNotFound                an unknown backup id
     ├── LockedError                   another process holds the lock (e.g. a running backup)
     ├── SpaceReserved                 a local file system is below its free-space reserve
+    ├── LeaseLost                     the daemon does not hold the cluster's fleet lease: a run
+    │                                 it would start is refused (nothing recorded, nothing done)
     ├── VerificationFailed            verify found faults (the faults are listed on it)
     └── RecoveryMustStop              exit 126: wal-fetch found a damaged object or could not
                                       reach storage; PostgreSQL stops recovery (exit > 125)
@@ -150,6 +152,11 @@ class BackupNotFound(BackupdError):
 
 class LockedError(BackupdError):
     pass
+
+
+class LeaseLost(BackupdError):
+    """This daemon of the fleet does not hold the lease of the cluster (expired, taken over, or
+    never held): it may not start a run there (``daemon/fenced.py``)."""
 
 
 class VerificationFailed(BackupdError):
