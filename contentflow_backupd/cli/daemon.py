@@ -22,6 +22,7 @@ from contentflow_backupd.cli.output import (
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
 
 if TYPE_CHECKING:
+    from contentflow_backupd.daemon.reload import ReloadSource
     from contentflow_backupd.ops.health.evaluate import HealthReport
     from contentflow_backupd.wiring import App
     from contentflow_backupd.wiring.fleet import Fleet
@@ -41,7 +42,19 @@ def cmd_run(args: argparse.Namespace, app: App) -> int:
     fleet: Fleet = args.fleet
     chosen = fleet.choose(getattr(args, "cluster", None))
     only = None if chosen is None or fleet.implicit else [chosen]
-    return run_daemon(fleet, only)
+    return run_daemon(fleet, only, reload=_reload_source(args, fleet, only))
+
+
+def _reload_source(args: argparse.Namespace, fleet: Fleet, only: list[str] | None) -> ReloadSource | None:
+    """SIGHUP reads the configuration (``--config`` / ``BACKUPD_CONFIG``) and the credential
+    files again (``wiring/reload.py``), comparing the clusters the daemon serves (``only``; None:
+    every configured one). The audit view is the one the daemon records at start-up
+    (``Fleet.config_view``): the implicit cluster's, else the whole configuration's."""
+    from contentflow_backupd.wiring.reload import json_logs, reload_source
+
+    adjust = json_logs if getattr(args, "json", False) else None
+    cluster = fleet.names[0] if fleet.implicit else None
+    return reload_source(fleet, getattr(args, "config", None), cluster=cluster, only=only, adjust=adjust)
 
 
 def cmd_runs(args: argparse.Namespace, app: App) -> int:

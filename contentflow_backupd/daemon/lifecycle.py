@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +28,7 @@ from contentflow_backupd.daemon.cluster import ClusterRuntime
 from contentflow_backupd.daemon.control import ClusterControl
 from contentflow_backupd.daemon.exits import EXIT_FAILED_STOP, arm_exit, exit_now, raise_in_thread
 from contentflow_backupd.daemon.parts import FleetApp
+from contentflow_backupd.daemon.reload import Reloader, ReloadSource
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import Metrics
@@ -56,13 +58,15 @@ PROGRESS_FILE = "progress.json"
 """In the state directory: what the daemon's running jobs have done (``status`` reads it)."""
 
 
-def run_daemon(fleet: FleetApp, clusters: list[str] | None = None) -> int:
+def run_daemon(fleet: FleetApp, clusters: list[str] | None = None, reload: ReloadSource | None = None) -> int:
     """Serve ``clusters`` (default: every configured cluster) until a signal stops the daemon."""
-    return Daemon(fleet, clusters).run()
+    return Daemon(fleet, clusters, reload).run()
 
 
 class Daemon(ClusterControl):
-    def __init__(self, fleet: FleetApp, clusters: list[str] | None = None) -> None:
+    def __init__(
+        self, fleet: FleetApp, clusters: list[str] | None = None, reload: ReloadSource | None = None
+    ) -> None:
         self.fleet = fleet
         self.clusters = list(fleet.cluster_names if clusters is None else clusters)
         """The clusters served from the start."""
@@ -88,6 +92,12 @@ class Daemon(ClusterControl):
         self._probes: ThreadPoolExecutor | None = None
         self.runtimes: dict[str, ClusterRuntime] = {}
         """The clusters this daemon serves, by name."""
+        self._reloader = Reloader(
+            reload, metrics=self.all_metrics, stopping=self.stopping, audit=self._audit_config
+        )
+        """SIGHUP (daemon/reload.py); no target yet (the lead connects it to ``start_cluster``,
+        ``stop_cluster`` and ``reschedule_cluster``): only a reload that changes no cluster
+        applies."""
 
     @property
     def leader(self) -> bool:
@@ -155,12 +165,13 @@ class Daemon(ClusterControl):
         self.sd.status(self._status_text())
         log.info("daemon_ready", clusters=len(self.clusters), http=fleet.http_listen)
 
-    def _audit_config(self) -> None:
-        """``config_changed`` in the audit trail when the settings differ from the last start's."""
+    def _audit_config(self, view: Mapping[str, str] | None = None) -> None:
+        """``config_changed`` in the audit trail when the settings (``view``: this start's, or a
+        reload's) differ from the last recorded ones."""
         from contentflow_backupd.ops.audit import record_config
 
         assert self._catalog is not None
-        record_config(self._catalog, self.fleet.config_view())
+        record_config(self._catalog, view if view is not None else self.fleet.config_view())
 
     def _cleanup_drills(self) -> None:
         """Scratch instances and files of drills a crash left behind (``kill -9``) go first."""
@@ -203,6 +214,7 @@ class Daemon(ClusterControl):
             self._update_next_runs()
             self._record_skipped()
             self._publish_progress()
+            self._reloader.poll()
             if self.live():
                 self.sd.watchdog()
             self.stopping.wait(LOOP_INTERVAL)
@@ -348,8 +360,9 @@ class Daemon(ClusterControl):
     def _install_signals(self) -> None:
         """SIGTERM and SIGINT are only recorded in their handler; ``_on_signal`` runs on the
         signal-watch thread (see ``contentflow_backupd.signals``), so a main thread blocked
-        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping."""
-        self._watch = SignalWatch(self._on_signal).install()
+        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping.
+        SIGHUP too, when the daemon has a reload source: it asks for a reload (``_reloader``)."""
+        self._watch = SignalWatch(self._on_signal, on_reload=self._reloader.on_reload).install()
 
     def _on_signal(self, signum: int, count: int) -> None:
         """On the signal-watch thread, never in a handler: log, wake the main loop, arm the
@@ -386,6 +399,7 @@ class Daemon(ClusterControl):
     def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
+        self._reloader.join(self._left(10.0))  # a reload in progress ends (refused) or finishes
         for runtime in list(self.runtimes.values()):
             runtime.stop_event.set()  # a start being retried ends
             # First: new pushes go direct; the running ones get a few seconds to finish.

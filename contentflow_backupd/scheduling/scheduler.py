@@ -25,6 +25,7 @@ loaded here; one that fails is logged (``scheduler_job_unloadable``) and re-crea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -189,20 +190,30 @@ class Scheduler:
         ``name``), then ``register(specs)`` in it. ``bare``: the implicit cluster, whose ids stay
         bare (``full``) so that an upgrade keeps its rows; else ``<name>:<job>``. ``timezone``: the
         cluster's (default: the scheduler's). Adding a cluster served already only registers its
-        specs again."""
+        specs again. All or nothing: when it raises (a catalog error), no store was added."""
         with self._changing:
             # Paused meanwhile: a running scheduler would fire a due stored job as soon as its
             # store is added, and again once ``register`` re-adds it (then "skipped").
             running = self._sched.state == STATE_RUNNING
             if running:
                 self._sched.pause()
+            added = False
             try:
                 if name not in self._stores:
                     store = SQLAlchemyJobStore(engine=self.engine, tablename=job_table(scope))
+                    # The table first: a failure (a busy SQLite catalog) leaves nothing attached.
+                    store.jobs_t.create(self.engine, checkfirst=True)
                     self._sched.add_jobstore(store, alias=name)
                     self._stores[name] = (store, None if bare else name)
+                    added = True
                 self._timezones[name] = timezone or self.timezone
                 self.register(specs, store=name)
+            except BaseException:
+                if added:  # all or nothing: the caller retries the whole
+                    self._stores.pop(name, None)
+                    with contextlib.suppress(KeyError):
+                        self._sched.remove_jobstore(name, shutdown=True)
+                raise
             finally:
                 if running:
                     self._sched.resume()
@@ -316,14 +327,27 @@ class Scheduler:
         return loaded
 
     def run_soon(
-        self, job_id: str, *, reason: str = "no successful full backup yet", store: str = "default"
+        self,
+        job_id: str,
+        *,
+        reason: str = "no successful full backup yet",
+        catch_up: bool = False,
+        store: str = "default",
     ) -> None:
-        """Fire ``job_id`` (its stored id) now instead of at its next fire time (once; then its
-        schedule)."""
+        """Fire ``job_id`` (its stored id, in job store ``store``) now instead of at its next fire
+        time (once; then its schedule). With ``catch_up``, that run's trigger is ``catch-up`` (a
+        fire time of now would make it ``scheduled``): the catch-up of a run a dead daemon left
+        interrupted."""
         from datetime import UTC
 
-        self._sched.modify_job(job_id, jobstore=store, next_run_time=datetime.now(UTC))
-        log.info("scheduler_job_due_now", job=job_id, reason=reason)
+        if catch_up:
+            jobs.mark_catch_up(job_id)
+        try:
+            self._sched.modify_job(job_id, jobstore=store, next_run_time=datetime.now(UTC))
+        except BaseException:
+            jobs.mark_catch_up(job_id, pending=False)
+            raise
+        log.info("scheduler_job_due_now", job=job_id, reason=reason, catch_up=catch_up)
 
     # -- running ---------------------------------------------------------------------------
     def resume(self) -> None:

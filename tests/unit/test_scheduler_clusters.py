@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from structlog.testing import capture_logs
 
+from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.model import Scope
 from contentflow_backupd.scheduling.scheduler import LEGACY_TABLE, JobSpec, Scheduler, job_table
 from contentflow_backupd.timespec import parse_schedule
@@ -98,3 +99,12 @@ def test_only_the_implicit_cluster_adopts_the_old_shared_table(engine: Any, sche
     assert adopted and adopted[0]["jobs"] == ["full", "verify"]
     assert stored(engine, Scope("r1", "orders")) == {"orders:full", "orders:verify"}
     assert stored(engine, Scope("r1", "main")) == {"full", "verify"}
+
+
+def test_adding_a_cluster_is_all_or_nothing(sched: Scheduler) -> None:
+    bad = [JobSpec("full", parse_schedule("61 * * * *"), "X_FULL", cluster="orders")]
+    with pytest.raises(ConfigError, match="X_FULL"):
+        sched.add_cluster("orders", Scope("r1", "orders"), bad)
+    assert sched.clusters() == [] and "orders" not in sched._sched._jobstores
+    sched.add_cluster("orders", Scope("r1", "orders"), specs("orders"))  # a retry succeeds
+    assert sched.clusters() == ["orders"] and sched.next_runs("orders")["full"] is not None
