@@ -158,7 +158,9 @@ class SpoolUploader:
         self._confirm_pacer.succeeded()
         self.confirmed_upto = upto
         if guard is None:
-            log.warning("wal_guard_slot_missing", lsn=format_lsn(upto))
+            # dropped, or invalidated by max_slot_wal_keep_size: streaming goes on, but the server
+            # no longer keeps WAL that is not archived yet for a successor
+            log.warning("wal_guard_lost", lsn=format_lsn(upto))
         else:
             log.info("wal_guard_advanced", lsn=format_lsn(guard))
 
