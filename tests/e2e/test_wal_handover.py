@@ -27,6 +27,8 @@ from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.storage.local import LocalStorage
 from contentflow_backupd.wal import classify, parse_lsn, parse_segment, segment_of_lsn
 from tests.conftest import PASSPHRASE
+from tests.e2e.physical import physical_setup
+from tests.e2e.pitr_helpers import Restored
 from tests.e2e.test_wal_stream import SEGMENT_SIZE, Stream, server_wal, switch_wal, wait_for, write_wal
 from tests.support.cli import Cli
 from tests.support.pg import PG_MAJORS, PgCluster, pg_bin_dir, running_cluster
@@ -291,3 +293,73 @@ def test_two_streams_of_one_cluster_at_once_do_no_harm(fleet: Fleet) -> None:
     assert {e["wal"] for e in pushed} == set(written)
     # both received the same WAL: the second to push a segment found it stored, byte for byte
     assert any(e["status"] == "duplicate" for e in pushed), [(e["wal"], e["status"]) for e in pushed]
+
+
+@pytest.mark.parametrize("major", PG_MAJORS, ids=[f"pg{m}" for m in PG_MAJORS])
+def test_restore_to_latest_after_a_handover_has_every_row(major: int) -> None:
+    """The end-to-end proof: a base backup, a stream killed with WAL it never uploaded, a
+    successor on an empty spool, and ``restore latest`` replays to the very last row. Runs as
+    in production (the ``postgres`` user, a configuration file): the restored server fetches WAL
+    with ``wal-fetch``."""
+    with physical_setup(archive=False, bin_dir=pg_bin_dir(major)) as setup:
+        pg = setup.cluster
+        pg.execute("create table t (id serial primary key, body text)")
+        repo_wal = setup.repo / "main" / "wal"
+
+        def on(host: str) -> Stream:
+            stream = Stream(setup.cli.popen("wal-stream", env={"BACKUPD_STATE_DIR": str(setup.base / host)}))
+            wait_for(
+                "pg_receivewal to start", lambda: stream.receiver_pid() or stream.proc.poll() is not None
+            )
+            assert stream.proc.poll() is None, stream.log()
+            return stream
+
+        a = on("first")
+        try:
+            setup.cli.ok_json("backup", "--kind", "full")
+            wait_archived_in(setup.repo, switch_wal(pg))
+            away = repo_wal.with_name("wal.away")
+            repo_wal.rename(away)
+            repo_wal.write_text("not a directory: every WAL put fails")
+            spooled = [switch_wal(pg) for _ in range(2)]
+            spool = setup.base / "first" / "wal-spool" / "main"
+            wait_for("the segments in the spool", lambda: (spool / spooled[-1]).exists())
+            receiver = a.receiver_pid()
+            os.kill(a.proc.pid, signal.SIGKILL)
+        finally:
+            if a.proc.poll() is None:
+                a.proc.kill()
+            a.proc.wait()
+        wait_for("its pg_receivewal to end", lambda: receiver is None or not process_alive(receiver))
+        repo_wal.unlink()
+        away.rename(repo_wal)
+        pg.execute("checkpoint")
+
+        b = on("second")
+        try:
+            write_wal(pg)
+            wait_archived_in(setup.repo, *spooled, switch_wal(pg))
+        finally:
+            rc = b.stop()
+        assert rc == 0, b.log()
+        expected = pg.execute("select count(*), max(id), sum(length(body)) from t")
+
+        pgdata = setup.base / "restored"
+        result = setup.cli.run("restore", "latest", "--pgdata", str(pgdata), "--json")
+        assert result.returncode == 0, str(result)
+        server = Restored(pgdata, pg).start()
+        try:
+            server.wait_promoted()
+            assert server.execute("select count(*), max(id), sum(length(body)) from t") == expected
+        finally:
+            server.stop()
+
+
+def wait_archived_in(repo: Path, *names: str) -> None:
+    wanted = {f"{n[:8]}/{n}" for n in names}
+
+    def done() -> bool:
+        wal = repo / "main" / "wal"
+        return wal.is_dir() and wanted <= {f"{p.parent.name}/{p.name}" for p in wal.glob("*/*")}
+
+    wait_for(f"{', '.join(names)} archived", done)
