@@ -24,6 +24,8 @@ from contentflow_backupd.procs import process_alive
 from contentflow_backupd.repository.crypto import KekSecret
 from contentflow_backupd.repository.repository import Repository
 from contentflow_backupd.repository.walarchive import WalArchive
+from contentflow_backupd.source.conninfo import ConnInfo
+from contentflow_backupd.source.receivewal import PgReceiveWal
 from contentflow_backupd.storage.local import LocalStorage
 from contentflow_backupd.wal import classify, parse_lsn, parse_segment, segment_of_lsn
 from tests.conftest import PASSPHRASE
@@ -188,6 +190,26 @@ def assert_guard_followed_the_archive(watch: GuardWatch, fleet: Fleet) -> None:
     assert moves == sorted(moves), f"the guard moved back: {moves}"
     ends = {fleet.end_of(n) for n in fleet.segments()}
     assert set(moves[1:]) <= ends, (sorted(set(moves[1:]) - ends), sorted(ends))
+
+
+def test_confirm_archived_moves_an_inactive_slot_forward_only(fleet: Fleet) -> None:
+    """``pg_replication_slot_advance`` on an inactive physical slot, on each major."""
+    receiver = PgReceiveWal(
+        ConnInfo.parse(fleet.pg.url("postgres")), spool_dir=fleet.base / "s", slot=fleet.slot
+    )
+    assert receiver.confirm_archived(1 << 40) is None  # no slot yet: nothing to move
+    assert receiver.ensure_slot() == fleet.major
+    created = fleet.guard()
+    assert created is not None
+    done = [switch_wal(fleet.pg) for _ in range(2)]
+    assert receiver.confirm_archived(fleet.end_of(done[1])) == fleet.end_of(done[1])
+    assert fleet.guard() == fleet.end_of(done[1])
+    assert receiver.confirm_archived(fleet.end_of(done[0])) == fleet.end_of(done[1])  # never back
+    assert receiver.confirm_archived(created) == fleet.end_of(done[1])
+    assert fleet.guard() == fleet.end_of(done[1])
+    assert fleet.pg.execute(
+        "select active, slot_type from pg_replication_slots where slot_name = %s", params=(fleet.slot,)
+    ) == [(False, "physical")]
 
 
 def test_a_successor_with_an_empty_spool_streams_what_a_killed_stream_never_uploaded(fleet: Fleet) -> None:
