@@ -123,6 +123,7 @@ bench: venv postgres pgbackrest
 	$(PY) bench/physical.py
 	$(PY) bench/native.py
 	$(PY) bench/chunk_sizes.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

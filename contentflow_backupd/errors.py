@@ -26,6 +26,9 @@ SQLAlchemy) are translated at the boundary of the module that owns the library, 
     ├── CatalogError                  the catalog database
     ├── BackupNotFound                an unknown backup id
     ├── LockedError                   another process holds the lock (e.g. a running backup)
+    ├── SpaceReserved                 a local file system is below its free-space reserve
+    ├── LeaseLost                     the daemon does not hold the cluster's fleet lease: a run
+    │                                 it would start is refused (nothing recorded, nothing done)
     ├── VerificationFailed            verify found faults (the faults are listed on it)
     └── RecoveryMustStop              exit 126: wal-fetch found a damaged object or could not
                                       reach storage; PostgreSQL stops recovery (exit > 125)
@@ -138,12 +141,22 @@ class CatalogError(BackupdError):
     pass
 
 
+class SpaceReserved(BackupdError):
+    """A drill or a large temporary file refused to start: the local file system it would write
+    to has less free space than its reserve (``fsutil.require_free_space``)."""
+
+
 class BackupNotFound(BackupdError):
     pass
 
 
 class LockedError(BackupdError):
     pass
+
+
+class LeaseLost(BackupdError):
+    """This daemon of the fleet does not hold the lease of the cluster (expired, taken over, or
+    never held): it may not start a run there (``daemon/fenced.py``)."""
 
 
 class VerificationFailed(BackupdError):

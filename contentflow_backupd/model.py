@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -19,6 +20,28 @@ BACKUP_KINDS: tuple[BackupKind, ...] = ("full", "incremental")
 JOB_NAMES: tuple[str, ...] = ("full", "incremental", "wal", "retention", "verify", "restore_test")
 """The daemon's jobs (fixed APScheduler job ids) and the ``job`` of every recorded run."""
 BACKUP_MODES: tuple[BackupMode, ...] = ("logical", "physical")
+
+
+class JobCancel(threading.Event):
+    """A daemon job's cancel event (``BackupOptions.cancel``, ``run_drill(cancel=...)``). Set by
+    the daemon's stop or ``cancel_job``, the job's run is recorded ``interrupted``; set by
+    :meth:`fail` (the stall watchdog), it is recorded ``failed`` with that reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        self.set()
+
+
+def cancel_failure(cancel: threading.Event | None) -> str | None:
+    """Why a set cancel event fails its job (:meth:`JobCancel.fail`); None when it is not set or
+    only stops it (the run is then ``interrupted``)."""
+    if cancel is None or not cancel.is_set():
+        return None
+    return cancel.failure if isinstance(cancel, JobCancel) else None
 
 
 def utcnow() -> datetime:

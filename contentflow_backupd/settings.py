@@ -263,6 +263,29 @@ class MigrateSettings(_Section):
         return None if v is None else _duration(v)
 
 
+class JobsSettings(_Section):
+    """Bounds on one daemon job of a cluster, so that its trouble does not hold a worker forever."""
+
+    lock_wait_timeout: str = "10m"
+    """A logical backup fails when ``pg_dump`` waits longer than this for a table lock
+    (``pg_dump --lock-wait-timeout``; an ``ACCESS EXCLUSIVE`` lock blocks it). Physical backups
+    take no table locks."""
+    stall_timeout: str = "30m"
+    """A daemon job whose progress has not moved for this long is cancelled and recorded failed
+    ("stalled"); ``0`` or ``off``: never."""
+
+    _check = field_validator("lock_wait_timeout")(_duration)
+
+    @field_validator("stall_timeout")
+    @classmethod
+    def _check_stall(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "off":
+            return "off"
+        if isinstance(v, str | int | float):
+            parse_duration(v, allow_zero=True)
+        return v
+
+
 class NotifySettings(_Section):
     webhook_url: SecretStr | None = None
     """Receives a JSON POST (with a Slack-compatible ``text``) on failures, recoveries, size
@@ -321,6 +344,27 @@ class LogSettings(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
+FLEET_RENEW_S = 5.0
+"""How often a daemon of a fleet renews its leases (``daemon/membership.py: POLL``)."""
+
+
+class FleetSettings(_Section):
+    """Daemons sharing one PostgreSQL catalog (docs/daemon.md "Several daemons"); top level only."""
+
+    member: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    """This daemon's name in the fleet, stable across restarts. Unset: the host name and a short
+    hash of the state directory (``statedir.default_member``)."""
+    lease_ttl: str = "15s"
+    """A cluster's lease lasts this long without a renewal: at least 3 x the renewal period (5 s)."""
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl(cls, v: str) -> str:
+        if parse_duration(v) < 3 * FLEET_RENEW_S:
+            raise ValueError(f"{v!r} is shorter than 3 x the lease renewal period ({FLEET_RENEW_S:g}s)")
+        return v
+
+
 CLUSTER_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 """A named cluster (``[clusters.<name>]``): the lowercase subset of the repository's cluster
 names (``repository/layout.py``), since ``BACKUPD_CLUSTERS__<NAME>__*`` keys are lowercased."""
@@ -350,6 +394,7 @@ class ClusterSettings(_Section):
     anomaly: AnomalySettings | None = None
     notify: NotifySettings | None = None
     migrate: MigrateSettings | None = None
+    jobs: JobsSettings | None = None
 
     @field_validator("repository")
     @classmethod
@@ -399,8 +444,10 @@ class Settings(BaseSettings):
     verify: VerifySettings = VerifySettings()
     drill: DrillSettings = DrillSettings()
     migrate: MigrateSettings = MigrateSettings()
+    jobs: JobsSettings = JobsSettings()
     clusters: dict[str, ClusterSettings] = {}
     """Named clusters; empty: one implicit cluster named by ``cluster``."""
+    fleet: FleetSettings = FleetSettings()
     shutdown_grace: str = "60s"
     """How long a running job may finish after the first SIGTERM before its children are stopped."""
 
@@ -427,6 +474,13 @@ class Settings(BaseSettings):
                     "digits, '_', '.', '-', starting with a letter or digit, no '__')"
                 )
         return v
+
+    @property
+    def fleet_member(self) -> str:
+        """``fleet.member``, or by default the host name and a hash of the state directory."""
+        from contentflow_backupd.statedir import default_member
+
+        return self.fleet.member or default_member(self.state_dir)
 
     @property
     def cluster_names(self) -> list[str]:

@@ -11,7 +11,8 @@ holds. So every handler in the project does one of two things and nothing else:
   thread blocked on that pipe wakes, and calls the owner's callback *outside* the handler, where
   logging, ``Event.set`` and notifications are safe. The watcher wakes even while the main thread
   is stuck in a system call, since the C-level handler writes the pipe at once. The daemon and
-  ``wal-stream`` use this.
+  ``wal-stream`` use this. A reload signal (SIGHUP, for the daemon) is recorded the same way,
+  in its own list: it is not a stop signal, so it never counts towards a second signal.
 - **raises** (``raise_interrupted``, the one-shot commands): the first SIGTERM raises
   :class:`Interrupted` in the main thread, which unwinds the command through its ``finally``
   blocks (children stopped, the run recorded ``interrupted``); the handler is reset to the default
@@ -32,9 +33,10 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["Interrupted", "SignalWatch", "deferred", "raise_interrupted"]
+__all__ = ["RELOAD_SIGNALS", "STOP_SIGNALS", "Interrupted", "SignalWatch", "deferred", "raise_interrupted"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNALS = (signal.SIGHUP,)
 
 
 class Interrupted(BaseException):
@@ -54,10 +56,15 @@ def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 class SignalWatch:
     """Record ``signals`` in their handler; call ``on_signal(signum, count)`` on a watcher thread.
 
-    ``count`` is how many of the watched signals arrived so far (1 for the first). With
-    ``second_raises`` the handler raises :class:`Interrupted` in the main thread from the second
-    signal on (stop now), after recording it. Install and uninstall from the main thread
-    (``signal.signal`` and ``signal.set_wakeup_fd`` need it).
+    ``count`` is how many of the stop signals (``signals``) arrived so far (1 for the first).
+    With ``second_raises`` the handler raises :class:`Interrupted` in the main thread from the
+    second stop signal on (stop now), after recording it.
+
+    With ``on_reload``, ``reload_signals`` (SIGHUP) are watched too: recorded in ``reloads``
+    (never in ``received``, never counted, never raising), and ``on_reload(signum)`` is called on
+    the watcher thread, unless a stop signal arrived before (a reload during shutdown is
+    ignored). Without ``on_reload`` they keep their handler. Install and uninstall from the main
+    thread (``signal.signal`` and ``signal.set_wakeup_fd`` need it).
     """
 
     def __init__(
@@ -66,12 +73,21 @@ class SignalWatch:
         signals: tuple[int, ...] = STOP_SIGNALS,
         *,
         second_raises: bool = False,
+        on_reload: Callable[[int], None] | None = None,
+        reload_signals: tuple[int, ...] = RELOAD_SIGNALS,
     ) -> None:
+        overlap = set(signals) & set(reload_signals) if on_reload is not None else set()
+        if overlap:
+            raise ValueError(f"signals {sorted(overlap)} cannot both stop and reload")
         self._on_signal = on_signal
         self._signals = signals
         self._second_raises = second_raises
+        self._on_reload = on_reload
+        self._reload_signals = reload_signals if on_reload is not None else ()
         self.received: list[int] = []
-        """Appended to by the handler (a list append takes no lock): what arrived, in order."""
+        """Stop signals, appended to by the handler (a list append takes no lock), in order."""
+        self.reloads: list[int] = []
+        """Reload signals, appended to by the handler, in order (the ignored ones too)."""
         self._count = 0
         self._old: dict[int, Any] = {}
         self._old_wakeup = -1
@@ -87,6 +103,8 @@ class SignalWatch:
         self._old_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         for signum in self._signals:
             self._old[signum] = signal.signal(signum, self._record)
+        for signum in self._reload_signals:
+            self._old[signum] = signal.signal(signum, self._record_reload)
         return self
 
     def uninstall(self) -> None:
@@ -102,12 +120,16 @@ class SignalWatch:
 
     @property
     def count(self) -> int:
+        """How many stop signals arrived (reload signals do not count)."""
         return len(self.received)
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:
         self.received.append(signum)
         if self._second_raises and len(self.received) > 1:
             raise Interrupted(f"signal {signum}", signum)
+
+    def _record_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self.reloads.append(signum)  # only recorded: the watcher thread acts on it
 
     def _watch(self) -> None:
         assert self._pipe is not None
@@ -124,6 +146,8 @@ class SignalWatch:
                     if signum in self._signals:
                         self._count += 1
                         self._on_signal(signum, self._count)
+                    elif signum in self._reload_signals and self._on_reload is not None and not self._count:
+                        self._on_reload(signum)
         finally:
             os.close(read_end)
 

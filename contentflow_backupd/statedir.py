@@ -28,3 +28,17 @@ def default_state_dir() -> Path:
     from pathlib import Path
 
     return Path(default_state_path())
+
+
+def default_member(state_dir: str | Path, host: str | None = None) -> str:
+    """The default fleet member name (``fleet.member``): the host name (``host``, default this
+    machine's) and 8 hex digits of BLAKE2b over the state directory's absolute path, so that two
+    daemons of one host with their own state directories are two members, and a restarted daemon
+    is the same member. Characters outside ``[A-Za-z0-9_.-]`` become ``-``."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", host if host is not None else os.uname().nodename)
+    name = name.lstrip("_.-")[:100] or "host"
+    digest = hashlib.blake2b(os.path.abspath(os.fspath(state_dir)).encode(), digest_size=4).hexdigest()
+    return f"{name}-{digest}"

@@ -152,14 +152,17 @@ _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 
 
 def plain_toml(text: str) -> "dict[str, Any] | None":
-    """The content of a TOML file that uses only ``[table]`` headers of bare names and
-    ``bare_key = value`` lines whose value is a one-line string without escapes, an integer or a
-    boolean (comments and blank lines aside): what configuration files of this tool look like.
-    None for anything else (arrays, inline tables, dotted or quoted keys, multi-line strings,
-    escapes, floats, dates, duplicates): ``tomllib`` reads those. Importing ``tomllib`` costs more
-    than the rest of an ``archive_command`` call."""
+    """The content of a TOML file that uses only ``[table]`` headers of bare names, dotted ones
+    included (``[clusters.orders.wal]``), and ``bare_key = value`` lines whose value is a one-line
+    string without escapes, an integer or a boolean (comments and blank lines aside): what
+    configuration files of this tool look like, a fleet of 1,000 ``[clusters.<name>]`` too (which
+    ``tomllib`` takes about 13 ms to read). None for anything else (arrays, inline tables, dotted
+    or quoted keys, spaces inside a header, multi-line strings, escapes, floats, dates,
+    duplicates): ``tomllib`` reads those. Importing ``tomllib`` costs more than the rest of an
+    ``archive_command`` call."""
     data: dict[str, Any] = {}
     table = data
+    defined: set[str] = set()
     for raw in text.split("\n"):
         line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
@@ -168,11 +171,16 @@ def plain_toml(text: str) -> "dict[str, Any] | None":
             end = line.find("]")
             name = line[1:end].strip(" \t")
             rest = line[end + 1 :].strip(" \t")
-            if end < 0 or not name or not set(name) <= _BARE or (rest and not rest.startswith("#")):
+            if end < 0 or not name or (rest and not rest.startswith("#")) or name in defined:
                 return None
-            if name in data:
-                return None
-            table = data[name] = {}
+            defined.add(name)
+            table = data
+            for part in name.split("."):
+                if not part or not set(part) <= _BARE:
+                    return None
+                table = table.setdefault(part, {})
+                if not isinstance(table, dict):
+                    return None  # a key of that name holds a value
             continue
         key, sep, value = line.partition("=")
         key = key.strip(" \t")

@@ -72,6 +72,7 @@ __all__ = [
     "DrillStatus",
     "DryRunCatalog",
     "FleetCatalog",
+    "FleetMemberCatalog",
     "HealthCatalog",
     "MigrationCatalog",
     "MigrationGuardCatalog",
@@ -487,6 +488,11 @@ class DrillJobCatalog(RunCatalog, DrillCatalog, AuditCatalog, Protocol):
 class SweepCatalog(VerificationCatalog, BackupCatalog, AuditCatalog, Protocol):
     """What continuous verification uses (``ops/verify/sweep.py``): its state and corrupt objects,
     the backups to check the repository against, its audit record."""
+
+
+class FleetMemberCatalog(FleetCatalog, RunCatalog, Protocol):
+    """What a daemon of the fleet uses (``daemon/membership.py``): its leases, and the runs of a
+    cluster it takes over, to catch up those a dead daemon left interrupted."""
 
 
 class HealthCatalog(BackupCatalog, RunCatalog, VerificationCatalog, DrillCatalog, Protocol):

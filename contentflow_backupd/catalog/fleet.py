@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from contentflow_backupd.catalog.fleet_records import DaemonRecord, LeaseRecord, ReapedRuns
 from contentflow_backupd.catalog.mapping import RUNS
 from contentflow_backupd.catalog.models import BackupRow, FleetDaemonRow, FleetLeaseRow, RunRow
-from contentflow_backupd.catalog.runs import INTERRUPTED_ERROR
+from contentflow_backupd.catalog.runs import INTERRUPTED_ERROR, new_run_row
 from contentflow_backupd.catalog.session import SqlSessions, utc
 from contentflow_backupd.errors import CatalogError
 from contentflow_backupd.model import RunRecord, RunTrigger, Scope, utcnow
@@ -223,18 +223,7 @@ class SqlFleet(SqlSessions):
             )
             if session.scalar(held) is None:
                 return None
-            row = RunRow(
-                job=job,
-                trigger=trigger,
-                status="running",
-                started_at=utcnow(),
-                pid=pid,
-                host=host,
-                repository_id=scope.repository_id,
-                cluster=scope.cluster,
-                daemon_id=daemon_id,
-                lease_epoch=epoch,
-            )
+            row = new_run_row(scope, job, trigger, pid=pid, host=host, daemon_id=daemon_id, lease_epoch=epoch)
             session.add(row)
             session.flush()
             return RUNS.to_record(row)

@@ -26,16 +26,7 @@ class SqlRuns(SqlSessions):
         pid: int | None = None,
         host: str | None = None,
     ) -> RunRecord:
-        row = RunRow(
-            job=job,
-            trigger=trigger,
-            status="running",
-            started_at=utcnow(),
-            pid=pid,
-            host=host,
-            repository_id=scope.repository_id,
-            cluster=scope.cluster,
-        )
+        row = new_run_row(scope, job, trigger, pid=pid, host=host)
         with self._session("start run", write=True) as session:
             session.add(row)
             session.flush()
@@ -103,3 +94,29 @@ class SqlRuns(SqlSessions):
                     update(RunRow).where(RunRow.id == run_id, RunRow.status == "running").values(changes)
                 )
         return changed
+
+
+def new_run_row(
+    scope: Scope,
+    job: str,
+    trigger: RunTrigger,
+    *,
+    pid: int | None,
+    host: str | None,
+    daemon_id: str | None = None,
+    lease_epoch: int | None = None,
+) -> RunRow:
+    """The row of a run starting now (``running``); ``daemon_id``/``lease_epoch`` for a run a
+    fleet daemon starts under its lease (``SqlFleet.start_run_fenced``)."""
+    return RunRow(
+        job=job,
+        trigger=trigger,
+        status="running",
+        started_at=utcnow(),
+        pid=pid,
+        host=host,
+        repository_id=scope.repository_id,
+        cluster=scope.cluster,
+        daemon_id=daemon_id,
+        lease_epoch=lease_epoch,
+    )

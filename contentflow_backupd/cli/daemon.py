@@ -22,6 +22,7 @@ from contentflow_backupd.cli.output import (
 from contentflow_backupd.errors import EXIT_FAILED, EXIT_OK, BackupdError
 
 if TYPE_CHECKING:
+    from contentflow_backupd.daemon.reload import ReloadSource
     from contentflow_backupd.ops.health.evaluate import HealthReport
     from contentflow_backupd.wiring import App
 
@@ -35,7 +36,22 @@ def cmd_run(args: argparse.Namespace, app: App) -> int:
     # Jobs report progress as `progress` log events; the daemon publishes it for status/metrics.
     progress.configure("log", app.progress_interval_s)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon installs its own two-signal handling
-    return run_daemon(app)
+    return run_daemon(app, reload=_reload_source(args, app))
+
+
+def _reload_source(args: argparse.Namespace, app: App) -> ReloadSource | None:
+    """SIGHUP reads the configuration (``--config`` / ``BACKUPD_CONFIG``) and the credential
+    files again (``wiring/reload.py``); None without the fleet (``run`` called directly)."""
+    from contentflow_backupd.wiring.reload import json_logs, reload_source
+
+    fleet = getattr(args, "fleet", None)
+    if fleet is None:
+        return None
+    adjust = json_logs if getattr(args, "json", False) else None
+    # The daemon serves one cluster (design/fleet.md step 5: every configured one, or --cluster's).
+    return reload_source(
+        fleet, getattr(args, "config", None), cluster=app.cluster, only=[app.cluster], adjust=adjust
+    )
 
 
 def cmd_runs(args: argparse.Namespace, app: App) -> int:

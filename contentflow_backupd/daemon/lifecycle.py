@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -23,6 +24,7 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.daemon.cluster import ClusterRuntime, runtime_for
 from contentflow_backupd.daemon.exits import EXIT_FAILED_STOP, arm_exit, exit_now, raise_in_thread
 from contentflow_backupd.daemon.parts import DaemonApp
+from contentflow_backupd.daemon.reload import Reloader, ReloadSource
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.model import RunTrigger, Scope
 from contentflow_backupd.observability import progress
@@ -47,12 +49,12 @@ PROGRESS_FILE = "progress.json"
 """In the state directory: what the daemon's running jobs have done (``status`` reads it)."""
 
 
-def run_daemon(app: DaemonApp) -> int:
-    return Daemon(app).run()
+def run_daemon(app: DaemonApp, reload: ReloadSource | None = None) -> int:
+    return Daemon(app, reload).run()
 
 
 class Daemon:
-    def __init__(self, app: DaemonApp) -> None:
+    def __init__(self, app: DaemonApp, reload: ReloadSource | None = None) -> None:
         self.app = app
         self.sd = SystemdNotifier.from_env()
         self.all_metrics = Metrics(__version__)
@@ -75,6 +77,10 @@ class Daemon:
         self._catalog: Catalog | None = None
         self.runtimes: dict[str, ClusterRuntime] = {}
         """The clusters this daemon serves, by name: one today, ``app.cluster``'s."""
+        self._reloader = Reloader(
+            reload, metrics=self.all_metrics, stopping=self.stopping, audit=self._audit_config
+        )
+        """SIGHUP (daemon/reload.py); no target yet: only a reload that changes no cluster applies."""
 
     # -- start-up ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -135,12 +141,13 @@ class Daemon:
         self.sd.status(self._status_text())
         log.info("daemon_ready", leader=self.leader, http=app.http_listen)
 
-    def _audit_config(self) -> None:
-        """``config_changed`` in the audit trail when the settings differ from the last start's."""
+    def _audit_config(self, view: Mapping[str, str] | None = None) -> None:
+        """``config_changed`` in the audit trail when the settings (``view``: this start's, or a
+        reload's) differ from the last recorded ones."""
         from contentflow_backupd.ops.audit import record_config
 
         assert self._catalog is not None
-        view = {row["name"]: row["value"] for row in self.app.settings_view({})}
+        view = view if view is not None else {row["name"]: row["value"] for row in self.app.settings_view({})}
         record_config(self._catalog, view, self._runtime().repo)
 
     def _cleanup_drills(self) -> None:
@@ -257,6 +264,7 @@ class Daemon:
             self._update_next_runs()
             self._record_skipped()
             self._publish_progress()
+            self._reloader.poll()
             if self.live():
                 self.sd.watchdog()
             self.stopping.wait(LOOP_INTERVAL)
@@ -339,8 +347,9 @@ class Daemon:
     def _install_signals(self) -> None:
         """SIGTERM and SIGINT are only recorded in their handler; ``_on_signal`` runs on the
         signal-watch thread (see ``contentflow_backupd.signals``), so a main thread blocked
-        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping."""
-        self._watch = SignalWatch(self._on_signal).install()
+        anywhere (a stalled notify socket, a hung catalog) never keeps the daemon from stopping.
+        SIGHUP too, when the daemon has a reload source: it asks for a reload (``_reloader``)."""
+        self._watch = SignalWatch(self._on_signal, on_reload=self._reloader.on_reload).install()
 
     def _on_signal(self, signum: int, count: int) -> None:
         """On the signal-watch thread, never in a handler: log, wake the main loop, arm the
@@ -377,6 +386,7 @@ class Daemon:
     def _shutdown(self) -> None:
         self.stopping.set()
         self.sd.stopping()
+        self._reloader.join(self._left(10.0))  # a reload in progress ends (refused) or finishes
         for runtime in self.runtimes.values():
             # First: new pushes go direct; the running ones get a few seconds to finish.
             runtime.stop_wal_service(self._left(5.0))

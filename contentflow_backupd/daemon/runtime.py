@@ -20,8 +20,17 @@ import structlog
 
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.daemon.parts import DaemonApp
+from contentflow_backupd.daemon.stall import Stalled, watching
 from contentflow_backupd.errors import BackupdError, LockedError, VerificationFailed
-from contentflow_backupd.model import BackupRecord, RunStatus, RunTrigger, Scope, utcnow
+from contentflow_backupd.model import (
+    BackupRecord,
+    JobCancel,
+    RunStatus,
+    RunTrigger,
+    Scope,
+    cancel_failure,
+    utcnow,
+)
 from contentflow_backupd.observability import progress
 from contentflow_backupd.observability.metrics import ClusterMetrics
 from contentflow_backupd.observability.notify import Notifier
@@ -49,9 +58,9 @@ class RunningJob:
     thread: threading.Thread
     owner: str
     """``"<cluster>:<job>"``: the ``procs.owner`` of this job's children and connections."""
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: JobCancel = field(default_factory=JobCancel)
     """Set to stop this job (``BackupOptions.cancel``, ``run_drill(cancel=...)``): its run is then
-    recorded ``interrupted``, not ``failed``."""
+    recorded ``interrupted``, not ``failed``; failed by the stall watchdog (``stall()``)."""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -117,6 +126,24 @@ class JobRunner:
         log.warning("job_cancelled", job=job_id, owner=job.owner, children=stopped, queries=cancelled)
         return job
 
+    def stall(self, job: RunningJob, stalled: Stalled) -> None:
+        """The stall watchdog's verdict on ``job`` (``daemon/stall.py``): stop it as
+        ``cancel_job`` does, but its run is recorded ``failed``, with the reason."""
+        reason = stalled.reason(self.app.stall_timeout_s or 0.0)
+        job.cancel.fail(reason)
+        stopped = terminate_children(job.owner)
+        cancelled = self.app.pg_drivers().admin.cancel_queries(job.owner)
+        log.error(
+            "job_stalled",
+            job=job.job,
+            owner=job.owner,
+            phase=stalled.phase,
+            stalled_seconds=round(stalled.seconds),
+            reason=reason,
+            children=stopped,
+            queries=cancelled,
+        )
+
     def _seed_from_catalog(self) -> None:
         """Metrics and failure state as the catalog left them, so a restart does not forget that
         the last full backup failed or when the last success was."""
@@ -180,8 +207,9 @@ class JobRunner:
         try:
             with (
                 structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger),
-                progress.tracking(job_id, cluster=self.app.cluster),
+                progress.tracking(job_id, cluster=self.app.cluster) as tracker,
                 owned_by(job.owner),
+                watching(tracker.position, self.app.stall_timeout_s, lambda why: self.stall(job, why)),
             ):
                 log.info("job_started")
                 if job_id in ("full", "incremental"):
@@ -230,9 +258,12 @@ class JobRunner:
         except (Interrupted, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded by run_backup; counted and notified here
-            if cancel.is_set():
+            failure = cancel_failure(cancel)
+            if cancel.is_set() and failure is None:
                 return None  # recorded as interrupted
             error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
+            if failure is not None:
+                error = f"{failure}: {error}"
             self.metrics.backup_failed(kind, utcnow())
             self._failed(kind, error)
             return None
@@ -318,7 +349,10 @@ class JobRunner:
                 return
             except BaseException as exc:  # noqa: BLE001 - every failure is a recorded run
                 error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
-                status: RunStatus = "interrupted" if cancel.is_set() else "failed"
+                failure = cancel_failure(cancel)
+                if failure is not None:  # the stall watchdog stopped it
+                    error = f"{failure}: {error}"
+                status: RunStatus = "interrupted" if cancel.is_set() and failure is None else "failed"
                 log.error(f"{job}_run_failed", error=error)
                 self.catalog.finish_run(run.id, status, error=error)
                 if status == "failed":
@@ -404,7 +438,10 @@ class JobRunner:
                 )
                 break
             except LockedError:
-                # A backup is running (schedules often coincide): wait for it rather than skip.
+                # A backup is running (schedules often coincide): wait for it rather than skip,
+                # a wait bounded by its own deadline (the stall watchdog leaves it to that).
+                bound = max(0.0, deadline - time.monotonic())
+                progress.phase("waiting for the running backup", quiet_s=bound)
                 if time.monotonic() > deadline or cancel.wait(5.0):
                     raise
         if result is None:

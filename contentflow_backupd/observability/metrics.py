@@ -30,6 +30,8 @@ jobs write to. The series, exactly (README "Metrics", docs/observability.md, iss
                                                                   job's wait for a pool worker;
                                                                   class: wal | backup | maintenance
                                                                   (daemon-level: no cluster)
+    backupd_config_reloads_total{result}                          SIGHUP reloads: applied | refused |
+                                                                  failed (daemon-level: no cluster)
     backupd_dependency_up{cluster,dependency}                     database | storage | catalog
     backupd_verify_runs_total{cluster,result}                     deep verification runs
     backupd_verify_last_success_timestamp_seconds{cluster}        0 = never
@@ -48,7 +50,8 @@ jobs write to. The series, exactly (README "Metrics", docs/observability.md, iss
                                                                   or unknown); observability/progress.py
 
 plus prometheus_client's standard ``process_*`` series (start time, CPU, memory, open files),
-daemon-level like ``backupd_build_info`` and ``backupd_scheduler_queue_wait_seconds``.
+daemon-level like ``backupd_build_info``, ``backupd_scheduler_queue_wait_seconds`` and
+``backupd_config_reloads_total``.
 
 For every added cluster, every ``{kind}`` series (``full``, ``incremental``), every kind x result
 pair and every dependency exist from the start at 0, so alerts and ``rate()`` see them before the
@@ -100,6 +103,9 @@ DURATION_BUCKETS: tuple[float, ...] = (
 DEPENDENCIES: tuple[str, ...] = ("database", "storage", "catalog")
 RESULTS: tuple[str, ...] = ("success", "failure")
 WAL_SOCKET_RESULTS: tuple[str, ...] = ("stored", "duplicate", "error", "refused")
+RELOAD_RESULTS: tuple[str, ...] = ("applied", "refused", "failed")
+"""A configuration reload (``daemon/reload.py``): applied to every cluster; refused, the old
+configuration kept; failed, applied but not to every cluster."""
 _JOB = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """What ``cluster`` may hold: a cluster name (repository/layout.py: check_cluster)."""
@@ -263,6 +269,15 @@ class Metrics:
         )
         for job_class in QUEUE_CLASSES:
             self._queue_wait.labels(job_class)
+        self._reloads = Counter(
+            "backupd_config_reloads",
+            "Configuration reloads (SIGHUP) by result: applied, refused (the old configuration "
+            "kept), failed (not applied to every cluster)",
+            ["result"],
+            registry=reg,
+        )
+        for result in RELOAD_RESULTS:
+            self._reloads.labels(result)
         self._dependency = Gauge(
             "backupd_dependency_up",
             "1 when the dependency answered its last check",
@@ -373,6 +388,12 @@ class Metrics:
         if job_class not in QUEUE_CLASSES:
             raise ValueError(f"{job_class!r} is not one of {', '.join(QUEUE_CLASSES)}")
         self._queue_wait.labels(job_class).observe(seconds)
+
+    def config_reloaded(self, result: str) -> None:
+        """A configuration reload ended with ``result`` (``RELOAD_RESULTS``). Daemon-level."""
+        if result not in RELOAD_RESULTS:
+            raise ValueError(f"{result!r} is not one of {', '.join(RELOAD_RESULTS)}")
+        self._reloads.labels(result).inc()
 
     # -- exposition --------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

@@ -42,6 +42,10 @@ _current: ContextVar[Tracker | None] = ContextVar("progress", default=None)
 """The tracker of this thread's operation: the daemon runs several jobs at once, each on its own
 thread; the loops that report progress run on the operation's thread."""
 _active: dict[int, Tracker] = {}
+UNMEASURED = float("inf")
+"""``quiet_s`` of a phase that reports no progress while it works (a child process that says
+nothing until it ends: ``pg_verifybackup``, WAL replay, a drill's checks, ``pg_restore`` building
+indexes): the stall watchdog leaves it to its own timeouts."""
 
 
 class Tracker:
@@ -58,15 +62,22 @@ class Tracker:
         self.done = 0
         self.phase_started = self.started
         self.note = ""
+        self.quiet_until: float | None = None
+        """The current phase may go this long (``time.monotonic()``) without advancing: a wait
+        bounded by its own timeout, or a phase nothing can measure (``math.inf``). The daemon's
+        stall watchdog (``daemon/stall.py``) does not count that time."""
         self._bar: Any = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
     # -- what the operation reports ---------------------------------------------------------------
-    def set_phase(self, name: str, *, total: int | None = None, unit: str = "B") -> None:
+    def set_phase(
+        self, name: str, *, total: int | None = None, unit: str = "B", quiet_s: float | None = None
+    ) -> None:
         with _lock:
             self.phase, self.total, self.unit, self.done, self.note = name, total, unit, 0, ""
             self.phase_started = time.monotonic()
+            self.quiet_until = None if quiet_s is None else self.phase_started + quiet_s
             if self._bar is not None:
                 self._bar.reset(total=total)
                 self._bar.unit = unit
@@ -87,6 +98,12 @@ class Tracker:
                 self._bar.set_postfix_str(text, refresh=False)
 
     # -- what the readers see -------------------------------------------------------------------
+    def position(self) -> tuple[str, float, int, float | None]:
+        """Where the operation is: (phase, when the phase started, done, ``quiet_until``). It
+        changes whenever the operation moves (a new phase, or units done)."""
+        with _lock:
+            return self.phase, self.phase_started, self.done, self.quiet_until
+
     def snapshot(self) -> dict[str, Any]:
         """``operation``, ``phase``, ``done``, ``total`` (None: unknown), ``unit``, ``percent``,
         ``rate`` (units per second in this phase), ``elapsed_seconds`` (whole operation) and
@@ -191,11 +208,13 @@ def tracking(operation: str, *, cluster: str | None = None) -> Iterator[Tracker]
         _current.reset(token)
 
 
-def phase(name: str, *, total: int | None = None, unit: str = "B") -> None:
-    """This thread's operation entered phase ``name`` (counters restart; ``total`` None: unknown)."""
+def phase(name: str, *, total: int | None = None, unit: str = "B", quiet_s: float | None = None) -> None:
+    """This thread's operation entered phase ``name`` (counters restart; ``total`` None: unknown).
+    ``quiet_s``: the phase may go this long without advancing (a wait bounded by its own
+    timeout; ``math.inf``: a phase that reports no progress), see ``Tracker.quiet_until``."""
     tracker = _current.get()
     if tracker is not None:
-        tracker.set_phase(name, total=total, unit=unit)
+        tracker.set_phase(name, total=total, unit=unit, quiet_s=quiet_s)
 
 
 def advance(n: int) -> None:

@@ -31,6 +31,8 @@ handler was installed for."""
 
 _handlers: dict[str | None, Handler] = {}
 _local = threading.local()
+_catch_up: set[str] = set()
+_catch_up_lock = threading.Lock()
 
 
 def parse_job_id(job_id: str) -> tuple[str | None, str]:
@@ -52,11 +54,13 @@ def job_id_for(cluster: str | None, job: str) -> str:
 def install(handler: Handler | None, cluster: str | None = None) -> None:
     """Route the runs of ``cluster``'s jobs (None: the implicit cluster's bare ids) to
     ``handler(job, trigger)``; ``handler`` None uninstalls that cluster's handler, and with
-    ``cluster`` None every handler."""
+    ``cluster`` None every handler (and every pending ``mark_catch_up``)."""
     if handler is not None:
         _handlers[cluster] = handler
     elif cluster is None:
         _handlers.clear()
+        with _catch_up_lock:
+            _catch_up.clear()
     else:
         _handlers.pop(cluster, None)
 
@@ -64,6 +68,24 @@ def install(handler: Handler | None, cluster: str | None = None) -> None:
 def set_scheduled_time(when: datetime | None) -> None:
     """Called by the executor on the worker thread before a job runs: its planned fire time."""
     _local.scheduled = when
+
+
+def mark_catch_up(job_id: str, pending: bool = True) -> None:
+    """The next run of ``job_id`` is a ``catch-up`` whatever its fire time (``Scheduler.run_soon``
+    with ``catch_up``: a run of a dead daemon, caught up by the cluster's new owner); ``pending``
+    False takes the mark back."""
+    with _catch_up_lock:
+        if pending:
+            _catch_up.add(job_id)
+        else:
+            _catch_up.discard(job_id)
+
+
+def _take_catch_up(job_id: str) -> bool:
+    with _catch_up_lock:
+        marked = job_id in _catch_up
+        _catch_up.discard(job_id)
+        return marked
 
 
 def trigger_for(scheduled: datetime | None, now: datetime | None = None) -> RunTrigger:
@@ -76,6 +98,8 @@ def trigger_for(scheduled: datetime | None, now: datetime | None = None) -> RunT
 def run_scheduled(job_id: str) -> None:
     """The stored job function: the handler of the job's cluster runs it."""
     trigger = trigger_for(getattr(_local, "scheduled", None))
+    if _take_catch_up(job_id):
+        trigger = "catch-up"
     try:
         cluster, job = parse_job_id(job_id)
     except ValueError as exc:

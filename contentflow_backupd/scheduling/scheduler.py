@@ -239,12 +239,22 @@ class Scheduler:
                     conn.execute(table.delete().where(table.c.id == row.id))
         return loaded
 
-    def run_soon(self, job_id: str, *, reason: str = "no successful full backup yet") -> None:
-        """Fire ``job_id`` now instead of at its next fire time (once; then its schedule)."""
+    def run_soon(
+        self, job_id: str, *, reason: str = "no successful full backup yet", catch_up: bool = False
+    ) -> None:
+        """Fire ``job_id`` now instead of at its next fire time (once; then its schedule). With
+        ``catch_up``, that run's trigger is ``catch-up`` (a fire time of now would make it
+        ``scheduled``): the catch-up of a run a dead daemon left interrupted."""
         from datetime import UTC
 
-        self._sched.modify_job(job_id, next_run_time=datetime.now(UTC))
-        log.info("scheduler_job_due_now", job=job_id, reason=reason)
+        if catch_up:
+            jobs.mark_catch_up(job_id)
+        try:
+            self._sched.modify_job(job_id, next_run_time=datetime.now(UTC))
+        except BaseException:
+            jobs.mark_catch_up(job_id, pending=False)
+            raise
+        log.info("scheduler_job_due_now", job=job_id, reason=reason, catch_up=catch_up)
 
     # -- running ---------------------------------------------------------------------------
     def resume(self) -> None:

@@ -16,6 +16,7 @@ import psycopg
 import structlog
 
 from contentflow_backupd.errors import BackupdError, SourceError
+from contentflow_backupd.fsutil import require_free_space
 from contentflow_backupd.procs import spawn, stop_process
 from contentflow_backupd.source import facts, postgres
 from contentflow_backupd.source.base import DatabaseInfo
@@ -36,8 +37,11 @@ class PgDumpSource:
         bin_dir: Path | None = None,
         tmp_root: Path | None = None,
         prefetch_limit: int = PREFETCH_LIMIT,
+        lock_wait_timeout_s: float | None = None,
     ) -> None:
         self.info = info
+        self._lock_wait_s = lock_wait_timeout_s
+        """``pg_dump --lock-wait-timeout`` (``jobs.lock_wait_timeout``); None: wait forever."""
         self._bin_dir = bin_dir
         self._tmp_root = tmp_root
         self._prefetch_limit = prefetch_limit
@@ -95,6 +99,8 @@ class PgDumpSource:
             "--dbname",
             self.info.safe(),
         ]
+        if self._lock_wait_s is not None:
+            argv.insert(-2, f"--lock-wait-timeout={max(1, round(self._lock_wait_s * 1000))}")
         stack = ExitStack()
         try:
             snapshot = DumpSnapshot.open(self.info)
@@ -136,12 +142,25 @@ class PgDumpSource:
             rc = proc.wait()
             log.debug("dump_read", reads=reader.reads, read_ahead_bytes=reader.read_ahead)
             if rc != 0:
-                raise SourceError(f"pg_dump of {self.info.display()} failed (exit {rc}): {tail.text()}")
+                raise _dump_failed(self.info.display(), rc, tail.text(), self._lock_wait_s)
             if snapshot is not None:
                 self._facts = snapshot.finish()
             if self._dump_major is not None:
                 # pg_restore must be at least this new to read the archive
                 self._facts["pg_dump_major"] = self._dump_major
+
+
+def _dump_failed(database: str, rc: int, stderr: str, lock_wait_s: float | None) -> SourceError:
+    """pg_dump's failure; one that gave up waiting for a table lock (``--lock-wait-timeout``
+    makes it cancel its ``LOCK TABLE`` with a statement timeout) says so and names the setting."""
+    if lock_wait_s is not None and "LOCK TABLE" in stderr and "timeout" in stderr:
+        return SourceError(
+            f"pg_dump of {database} gave up waiting for a table lock after {lock_wait_s:g}s "
+            f"(BACKUPD_JOBS__LOCK_WAIT_TIMEOUT): a session holds a conflicting lock (ACCESS "
+            f"EXCLUSIVE: ALTER TABLE, VACUUM FULL, LOCK TABLE...); nothing was committed: {stderr}",
+            hint="find the holder in pg_locks / pg_stat_activity, or raise jobs.lock_wait_timeout",
+        )
+    return SourceError(f"pg_dump of {database} failed (exit {rc}): {stderr}")
 
 
 class DumpSnapshot:
@@ -369,6 +388,9 @@ class PgRestoreTarget:
     def _restore_parallel(self, argv: list[str], archive: Iterable[bytes], jobs: int) -> None:
         # pg_restore --jobs needs a seekable archive: it is written to a private 0600 file in
         # the state directory, removed afterwards. Parallel restores are not one transaction.
+        require_free_space(
+            self._tmp_root or Path(tempfile.gettempdir()), "pg_restore --jobs (its archive copy)"
+        )
         if self._tmp_root is not None:
             self._tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, path = tempfile.mkstemp(prefix="restore-", suffix=".dump", dir=self._tmp_root)

@@ -17,6 +17,10 @@ from contentflow_backupd.source.base import DatabaseInfo
 from contentflow_backupd.source.conninfo import ConnInfo
 
 CONNECT_TIMEOUT = 10
+WAL_STATEMENT_TIMEOUT_MS = 30_000
+"""``statement_timeout`` of the WAL job's and the archiver probe's sessions (:func:`wal_status`,
+:func:`switch_wal`): a server that accepts connections but hangs cannot hold a worker of the
+daemon forever (``connect_timeout`` bounds only the connection)."""
 CANCEL_TIMEOUT = 5.0
 """Seconds :func:`cancel_queries` waits for the server to take one cancel request."""
 
@@ -72,10 +76,18 @@ def cancel_queries(owner: str | None = None) -> int:
     return sent
 
 
-def connect(info: ConnInfo, *, what: str = "the database") -> psycopg.Connection[Any]:
-    """An autocommit connection, or ``SourceError`` that names the server (never the password)."""
+def connect(
+    info: ConnInfo, *, what: str = "the database", statement_timeout_ms: int | None = None
+) -> psycopg.Connection[Any]:
+    """An autocommit connection, or ``SourceError`` that names the server (never the password).
+    ``statement_timeout_ms``: the session's ``statement_timeout`` (after the URL's own
+    ``options``, so it wins)."""
+    params: dict[str, str] = {}
+    if statement_timeout_ms is not None:
+        given = info.params.get("options", "")
+        params["options"] = f"{given} -c statement_timeout={statement_timeout_ms}".strip()
     try:
-        return open_connection(info)
+        return open_connection(info, autocommit=True, **params)
     except psycopg.Error as exc:
         reason = scrubbed_reason(exc, info)
         raise SourceError(
@@ -207,8 +219,9 @@ class WalServerStatus:
 
 
 def wal_status(info: ConnInfo) -> WalServerStatus:
-    """The WAL position and archiver statistics of a primary; ``SourceError`` on a standby."""
-    with connect(info) as conn:
+    """The WAL position and archiver statistics of a primary; ``SourceError`` on a standby, or
+    when the server does not answer within ``WAL_STATEMENT_TIMEOUT_MS``."""
+    with connect(info, statement_timeout_ms=WAL_STATEMENT_TIMEOUT_MS) as conn:
         try:
             row = conn.execute(
                 # pg_current_wal_lsn() raises on a standby: ask only a primary. The timeline is
@@ -251,6 +264,10 @@ def wal_status(info: ConnInfo) -> WalServerStatus:
 
 
 def switch_wal(info: ConnInfo) -> None:
-    """``pg_switch_wal()``: close the current segment so it can be archived."""
-    with connect(info) as conn:
-        conn.execute("select pg_switch_wal()")
+    """``pg_switch_wal()``: close the current segment so it can be archived (at most
+    ``WAL_STATEMENT_TIMEOUT_MS``: ``SourceError`` after it)."""
+    with connect(info, statement_timeout_ms=WAL_STATEMENT_TIMEOUT_MS) as conn:
+        try:
+            conn.execute("select pg_switch_wal()")
+        except psycopg.Error as exc:
+            raise SourceError(f"cannot switch WAL on {info.display()}: {error_reason(exc)}") from None

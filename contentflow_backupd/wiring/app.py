@@ -343,6 +343,15 @@ class App:
 
         return parse_duration(self._settings.shutdown_grace)
 
+    @cached_property
+    def stall_timeout_s(self) -> float | None:
+        """``jobs.stall_timeout`` in seconds; None: off (``0`` or ``off``)."""
+        from contentflow_backupd.timespec import parse_duration
+
+        value = self._settings.jobs.stall_timeout
+        seconds = 0.0 if value == "off" else parse_duration(value, allow_zero=True)
+        return seconds or None
+
     def settings_view(self, file_data: dict[str, Any] | None = None) -> list[dict[str, str]]:
         """Every resolved setting: name, value (secrets masked), source (``config show``)."""
         from contentflow_backupd.wiring.configshow import describe_settings

@@ -4,7 +4,8 @@ An ``App`` stays one cluster. ``Fleet(settings, file_data)`` knows the clusters'
 (``[clusters.<name>]``, or the one implicit cluster ``settings.cluster`` when none is named),
 picks the one a command works on (``choose``: ``--cluster``, else ``BACKUPD_CLUSTER``, else the
 only one) and builds each cluster's ``App`` from ``settings.for_cluster(name)`` when first asked,
-cached. ``close()`` closes what the apps opened.
+cached. ``close()`` closes what the apps opened. ``digest(name)``: a cluster's settings as one
+SHA-256 (``wiring/digest.py``), what a reload compares.
 """
 
 from __future__ import annotations
@@ -72,6 +73,25 @@ class Fleet:
     def apps(self) -> list[App]:
         """The ``App`` of every configured cluster, in name order."""
         return [self.app(name) for name in self.names]
+
+    def digest(self, name: str) -> str:
+        """The SHA-256 of cluster ``name``'s resolved settings, secrets hashed, daemon-level
+        keys left out (``wiring/digest.py``): equal in every process for equal settings."""
+        from contentflow_backupd.wiring.digest import combine
+
+        return combine(*self.digests(name))
+
+    def digests(self, name: str) -> tuple[str, str]:
+        """``digest(name)``'s two parts: (the settings but the schedule, the schedule)."""
+        from contentflow_backupd.wiring.digest import cluster_digests
+
+        return cluster_digests(self._settings.for_cluster(self.require(name)))
+
+    def daemon_digests(self) -> dict[str, str]:
+        """Each daemon-level setting's digest by environment name (``wiring/digest.py``)."""
+        from contentflow_backupd.wiring.digest import daemon_digests
+
+        return daemon_digests(self._settings)
 
     def check_streams(self) -> None:
         """``ConfigError`` when two named clusters in physical mode could stream WAL from one

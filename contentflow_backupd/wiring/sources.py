@@ -30,8 +30,14 @@ def source_conninfo(settings: Settings) -> ConnInfo:
 
 def logical_source(settings: Settings) -> PgDumpSource:
     from contentflow_backupd.source.logical import PgDumpSource
+    from contentflow_backupd.timespec import parse_duration
 
-    return PgDumpSource(source_conninfo(settings), bin_dir=settings.pg_bin, tmp_root=tmp_dir(settings))
+    return PgDumpSource(
+        source_conninfo(settings),
+        bin_dir=settings.pg_bin,
+        tmp_root=tmp_dir(settings),
+        lock_wait_timeout_s=parse_duration(settings.jobs.lock_wait_timeout),
+    )
 
 
 def physical_source(settings: Settings) -> PgBaseBackupSource:

@@ -85,6 +85,12 @@ def test_unit_is_a_notify_service_with_watchdog(unit: Directives) -> None:
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def test_reload_sends_sighup_to_the_main_process_only(unit: Directives) -> None:
+    """The daemon reloads on SIGHUP (daemon/reload.py); KillMode=mixed is about stopping, so
+    the reload names the main process itself: a SIGHUP to pg_receivewal would end it."""
+    assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
 def test_stop_leaves_room_for_the_shutdown_grace(unit: Directives) -> None:
     assert one(unit, "KillMode") == "mixed"
     grace = parse_duration(Settings.model_fields["shutdown_grace"].default)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.daemon import Daemon, daemon_env, sqlite_job_table
+from tests.support.daemon import Daemon, daemon_env, far_schedule, sqlite_job_table
 from tests.support.pg import PgCluster, running_cluster
 
 pytestmark = pytest.mark.pg
@@ -137,7 +137,7 @@ def test_sigterm_during_a_backup_records_it_interrupted_and_exits_0(
     tmp_path: Path, pg: PgCluster, pg_db: str
 ) -> None:
     _fill(pg, pg_db, rows=100)
-    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE="2s")
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL=far_schedule(), BACKUPD_SHUTDOWN_GRACE="2s")
     # a transaction holding an exclusive lock makes pg_dump wait: the backup is "running"
     blocker = pg.connect(pg_db)
     blocker.execute("begin")
@@ -205,11 +205,11 @@ def test_a_run_missed_while_down_catches_up(tmp_path: Path, pg: PgCluster, pg_db
     """A job whose fire time passed while the daemon was down runs at start, as ``catch-up``."""
 
     _fill(pg, pg_db, rows=10)
-    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL="every 1h")
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL=far_schedule())
     with Daemon(env) as d:
         d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
     catalog = tmp_path / "state" / "catalog.sqlite"
-    missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of an hourly job
+    missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of a daily job (6 h)
     with sqlite3.connect(catalog) as conn:
         _make_due(conn, sqlite_job_table(conn), "incremental", missed)
     with Daemon(env) as d:
@@ -364,11 +364,11 @@ def test_an_upgrade_adopts_the_jobs_of_the_shared_table(tmp_path: Path, pg: PgCl
     copies them into this scope's table, keeping a run missed while the daemon was down."""
 
     _fill(pg, pg_db, rows=10)
-    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL="every 1h")
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__INCREMENTAL=far_schedule())
     with Daemon(env) as d:
         d.wait_for("READY=1", lambda: "READY=1" in d.notifications)
     catalog = tmp_path / "state" / "catalog.sqlite"
-    missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of an hourly job
+    missed = datetime.now(UTC) - timedelta(minutes=10)  # within the grace of a daily job (6 h)
     with sqlite3.connect(catalog) as conn:  # make it the catalog of an earlier version
         table = sqlite_job_table(conn)
         conn.execute(  # the table APScheduler made in earlier versions
@@ -436,7 +436,9 @@ def test_scheduled_restore_drill_is_recorded_measured_and_reported(pg: PgCluster
             assert checks["restore_test_last_run"]["ok"], body
             assert "restorable from" in checks["recovery_objectives"]["detail"], body
         runs = cli.run("runs", "--job", "restore_test", "--json", check=True).json()
-        assert runs and runs[0]["status"] == "succeeded" and runs[0]["trigger"] == "scheduled"
+        # every 4 s: a later drill may have been skipped (one at a time) or stopped by the exit
+        assert ("scheduled", "succeeded") in [(r["trigger"], r["status"]) for r in runs], runs
+        assert {r["status"] for r in runs} <= {"succeeded", "skipped", "interrupted"}, runs
         drills = base / "state" / "drills"
         assert not drills.exists() or not any(drills.iterdir())
     finally:

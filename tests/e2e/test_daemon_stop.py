@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.daemon import Daemon, daemon_env
+from tests.support.daemon import Daemon, daemon_env, far_schedule
 from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.pg
@@ -78,7 +78,7 @@ def test_sigterm_stops_the_daemon_whose_notify_socket_is_stalled(
     loop and, through the notifier's lock, the signal handler: not even a second SIGTERM ended
     the process."""
     _fill(pg, pg_db, rows=100)
-    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE="5s")
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL=far_schedule(), BACKUPD_SHUTDOWN_GRACE="5s")
     env["WATCHDOG_USEC"] = "2000000"  # pings every loop, each a send into the full queue
     env["BACKUPD_LOG__LEVEL"] = "debug"  # to see the drops
     Cli(env=env).run("init", check=True)
@@ -113,7 +113,7 @@ def test_signals_during_a_backup_with_a_stalled_notify_socket(
     0. A second signal: stop now, exit 128 + its number."""
     _fill(pg, pg_db, rows=100)
     grace = "3s" if len(signals) == 1 else "10m"
-    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL="every 1h", BACKUPD_SHUTDOWN_GRACE=grace)
+    env = daemon_env(tmp_path, pg, pg_db, BACKUPD_SCHEDULE__FULL=far_schedule(), BACKUPD_SHUTDOWN_GRACE=grace)
     env["WATCHDOG_USEC"] = "2000000"
     Cli(env=env).run("init", check=True)
     with _table_locked(pg, pg_db), Daemon(env) as d:

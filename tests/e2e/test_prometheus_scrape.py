@@ -90,6 +90,7 @@ def test_prometheus_scrapes_the_daemon(cli: Cli) -> None:
             assert {re.sub(r"_(bucket|count|sum)$", "", name) for name in daemon_level} == {
                 "backupd_build_info",
                 "backupd_scheduler_queue_wait_seconds",
+                "backupd_config_reloads_total",
             }
             assert {
                 s["metric"].get("cluster") for s in ours if s["metric"]["__name__"] not in daemon_level

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,14 @@ def daemon_env(tmp_path: Path, pg: Any, db: str, **extra: str) -> dict[str, str]
     }
     env.update(extra)
     return env
+
+
+def far_schedule(hours: int = 12) -> str:
+    """A daily crontab schedule (UTC, the default time zone) whose next fire is about ``hours``
+    from now: for a test that counts runs exactly. ``every 1h`` is aligned to the epoch, so it
+    fires at every full hour: a test that ran across one found a second, ``scheduled`` run."""
+    at = datetime.now(UTC) + timedelta(hours=hours)
+    return f"{at.minute} {at.hour} * * *"
 
 
 def sqlite_job_table(conn: Any) -> str:

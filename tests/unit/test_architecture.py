@@ -95,7 +95,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "apscheduler": ("scheduling",),
     "prometheus_client": ("observability.metrics", "http"),
     "pglast": ("migrate.risk",),
-    "pydantic": ("settings", "settings_clusters", "wiring.configshow"),
+    "pydantic": ("settings", "settings_clusters", "wiring.configshow", "wiring.digest"),
     "pydantic_settings": ("settings",),
     "tqdm": ("observability.progress",),
 }
@@ -231,10 +231,11 @@ def _package_imports() -> list[Import]:
 # wiring builds; it does no I/O of its own ("beyond opening what it builds", issue 14): outside
 # the package it imports only these pure modules (no subprocess, socket, psycopg, boto3,
 # sqlalchemy, urllib.request: the modules it calls do their I/O when a command uses what was
-# built). structlog: it configures logging (wiring/logs.py); pydantic: configshow walks the model.
+# built). structlog: it configures logging (wiring/logs.py); pydantic: configshow and digest walk
+# the model; hashlib and json: digest hashes the settings (pure, no I/O).
 WIRING_OUTSIDE_IMPORTS = (
     "__future__", "argparse", "collections", "contextlib", "dataclasses", "datetime", "functools",
-    "os", "pathlib", "re", "sys", "typing", "urllib.parse", "structlog", "pydantic",
+    "os", "pathlib", "re", "sys", "typing", "urllib.parse", "structlog", "pydantic", "hashlib", "json",
 )  # fmt: skip
 
 

@@ -36,6 +36,7 @@ SERIES = {
     "backupd_scheduler_next_run_timestamp_seconds": "gauge",
     "backupd_leader": "gauge",
     "backupd_scheduler_queue_wait_seconds": "histogram",
+    "backupd_config_reloads_total": "counter",
     "backupd_dependency_up": "gauge",
     "backupd_verify_runs_total": "counter",
     "backupd_verify_last_success_timestamp_seconds": "gauge",
@@ -51,7 +52,7 @@ SERIES = {
     "backupd_job_progress_total": "gauge",
 }
 KINDS = ("full", "incremental")
-DAEMON_LEVEL = {"backupd_build_info", "backupd_scheduler_queue_wait_seconds"}
+DAEMON_LEVEL = {"backupd_build_info", "backupd_scheduler_queue_wait_seconds", "backupd_config_reloads_total"}
 """The series without a ``cluster`` label (and prometheus_client's ``process_*``)."""
 
 
@@ -247,6 +248,19 @@ def test_queue_wait_is_observed_per_class_without_a_cluster_label() -> None:
     assert value(m, "backupd_scheduler_queue_wait_seconds_count", **{"class": "wal"}) == 0
     with pytest.raises(ValueError, match="not one of"):
         m.scheduler_queue_wait("full", 1.0)
+
+
+def test_config_reloads_are_counted_by_result_from_zero() -> None:
+    m = Metrics("1.0")
+    for result in ("applied", "refused", "failed"):
+        assert samples(m)[("backupd_config_reloads_total", (("result", result),))] == 0
+    m.config_reloaded("refused")
+    m.config_reloaded("applied")
+    m.config_reloaded("applied")
+    got = {labels: v for (name, labels), v in samples(m).items() if name == "backupd_config_reloads_total"}
+    assert got == {(("result", "applied"),): 2, (("result", "refused"),): 1, (("result", "failed"),): 0}
+    with pytest.raises(ValueError, match="not one of"):
+        m.config_reloaded("maybe")
 
 
 def test_next_run_is_set_and_removed() -> None:

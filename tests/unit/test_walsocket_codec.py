@@ -84,6 +84,8 @@ lines = st.one_of(
     st.tuples(names, values).map(lambda kv: f"{kv[0]} = {kv[1]}"),
     st.tuples(names, values).map(lambda kv: f"{kv[0]}={kv[1]}"),
     names.map(lambda n: f"[{n}]"),
+    st.lists(names, min_size=1, max_size=3).map(lambda ns: "[" + ".".join(ns) + "]"),
+    st.sampled_from(["[clusters.a]", "[clusters.a.wal]", "[clusters.b]", "[clusters]", "[a .b]", "[a..b]"]),
     names.map(lambda n: f"[ {n} ] # t"),
     names.map(lambda n: f"[[{n}]]"),
     st.sampled_from(["", "# comment", "   ", "\t# x", "[wal]x", "key", "= 1", "\ufeffa = 1"]),
@@ -115,3 +117,14 @@ def test_the_configurations_of_the_docs_are_plain() -> None:
         '[s3]\nendpoint_url = "http://minio:9000/#x"\nforce_path_style = true\n'
     )
     assert plain_toml(text) == tomllib.loads(text)
+
+
+def test_a_fleet_of_named_clusters_is_plain() -> None:
+    text = 'repository = "file:///r"\n[clusters.wal]\nx = 1\n' + "".join(
+        f'[clusters.pg-{i}]\ndatabase_url = "postgresql://h{i}/db"\n[clusters.pg-{i}.wal]\nprefetch = {i}\n'
+        for i in range(50)
+    )
+    text += "[clusters]\nspread = 'later: a super-table defined after its sub-tables'\n"
+    assert plain_toml(text) == tomllib.loads(text)
+    for bad in ("[a]\nb = 1\n[a.b]\n", "[a.b]\n[a]\nb = 1\n", "[a.b]\n[a.b]\n", "[a]\n[a]\n"):
+        assert plain_toml(bad) is None, bad

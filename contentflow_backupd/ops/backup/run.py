@@ -22,7 +22,15 @@ import structlog
 from contentflow_backupd import __version__
 from contentflow_backupd.catalog.base import AuditCatalog, BackupCatalog, BackupJobCatalog, RunCatalog
 from contentflow_backupd.errors import BackupdError, LockedError, SourceError, UsageError
-from contentflow_backupd.model import BackupKind, BackupRecord, RunTrigger, Scope, new_backup_id, utcnow
+from contentflow_backupd.model import (
+    BackupKind,
+    BackupRecord,
+    RunTrigger,
+    Scope,
+    cancel_failure,
+    new_backup_id,
+    utcnow,
+)
 from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup.generations import GenerationPlan, generation_chunk_size, plan_generation
@@ -52,7 +60,8 @@ class BackupOptions:
     """``BACKUPD_CHUNKING__PACKS``: a logical full may choose small chunks, in packs."""
     cancel: threading.Event | None = None
     """Set by the daemon when it stops a run at shutdown: a failure then counts as
-    ``interrupted`` (stopping the children is what made it fail)."""
+    ``interrupted`` (stopping the children is what made it fail); by the stall watchdog
+    (``model.JobCancel.fail``): ``failed``, with its reason."""
 
 
 @dataclass
@@ -116,7 +125,10 @@ def run_backup(
         except BaseException as exc:
             error = exc.message if isinstance(exc, BackupdError) else f"{type(exc).__name__}: {exc}"
             unrecorded = _no_attempt(repo, opts, run.started_at)
-            if opts.cancel is not None and opts.cancel.is_set():
+            failure = cancel_failure(opts.cancel)
+            if failure is not None:  # the stall watchdog stopped it: a failure, with its reason
+                _fail(catalog, attempt, run.id, "failed", f"{failure}: {error}", unrecorded)
+            elif opts.cancel is not None and opts.cancel.is_set():
                 _fail(catalog, attempt, run.id, "interrupted", f"stopped at shutdown: {error}", unrecorded)
             else:
                 _fail(catalog, attempt, run.id, "failed", error, unrecorded)
@@ -256,7 +268,8 @@ def _wait_for_wal(archive: WalArchive, source: PhysicalSource, names: list[str],
     deadline = time.monotonic() + timeout
     missing = list(names)
     switched = False
-    progress.phase("waiting for WAL", total=len(names), unit="segments")
+    # bounded by its own timeout: the stall watchdog leaves the wait to it
+    progress.phase("waiting for WAL", total=len(names), unit="segments", quiet_s=timeout)
     while True:
         arrived = len(missing)
         missing = [n for n in missing if not archive.exists(n)]

@@ -125,7 +125,7 @@ def drill_physical(
         + f"; recovery to {target.describe()} on timeline {restored.timeline}",
     )
     t_verify = time.monotonic()
-    progress.phase("pg_verifybackup")
+    progress.phase("pg_verifybackup", quiet_s=progress.UNMEASURED)
     verdict, detail = pg.scratch.verify_backup(ws.pgdata, bin_dir, opts.client_bin, major)
     step.add(CheckResult("pg_verifybackup", verdict, detail))
     not_rto = time.monotonic() - t_verify
@@ -137,7 +137,7 @@ def drill_physical(
     try:
         server.make_run_dir()
         server.configure()
-        progress.phase("replaying WAL")
+        progress.phase("replaying WAL", quiet_s=progress.UNMEASURED)
         server.start()
         state = server.wait_ready(
             dbname, promoted=True, timeout=opts.ready_timeout, cancelled=cancel.is_set if cancel else None
@@ -147,7 +147,7 @@ def drill_physical(
         return
     result.rto_seconds = time.monotonic() - t0 - not_rto
     step.add(recovery_check(target, state, result.rto_seconds))
-    progress.phase("checking")
+    progress.phase("checking", quiet_s=progress.UNMEASURED)
     step.extend(run_checks(pg.facts, server.conninfo(dbname), d, opts.checks_file, create_extensions=True))
     if opts.on_ready is not None:
         opts.on_ready(server.conninfo(dbname))

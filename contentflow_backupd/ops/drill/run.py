@@ -380,7 +380,7 @@ def _logical(
             f"the restored database answered queries {result.rto_seconds:.1f}s after the drill started",
         )
     )
-    progress.phase("checking")
+    progress.phase("checking", quiet_s=progress.UNMEASURED)
     result.checks.extend(
         run_checks(pg.facts, info, manifest.details, opts.checks_file, create_extensions=True)
     )

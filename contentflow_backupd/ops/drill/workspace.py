@@ -42,6 +42,7 @@ from typing import Any
 import structlog
 
 from contentflow_backupd.errors import BackupdError, UsageError
+from contentflow_backupd.fsutil import require_free_space
 from contentflow_backupd.model import iso, utcnow
 from contentflow_backupd.ops.locks import pid_alive
 from contentflow_backupd.source.base import Database, DatabaseAdmin, ScratchServer, ScratchServers
@@ -127,7 +128,14 @@ class Workspace:
     ) -> Workspace:
         """Make ``<state_dir>/drills/<drill_id>`` (0700) with its marker. ``shared``: another OS
         user (the scratch server's) must be able to reach the files: they go in a new scratch
-        directory under ``scratch_root(scratch_dir)`` (0711, not listable), named in the marker."""
+        directory under ``scratch_root(scratch_dir)`` (0711, not listable), named in the marker.
+        ``SpaceReserved`` before anything is made when the file system the drill's files go to
+        is below its free-space reserve (``fsutil.require_free_space``)."""
+        require_free_space(state_dir, "the scratch instance (a restore drill or migration check)")
+        if shared:
+            require_free_space(
+                scratch_root(scratch_dir), "the scratch instance (a restore drill or migration check)"
+            )
         root = state_dir / DRILLS_DIR
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)

@@ -21,6 +21,7 @@ import structlog
 
 from contentflow_backupd.catalog.base import AuditCatalog, BackupCatalog
 from contentflow_backupd.errors import BackupdError, BackupNotFound, IntegrityError, UsageError
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import audited
 from contentflow_backupd.ops.verify.backups import missing_objects
 from contentflow_backupd.repository import layout
@@ -120,8 +121,9 @@ def restore_to_database(
         reader = _stream(repo, manifest, concurrency)
         log.info("restore_started", backup_id=backup_id, target=target.describe(), bytes=entry.size)
         with dropped_unless_done(target, created):
+            chunks = reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id))
             target.restore(
-                reader.iter_stream(entry, manifest_key=layout.manifest_key(cluster, backup_id)),
+                _then_unmeasured(chunks),
                 clean=clean,
                 jobs=jobs,
                 no_owner=no_owner,
@@ -130,6 +132,13 @@ def restore_to_database(
         recorded.details["restored_bytes"] = entry.size
     log.info("restore_completed", backup_id=backup_id, duration_seconds=round(result.duration_seconds, 3))
     return result
+
+
+def _then_unmeasured(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks``, then a phase without progress: pg_restore, given the last byte, still builds
+    indexes and constraints (or, with ``--jobs``, restores the whole file) and says nothing."""
+    yield from chunks
+    progress.phase("pg_restore finishing", quiet_s=progress.UNMEASURED)
 
 
 @contextmanager

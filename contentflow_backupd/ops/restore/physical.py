@@ -31,6 +31,7 @@ from contentflow_backupd.errors import (
     UsageError,
 )
 from contentflow_backupd.model import RestorePoint, Scope, iso
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import AuditTo, audited
 from contentflow_backupd.ops.backup.native import native_chain
 from contentflow_backupd.ops.restore.plan import plan_physical_restore
@@ -266,6 +267,7 @@ def _combine_chain(
             writers = _extract(pg.datadir, repo, link, entry, dest, owner, concurrency).writers
             inputs.append(dest)
         major = int(chain[-1].details.get("pg_version_num", 0)) // 10000
+        progress.phase("pg_combinebackup", quiet_s=progress.UNMEASURED)  # it reports nothing
         pg.combiner.combine(tool, inputs, pgdata, link=major >= 18)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -35,6 +35,7 @@ import structlog
 from contentflow_backupd.catalog.base import AuditCatalog, DeletionRecord, DeletionWhat, RetentionCatalog
 from contentflow_backupd.errors import BackupdError, ObjectLocked
 from contentflow_backupd.model import BackupKind, RunStatus, RunTrigger, Scope, this_host, this_pid, utcnow
+from contentflow_backupd.observability import progress
 from contentflow_backupd.ops.audit import record_event
 from contentflow_backupd.ops.backup.native import is_native
 from contentflow_backupd.ops.locks import exclusive
@@ -101,7 +102,9 @@ def collect_inventory(repo: Repository, cluster: str) -> Inventory:
     prefix = f"{layout.check_cluster(cluster)}/"
     manifests: list[tuple[str, ObjectInfo]] = []
     chunks: dict[str, list[ObjectInfo]] = {}
+    progress.phase("listing the repository", unit="objects")
     for info in repo.storage.list(prefix):
+        progress.advance(1)
         parts = info.key[len(prefix) :].split("/")
         bid = layout.backup_id_from_manifest_key(cluster, info.key)
         if bid is not None:
@@ -186,7 +189,9 @@ def apply_expiry(
         return True
 
     reasons = {d.backup.id: d.reason for d in plan.backups}
+    progress.phase("deleting", unit="objects")
     for b in plan.backups_to_delete:
+        progress.advance(1)
         if not delete(b.manifest_key):
             continue
         catalog.delete_backup(b.id)
@@ -253,7 +258,12 @@ def apply_expiry(
 def _delete_all(pool: ThreadPoolExecutor, delete: Callable[[str], bool], keys: Iterable[str]) -> list[str]:
     """Delete ``keys`` in parallel; the keys actually deleted (``delete`` returned True)."""
     futures = [(key, pool.submit(delete, key)) for key in keys]
-    return [key for key, future in futures if future.result()]
+    deleted = []
+    for key, future in futures:
+        if future.result():
+            deleted.append(key)
+        progress.advance(1)  # on this thread: the operation's tracker is this thread's
+    return deleted
 
 
 def _by_timeline(files: list[StoredWal]) -> Iterator[tuple[str, list[StoredWal]]]:
