@@ -148,7 +148,11 @@ class PgReceiveWal:
         reached or refuses (a walsender of an older version still streaming on the slot).
         """
         target = format_lsn(lsn)
-        with postgres.connect(self.info, what="the database to stream WAL from") as conn:
+        with postgres.connect(
+            self.info,
+            what="the database to stream WAL from",
+            statement_timeout_ms=postgres.WAL_STATEMENT_TIMEOUT_MS,  # a hung server holds no upload
+        ) as conn:
             try:
                 current = self._restart_lsn(conn)
                 if current is None or current >= lsn:
