@@ -10,8 +10,10 @@
   (the catalog), so pushes by other processes (``archive_command``'s ``wal-push``, another
   daemon) count as well.
 - ``StreamSupervisor`` runs ``wal-stream`` (``ops.wal.stream.run_wal_stream``: ``pg_receivewal``
-  on a replication slot, each completed segment uploaded) on a thread, restarting it with backoff
-  when it ends with an error, until the daemon stops.
+  guarded by a replication slot that moves only past archived WAL, each completed segment
+  uploaded, an empty spool seeded from the repository) on a thread, restarting it with backoff
+  when it ends with an error, until the daemon stops. So a daemon restarted after ``kill -9``, or
+  another daemon taking the cluster over with an empty spool, resumes with no gap.
 """
 
 from __future__ import annotations

@@ -524,10 +524,13 @@ class ReceiverExit:
 
 
 class WalReceiver(Protocol):
-    """One ``pg_receivewal`` on a replication slot writing into ``spool_dir``, started and
-    stopped on request by one supervisor (not thread-safe). Use it as a context manager: leaving
-    the block stops a running child. Complete segments appear in the spool under their name;
-    the one being received is ``<segment>.partial``."""
+    """One ``pg_receivewal`` writing into ``spool_dir``, started and stopped on request by one
+    supervisor (not thread-safe), and the replication slot that guards the WAL it has not
+    archived yet. Use it as a context manager: leaving the block stops a running child. Complete
+    segments appear in the spool under their name; the one being received is
+    ``<segment>.partial``. The child resumes after the newest complete segment in the spool (or
+    at the start of a ``.partial`` one), else at the server's current position; it does not move
+    the slot: only ``confirm_archived`` does."""
 
     @property
     def spool_dir(self) -> Path: ...
@@ -554,4 +557,12 @@ class WalReceiver(Protocol):
 
     def stop(self) -> ReceiverExit | None:
         """Stop the child (it keeps its ``.partial`` file to resume from); idempotent."""
+        ...
+
+    def confirm_archived(self, lsn: int) -> int | None:
+        """Let the server recycle WAL before ``lsn``, the end of the newest segment durably
+        stored: advance the guard slot to it, never back (a slot already past it stays). May be
+        called outside the ``with`` block and while another stream of the cluster does the same.
+        Returns the slot's position afterwards (None: the slot is gone or holds no WAL).
+        ``SourceError`` when the server cannot be reached or refuses."""
         ...

@@ -1,18 +1,26 @@
-"""``pg_receivewal`` as a supervised child process: its replication slot, the process, its stderr.
+"""``pg_receivewal`` as a supervised child process: its guard slot, the process, its stderr.
 
-- **The slot** is created over an ordinary SQL connection with
+- **The guard slot** is created over an ordinary SQL connection with
   ``pg_create_physical_replication_slot(slot, immediately_reserve => true)`` rather than with
   ``pg_receivewal --create-slot``: a slot created that way holds WAL from the moment it exists
-  (from the last checkpoint's redo point), so nothing written between its creation and the first
-  start of ``pg_receivewal`` can be recycled away. The same connection tells the server's major
-  version, which picks the ``pg_receivewal`` binary. Both need the ``REPLICATION`` attribute (or
-  a superuser), like streaming itself.
-- **The process** runs ``pg_receivewal -D spool --slot S --no-loop --no-password -d <conninfo>``.
-  It builds its replication connection from ``-d`` itself (it drops ``dbname`` and adds
-  ``replication=true``), so the ordinary ``BACKUPD_DATABASE_URL`` works. The conninfo on its
-  command line never holds the password: that comes from a private ``PGPASSFILE`` (``libpq_env``)
-  that lives as long as this object's ``with`` block. ``--no-loop`` makes it exit when the
-  connection drops, so the caller restarts it and every failure shows in our log.
+  (from the last checkpoint's redo point). ``pg_receivewal`` does not stream on it: the slot only
+  guards WAL that is not archived yet, and ``confirm_archived`` advances it with
+  ``pg_replication_slot_advance`` once a segment is durably stored in the repository, never
+  backwards. So WAL that a stream received into its spool but did not upload stays on the server,
+  and a successor with another spool (another host, or after ``kill -9``) streams it again. An
+  existing slot is used as it is (same name, same retained WAL): an upgrade from the version that
+  streamed on it keeps what it holds. The same connection tells the server's major version, which
+  picks the ``pg_receivewal`` binary. Both need the ``REPLICATION`` attribute (or a superuser),
+  like streaming itself.
+- **The process** runs ``pg_receivewal -D spool --no-loop --no-password -d <conninfo>``, without
+  ``--slot``. It resumes after the newest complete segment in its directory (or from the start of
+  a ``.partial`` one), else from the server's current position; ``ops.wal.stream`` seeds an empty
+  spool so that it resumes after the repository's newest segment. It builds its replication
+  connection from ``-d`` itself (it drops ``dbname`` and adds ``replication=true``), so the
+  ordinary ``BACKUPD_DATABASE_URL`` works. The conninfo on its command line never holds the
+  password: that comes from a private ``PGPASSFILE`` (``libpq_env``) that lives as long as this
+  object's ``with`` block. ``--no-loop`` makes it exit when the connection drops, so the caller
+  restarts it and every failure shows in our log.
 - **Stopping** sends SIGINT, the signal every version of ``pg_receivewal`` handles by flushing its
   ``.partial`` file and exiting 0 (PostgreSQL 15's ends on SIGTERM at once, without that), then
   SIGKILL after a timeout. A ``.partial`` file is never renamed to a complete segment on exit.
@@ -26,6 +34,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psycopg
 import structlog
@@ -36,6 +45,7 @@ from contentflow_backupd.source import postgres
 from contentflow_backupd.source.base import ReceiverExit
 from contentflow_backupd.source.conninfo import ConnInfo, libpq_env
 from contentflow_backupd.source.tools import StderrTail, find_tool
+from contentflow_backupd.wal import format_lsn, parse_lsn
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +53,7 @@ CONNECT_TIMEOUT = "10"
 
 
 class PgReceiveWal:
-    """One ``pg_receivewal`` on a replication slot, started and stopped on request.
+    """One ``pg_receivewal`` guarded by a replication slot, started and stopped on request.
 
     Use it as a context manager: the passfile for the child exists only inside the block, and
     leaving the block stops a running child. Not thread-safe: one supervisor drives it.
@@ -129,6 +139,50 @@ class PgReceiveWal:
         self.server_major = major
         return major
 
+    def confirm_archived(self, lsn: int) -> int | None:
+        """Advance the guard slot to ``lsn`` (the end of the newest segment durably stored), so
+        the server may recycle the WAL before it. Never moves it back: a slot already at or past
+        ``lsn`` is left alone (also when another stream of the cluster moved it there first).
+        Returns the slot's ``restart_lsn`` afterwards, None when the slot is gone or holds no WAL
+        (invalidated by ``max_slot_wal_keep_size``). ``SourceError`` when the server cannot be
+        reached or refuses (a walsender of an older version still streaming on the slot).
+        """
+        target = format_lsn(lsn)
+        with postgres.connect(
+            self.info,
+            what="the database to stream WAL from",
+            statement_timeout_ms=postgres.WAL_STATEMENT_TIMEOUT_MS,  # a hung server holds no upload
+        ) as conn:
+            try:
+                current = self._restart_lsn(conn)
+                if current is None or current >= lsn:
+                    return current
+                try:
+                    conn.execute("select pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, target))
+                except psycopg.errors.InvalidParameterValue:
+                    # "cannot advance replication slot to X, minimum is Y": another stream moved
+                    # it past X in the meantime; it stays where it is
+                    moved = self._restart_lsn(conn)
+                    if moved is not None and moved >= lsn:
+                        return moved
+                    raise
+                after = self._restart_lsn(conn)
+            except psycopg.Error as exc:
+                reason = postgres.error_reason(exc)
+                raise SourceError(
+                    f"cannot advance replication slot {self.slot!r} on {self.info.display()} to {target}: "
+                    f"{reason}",
+                    hint="the user needs the REPLICATION attribute, and no walsender may stream on the slot",
+                ) from None
+        log.debug("wal_guard_advanced", slot=self.slot, lsn=target, previous=format_lsn(current))
+        return after
+
+    def _restart_lsn(self, conn: psycopg.Connection[Any]) -> int | None:
+        row = conn.execute(
+            "select restart_lsn::text from pg_replication_slots where slot_name = %s", (self.slot,)
+        ).fetchone()
+        return None if row is None or row[0] is None else parse_lsn(str(row[0]))
+
     # -- the process -------------------------------------------------------------------------
     def argv(self, binary: Path) -> list[str]:
         params = dict(self.info.params)
@@ -138,8 +192,6 @@ class PgReceiveWal:
             str(binary),
             "--directory",
             str(self.spool_dir),
-            "--slot",
-            self.slot,
             "--no-loop",
             "--no-password",
             "--dbname",

@@ -47,7 +47,7 @@ from contentflow_backupd.source.base import (
     WalReceiver,
 )
 from contentflow_backupd.source.drivers import LocalDataDirectories
-from contentflow_backupd.wal import Segment
+from contentflow_backupd.wal import Segment, classify, parse_segment
 
 CONTENT_FILE = "fake_content.json"
 SEGMENT_SIZE = 1 << 20  # the smallest size PostgreSQL allows: keeps the fake WAL small
@@ -513,7 +513,13 @@ class FakeWalReceiver:
     """``WalReceiver``: a scripted ``pg_receivewal``. Each ``start`` runs the next ``runs`` entry:
     the segment numbers it completes into the spool (a ``.partial`` of the one after is left
     behind, as pg_receivewal does), then it exits with ``returncode`` (None: it keeps running
-    until stopped). A start with no entry left raises ``SourceError`` (server unreachable)."""
+    until stopped). A start with no entry left raises ``SourceError`` (server unreachable).
+
+    ``resumed_at`` records, per start, the segment number pg_receivewal would resume at: after
+    the newest complete segment in the spool, at a newer ``.partial`` one, None for an empty spool
+    (the server's current position). ``guard`` is the slot's position (bytes; None: no slot yet),
+    which only ``confirm_archived`` moves, and never back; ``confirmed`` lists every call's
+    argument. ``fail_confirm`` makes ``confirm_archived`` raise ``SourceError``."""
 
     def __init__(self, spool_dir: Path, runs: list[tuple[list[int], int | None]]) -> None:
         self._spool = spool_dir
@@ -523,6 +529,10 @@ class FakeWalReceiver:
         self.entered = False
         self._exit: int | None = None
         self._running = False
+        self.resumed_at: list[int | None] = []
+        self.guard: int | None = None
+        self.confirmed: list[int] = []
+        self.fail_confirm = False
 
     @property
     def spool_dir(self) -> Path:
@@ -549,6 +559,9 @@ class FakeWalReceiver:
         if not self.runs:
             raise SourceError("could not connect to the fake server")
         segments, self._exit = self.runs.pop(0)
+        self.resumed_at.append(self._resume_point())
+        if self.guard is None:
+            self.guard = 0
         for segno in segments:
             name = Segment(1, segno).name(SEGMENT_SIZE)
             (self._spool / f"{name}.partial").unlink(missing_ok=True)
@@ -558,6 +571,24 @@ class FakeWalReceiver:
             (self._spool / f"{after}.partial").write_bytes(b"half a segment")
         self._running = True
         return 4242
+
+    def _resume_point(self) -> int | None:
+        best: int | None = None
+        for path in self._spool.iterdir():
+            kind = classify(path.name)
+            if kind not in ("segment", "partial"):
+                continue
+            number = parse_segment(path.name[:24], SEGMENT_SIZE).number
+            resume = number + 1 if kind == "segment" else number
+            best = resume if best is None else max(best, resume)
+        return best
+
+    def confirm_archived(self, lsn: int) -> int | None:
+        self.confirmed.append(lsn)
+        if self.fail_confirm:
+            raise SourceError("could not connect to the fake server")
+        self.guard = max(self.guard or 0, lsn)
+        return self.guard
 
     def poll(self) -> ReceiverExit | None:
         if self._running and self._exit is not None:
