@@ -93,11 +93,9 @@ class Daemon(ClusterControl):
         self.runtimes: dict[str, ClusterRuntime] = {}
         """The clusters this daemon serves, by name."""
         self._reloader = Reloader(
-            reload, metrics=self.all_metrics, stopping=self.stopping, audit=self._audit_config
+            reload, metrics=self.all_metrics, stopping=self.stopping, target=self, audit=self._audit_config
         )
-        """SIGHUP (daemon/reload.py); no target yet (the lead connects it to ``start_cluster``,
-        ``stop_cluster`` and ``reschedule_cluster``): only a reload that changes no cluster
-        applies."""
+        """SIGHUP: daemon/reload.py, applied through start/stop/reschedule_cluster."""
 
     @property
     def leader(self) -> bool:
