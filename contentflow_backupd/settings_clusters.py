@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 def merge_section(top: BaseModel, own: BaseModel) -> BaseModel:
     """``top`` with the keys ``own`` sets (its ``model_fields_set``), validated as one section."""
-    from contentflow_backupd.settings import ENCRYPTION_SECRET, EncryptionSettings
+    from contentflow_backupd.settings import ENCRYPTION_SECRET
+    from contentflow_backupd.settings_sections import EncryptionSettings
 
     values = {name: getattr(top, name) for name in type(top).model_fields}
     given = own.model_fields_set

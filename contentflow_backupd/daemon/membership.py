@@ -56,7 +56,7 @@ from contentflow_backupd.model import Scope
 log = structlog.get_logger(__name__)
 
 POLL = 5.0
-"""Seconds between ticks: the lease renewal period (``settings.FLEET_RENEW_S``)."""
+"""Seconds between ticks: the lease renewal period (``settings_sections.FLEET_RENEW_S``)."""
 GIVE_UP_AFTER = 60.0
 """A cluster assigned elsewhere is given up once that has lasted this long."""
 DEADLINE_MARGIN = 2.0

@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "walspool": 0,  # the WAL prefetch spool (stdlib only)
     "settings": 0,  # a leaf by its imports; who may import it is ruled below
     "settings_clusters": 0,  # named clusters' inheritance (settings' own helper, same rules)
+    "settings_sections": 0,  # the sections' models (settings' own part, same rules)
 }
 
 # -- what ops may import from the rest of the package (prefixes of module names) -------------
@@ -95,14 +96,14 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "apscheduler": ("scheduling",),
     "prometheus_client": ("observability.metrics", "http"),
     "pglast": ("migrate.risk",),
-    "pydantic": ("settings", "settings_clusters", "wiring.configshow", "wiring.digest"),
+    "pydantic": ("settings", "settings_clusters", "settings_sections", "wiring.configshow", "wiring.digest"),
     "pydantic_settings": ("settings",),
     "tqdm": ("observability.progress",),
 }
 
 # -- settings and wiring -----------------------------------------------------------------------
 # cli: its __init__ (the entry point) only
-SETTINGS_IMPORTERS = ("settings", "settings_clusters", "wiring", "cli")
+SETTINGS_IMPORTERS = ("settings", "settings_clusters", "settings_sections", "wiring", "cli")
 WIRING_IMPORTERS_LAYER = LAYERS["cli"]  # nothing below the command line imports wiring
 
 
@@ -215,7 +216,12 @@ def settings_violations(imports: list[Import], package: str) -> list[str]:
     for imp in imports:
         rel = imp.source[len(package) + 1 :]
         wiring_or_root = rel in SETTINGS_IMPORTERS or rel.startswith("wiring.")
-        if imp.target in (f"{package}.settings", f"{package}.settings_clusters") and not wiring_or_root:
+        settings_modules = (
+            f"{package}.settings",
+            f"{package}.settings_clusters",
+            f"{package}.settings_sections",
+        )
+        if imp.target in settings_modules and not wiring_or_root:
             out.add(str(imp))
         if imp.target == f"{package}.wiring" or imp.target.startswith(f"{package}.wiring."):
             unit = unit_of(imp.source)
