@@ -13,12 +13,12 @@ best effort), every read is taken at once, as before.
 while the command is still starting up (imports, opening the repository and the catalog), so
 that the child does not stop at a full pipe: the dump and our start-up then overlap instead of
 following each other. Once the consumer reads, the thread goes on reading the pipe while the
-consumer works through what was read ahead, one byte for every ``CATCH_UP`` bytes taken, so
-the backlog shrinks and the memory held never grows past ``limit``; when the backlog is
-nearly gone, the consumer stops the thread and reads the pipe itself. Before, the thread
-stopped at the first read: the child then waited on a full pipe (and the server on the child)
-until the consumer had worked through the whole backlog, up to 64 MB: about 0.4 s with both
-cores partly idle (bench/README.md, 2026-12-08).
+consumer works through what was read ahead: for every ``CATCH_UP`` bytes taken it may read
+``CATCH_UP - 1``, so the backlog shrinks steadily, the memory held never grows past ``limit``,
+and the child keeps going meanwhile; when the backlog is nearly gone, the consumer stops the
+thread and reads the pipe itself. Before, the thread stopped at the first read: the child then
+waited on a full pipe (and the server's COPY on the child) until the consumer had worked
+through the whole backlog, up to 64 MB, with a core partly idle (bench/README.md, 2026-12-08).
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ BATCH_WAIT = 0.002
 so a writer at that rate still never waits for us."""
 PREFETCH_LIMIT = 64 * 1024 * 1024
 """Bytes read ahead while the command starts up (peak memory grows by at most this much)."""
-CATCH_UP = 2
-"""Once the consumer reads, the read-ahead thread may read one byte for every this many the
-consumer takes: the backlog shrinks by half of what is taken, so it is gone after twice its
-size, and the child never waits for all of it."""
+CATCH_UP = 8
+"""Once the consumer reads, the read-ahead thread may read ``CATCH_UP - 1`` bytes for every
+``CATCH_UP`` the consumer takes: the backlog shrinks by an eighth of what is taken (64 MiB are
+gone after 512 MiB), and the child runs at seven eighths of the consumer's pace meanwhile. On 2
+cores (340 MB database, ``bench/timeline.py``) the cores stood idle 1.20-1.27 core-s a backup
+before, 1.13-1.25 with 2, 1.02-1.06 with 4, 0.89-0.97 with 8; each byte the thread reads
+costs one more copy (~0.02 CPU-s per 100 MB)."""
 
 
 def pipe_size(fd: int) -> int | None:
@@ -108,7 +111,7 @@ class PipeReader(io.RawIOBase):
 
     def _room_for(self, limit: int) -> int:
         """Bytes the thread may read now (under ``_room``): up to ``limit`` held, less one byte
-        for every ``CATCH_UP`` the consumer has taken."""
+        for every ``CATCH_UP`` the consumer has taken (so the backlog shrinks)."""
         return limit - self._taken // CATCH_UP - self._held
 
     def _read_ahead(self, limit: int) -> None:

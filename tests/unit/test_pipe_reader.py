@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 
 from contentflow_backupd.repository.chunker import Chunker, ChunkerParams
-from contentflow_backupd.source.pipe import READ_SIZE, PipeReader, pipe_size
+from contentflow_backupd.source.pipe import CATCH_UP, READ_SIZE, PipeReader, pipe_size
 from contentflow_backupd.source.tools import widen_pipe
 
 # A child that writes ``size`` pseudo-random bytes in pieces of ``piece`` bytes (as pg_dump does,
@@ -116,27 +116,29 @@ def test_the_read_ahead_stops_at_its_limit_while_the_writer_waits() -> None:
 
 
 def test_the_writer_goes_on_while_the_consumer_works_through_the_backlog() -> None:
-    """The consumer's first reads take what was read ahead; meanwhile the thread reads on, one
-    byte for every two taken (``CATCH_UP``), so the writer is not stopped until the whole backlog
-    is handed out, and the memory held only shrinks."""
+    """The consumer's first reads take what was read ahead; meanwhile the thread reads on,
+    ``CATCH_UP - 1`` bytes for every ``CATCH_UP`` taken, so the writer is not stopped until the
+    whole backlog is handed out, and the memory held only shrinks."""
     limit = 4_000_000
+    taken = 2_000_000
+    more = taken - taken // CATCH_UP  # what the thread may read meanwhile
     with writer(12_000_000, 65536) as (_proc, reader):
         reader.prefetch(limit)
         wait_for(lambda: reader.read_ahead == limit)
         buf = bytearray(500_000)
         out = bytearray()
-        for _ in range(4):  # 2 MB taken from the backlog: the thread may read 1 MB more
+        for _ in range(taken // len(buf)):
             n = reader.readinto(buf)
             assert n == len(buf)
             out += buf[:n]
-        wait_for(lambda: reader.read_ahead == limit + 1_000_000)
+        wait_for(lambda: reader.read_ahead == limit + more)  # and not a byte more
         assert reader._thread is not None  # the backlog is not handed out yet
         assert reader.peak_held == limit
         while n := reader.readinto(buf):
             out += buf[:n]
-        assert reader._thread is None  # caught up: the rest was read from the pipe directly
+        assert reader._thread is None  # stopped once the backlog was (nearly) handed out
         assert reader.peak_held == limit
-        assert limit + 1_000_000 <= reader.read_ahead < 12_000_000
+        assert limit + more <= reader.read_ahead <= 12_000_000
     assert bytes(out) == expected(12_000_000, 65536, 7)
 
 
