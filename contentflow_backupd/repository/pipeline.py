@@ -64,8 +64,12 @@ class _OpenPack:
         """The chunks' bytes: views of the chunker's buffers (kept alive, never written again),
         copied once, when the pack is sealed."""
         self.size = 0
-        self.index: list[list[Any]] = []
+        self.refs: list[ChunkRef] = []
+        """The chunks in the pack, in order (its index is made from them when it is sealed)."""
+
+    def index(self) -> list[list[Any]]:
         """``[chunk id, offset, size]`` of each chunk in the pack."""
+        return [[r.id, r.offset, r.size] for r in self.refs]
 
 
 def read_pack_index(repo: Repository, cluster: str, generation: str, pack_id: str) -> list[ChunkRef]:
@@ -197,7 +201,7 @@ class ChunkWriter:
             with self._lock:
                 if len(self._spare_joins) < SEALS_IN_FLIGHT:
                     self._spare_joins.append(joined)
-        index = json.dumps(pack.index, separators=(",", ":")).encode()
+        index = json.dumps(pack.index(), separators=(",", ":")).encode()
         index_key = layout.pack_index_key(self.cluster, self.generation, pack.id)
         index_stored = self.repo.put_object(index_key, index, sync=False)
         with self._lock:
@@ -266,42 +270,45 @@ class ChunkWriter:
         batch, a hand-over of every chunk and the threads' fight for the GIL (futex wake-ups):
         about 1.2 CPU-s per GB at 4 KiB chunks (bench/README.md). Per chunk, this loop does
         only what it must."""
-        chunk_id = self.repo.chunk_id
+        hasher = self.repo.chunk_hasher()
         known = self._known
         placed: list[ChunkRef] = []
+        place = placed.append
         seals: deque[Future[None]] = deque()  # packs being sealed: at most SEALS_IN_FLIGHT (memory)
         pack = self._pack = _OpenPack()
-        size = count = new = unreported = 0
+        pack_id, at, add_part, add_ref = pack.id, 0, pack.parts.append, pack.refs.append
+        size = new = reported = 0
         try:
             for data in chunker.chunks(stream, digest):  # the digest on this thread
                 n = len(data)
-                cid = chunk_id(data)
+                cid = hasher(data).hexdigest()
                 ref = known.get(cid)
                 if ref is None:
-                    ref = known[cid] = ChunkRef(cid, n, 0, pack.id, pack.size)
-                    pack.index.append([cid, pack.size, n])
-                    pack.parts.append(data)
-                    pack.size += n
+                    ref = known[cid] = ChunkRef(cid, n, 0, pack_id, at)
+                    add_part(data)
+                    add_ref(ref)
+                    at += n
                     new += 1
-                    if pack.size >= PACK_TARGET:
+                    if at >= PACK_TARGET:
+                        pack.size = at
                         seals.append(pool.submit(self._seal, pack))
                         pack = self._pack = _OpenPack()
+                        pack_id, at, add_part, add_ref = pack.id, 0, pack.parts.append, pack.refs.append
                         while len(seals) > SEALS_IN_FLIGHT or (seals and seals[0].done()):
                             seals.popleft().result()
-                placed.append(ref)
-                count += 1
+                place(ref)
                 size += n
-                unreported += n
-                if unreported >= PROGRESS_STEP:
-                    progress_advance(unreported)
-                    unreported = 0
+                if size - reported >= PROGRESS_STEP:
+                    progress_advance(size - reported)
+                    reported = size
                     if progress is not None:
                         progress(size)
-            if unreported:
-                progress_advance(unreported)
+            if size > reported:
+                progress_advance(size - reported)
                 if progress is not None:
                     progress(size)
             if pack.parts:
+                pack.size = at
                 seals.append(pool.submit(self._seal, pack))
             self._pack = None
             while seals:
@@ -312,7 +319,7 @@ class ChunkWriter:
             raise
         finally:
             with self._lock:
-                self.stats.chunks_total += count
+                self.stats.chunks_total += len(placed)
                 self.stats.chunks_new += new
         return placed, size
 

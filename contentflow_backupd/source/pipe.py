@@ -10,9 +10,15 @@ needs a large pipe: when the pipe could not be widened to ``READ_SIZE`` (``tools
 best effort), every read is taken at once, as before.
 
 ``prefetch`` also starts a thread that drains the pipe into memory (at most ``limit`` bytes)
-until the first ``readinto``, so that the child does not stop at a full pipe while the
-command is still starting up (imports, opening the repository and the catalog): the dump and
-our start-up then overlap instead of following each other.
+while the command is still starting up (imports, opening the repository and the catalog), so
+that the child does not stop at a full pipe: the dump and our start-up then overlap instead of
+following each other. Once the consumer reads, the thread goes on reading the pipe while the
+consumer works through what was read ahead: for every ``CATCH_UP`` bytes taken it may read
+``CATCH_UP - 1``, so the backlog shrinks steadily, the memory held never grows past ``limit``,
+and the child keeps going meanwhile; when the backlog is nearly gone, the consumer stops the
+thread and reads the pipe itself. Before, the thread stopped at the first read: the child then
+waited on a full pipe (and the server's COPY on the child) until the consumer had worked
+through the whole backlog, up to 64 MB, with a core partly idle (bench/README.md, 2026-12-08).
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ BATCH_WAIT = 0.002
 so a writer at that rate still never waits for us."""
 PREFETCH_LIMIT = 64 * 1024 * 1024
 """Bytes read ahead while the command starts up (peak memory grows by at most this much)."""
+CATCH_UP = 8
+"""Once the consumer reads, the read-ahead thread may read ``CATCH_UP - 1`` bytes for every
+``CATCH_UP`` the consumer takes: the backlog shrinks by an eighth of what is taken (64 MiB are
+gone after 512 MiB), and the child runs at seven eighths of the consumer's pace meanwhile. On 2
+cores (340 MB database, ``bench/timeline.py``) the cores stood idle 1.20-1.27 core-s a backup
+before, 1.13-1.25 with 2, 1.02-1.06 with 4, 0.89-0.97 with 8; each byte the thread reads
+costs one more copy (~0.02 CPU-s per 100 MB)."""
 
 
 def pipe_size(fd: int) -> int | None:
@@ -66,6 +79,12 @@ class PipeReader(io.RawIOBase):
         self._ahead: deque[bytes] = deque()
         self._ahead_offset = 0
         """Bytes of ``_ahead[0]`` already handed out."""
+        self._held = 0
+        """Bytes in ``_ahead`` not handed out yet (guarded by ``_room``)."""
+        self._taken = 0
+        """Bytes the consumer took from ``_ahead`` (guarded by ``_room``)."""
+        self._room = threading.Condition()
+        """Notified when the consumer took bytes from ``_ahead``, or the thread must stop."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: OSError | None = None
@@ -73,31 +92,46 @@ class PipeReader(io.RawIOBase):
         """Reads from the pipe so far (for tests and profiles)."""
         self.read_ahead = 0
         """Bytes the prefetch thread read (for tests and profiles)."""
+        self.peak_held = 0
+        """The most bytes read ahead and not handed out yet at any time (for tests and profiles):
+        at most the ``prefetch`` limit."""
 
     def readable(self) -> bool:
         return True
 
     # -- reading ahead ------------------------------------------------------------------------
     def prefetch(self, limit: int = PREFETCH_LIMIT) -> None:
-        """Drain the pipe into memory on a thread, until ``limit`` bytes, EOF, or the first
-        ``readinto`` (which takes over from there)."""
+        """Drain the pipe into memory on a thread, at most ``limit`` bytes held at once, until
+        EOF or the consumer has (nearly) caught up with it (module docstring)."""
         if self._thread is None and limit > 0:
             self._thread = threading.Thread(
                 target=self._read_ahead, args=(limit,), name="pipe-ahead", daemon=True
             )
             self._thread.start()
 
+    def _room_for(self, limit: int) -> int:
+        """Bytes the thread may read now (under ``_room``): up to ``limit`` held, less one byte
+        for every ``CATCH_UP`` the consumer has taken (so the backlog shrinks)."""
+        return limit - self._taken // CATCH_UP - self._held
+
     def _read_ahead(self, limit: int) -> None:
-        held = 0
         try:
-            while held < limit and not self._stop.is_set():
-                data = self._read(min(READ_SIZE, limit - held))
+            while True:
+                with self._room:
+                    while not self._stop.is_set() and self._room_for(limit) <= 0:
+                        self._room.wait()
+                    if self._stop.is_set():
+                        return
+                    room = self._room_for(limit)
+                data = self._read(min(READ_SIZE, room))
                 if not data:
                     self._eof = True
                     return
-                self._ahead.append(data)
-                held += len(data)
-                self.read_ahead = held
+                with self._room:
+                    self._ahead.append(data)
+                    self._held += len(data)
+                    self.peak_held = max(self.peak_held, self._held)
+                self.read_ahead += len(data)
         except OSError as exc:
             self._error = exc  # raised to the consumer, in order, after what was read
 
@@ -108,6 +142,8 @@ class PipeReader(io.RawIOBase):
         if thread is None:
             return
         self._stop.set()
+        with self._room:
+            self._room.notify_all()
         while thread.is_alive():
             thread.join(timeout=0.1)  # a signal handler can still run meanwhile
         self._thread = None
@@ -123,7 +159,9 @@ class PipeReader(io.RawIOBase):
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         view = memoryview(buffer).cast("B")
-        if self._thread is not None:
+        if self._thread is not None and self._held <= len(view):
+            # Caught up (or nearly): the rest comes from the pipe directly, after what the
+            # thread's read in progress adds.
             self.stop()
         if self._ahead:
             return self._take_ahead(view)
@@ -152,4 +190,8 @@ class PipeReader(io.RawIOBase):
             if self._ahead_offset == len(head):
                 self._ahead.popleft()  # freed as it is handed out
                 self._ahead_offset = 0
+        with self._room:
+            self._held -= filled
+            self._taken += filled
+            self._room.notify()
         return filled

@@ -1,6 +1,7 @@
 """``source.pipe.PipeReader`` over real pipes written by a real child process: the bytes come out
 whole and in order, whether they were read ahead, read directly, or both, and the read-ahead
-stays within its limit and ends when the writer does."""
+never holds more than its limit, keeps the writer going while the consumer catches up, and ends
+when the writer does."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from contentflow_backupd.repository.chunker import Chunker, ChunkerParams
-from contentflow_backupd.source.pipe import READ_SIZE, PipeReader, pipe_size
+from contentflow_backupd.source.pipe import CATCH_UP, READ_SIZE, PipeReader, pipe_size
 from contentflow_backupd.source.tools import widen_pipe
 
 # A child that writes ``size`` pseudo-random bytes in pieces of ``piece`` bytes (as pg_dump does,
@@ -89,21 +91,55 @@ def test_the_stream_comes_out_whole_and_in_order(size: int, piece: int, limit: i
         if limit >= size:
             proc.wait()  # the writer is done: the read-ahead holds everything, then EOF
         data = read_all(reader)
-        assert reader.read_ahead <= limit
+        assert reader.peak_held <= limit
         assert reader.readinto(bytearray(10)) == 0  # EOF stays EOF
     assert data == expected(size, piece, 7)
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll until ``condition()`` (the reader's thread works on its own); fails after 60 s."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.01)
 
 
 def test_the_read_ahead_stops_at_its_limit_while_the_writer_waits() -> None:
     with writer(8_000_000, 65536) as (proc, reader):
         reader.prefetch(2_000_000)
-        assert reader._thread is not None
-        reader._thread.join(timeout=60)  # ends at the limit although the writer has more
-        assert not reader._thread.is_alive()
-        assert reader.read_ahead == 2_000_000
+        wait_for(lambda: reader.read_ahead == 2_000_000)  # and not a byte more: the writer waits
+        assert reader._thread is not None and reader._thread.is_alive()
         assert proc.poll() is None  # blocked on the full pipe, not finished
         data = read_all(reader)
+        assert reader.peak_held == 2_000_000
     assert data == expected(8_000_000, 65536, 7)
+
+
+def test_the_writer_goes_on_while_the_consumer_works_through_the_backlog() -> None:
+    """The consumer's first reads take what was read ahead; meanwhile the thread reads on,
+    ``CATCH_UP - 1`` bytes for every ``CATCH_UP`` taken, so the writer is not stopped until the
+    whole backlog is handed out, and the memory held only shrinks."""
+    limit = 4_000_000
+    taken = 2_000_000
+    more = taken - taken // CATCH_UP  # what the thread may read meanwhile
+    with writer(12_000_000, 65536) as (_proc, reader):
+        reader.prefetch(limit)
+        wait_for(lambda: reader.read_ahead == limit)
+        buf = bytearray(500_000)
+        out = bytearray()
+        for _ in range(taken // len(buf)):
+            n = reader.readinto(buf)
+            assert n == len(buf)
+            out += buf[:n]
+        wait_for(lambda: reader.read_ahead == limit + more)  # and not a byte more
+        assert reader._thread is not None  # the backlog is not handed out yet
+        assert reader.peak_held == limit
+        while n := reader.readinto(buf):
+            out += buf[:n]
+        assert reader._thread is None  # stopped once the backlog was (nearly) handed out
+        assert reader.peak_held == limit
+        assert limit + more <= reader.read_ahead <= 12_000_000
+    assert bytes(out) == expected(12_000_000, 65536, 7)
 
 
 def test_small_buffers_take_the_read_ahead_in_pieces() -> None:
