@@ -31,6 +31,7 @@ from contentflow_backupd.scheduling.pool import QUEUED_TOO_LONG
 from contentflow_backupd.settings import load_settings
 from contentflow_backupd.wiring.app import App
 from contentflow_backupd.wiring.fleet import Fleet
+from tests.support.daemon import far_schedule
 from tests.support.fake_pg import Content, FakeLogicalSource, FakePhysicalSource
 
 WAIT = 120.0
@@ -223,7 +224,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         'verify = "off"\nrestore_test = "off"\nspread = "0s"\n'
         f'[clusters.down]\ndatabase_url = "{nowhere.format("down")}"\n'
         f'[clusters.hung]\ndatabase_url = "{nowhere.format("hung")}"\n'
-        '[clusters.hung.schedule]\nfull = "every 1h"\n'
+        f'[clusters.hung.schedule]\nfull = "{far_schedule()}"\n'  # its first full only
         f'[clusters.ok]\ndatabase_url = "{nowhere.format("ok")}"\nmode = "physical"\n'
         '[clusters.ok.wal]\nmethod = "archive_command"\n'
         '[clusters.ok.schedule]\nfull = "every 3s"\nwal = "every 1s"\n'
