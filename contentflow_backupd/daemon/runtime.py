@@ -206,7 +206,9 @@ class JobRunner:
         cancel = job.cancel
         try:
             with (
-                structlog.contextvars.bound_contextvars(job=job_id, trigger=trigger),
+                structlog.contextvars.bound_contextvars(
+                    cluster=self.app.cluster, job=job_id, trigger=trigger
+                ),
                 progress.tracking(job_id, cluster=self.app.cluster) as tracker,
                 owned_by(job.owner),
                 watching(tracker.position, self.app.stall_timeout_s, lambda why: self.stall(job, why)),
