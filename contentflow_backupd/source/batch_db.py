@@ -96,7 +96,7 @@ class BatchSession:
 
     def __init__(self, info: ConnInfo) -> None:
         params = {**info.params, "application_name": "contentflow-backupd migrate batch"}
-        self._conn = connect(ConnInfo(params=params, password=info.password))
+        self._conn = connect(ConnInfo(params=params, password=info.password, setting=info.setting))
         self.server_version = self._conn.info.server_version
 
     def close(self) -> None:

@@ -27,21 +27,25 @@ class ConnInfo:
 
     params: dict[str, str]
     password: str | None = field(default=None)
+    setting: str = field(default="BACKUPD_DATABASE_URL", compare=False)
+    """The setting it came from, for messages (``BACKUPD_CLUSTERS__ORDERS__DATABASE_URL``)."""
 
     @classmethod
     def parse(cls, url: str | None, *, setting: str = "BACKUPD_DATABASE_URL") -> ConnInfo:
         if not url:
-            return cls(params={})
+            return cls(params={}, setting=setting)
         try:
             params = {k: str(v) for k, v in pgconninfo.conninfo_to_dict(url).items() if v is not None}
         except psycopg.Error as exc:
             msg = str(exc).replace(url, "<url>")
             raise ConfigError(f"{setting}: not a valid PostgreSQL connection string ({msg})") from None
         password = params.pop("password", None)
-        return cls(params=params, password=password)
+        return cls(params=params, password=password, setting=setting)
 
     def with_database(self, dbname: str) -> ConnInfo:
-        return ConnInfo(params={**self.params, "dbname": dbname}, password=self.password)
+        return ConnInfo(
+            params={**self.params, "dbname": dbname}, password=self.password, setting=self.setting
+        )
 
     @property
     def dbname(self) -> str | None:

@@ -266,7 +266,11 @@ class PgBaseBackupSource:
         only the blocks changed since that backup (PostgreSQL 17+, ``summarize_wal = on``)."""
         pg_basebackup = find_tool("pg_basebackup", server_major, self._bin_dir)
         app = f"cfbackupd-{label[-6:]}"
-        conninfo = ConnInfo(params={**self.info.params, "application_name": app}, password=self.info.password)
+        conninfo = ConnInfo(
+            params={**self.info.params, "application_name": app},
+            password=self.info.password,
+            setting=self.info.setting,
+        )
         argv = [
             str(pg_basebackup), "--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast",
             "--no-password", f"--label={label}", "--manifest-checksums=CRC32C", "--dbname", conninfo.safe(),

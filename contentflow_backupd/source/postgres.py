@@ -92,7 +92,7 @@ def connect(
         reason = scrubbed_reason(exc, info)
         raise SourceError(
             f"cannot connect to {what} at {info.display()}: {reason}",
-            hint="check BACKUPD_DATABASE_URL (or PGHOST/PGPORT/PGUSER), and that the server runs",
+            hint=f"check {info.setting} (or PGHOST/PGPORT/PGUSER), and that the server runs",
         ) from None
 
 

@@ -25,7 +25,10 @@ def source_conninfo(settings: Settings) -> ConnInfo:
     from contentflow_backupd.source.conninfo import ConnInfo
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    return ConnInfo.parse(url)
+    setting = (
+        f"BACKUPD_CLUSTERS__{settings.cluster.upper()}__DATABASE_URL" if settings.named_cluster else None
+    )
+    return ConnInfo.parse(url, setting=setting or "BACKUPD_DATABASE_URL")
 
 
 def logical_source(settings: Settings) -> PgDumpSource:
