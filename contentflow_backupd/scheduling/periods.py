@@ -7,11 +7,13 @@ always matches what the daemon really does, time zone and daylight saving time i
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from contentflow_backupd.timespec import Schedule, cron_weekdays
 
@@ -58,6 +60,28 @@ def cron_trigger(cron: str, timezone: str | ZoneInfo) -> CronTrigger:
     return CronTrigger(
         minute=minute, hour=hour, day=day, month=month, day_of_week=cron_weekdays(weekday), timezone=timezone
     )
+
+
+class AlignedIntervalTrigger(IntervalTrigger):  # type: ignore[misc]
+    """``every <n>``: fires at ``start_date + k * n`` only, whatever fired before.
+
+    APScheduler's ``IntervalTrigger`` plans the next fire at the previous one + n, so a run fired
+    off its grid (``Scheduler.run_soon``: the first full backup at start) moved every later fire
+    to the daemon's start time: fifty clusters started together kept firing together, whatever
+    their spread offsets. This one returns the first grid time after the previous fire (the same
+    as APScheduler's when the previous fire was on the grid, as every scheduled one is). ``str``
+    is the parent's, so a stored job of an earlier version keeps its next fire time."""
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is None:
+            first: datetime | None = super().get_next_fire_time(None, now)
+            return first
+        start = self.start_date.timestamp()
+        steps = math.floor((previous_fire_time.timestamp() - start) / self.interval_length) + 1
+        fire = start + self.interval_length * steps
+        if self.end_date and fire > self.end_date.timestamp():
+            return None
+        return datetime.fromtimestamp(fire, tz=self.timezone)
 
 
 @lru_cache(maxsize=64)

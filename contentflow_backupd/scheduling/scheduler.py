@@ -40,7 +40,6 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from contentflow_backupd.errors import ConfigError
 from contentflow_backupd.model import JOB_NAMES, Scope
@@ -83,7 +82,7 @@ def build_trigger(spec: JobSpec, timezone: str) -> BaseTrigger:
     """The APScheduler trigger of a schedule, moved by the cluster's spread offset when it has one
     (:class:`~contentflow_backupd.scheduling.spread.SpreadTrigger`); ``ConfigError`` naming the
     setting when APScheduler rejects a crontab field (``61 * * * *``)."""
-    from contentflow_backupd.scheduling.periods import schedule_period
+    from contentflow_backupd.scheduling.periods import AlignedIntervalTrigger, schedule_period
     from contentflow_backupd.scheduling.spread import SpreadTrigger, spread_offset
 
     sched = spec.schedule
@@ -94,7 +93,7 @@ def build_trigger(spec: JobSpec, timezone: str) -> BaseTrigger:
             base = cron_trigger(sched.cron, timezone)
         elif sched.kind == "every":
             assert sched.seconds is not None
-            base = IntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
+            base = AlignedIntervalTrigger(seconds=int(sched.seconds), start_date=_EPOCH, timezone=timezone)
         else:
             raise ConfigError(f"{spec.setting}: 'off' has no trigger")
         offset = 0

@@ -249,3 +249,67 @@ def test_the_stored_job_keeps_its_spread_time_across_restarts(tmp_path: Path) ->
     plain, plain_trigger = _stored_next_run(tmp_path, 0.0)  # a changed window plans again
     assert "spread" not in plain_trigger
     assert plain.astimezone(BERLIN).time() == datetime(2026, 1, 1, 2).time()
+
+
+# -- every <n>: a run fired off the grid does not move the later fires ----------------------------
+def test_an_interval_fires_on_its_grid_whatever_fired_before() -> None:
+    from contentflow_backupd.scheduling.periods import AlignedIntervalTrigger
+    from contentflow_backupd.scheduling.scheduler import _EPOCH
+
+    trigger = AlignedIntervalTrigger(seconds=20, start_date=_EPOCH, timezone="UTC")
+    grid = datetime(2026, 12, 8, 1, 0, 0, tzinfo=UTC)  # a multiple of 20 s after the epoch
+    assert trigger.get_next_fire_time(grid, grid) == grid + timedelta(seconds=20)  # as APScheduler's
+    early = grid + timedelta(seconds=7.5)  # e.g. run_soon at start
+    assert trigger.get_next_fire_time(early, early) == grid + timedelta(seconds=20)
+    assert trigger.get_next_fire_time(None, early) == grid + timedelta(seconds=20)
+    assert str(trigger) == "interval[0:00:20]"  # as stored by earlier versions: rows keep their time
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.sampled_from(["orders", "billing", "eu-1", "main"]),
+    st.integers(min_value=60, max_value=86400),
+    st.floats(min_value=0, max_value=10 * 86400, allow_nan=False),
+)
+def test_after_any_fire_the_next_is_on_the_clusters_grid(cluster: str, period: int, after_s: float) -> None:
+    from contentflow_backupd.scheduling.scheduler import _EPOCH
+
+    spec = _spec(f"{cluster}:full", f"every {period}s", 1800.0, cluster=cluster)
+    offset = spread_offset(cluster, 1800.0, float(period))
+    previous = datetime(2026, 12, 8, tzinfo=UTC) + timedelta(seconds=after_s)
+    fire = build_trigger(spec, "UTC").get_next_fire_time(previous, previous)
+    assert fire is not None and previous < fire <= previous + timedelta(seconds=period)
+    since = (fire - _EPOCH.replace(tzinfo=UTC)).total_seconds() - offset
+    assert abs(since / period - round(since / period)) < 1e-6, (fire, offset)
+
+
+def test_the_first_full_run_at_start_keeps_the_later_fires_on_the_grid(tmp_path: Path) -> None:
+    """``run_soon`` (no full backup yet) fires at once; the next fire is the cluster's own grid
+    time, not an interval after the start (which put every cluster started together in step)."""
+    import threading
+
+    from contentflow_backupd.scheduling import jobs
+    from contentflow_backupd.scheduling.scheduler import _EPOCH
+
+    ran = threading.Event()
+    jobs.install(lambda job, trigger: ran.set(), "orders")
+    engine = create_engine(f"sqlite:///{tmp_path}/catalog.db")
+    sched = Scheduler(engine, "UTC", scope=Scope("repo", "orders"), max_workers=2)
+    try:
+        sched.register([_spec("orders:full", "every 1h", 1800.0)])
+        sched.run_soon("orders:full")
+        sched.resume()
+        assert ran.wait(60), "run_soon did not fire"
+        for _ in range(600):  # APScheduler stores the next fire time right after submitting
+            job = sched._sched.get_job("orders:full")
+            if job.next_run_time is not None and job.next_run_time > datetime.now(UTC):
+                break
+            ran.wait(0.1)
+        offset = spread_offset("orders", 1800.0, 3600.0)
+        since = (job.next_run_time - _EPOCH.replace(tzinfo=UTC)).total_seconds() - offset
+        assert since % 3600 == 0, (job.next_run_time, offset)
+    finally:
+        jobs.install(None, "orders")
+        sched.shutdown()
+        sched.executor.shutdown(wait=True)
+        engine.dispose()
