@@ -1,7 +1,8 @@
 """The fleet benchmark (issue 18, docs/design/fleet.md step 9): what 1,000 clusters cost the
 scheduler and the catalog, not PostgreSQL.
 
-Two parts, each reported as a table and in ``bench/results/fleet.json`` (never a test assertion):
+Three parts, each reported as a table and in ``bench/results/fleet.json`` (never a test assertion;
+method and results in bench/README.md "The fleet"):
 
 1. **Spread.** Every cluster's jobs with the configured schedules (``0 2 * * *`` fulls,
    ``0 */6 * * *`` incrementals, ``every 1m`` WAL ticks), their triggers built by the daemon's own
@@ -10,17 +11,22 @@ Two parts, each reported as a table and in ``bench/results/fleet.json`` (never a
    coefficient of variation of the fires per second over the window against a uniform spread
    (the offsets are hashes of the cluster names, so exact and independent of the machine).
 2. **Catalog and takeover.** A PostgreSQL catalog (a cluster started by the bench), ``members``
-   daemons (threads, each with its own catalog connection pool, as separate processes would
-   have) that announce all the clusters and every ``poll`` seconds run the fleet's renewal round:
-   ``heartbeat_and_renew``, ``live_daemons``, ``leases``, ``assign`` and ``claim`` of the free
-   clusters assigned to them (``daemon/membership.py`` when present, else the same round written
-   here over ``catalog/fleet.py: SqlFleet``). Reported: the time until every cluster is owned at
-   the start, the catalog statements per minute in the steady state (a counter on each engine's
-   ``before_cursor_execute``, and the catalog database's ``xact_commit``), the owners' spread,
-   and, after one member stops renewing (its thread stops dead, as after ``kill -9``), the time
-   until every one of its clusters is owned by a survivor (the lease TTL bounds it from below).
+   daemons' lease engines (``daemon/membership.py: Membership``, run as the daemon runs it, each
+   on a catalog connection pool of its own). Reported: the time until every cluster is owned
+   and gained at the start, the catalog statements per minute in the steady state (a counter on
+   each engine's ``before_cursor_execute``, and the catalog database's ``xact_commit``), the
+   tick's time, the owners' spread, and, after one member stops dead (its threads stop, its
+   leases stay, as after ``kill -9``), the time until every one of its clusters is owned by a
+   survivor and, per cluster, until a survivor's ``on_gain`` (p50, max).
+3. **One daemon.** ``Daemon.run`` in a child process per size (``--daemon-sizes``, default 10, 100
+   and 1,000 clusters) over ``wiring.Fleet`` with fake logical sources
+   (``tests/support/fake_pg.py``), a shared ``file://`` repository on tmpfs, its SQLite catalog
+   and compressed schedules: CPU seconds and PSS, catalog statements and runs per minute, the
+   delay from each run's planned fire time to its start per class, the warnings and errors it
+   logged, the time it takes to stop after SIGTERM; slopes per cluster over the sizes.
 
     .venv/bin/python bench/fleet.py [--clusters 1000] [--members 3] [--ttl 15] [--poll 5]
+        [--daemon-sizes 10,100,1000] [--warmup 150] [--measure 90] [--no-catalog]
 """
 
 from __future__ import annotations
@@ -303,6 +309,8 @@ DAEMON_SPREAD = "30m"
 PAD = 20_000
 """Bytes of padding in each fake dump (one chunk or two: the bench measures the scheduler)."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+STOP_WAIT = 300.0
+"""Beyond the warm-up and the measure, how long a daemon gets to stop before it is killed."""
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
@@ -500,6 +508,7 @@ def daemon_child(count: int, warmup_s: float, measure_s: float, out: Path, workd
             result["errors_logged"] = logged_problems(workdir / "daemon.log")
         except Exception as exc:  # reported by the parent
             result["error"] = f"{type(exc).__name__}: {exc}"
+        result["sigterm_at"] = time.time()
         out.write_text(json.dumps(result, indent=2) + "\n")
         os.kill(os.getpid(), signal.SIGTERM)  # the daemon records it and stops
 
@@ -535,15 +544,22 @@ def measure_daemon(count: int, warmup_s: float, measure_s: float) -> dict[str, A
             str(workdir),
         ]
         child = subprocess.Popen(command)
-        try:
-            child.wait(timeout=warmup_s + measure_s + 300)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + warmup_s + measure_s + STOP_WAIT
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gone_at = time.time()
+        killed = child.poll() is None
+        if killed:
             child.kill()
             child.wait()
         if not out.exists():
             raise RuntimeError(f"the daemon of {count} clusters left no figures (exit {child.returncode})")
         result: dict[str, Any] = json.loads(out.read_text())
         result["exit_code"] = child.returncode
+        result["killed"] = killed
+        # from the SIGTERM to the process gone
+        sent = result.get("sigterm_at")
+        result["stop_s"] = None if killed or sent is None else round(gone_at - sent, 1)
         if "error" in result:
             raise RuntimeError(f"the daemon of {count} clusters: {result['error']}")
         return result
@@ -684,7 +700,11 @@ def render(result: dict[str, Any]) -> str:
             )
         for r in d["runs"]:
             problems = ", ".join(f"{event} x{n}" for event, n in r.get("errors_logged", {}).items())
-            lines.append(f"logged warnings and errors, {r['clusters']} clusters: {problems or 'none'}")
+            stop = "killed" if r.get("killed") else f"{r.get('stop_s')} s, exit {r.get('exit_code')}"
+            lines.append(
+                f"{r['clusters']} clusters: stopped after SIGTERM in {stop};"
+                f" logged warnings and errors: {problems or 'none'}"
+            )
         lines.append(
             f"per cluster (slope): {d['cpu_s_per_minute_per_cluster']} CPU s/min,"
             f" {d['pss_kib_per_cluster']} KiB PSS,"
