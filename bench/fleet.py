@@ -700,9 +700,13 @@ def render(result: dict[str, Any]) -> str:
             )
         for r in d["runs"]:
             problems = ", ".join(f"{event} x{n}" for event, n in r.get("errors_logged", {}).items())
-            stop = "killed" if r.get("killed") else f"{r.get('stop_s')} s, exit {r.get('exit_code')}"
+            stop = (
+                "not within the bench's wait (--warmup + --measure + 300 s from its start), killed"
+                if r.get("killed")
+                else f"{r.get('stop_s')} s, exit {r.get('exit_code')}"
+            )
             lines.append(
-                f"{r['clusters']} clusters: stopped after SIGTERM in {stop};"
+                f"{r['clusters']} clusters: stop after SIGTERM {stop};"
                 f" logged warnings and errors: {problems or 'none'}"
             )
         lines.append(
