@@ -374,6 +374,10 @@ def check_audit_copy(repo: Repository, catalog: AuditCatalog | None) -> CopyChec
     to this repository is there, identical to the catalog's (the first difference is named)."""
     check = CopyCheck()
     stored: dict[int, AuditEvent] = {}
+    # How far the catalog has copied, read *before* the listing: a flush (another cluster's job
+    # on this repository) puts its object, then moves the mark, so every record up to a mark read
+    # first is in the listing. Read after it, a flush in between made its records "missing".
+    flushed = None if catalog is None else catalog.get_audit_flushed_seq(repo.id)
     for info in repo.storage.list(AUDIT_PREFIX):
         match = _OBJECT_KEY.match(info.key)
         if match is None:
@@ -397,14 +401,13 @@ def check_audit_copy(repo: Repository, catalog: AuditCatalog | None) -> CopyChec
     if broken is not None:
         check.problems.append(CopyProblem(None, broken.seq, f"record {broken.seq}: {broken.problem}"))
     if catalog is not None:
-        check.first_difference = _first_difference(catalog, repo, stored)
+        check.first_difference = _first_difference(catalog, flushed, stored)
     return check
 
 
 def _first_difference(
-    catalog: AuditCatalog, repo: Repository, stored: Mapping[int, AuditEvent]
+    catalog: AuditCatalog, flushed: int | None, stored: Mapping[int, AuditEvent]
 ) -> CopyProblem | None:
-    flushed = catalog.get_audit_flushed_seq(repo.id)
     if flushed is None:
         return None  # this catalog never copied its records to this repository
     mine = {e.seq: e for e in catalog.list_audit_events() if e.seq <= flushed}
