@@ -28,14 +28,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.events import (
+    EVENT_ALL_JOBS_REMOVED,
+    EVENT_JOB_ADDED,
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_MODIFIED,
+    EVENT_JOB_REMOVED,
+    EVENT_JOB_SUBMITTED,
+    EVENT_JOBSTORE_ADDED,
+    EVENT_JOBSTORE_REMOVED,
+    JobSubmissionEvent,
+    SchedulerEvent,
+)
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
@@ -52,6 +68,24 @@ log = structlog.get_logger(__name__)
 
 JOB_IDS = JOB_NAMES
 PREVIOUS_RUN_GOING = "the previous run of this job was still running or queued"
+NEXT_RUNS_REFRESH = 60.0
+"""Seconds a store's next fire times are reused by ``Scheduler.next_runs`` when nothing changed."""
+CHANGE_SETTLE = 5.0
+"""Seconds after a job event during which ``Scheduler.next_runs`` reads the store every time."""
+_JOB_CHANGES = (
+    EVENT_JOB_ADDED
+    | EVENT_JOB_REMOVED
+    | EVENT_JOB_MODIFIED
+    | EVENT_JOB_SUBMITTED
+    | EVENT_JOB_EXECUTED
+    | EVENT_JOB_ERROR
+    | EVENT_JOB_MISSED
+    | EVENT_JOB_MAX_INSTANCES
+    | EVENT_ALL_JOBS_REMOVED
+    | EVENT_JOBSTORE_ADDED
+    | EVENT_JOBSTORE_REMOVED
+)
+"""The APScheduler events after which a store's next fire times may have changed."""
 LEGACY_TABLE = "apscheduler_jobs"
 """The one job table of earlier versions, shared by every daemon on the catalog."""
 
@@ -169,6 +203,12 @@ class Scheduler:
             timezone=timezone,
         )
         self._sched.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        self._next_runs: dict[str, tuple[float, dict[str, datetime | None]]] = {}
+        """Store alias -> (when read, its next fire times): ``next_runs`` reads a store again
+        only after a change of its jobs, or ``NEXT_RUNS_REFRESH`` later."""
+        self._changed: dict[str | None, float] = {}
+        """Store alias (None: every store) -> when its jobs last changed (monotonic)."""
+        self._sched.add_listener(self._on_event, _JOB_CHANGES)
         aps = logging.getLogger("apscheduler")
         if not any(isinstance(h, _ToStructlog) for h in aps.handlers):
             aps.addHandler(_ToStructlog(level=logging.WARNING))
@@ -369,13 +409,30 @@ class Scheduler:
 
     def next_runs(self, store: str = "default") -> dict[str, datetime | None]:
         """Next fire time of every job of ``store``, by bare job name (None when off or paused
-        out); an empty mapping for a store not served."""
+        out); an empty mapping for a store not served.
+
+        Read from the store (a query and an unpickling per job) only when its jobs changed in the
+        last ``CHANGE_SETTLE`` seconds (APScheduler writes the next fire time just after it
+        reports a submission), or ``NEXT_RUNS_REFRESH`` after the last read: the daemon asks for
+        every cluster every second, which at 1,000 clusters was most of its catalog load."""
         if store not in self._stores:
+            self._next_runs.pop(store, None)
             return {}
+        now = time.monotonic()
+        cached = self._next_runs.get(store)
+        changed = max(self._changed.get(store, -math.inf), self._changed.get(None, -math.inf))
+        if cached is not None and cached[0] > changed + CHANGE_SETTLE and now - cached[0] < NEXT_RUNS_REFRESH:
+            return dict(cached[1])
         out: dict[str, datetime | None] = dict.fromkeys(JOB_IDS)
         for job in self._sched.get_jobs(jobstore=store):
             out[jobs.parse_job_id(job.id)[1]] = job.next_run_time
-        return out
+        self._next_runs[store] = (now, out)
+        return dict(out)
+
+    def _on_event(self, event: SchedulerEvent) -> None:
+        """Any job or store event: that store's next fire times are read afresh for a while."""
+        alias = getattr(event, "jobstore", None) or getattr(event, "alias", None)
+        self._changed[alias if isinstance(alias, str) else None] = time.monotonic()
 
     def take_skipped(self) -> list[tuple[str, str]]:
         """(job id, reason) of every fire that did not run since the last call: its previous run

@@ -108,3 +108,33 @@ def test_adding_a_cluster_is_all_or_nothing(sched: Scheduler) -> None:
     assert sched.clusters() == [] and "orders" not in sched._sched._jobstores
     sched.add_cluster("orders", Scope("r1", "orders"), specs("orders"))  # a retry succeeds
     assert sched.clusters() == ["orders"] and sched.next_runs("orders")["full"] is not None
+
+
+def test_next_runs_reads_a_store_again_only_after_a_change(engine: Any, sched: Scheduler) -> None:
+    """The daemon asks every cluster's next fire times every second: a store is read again only
+    when its jobs changed (or after ``NEXT_RUNS_REFRESH``), not 1,000 queries a second."""
+    from sqlalchemy import event
+
+    from contentflow_backupd.scheduling import scheduler as module
+
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    settle = module.CHANGE_SETTLE
+    module.CHANGE_SETTLE = 0.0  # a change is read once, right after it (not every time for 5 s)
+    try:
+        sched.add_cluster("orders", Scope("r1", "orders"), specs("orders"))
+        first = sched.next_runs("orders")
+        assert first["full"] is not None and first["retention"] is None
+        statements.clear()
+        assert sched.next_runs("orders") == first  # nothing changed: no query
+        assert statements == []
+        sched.pause()  # so that the job due now stays due (no handler runs it)
+        sched.run_soon("orders:full", store="orders")  # a change (modify_job): read again
+        again = sched.next_runs("orders")
+        assert again["full"] is not None and again["full"] < first["full"]
+        assert statements
+        statements.clear()
+        sched.remove_cluster("orders")
+        assert sched.next_runs("orders") == {}
+    finally:
+        module.CHANGE_SETTLE = settle
