@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.errors import LeaseLost
 from contentflow_backupd.model import RunRecord, RunTrigger, Scope
 
 __all__ = ["FencedCatalog", "LeaseLost", "fenced"]
+
+log = structlog.get_logger(__name__)
 
 
 class FencedCatalog:
@@ -44,12 +48,14 @@ class FencedCatalog:
         ``LeaseLost``, recording nothing, when it does not hold it (any more)."""
         epoch = self._epoch_of(scope.cluster)
         if epoch is None:
+            log.warning("fleet_run_refused", cluster=scope.cluster, job=job, reason="lease not held")
             raise LeaseLost(
                 f"{job} of cluster {scope.cluster!r} not started: this daemon ({self.daemon_id}) "
                 "does not hold the cluster's lease"
             )
         run = self._catalog.start_run_fenced(self.daemon_id, epoch, scope, job, trigger, pid=pid, host=host)
         if run is None:
+            log.warning("fleet_run_refused", cluster=scope.cluster, job=job, epoch=epoch, reason="moved")
             raise LeaseLost(
                 f"{job} of cluster {scope.cluster!r} not started: the catalog refused it, the lease "
                 f"of this daemon ({self.daemon_id}, epoch {epoch}) has expired or moved to another daemon"

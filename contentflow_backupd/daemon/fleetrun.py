@@ -32,7 +32,6 @@ daemon owns every configured cluster, as before.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -47,20 +46,6 @@ from contentflow_backupd.daemon.parts import DaemonApp, FleetApp
 from contentflow_backupd.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-
-
-def lease_name(cluster: str, repository_url: str) -> str:
-    """The name of cluster ``cluster``'s lease in ``fleet_leases``: ``<cluster>@<8 hex digits of
-    BLAKE2b over its repository URL>``, so that clusters of one name in two repositories (two
-    scopes, as the old advisory locks were) are two leases, while every daemon of a fleet, sharing
-    its configuration, names a cluster's lease alike. A cluster name has no ``@``."""
-    digest = hashlib.blake2b(repository_url.rstrip("/").encode(), digest_size=4).hexdigest()
-    return f"{cluster}@{digest}"
-
-
-def cluster_of_lease(lease: str) -> str:
-    """The cluster a lease name (``lease_name``) is of."""
-    return lease.partition("@")[0]
 
 
 OLD_LOCK_SQL = (
@@ -98,9 +83,6 @@ class FleetRun:
         self._fleet_lock = threading.Lock()
         self._catch_up: dict[str, list[str]] = {}
         self._pending: dict[str, list[Callable[[], None]]] = {}
-        self._lease_of: dict[str, str] = {}
-        """Cluster -> the name of its lease (``lease_name``)."""
-        self._cluster_of: dict[str, str] = {}
 
     # -- joining and leaving -------------------------------------------------------------------
     def _start_fleet(self) -> None:
@@ -108,10 +90,7 @@ class FleetRun:
         assert self._catalog is not None
         member = self.fleet.fleet_member
         self.daemon_id = new_daemon_id(member)
-        for name in self.clusters:
-            lease = lease_name(name, self.fleet.cluster(name).repository_url)
-            self._lease_of[name], self._cluster_of[lease] = lease, name
-        digests = {self._lease_of[name]: self.fleet.digest(name) for name in self.clusters}
+        digests = {name: self.fleet.digest(name) for name in self.clusters}
         self.membership = Membership(
             self._catalog,
             member,
@@ -145,37 +124,30 @@ class FleetRun:
         assert self._catalog is not None
         if self.membership is None or self.daemon_id is None:
             return self._catalog
-        return fenced(self._catalog, self.daemon_id, self._epoch_of)
-
-    def _epoch_of(self, name: str) -> int | None:
-        """The epoch of this daemon's lease of cluster ``name`` while it serves it, else None."""
-        lease = self._lease_of.get(name)
-        return None if self.membership is None or lease is None else self.membership.epoch_of(lease)
+        return fenced(self._catalog, self.daemon_id, self.membership.epoch_of)
 
     def owns(self, name: str) -> bool:
         """Whether this daemon may run cluster ``name``'s jobs now: always on SQLite; in a fleet,
         while its lease is held (and gained) and no older daemon holds the cluster."""
-        return self.membership is None or self._epoch_of(name) is not None
+        return self.membership is None or self.membership.epoch_of(name) is not None
 
     # -- the membership's callbacks (on its thread) ----------------------------------------------
-    def _on_gain(self, lease: str, epoch: int, catch_up: list[str]) -> None:
-        cluster = self._cluster_of.get(lease)
-        if self.stopping.is_set() or cluster is None:
+    def _on_gain(self, cluster: str, epoch: int, catch_up: list[str]) -> None:
+        if self.stopping.is_set():
             return
         log.info("fleet_cluster_starting", cluster=cluster, epoch=epoch, catch_up=catch_up)
         with self._fleet_lock:
             self._catch_up[cluster] = list(catch_up)
         self._in_order(cluster, lambda: self._gain(cluster))
 
-    def _on_lose(self, lease: str, reason: str) -> None:
-        cluster = self._cluster_of.get(lease)
-        if self.stopping.is_set() or cluster is None:
+    def _on_lose(self, cluster: str, reason: str) -> None:
+        if self.stopping.is_set():
             return  # the shutdown stops every cluster
         log.warning("fleet_cluster_stopping", cluster=cluster, reason=reason)
         self._in_order(cluster, lambda: self._lose(cluster))
 
-    def _busy(self, lease: str) -> bool:
-        runtime = self.runtimes.get(self._cluster_of.get(lease, ""))
+    def _busy(self, cluster: str) -> bool:
+        runtime = self.runtimes.get(cluster)
         return runtime is not None and bool(runtime.running())
 
     def _gain(self, cluster: str) -> None:
