@@ -306,9 +306,10 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
     tmp_path: Path, pg: PgCluster, pg_db: str
 ) -> None:
     """Three daemons on one PostgreSQL catalog: clusters a and b of one repository, and a cluster
-    a of another repository. Each leads its own scope and keeps its jobs in its own table, so no
-    daemon fires, reschedules or removes another's jobs (in one shared table they did; and the
-    second repository's daemon stood by for ever behind the first's lock)."""
+    c of another repository. Each holds its own cluster's lease and keeps its jobs in its own
+    table, so no daemon fires, reschedules or removes another's jobs (in one shared table they
+    did). A fleet names a cluster once per catalog: the same name in two repositories is one
+    lease (docs/daemon.md "Several daemons")."""
     _fill(pg, pg_db, rows=50)
     catalog_db = pg.create_database()
     base = daemon_env(
@@ -317,7 +318,7 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
     scopes = {
         "a": {"BACKUPD_CLUSTER": "a"},
         "b": {"BACKUPD_CLUSTER": "b", "BACKUPD_SCHEDULE__FULL": "0 4 * * *"},
-        "other-repo": {"BACKUPD_CLUSTER": "a", "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo2'}"},
+        "other-repo": {"BACKUPD_CLUSTER": "c", "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo2'}"},
     }
     daemons: dict[str, Daemon] = {}
     try:
@@ -343,7 +344,7 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
             rows = pg.execute(f"select id, next_run_time from {table}", catalog_db)
             assert [r[0] for r in rows] == ["full"], rows
             fire_hours.add(datetime.fromtimestamp(float(rows[0][1]), UTC).hour)
-        assert fire_hours == {3, 4}  # b's schedule is its own; a's two daemons keep theirs
+        assert fire_hours == {3, 4}  # b's schedule is its own; a's and c's daemons keep theirs
         seen = set()
         for name, d in daemons.items():
             cli = Cli(env=d.env)
