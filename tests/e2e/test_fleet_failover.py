@@ -34,6 +34,7 @@ from contentflow_backupd.repository.walarchive import WalArchive
 from contentflow_backupd.storage.local import LocalStorage
 from contentflow_backupd.wal import parse_lsn, segment_of_lsn
 from tests.conftest import PASSPHRASE
+from tests.support.cli import Cli
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.pg
@@ -68,8 +69,13 @@ def owned(d: Daemon) -> set[str]:
         return set()
 
 
-def has_full(d: Daemon, cluster: str) -> bool:
-    return (d.metric("backupd_backup_runs_total", cluster=cluster, kind="full", result="success") or 0) >= 1
+def has_full(pg: PgCluster, catalog_db: str, cluster: str) -> bool:
+    rows = pg.execute(
+        "select 1 from backups where cluster = %s and kind = 'full' and status = 'succeeded'",
+        catalog_db,
+        params=(cluster,),
+    )
+    return bool(rows)
 
 
 def is_archived(archive: WalArchive, segment: str) -> bool:
@@ -159,12 +165,9 @@ def test_kill_9_of_one_daemon_moves_its_clusters_with_no_gap(
             return [len(s) for s in sets] == [2, 2, 2] and set().union(*sets) == set(CLUSTERS)
 
         daemons["d1"].wait_for("two clusters per daemon", spread, timeout=WAIT)
-        for name in CLUSTERS:
-            owner = next(d for d in daemons.values() if name in owned(d))
-            owner.wait_for(
-                f"{name}'s first full",
-                functools.partial(has_full, owner, name),
-                timeout=WAIT,
+        for name in CLUSTERS:  # on whichever daemon owned it then
+            daemons["d1"].wait_for(
+                f"{name}'s first full", functools.partial(has_full, pg, catalog_db, name), timeout=WAIT
             )
 
         # The victim: a daemon streaming a physical cluster and owning a logical one (with two
@@ -210,8 +213,14 @@ def test_kill_9_of_one_daemon_moves_its_clusters_with_no_gap(
                     moved = sorted(victim_clusters)
                     print(f"\nfleet_takeover_seconds={takeover_s:.1f} (clusters moved: {moved})")
 
+                # status shows each cluster's owner: a survivor.
+                res = Cli(env=next(iter(survivors.values())).env).run("status", "--all-clusters", "--json")
+                doc = res.json()
+                owners = {c["cluster"]: (c["owner"] or {}).get("member") for c in doc["clusters"]}
+                assert set(owners) == set(CLUSTERS) and set(owners.values()) == set(survivors), doc
+
                 # Its pg_receivewal died with it (parent-death signal).
-                victim.wait_for(
+                next(iter(survivors.values())).wait_for(
                     "the dead daemon's pg_receivewal gone",
                     lambda: not any(process_alive(p) for p in receivers),
                     timeout=60,
