@@ -184,6 +184,27 @@ class ClusterControl:
             return
         runtime.run_job(job, trigger)
 
+    def _record_skipped(self) -> None:
+        """The fires the scheduler skipped, recorded by their cluster's runtime."""
+        if self._scheduler is None or self._catalog is None:
+            return
+        from contentflow_backupd.daemon.cluster import runtime_for
+        from contentflow_backupd.scheduling.jobs import parse_job_id
+
+        for job_id, reason in self._scheduler.take_skipped():
+            try:
+                cluster, job = parse_job_id(job_id)
+            except ValueError as exc:
+                log.error("job_id_invalid", job=job_id, error=str(exc))
+                continue
+            runtime = runtime_for(self.runtimes, cluster)
+            if runtime is None:
+                log.error(
+                    "skipped_job_cluster_unknown", job=job_id, reason=reason, clusters=sorted(self.runtimes)
+                )
+                continue
+            runtime.record_skipped(job, reason)
+
     # -- leadership ----------------------------------------------------------------------------
     def _lead(self, runtime: ClusterRuntime) -> None:
         """This daemon now runs ``runtime``'s jobs: its job store, its jobs, its WAL stream."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -43,7 +44,9 @@ from contentflow_backupd.daemon.cluster import ClusterRuntime
 from contentflow_backupd.daemon.fenced import fenced
 from contentflow_backupd.daemon.membership import Membership, new_daemon_id
 from contentflow_backupd.daemon.parts import DaemonApp, FleetApp
+from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.ops.health.evaluate import HealthCheck
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +86,10 @@ class FleetRun:
         self._fleet_lock = threading.Lock()
         self._catch_up: dict[str, list[str]] = {}
         self._pending: dict[str, list[Callable[[], None]]] = {}
+        self._ownerless_since: dict[str, datetime] = {}
+        """Configured clusters seen without a live owner, since when (``cluster_owners``)."""
+        self._elsewhere: dict[str, str] = {}
+        """Configured clusters owned by another daemon: cluster -> ``member(host:pid)``."""
 
     # -- joining and leaving -------------------------------------------------------------------
     def _start_fleet(self) -> None:
@@ -192,6 +199,42 @@ class FleetRun:
             finally:
                 with self._fleet_lock:
                     self._pending[cluster].pop(0)
+
+    # -- health -------------------------------------------------------------------------------
+    def _probe_owners(self) -> None:
+        """On the probe thread, every probe interval: who owns each configured cluster."""
+        if self.membership is None or self._catalog is None:
+            return
+        from contentflow_backupd.daemon.owners import fleet_owners
+        from contentflow_backupd.model import utcnow
+
+        try:
+            owners = fleet_owners(self._catalog)
+        except BackupdError as exc:
+            log.warning("fleet_owners_unreadable", error=exc.message)
+            return
+        now = utcnow()
+        elsewhere: dict[str, str] = {}
+        with self._fleet_lock:
+            for name in self.clusters:
+                owner = owners.get(name)
+                if owner is not None and owner.held and owner.live:
+                    self._ownerless_since.pop(name, None)
+                    if owner.daemon_id != self.daemon_id:
+                        elsewhere[name] = f"{owner.member}({owner.host}:{owner.pid})"
+                else:
+                    self._ownerless_since.setdefault(name, now)
+            self._elsewhere = elsewhere
+
+    def _fleet_health(self, now: datetime) -> tuple[tuple[HealthCheck, ...], dict[str, str]]:
+        """``/healthz``'s ``cluster_owners`` check and the clusters owned elsewhere (a fleet only)."""
+        if self.membership is None:
+            return (), {}
+        from contentflow_backupd.ops.health.fleet import owners_check
+
+        with self._fleet_lock:
+            elsewhere = {c: o for c, o in self._elsewhere.items() if c not in self.runtimes}
+            return (owners_check(dict(self._ownerless_since), now),), elsewhere
 
     # -- leading -------------------------------------------------------------------------------
     def _lead_owned(self, runtime: ClusterRuntime) -> None:

@@ -241,27 +241,6 @@ class Daemon(ClusterControl, FleetRun):
                 when = runs.get(job)
                 runtime.metrics.set_next_run(job, when.timestamp() if when else None)
 
-    def _record_skipped(self) -> None:
-        """The fires the scheduler skipped, recorded by their cluster's runtime."""
-        if self._scheduler is None or self._catalog is None:
-            return
-        from contentflow_backupd.daemon.cluster import runtime_for
-        from contentflow_backupd.scheduling.jobs import parse_job_id
-
-        for job_id, reason in self._scheduler.take_skipped():
-            try:
-                cluster, job = parse_job_id(job_id)
-            except ValueError as exc:
-                log.error("job_id_invalid", job=job_id, error=str(exc))
-                continue
-            runtime = runtime_for(self.runtimes, cluster)
-            if runtime is None:
-                log.error(
-                    "skipped_job_cluster_unknown", job=job_id, reason=reason, clusters=sorted(self.runtimes)
-                )
-                continue
-            runtime.record_skipped(job, reason)
-
     def _status_text(self) -> str:
         """systemd's ``STATUS=``: the next fires and how many clusters are served."""
         from contentflow_backupd.scheduling.jobs import job_id_for
@@ -306,6 +285,7 @@ class Daemon(ClusterControl, FleetRun):
         state = check_dependencies({"catalog": lambda: catalog.get_meta("catalog_probe")})["catalog"]
         self._catalog_dep = state
         self._catalog_up = state.up
+        self._probe_owners()
 
     def _probe_clusters(self) -> None:
         """One probe task per started cluster in the probe pool; a cluster whose last probe
@@ -359,7 +339,16 @@ class Daemon(ClusterControl, FleetRun):
             r.name: r.health(leader=r.leader, objectives=r.app.objectives)
             for r in list(self.runtimes.values())
         }
-        return fleet_health(reports, implicit=self.fleet.implicit, catalog=self._catalog_dep, now=utcnow())
+        now = utcnow()
+        checks, elsewhere = self._fleet_health(now)
+        return fleet_health(
+            reports,
+            implicit=self.fleet.implicit,
+            catalog=self._catalog_dep,
+            now=now,
+            fleet_checks=checks,
+            elsewhere=elsewhere,
+        )
 
     # -- signals and shutdown --------------------------------------------------------------
     def _install_signals(self) -> None:

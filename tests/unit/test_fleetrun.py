@@ -1,11 +1,15 @@
-"""``backupd_leader 0`` alone for a cluster a daemon of the fleet has configured but does not own
-(observability/metrics.py: ``set_standby``, used by daemon/fleetrun.py)."""
+"""The pure parts of a daemon in a fleet (daemon/fleetrun.py): ``backupd_leader 0`` alone for a
+cluster configured here but owned elsewhere (``Metrics.set_standby``), and ``/healthz``'s
+``cluster_owners`` check and ``owned_elsewhere`` list (ops/health/fleet.py)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from contentflow_backupd.observability.metrics import Metrics
+from contentflow_backupd.ops.health.fleet import fleet_health, owners_check
 
 
 def series(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -37,3 +41,24 @@ def test_a_standby_cluster_exports_only_its_leader_series_at_zero() -> None:
     assert with_cluster(m, "orders") == {"backupd_leader"}
     m.clear_standby("orders")
     assert with_cluster(m, "orders") == set()
+
+
+def test_cluster_owners_fails_only_after_a_minute_without_an_owner() -> None:
+    now = datetime(2026, 12, 8, 2, 0, tzinfo=UTC)
+    assert owners_check({}, now).ok
+    fresh = owners_check({"orders": now - timedelta(seconds=59)}, now)
+    assert fresh.ok and "orders" in fresh.detail
+    late = owners_check({"orders": now - timedelta(seconds=60), "billing": now}, now)
+    assert not late.ok and "orders" in late.detail and "billing" not in late.detail
+
+
+def test_the_whole_lists_clusters_owned_elsewhere_and_the_owners_check() -> None:
+    now = datetime(2026, 12, 8, 2, 0, tzinfo=UTC)
+    check = owners_check({"orders": now - timedelta(minutes=5)}, now)
+    whole = fleet_health(
+        {}, implicit=False, catalog=None, now=now, fleet_checks=(check,), elsewhere={"b": "d2(h:1)"}
+    )
+    doc = whole.to_json()
+    assert doc["ok"] is False and [c["name"] for c in doc["checks"]] == ["cluster_owners"]
+    assert doc["owned_elsewhere"] == [{"cluster": "b", "owner": "d2(h:1)"}]
+    assert "owned_elsewhere" not in fleet_health({}, implicit=False, catalog=None, now=now).to_json()
