@@ -162,7 +162,9 @@ class RunCatalog(Protocol):
         says is gone becomes ``interrupted`` with ``finished_at`` now and error "process ended
         without finishing (killed or crashed)". ``is_alive`` is called outside any transaction; a
         row that finished meanwhile is left alone. Idempotent. Returns the ids of the backups
-        changed."""
+        changed. A run started by a daemon of the fleet (``daemon_id`` set: ``start_run_fenced``)
+        is left alone: the daemon that takes its cluster over reaps it (``reap_runs_of``) and
+        catches it up, which a reap by pid on the same host would have prevented."""
         ...
 
 

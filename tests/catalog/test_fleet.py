@@ -386,3 +386,21 @@ def test_a_version_that_does_not_know_the_catalogs_revision_refuses_to_open_it(c
             assert conn.execute(text(f"select version_num from {VERSION_TABLE}")).scalar() == "9999"
     finally:
         engine.dispose()
+
+
+def test_a_fleet_run_is_not_reaped_by_pid_but_by_the_fleet(catalog: SqlCatalog) -> None:
+    """``mark_interrupted`` (the pid rule of manual commands) leaves a fenced run alone, so that the
+    daemon taking the cluster over reaps it with ``reap_runs_of`` and catches it up; a run
+    without a daemon id is still reaped by pid."""
+    announce(catalog, A, ["orders"], ttl_s=SHORT)
+    assert catalog.claim(A, ["orders"], SHORT) == {"orders": 1}
+    fleet_run = catalog.start_run_fenced(A, 1, ORDERS, "full", "scheduled", pid=1111, host="host-a")
+    manual = catalog.start_run(ORDERS, "full", "manual", pid=2222, host="host-a")
+    assert fleet_run is not None
+    catalog.mark_interrupted(lambda pid, host: False)  # every process gone
+    status = {r.id: r.status for r in catalog.list_runs(ORDERS)}
+    assert status == {fleet_run.id: "running", manual.id: "interrupted"}
+    wait_until(daemon_dead(catalog, A), "expired")  # A's row and lease expire: A is dead
+    reaped = catalog.reap_runs_of([A], ["orders"])
+    assert [r.id for r in reaped.runs] == [fleet_run.id]
+    assert {r.id: r.status for r in catalog.list_runs(ORDERS)}[fleet_run.id] == "interrupted"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import shutil
 import signal
 import tempfile
@@ -76,6 +77,21 @@ def has_full(pg: PgCluster, catalog_db: str, cluster: str) -> bool:
         params=(cluster,),
     )
     return bool(rows)
+
+
+def owners_settled(d: Daemon, others: set[str]) -> bool:
+    """``cluster_owners`` passes on ``d`` with no cluster being taken over, and every cluster it
+    does not own is listed as owned by one of ``others`` (read every probe interval: polled)."""
+    doc = json.loads(d.get("/healthz")[1])
+    check = next((c for c in doc["checks"] if c["name"] == "cluster_owners"), None)
+    elsewhere = {e["cluster"]: e["owner"].split("(")[0] for e in doc.get("owned_elsewhere", [])}
+    return (
+        check is not None
+        and check["ok"]
+        and "taken over" not in check["detail"]
+        and set(elsewhere) == set(CLUSTERS) - owned(d)
+        and set(elsewhere.values()) == others
+    )
 
 
 def is_archived(archive: WalArchive, segment: str) -> bool:
@@ -218,6 +234,14 @@ def test_kill_9_of_one_daemon_moves_its_clusters_with_no_gap(
                 doc = res.json()
                 owners = {c["cluster"]: (c["owner"] or {}).get("member") for c in doc["clusters"]}
                 assert set(owners) == set(CLUSTERS) and set(owners.values()) == set(survivors), doc
+
+                # /healthz of a survivor: every cluster has a live owner, the other's listed.
+                for member, d in survivors.items():
+                    d.wait_for(
+                        f"{member}'s /healthz past the takeover",
+                        functools.partial(owners_settled, d, set(survivors) - {member}),
+                        timeout=WAIT,
+                    )
 
                 # Its pg_receivewal died with it (parent-death signal).
                 next(iter(survivors.values())).wait_for(
