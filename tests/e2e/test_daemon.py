@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -295,6 +296,36 @@ def test_standby_takes_over_when_the_leader_dies(tmp_path: Path, pg: PgCluster) 
         first.signal(signal.SIGKILL)
         first.wait(10)
         second.wait_for("takeover", lambda: second.metric("backupd_leader") == 1, timeout=120)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        pg.drop_database(catalog_db)
+
+
+def test_sigterm_releases_the_lease_and_the_standby_takes_over(
+    tmp_path: Path, pg: PgCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A planned stop hands the cluster over without waiting for the lease to expire: the
+    stopped daemon releases its lease once its jobs stopped (``fleet_released``), and the other
+    claims it at its next renewal. The time is printed, not asserted (the machine is shared)."""
+    catalog_db = pg.create_database()
+    env = daemon_env(tmp_path, pg, "postgres", BACKUPD_CATALOG_URL=pg.url(catalog_db))
+    first = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state1")}).start()
+    second: Daemon | None = None
+    try:
+        first.wait_for("leader", lambda: first.metric("backupd_leader") == 1)
+        second = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state2")}).start()
+        second.wait_for("standby", lambda: second.metric("backupd_leader") == 0)
+        stopped_at = time.monotonic()
+        assert first.stop() == 0
+        released = second.wait_for("the release logged", lambda: first.events("fleet_released"))
+        assert released[0]["clusters"] == ["main"], released
+        second.wait_for("takeover", lambda: second.metric("backupd_leader") == 1, timeout=120)
+        with capsys.disabled():
+            print(f"\nfleet_handover_after_sigterm_seconds={time.monotonic() - stopped_at:.1f}")
+        epochs = pg.execute("select cluster, epoch from fleet_leases", catalog_db)
+        assert epochs == [("main", 2)], epochs
     finally:
         first.close()
         if second is not None:
