@@ -457,10 +457,13 @@ class FleetCatalog(Protocol):
         *,
         pid: int | None = None,
         host: str | None = None,
+        lease: str | None = None,
     ) -> RunRecord | None:
         """``RunCatalog.start_run`` with ``daemon_id`` and ``lease_epoch`` recorded, only while
-        ``daemon_id`` holds the lease of ``scope.cluster`` at ``epoch`` (owner, same epoch, not
-        expired). None, inserting nothing, otherwise."""
+        ``daemon_id`` holds the lease ``lease`` (None: ``scope.cluster``) at ``epoch`` (owner,
+        same epoch, not expired). None, inserting nothing, otherwise. A daemon's leases are named
+        ``<cluster>@<repository hash>`` (one per repository and cluster); the run is stored with
+        ``scope`` as given, so under the cluster's name."""
         ...
 
 

@@ -232,6 +232,28 @@ def test_a_fenced_run_is_refused_once_the_lease_is_lost(catalog: SqlCatalog) -> 
     assert [r.id for r in catalog.list_runs(ORDERS)] == [won.id]
 
 
+def test_a_fenced_run_starts_under_its_own_lease_of_one_cluster_name_in_two_repositories(
+    catalog: SqlCatalog,
+) -> None:
+    """Two repositories with a cluster ``a``: two leases, ``a@x`` and ``a@y`` (the daemon names
+    a lease ``<cluster>@<repository hash>``), held by two daemons. A run of (repo, ``a``) fenced
+    under ``a@x`` starts only for the daemon holding ``a@x``, stored with the cluster's name."""
+    repo_x, repo_y = Scope("repo-x", "a"), Scope("repo-y", "a")
+    announce(catalog, A, ["a@x"])
+    announce(catalog, B, ["a@y"])
+    assert catalog.claim(A, ["a@x"], LONG) == {"a@x": 1}
+    assert catalog.claim(B, ["a@y"], LONG) == {"a@y": 1}
+    assert catalog.start_run_fenced(B, 1, repo_x, "full", "scheduled", lease="a@x") is None
+    assert catalog.start_run_fenced(A, 1, repo_x, "full", "scheduled") is None  # no lease "a"
+    run = catalog.start_run_fenced(A, 1, repo_x, "full", "scheduled", lease="a@x")
+    assert run is not None and (run.repository_id, run.cluster) == ("repo-x", "a")
+    assert run_row(catalog, run.id) == (A, 1)
+    assert catalog.start_run_fenced(A, 1, repo_y, "full", "scheduled", lease="a@y") is None
+    other = catalog.start_run_fenced(B, 1, repo_y, "full", "scheduled", lease="a@y")
+    assert other is not None and run_row(catalog, other.id) == (B, 1)
+    assert catalog.list_runs(repo_x) == [run] and catalog.list_runs(repo_y) == [other]
+
+
 # -- reaping a dead daemon's runs ----------------------------------------------------------
 
 
