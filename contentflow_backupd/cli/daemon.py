@@ -118,9 +118,11 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
             sys.stdout.write(report.to_text())
             _print_running(running)
         return EXIT_OK if report.ok else EXIT_FAILED
-    reports = [(one.cluster, _health_report(one)) for one in args.fleet.apps()]
+    apps = args.fleet.apps()
+    reports = [(one.cluster, _health_report(one)) for one in apps]
     running = _running_jobs(app)  # the daemon of this state directory (one for every cluster)
-    owners = _owners(app)
+    found = _owners(app)  # by lease: <cluster>@<repository hash>
+    owners = {one.cluster: found.get(one.lease_name) for one in apps}
     if args.json:
         clusters = [{"cluster": c, **r.to_json(), "owner": owners.get(c)} for c, r in reports]
         print_json({"clusters": clusters, "running": running})
@@ -140,7 +142,8 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
 
 
 def _owners(app: App) -> dict[str, dict[str, Any] | None]:
-    """Each cluster's owner in the fleet (``daemon/owners.py``), from the catalog's leases:
+    """Each lease's owner in the fleet (``daemon/owners.py``), from the catalog's leases, by
+    lease name (``<cluster>@<repository hash>``, ``App.lease_name``):
     ``{member, daemon_id, host, pid, since, live, config_differs}``, or None when nobody holds
     its lease now. Empty when the catalog cannot be read or has no lease (SQLite: one daemon)."""
     from contentflow_backupd.daemon.owners import fleet_owners

@@ -73,7 +73,7 @@ class ClusterControl:
 
     if TYPE_CHECKING:  # daemon/fleetrun.py: FleetRun, the other mixin of Daemon
 
-        def _runtime_catalog(self) -> Catalog: ...
+        def _runtime_catalog(self, app: DaemonApp) -> Catalog: ...
         def _lead_owned(self, runtime: ClusterRuntime) -> None: ...
 
     # -- start ---------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ class ClusterControl:
             if name in self.runtimes:
                 log.warning("cluster_served_already", cluster=name)
                 return
-            runtime = ClusterRuntime(app, self._runtime_catalog(), self.all_metrics.add_cluster(name))
+            runtime = ClusterRuntime(app, self._runtime_catalog(app), self.all_metrics.add_cluster(name))
             self.runtimes[name] = runtime
         runtime.metrics.set_leader(False)
         self._install_handler(name)

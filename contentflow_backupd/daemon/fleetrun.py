@@ -3,20 +3,26 @@ step 8; docs/daemon.md "Several daemons").
 
 ``FleetRun`` is the part of ``lifecycle.Daemon`` that joins the fleet on a PostgreSQL catalog.
 There the daemon starts no cluster by itself: it runs a ``daemon/membership.py: Membership`` on
-a thread of its own (``run(stop)``), announcing the clusters it has configured, and
+a thread of its own (``run(stop)``), announcing the leases of the clusters it has configured, and
 
-- ``on_gain(cluster, epoch, catch_up)`` starts the cluster's runtime (``start_cluster``); once
+- ``on_gain(lease, epoch, catch_up)`` starts the cluster's runtime (``start_cluster``); once
   it has started, the daemon leads it (``control._lead``: its job store, its jobs, its WAL
   stream) and fires the jobs to catch up (``Scheduler.run_soon(..., catch_up=True)``: the runs
   the previous owner left ``interrupted``, reaped by ``Membership``);
-- ``on_lose(cluster, reason)`` stops it (``stop_cluster`` with no grace: its running jobs are
+- ``on_lose(lease, reason)`` stops it (``stop_cluster`` with no grace: its running jobs are
   cancelled and recorded ``interrupted``, its stream stopped, its series removed);
-- every runtime gets a ``daemon/fenced.py: FencedCatalog``: a run starts only under the lease
-  held, in the insert's own transaction;
+- every runtime gets a ``daemon/fenced.py: FencedCatalog`` of its lease: a run starts only under
+  the lease held, in the insert's own transaction;
 - ``backupd_leader{cluster}`` is 0 for each configured cluster it does not own (the other
   series only on the owner);
 - at shutdown, after the jobs stopped, ``release_all()`` frees the leases: the other daemons
   take the clusters over at their next tick.
+
+A lease is per repository and cluster, as the advisory lock was: ``<cluster>@<repository hash>``
+(``DaemonApp.lease_name``, computed in wiring), so that daemons of other repositories sharing the
+catalog with a cluster of the same name are independent. The membership speaks leases; this
+daemon maps each back to its cluster (``_cluster_of``) for its runtimes, metrics and health, which
+keep showing cluster names.
 
 Gains and losses of one cluster run in order on a thread of their own (``_in_order``), never on
 the membership thread: a stop waits for its jobs and stream, and the renewals must go on.
@@ -90,6 +96,10 @@ class FleetRun:
         """Configured clusters seen without a live owner, since when (``cluster_owners``)."""
         self._elsewhere: dict[str, str] = {}
         """Configured clusters owned by another daemon: cluster -> ``member(host:pid)``."""
+        self._lease_of: dict[str, str] = {}
+        """Configured cluster -> its lease (``DaemonApp.lease_name``: ``<cluster>@<repository hash>``)."""
+        self._cluster_of: dict[str, str] = {}
+        """The inverse of ``_lease_of``: lease -> cluster (the runtime's name)."""
 
     # -- joining and leaving -------------------------------------------------------------------
     def _start_fleet(self) -> None:
@@ -97,7 +107,9 @@ class FleetRun:
         assert self._catalog is not None
         member = self.fleet.fleet_member
         self.daemon_id = new_daemon_id(member)
-        digests = {name: self.fleet.digest(name) for name in self.clusters}
+        self._lease_of = {name: self.fleet.cluster(name).lease_name for name in self.clusters}
+        self._cluster_of = {lease: name for name, lease in self._lease_of.items()}
+        digests = {self._lease_of[name]: self.fleet.digest(name) for name in self.clusters}
         self.membership = Membership(
             self._catalog,
             member,
@@ -125,36 +137,49 @@ class FleetRun:
             self._fleet_thread.join(timeout)
         self.membership.release_all()
 
-    def _runtime_catalog(self) -> Catalog:
+    def _runtime_catalog(self, app: DaemonApp) -> Catalog:
         """The catalog a cluster's runtime (and every use case it runs) gets: fenced by the
-        lease in a fleet."""
+        cluster's lease (``app.lease_name``) in a fleet."""
         assert self._catalog is not None
         if self.membership is None or self.daemon_id is None:
             return self._catalog
-        return fenced(self._catalog, self.daemon_id, self.membership.epoch_of)
+        return fenced(self._catalog, self.daemon_id, self.membership.epoch_of, app.lease_name)
+
+    def lease_of(self, name: str) -> str:
+        """Cluster ``name``'s lease (``<cluster>@<repository hash>``); the name itself for a
+        cluster this daemon has not configured."""
+        return self._lease_of.get(name, name)
 
     def owns(self, name: str) -> bool:
         """Whether this daemon may run cluster ``name``'s jobs now: always on SQLite; in a fleet,
         while its lease is held (and gained) and no older daemon holds the cluster."""
-        return self.membership is None or self.membership.epoch_of(name) is not None
+        return self.membership is None or self.membership.epoch_of(self.lease_of(name)) is not None
 
-    # -- the membership's callbacks (on its thread) ----------------------------------------------
-    def _on_gain(self, cluster: str, epoch: int, catch_up: list[str]) -> None:
+    # -- the membership's callbacks (on its thread), by lease --------------------------------------
+    def _on_gain(self, lease: str, epoch: int, catch_up: list[str]) -> None:
         if self.stopping.is_set():
             return
-        log.info("fleet_cluster_starting", cluster=cluster, epoch=epoch, catch_up=catch_up)
+        cluster = self._cluster_of.get(lease)
+        if cluster is None:  # not announced by this daemon: never claimed here
+            log.error("fleet_unknown_lease_gained", lease=lease, epoch=epoch)
+            return
+        log.info("fleet_cluster_starting", cluster=cluster, lease=lease, epoch=epoch, catch_up=catch_up)
         with self._fleet_lock:
             self._catch_up[cluster] = list(catch_up)
         self._in_order(cluster, lambda: self._gain(cluster))
 
-    def _on_lose(self, cluster: str, reason: str) -> None:
+    def _on_lose(self, lease: str, reason: str) -> None:
         if self.stopping.is_set():
             return  # the shutdown stops every cluster
-        log.warning("fleet_cluster_stopping", cluster=cluster, reason=reason)
+        cluster = self._cluster_of.get(lease)
+        if cluster is None:
+            log.error("fleet_unknown_lease_lost", lease=lease, reason=reason)
+            return
+        log.warning("fleet_cluster_stopping", cluster=cluster, lease=lease, reason=reason)
         self._in_order(cluster, lambda: self._lose(cluster))
 
-    def _busy(self, cluster: str) -> bool:
-        runtime = self.runtimes.get(cluster)
+    def _busy(self, lease: str) -> bool:
+        runtime = self.runtimes.get(self._cluster_of.get(lease, lease))
         return runtime is not None and bool(runtime.running())
 
     def _gain(self, cluster: str) -> None:
@@ -217,7 +242,7 @@ class FleetRun:
         elsewhere: dict[str, str] = {}
         with self._fleet_lock:
             for name in self.clusters:
-                owner = owners.get(name)
+                owner = owners.get(self.lease_of(name))
                 if owner is not None and owner.held and owner.live:
                     self._ownerless_since.pop(name, None)
                     if owner.daemon_id != self.daemon_id:
