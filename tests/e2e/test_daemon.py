@@ -320,12 +320,12 @@ def test_sigterm_releases_the_lease_and_the_standby_takes_over(
         stopped_at = time.monotonic()
         assert first.stop() == 0
         released = second.wait_for("the release logged", lambda: first.events("fleet_released"))
-        assert released[0]["clusters"] == ["main"], released
+        assert [c.split("@")[0] for c in released[0]["clusters"]] == ["main"], released
         second.wait_for("takeover", lambda: second.metric("backupd_leader") == 1, timeout=120)
         with capsys.disabled():
             print(f"\nfleet_handover_after_sigterm_seconds={time.monotonic() - stopped_at:.1f}")
         epochs = pg.execute("select cluster, epoch from fleet_leases", catalog_db)
-        assert epochs == [("main", 2)], epochs
+        assert [(c.split("@")[0], e) for c, e in epochs] == [("main", 2)], epochs
     finally:
         first.close()
         if second is not None:
@@ -337,10 +337,11 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
     tmp_path: Path, pg: PgCluster, pg_db: str
 ) -> None:
     """Three daemons on one PostgreSQL catalog: clusters a and b of one repository, and a cluster
-    c of another repository. Each holds its own cluster's lease and keeps its jobs in its own
-    table, so no daemon fires, reschedules or removes another's jobs (in one shared table they
-    did). A fleet names a cluster once per catalog: the same name in two repositories is one
-    lease (docs/daemon.md "Several daemons")."""
+    a of another repository. Each leads its own scope and keeps its jobs in its own table, so no
+    daemon fires, reschedules or removes another's jobs (in one shared table they did; and the
+    second repository's daemon stood by for ever behind the first's lock, and again behind the
+    first's lease while leases were keyed by cluster name). A lease is per repository and
+    cluster, ``<cluster>@<repository hash>`` (docs/daemon.md "Several daemons")."""
     _fill(pg, pg_db, rows=50)
     catalog_db = pg.create_database()
     base = daemon_env(
@@ -349,7 +350,7 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
     scopes = {
         "a": {"BACKUPD_CLUSTER": "a"},
         "b": {"BACKUPD_CLUSTER": "b", "BACKUPD_SCHEDULE__FULL": "0 4 * * *"},
-        "other-repo": {"BACKUPD_CLUSTER": "c", "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo2'}"},
+        "other-repo": {"BACKUPD_CLUSTER": "a", "BACKUPD_REPOSITORY": f"file://{tmp_path / 'repo2'}"},
     }
     daemons: dict[str, Daemon] = {}
     try:
@@ -375,7 +376,15 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
             rows = pg.execute(f"select id, next_run_time from {table}", catalog_db)
             assert [r[0] for r in rows] == ["full"], rows
             fire_hours.add(datetime.fromtimestamp(float(rows[0][1]), UTC).hour)
-        assert fire_hours == {3, 4}  # b's schedule is its own; a's and c's daemons keep theirs
+        assert fire_hours == {3, 4}  # b's schedule is its own; a's two daemons keep theirs
+        leases = pg.execute(
+            "select cluster, owner is not null from fleet_leases order by cluster", catalog_db
+        )
+        assert sorted((lease.split("@")[0], held) for lease, held in leases) == [
+            ("a", True),
+            ("a", True),
+            ("b", True),
+        ], leases  # two leases of cluster a, one per repository
         seen = set()
         for name, d in daemons.items():
             cli = Cli(env=d.env)
