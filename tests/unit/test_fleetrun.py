@@ -62,3 +62,17 @@ def test_the_whole_lists_clusters_owned_elsewhere_and_the_owners_check() -> None
     assert doc["ok"] is False and [c["name"] for c in doc["checks"]] == ["cluster_owners"]
     assert doc["owned_elsewhere"] == [{"cluster": "b", "owner": "d2(h:1)"}]
     assert "owned_elsewhere" not in fleet_health({}, implicit=False, catalog=None, now=now).to_json()
+
+
+def test_a_lease_is_named_by_cluster_and_repository_location() -> None:
+    from contentflow_backupd.daemon.membership import cluster_of_lease
+    from contentflow_backupd.wiring.app import lease_name
+
+    main = lease_name("main", "file:///srv/repo")
+    assert main.startswith("main@") and len(main.split("@")[1]) == 8
+    assert cluster_of_lease(main) == "main" and cluster_of_lease("main") == "main"
+    assert lease_name("main", "file:///srv/repo/") == main  # a trailing / is the same location
+    assert lease_name("main", "file:///srv/repo2") != main  # another repository: another lease
+    assert lease_name("orders", "file:///srv/repo").split("@")[1] == main.split("@")[1]
+    s3 = lease_name("main", "s3://bucket/pg")
+    assert lease_name("main", "s3://bucket/pg", "http://minio:9000") != s3  # another endpoint
