@@ -162,7 +162,9 @@ class RunCatalog(Protocol):
         says is gone becomes ``interrupted`` with ``finished_at`` now and error "process ended
         without finishing (killed or crashed)". ``is_alive`` is called outside any transaction; a
         row that finished meanwhile is left alone. Idempotent. Returns the ids of the backups
-        changed."""
+        changed. A run started by a daemon of the fleet (``daemon_id`` set: ``start_run_fenced``)
+        is left alone: the daemon that takes its cluster over reaps it (``reap_runs_of``) and
+        catches it up, which a reap by pid on the same host would have prevented."""
         ...
 
 
@@ -455,10 +457,13 @@ class FleetCatalog(Protocol):
         *,
         pid: int | None = None,
         host: str | None = None,
+        lease: str | None = None,
     ) -> RunRecord | None:
         """``RunCatalog.start_run`` with ``daemon_id`` and ``lease_epoch`` recorded, only while
-        ``daemon_id`` holds the lease of ``scope.cluster`` at ``epoch`` (owner, same epoch, not
-        expired). None, inserting nothing, otherwise."""
+        ``daemon_id`` holds the lease ``lease`` (None: ``scope.cluster``) at ``epoch`` (owner,
+        same epoch, not expired). None, inserting nothing, otherwise. A daemon's leases are named
+        ``<cluster>@<repository hash>`` (one per repository and cluster); the run is stored with
+        ``scope`` as given, so under the cluster's name."""
         ...
 
 

@@ -205,6 +205,7 @@ class SqlFleet(SqlSessions):
         *,
         pid: int | None = None,
         host: str | None = None,
+        lease: str | None = None,
     ) -> RunRecord | None:
         with self._session("start a fenced run", write=True) as session:
             now = _now(session)
@@ -214,7 +215,7 @@ class SqlFleet(SqlSessions):
             held = (
                 select(FleetLeaseRow.cluster)
                 .where(
-                    FleetLeaseRow.cluster == scope.cluster,
+                    FleetLeaseRow.cluster == (scope.cluster if lease is None else lease),
                     FleetLeaseRow.owner == daemon_id,
                     FleetLeaseRow.epoch == epoch,
                     FleetLeaseRow.expires_at >= now,

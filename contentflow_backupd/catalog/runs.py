@@ -70,7 +70,11 @@ class SqlRuns(SqlSessions):
                 select(BackupRow.id, BackupRow.pid, BackupRow.host).where(BackupRow.status == "running")
             ).all()
             runs = session.execute(
-                select(RunRow.id, RunRow.pid, RunRow.host).where(RunRow.status == "running")
+                # A fleet daemon's run (``daemon_id`` set) is the fleet's to reap
+                # (``reap_runs_of``, with its catch-up), never by pid.
+                select(RunRow.id, RunRow.pid, RunRow.host).where(
+                    RunRow.status == "running", RunRow.daemon_id.is_(None)
+                )
             ).all()
         # ``is_alive`` runs outside any transaction: it may be slow, and it is not ours.
         dead_backups = [row.id for row in backups if not is_alive(row.pid, row.host)]

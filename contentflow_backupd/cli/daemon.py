@@ -118,18 +118,67 @@ def cmd_status(args: argparse.Namespace, app: App) -> int:
             sys.stdout.write(report.to_text())
             _print_running(running)
         return EXIT_OK if report.ok else EXIT_FAILED
-    reports = [(one.cluster, _health_report(one)) for one in args.fleet.apps()]
+    apps = args.fleet.apps()
+    reports = [(one.cluster, _health_report(one)) for one in apps]
     running = _running_jobs(app)  # the daemon of this state directory (one for every cluster)
+    found = _owners(app)  # by lease: <cluster>@<repository hash>
+    owners = {one.cluster: found.get(one.lease_name) for one in apps}
     if args.json:
-        print_json({"clusters": [{"cluster": c, **r.to_json()} for c, r in reports], "running": running})
+        clusters = [{"cluster": c, **r.to_json(), "owner": owners.get(c)} for c, r in reports]
+        print_json({"clusters": clusters, "running": running})
     else:
         rows = [
-            (cluster, "healthy" if r.ok else "UNHEALTHY", ",".join(c.name for c in r.failed) or "-")
+            (
+                cluster,
+                "healthy" if r.ok else "UNHEALTHY",
+                ",".join(c.name for c in r.failed) or "-",
+                _owner_text(owners.get(cluster)),
+            )
             for cluster, r in reports
         ]
-        sys.stdout.write(render_table(("CLUSTER", "STATE", "FAILED-CHECKS"), rows))
+        sys.stdout.write(render_table(("CLUSTER", "STATE", "FAILED-CHECKS", "OWNER"), rows))
         _print_running(running)
     return EXIT_OK if all(r.ok for _, r in reports) else EXIT_FAILED
+
+
+def _owners(app: App) -> dict[str, dict[str, Any] | None]:
+    """Each lease's owner in the fleet (``daemon/owners.py``), from the catalog's leases, by
+    lease name (``<cluster>@<repository hash>``, ``App.lease_name``):
+    ``{member, daemon_id, host, pid, since, live, config_differs}``, or None when nobody holds
+    its lease now. Empty when the catalog cannot be read or has no lease (SQLite: one daemon)."""
+    from contentflow_backupd.daemon.owners import fleet_owners
+
+    with app.catalog_or_none("catalog_unavailable", read_only=True) as catalog:
+        if catalog is None:
+            return {}
+        try:
+            found = fleet_owners(catalog)
+        except BackupdError as exc:
+            log.warning("fleet_owners_unreadable", error=exc.message)
+            return {}
+    return {
+        cluster: {
+            "member": o.member,
+            "daemon_id": o.daemon_id,
+            "host": o.host,
+            "pid": o.pid,
+            "since": o.since.isoformat() if o.since else None,
+            "live": o.live,
+            "config_differs": o.config_differs,
+        }
+        if o.held and o.daemon_id
+        else None
+        for cluster, o in found.items()
+    }
+
+
+def _owner_text(owner: dict[str, Any] | None) -> str:
+    """``member(host:pid,since)``, one word for the table; ``-`` without an owner."""
+    if owner is None:
+        return "-"
+    since = (owner["since"] or "")[:19]
+    flag = ",CONFIG-DIFFERS" if owner["config_differs"] else ""
+    return f"{owner['member']}({owner['host']}:{owner['pid']},since={since}{flag})"
 
 
 def _print_running(running: list[dict[str, Any]]) -> None:

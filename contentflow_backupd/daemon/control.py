@@ -6,7 +6,7 @@ start-up and later (a reload, a lease gained or lost):
 - ``start_cluster(name, app)`` adds a ``ClusterRuntime`` (``state`` ``starting``, its metric
   series at their zero values) and starts it on a thread of its own: client-tool check,
   repository opened (or initialised), old catalog rows adopted, notifier, ``JobRunner``, WAL
-  watcher and socket, then, once its leader lock is held (``_lead``), its job store in the
+  watcher and socket, then, once it owns the cluster (``_lead``), its job store in the
   scheduler, its jobs registered and its WAL stream. A failure is logged
   (``cluster_start_failed``) and the start retried with ``CLUSTER_START_BACKOFF`` while the
   cluster stays ``starting`` (``/healthz`` fails its ``cluster_start`` check); the other
@@ -16,14 +16,14 @@ start-up and later (a reload, a lease gained or lost):
   as before); otherwise it leaves the cluster ``failed``.
 - ``stop_cluster(name, grace_s=)`` unregisters its jobs (its job store leaves the scheduler, its
   rows stay), gives its running jobs the grace then cancels them, stops its WAL socket and stream
-  (after the running upload), releases its leader lock and removes its metric series. Backups,
+  (after the running upload) and removes its metric series. Backups,
   runs and the repository are untouched.
 - ``reschedule_cluster(name, app)`` registers its jobs again from ``app.job_specs``; a job whose
   trigger is unchanged keeps its next fire time.
 
-Leadership is per cluster: on a PostgreSQL catalog each cluster's advisory lock
-(``leader_lock(scope)``, polled by the main loop through ``_poll_leadership``); on SQLite the
-daemon's one file lock makes it the leader of every cluster.
+Leadership is per cluster: on a PostgreSQL catalog the cluster's lease in the fleet
+(``daemon/fleetrun.py``: a runtime exists only while its lease is held, and leads once started);
+on SQLite the daemon's one file lock makes it the leader of every cluster.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from contentflow_backupd.backoff import Backoff, Pacer
 from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.daemon.cluster import ClusterRuntime, runtime_for
+from contentflow_backupd.daemon.membership import Membership
 from contentflow_backupd.daemon.parts import DaemonApp, FleetApp
 from contentflow_backupd.errors import BackupdError, ConfigError, KeyMissing, UnsupportedFormat, WrongKey
 from contentflow_backupd.model import RunTrigger
@@ -68,6 +69,12 @@ class ClusterControl:
     _clusters_lock: threading.Lock
     _fatal: BaseException | None
     _catalog_dep: DependencyState | None
+    membership: Membership | None
+
+    if TYPE_CHECKING:  # daemon/fleetrun.py: FleetRun, the other mixin of Daemon
+
+        def _runtime_catalog(self, app: DaemonApp) -> Catalog: ...
+        def _lead_owned(self, runtime: ClusterRuntime) -> None: ...
 
     # -- start ---------------------------------------------------------------------------------
     def start_cluster(self, name: str, app: DaemonApp) -> None:
@@ -84,7 +91,7 @@ class ClusterControl:
             if name in self.runtimes:
                 log.warning("cluster_served_already", cluster=name)
                 return
-            runtime = ClusterRuntime(app, self._catalog, self.all_metrics.add_cluster(name))
+            runtime = ClusterRuntime(app, self._runtime_catalog(app), self.all_metrics.add_cluster(name))
             self.runtimes[name] = runtime
         runtime.metrics.set_leader(False)
         self._install_handler(name)
@@ -134,17 +141,16 @@ class ClusterControl:
         check_client_tools(app.conninfo, app.mode, app.pg_bin)
         if runtime.repo is None:
             runtime.open_repository()
-        if runtime.lock is None:
-            # One leader per repository and cluster on a PostgreSQL catalog; SQLite: the
-            # daemon's file lock, held already.
-            runtime.lock = self._lock if self._lock.mode == "exclusive" else app.leader_lock(runtime.scope)
+        if runtime.lock is None and self.membership is None:
+            # SQLite: the daemon's file lock, held already, makes it every cluster's leader. In
+            # a fleet (PostgreSQL) the cluster's lease does (daemon/fleetrun.py).
+            runtime.lock = self._lock
         runtime.adopt_old_rows()
         if runtime.runner is None:
             runtime.start()
         runtime.probe_dependencies(self._catalog_dep)
         runtime.probe_state(leader=False)
-        if runtime.lock.mode == "exclusive" or runtime.lock.try_acquire():
-            self._lead(runtime)
+        self._lead_owned(runtime)
 
     # -- job routing -----------------------------------------------------------------------------
     def _handler_key(self, name: str) -> str | None:
@@ -178,6 +184,27 @@ class ClusterControl:
             return
         runtime.run_job(job, trigger)
 
+    def _record_skipped(self) -> None:
+        """The fires the scheduler skipped, recorded by their cluster's runtime."""
+        if self._scheduler is None or self._catalog is None:
+            return
+        from contentflow_backupd.daemon.cluster import runtime_for
+        from contentflow_backupd.scheduling.jobs import parse_job_id
+
+        for job_id, reason in self._scheduler.take_skipped():
+            try:
+                cluster, job = parse_job_id(job_id)
+            except ValueError as exc:
+                log.error("job_id_invalid", job=job_id, error=str(exc))
+                continue
+            runtime = runtime_for(self.runtimes, cluster)
+            if runtime is None:
+                log.error(
+                    "skipped_job_cluster_unknown", job=job_id, reason=reason, clusters=sorted(self.runtimes)
+                )
+                continue
+            runtime.record_skipped(job, reason)
+
     # -- leadership ----------------------------------------------------------------------------
     def _lead(self, runtime: ClusterRuntime) -> None:
         """This daemon now runs ``runtime``'s jobs: its job store, its jobs, its WAL stream."""
@@ -186,37 +213,8 @@ class ClusterControl:
         runtime.schedule(self._scheduler, bare=self.fleet.implicit)
         runtime.leader = True
         runtime.metrics.set_leader(True)
-        log.info("leader_acquired", cluster=runtime.name, mode=runtime.lock.mode)
+        log.info("leader_acquired", cluster=runtime.name, by="file lock" if runtime.lock else "lease")
         runtime.start_stream()
-
-    def _unlead(self, runtime: ClusterRuntime) -> None:
-        if not runtime.leader:
-            return
-        runtime.leader = False
-        runtime.metrics.set_leader(False)
-        if self._scheduler is not None:
-            self._scheduler.remove_cluster(runtime.name)
-        runtime.stop_stream(forget=True)
-
-    def _poll_leadership(self) -> None:
-        """Each started cluster on a PostgreSQL catalog: check the lock held, or try to take it."""
-        if self.stopping.is_set():
-            return
-        for runtime in list(self.runtimes.values()):
-            if runtime.state != "running" or runtime.lock is None or runtime.lock.mode != "shared":
-                continue
-            if runtime.leader:
-                if not runtime.lock.check():
-                    log.error(
-                        "leader_lost",
-                        cluster=runtime.name,
-                        action="stopped scheduling; trying to get the lock back",
-                    )
-                    self._unlead(runtime)
-            elif runtime.lock.try_acquire():
-                self._lead(runtime)
-            else:
-                runtime.metrics.set_leader(False)
 
     # -- stop and reschedule ---------------------------------------------------------------------
     def stop_cluster(self, name: str, *, grace_s: float | None = None) -> None:
@@ -244,8 +242,6 @@ class ClusterControl:
             for job in cancelled:
                 job.thread.join(timeout=30.0)
         runtime.stop_stream(30.0, forget=True)
-        if runtime.lock is not None and runtime.lock is not self._lock:
-            runtime.lock.release()
         runtime.close_notifier(10.0)
         runtime.state = "stopped"
         with self._clusters_lock:

@@ -27,6 +27,7 @@ from contentflow_backupd.catalog.base import Catalog
 from contentflow_backupd.daemon.cluster import ClusterRuntime
 from contentflow_backupd.daemon.control import ClusterControl
 from contentflow_backupd.daemon.exits import EXIT_FAILED_STOP, arm_exit, exit_now, raise_in_thread
+from contentflow_backupd.daemon.fleetrun import FleetRun
 from contentflow_backupd.daemon.parts import FleetApp
 from contentflow_backupd.daemon.reload import Reloader, ReloadSource
 from contentflow_backupd.errors import BackupdError
@@ -63,7 +64,7 @@ def run_daemon(fleet: FleetApp, clusters: list[str] | None = None, reload: Reloa
     return Daemon(fleet, clusters, reload).run()
 
 
-class Daemon(ClusterControl):
+class Daemon(ClusterControl, FleetRun):
     def __init__(
         self, fleet: FleetApp, clusters: list[str] | None = None, reload: ReloadSource | None = None
     ) -> None:
@@ -91,7 +92,8 @@ class Daemon(ClusterControl):
         self._clusters_lock = threading.Lock()
         self._probes: ThreadPoolExecutor | None = None
         self.runtimes: dict[str, ClusterRuntime] = {}
-        """The clusters this daemon serves, by name."""
+        """The clusters this daemon serves, by name (in a fleet: those whose lease it holds)."""
+        self._init_fleet()
         self._reloader = Reloader(
             reload, metrics=self.all_metrics, stopping=self.stopping, target=self, audit=self._audit_config
         )
@@ -147,8 +149,11 @@ class Daemon(ClusterControl):
         self._scheduler.resume()
         self._start_http()
         self._probe_catalog()
-        for name in self.clusters:
-            self._add_runtime(name, fleet.cluster(name), at_startup=True)
+        if self._lock.mode == "shared":
+            self._start_fleet()  # PostgreSQL: a cluster starts when its lease is gained
+        else:
+            for name in self.clusters:
+                self._add_runtime(name, fleet.cluster(name), at_startup=True)
         deadline = time.monotonic() + FIRST_ATTEMPT_WAIT
         for runtime in list(self.runtimes.values()):
             while not runtime.first_attempt.wait(0.2) and time.monotonic() < deadline:
@@ -206,8 +211,8 @@ class Daemon(ClusterControl):
         next_leader_poll = time.monotonic() + LEADER_POLL
         while not self.stopping.is_set():
             self._heartbeat = time.monotonic()
-            if self._lock.mode == "shared" and time.monotonic() >= next_leader_poll:
-                self._poll_leadership()
+            if time.monotonic() >= next_leader_poll:
+                self._poll_fleet()
                 next_leader_poll = time.monotonic() + LEADER_POLL
             self._update_next_runs()
             self._record_skipped()
@@ -233,27 +238,6 @@ class Daemon(ClusterControl):
             for job in JOB_IDS:
                 when = runs.get(job)
                 runtime.metrics.set_next_run(job, when.timestamp() if when else None)
-
-    def _record_skipped(self) -> None:
-        """The fires the scheduler skipped, recorded by their cluster's runtime."""
-        if self._scheduler is None or self._catalog is None:
-            return
-        from contentflow_backupd.daemon.cluster import runtime_for
-        from contentflow_backupd.scheduling.jobs import parse_job_id
-
-        for job_id, reason in self._scheduler.take_skipped():
-            try:
-                cluster, job = parse_job_id(job_id)
-            except ValueError as exc:
-                log.error("job_id_invalid", job=job_id, error=str(exc))
-                continue
-            runtime = runtime_for(self.runtimes, cluster)
-            if runtime is None:
-                log.error(
-                    "skipped_job_cluster_unknown", job=job_id, reason=reason, clusters=sorted(self.runtimes)
-                )
-                continue
-            runtime.record_skipped(job, reason)
 
     def _status_text(self) -> str:
         """systemd's ``STATUS=``: the next fires and how many clusters are served."""
@@ -299,6 +283,7 @@ class Daemon(ClusterControl):
         state = check_dependencies({"catalog": lambda: catalog.get_meta("catalog_probe")})["catalog"]
         self._catalog_dep = state
         self._catalog_up = state.up
+        self._probe_owners()
 
     def _probe_clusters(self) -> None:
         """One probe task per started cluster in the probe pool; a cluster whose last probe
@@ -352,7 +337,16 @@ class Daemon(ClusterControl):
             r.name: r.health(leader=r.leader, objectives=r.app.objectives)
             for r in list(self.runtimes.values())
         }
-        return fleet_health(reports, implicit=self.fleet.implicit, catalog=self._catalog_dep, now=utcnow())
+        now = utcnow()
+        checks, elsewhere = self._fleet_health(now)
+        return fleet_health(
+            reports,
+            implicit=self.fleet.implicit,
+            catalog=self._catalog_dep,
+            now=now,
+            fleet_checks=checks,
+            elsewhere=elsewhere,
+        )
 
     # -- signals and shutdown --------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -419,8 +413,7 @@ class Daemon(ClusterControl):
             self._probes.shutdown(wait=False, cancel_futures=True)
         for runtime in list(self.runtimes.values()):
             runtime.close_notifier(self._left(10.0))
-            if runtime.lock is not None and runtime.lock is not self._lock:
-                runtime.lock.release()
+        self._leave_fleet(self._left(10.0))  # jobs and streams stopped: the others take over
         if self._lock is not None:
             self._lock.release()
         if self._catalog is not None:

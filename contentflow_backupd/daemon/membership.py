@@ -14,7 +14,9 @@ tick:
 2. **Assign.** ``assign()`` over the live daemons (one per member: its newest incarnation) and
    the current owners of the leases (by member, so a restarted daemon keeps its clusters).
 3. **Claim** the clusters assigned to this member whose lease nobody holds. For each one won:
-   ``reap_runs_of([previous owner], [cluster])``, then ``on_gain(cluster, epoch, catch_up)``
+   ``reap_runs_of([previous owner], [cluster name])`` (a lease ``<cluster>@<repository hash>``
+   names its cluster before the ``@``: :func:`cluster_of_lease`; runs are stored by cluster
+   name), then ``on_gain(cluster, epoch, catch_up)``
    with the jobs to catch up (:func:`catch_up_jobs`). A reap that fails is retried next tick
    before ``on_gain``.
 4. **Give up** a cluster assigned to another member once that has lasted ``give_up_after``
@@ -113,8 +115,9 @@ class Membership:
         host: str | None = None,
         pid: int | None = None,
     ) -> None:
-        """``configured()``: the clusters this daemon has configured now, name -> digest of its
-        settings (read every tick: a reload that changes it announces again). ``ttl``: the
+        """``configured()``: the clusters this daemon has configured now, lease name -> digest of
+        its settings (the daemon names a lease ``<cluster>@<repository hash>``; "cluster" in this
+        class is the lease name) (read every tick: a reload that changes it announces again). ``ttl``: the
         lease TTL in seconds (``fleet.lease_ttl``). ``clock``: monotonic seconds."""
         if member != member_of(daemon_id):
             raise ValueError(f"daemon id {daemon_id!r} is not of member {member!r}")
@@ -316,9 +319,12 @@ class Membership:
             dead = holding.previous if holding.previous != self.daemon_id else None
             by_previous.setdefault(dead, []).append(cluster)
         for previous, clusters in sorted(by_previous.items(), key=lambda item: item[0] or ""):
+            # Runs are stored with the cluster's name, not the lease's: reaped by (dead daemon,
+            # cluster name), which is precise, one daemon never serving two clusters of one name.
+            names = sorted({cluster_of_lease(c) for c in clusters})
             try:
-                reaped = self.catalog.reap_runs_of([previous], clusters) if previous else ReapedRuns()
-                runs = {c: [r for r in reaped.runs if r.cluster == c] for c in clusters}
+                reaped = self.catalog.reap_runs_of([previous], names) if previous else ReapedRuns()
+                runs = {c: [r for r in reaped.runs if r.cluster == cluster_of_lease(c)] for c in clusters}
                 catch_up = {c: catch_up_jobs(self.catalog, ReapedRuns(runs=runs[c])) for c in clusters}
             except BackupdError as exc:
                 log.error("fleet_reap_failed", clusters=clusters, previous_owner=previous, error=exc.message)
@@ -414,6 +420,13 @@ def _owners(leases: list[LeaseRecord]) -> dict[str, str]:
     return {lease.cluster: member_of(lease.owner) for lease in leases if lease.owner}
 
 
+def cluster_of_lease(lease: str) -> str:
+    """The cluster of lease ``lease``: a daemon names its leases ``<cluster>@<repository hash>``
+    (``DaemonApp.lease_name``) and a cluster name holds no ``@``; a lease named as a bare cluster
+    is that cluster."""
+    return lease.split("@")[0]
+
+
 def catch_up_jobs(catalog: RunCatalog, reaped: ReapedRuns) -> list[str]:
     """The jobs of ``CATCH_UP_JOBS`` with a reaped run not followed by a success of that job in
     its scope, each once, in ``CATCH_UP_JOBS`` order."""
@@ -435,6 +448,7 @@ __all__ = [
     "POLL",
     "Membership",
     "catch_up_jobs",
+    "cluster_of_lease",
     "member_of",
     "new_daemon_id",
 ]

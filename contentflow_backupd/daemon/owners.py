@@ -21,6 +21,7 @@ class OwnerInfo:
     (``fleet_config_differs``)."""
 
     cluster: str
+    """The lease's name: ``<cluster>@<repository hash>`` (``cluster_of_lease`` gives the cluster)."""
     daemon_id: str | None
     member: str | None
     host: str | None
@@ -33,8 +34,9 @@ class OwnerInfo:
 
 
 def fleet_owners(catalog: FleetCatalog) -> dict[str, OwnerInfo]:
-    """Cluster -> its owner, for every cluster with a lease row (every cluster a daemon ever
-    announced). ``CatalogError`` when the catalog cannot be read."""
+    """Lease -> its owner, for every lease row (every lease a daemon ever announced: one per
+    repository and cluster, ``<cluster>@<repository hash>``). ``CatalogError`` when the catalog
+    cannot be read."""
     leases = catalog.leases()
     daemons = {d.id: d for d in catalog.live_daemons()}
     digests: dict[str, set[str]] = {}

@@ -375,6 +375,23 @@ class Metrics:
                     metric.remove(name, *labels)
             view._series.clear()
 
+    def set_standby(self, name: str) -> None:
+        """``backupd_leader{cluster=name} 0`` alone: a cluster this daemon has configured but
+        does not own (another daemon of the fleet does, or nobody yet), whose other series only
+        its owner exports. Idempotent; ``add_cluster`` takes the series over when it is owned."""
+        if not CLUSTER_NAME.match(name):
+            raise ValueError(f"{name!r} is not a cluster name")
+        with self._lock:
+            if name not in self._clusters:
+                self._leader.labels(name).set(0)
+
+    def clear_standby(self, name: str) -> None:
+        """Stop exporting ``set_standby``'s series (the cluster is no longer configured)."""
+        with self._lock:
+            if name not in self._clusters:
+                with contextlib.suppress(KeyError):
+                    self._leader.remove(name)
+
     @property
     def clusters(self) -> tuple[str, ...]:
         """The clusters exported, in the order they were added."""

@@ -109,6 +109,12 @@ class App:
         self.drills_scheduled = s.schedule.restore_test != "off"
         self.catalog_url = s.catalog_sqlalchemy_url
 
+    @property
+    def lease_name(self) -> str:
+        """This cluster's lease in the fleet: ``<cluster>@<repository hash>``, one per repository
+        and cluster as the advisory lock was (:func:`lease_name`)."""
+        return lease_name(self.cluster, self.repository_url, self.s3_endpoint_url)
+
     # -- the repository ------------------------------------------------------------------------
     def storage(self) -> Storage:
         """The repository's storage (``BACKUPD_REPOSITORY``), opened once."""
@@ -435,3 +441,14 @@ class App:
         from contentflow_backupd.wiring.health import archiver_status
 
         return archiver_status(self._settings)
+
+
+def lease_name(cluster: str, repository_url: str, s3_endpoint_url: str | None = None) -> str:
+    """The fleet lease of ``cluster`` in the repository at ``repository_url`` (trailing ``/``
+    stripped; with the S3 endpoint when set): ``<cluster>@<8 hex digits of BLAKE2b>``. A cluster
+    name holds no ``@`` (``repository/layout.py: check_cluster``), so ``lease.split("@")[0]`` is
+    the cluster. Daemons of two repositories with one cluster name hold two leases."""
+    import hashlib
+
+    location = "\n".join(part for part in (repository_url.rstrip("/"), s3_endpoint_url) if part)
+    return f"{cluster}@{hashlib.blake2b(location.encode(), digest_size=4).hexdigest()}"

@@ -160,6 +160,16 @@ class Fleet:
     def timezone(self) -> str:
         return self._first.timezone
 
+    @property
+    def fleet_member(self) -> str:
+        return self._settings.fleet_member
+
+    @property
+    def lease_ttl_s(self) -> float:
+        from contentflow_backupd.timespec import parse_duration
+
+        return parse_duration(self._settings.fleet.lease_ttl)
+
     def state_dir(self) -> Path:
         return self._first.state_dir()
 

@@ -232,6 +232,28 @@ def test_a_fenced_run_is_refused_once_the_lease_is_lost(catalog: SqlCatalog) -> 
     assert [r.id for r in catalog.list_runs(ORDERS)] == [won.id]
 
 
+def test_a_fenced_run_starts_under_its_own_lease_of_one_cluster_name_in_two_repositories(
+    catalog: SqlCatalog,
+) -> None:
+    """Two repositories with a cluster ``a``: two leases, ``a@x`` and ``a@y`` (the daemon names
+    a lease ``<cluster>@<repository hash>``), held by two daemons. A run of (repo, ``a``) fenced
+    under ``a@x`` starts only for the daemon holding ``a@x``, stored with the cluster's name."""
+    repo_x, repo_y = Scope("repo-x", "a"), Scope("repo-y", "a")
+    announce(catalog, A, ["a@x"])
+    announce(catalog, B, ["a@y"])
+    assert catalog.claim(A, ["a@x"], LONG) == {"a@x": 1}
+    assert catalog.claim(B, ["a@y"], LONG) == {"a@y": 1}
+    assert catalog.start_run_fenced(B, 1, repo_x, "full", "scheduled", lease="a@x") is None
+    assert catalog.start_run_fenced(A, 1, repo_x, "full", "scheduled") is None  # no lease "a"
+    run = catalog.start_run_fenced(A, 1, repo_x, "full", "scheduled", lease="a@x")
+    assert run is not None and (run.repository_id, run.cluster) == ("repo-x", "a")
+    assert run_row(catalog, run.id) == (A, 1)
+    assert catalog.start_run_fenced(A, 1, repo_y, "full", "scheduled", lease="a@y") is None
+    other = catalog.start_run_fenced(B, 1, repo_y, "full", "scheduled", lease="a@y")
+    assert other is not None and run_row(catalog, other.id) == (B, 1)
+    assert catalog.list_runs(repo_x) == [run] and catalog.list_runs(repo_y) == [other]
+
+
 # -- reaping a dead daemon's runs ----------------------------------------------------------
 
 
@@ -386,3 +408,21 @@ def test_a_version_that_does_not_know_the_catalogs_revision_refuses_to_open_it(c
             assert conn.execute(text(f"select version_num from {VERSION_TABLE}")).scalar() == "9999"
     finally:
         engine.dispose()
+
+
+def test_a_fleet_run_is_not_reaped_by_pid_but_by_the_fleet(catalog: SqlCatalog) -> None:
+    """``mark_interrupted`` (the pid rule of manual commands) leaves a fenced run alone, so that the
+    daemon taking the cluster over reaps it with ``reap_runs_of`` and catches it up; a run
+    without a daemon id is still reaped by pid."""
+    announce(catalog, A, ["orders"], ttl_s=SHORT)
+    assert catalog.claim(A, ["orders"], SHORT) == {"orders": 1}
+    fleet_run = catalog.start_run_fenced(A, 1, ORDERS, "full", "scheduled", pid=1111, host="host-a")
+    manual = catalog.start_run(ORDERS, "full", "manual", pid=2222, host="host-a")
+    assert fleet_run is not None
+    catalog.mark_interrupted(lambda pid, host: False)  # every process gone
+    status = {r.id: r.status for r in catalog.list_runs(ORDERS)}
+    assert status == {fleet_run.id: "running", manual.id: "interrupted"}
+    wait_until(daemon_dead(catalog, A), "expired")  # A's row and lease expire: A is dead
+    reaped = catalog.reap_runs_of([A], ["orders"])
+    assert [r.id for r in reaped.runs] == [fleet_run.id]
+    assert {r.id: r.status for r in catalog.list_runs(ORDERS)}[fleet_run.id] == "interrupted"

@@ -231,6 +231,37 @@ def test_a_restarted_member_takes_its_clusters_back_and_catches_up(
     assert again.gained["db01"][1] == [] and again.gained["db01"][0] == 2
 
 
+def test_leases_of_one_cluster_name_in_two_repositories_are_independent_and_reaped_by_cluster(
+    catalog: SqlCatalog, second: SqlCatalog, clock: Clock
+) -> None:
+    """A daemon names its leases ``<cluster>@<repository hash>``: two repositories' daemons with
+    a cluster ``a`` each hold their own lease on one catalog. The runs are stored by cluster
+    name, so the takeover of ``a@x`` reaps and catches up the dead daemon's run of ``a`` in
+    its repository, and leaves the other repository's running run alone."""
+    repo_x, repo_y = Scope("repo-x", "a"), Scope("repo-y", "a")
+    x = Member(catalog, "alpha", clock, ["a@x"], ttl=DIES)
+    y = Member(second, "bravo", clock, ["a@y"])
+    x.m.tick()
+    y.m.tick()
+    assert owners(catalog) == {"a@x": x.id, "a@y": y.id}
+    assert set(x.gained) == {"a@x"} and set(y.gained) == {"a@y"}
+    dead_run = FencedCatalog(catalog, x.id, x.m.epoch_of, "a@x").start_run(
+        repo_x, "restore_test", "scheduled"
+    )
+    live_run = FencedCatalog(second, y.id, y.m.epoch_of, "a@y").start_run(repo_y, "restore_test", "scheduled")
+    with pytest.raises(LeaseLost):  # bravo does not hold repository x's lease
+        FencedCatalog(second, y.id, y.m.epoch_of, "a@x").start_run(repo_x, "full", "scheduled")
+    wait_until(daemon_dead(catalog, x.id), "alpha's row expired")
+    y.m.tick()  # the other repository's daemon never takes a lease it does not announce
+    assert "a@x" not in y.gained
+    again = Member(catalog, "alpha", clock, ["a@x"])  # alpha restarted
+    again.m.tick()
+    assert again.gained["a@x"] == (2, ["restore_test"])
+    assert [r.status for r in catalog.list_runs(repo_x)] == ["interrupted"]
+    assert [(r.id, r.status) for r in catalog.list_runs(repo_y)] == [(live_run.id, "running")]
+    assert dead_run.id != live_run.id
+
+
 def test_release_all_hands_over_at_the_next_tick(
     catalog: SqlCatalog, second: SqlCatalog, clock: Clock
 ) -> None:

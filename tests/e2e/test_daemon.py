@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,13 +303,45 @@ def test_standby_takes_over_when_the_leader_dies(tmp_path: Path, pg: PgCluster) 
         pg.drop_database(catalog_db)
 
 
+def test_sigterm_releases_the_lease_and_the_standby_takes_over(
+    tmp_path: Path, pg: PgCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A planned stop hands the cluster over without waiting for the lease to expire: the
+    stopped daemon releases its lease once its jobs stopped (``fleet_released``), and the other
+    claims it at its next renewal. The time is printed, not asserted (the machine is shared)."""
+    catalog_db = pg.create_database()
+    env = daemon_env(tmp_path, pg, "postgres", BACKUPD_CATALOG_URL=pg.url(catalog_db))
+    first = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state1")}).start()
+    second: Daemon | None = None
+    try:
+        first.wait_for("leader", lambda: first.metric("backupd_leader") == 1)
+        second = Daemon({**env, "BACKUPD_STATE_DIR": str(tmp_path / "state2")}).start()
+        second.wait_for("standby", lambda: second.metric("backupd_leader") == 0)
+        stopped_at = time.monotonic()
+        assert first.stop() == 0
+        released = second.wait_for("the release logged", lambda: first.events("fleet_released"))
+        assert [c.split("@")[0] for c in released[0]["clusters"]] == ["main"], released
+        second.wait_for("takeover", lambda: second.metric("backupd_leader") == 1, timeout=120)
+        with capsys.disabled():
+            print(f"\nfleet_handover_after_sigterm_seconds={time.monotonic() - stopped_at:.1f}")
+        epochs = pg.execute("select cluster, epoch from fleet_leases", catalog_db)
+        assert [(c.split("@")[0], e) for c, e in epochs] == [("main", 2)], epochs
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        pg.drop_database(catalog_db)
+
+
 def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
     tmp_path: Path, pg: PgCluster, pg_db: str
 ) -> None:
     """Three daemons on one PostgreSQL catalog: clusters a and b of one repository, and a cluster
     a of another repository. Each leads its own scope and keeps its jobs in its own table, so no
     daemon fires, reschedules or removes another's jobs (in one shared table they did; and the
-    second repository's daemon stood by for ever behind the first's lock)."""
+    second repository's daemon stood by for ever behind the first's lock, and again behind the
+    first's lease while leases were keyed by cluster name). A lease is per repository and
+    cluster, ``<cluster>@<repository hash>`` (docs/daemon.md "Several daemons")."""
     _fill(pg, pg_db, rows=50)
     catalog_db = pg.create_database()
     base = daemon_env(
@@ -344,6 +377,14 @@ def test_daemons_of_other_clusters_and_repositories_share_a_catalog(
             assert [r[0] for r in rows] == ["full"], rows
             fire_hours.add(datetime.fromtimestamp(float(rows[0][1]), UTC).hour)
         assert fire_hours == {3, 4}  # b's schedule is its own; a's two daemons keep theirs
+        leases = pg.execute(
+            "select cluster, owner is not null from fleet_leases order by cluster", catalog_db
+        )
+        assert sorted((lease.split("@")[0], held) for lease, held in leases) == [
+            ("a", True),
+            ("a", True),
+            ("b", True),
+        ], leases  # two leases of cluster a, one per repository
         seen = set()
         for name, d in daemons.items():
             cli = Cli(env=d.env)

@@ -22,7 +22,7 @@ from contentflow_backupd.ops.health.evaluate import (
     WalState,
     evaluate_health,
 )
-from contentflow_backupd.ops.health.fleet import starting_report
+from contentflow_backupd.ops.health.fleet import owners_check, starting_report
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 
@@ -64,7 +64,8 @@ def test_the_metric_table_is_the_registry() -> None:
 
 def every_check_name() -> set[str]:
     """Every check ``evaluate_health`` produces when every input is known and every objective set,
-    and the one of a cluster that has not started (``ops/health/fleet.py: starting_report``)."""
+    the one of a cluster that has not started (``ops/health/fleet.py: starting_report``) and the
+    fleet's ``cluster_owners`` (``owners_check``)."""
     inputs = HealthInputs(
         kinds={},
         wal=WalState(None),
@@ -78,7 +79,8 @@ def every_check_name() -> set[str]:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     report = evaluate_health(inputs, objectives, now)
     starting = starting_report("starting", None, now)
-    return {c.name for c in (*report.checks, *starting.checks)}
+    owners = owners_check({}, now)
+    return {c.name for c in (*report.checks, *starting.checks, owners)}
 
 
 def documented_checks() -> set[str]:

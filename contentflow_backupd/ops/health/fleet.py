@@ -15,7 +15,7 @@ Pure: the daemon hands in each cluster's report (``ClusterRuntime.health``, or
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,9 @@ class FleetHealth:
     """The whole's own checks (the implicit cluster's, or the daemon's with named clusters)."""
     clusters: tuple[ClusterHealth, ...]
     checked_at: datetime
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
+    """Clusters configured here and owned by another daemon of the fleet: cluster -> owner
+    (``member(host:pid)``); listed, not evaluated here."""
 
     @property
     def ok(self) -> bool:
@@ -65,6 +68,11 @@ class FleetHealth:
                 }
                 for c in self.clusters
             ],
+            **(
+                {"owned_elsewhere": [{"cluster": c, "owner": o} for c, o in sorted(self.elsewhere.items())]}
+                if self.elsewhere
+                else {}
+            ),
         }
 
 
@@ -74,10 +82,13 @@ def fleet_health(
     implicit: bool,
     catalog: DependencyState | None,
     now: datetime,
+    fleet_checks: tuple[HealthCheck, ...] = (),
+    elsewhere: Mapping[str, str] | None = None,
 ) -> FleetHealth:
     """The whole from each cluster's report. ``implicit``: one cluster, whose checks are also the
     whole's (today's ``/healthz``). Else the whole's checks are the daemon's: its catalog
-    (``catalog``; None: not probed yet, no check)."""
+    (``catalog``; None: not probed yet, no check). ``fleet_checks`` (``cluster_owners``) are added
+    to the whole's checks; ``elsewhere``: the clusters owned by other daemons, with their owner."""
     clusters = tuple(ClusterHealth(name, reports[name]) for name in sorted(reports))
     if implicit and len(clusters) == 1:
         checks = clusters[0].report.checks
@@ -86,7 +97,31 @@ def fleet_health(
     else:
         detail = catalog.detail or ("reachable" if catalog.up else "unreachable")
         checks = (HealthCheck("dependency_catalog", catalog.up, detail),)
-    return FleetHealth(checks, clusters, now)
+    return FleetHealth((*checks, *fleet_checks), clusters, now, dict(elsewhere or {}))
+
+
+OWNERLESS_LIMIT_S = 60.0
+"""``cluster_owners`` fails once a configured cluster has had no live owner for this long."""
+
+
+def owners_check(ownerless_since: Mapping[str, datetime], now: datetime) -> HealthCheck:
+    """``cluster_owners``: fails while a configured cluster has had no live owner in the fleet
+    for ``OWNERLESS_LIMIT_S`` or more (``ownerless_since``: cluster -> when it was first seen
+    without one)."""
+    late = sorted(
+        c for c, since in ownerless_since.items() if (now - since).total_seconds() >= OWNERLESS_LIMIT_S
+    )
+    if late:
+        return HealthCheck(
+            "cluster_owners",
+            False,
+            f"no live daemon owns {', '.join(late)} (for {OWNERLESS_LIMIT_S:g} s or more)",
+        )
+    waiting = sorted(ownerless_since)
+    detail = "every configured cluster has an owner"
+    if waiting:
+        detail += f" or is being taken over ({', '.join(waiting)})"
+    return HealthCheck("cluster_owners", True, detail)
 
 
 def starting_report(state: str, error: str | None, now: datetime) -> HealthReport:
