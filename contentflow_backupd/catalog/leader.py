@@ -78,6 +78,26 @@ def leader_key(name: str) -> int:
     return key
 
 
+_LOCK_HELD_SQL = (
+    "select count(*) from pg_locks where locktype = 'advisory' and granted and objsubid = 1 "
+    "and database = (select oid from pg_database where datname = current_database()) "
+    "and ((classid::bigint << 32) | objid::bigint) = :key"
+)
+"""Whether a session holds the advisory lock ``key`` (a bigint key is split into ``classid``,
+its high 32 bits, and ``objid``, its low 32 bits, with ``objsubid`` 1)."""
+
+
+def advisory_lock_held(engine: Engine, name: str) -> bool:
+    """Whether some session holds the leader lock of ``name`` (``leader_key``) on the PostgreSQL
+    catalog of ``engine``: a daemon of a version before the fleet leases. ``CatalogError`` when
+    the catalog cannot tell."""
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text(_LOCK_HELD_SQL), {"key": leader_key(name)}).scalar())
+    except SQLAlchemyError as exc:
+        raise CatalogError(f"catalog: cannot read pg_locks: {exc}") from None
+
+
 class LeaderLock:
     """Base of the two kinds; construct with :meth:`for_url`."""
 

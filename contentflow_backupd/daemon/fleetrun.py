@@ -50,19 +50,12 @@ from contentflow_backupd.daemon.cluster import ClusterRuntime
 from contentflow_backupd.daemon.fenced import fenced
 from contentflow_backupd.daemon.membership import Membership, new_daemon_id
 from contentflow_backupd.daemon.parts import DaemonApp, FleetApp
+from contentflow_backupd.daemon.reload import ReloadPlan
 from contentflow_backupd.errors import BackupdError
 from contentflow_backupd.observability.metrics import Metrics
 from contentflow_backupd.ops.health.evaluate import HealthCheck
 
 log = structlog.get_logger(__name__)
-
-
-OLD_LOCK_SQL = (
-    "select count(*) from pg_locks where locktype = 'advisory' and granted and objsubid = 1 "
-    "and ((classid::bigint << 32) | objid::bigint) = :key"
-)
-"""Whether a session holds the advisory lock ``key`` (a bigint key is split into ``classid``,
-its high 32 bits, and ``objid``, its low 32 bits, with ``objsubid`` 1)."""
 
 
 class FleetRun:
@@ -144,6 +137,17 @@ class FleetRun:
         if self.membership is None or self.daemon_id is None:
             return self._catalog
         return fenced(self._catalog, self.daemon_id, self.membership.epoch_of, app.lease_name)
+
+    def reload_refusal(self, plan: ReloadPlan) -> str | None:
+        """A reload's clusters on a fleet catalog: the leases decide where a cluster runs, and the
+        membership announced this daemon's clusters at start, so only schedule changes apply;
+        adding, removing or changing a cluster takes a restart (which announces again)."""
+        if self.membership is None or not (plan.added or plan.removed or plan.restarted):
+            return None
+        return (
+            "on a PostgreSQL catalog (fleet leases) a reload applies schedule changes only; adding, "
+            "removing or changing a cluster needs a restart"
+        )
 
     def lease_of(self, name: str) -> str:
         """Cluster ``name``'s lease (``<cluster>@<repository hash>``); the name itself for a
@@ -297,17 +301,13 @@ class FleetRun:
 
     def _old_daemon_holds(self, runtime: ClusterRuntime) -> bool:
         """Whether a daemon of an older version holds the cluster's advisory lock (logged)."""
-        from sqlalchemy import text
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from contentflow_backupd.catalog.leader import leader_key
+        from contentflow_backupd.catalog.leader import advisory_lock_held
+        from contentflow_backupd.errors import CatalogError
 
         assert self._catalog is not None
-        key = leader_key(f"{runtime.scope.repository_id}/{runtime.name}")
         try:
-            with self._catalog.engine.connect() as conn:
-                held = bool(conn.execute(text(OLD_LOCK_SQL), {"key": key}).scalar())
-        except SQLAlchemyError as exc:
+            held = advisory_lock_held(self._catalog.engine, f"{runtime.scope.repository_id}/{runtime.name}")
+        except CatalogError as exc:
             log.error("fleet_old_daemon_check_failed", cluster=runtime.name, error=str(exc))
             return True  # not known: start nothing, look again at the next poll
         if held:

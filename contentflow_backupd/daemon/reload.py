@@ -145,6 +145,9 @@ class ReloadTarget(Protocol):
 
     def reschedule_cluster(self, name: str, app: DaemonApp) -> None: ...
 
+    # Optional: ``reload_refusal(plan) -> str | None``, why this target cannot apply ``plan``
+    # (the reload is then refused whole, with that reason); looked up with ``getattr``.
+
 
 @dataclass(frozen=True)
 class ReloadResult:
@@ -250,6 +253,10 @@ class Reloader:
                 "restart the daemon (systemctl restart) to apply it",
                 new,
             )
+        refusal = getattr(self.target, "reload_refusal", None)
+        reason = refusal(plan) if callable(refusal) and not plan.empty else None
+        if reason is not None:
+            return self._refuse(reason, "restart the daemon (systemctl restart) to apply it", new)
         failed = self._apply(plan, old, new)
         if plan.empty:
             _quietly("config_close_failed", new.close)  # unused: the running configuration stays

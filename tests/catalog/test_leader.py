@@ -19,6 +19,7 @@ from contentflow_backupd.catalog.leader import (
     FileLeaderLock,
     LeaderLock,
     PgLeaderLock,
+    advisory_lock_held,
     leader_key,
 )
 from contentflow_backupd.catalog.sql import MIGRATION_LOCK_KEY
@@ -331,3 +332,35 @@ def test_sqlite_unwritable_directory_is_a_catalog_error(tmp_path: Path) -> None:
     lock = LeaderLock.for_url(f"sqlite:///{blocker}/catalog.sqlite", "main")
     with pytest.raises(CatalogError, match="daemon lock file"):
         lock.try_acquire()
+
+
+@pytest.mark.pg
+def test_an_older_daemons_lock_is_seen_in_its_catalog_only(
+    pg: PgCluster, catalog_db: str, pg_locks: Callable[..., LeaderLock]
+) -> None:
+    """``advisory_lock_held``: what a fleet daemon asks before it runs a cluster an older daemon
+    (a session advisory lock, before the leases) may still hold; other catalogs' locks do not
+    count."""
+    from sqlalchemy import create_engine
+
+    url = pg.url(catalog_db).replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = create_engine(url)
+    other_db = pg.create_database()
+    try:
+        assert not advisory_lock_held(engine, "repo-1/main")
+        held = pg_locks("repo-1/main", db=other_db)
+        assert held.try_acquire()
+        assert not advisory_lock_held(engine, "repo-1/main")  # another catalog's
+        mine = pg_locks("repo-1/main")
+        assert mine.try_acquire()
+        assert advisory_lock_held(engine, "repo-1/main")
+        assert not advisory_lock_held(engine, "repo-1/other")
+        mine.release()
+        assert not advisory_lock_held(engine, "repo-1/main")
+        held.release()
+    finally:
+        engine.dispose()
+        pg.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", params=(other_db,)
+        )
+        pg.drop_database(other_db)

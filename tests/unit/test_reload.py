@@ -391,3 +391,26 @@ def test_a_daemon_serving_some_clusters_compares_only_those(tmp_path: Path) -> N
     )
     assert reloader.reload().plan.removed == ("orders",)
     assert s.target.calls == [("stop", "orders", None)]
+
+
+class FleetTarget(RecordingTarget):
+    """A target that cannot apply some plans (the daemon on a fleet catalog: schedules only)."""
+
+    def reload_refusal(self, plan: Any) -> str | None:
+        return "schedule changes only" if plan.added or plan.removed or plan.restarted else None
+
+
+def test_a_target_that_refuses_a_plan_refuses_the_whole_reload(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.reloader.target = s.target = FleetTarget()
+    s.write(BASE + '[clusters.orders.schedule]\nfull = "0 5 * * *"\n')  # a schedule: applied
+    assert s.reloader.reload().result == "applied"
+    assert [c[:2] for c in s.target.calls] == [("reschedule", "orders")]
+    s.write(BASE.replace("[clusters.shards]", "[clusters.other]"))  # a cluster added and one removed
+    with capture_logs() as logs:
+        result = s.reloader.reload()
+    assert result.result == "refused"
+    refused = next(e for e in logs if e["event"] == "config_reload_refused")
+    assert refused["error"] == "schedule changes only" and "restart" in refused["hint"]
+    assert [c[:2] for c in s.target.calls] == [("reschedule", "orders")]  # nothing more applied
+    assert s.reloads() == {"applied": 1, "refused": 1, "failed": 0}
